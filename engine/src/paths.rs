@@ -1,0 +1,175 @@
+//! Paths are types: tables, day partitions and data files.
+//!
+//! Writers, readers and retention all build and parse locations here, so they
+//! cannot disagree about the layout:
+//!
+//! ```text
+//! <root>/observations/day=2026-11-29/part-<uuid v7>.parquet
+//! <root>/devices/part-<uuid v7>.parquet
+//! <root>/_staging/<transaction>/...      (invisible to SQL; see proxima-ingest)
+//! ```
+//!
+//! File names carry a fresh UUID v7, so several writers sharing one store
+//! never overwrite each other's files.
+
+use std::fmt;
+
+use arrow::datatypes::SchemaRef;
+use chrono::NaiveDate;
+use object_store::path::Path;
+
+use crate::schema;
+
+/// A table of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// Bluetooth sightings reported by devices, partitioned by day.
+    Observations,
+    /// Registered devices and their MACs.
+    Devices,
+}
+
+impl Table {
+    /// Every table, in catalog order.
+    pub const ALL: [Table; 2] = [Table::Observations, Table::Devices];
+
+    /// The SQL name of the table, which is also its folder name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Observations => "observations",
+            Table::Devices => "devices",
+        }
+    }
+
+    /// Whether the table is Hive-partitioned by `day` (and so ages out by retention).
+    pub fn is_day_partitioned(self) -> bool {
+        self.time_column().is_some()
+    }
+
+    /// For a day-partitioned table, the timestamp column whose UTC date is `day`.
+    pub fn time_column(self) -> Option<&'static str> {
+        match self {
+            Table::Observations => Some("observed_at"),
+            Table::Devices => None,
+        }
+    }
+
+    /// Columns looked up by equality (a device, a MAC): written with bloom filters.
+    pub fn lookup_columns(self) -> &'static [&'static str] {
+        match self {
+            Table::Observations => &["observer", "observed"],
+            Table::Devices => &["device_uuid", "mac"],
+        }
+    }
+
+    /// Columns stored in the table's files (without the `day` partition column).
+    pub fn file_schema(self) -> SchemaRef {
+        match self {
+            Table::Observations => schema::OBSERVATIONS_FILE.clone(),
+            Table::Devices => schema::DEVICES.clone(),
+        }
+    }
+
+    /// Columns as SQL sees them.
+    pub fn sql_schema(self) -> SchemaRef {
+        if self.is_day_partitioned() {
+            schema::with_day(&self.file_schema())
+        } else {
+            self.file_schema()
+        }
+    }
+
+    /// The table's folder under the store root.
+    pub fn prefix(self, root: &Path) -> Path {
+        root.clone().join(self.name())
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One day folder of a day-partitioned table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DayPartition {
+    /// The table.
+    pub table: Table,
+    /// The UTC date.
+    pub day: NaiveDate,
+}
+
+impl DayPartition {
+    /// The folder name of a day: `day=YYYY-MM-DD`.
+    pub fn folder_name(day: NaiveDate) -> String {
+        format!("{}={}", schema::DAY, day.format("%Y-%m-%d"))
+    }
+
+    /// The folder of this partition under the store root.
+    pub fn prefix(&self, root: &Path) -> Path {
+        self.table.prefix(root).join(Self::folder_name(self.day))
+    }
+
+    /// Parses a folder name `day=YYYY-MM-DD`.
+    pub fn parse_folder_name(table: Table, name: &str) -> Option<Self> {
+        let date = name.strip_prefix("day=")?;
+        let day = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+        // Refuse non-canonical spellings such as `day=2026-1-5`.
+        (Self::folder_name(day) == name).then_some(Self { table, day })
+    }
+}
+
+/// Where a new data file of `table` goes: in its day folder when `day` is given.
+pub fn new_data_file(root: &Path, table: Table, day: Option<NaiveDate>) -> Path {
+    let file = format!("part-{}.parquet", uuid::Uuid::now_v7());
+    match day {
+        Some(day) => DayPartition { table, day }.prefix(root).join(file),
+        None => table.prefix(root).join(file),
+    }
+}
+
+/// The folder that holds staged files of unfinished writes; nothing under it is visible to SQL.
+pub fn staging_prefix(root: &Path) -> Path {
+    root.clone().join("_staging")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn day_folder_round_trip() {
+        let root = Path::from("data/store");
+        let day = NaiveDate::from_ymd_opt(2026, 11, 29).unwrap();
+        let partition = DayPartition {
+            table: Table::Observations,
+            day,
+        };
+        assert_eq!(
+            partition.prefix(&root).as_ref(),
+            "data/store/observations/day=2026-11-29"
+        );
+        assert_eq!(
+            DayPartition::parse_folder_name(Table::Observations, "day=2026-11-29"),
+            Some(partition)
+        );
+        assert_eq!(
+            DayPartition::parse_folder_name(Table::Observations, "day=2026-1-5"),
+            None
+        );
+        assert_eq!(
+            DayPartition::parse_folder_name(Table::Observations, "date=2026-11-29"),
+            None
+        );
+    }
+
+    #[test]
+    fn data_files_are_unique() {
+        let root = Path::from("r");
+        let a = new_data_file(&root, Table::Devices, None);
+        let b = new_data_file(&root, Table::Devices, None);
+        assert_ne!(a, b);
+        assert!(a.as_ref().starts_with("r/devices/part-"));
+    }
+}

@@ -1,0 +1,77 @@
+//! The SQL-visible schemas of Proxima's tables.
+//!
+//! Column names and types are a contract with users (README documents them).
+//! A day-partitioned table's files hold every column but `day`, which comes
+//! from the Hive-style folder name (`day=2026-11-29`).
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::NaiveDate;
+
+/// Name of the partition column of every day-partitioned table.
+pub const DAY: &str = "day";
+
+/// The type of every timestamp column: microseconds, UTC.
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// The type of the `day` partition column.
+pub const DAY_TYPE: DataType = DataType::Date32;
+
+/// Columns of `observations` as stored in its Parquet files (everything but `day`).
+pub static OBSERVATIONS_FILE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("observer", DataType::Utf8, false),
+        Field::new("observed", DataType::Utf8, false),
+        Field::new("observed_at", timestamp_type(), false),
+        Field::new("duration_s", DataType::Int32, false),
+        Field::new("rssi", DataType::Int16, true),
+        Field::new("tx_power", DataType::Int16, true),
+        Field::new("location", DataType::Utf8, true),
+    ]))
+});
+
+/// Columns of `devices` (not partitioned).
+pub static DEVICES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("device_uuid", DataType::Utf8, false),
+        Field::new("mac", DataType::Utf8, false),
+        Field::new("registered_at", timestamp_type(), false),
+    ]))
+});
+
+/// Appends the `day` partition column to a file schema: the schema SQL sees.
+pub fn with_day(file_schema: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(DAY, DAY_TYPE, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Days from 1970-01-01 to the day 0001-01-01 (chrono's day 1 of the common era).
+const UNIX_EPOCH_FROM_CE: i32 = 719_163;
+
+/// The date `days` days after 1970-01-01 (the `Date32` encoding of `day`).
+pub fn date_from_epoch_days(days: i32) -> NaiveDate {
+    NaiveDate::from_num_days_from_ce_opt(days.saturating_add(UNIX_EPOCH_FROM_CE)).unwrap_or(NaiveDate::MAX)
+}
+
+/// Days since 1970-01-01 of a date (the `Date32` encoding of `day`).
+pub fn epoch_days(date: NaiveDate) -> i32 {
+    use chrono::Datelike;
+    date.num_days_from_ce() - UNIX_EPOCH_FROM_CE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_days_round_trip() {
+        let day = NaiveDate::from_ymd_opt(2026, 11, 29).unwrap();
+        assert_eq!(epoch_days(day), 20_786);
+        assert_eq!(date_from_epoch_days(20_786), day);
+        assert_eq!(date_from_epoch_days(0), NaiveDate::from_ymd_opt(1970, 1, 1).unwrap());
+    }
+}

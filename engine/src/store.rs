@@ -1,0 +1,259 @@
+//! The object store that holds Proxima's files.
+//!
+//! A store is one root URL: a local directory (the default, `./proxima-data`),
+//! `s3://bucket/prefix` (credentials and endpoint from the usual `AWS_*`
+//! environment variables, `AWS_ENDPOINT` for S3-compatible servers), or
+//! `memory://` for tests. Everything above this module speaks
+//! [`ObjectStore`] and never special-cases the local disk, except
+//! [`Store::sync_local`], which makes local writes durable (object_store's
+//! local backend does not fsync).
+
+use std::collections::BTreeSet;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::paths::{DayPartition, Table};
+
+/// A store root: the object store, its URL for DataFusion, and the root path within it.
+#[derive(Debug, Clone)]
+pub struct Store {
+    object_store: Arc<dyn ObjectStore>,
+    url: ObjectStoreUrl,
+    root: Path,
+    local_root: Option<PathBuf>,
+    display: String,
+}
+
+impl Store {
+    /// Opens a store from a location: a local path, `file://…`, `s3://bucket/prefix` or `memory://`.
+    pub fn open(location: &str) -> Result<Self> {
+        let invalid = |reason: String| Error::InvalidStore {
+            location: location.to_string(),
+            reason,
+        };
+        if location.trim().is_empty() {
+            return Err(invalid("the location is empty".into()));
+        }
+        match Url::parse(location) {
+            Ok(url) if url.scheme() == "file" => {
+                let path = url
+                    .to_file_path()
+                    .map_err(|()| invalid("not a local file URL".into()))?;
+                Self::local(&path)
+            }
+            Ok(url) if url.scheme() == "s3" => {
+                let bucket = url
+                    .host_str()
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| invalid("an s3 URL needs a bucket: s3://bucket/prefix".into()))?
+                    .to_string();
+                let s3 = AmazonS3Builder::from_env()
+                    .with_url(url.as_str())
+                    .build()
+                    .map_err(|e| invalid(e.to_string()))?;
+                let root = Path::parse(url.path().trim_matches('/')).map_err(|e| invalid(e.to_string()))?;
+                Ok(Self {
+                    object_store: Arc::new(s3),
+                    url: ObjectStoreUrl::parse(format!("s3://{bucket}"))?,
+                    root,
+                    local_root: None,
+                    display: location.to_string(),
+                })
+            }
+            Ok(url) if url.scheme() == "memory" => Ok(Self::in_memory()),
+            // A Windows drive letter parses as a one-letter scheme: treat it as a path.
+            Ok(url) if url.scheme().len() > 1 => Err(invalid(format!(
+                "unsupported scheme '{}' (use a local path, file://, s3:// or memory://)",
+                url.scheme()
+            ))),
+            _ => Self::local(FsPath::new(location)),
+        }
+    }
+
+    /// A fresh, empty in-memory store (for tests).
+    pub fn in_memory() -> Self {
+        Self {
+            object_store: Arc::new(InMemory::new()),
+            url: ObjectStoreUrl::parse("memory://").expect("memory:// is a valid URL"),
+            root: Path::default(),
+            local_root: None,
+            display: "memory://".into(),
+        }
+    }
+
+    /// Opens (creating it if needed) a store in a local directory.
+    pub fn local(dir: &FsPath) -> Result<Self> {
+        let local_error = |source| Error::LocalStore {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(local_error)?;
+        let dir = std::fs::canonicalize(dir).map_err(local_error)?;
+        let root = Path::from_absolute_path(&dir).map_err(|e| Error::InvalidStore {
+            location: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            object_store: Arc::new(LocalFileSystem::new()),
+            url: ObjectStoreUrl::local_filesystem(),
+            root,
+            display: dir.display().to_string(),
+            local_root: Some(dir),
+        })
+    }
+
+    /// The object store.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.object_store
+    }
+
+    /// The URL DataFusion knows the object store by.
+    pub fn object_store_url(&self) -> &ObjectStoreUrl {
+        &self.url
+    }
+
+    /// The root path of the store within the object store.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The local directory of the store, if it is on the local disk.
+    pub fn local_root(&self) -> Option<&FsPath> {
+        self.local_root.as_deref()
+    }
+
+    /// The URL of a table's folder, as DataFusion lists it.
+    pub fn table_url(&self, table: Table) -> Result<ListingTableUrl> {
+        let base = self.url.as_str().trim_end_matches('/');
+        let url = format!("{base}/{}/", table.prefix(&self.root));
+        Ok(ListingTableUrl::parse(url)?)
+    }
+
+    /// The days present in a day-partitioned table, in order.
+    pub async fn list_days(&self, table: Table) -> Result<Vec<DayPartition>> {
+        let listing = self
+            .object_store
+            .list_with_delimiter(Some(&table.prefix(&self.root)))
+            .await?;
+        let days: BTreeSet<DayPartition> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename())
+            .filter_map(|name| DayPartition::parse_folder_name(table, name))
+            .collect();
+        Ok(days.into_iter().collect())
+    }
+
+    /// Deletes every object below `prefix`; returns the number of objects and bytes removed.
+    pub async fn delete_prefix(&self, prefix: &Path) -> Result<(usize, u64)> {
+        let objects: Vec<_> = self.object_store.list(Some(prefix)).try_collect().await?;
+        let bytes = objects.iter().map(|o| o.size).sum();
+        let count = objects.len();
+        let locations = futures::stream::iter(objects.into_iter().map(|o| Ok(o.location))).boxed();
+        self.object_store
+            .delete_stream(locations)
+            .try_collect::<Vec<_>>()
+            .await?;
+        if let Some(dir) = self.local_dir_of(prefix) {
+            // The local backend leaves empty folders behind; remove them so the day is gone.
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(Error::LocalStore { path: dir, source }),
+            }
+        }
+        Ok((count, bytes))
+    }
+
+    /// Whether an object exists.
+    pub async fn exists(&self, location: &Path) -> Result<bool> {
+        match self.object_store.head(location).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes files written through object_store durable on a local disk: fsyncs each
+    /// file and the folders that hold them. A no-op for remote stores, whose PUT is durable.
+    pub fn sync_local<'a>(&self, locations: impl IntoIterator<Item = &'a Path>) -> Result<()> {
+        if self.local_root.is_none() {
+            return Ok(());
+        }
+        let mut dirs = BTreeSet::new();
+        for location in locations {
+            let file = PathBuf::from(format!("/{location}"));
+            sync_path(&file)?;
+            if let Some(parent) = file.parent() {
+                dirs.insert(parent.to_path_buf());
+            }
+        }
+        for dir in dirs {
+            sync_path(&dir)?;
+            if let Some(grandparent) = dir.parent() {
+                sync_path(grandparent)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn local_dir_of(&self, prefix: &Path) -> Option<PathBuf> {
+        self.local_root.as_ref()?;
+        Some(PathBuf::from(format!("/{prefix}")))
+    }
+}
+
+fn sync_path(path: &FsPath) -> Result<()> {
+    let sync = || std::fs::File::open(path)?.sync_all();
+    match sync() {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::LocalStore {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+impl std::fmt::Display for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+/// Today's date in UTC.
+pub fn today_utc() -> NaiveDate {
+    chrono::Utc::now().date_naive()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let url = store.table_url(Table::Observations).unwrap();
+        assert!(url.as_str().starts_with("file:///"), "{url}");
+        assert!(url.as_str().ends_with("/observations/"), "{url}");
+
+        let err = Store::open("ftp://host/x").unwrap_err().to_string();
+        assert!(err.contains("unsupported scheme 'ftp'"), "{err}");
+        let err = Store::open("s3:///prefix").unwrap_err().to_string();
+        assert!(err.contains("needs a bucket"), "{err}");
+        assert!(Store::open("memory://").is_ok());
+    }
+}

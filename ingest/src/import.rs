@@ -1,0 +1,533 @@
+//! Importing CSV and Parquet files into a table, all or nothing.
+//!
+//! Every row of every file is validated before anything is written: a bad
+//! UUID, MAC, timestamp, negative duration, unknown column or duplicate MAC
+//! stops the import with an error naming the file, the line (or Parquet row)
+//! and the reason, and the store is left as it was. The files of an import
+//! are published in one [`Transaction`](crate::Transaction). CSV needs a
+//! header; timestamps in CSV are RFC 3339. The `day` column is derived from
+//! the table's time column, never read.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int16Builder, Int32Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::compute::{SortColumn, cast, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
+use chrono::DateTime;
+use datafusion::prelude::SessionContext;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use proxima_engine::{SessionFactory, SessionOptions, Table, ids, schema};
+
+use crate::error::{Error, Position, Result};
+use crate::writer::{CommitSummary, PartitionWriter};
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// What an import stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Input files read.
+    pub files: usize,
+    /// Rows stored.
+    pub rows: u64,
+    /// Parquet files written.
+    pub written: CommitSummary,
+}
+
+/// The kind of value a column holds, which decides how it is validated.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    DeviceUuid,
+    Mac,
+    Observed,
+    Geohash,
+    Timestamp,
+    Int { min: i64, max: i64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ColumnSpec {
+    name: &'static str,
+    kind: Kind,
+    nullable: bool,
+    /// For a non-nullable column: the value used when the column is absent (import time).
+    defaults_to_now: bool,
+}
+
+const fn column(name: &'static str, kind: Kind, nullable: bool) -> ColumnSpec {
+    ColumnSpec {
+        name,
+        kind,
+        nullable,
+        defaults_to_now: false,
+    }
+}
+
+/// BLE reports RSSI and TX power as signed 8-bit dBm.
+const DBM: Kind = Kind::Int { min: -128, max: 127 };
+
+fn columns(table: Table) -> Vec<ColumnSpec> {
+    match table {
+        Table::Observations => vec![
+            column("observer", Kind::DeviceUuid, false),
+            column("observed", Kind::Observed, false),
+            column("observed_at", Kind::Timestamp, false),
+            column(
+                "duration_s",
+                Kind::Int {
+                    min: 0,
+                    max: i32::MAX as i64,
+                },
+                false,
+            ),
+            column("rssi", DBM, true),
+            column("tx_power", DBM, true),
+            column("location", Kind::Geohash, true),
+        ],
+        Table::Devices => vec![
+            column("device_uuid", Kind::DeviceUuid, false),
+            column("mac", Kind::Mac, false),
+            ColumnSpec {
+                defaults_to_now: true,
+                ..column("registered_at", Kind::Timestamp, false)
+            },
+        ],
+    }
+}
+
+/// One input value before validation.
+enum Cell<'a> {
+    Null,
+    Text(&'a str),
+    Int(i64),
+    Micros(i64),
+}
+
+/// One validated value.
+enum Value {
+    Null,
+    Text(String),
+    Int(i64),
+    Micros(i64),
+}
+
+fn validate(spec: &ColumnSpec, cell: Cell<'_>, now_micros: i64) -> Result<Value, String> {
+    let cell = match cell {
+        Cell::Text("") | Cell::Null => {
+            return if spec.nullable {
+                Ok(Value::Null)
+            } else if spec.defaults_to_now {
+                Ok(Value::Micros(now_micros))
+            } else {
+                Err(format!("column '{}': a value is required", spec.name))
+            };
+        }
+        cell => cell,
+    };
+    let in_column = |reason: String| format!("column '{}': {reason}", spec.name);
+    let text = |f: fn(&str) -> Result<String, ids::IdError>, cell: Cell<'_>| match cell {
+        Cell::Text(t) => f(t).map(Value::Text).map_err(|e| in_column(e.to_string())),
+        _ => Err(in_column("expected text".into())),
+    };
+    match spec.kind {
+        Kind::DeviceUuid => text(ids::device_uuid, cell),
+        Kind::Mac => text(ids::mac, cell),
+        Kind::Observed => text(ids::observed, cell),
+        Kind::Geohash => text(ids::geohash, cell),
+        Kind::Timestamp => match cell {
+            Cell::Micros(v) => Ok(Value::Micros(v)),
+            Cell::Text(t) => DateTime::parse_from_rfc3339(t.trim())
+                .map(|ts| Value::Micros(ts.timestamp_micros()))
+                .map_err(|e| in_column(format!("'{t}' is not an RFC 3339 timestamp ({e})"))),
+            _ => Err(in_column("expected a timestamp".into())),
+        },
+        Kind::Int { min, max } => {
+            let v = match cell {
+                Cell::Int(v) => v,
+                Cell::Text(t) => t
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|_| in_column(format!("'{t}' is not an integer")))?,
+                _ => return Err(in_column("expected an integer".into())),
+            };
+            if v < min || v > max {
+                let range = if min == 0 {
+                    "must not be negative".to_string()
+                } else {
+                    format!("must be between {min} and {max}")
+                };
+                return Err(in_column(format!("{v} {range}")));
+            }
+            Ok(Value::Int(v))
+        }
+    }
+}
+
+/// Arrow builders for one output file (one day of a table).
+struct Rows {
+    builders: Vec<ColumnBuilder>,
+    len: usize,
+}
+
+enum ColumnBuilder {
+    Text(StringBuilder),
+    Time(TimestampMicrosecondBuilder),
+    I32(Int32Builder),
+    I16(Int16Builder),
+}
+
+impl Rows {
+    fn new(table: Table) -> Self {
+        let builders = table
+            .file_schema()
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Utf8 => ColumnBuilder::Text(StringBuilder::new()),
+                DataType::Timestamp(_, _) => {
+                    ColumnBuilder::Time(TimestampMicrosecondBuilder::new().with_timezone("UTC"))
+                }
+                DataType::Int32 => ColumnBuilder::I32(Int32Builder::new()),
+                DataType::Int16 => ColumnBuilder::I16(Int16Builder::new()),
+                other => unreachable!("no Proxima table has a {other} column"),
+            })
+            .collect();
+        Self { builders, len: 0 }
+    }
+
+    fn push(&mut self, values: Vec<Value>) {
+        for (builder, value) in self.builders.iter_mut().zip(values) {
+            // Values were range-checked against their column's type in `validate`.
+            match (builder, value) {
+                (ColumnBuilder::Text(b), Value::Text(v)) => b.append_value(v),
+                (ColumnBuilder::Text(b), _) => b.append_null(),
+                (ColumnBuilder::Time(b), Value::Micros(v)) => b.append_value(v),
+                (ColumnBuilder::Time(b), _) => b.append_null(),
+                (ColumnBuilder::I32(b), Value::Int(v)) => b.append_value(v as i32),
+                (ColumnBuilder::I32(b), _) => b.append_null(),
+                (ColumnBuilder::I16(b), Value::Int(v)) => b.append_value(v as i16),
+                (ColumnBuilder::I16(b), _) => b.append_null(),
+            }
+        }
+        self.len += 1;
+    }
+
+    /// The rows as a batch sorted for lookups: by the table's first lookup column, then time.
+    fn finish(mut self, table: Table) -> Result<RecordBatch> {
+        let arrays: Vec<ArrayRef> = self
+            .builders
+            .iter_mut()
+            .map(|b| -> ArrayRef {
+                match b {
+                    ColumnBuilder::Text(b) => Arc::new(b.finish()),
+                    ColumnBuilder::Time(b) => Arc::new(b.finish()),
+                    ColumnBuilder::I32(b) => Arc::new(b.finish()),
+                    ColumnBuilder::I16(b) => Arc::new(b.finish()),
+                }
+            })
+            .collect();
+        let batch = RecordBatch::try_new(table.file_schema(), arrays)?;
+        sort_for_storage(table, &batch)
+    }
+}
+
+/// Sorts rows the way a table's files are laid out: by its first lookup column, then its time column.
+pub fn sort_for_storage(table: Table, batch: &RecordBatch) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut keys = vec![table.lookup_columns()[0]];
+    keys.extend(table.time_column());
+    let sort_columns: Vec<SortColumn> = keys
+        .iter()
+        .map(|name| -> Result<SortColumn> {
+            Ok(SortColumn {
+                values: Arc::clone(batch.column(schema.index_of(name)?)),
+                options: None,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let indices = lexsort_to_indices(&sort_columns, None)?;
+    Ok(take_record_batch(batch, &indices)?)
+}
+
+/// Validated rows of an import, grouped by output file.
+struct Staged {
+    table: Table,
+    specs: Vec<ColumnSpec>,
+    by_day: BTreeMap<Option<i32>, Rows>,
+    /// Unique keys seen so far (column index → value → where), for duplicate checks.
+    unique: HashMap<(usize, String), String>,
+    unique_columns: Vec<usize>,
+    time_column: Option<usize>,
+    now_micros: i64,
+    rows: u64,
+}
+
+impl Staged {
+    fn new(table: Table, existing: HashMap<(usize, String), String>) -> Self {
+        let specs = columns(table);
+        let unique_columns = match table {
+            Table::Devices => vec![0, 1],
+            Table::Observations => vec![],
+        };
+        let time_column = table.time_column().map(|name| {
+            specs
+                .iter()
+                .position(|s| s.name == name)
+                .expect("time column is a column")
+        });
+        Self {
+            table,
+            specs,
+            by_day: BTreeMap::new(),
+            unique: existing,
+            unique_columns,
+            time_column,
+            now_micros: chrono::Utc::now().timestamp_micros(),
+            rows: 0,
+        }
+    }
+
+    /// Validates one row (cells in spec order) and keeps it; `here` names the row in errors.
+    fn push(&mut self, cells: Vec<Cell<'_>>, here: &str) -> Result<(), String> {
+        let values = self
+            .specs
+            .iter()
+            .zip(cells)
+            .map(|(spec, cell)| validate(spec, cell, self.now_micros))
+            .collect::<Result<Vec<_>, _>>()?;
+        for &i in &self.unique_columns {
+            if let Value::Text(v) = &values[i]
+                && let Some(first) = self.unique.get(&(i, v.clone()))
+            {
+                return Err(format!("duplicate {} {v} ({first})", self.specs[i].name));
+            }
+        }
+        for &i in &self.unique_columns {
+            if let Value::Text(v) = &values[i] {
+                self.unique.insert((i, v.clone()), format!("already on {here}"));
+            }
+        }
+        let day = self.time_column.map(|i| match values[i] {
+            Value::Micros(v) => v.div_euclid(MICROS_PER_DAY) as i32,
+            _ => unreachable!("time columns are validated timestamps"),
+        });
+        let table = self.table;
+        self.by_day.entry(day).or_insert_with(|| Rows::new(table)).push(values);
+        self.rows += 1;
+        Ok(())
+    }
+}
+
+/// Imports `files` into `table` in one transaction; on any error nothing is stored.
+pub async fn import(writer: &PartitionWriter, table: Table, files: &[PathBuf]) -> Result<ImportSummary> {
+    writer.recover().await?;
+    let existing = existing_unique_values(writer, table).await?;
+    let mut staged = Staged::new(table, existing);
+    for file in files {
+        match Format::of(file)? {
+            Format::Csv => read_csv(file, &mut staged)?,
+            Format::Parquet => read_parquet(file, &mut staged)?,
+        }
+    }
+    let rows = staged.rows;
+    let mut transaction = writer.begin();
+    for (day, day_rows) in std::mem::take(&mut staged.by_day) {
+        let batch = day_rows.finish(table)?;
+        let day = day.map(schema::date_from_epoch_days);
+        if let Err(e) = transaction.write_file(table, day, &[batch]).await {
+            transaction.abort().await?;
+            return Err(e);
+        }
+    }
+    let written = transaction.commit().await?;
+    Ok(ImportSummary {
+        files: files.len(),
+        rows,
+        written,
+    })
+}
+
+/// Values already in the store that an import must not repeat (registered devices and MACs).
+async fn existing_unique_values(writer: &PartitionWriter, table: Table) -> Result<HashMap<(usize, String), String>> {
+    let mut existing = HashMap::new();
+    if table != Table::Devices {
+        return Ok(existing);
+    }
+    let factory = SessionFactory::new(writer.store().clone(), SessionOptions::default())?;
+    let ctx: SessionContext = factory.session().await?;
+    let batches = ctx.sql("SELECT device_uuid, mac FROM devices").await?.collect().await?;
+    for batch in batches {
+        let uuids = batch.column(0).as_string::<i32>();
+        let macs = batch.column(1).as_string::<i32>();
+        for (uuid, mac) in uuids.iter().zip(macs.iter()) {
+            let (Some(uuid), Some(mac)) = (uuid, mac) else { continue };
+            existing.insert((0, uuid.to_string()), "already registered".to_string());
+            existing.insert((1, mac.to_string()), format!("already registered to device {uuid}"));
+        }
+    }
+    Ok(existing)
+}
+
+enum Format {
+    Csv,
+    Parquet,
+}
+
+impl Format {
+    fn of(file: &Path) -> Result<Self> {
+        let extension = file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        match extension.as_deref() {
+            Some("csv") => Ok(Format::Csv),
+            Some("parquet") | Some("pq") => Ok(Format::Parquet),
+            _ => Err(Error::Input {
+                file: file.to_path_buf(),
+                position: Position::File,
+                reason: "unknown format: the file name must end in .csv or .parquet".into(),
+            }),
+        }
+    }
+}
+
+/// Maps the input's column names to the table's columns; refuses unknown, repeated and missing ones.
+fn map_columns(file: &Path, specs: &[ColumnSpec], table: Table, names: &[&str]) -> Result<Vec<Option<usize>>> {
+    let refuse = |column: &str, reason: String| Error::Input {
+        file: file.to_path_buf(),
+        position: Position::Column(column.to_string()),
+        reason,
+    };
+    let mut positions = vec![None; specs.len()];
+    for (i, name) in names.iter().enumerate() {
+        let name = name.trim();
+        let Some(spec) = specs.iter().position(|s| s.name == name) else {
+            let known: Vec<_> = specs.iter().map(|s| s.name).collect();
+            let hint = match table.time_column() {
+                Some(time) if name == schema::DAY => format!(" (day is derived from {time})"),
+                _ => String::new(),
+            };
+            return Err(refuse(
+                name,
+                format!("unknown column{hint}; the columns of {table} are {}", known.join(", ")),
+            ));
+        };
+        if positions[spec].is_some() {
+            return Err(refuse(name, "the column appears twice".into()));
+        }
+        positions[spec] = Some(i);
+    }
+    for (spec, position) in specs.iter().zip(&positions) {
+        if position.is_none() && !spec.nullable && !spec.defaults_to_now {
+            return Err(refuse(spec.name, "required column is missing".into()));
+        }
+    }
+    Ok(positions)
+}
+
+fn read_csv(file: &Path, staged: &mut Staged) -> Result<()> {
+    let input_error = |position, reason: String| Error::Input {
+        file: file.to_path_buf(),
+        position,
+        reason,
+    };
+    let reader = File::open(file).map_err(|e| input_error(Position::File, e.to_string()))?;
+    let mut csv = csv::ReaderBuilder::new().has_headers(true).from_reader(reader);
+    let header = csv
+        .headers()
+        .map_err(|e| input_error(Position::Line(1), e.to_string()))?
+        .clone();
+    let names: Vec<&str> = header.iter().collect();
+    if names.iter().all(|n| n.trim().is_empty()) {
+        return Err(input_error(
+            Position::Line(1),
+            "the file is empty: a header line is required".into(),
+        ));
+    }
+    let positions = map_columns(file, &staged.specs, staged.table, &names)?;
+    let mut record = csv::StringRecord::new();
+    loop {
+        let line = csv.position().line() + 1;
+        match csv.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                let line = e.position().map_or(line, |p| p.line());
+                return Err(input_error(Position::Line(line), e.to_string()));
+            }
+        }
+        let line = record.position().map_or(line, |p| p.line());
+        let cells = positions
+            .iter()
+            .map(|p| p.and_then(|i| record.get(i)).map_or(Cell::Null, Cell::Text))
+            .collect();
+        staged
+            .push(cells, &format!("line {line} of {}", file.display()))
+            .map_err(|reason| input_error(Position::Line(line), reason))?;
+    }
+    Ok(())
+}
+
+fn read_parquet(file: &Path, staged: &mut Staged) -> Result<()> {
+    let input_error = |position, reason: String| Error::Input {
+        file: file.to_path_buf(),
+        position,
+        reason,
+    };
+    let reader = File::open(file).map_err(|e| input_error(Position::File, e.to_string()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(reader)
+        .map_err(|e| input_error(Position::File, format!("not a readable Parquet file: {e}")))?;
+    let file_schema = Arc::clone(builder.schema());
+    let names: Vec<&str> = file_schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let positions = map_columns(file, &staged.specs, staged.table, &names)?;
+    let reader = builder
+        .build()
+        .map_err(|e| input_error(Position::File, e.to_string()))?;
+    let mut row = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| input_error(Position::Row(row + 1), e.to_string()))?;
+        // Bring every column to the type its kind is validated from.
+        let columns: Vec<Option<ArrayRef>> = staged
+            .specs
+            .iter()
+            .zip(&positions)
+            .map(|(spec, position)| {
+                let Some(i) = *position else { return Ok(None) };
+                let target = match spec.kind {
+                    Kind::Timestamp => schema::timestamp_type(),
+                    Kind::Int { .. } => DataType::Int64,
+                    _ => DataType::Utf8,
+                };
+                cast(batch.column(i), &target).map(Some).map_err(|e| {
+                    input_error(
+                        Position::Column(spec.name.to_string()),
+                        format!("cannot read {} as {target}: {e}", batch.schema().field(i).data_type()),
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
+        for r in 0..batch.num_rows() {
+            row += 1;
+            let cells = columns
+                .iter()
+                .map(|column| match column {
+                    None => Cell::Null,
+                    Some(a) if a.is_null(r) => Cell::Null,
+                    Some(a) => match a.data_type() {
+                        DataType::Int64 => Cell::Int(a.as_primitive::<Int64Type>().value(r)),
+                        DataType::Timestamp(_, _) => {
+                            Cell::Micros(a.as_primitive::<TimestampMicrosecondType>().value(r))
+                        }
+                        _ => Cell::Text(a.as_string::<i32>().value(r)),
+                    },
+                })
+                .collect();
+            staged
+                .push(cells, &format!("row {row} of {}", file.display()))
+                .map_err(|reason| input_error(Position::Row(row), reason))?;
+        }
+    }
+    Ok(())
+}

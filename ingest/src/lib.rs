@@ -1,0 +1,16 @@
+//! Proxima ingest: everything that puts rows into the store.
+//!
+//! [`writer`] turns Arrow batches into Parquet files and publishes them
+//! atomically (a transaction's files all become visible, or none do);
+//! [`import`] validates CSV and Parquet files row by row before anything is
+//! written; [`synthetic`] generates a realistic demo population. The REST
+//! service builds on the same writer. Queries are not this crate's business.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod import;
+pub mod synthetic;
+pub mod writer;
+
+pub use error::{Error, Result};
+pub use writer::{PartitionWriter, Transaction};

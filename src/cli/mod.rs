@@ -1,0 +1,64 @@
+//! The subcommands, one module each, and the flags they share.
+
+mod generate;
+mod import;
+mod retention;
+mod sql;
+
+use clap::{Parser, Subcommand};
+use proxima_engine::Store;
+
+/// Proxima: privacy-preserving contact tracing over day-partitioned Parquet.
+#[derive(Debug, Parser)]
+#[command(name = "proxima", version, about, long_about = None)]
+pub struct Args {
+    /// Store root: a local directory, file://…, s3://bucket/prefix (AWS_* variables), or memory://.
+    #[arg(long, global = true, env = "PROXIMA_DATA", default_value = "./proxima-data")]
+    data: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run SQL statements against the store and print the last result.
+    Sql(sql::SqlArgs),
+    /// Import CSV or Parquet files into a table (all rows validated first; all or nothing).
+    Import(import::ImportArgs),
+    /// Generate a synthetic, realistic population straight into an empty store.
+    Generate(generate::GenerateArgs),
+    /// Delete day folders older than the retention window.
+    Retention(retention::RetentionArgs),
+}
+
+/// Errors a subcommand reports; printed as `error: …` with a non-zero exit.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A flag or argument is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] proxima_engine::Error),
+    /// Ingest failed.
+    #[error(transparent)]
+    Ingest(#[from] proxima_ingest::Error),
+    /// A query failed.
+    #[error("{0}")]
+    Query(String),
+    /// Writing the output failed.
+    #[error("cannot write output: {0}")]
+    Output(String),
+}
+
+/// Runs the parsed command.
+pub async fn run(args: Args) -> Result<(), CliError> {
+    let store = Store::open(&args.data)?;
+    match args.command {
+        Command::Sql(a) => sql::run(store, a).await,
+        Command::Import(a) => import::run(store, a).await,
+        Command::Generate(a) => generate::run(store, a).await,
+        Command::Retention(a) => retention::run(store, a).await,
+    }
+}

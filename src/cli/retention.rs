@@ -1,0 +1,36 @@
+//! `proxima retention`: old data ages out by deleting whole day folders.
+
+use chrono::NaiveDate;
+use clap::Args;
+use proxima_engine::{Store, retention};
+
+use super::CliError;
+
+/// Arguments of `proxima retention`.
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    /// Days to keep, today included (1 keeps only today).
+    #[arg(long, env = "PROXIMA_KEEP_DAYS", default_value_t = 21, value_parser = clap::value_parser!(u32).range(1..))]
+    keep_days: u32,
+    /// The day taken as today (UTC); default: the current date.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    today: Option<NaiveDate>,
+}
+
+/// Runs `proxima retention`.
+pub async fn run(store: Store, args: RetentionArgs) -> Result<(), CliError> {
+    let today = args.today.unwrap_or_else(proxima_engine::store::today_utc);
+    let expired = retention::apply(&store, today, args.keep_days).await?;
+    for day in &expired {
+        println!(
+            "deleted {}/day={} ({} file(s), {} bytes)",
+            day.partition.table, day.partition.day, day.files, day.bytes
+        );
+    }
+    println!(
+        "kept days from {} to {today}; deleted {} day folder(s)",
+        retention::oldest_kept_day(today, args.keep_days),
+        expired.len()
+    );
+    Ok(())
+}
