@@ -74,17 +74,31 @@ fn format_rows(batch: &RecordBatch) -> Result<Vec<Vec<String>>, DataFusionError>
         .iter()
         .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((0..batch.num_rows())
-        .map(|row| {
-            formatters
-                .iter()
-                .map(|f| match f.value(row).to_string() {
-                    s if s.is_empty() => "(empty)".to_string(),
-                    s => s,
-                })
-                .collect()
-        })
-        .collect())
+    let mut rows = Vec::new();
+    for row in 0..batch.num_rows() {
+        let cells: Vec<String> = formatters
+            .iter()
+            .map(|f| match f.value(row).to_string() {
+                s if s.is_empty() => "(empty)".to_string(),
+                s => s,
+            })
+            .collect();
+        // A multi-line cell (an EXPLAIN plan) continues on rows of its own, one per line,
+        // so that expected results read like the plan.
+        let mut continuation = Vec::new();
+        let first_lines = cells
+            .into_iter()
+            .map(|cell| {
+                let mut lines = cell.lines().map(str::to_string);
+                let first = lines.next().unwrap_or_default();
+                continuation.extend(lines.map(|line| vec![line]));
+                first
+            })
+            .collect();
+        rows.push(first_lines);
+        rows.extend(continuation);
+    }
+    Ok(rows)
 }
 
 static STORE_PATH: LazyLock<regex::Regex> =
@@ -137,7 +151,7 @@ async fn run_file(path: &Path, complete: bool) -> Result<(), Box<dyn std::error:
         env!("CARGO_BIN_EXE_proxima")
     );
     runner.set_var("PROXIMA".into(), proxima);
-    runner.set_var("PROXIMA_STORE".into(), dir.path().display().to_string());
+    runner.set_var("STORE_DIR".into(), dir.path().display().to_string());
     runner.set_var("FIXTURES".into(), root().join("sql/fixtures").display().to_string());
     runner.with_normalizer(normalize);
     runner.with_validator(validator);

@@ -304,7 +304,11 @@ impl Staged {
             if let Value::Text(v) = &values[i]
                 && let Some(first) = self.unique.get(&(i, v.clone()))
             {
-                return Err(format!("duplicate {} {v} ({first})", self.specs[i].name));
+                let label = match self.specs[i].kind {
+                    Kind::Mac => "MAC",
+                    _ => "device",
+                };
+                return Err(format!("{label} {v} is {first}"));
             }
         }
         for &i in &self.unique_columns {
@@ -433,7 +437,7 @@ fn read_csv(file: &Path, staged: &mut Staged) -> Result<()> {
         position,
         reason,
     };
-    let reader = File::open(file).map_err(|e| input_error(Position::File, e.to_string()))?;
+    let reader = File::open(file).map_err(|e| input_error(Position::File, format!("cannot open: {e}")))?;
     let mut csv = csv::ReaderBuilder::new().has_headers(true).from_reader(reader);
     let header = csv
         .headers()
@@ -455,7 +459,13 @@ fn read_csv(file: &Path, staged: &mut Staged) -> Result<()> {
             Ok(true) => {}
             Err(e) => {
                 let line = e.position().map_or(line, |p| p.line());
-                return Err(input_error(Position::Line(line), e.to_string()));
+                let reason = match e.kind() {
+                    csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+                        format!("the line has {len} fields but the header has {expected_len}")
+                    }
+                    _ => e.to_string(),
+                };
+                return Err(input_error(Position::Line(line), reason));
             }
         }
         let line = record.position().map_or(line, |p| p.line());
@@ -476,7 +486,7 @@ fn read_parquet(file: &Path, staged: &mut Staged) -> Result<()> {
         position,
         reason,
     };
-    let reader = File::open(file).map_err(|e| input_error(Position::File, e.to_string()))?;
+    let reader = File::open(file).map_err(|e| input_error(Position::File, format!("cannot open: {e}")))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(reader)
         .map_err(|e| input_error(Position::File, format!("not a readable Parquet file: {e}")))?;
     let file_schema = Arc::clone(builder.schema());

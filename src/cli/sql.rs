@@ -48,21 +48,22 @@ fn parse_param(arg: &str) -> Result<(String, String), String> {
 
 /// Runs `proxima sql`.
 pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
+    // Errors name the script file they come from; `-c` needs no name.
     let (source, text) = match (&args.command, &args.file) {
-        (Some(sql), _) => ("-c".to_string(), sql.clone()),
+        (Some(sql), _) => (String::new(), sql.clone()),
         (None, Some(file)) => (
-            file.display().to_string(),
+            format!("{}: ", file.display()),
             std::fs::read_to_string(file)
                 .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?,
         ),
         (None, None) => unreachable!("clap requires -c or -f"),
     };
     let params: BTreeMap<String, String> = args.params.into_iter().collect();
-    let query_error = |e: datafusion::error::DataFusionError| CliError::Query(format!("{source}: {e}"));
+    let query_error = |e: datafusion::error::DataFusionError| CliError::Query(format!("{source}{e}"));
     let text = script::substitute(&text, &params).map_err(query_error)?;
     let statements = script::parse(&text).map_err(query_error)?;
     if statements.is_empty() {
-        return Err(CliError::Usage(format!("{source}: no SQL statement to run")));
+        return Err(CliError::Usage(format!("{source}no SQL statement to run")));
     }
 
     let factory = SessionFactory::new(store, SessionOptions::default())?;
@@ -71,9 +72,9 @@ pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
     for (i, statement) in statements.into_iter().enumerate() {
         let statement_error = |e: datafusion::error::DataFusionError| {
             if count == 1 {
-                CliError::Query(format!("{source}: {e}"))
+                CliError::Query(format!("{source}{e}"))
             } else {
-                CliError::Query(format!("{source}: statement {} of {count}: {e}", i + 1))
+                CliError::Query(format!("{source}statement {} of {count}: {e}", i + 1))
             }
         };
         let frame = script::execute(&ctx, statement).await.map_err(statement_error)?;
