@@ -12,8 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("warn,proxima=info,proxima_engine=info,proxima_ingest=info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -27,6 +26,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`proxima sql … | head`): not an error.
+        Err(cli::CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

@@ -44,23 +44,29 @@ pub async fn run(store: Store, args: GenerateArgs) -> Result<(), CliError> {
         seed: args.seed,
         start,
     };
-    let progress = ProgressBar::new(u64::from(args.days)).with_style(
-        ProgressStyle::with_template("{spinner} generating {msg} [{bar:30}] {pos}/{len} days, {elapsed}")
-            .expect("the template is valid")
-            .progress_chars("=> "),
-    );
-    progress.set_message(format!("{} devices", args.devices));
+    let progress = day_progress(args.days, args.devices);
     let started = std::time::Instant::now();
     let writer = PartitionWriter::new(store.clone(), "generate");
     let result = generate(&writer, &spec, |_| progress.inc(1)).await;
     progress.finish_and_clear();
     let population = result?;
     let end = start + Days::new(u64::from(args.days) - 1);
-    println!(
+    super::print(format!(
         "generated {} devices and {} observations from {start} to {end} into {store} in {:.1} s",
         population.devices,
         population.observations,
         started.elapsed().as_secs_f64()
-    );
+    ))?;
     Ok(())
+}
+
+/// A progress bar counting generated days; hidden when stderr is not a terminal.
+pub fn day_progress(days: u32, devices: u32) -> ProgressBar {
+    let progress = ProgressBar::new(u64::from(days)).with_style(
+        ProgressStyle::with_template("{spinner} generating {msg} [{bar:30}] {pos}/{len} days, {elapsed}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    progress.set_message(format!("{devices} devices"));
+    progress
 }

@@ -35,9 +35,9 @@ pub async fn run(store: Store, args: ImportArgs) -> Result<(), CliError> {
     };
     let writer = PartitionWriter::new(store, "import");
     let summary = import(&writer, table, &args.files).await?;
-    println!(
+    super::print(format!(
         "imported {} rows from {} file(s) into {table} ({} Parquet file(s), {} bytes)",
         summary.rows, summary.files, summary.written.files, summary.written.bytes
-    );
+    ))?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The subcommands, one module each, and the flags they share.
 
+mod demo;
 mod generate;
 mod import;
 mod retention;
@@ -22,6 +23,8 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Generate a demo population (if the store has no data yet) and run sample queries.
+    Demo(demo::DemoArgs),
     /// Run SQL statements against the store and print the last result.
     Sql(sql::SqlArgs),
     /// Import CSV or Parquet files into a table (all rows validated first; all or nothing).
@@ -49,16 +52,27 @@ pub enum CliError {
     Query(String),
     /// Writing the output failed.
     #[error("cannot write output: {0}")]
-    Output(String),
+    Output(#[from] std::io::Error),
+    /// Formatting the output failed.
+    #[error("cannot format output: {0}")]
+    Format(#[from] arrow::error::ArrowError),
 }
 
 /// Runs the parsed command.
 pub async fn run(args: Args) -> Result<(), CliError> {
     let store = Store::open(&args.data)?;
     match args.command {
+        Command::Demo(a) => demo::run(store, a).await,
         Command::Sql(a) => sql::run(store, a).await,
         Command::Import(a) => import::run(store, a).await,
         Command::Generate(a) => generate::run(store, a).await,
         Command::Retention(a) => retention::run(store, a).await,
     }
+}
+
+/// Prints a line on standard output, reporting failure (a closed pipe) instead of panicking.
+pub fn print(text: impl std::fmt::Display) -> Result<(), CliError> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{text}")?;
+    Ok(())
 }

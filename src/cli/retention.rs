@@ -22,15 +22,15 @@ pub async fn run(store: Store, args: RetentionArgs) -> Result<(), CliError> {
     let today = args.today.unwrap_or_else(proxima_engine::store::today_utc);
     let expired = retention::apply(&store, today, args.keep_days).await?;
     for day in &expired {
-        println!(
+        super::print(format!(
             "deleted {}/day={} ({} file(s), {} bytes)",
             day.partition.table, day.partition.day, day.files, day.bytes
-        );
+        ))?;
     }
-    println!(
+    super::print(format!(
         "kept days from {} to {today}; deleted {} day folder(s)",
         retention::oldest_kept_day(today, args.keep_days),
         expired.len()
-    );
+    ))?;
     Ok(())
 }

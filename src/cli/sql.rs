@@ -93,7 +93,6 @@ pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
         }
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
-        let output_error = |e: &dyn std::fmt::Display| CliError::Output(e.to_string());
         match args.format {
             Format::Table => {
                 let mut batches: Vec<RecordBatch> = Vec::new();
@@ -103,35 +102,29 @@ pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
                 if batches.is_empty() {
                     batches.push(RecordBatch::new_empty(schema));
                 }
-                let table = arrow::util::pretty::pretty_format_batches(&batches).map_err(|e| output_error(&e))?;
-                writeln!(out, "{table}").map_err(|e| output_error(&e))?;
+                let table = arrow::util::pretty::pretty_format_batches(&batches)?;
+                writeln!(out, "{table}")?;
             }
             Format::Csv => {
                 let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
                 let mut wrote_any = false;
                 while let Some(batch) = stream.next().await {
-                    writer
-                        .write(&batch.map_err(statement_error)?)
-                        .map_err(|e| output_error(&e))?;
+                    writer.write(&batch.map_err(statement_error)?)?;
                     wrote_any = true;
                 }
                 if !wrote_any {
-                    writer
-                        .write(&RecordBatch::new_empty(schema))
-                        .map_err(|e| output_error(&e))?;
+                    writer.write(&RecordBatch::new_empty(schema))?;
                 }
             }
             Format::Json => {
                 let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);
                 while let Some(batch) = stream.next().await {
-                    writer
-                        .write(&batch.map_err(statement_error)?)
-                        .map_err(|e| output_error(&e))?;
+                    writer.write(&batch.map_err(statement_error)?)?;
                 }
-                writer.finish().map_err(|e| output_error(&e))?;
+                writer.finish()?;
             }
         }
-        out.flush().map_err(|e| output_error(&e))?;
+        out.flush()?;
     }
     Ok(())
 }

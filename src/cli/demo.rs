@@ -1,0 +1,91 @@
+//! `proxima demo`: the newcomer's first run. Generates a demo population into
+//! the store if it holds no data yet, then runs sample queries over it.
+
+use chrono::Days;
+use clap::Args;
+use futures::StreamExt;
+use proxima_engine::{SessionFactory, SessionOptions, Store, Table};
+use proxima_ingest::PartitionWriter;
+use proxima_ingest::synthetic::{PopulationSpec, generate};
+
+use super::CliError;
+
+/// Arguments of `proxima demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Devices in the demo population.
+    #[arg(long, default_value_t = 100_000)]
+    devices: u32,
+    /// Days of observations, ending today.
+    #[arg(long, default_value_t = 14)]
+    days: u32,
+}
+
+/// The sample queries, with what each shows.
+const QUERIES: &[(&str, &str)] = &[
+    (
+        "Observations per day",
+        "SELECT day, count(*) AS observations, count(DISTINCT observer) AS reporting_devices \
+         FROM observations GROUP BY day ORDER BY day",
+    ),
+    (
+        "The five devices with the most distinct contacts over the last two days",
+        "SELECT a AS device, count(DISTINCT b) AS contacts, sum(duration_s) / 60 AS minutes \
+         FROM encounters WHERE at >= now() - INTERVAL '2 days' \
+         GROUP BY a ORDER BY contacts DESC, device LIMIT 5",
+    ),
+];
+
+/// Runs `proxima demo`.
+pub async fn run(store: Store, args: DemoArgs) -> Result<(), CliError> {
+    let has_data = store
+        .object_store()
+        .list(Some(&Table::Observations.prefix(store.root())))
+        .next()
+        .await
+        .is_some();
+    if has_data {
+        super::print(format!(
+            "The store at {store} already holds observations: using them.\n"
+        ))?;
+    } else {
+        let start = proxima_engine::store::today_utc()
+            .checked_sub_days(Days::new(u64::from(args.days.saturating_sub(1))))
+            .ok_or_else(|| CliError::Usage("--days reaches before the first representable date".into()))?;
+        let spec = PopulationSpec {
+            devices: args.devices,
+            days: args.days,
+            contacts_per_day: 10,
+            seed: 42,
+            start,
+        };
+        let progress = super::generate::day_progress(args.days, args.devices);
+        let started = std::time::Instant::now();
+        let writer = PartitionWriter::new(store.clone(), "generate");
+        let result = generate(&writer, &spec, |_| progress.inc(1)).await;
+        progress.finish_and_clear();
+        let population = result?;
+        super::print(format!(
+            "Generated {} devices and {} observations into {store} in {:.1} s.\n",
+            population.devices,
+            population.observations,
+            started.elapsed().as_secs_f64()
+        ))?;
+    }
+    let factory = SessionFactory::new(store, SessionOptions::default())?;
+    let ctx = factory.session().await?;
+    for (title, sql) in QUERIES {
+        let query_error = |e: datafusion::error::DataFusionError| CliError::Query(e.to_string());
+        let batches = ctx
+            .sql(sql)
+            .await
+            .map_err(query_error)?
+            .collect()
+            .await
+            .map_err(query_error)?;
+        let table = arrow::util::pretty::pretty_format_batches(&batches)?;
+        super::print(format!("{title}:\n{table}\n"))?;
+    }
+    super::print("Next: proxima sql -c \"SELECT * FROM encounters LIMIT 10\" (README lists the tables).")?;
+    Ok(())
+}
