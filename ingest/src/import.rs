@@ -16,7 +16,7 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, AsArray, Int16Builder, Int32Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow::compute::{SortColumn, cast, lexsort_to_indices, take_record_batch};
+use arrow::compute::{CastOptions, SortColumn, cast_with_options, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
 use chrono::DateTime;
 use datafusion::prelude::SessionContext;
@@ -505,17 +505,27 @@ fn read_parquet(file: &Path, staged: &mut Staged) -> Result<()> {
             .zip(&positions)
             .map(|(spec, position)| {
                 let Some(i) = *position else { return Ok(None) };
+                let source = batch.column(i).data_type();
+                let is_text = matches!(source, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+                // Text is validated row by row, as in CSV; other types convert exactly or fail.
                 let target = match spec.kind {
+                    _ if is_text => DataType::Utf8,
                     Kind::Timestamp => schema::timestamp_type(),
                     Kind::Int { .. } => DataType::Int64,
                     _ => DataType::Utf8,
                 };
-                cast(batch.column(i), &target).map(Some).map_err(|e| {
-                    input_error(
-                        Position::Column(spec.name.to_string()),
-                        format!("cannot read {} as {target}: {e}", batch.schema().field(i).data_type()),
-                    )
-                })
+                let options = CastOptions {
+                    safe: false,
+                    ..Default::default()
+                };
+                cast_with_options(batch.column(i), &target, &options)
+                    .map(Some)
+                    .map_err(|e| {
+                        input_error(
+                            Position::Column(spec.name.to_string()),
+                            format!("cannot read {} as {target}: {e}", batch.schema().field(i).data_type()),
+                        )
+                    })
             })
             .collect::<Result<_>>()?;
         for r in 0..batch.num_rows() {

@@ -184,11 +184,27 @@ impl Transaction {
         if self.staged.is_empty() {
             return Ok(summary);
         }
+        self.write_manifest().await?;
+        // From here on the transaction is committed: a crash is rolled forward by `recover`.
+        let store = &self.writer.store;
+        publish(store, &self.staged).await?;
+        store.delete_prefix(&self.prefix()).await?;
+        info!(
+            writer = self.writer.name,
+            files = summary.files,
+            rows = summary.rows,
+            bytes = summary.bytes,
+            "committed"
+        );
+        Ok(summary)
+    }
+
+    /// Makes the staged files durable, then records them in the manifest: the commit point.
+    async fn write_manifest(&self) -> Result<()> {
         let store = &self.writer.store;
         let staged_paths: Vec<Path> = self.staged.iter().map(|f| Path::from(f.staging.as_str())).collect();
         store.sync_local(&staged_paths)?;
-        let prefix = self.prefix();
-        let manifest_path = prefix.clone().join(MANIFEST);
+        let manifest_path = self.prefix().join(MANIFEST);
         let manifest = serde_json::to_vec(&self.staged).map_err(|source| Error::Manifest {
             path: manifest_path.to_string(),
             source,
@@ -198,17 +214,7 @@ impl Transaction {
             .put(&manifest_path, PutPayload::from(Bytes::from(manifest)))
             .await?;
         store.sync_local([&manifest_path])?;
-        // From here on the transaction is committed: a crash is rolled forward by `recover`.
-        publish(store, &self.staged).await?;
-        store.delete_prefix(&prefix).await?;
-        info!(
-            writer = self.writer.name,
-            files = summary.files,
-            rows = summary.rows,
-            bytes = summary.bytes,
-            "committed"
-        );
-        Ok(summary)
+        Ok(())
     }
 
     /// Deletes every staged file; nothing of the transaction becomes visible.
@@ -273,4 +279,139 @@ pub async fn list_files(store: &Store, table: Table) -> Result<Vec<Path>> {
         .try_collect()
         .await?;
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{StringArray, TimestampMicrosecondArray};
+
+    fn device_batch(uuid: &str, mac: &str) -> RecordBatch {
+        RecordBatch::try_new(
+            Table::Devices.file_schema(),
+            vec![
+                Arc::new(StringArray::from(vec![uuid])),
+                Arc::new(StringArray::from(vec![mac])),
+                Arc::new(TimestampMicrosecondArray::from(vec![0]).with_timezone("UTC")),
+            ],
+        )
+        .unwrap()
+    }
+
+    async fn staged_transaction(writer: &PartitionWriter) -> Transaction {
+        let mut transaction = writer.begin();
+        let batch = device_batch("00000000-0000-4000-8000-000000000001", "AA:00:00:00:00:01");
+        transaction.write_file(Table::Devices, None, &[batch]).await.unwrap();
+        transaction
+    }
+
+    async fn visible(store: &Store) -> usize {
+        list_files(store, Table::Devices).await.unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn commit_publishes_and_abort_leaves_nothing() {
+        let writer = PartitionWriter::new(Store::in_memory(), "test");
+        let transaction = staged_transaction(&writer).await;
+        assert_eq!(visible(writer.store()).await, 0, "staged files are invisible");
+        let summary = transaction.commit().await.unwrap();
+        assert_eq!((summary.files, summary.rows), (1, 1));
+        assert_eq!(visible(writer.store()).await, 1);
+
+        staged_transaction(&writer).await.abort().await.unwrap();
+        assert_eq!(visible(writer.store()).await, 1);
+        let staging: Vec<_> = writer
+            .store()
+            .object_store()
+            .list(Some(&staging_prefix(writer.store().root())))
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(staging.is_empty(), "{staging:?}");
+    }
+
+    #[tokio::test]
+    async fn files_say_which_proxima_wrote_them() {
+        let writer = PartitionWriter::new(Store::in_memory(), "test");
+        staged_transaction(&writer).await.commit().await.unwrap();
+        let file = &list_files(writer.store(), Table::Devices).await.unwrap()[0];
+        let bytes = writer
+            .store()
+            .object_store()
+            .get(file)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let reader = parquet::file::serialized_reader::SerializedFileReader::new(bytes).unwrap();
+        use parquet::file::reader::FileReader;
+        let metadata = reader.metadata().file_metadata();
+        let kv: std::collections::HashMap<_, _> = metadata
+            .key_value_metadata()
+            .unwrap()
+            .iter()
+            .map(|kv| (kv.key.as_str(), kv.value.as_deref().unwrap_or_default()))
+            .collect();
+        assert_eq!(kv["proxima.version"], PROXIMA_VERSION);
+        assert_eq!(kv["proxima.writer"], "test");
+        assert_eq!(kv["proxima.table"], "devices");
+        assert_eq!(metadata.num_rows(), 1);
+        let bloom = reader.metadata().row_group(0).column(1).bloom_filter_offset();
+        assert!(bloom.is_some(), "the mac column has a bloom filter");
+    }
+
+    #[tokio::test]
+    async fn recover_rolls_a_committed_transaction_forward() {
+        let writer = PartitionWriter::new(Store::in_memory(), "test");
+        let transaction = staged_transaction(&writer).await;
+        // Crash right after the commit point: manifest written, nothing published.
+        transaction.write_manifest().await.unwrap();
+        drop(transaction);
+        assert_eq!(visible(writer.store()).await, 0);
+        let recovery = writer.recover().await.unwrap();
+        assert_eq!(
+            recovery,
+            Recovery {
+                rolled_forward: 1,
+                rolled_back: 0
+            }
+        );
+        assert_eq!(visible(writer.store()).await, 1);
+        // Idempotent.
+        assert_eq!(writer.recover().await.unwrap(), Recovery::default());
+        assert_eq!(visible(writer.store()).await, 1);
+    }
+
+    #[tokio::test]
+    async fn recover_deletes_only_abandoned_staging() {
+        let writer = PartitionWriter::new(Store::in_memory(), "test");
+        // A transaction still being written by someone else: left alone.
+        let in_flight = staged_transaction(&writer).await;
+        // One that crashed two hours ago, before its commit point.
+        let mut abandoned = writer.begin();
+        let two_hours_ago = chrono::Utc::now().timestamp_millis() as u64 - 2 * 3600 * 1000;
+        abandoned.id = uuid::Builder::from_unix_timestamp_millis(two_hours_ago, &[7; 10]).into_uuid();
+        abandoned
+            .write_file(
+                Table::Devices,
+                None,
+                &[device_batch(
+                    "00000000-0000-4000-8000-000000000002",
+                    "AA:00:00:00:00:02",
+                )],
+            )
+            .await
+            .unwrap();
+        drop(abandoned);
+        assert_eq!(
+            writer.recover().await.unwrap(),
+            Recovery {
+                rolled_forward: 0,
+                rolled_back: 1
+            }
+        );
+        assert_eq!(in_flight.commit().await.unwrap().files, 1);
+        assert_eq!(visible(writer.store()).await, 1);
+    }
 }
