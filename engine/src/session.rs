@@ -72,7 +72,8 @@ impl SessionFactory {
     pub async fn session(&self) -> Result<SessionContext> {
         let mut config = SessionConfig::new()
             .with_information_schema(true)
-            .with_default_catalog_and_schema(CATALOG, SCHEMA);
+            .with_default_catalog_and_schema(CATALOG, SCHEMA)
+            .with_option_extension(proxima_udfs::ProximaOptions::default());
         if let Some(partitions) = self.options.target_partitions {
             config = config.with_target_partitions(partitions);
         }

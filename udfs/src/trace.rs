@@ -1,0 +1,471 @@
+//! `trace_contacts(index_uuid, at [, max_order])`: time-respecting contact tracing.
+//!
+//! Level 0 is the index `i` at reference time `T`. With the session's windows
+//! `W_back` (`proxima.trace.lookback`, 96 h) and `W_high`
+//! (`proxima.trace.high_window`, 48 h), all bounds inclusive:
+//!
+//! - Level 1: every device `v ≠ i` with an encounter with `i` at `t`,
+//!   `T − W_back ≤ t ≤ T`. `exposed_at(v)` is the earliest such `t`,
+//!   `last_contact_at(v)` the latest, `via(v) = i`. Priority `high` if
+//!   `last_contact_at ≥ T − W_high`, else `medium`.
+//! - Level k ≥ 2 (while k ≤ `max_order`, default 2, at most 5): every device
+//!   not in an earlier level with an encounter with some `u` of level k − 1 at
+//!   `t`, where `t ≥ exposed_at(u)` (the contact could already have been
+//!   infected) and `T − W_high ≤ t ≤ T`. `exposed_at(v)` is the earliest such
+//!   `t` and `via(v)` the `u` giving it (ties: the smallest `u` as text);
+//!   `last_contact_at(v)` is the latest such `t` over all qualifying `u`.
+//!   Priority `medium` at level 2, `low` deeper.
+//!
+//! Each device appears once, at its lowest level. Encounters come from the
+//! session's `encounters` view, so whatever the view excludes (unknown
+//! identifiers, self-sightings) tracing ignores. Each hop is one query over
+//! `encounters` bounded by its window, so day pruning and the lookup columns'
+//! bloom filters apply. The work happens in [`ContactTraceExec::execute`],
+//! with one output partition, so the plan can run on a Ballista executor.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{ScalarValue, exec_err, internal_err, plan_err};
+use datafusion::error::Result;
+use datafusion::execution::context::SessionState;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, TableType, col, lit};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::prelude::SessionContext;
+
+use crate::args::{constant, simplifier};
+use crate::options::ProximaOptions;
+
+const NAME: &str = "trace_contacts";
+/// Deepest level a trace may reach.
+pub const MAX_ORDER: i64 = 5;
+/// Level traced when `max_order` is not given.
+pub const DEFAULT_ORDER: i64 = 2;
+
+fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// The columns `trace_contacts` returns, in order.
+pub fn output_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("contact", DataType::Utf8, false),
+        Field::new("contact_order", DataType::Int32, false),
+        Field::new("priority", DataType::Utf8, false),
+        Field::new("exposed_at", timestamp_type(), false),
+        Field::new("last_contact_at", timestamp_type(), false),
+        Field::new("via", DataType::Utf8, false),
+    ]))
+}
+
+/// What to trace, as the arguments gave it, with the session's windows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceRequest {
+    /// The index case's device UUID (canonical lowercase).
+    pub index: String,
+    /// T, in microseconds since the epoch.
+    pub at: i64,
+    /// Deepest level (1..=5).
+    pub max_order: u32,
+    /// W_high in microseconds.
+    pub high_window: i64,
+    /// W_back in microseconds.
+    pub lookback: i64,
+}
+
+/// One traced contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    /// The contact's device UUID.
+    pub contact: String,
+    /// Its level (1 for a direct contact).
+    pub order: u32,
+    /// Earliest qualifying encounter, µs.
+    pub exposed_at: i64,
+    /// Latest qualifying encounter, µs.
+    pub last_contact_at: i64,
+    /// The device of the level above it met.
+    pub via: String,
+}
+
+impl Contact {
+    /// `high`, `medium` or `low`, by the rules in the module documentation.
+    pub fn priority(&self, request: &TraceRequest) -> &'static str {
+        match self.order {
+            1 if self.last_contact_at >= request.at - request.high_window => "high",
+            1 | 2 => "medium",
+            _ => "low",
+        }
+    }
+}
+
+/// An encounter: `a` met `b` at `at` (µs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edge {
+    /// The device whose contacts are looked up.
+    pub a: String,
+    /// The device it met.
+    pub b: String,
+    /// When, µs.
+    pub at: i64,
+}
+
+/// The level-1 contacts of `request.index` among `edges` (all with `a` = index, in the window).
+pub fn first_level(request: &TraceRequest, edges: &[Edge]) -> Vec<Contact> {
+    let mut contacts: BTreeMap<&str, Contact> = BTreeMap::new();
+    for edge in edges.iter().filter(|e| e.a == request.index && e.b != request.index) {
+        let contact = contacts.entry(&edge.b).or_insert_with(|| Contact {
+            contact: edge.b.clone(),
+            order: 1,
+            exposed_at: edge.at,
+            last_contact_at: edge.at,
+            via: request.index.clone(),
+        });
+        contact.exposed_at = contact.exposed_at.min(edge.at);
+        contact.last_contact_at = contact.last_contact_at.max(edge.at);
+    }
+    contacts.into_values().collect()
+}
+
+/// The level-`order` contacts reached from `frontier` (the level above) through `edges`,
+/// skipping devices already `seen` in a lower level.
+pub fn next_level(order: u32, frontier: &[Contact], seen: &HashSet<String>, edges: &[Edge]) -> Vec<Contact> {
+    let exposed: HashMap<&str, i64> = frontier.iter().map(|c| (c.contact.as_str(), c.exposed_at)).collect();
+    let mut contacts: BTreeMap<&str, Contact> = BTreeMap::new();
+    for edge in edges {
+        let Some(&exposed_at) = exposed.get(edge.a.as_str()) else {
+            continue;
+        };
+        if edge.at < exposed_at || seen.contains(&edge.b) || exposed.contains_key(edge.b.as_str()) {
+            continue;
+        }
+        let contact = contacts.entry(&edge.b).or_insert_with(|| Contact {
+            contact: edge.b.clone(),
+            order,
+            exposed_at: edge.at,
+            last_contact_at: edge.at,
+            via: edge.a.clone(),
+        });
+        if (edge.at, edge.a.as_str()) < (contact.exposed_at, contact.via.as_str()) {
+            contact.exposed_at = edge.at;
+            contact.via = edge.a.clone();
+        }
+        contact.last_contact_at = contact.last_contact_at.max(edge.at);
+    }
+    contacts.into_values().collect()
+}
+
+/// The table function registered as `trace_contacts`.
+#[derive(Debug, Default)]
+pub struct TraceContacts;
+
+impl TableFunctionImpl for TraceContacts {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let exprs = args.exprs();
+        if !(2..=3).contains(&exprs.len()) {
+            return plan_err!(
+                "{NAME}(index_uuid, at [, max_order]) takes 2 or 3 arguments, got {}",
+                exprs.len()
+            );
+        }
+        let simplifier = simplifier(args.session());
+        let index = match constant(NAME, 1, "index_uuid", &exprs[0], &simplifier)? {
+            ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => s,
+            other => return plan_err!("{NAME}: argument 1 (index_uuid) must be a device UUID as text, got {other}"),
+        };
+        if !is_uuid(&index) {
+            return plan_err!(
+                "{NAME}: argument 1 (index_uuid): '{index}' is not a device UUID (8-4-4-4-12 hex digits)"
+            );
+        }
+        let at = match constant(NAME, 2, "at", &exprs[1], &simplifier)? {
+            value if value.is_null() => return plan_err!("{NAME}: argument 2 (at) must not be NULL"),
+            value @ (ScalarValue::Utf8(_) | ScalarValue::Utf8View(_) | ScalarValue::LargeUtf8(_)) => {
+                match value.cast_to(&timestamp_type()) {
+                    Ok(ScalarValue::TimestampMicrosecond(Some(v), _)) => v,
+                    _ => {
+                        return plan_err!(
+                            "{NAME}: argument 2 (at): {value} is not a timestamp such as '2026-11-29T12:00:00Z'"
+                        );
+                    }
+                }
+            }
+            value @ (ScalarValue::TimestampSecond(..)
+            | ScalarValue::TimestampMillisecond(..)
+            | ScalarValue::TimestampMicrosecond(..)
+            | ScalarValue::TimestampNanosecond(..)) => match value.cast_to(&timestamp_type()) {
+                Ok(ScalarValue::TimestampMicrosecond(Some(v), _)) => v,
+                _ => return plan_err!("{NAME}: argument 2 (at): {value} is out of range"),
+            },
+            other => return plan_err!("{NAME}: argument 2 (at) must be a timestamp or RFC 3339 text, got {other}"),
+        };
+        let max_order = match exprs.get(2) {
+            None => DEFAULT_ORDER,
+            Some(expr) => match constant(NAME, 3, "max_order", expr, &simplifier)?.cast_to(&DataType::Int64) {
+                Ok(ScalarValue::Int64(Some(v))) if (1..=MAX_ORDER).contains(&v) => v,
+                Ok(ScalarValue::Int64(Some(v))) => {
+                    return plan_err!("{NAME}: argument 3 (max_order) must be between 1 and {MAX_ORDER}, got {v}");
+                }
+                _ => return plan_err!("{NAME}: argument 3 (max_order) must be an integer between 1 and {MAX_ORDER}"),
+            },
+        };
+        Ok(Arc::new(ContactTraceTable {
+            index: index.to_ascii_lowercase(),
+            at,
+            max_order: max_order as u32,
+        }))
+    }
+}
+
+fn is_uuid(value: &str) -> bool {
+    value.len() == 36
+        && value.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// The relation a `trace_contacts(…)` call stands for.
+#[derive(Debug)]
+struct ContactTraceTable {
+    index: String,
+    at: i64,
+    max_order: u32,
+}
+
+#[async_trait]
+impl TableProvider for ContactTraceTable {
+    fn schema(&self) -> SchemaRef {
+        output_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(session) = state.as_any().downcast_ref::<SessionState>() else {
+            return internal_err!("{NAME} needs a DataFusion SessionState");
+        };
+        let options = state
+            .config_options()
+            .extensions
+            .get::<ProximaOptions>()
+            .cloned()
+            .unwrap_or_default();
+        let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        let request = TraceRequest {
+            index: self.index.clone(),
+            at: self.at,
+            max_order: self.max_order,
+            high_window: micros(options.high_window),
+            lookback: micros(options.lookback),
+        };
+        let schema = match projection {
+            Some(p) => Arc::new(output_schema().project(p)?),
+            None => output_schema(),
+        };
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Ok(Arc::new(ContactTraceExec {
+            request,
+            projection: projection.cloned(),
+            schema,
+            properties,
+            session: session.clone(),
+        }))
+    }
+}
+
+/// Runs one trace: a query over `encounters` per level.
+pub struct ContactTraceExec {
+    request: TraceRequest,
+    projection: Option<Vec<usize>>,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    session: SessionState,
+}
+
+impl fmt::Debug for ContactTraceExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContactTraceExec")
+            .field("request", &self.request)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DisplayAs for ContactTraceExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let r = &self.request;
+        write!(
+            f,
+            "ContactTraceExec: index={}, at={}, max_order={}, lookback={}s, high_window={}s",
+            r.index,
+            r.at,
+            r.max_order,
+            r.lookback / 1_000_000,
+            r.high_window / 1_000_000
+        )
+    }
+}
+
+impl ExecutionPlan for ContactTraceExec {
+    fn name(&self) -> &str {
+        "ContactTraceExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            internal_err!("ContactTraceExec has no children")
+        }
+    }
+
+    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return internal_err!("ContactTraceExec has one partition, asked for {partition}");
+        }
+        let (request, session, projection) = (self.request.clone(), self.session.clone(), self.projection.clone());
+        let stream = futures::stream::once(async move {
+            let ctx = SessionContext::new_with_state(session);
+            let batch = contacts_batch(&request, &trace(&ctx, &request).await?)?;
+            match projection {
+                Some(p) => Ok(batch.project(&p)?),
+                None => Ok(batch),
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            stream,
+        )))
+    }
+}
+
+fn ts(micros: i64) -> Expr {
+    lit(ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into())))
+}
+
+/// Encounters with `a` among `devices` and `from ≤ at ≤ to`.
+async fn edges(ctx: &SessionContext, devices: Vec<Expr>, from: i64, to: i64) -> Result<Vec<Edge>> {
+    let batches = ctx
+        .table("encounters")
+        .await?
+        .filter(
+            col("a")
+                .in_list(devices, false)
+                .and(col("at").between(ts(from), ts(to))),
+        )?
+        .select_columns(&["a", "b", "at"])?
+        .collect()
+        .await?;
+    let mut edges = Vec::new();
+    for batch in batches {
+        let a = batch.column(0).as_string::<i32>();
+        let b = batch.column(1).as_string::<i32>();
+        let at = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+        for i in 0..batch.num_rows() {
+            edges.push(Edge {
+                a: a.value(i).to_string(),
+                b: b.value(i).to_string(),
+                at: at.value(i),
+            });
+        }
+    }
+    Ok(edges)
+}
+
+/// Runs the trace against the session's `devices` and `encounters`.
+async fn trace(ctx: &SessionContext, request: &TraceRequest) -> Result<Vec<Contact>> {
+    let known = ctx
+        .table("devices")
+        .await?
+        .filter(col("device_uuid").eq(lit(request.index.as_str())))?
+        .count()
+        .await?;
+    if known == 0 {
+        return exec_err!("{NAME}: unknown device '{}'", request.index);
+    }
+    let first = edges(
+        ctx,
+        vec![lit(request.index.as_str())],
+        request.at - request.lookback,
+        request.at,
+    )
+    .await?;
+    let mut level = first_level(request, &first);
+    let mut seen: HashSet<String> = HashSet::from([request.index.clone()]);
+    let mut contacts = Vec::new();
+    for order in 2..=request.max_order {
+        if level.is_empty() {
+            break;
+        }
+        seen.extend(level.iter().map(|c| c.contact.clone()));
+        let frontier: Vec<Expr> = level.iter().map(|c| lit(c.contact.as_str())).collect();
+        let found = edges(ctx, frontier, request.at - request.high_window, request.at).await?;
+        let next = next_level(order, &level, &seen, &found);
+        contacts.append(&mut level);
+        level = next;
+    }
+    contacts.append(&mut level);
+    Ok(contacts)
+}
+
+fn contacts_batch(request: &TraceRequest, contacts: &[Contact]) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            contacts.iter().map(|c| c.contact.as_str()),
+        )),
+        Arc::new(Int32Array::from_iter_values(contacts.iter().map(|c| c.order as i32))),
+        Arc::new(StringArray::from_iter_values(
+            contacts.iter().map(|c| c.priority(request)),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(contacts.iter().map(|c| c.exposed_at)).with_timezone("UTC"),
+        ),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(contacts.iter().map(|c| c.last_contact_at))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from_iter_values(contacts.iter().map(|c| c.via.as_str()))),
+    ];
+    debug_assert!(columns.iter().all(|c| c.null_count() == 0));
+    Ok(RecordBatch::try_new(output_schema(), columns)?)
+}
