@@ -121,11 +121,15 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Fills a fresh store with the fixtures, through the real import path.
-async fn fixture_store(dir: &Path) -> Result<Store, Box<dyn std::error::Error>> {
+/// Fills a fresh store with the fixtures, through the real import path: those in
+/// `sql/fixtures/<name of the .slt file>/` if that folder exists, else `sql/fixtures/`.
+async fn fixture_store(dir: &Path, slt: &Path) -> Result<Store, Box<dyn std::error::Error>> {
     let store = Store::local(dir)?;
     let writer = PartitionWriter::new(store.clone(), "import");
-    let fixtures = root().join("sql/fixtures");
+    let own = slt.file_stem().map(|stem| root().join("sql/fixtures").join(stem));
+    let fixtures = own
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(|| root().join("sql/fixtures"));
     proxima_ingest::import::import(&writer, Table::Devices, &[fixtures.join("devices.csv")]).await?;
     proxima_ingest::import::import(&writer, Table::Observations, &[fixtures.join("observations.csv")]).await?;
     Ok(store)
@@ -133,7 +137,7 @@ async fn fixture_store(dir: &Path) -> Result<Store, Box<dyn std::error::Error>> 
 
 async fn run_file(path: &Path, complete: bool) -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let store = fixture_store(dir.path()).await?;
+    let store = fixture_store(dir.path(), path).await?;
     let factory = Arc::new(SessionFactory::new(store, SessionOptions::default())?);
     let mut runner = sqllogictest::Runner::new(move || {
         let factory = Arc::clone(&factory);
