@@ -1,5 +1,6 @@
 //! The subcommands, one module each, and the flags they share.
 
+mod bench;
 mod demo;
 mod generate;
 mod import;
@@ -33,6 +34,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Delete day folders older than the retention window.
     Retention(retention::RetentionArgs),
+    /// Measure: trace latency over the store (run in release).
+    Bench(bench::BenchArgs),
 }
 
 /// Errors a subcommand reports; printed as `error: …` with a non-zero exit.
@@ -67,6 +70,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         Command::Import(a) => import::run(store, a).await,
         Command::Generate(a) => generate::run(store, a).await,
         Command::Retention(a) => retention::run(store, a).await,
+        Command::Bench(a) => bench::run(store, a).await,
     }
 }
 
