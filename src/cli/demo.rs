@@ -1,7 +1,6 @@
 //! `proxima demo`: the newcomer's first run. Generates a demo population into
 //! the store if it holds no data yet, then runs sample queries over it.
 
-use chrono::Days;
 use clap::Args;
 use futures::StreamExt;
 use proxima_engine::{SessionFactory, SessionOptions, Store, Table};
@@ -49,9 +48,7 @@ pub async fn run(store: Store, args: DemoArgs) -> Result<(), CliError> {
             "The store at {store} already holds observations: using them.\n"
         ))?;
     } else {
-        let start = proxima_engine::store::today_utc()
-            .checked_sub_days(Days::new(u64::from(args.days.saturating_sub(1))))
-            .ok_or_else(|| CliError::Usage("--days reaches before the first representable date".into()))?;
+        let start = super::generate::start_ending_today(args.days)?;
         let spec = PopulationSpec {
             devices: args.devices,
             days: args.days,

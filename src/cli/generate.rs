@@ -33,9 +33,7 @@ pub struct GenerateArgs {
 pub async fn run(store: Store, args: GenerateArgs) -> Result<(), CliError> {
     let start = match args.start {
         Some(start) => start,
-        None => proxima_engine::store::today_utc()
-            .checked_sub_days(Days::new(u64::from(args.days.saturating_sub(1))))
-            .ok_or_else(|| CliError::Usage("--days reaches before the first representable date".into()))?,
+        None => start_ending_today(args.days)?,
     };
     let spec = PopulationSpec {
         devices: args.devices,
@@ -69,4 +67,11 @@ pub fn day_progress(days: u32, devices: u32) -> ProgressBar {
     );
     progress.set_message(format!("{devices} devices"));
     progress
+}
+
+/// The first day of a `days`-day population whose last day is today (UTC).
+pub fn start_ending_today(days: u32) -> Result<NaiveDate, CliError> {
+    proxima_engine::store::today_utc()
+        .checked_sub_days(Days::new(u64::from(days.saturating_sub(1))))
+        .ok_or_else(|| CliError::Usage("--days reaches before the first representable date".into()))
 }
