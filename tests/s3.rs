@@ -154,8 +154,24 @@ fn the_store_works_on_s3() {
         ],
     );
     assert_eq!(encounters, "n\n4\n");
+    // The encounter index was built on S3 by the imports.
+    let indexed = ok(
+        port,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            "SELECT count(*) AS n FROM encounter_index WHERE at >= TIMESTAMP '2026-11-04T00:00:00Z'",
+        ],
+    );
+    assert_eq!(indexed, encounters);
 
     let retention = ok(port, &["retention", "--keep-days", "2", "--today", "2026-11-05"]);
-    assert!(retention.contains("deleted 2 day folder(s)"), "{retention}");
+    assert!(retention.contains("deleted 4 day folder(s)"), "{retention}");
+    assert!(
+        retention.contains("deleted encounter_index/day=2026-11-03"),
+        "{retention}"
+    );
     assert_eq!(days(port), "day,n\n2026-11-04,3\n2026-11-05,1\n");
 }

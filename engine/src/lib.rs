@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod ids;
+pub mod index;
 pub mod paths;
 pub mod retention;
 pub mod schema;

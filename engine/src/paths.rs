@@ -6,6 +6,7 @@
 //! ```text
 //! <root>/observations/day=2026-11-29/part-<uuid v7>.parquet
 //! <root>/devices/part-<uuid v7>.parquet
+//! <root>/encounter_index/day=2026-11-29/part-<uuid v7>.parquet   (derived)
 //! <root>/_staging/<transaction>/...      (invisible to SQL; see proxima-ingest)
 //! ```
 //!
@@ -27,17 +28,21 @@ pub enum Table {
     Observations,
     /// Registered devices and their MACs.
     Devices,
+    /// Derived: the `encounters` of each day sorted by device, for tracing lookups
+    /// (rebuilt from `observations` and `devices`; see `proxima_engine::index`).
+    EncounterIndex,
 }
 
 impl Table {
     /// Every table, in catalog order.
-    pub const ALL: [Table; 2] = [Table::Observations, Table::Devices];
+    pub const ALL: [Table; 3] = [Table::Observations, Table::Devices, Table::EncounterIndex];
 
     /// The SQL name of the table, which is also its folder name.
     pub fn name(self) -> &'static str {
         match self {
             Table::Observations => "observations",
             Table::Devices => "devices",
+            Table::EncounterIndex => "encounter_index",
         }
     }
 
@@ -51,6 +56,7 @@ impl Table {
         match self {
             Table::Observations => Some("observed_at"),
             Table::Devices => None,
+            Table::EncounterIndex => Some("at"),
         }
     }
 
@@ -59,6 +65,8 @@ impl Table {
         match self {
             Table::Observations => &["observer", "observed"],
             Table::Devices => &["device_uuid", "mac"],
+            // Sorted by `a` with a page index: lookups need no bloom filter.
+            Table::EncounterIndex => &[],
         }
     }
 
@@ -67,6 +75,7 @@ impl Table {
         match self {
             Table::Observations => schema::OBSERVATIONS_FILE.clone(),
             Table::Devices => schema::DEVICES.clone(),
+            Table::EncounterIndex => schema::ENCOUNTER_INDEX.clone(),
         }
     }
 

@@ -42,6 +42,16 @@ pub static DEVICES: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// Columns of `encounter_index` files: the `encounters` view's `(a, b, at)` for one day,
+/// sorted by `a` then `at`, so that the encounters of a few devices are a page-index lookup.
+pub static ENCOUNTER_INDEX: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("a", DataType::Utf8, false),
+        Field::new("b", DataType::Utf8, false),
+        Field::new("at", timestamp_type(), false),
+    ]))
+});
+
 /// Appends the `day` partition column to a file schema: the schema SQL sees.
 pub fn with_day(file_schema: &Schema) -> SchemaRef {
     let mut fields: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();

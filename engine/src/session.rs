@@ -14,7 +14,10 @@ use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+use proxima_udfs::trace::EncounterLookupExtension;
+
 use crate::error::Result;
+use crate::index::IndexReader;
 use crate::paths::Table;
 use crate::schema::DAY;
 use crate::store::Store;
@@ -43,6 +46,8 @@ pub struct SessionFactory {
     store: Store,
     runtime: Arc<RuntimeEnv>,
     options: SessionOptions,
+    /// Shared by every session, so that index footers are read once.
+    index: Arc<IndexReader>,
 }
 
 impl SessionFactory {
@@ -57,6 +62,7 @@ impl SessionFactory {
         let runtime = runtime.build_arc()?;
         runtime.register_object_store(store.object_store_url().as_ref(), Arc::clone(store.object_store()));
         Ok(Self {
+            index: Arc::new(IndexReader::new(store.clone())),
             store,
             runtime,
             options,
@@ -68,12 +74,20 @@ impl SessionFactory {
         &self.store
     }
 
+    /// The encounter-index reader every session's `trace_contacts` uses.
+    pub fn index(&self) -> &Arc<IndexReader> {
+        &self.index
+    }
+
     /// A new session with every table, view and function of Proxima.
     pub async fn session(&self) -> Result<SessionContext> {
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG, SCHEMA)
-            .with_option_extension(proxima_udfs::ProximaOptions::default());
+            .with_option_extension(proxima_udfs::ProximaOptions::default())
+            .with_extension(Arc::new(EncounterLookupExtension(
+                Arc::clone(&self.index) as Arc<dyn proxima_udfs::trace::EncounterLookup>
+            )));
         if let Some(partitions) = self.options.target_partitions {
             config = config.with_target_partitions(partitions);
         }

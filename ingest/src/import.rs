@@ -18,7 +18,7 @@ use arrow::array::{
 };
 use arrow::compute::{CastOptions, SortColumn, cast_with_options, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
-use chrono::DateTime;
+use chrono::{DateTime, NaiveDate};
 use datafusion::prelude::SessionContext;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use proxima_engine::{SessionFactory, SessionOptions, Table, ids, schema};
@@ -37,6 +37,8 @@ pub struct ImportSummary {
     pub rows: u64,
     /// Parquet files written.
     pub written: CommitSummary,
+    /// Days whose encounter index was rebuilt afterwards.
+    pub indexed_days: usize,
 }
 
 /// The kind of value a column holds, which decides how it is validated.
@@ -89,6 +91,8 @@ fn columns(table: Table) -> Vec<ColumnSpec> {
             column("tx_power", DBM, true),
             column("location", Kind::Geohash, true),
         ],
+        // Derived from the others; `import` refuses it.
+        Table::EncounterIndex => vec![],
         Table::Devices => vec![
             column("device_uuid", Kind::DeviceUuid, false),
             column("mac", Kind::Mac, false),
@@ -272,7 +276,7 @@ impl Staged {
         let specs = columns(table);
         let unique_columns = match table {
             Table::Devices => vec![0, 1],
-            Table::Observations => vec![],
+            Table::Observations | Table::EncounterIndex => vec![],
         };
         let time_column = table.time_column().map(|name| {
             specs
@@ -328,7 +332,16 @@ impl Staged {
 }
 
 /// Imports `files` into `table` in one transaction; on any error nothing is stored.
+///
+/// After the commit, the encounter index of every day the import changed is rebuilt
+/// (every day with observations, for devices, since a new MAC can turn old
+/// sightings into encounters).
 pub async fn import(writer: &PartitionWriter, table: Table, files: &[PathBuf]) -> Result<ImportSummary> {
+    if table == Table::EncounterIndex {
+        return Err(Error::InvalidArgument(format!(
+            "{table} is derived from observations and devices; it cannot be imported"
+        )));
+    }
     writer.recover().await?;
     let existing = existing_unique_values(writer, table).await?;
     let mut staged = Staged::new(table, existing);
@@ -339,6 +352,12 @@ pub async fn import(writer: &PartitionWriter, table: Table, files: &[PathBuf]) -
         }
     }
     let rows = staged.rows;
+    let days: Vec<NaiveDate> = staged
+        .by_day
+        .keys()
+        .flatten()
+        .map(|d| schema::date_from_epoch_days(*d))
+        .collect();
     let mut transaction = writer.begin();
     for (day, day_rows) in std::mem::take(&mut staged.by_day) {
         let batch = day_rows.finish(table)?;
@@ -349,10 +368,21 @@ pub async fn import(writer: &PartitionWriter, table: Table, files: &[PathBuf]) -
         }
     }
     let written = transaction.commit().await?;
+    let factory = SessionFactory::new(writer.store().clone(), SessionOptions::default())?;
+    let indexed_days = match table {
+        Table::Devices => crate::index::build_all(&factory, writer, |_, _| {}).await?.len(),
+        _ => {
+            for &day in &days {
+                crate::index::build_day(&factory, writer, day).await?;
+            }
+            days.len()
+        }
+    };
     Ok(ImportSummary {
         files: files.len(),
         rows,
         written,
+        indexed_days,
     })
 }
 

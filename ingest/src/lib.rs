@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod import;
+pub mod index;
 pub mod synthetic;
 pub mod writer;
 

@@ -23,6 +23,7 @@ use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use proxima_engine::paths::{new_data_file, staging_prefix};
 use proxima_engine::{PROXIMA_VERSION, Store, Table};
 use serde::{Deserialize, Serialize};
@@ -148,19 +149,43 @@ impl Transaction {
     /// as one staged Parquet file.
     pub async fn write_file(&mut self, table: Table, day: Option<NaiveDate>, batches: &[RecordBatch]) -> Result<()> {
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        if rows == 0 {
-            return Ok(());
-        }
+        let stream = futures::stream::iter(batches.iter().cloned().map(Ok::<_, Error>));
+        self.write_stream(table, day, rows, Vec::new(), stream).await
+    }
+
+    /// Writes a stream of batches as one staged Parquet file, without holding them all in
+    /// memory; `expected_rows` sizes the bloom filters and `metadata` is added to the file's
+    /// key-value metadata. Writes nothing if the stream is empty.
+    pub async fn write_stream<S, E>(
+        &mut self,
+        table: Table,
+        day: Option<NaiveDate>,
+        expected_rows: usize,
+        metadata: Vec<KeyValue>,
+        mut batches: S,
+    ) -> Result<()>
+    where
+        S: futures::Stream<Item = std::result::Result<RecordBatch, E>> + Unpin,
+        Error: From<E>,
+    {
         let store = &self.writer.store;
         let staging = staging_prefix(store.root())
             .join(self.id.to_string())
             .join(format!("{}.parquet", self.staged.len()));
         let target = new_data_file(store.root(), table, day);
-        let props = writer_properties(table, self.writer.name, rows);
+        let props = writer_properties(table, self.writer.name, expected_rows, metadata);
         let sink = object_store::buffered::BufWriter::new(Arc::clone(store.object_store()), staging.clone());
         let mut writer = AsyncArrowWriter::try_new(sink, table.file_schema(), Some(props))?;
-        for batch in batches {
-            writer.write(batch).await?;
+        let mut rows = 0u64;
+        while let Some(batch) = batches.try_next().await? {
+            rows += batch.num_rows() as u64;
+            writer.write(&batch).await?;
+        }
+        // An empty index file still records that its day has no encounters.
+        if rows == 0 && table != Table::EncounterIndex {
+            writer.close().await?;
+            store.object_store().delete(&staging).await?;
+            return Ok(());
         }
         writer.close().await?;
         let bytes = store.object_store().head(&staging).await?.size;
@@ -168,7 +193,7 @@ impl Transaction {
         self.staged.push(StagedFile {
             staging: staging.to_string(),
             target: target.to_string(),
-            rows: rows as u64,
+            rows,
             bytes,
         });
         Ok(())
@@ -248,20 +273,33 @@ async fn publish(store: &Store, staged: &[StagedFile]) -> Result<()> {
 
 /// Parquet settings for a table's files: ZSTD, page statistics (for the page index),
 /// bloom filters on the lookup columns, and metadata naming the Proxima version and writer.
-fn writer_properties(table: Table, writer: &str, rows: usize) -> WriterProperties {
-    let metadata = vec![
+///
+/// Encounter-index files are laid out for lookups by `a`: small pages (1,024 rows) so
+/// that one device's rows are one page read, no dictionaries (a dictionary page
+/// would be read whole for every lookup), and page statistics on `a` only.
+fn writer_properties(table: Table, writer: &str, rows: usize, extra: Vec<KeyValue>) -> WriterProperties {
+    let mut metadata = vec![
         KeyValue::new("proxima.version".to_string(), PROXIMA_VERSION.to_string()),
         KeyValue::new("proxima.writer".to_string(), writer.to_string()),
         KeyValue::new("proxima.table".to_string(), table.name().to_string()),
     ];
+    metadata.extend(extra);
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("1 is a valid zstd level"),
         ))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_key_value_metadata(Some(metadata));
+    if table == Table::EncounterIndex {
+        builder = builder
+            .set_dictionary_enabled(false)
+            .set_data_page_row_count_limit(INDEX_PAGE_ROWS)
+            .set_write_batch_size(INDEX_PAGE_ROWS)
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_column_statistics_enabled(ColumnPath::from("a"), EnabledStatistics::Page);
+    }
     for column in table.lookup_columns() {
-        let column = parquet::schema::types::ColumnPath::from(*column);
+        let column = ColumnPath::from(*column);
         builder = builder
             .set_column_bloom_filter_enabled(column.clone(), true)
             .set_column_bloom_filter_fpp(column.clone(), 0.01)
@@ -269,6 +307,9 @@ fn writer_properties(table: Table, writer: &str, rows: usize) -> WriterPropertie
     }
     builder.build()
 }
+
+/// Rows per data page of encounter-index files.
+const INDEX_PAGE_ROWS: usize = 1024;
 
 /// Lists the data files of a table (for tests and tools).
 pub async fn list_files(store: &Store, table: Table) -> Result<Vec<Path>> {

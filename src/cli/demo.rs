@@ -4,8 +4,7 @@
 use clap::Args;
 use futures::StreamExt;
 use proxima_engine::{SessionFactory, SessionOptions, Store, Table};
-use proxima_ingest::PartitionWriter;
-use proxima_ingest::synthetic::{PopulationSpec, generate};
+use proxima_ingest::synthetic::PopulationSpec;
 
 use super::CliError;
 
@@ -56,12 +55,8 @@ pub async fn run(store: Store, args: DemoArgs) -> Result<(), CliError> {
             seed: 42,
             start,
         };
-        let progress = super::generate::day_progress(args.days, args.devices);
         let started = std::time::Instant::now();
-        let writer = PartitionWriter::new(store.clone(), "generate");
-        let result = generate(&writer, &spec, |_| progress.inc(1)).await;
-        progress.finish_and_clear();
-        let population = result?;
+        let population = super::generate::populate(&store, &spec).await?;
         super::print(format!(
             "Generated {} devices and {} observations into {store} in {:.1} s.\n",
             population.devices,

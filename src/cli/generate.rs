@@ -5,7 +5,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use proxima_engine::Store;
 use proxima_ingest::PartitionWriter;
-use proxima_ingest::synthetic::{PopulationSpec, generate};
+use proxima_ingest::synthetic::{GeneratedPopulation, PopulationSpec, generate};
 
 use super::CliError;
 
@@ -42,12 +42,8 @@ pub async fn run(store: Store, args: GenerateArgs) -> Result<(), CliError> {
         seed: args.seed,
         start,
     };
-    let progress = day_progress(args.days, args.devices);
     let started = std::time::Instant::now();
-    let writer = PartitionWriter::new(store.clone(), "generate");
-    let result = generate(&writer, &spec, |_| progress.inc(1)).await;
-    progress.finish_and_clear();
-    let population = result?;
+    let population = populate(&store, &spec).await?;
     let end = start + Days::new(u64::from(args.days) - 1);
     super::print(format!(
         "generated {} devices and {} observations from {start} to {end} into {store} in {:.1} s",
@@ -58,14 +54,26 @@ pub async fn run(store: Store, args: GenerateArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// A progress bar counting generated days; hidden when stderr is not a terminal.
-pub fn day_progress(days: u32, devices: u32) -> ProgressBar {
+/// Generates `spec` into `store` and builds its encounter index, with progress bars.
+pub async fn populate(store: &Store, spec: &PopulationSpec) -> Result<GeneratedPopulation, CliError> {
+    let writer = PartitionWriter::new(store.clone(), "generate");
+    let progress = day_progress("generating", spec.days, format!("{} devices", spec.devices));
+    let result = generate(&writer, spec, |_| progress.inc(1)).await;
+    progress.finish_and_clear();
+    let population = result?;
+    super::index::rebuild(store, &writer).await?;
+    Ok(population)
+}
+
+/// A progress bar counting days; hidden when stderr is not a terminal.
+pub fn day_progress(action: &str, days: u32, message: String) -> ProgressBar {
+    let template = format!("{{spinner}} {action} {{msg}} [{{bar:30}}] {{pos}}/{{len}} days, {{elapsed}}");
     let progress = ProgressBar::new(u64::from(days)).with_style(
-        ProgressStyle::with_template("{spinner} generating {msg} [{bar:30}] {pos}/{len} days, {elapsed}")
+        ProgressStyle::with_template(&template)
             .expect("the template is valid")
             .progress_chars("=> "),
     );
-    progress.set_message(format!("{devices} devices"));
+    progress.set_message(message);
     progress
 }
 

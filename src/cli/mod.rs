@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod generate;
 mod import;
+mod index;
 mod retention;
 mod sql;
 
@@ -32,6 +33,8 @@ enum Command {
     Import(import::ImportArgs),
     /// Generate a synthetic, realistic population straight into an empty store.
     Generate(generate::GenerateArgs),
+    /// Rebuild the encounter index (tracing's lookup structure) of every day.
+    Index(index::IndexArgs),
     /// Delete day folders older than the retention window.
     Retention(retention::RetentionArgs),
     /// Measure: trace latency over the store (run in release).
@@ -69,6 +72,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         Command::Sql(a) => sql::run(store, a).await,
         Command::Import(a) => import::run(store, a).await,
         Command::Generate(a) => generate::run(store, a).await,
+        Command::Index(a) => index::run(store, a).await,
         Command::Retention(a) => retention::run(store, a).await,
         Command::Bench(a) => bench::run(store, a).await,
     }

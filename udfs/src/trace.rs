@@ -122,6 +122,40 @@ pub struct Edge {
     pub at: i64,
 }
 
+/// What an [`EncounterLookup`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookup {
+    /// Encounters of the asked devices within the asked bounds, on the days covered.
+    pub edges: Vec<Edge>,
+    /// Days (since 1970-01-01) in the bounds the lookup could not answer: the caller reads them elsewhere.
+    pub uncovered_days: Vec<i32>,
+}
+
+/// Rows and bytes an [`EncounterLookup`] has read since it was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LookupCounters {
+    /// Rows decoded.
+    pub rows: u64,
+    /// Bytes fetched from storage (file footers included).
+    pub bytes: u64,
+}
+
+/// A faster source of encounters than the `encounters` view, such as a per-day index
+/// sorted by device. `trace_contacts` uses the one in the session config's
+/// [`EncounterLookupExtension`] and reads the days it does not cover from the view.
+#[async_trait]
+pub trait EncounterLookup: fmt::Debug + Send + Sync {
+    /// Encounters with `a` among `devices` (sorted, distinct) and `from ≤ at ≤ to` (µs).
+    async fn encounters(&self, devices: &[String], from: i64, to: i64) -> Result<Lookup>;
+
+    /// What the lookups have read so far.
+    fn counters(&self) -> LookupCounters;
+}
+
+/// The session config extension (`SessionConfig::with_extension`) that holds a session's lookup.
+#[derive(Debug, Clone)]
+pub struct EncounterLookupExtension(pub Arc<dyn EncounterLookup>);
+
 /// The level-1 contacts of `request.index` among `edges` (all with `a` = index, in the window).
 pub fn first_level(request: &TraceRequest, edges: &[Edge]) -> Vec<Contact> {
     let mut contacts: BTreeMap<&str, Contact> = BTreeMap::new();
@@ -383,20 +417,34 @@ fn ts(micros: i64) -> Expr {
     lit(ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into())))
 }
 
-/// Encounters with `a` among `devices` and `from ≤ at ≤ to`.
-async fn edges(ctx: &SessionContext, devices: Vec<Expr>, from: i64, to: i64) -> Result<Vec<Edge>> {
+/// Encounters with `a` among `devices` (sorted, distinct) and `from ≤ at ≤ to`: from the
+/// session's lookup where it covers the days, from the `encounters` view elsewhere.
+async fn edges(ctx: &SessionContext, devices: &[String], from: i64, to: i64) -> Result<Vec<Edge>> {
+    let lookup = ctx.state().config().get_extension::<EncounterLookupExtension>();
+    let (mut edges, view_days) = match lookup {
+        Some(lookup) => {
+            let found = lookup.0.encounters(devices, from, to).await?;
+            (found.edges, Some(found.uncovered_days))
+        }
+        None => (Vec::new(), None),
+    };
+    if view_days.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(edges);
+    }
+    let mut filter = col("a")
+        .in_list(devices.iter().map(|d| lit(d.as_str())).collect(), false)
+        .and(col("at").between(ts(from), ts(to)));
+    if let Some(days) = view_days {
+        let days = days.into_iter().map(|d| lit(ScalarValue::Date32(Some(d)))).collect();
+        filter = filter.and(col("day").in_list(days, false));
+    }
     let batches = ctx
         .table("encounters")
         .await?
-        .filter(
-            col("a")
-                .in_list(devices, false)
-                .and(col("at").between(ts(from), ts(to))),
-        )?
+        .filter(filter)?
         .select_columns(&["a", "b", "at"])?
         .collect()
         .await?;
-    let mut edges = Vec::new();
     for batch in batches {
         let a = batch.column(0).as_string::<i32>();
         let b = batch.column(1).as_string::<i32>();
@@ -425,7 +473,7 @@ async fn trace(ctx: &SessionContext, request: &TraceRequest) -> Result<Vec<Conta
     }
     let first = edges(
         ctx,
-        vec![lit(request.index.as_str())],
+        std::slice::from_ref(&request.index),
         request.at - request.lookback,
         request.at,
     )
@@ -438,8 +486,9 @@ async fn trace(ctx: &SessionContext, request: &TraceRequest) -> Result<Vec<Conta
             break;
         }
         seen.extend(level.iter().map(|c| c.contact.clone()));
-        let frontier: Vec<Expr> = level.iter().map(|c| lit(c.contact.as_str())).collect();
-        let found = edges(ctx, frontier, request.at - request.high_window, request.at).await?;
+        // `level` is sorted by contact and distinct (built from a BTreeMap).
+        let frontier: Vec<String> = level.iter().map(|c| c.contact.clone()).collect();
+        let found = edges(ctx, &frontier, request.at - request.high_window, request.at).await?;
         let next = next_level(order, &level, &seen, &found);
         contacts.append(&mut level);
         level = next;

@@ -1,0 +1,41 @@
+//! `proxima index`: rebuilds the encounter index that `trace_contacts` looks up.
+//!
+//! Imports and `generate` keep the index current by themselves; this command
+//! is for stores written by other means, or to repair one.
+
+use clap::Args;
+use proxima_engine::{SessionFactory, SessionOptions, Store, Table};
+use proxima_ingest::PartitionWriter;
+
+use super::CliError;
+
+/// Arguments of `proxima index`.
+#[derive(Debug, Args)]
+pub struct IndexArgs {}
+
+/// Runs `proxima index`.
+pub async fn run(store: Store, _args: IndexArgs) -> Result<(), CliError> {
+    let started = std::time::Instant::now();
+    let writer = PartitionWriter::new(store.clone(), "index");
+    let (days, rows) = rebuild(&store, &writer).await?;
+    super::print(format!(
+        "indexed {days} days ({rows} encounter rows) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ))?;
+    Ok(())
+}
+
+/// Rebuilds the index of every day with observations, with a progress bar; returns days and rows.
+pub async fn rebuild(store: &Store, writer: &PartitionWriter) -> Result<(usize, u64), CliError> {
+    let days = store.list_days(Table::Observations).await?.len();
+    let factory = SessionFactory::new(store.clone(), SessionOptions::default())?;
+    let progress = super::generate::day_progress("indexing", days as u32, "encounters".into());
+    let mut rows = 0;
+    let result = proxima_ingest::index::build_all(&factory, writer, |_, summary| {
+        rows += summary.rows;
+        progress.inc(1);
+    })
+    .await;
+    progress.finish_and_clear();
+    Ok((result?.len(), rows))
+}
