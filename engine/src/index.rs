@@ -98,6 +98,14 @@ impl IndexReader {
         }
     }
 
+    /// Rows decoded and bytes fetched by this reader's lookups so far.
+    pub fn counters(&self) -> LookupCounters {
+        LookupCounters {
+            rows: self.rows.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+
     fn reader(&self, location: &Path, size: u64) -> CountingReader {
         CountingReader {
             store: Arc::clone(self.store.object_store()),
@@ -239,10 +247,7 @@ impl EncounterLookup for IndexReader {
     }
 
     fn counters(&self) -> LookupCounters {
-        LookupCounters {
-            rows: self.rows.load(Ordering::Relaxed),
-            bytes: self.bytes.load(Ordering::Relaxed),
-        }
+        IndexReader::counters(self)
     }
 }
 

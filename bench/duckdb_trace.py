@@ -1,0 +1,119 @@
+"""The same depth-2 traces as `proxima bench trace`, in DuckDB, over plain Parquet.
+
+Usage: duckdb_trace.py EXPORT_DIR CONTACTS_CSV AT_RFC3339
+
+EXPORT_DIR holds observations.parquet and devices.parquet (exported by
+trace_vs_duckdb.sh); CONTACTS_CSV is what `proxima bench trace --contacts`
+wrote. For each index case in it, this runs the SQL an analyst would write in
+DuckDB for the rules of `trace_contacts` (README), times it, checks that it
+finds exactly the same contacts, and prints latency percentiles.
+"""
+
+import csv
+import sys
+import time
+
+import duckdb
+
+# Depth 2, the rules of trace_contacts: level 1 within the 96 h lookback (high if
+# the last contact is within 48 h), level 2 within 48 h, time-respecting (met
+# after the level-1 contact was exposed), via = the level-1 contact giving the
+# earliest meeting (ties: smallest UUID), each device at its lowest level.
+TRACE_SQL = """
+WITH sightings AS (
+    SELECT o.observer, d.device_uuid AS heard, o.observed_at
+    FROM read_parquet($observations) o
+    JOIN read_parquet($devices) d ON o.observed = d.mac
+    WHERE d.device_uuid <> o.observer
+      AND o.observed_at BETWEEN $at - INTERVAL 96 HOUR AND $at
+),
+encounters AS (
+    SELECT observer AS a, heard AS b, observed_at AS t FROM sightings
+    UNION ALL
+    SELECT heard AS a, observer AS b, observed_at AS t FROM sightings
+),
+level1 AS (
+    SELECT b AS contact, min(t) AS exposed_at, max(t) AS last_contact_at
+    FROM encounters
+    WHERE a = $index AND b <> $index
+    GROUP BY b
+),
+level2_candidates AS (
+    SELECT e.b AS contact, e.t, e.a AS via
+    FROM encounters e JOIN level1 l ON e.a = l.contact
+    WHERE e.t >= l.exposed_at
+      AND e.t >= $at - INTERVAL 48 HOUR
+      AND e.b <> $index
+      AND e.b NOT IN (SELECT contact FROM level1)
+),
+level2 AS (
+    SELECT contact, min(t) AS exposed_at, max(t) AS last_contact_at,
+           arg_min(via, (t, via)) AS via
+    FROM level2_candidates
+    GROUP BY contact
+)
+SELECT contact, 1 AS contact_order,
+       CASE WHEN last_contact_at >= $at - INTERVAL 48 HOUR THEN 'high' ELSE 'medium' END AS priority,
+       epoch_us(exposed_at), epoch_us(last_contact_at), $index AS via
+FROM level1
+UNION ALL
+SELECT contact, 2, 'medium', epoch_us(exposed_at), epoch_us(last_contact_at), via
+FROM level2
+"""
+
+
+def main():
+    export_dir, contacts_csv, at = sys.argv[1:4]
+    expected = {}
+    indexes = []
+    with open(contacts_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["index"] not in expected:
+                indexes.append(row["index"])
+                expected[row["index"]] = set()
+            if not row["contact"]:
+                continue  # an index case without contacts
+            expected[row["index"]].add(
+                (
+                    row["contact"],
+                    int(row["contact_order"]),
+                    row["priority"],
+                    int(row["exposed_at_us"]),
+                    int(row["last_contact_at_us"]),
+                    row["via"],
+                )
+            )
+
+    con = duckdb.connect()
+    params = {
+        "observations": f"{export_dir}/observations.parquet",
+        "devices": f"{export_dir}/devices.parquet",
+        "at": at,
+    }
+    con.execute("SET TimeZone = 'UTC'")
+    latencies = []
+    mismatches = 0
+    for index in indexes:
+        started = time.perf_counter()
+        rows = con.execute(
+            TRACE_SQL.replace("$at", "CAST($at AS TIMESTAMPTZ)"), {**params, "index": index}
+        ).fetchall()
+        elapsed = time.perf_counter() - started
+        latencies.append(elapsed)
+        found = {(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
+        same = found == expected[index]
+        mismatches += not same
+        print(f"  {index}: {len(found)} contacts in {elapsed * 1e3:.1f} ms{'' if same else ' MISMATCH'}")
+        if not same:
+            print(f"    only in DuckDB: {sorted(found - expected[index])[:5]}")
+            print(f"    only in Proxima: {sorted(expected[index] - found)[:5]}")
+    latencies.sort()
+    p = lambda q: latencies[round((len(latencies) - 1) * q)] * 1e3  # noqa: E731
+    print(f"duckdb {duckdb.__version__}: p50 {p(0.5):.1f} ms, p95 {p(0.95):.1f} ms, max {p(1.0):.1f} ms")
+    print(f"same contacts as Proxima: {len(indexes) - mismatches}/{len(indexes)} traces")
+    print(f"DUCKDB_P50_MS={p(0.5):.3f}")
+    sys.exit(1 if mismatches else 0)
+
+
+if __name__ == "__main__":
+    main()
