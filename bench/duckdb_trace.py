@@ -20,37 +20,48 @@ import duckdb
 # after the level-1 contact was exposed), via = the level-1 contact giving the
 # earliest meeting (ties: smallest UUID), each device at its lowest level.
 TRACE_SQL = """
-WITH sightings AS (
-    SELECT o.observer, d.device_uuid AS heard, o.observed_at
-    FROM read_parquet($observations) o
-    JOIN read_parquet($devices) d ON o.observed = d.mac
-    WHERE d.device_uuid <> o.observer
-      AND o.observed_at BETWEEN $at - INTERVAL 96 HOUR AND $at
+WITH obs AS (
+    SELECT observer, observed, observed_at FROM read_parquet($observations)
+    WHERE observed_at BETWEEN $at - INTERVAL 96 HOUR AND $at
 ),
-encounters AS (
-    SELECT observer AS a, heard AS b, observed_at AS t FROM sightings
+dev AS (SELECT device_uuid, mac FROM read_parquet($devices)),
+index_mac AS (SELECT mac FROM dev WHERE device_uuid = $index),
+-- Level 1, both directions: the index heard b, or b heard the index.
+level1_edges AS (
+    SELECT d.device_uuid AS b, o.observed_at AS t
+    FROM obs o JOIN dev d ON o.observed = d.mac
+    WHERE o.observer = $index AND d.device_uuid <> $index
     UNION ALL
-    SELECT heard AS a, observer AS b, observed_at AS t FROM sightings
+    SELECT o.observer AS b, o.observed_at AS t
+    FROM obs o JOIN index_mac i ON o.observed = i.mac
+    WHERE o.observer <> $index
 ),
 level1 AS (
     SELECT b AS contact, min(t) AS exposed_at, max(t) AS last_contact_at
-    FROM encounters
-    WHERE a = $index AND b <> $index
-    GROUP BY b
+    FROM level1_edges GROUP BY b
 ),
-level2_candidates AS (
-    SELECT e.b AS contact, e.t, e.a AS via
-    FROM encounters e JOIN level1 l ON e.a = l.contact
-    WHERE e.t >= l.exposed_at
-      AND e.t >= $at - INTERVAL 48 HOUR
-      AND e.b <> $index
-      AND e.b NOT IN (SELECT contact FROM level1)
+level1_macs AS (
+    SELECT l.contact, l.exposed_at, d.mac FROM level1 l JOIN dev d ON d.device_uuid = l.contact
+),
+-- Level 2 within the high window, after the level-1 contact's exposure, both directions.
+level2_edges AS (
+    SELECT d.device_uuid AS b, o.observed_at AS t, l.contact AS via
+    FROM obs o
+    JOIN level1_macs l ON o.observer = l.contact
+    JOIN dev d ON o.observed = d.mac
+    WHERE o.observed_at >= l.exposed_at AND o.observed_at >= $at - INTERVAL 48 HOUR
+      AND d.device_uuid <> o.observer
+    UNION ALL
+    SELECT o.observer AS b, o.observed_at AS t, l.contact AS via
+    FROM obs o JOIN level1_macs l ON o.observed = l.mac
+    WHERE o.observed_at >= l.exposed_at AND o.observed_at >= $at - INTERVAL 48 HOUR
+      AND o.observer <> l.contact
 ),
 level2 AS (
-    SELECT contact, min(t) AS exposed_at, max(t) AS last_contact_at,
-           arg_min(via, (t, via)) AS via
-    FROM level2_candidates
-    GROUP BY contact
+    SELECT b AS contact, min(t) AS exposed_at, max(t) AS last_contact_at, arg_min(via, (t, via)) AS via
+    FROM level2_edges
+    WHERE b <> $index AND b NOT IN (SELECT contact FROM level1)
+    GROUP BY b
 )
 SELECT contact, 1 AS contact_order,
        CASE WHEN last_contact_at >= $at - INTERVAL 48 HOUR THEN 'high' ELSE 'medium' END AS priority,

@@ -26,8 +26,12 @@ fi
 bench/.venv/bin/python -c 'import duckdb' 2>/dev/null ||
     bench/.venv/bin/pip install --quiet --disable-pip-version-check 'duckdb==1.*'
 
-cargo build --release --quiet
-PROXIMA="target/release/proxima --data $STORE"
+# PROXIMA_BIN: an already built release binary (skips the build).
+if [ -z "${PROXIMA_BIN:-}" ]; then
+    cargo build --release --quiet
+    PROXIMA_BIN=target/release/proxima
+fi
+PROXIMA="$PROXIMA_BIN --data $STORE"
 mkdir -p "$WORK"
 if [ ! -d "$STORE/observations" ]; then
     echo "== generating $DEVICES devices x $DAYS days into $STORE"
