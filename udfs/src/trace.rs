@@ -16,12 +16,14 @@
 //!   `last_contact_at(v)` is the latest such `t` over all qualifying `u`.
 //!   Priority `medium` at level 2, `low` deeper.
 //!
-//! Each device appears once, at its lowest level. Encounters come from the
+//! Each device appears once, at its lowest level. Encounters are those of the
 //! session's `encounters` view, so whatever the view excludes (unknown
-//! identifiers, self-sightings) tracing ignores. Each hop is one query over
-//! `encounters` bounded by its window, so day pruning and the lookup columns'
-//! bloom filters apply. The work happens in [`ContactTraceExec::execute`],
-//! with one output partition, so the plan can run on a Ballista executor.
+//! identifiers, self-sightings) tracing ignores. Each hop asks the session's
+//! [`EncounterLookup`] (the engine's per-day encounter index) for the
+//! frontier's encounters within the hop's window, and queries the view for
+//! the days the lookup does not cover (or for all days, without a lookup).
+//! The work happens in [`ContactTraceExec::execute`], with one output
+//! partition, so the plan can run on a Ballista executor.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
