@@ -8,6 +8,7 @@
 //! is `proxima-ingest`) nor speak any network protocol (`proxima-flight-server`).
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod error;
 pub mod ids;
 pub mod index;
@@ -19,6 +20,7 @@ pub mod session;
 pub mod store;
 mod table;
 
+pub use access::{Principal, Role};
 pub use error::{Error, Result};
 pub use paths::{DayPartition, Table};
 pub use session::{SessionFactory, SessionOptions};

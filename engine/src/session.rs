@@ -16,6 +16,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use proxima_udfs::trace::EncounterLookupExtension;
 
+use crate::access::Principal;
 use crate::error::Result;
 use crate::index::IndexReader;
 use crate::paths::Table;
@@ -38,6 +39,9 @@ pub struct SessionOptions {
     pub target_partitions: Option<usize>,
     /// Memory all queries together may hold in DataFusion's pool, in bytes (default: unbounded).
     pub memory_limit: Option<usize>,
+    /// Memory the queries of one session may hold, in bytes (default: only `memory_limit`).
+    /// A query that needs more fails with "resources exhausted" instead of taking the server down.
+    pub session_memory_limit: Option<usize>,
 }
 
 /// Builds sessions over one store.
@@ -79,6 +83,14 @@ impl SessionFactory {
         &self.index
     }
 
+    /// The session of an authenticated user: today every role sees the same catalog;
+    /// per-role visibility is decided here.
+    pub async fn session_for(&self, principal: &Principal) -> Result<SessionContext> {
+        let ctx = self.session().await?;
+        tracing::debug!(user = %principal.name, role = %principal.role, "session built");
+        Ok(ctx)
+    }
+
     /// A new session with every table, view and function of Proxima.
     pub async fn session(&self) -> Result<SessionContext> {
         let mut config = SessionConfig::new()
@@ -96,7 +108,20 @@ impl SessionFactory {
         parquet.pushdown_filters = true;
         parquet.reorder_filters = true;
 
-        let ctx = SessionContext::new_with_config_rt(config, Arc::clone(&self.runtime));
+        let runtime = match self.options.session_memory_limit {
+            Some(limit) => {
+                let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
+                let runtime = RuntimeEnvBuilder::new()
+                    .with_cache_manager(caches)
+                    .with_memory_limit(limit, 1.0)
+                    .build_arc()?;
+                let store = &self.store;
+                runtime.register_object_store(store.object_store_url().as_ref(), Arc::clone(store.object_store()));
+                runtime
+            }
+            None => Arc::clone(&self.runtime),
+        };
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         for table in Table::ALL {
             ctx.register_table(table.name(), self.table_provider(table)?)?;
         }

@@ -93,7 +93,10 @@ pub async fn run(store: Store, args: BenchArgs) -> Result<(), CliError> {
     let mut output = match &contacts {
         Some(path) => {
             let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-            writeln!(file, "index,contact,contact_order,priority,exposed_at_us,last_contact_at_us,via")?;
+            writeln!(
+                file,
+                "index,contact,contact_order,priority,exposed_at_us,last_contact_at_us,via"
+            )?;
             Some(file)
         }
         None => None,

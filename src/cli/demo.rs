@@ -8,14 +8,19 @@ use proxima_ingest::synthetic::PopulationSpec;
 
 use super::CliError;
 
+/// Devices in the demo population.
+pub const DEMO_DEVICES: u32 = 100_000;
+/// Days in the demo population, ending today.
+pub const DEMO_DAYS: u32 = 14;
+
 /// Arguments of `proxima demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Devices in the demo population.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = DEMO_DEVICES)]
     devices: u32,
     /// Days of observations, ending today.
-    #[arg(long, default_value_t = 14)]
+    #[arg(long, default_value_t = DEMO_DAYS)]
     days: u32,
 }
 

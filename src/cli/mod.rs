@@ -6,7 +6,9 @@ mod generate;
 mod import;
 mod index;
 mod retention;
+mod serve;
 mod sql;
+mod user;
 
 use clap::{Parser, Subcommand};
 use proxima_engine::Store;
@@ -37,6 +39,10 @@ enum Command {
     Index(index::IndexArgs),
     /// Delete day folders older than the retention window.
     Retention(retention::RetentionArgs),
+    /// Serve the store over Arrow Flight SQL (ADBC, JDBC, pyarrow.flight).
+    Serve(serve::ServeArgs),
+    /// Manage the users of the servers.
+    User(user::UserArgs),
     /// Measure: trace latency over the store (run in release).
     Bench(bench::BenchArgs),
 }
@@ -66,8 +72,13 @@ pub enum CliError {
 
 /// Runs the parsed command.
 pub async fn run(args: Args) -> Result<(), CliError> {
+    if let Command::User(a) = args.command {
+        return user::run(a).await;
+    }
     let store = Store::open(&args.data)?;
     match args.command {
+        Command::User(_) => Ok(()),
+        Command::Serve(a) => serve::run(store, a).await,
         Command::Demo(a) => demo::run(store, a).await,
         Command::Sql(a) => sql::run(store, a).await,
         Command::Import(a) => import::run(store, a).await,

@@ -1,0 +1,933 @@
+//! The Flight SQL service: every RPC authenticated, every query through [`FlightSqlServer::run`].
+//!
+//! A Basic handshake yields a bearer token bound to a session built by
+//! `SessionFactory::session_for` (so `SET` lasts for the token's life).
+//! Statement tickets carry the SQL text; prepared statements live in the
+//! token's session until closed. Results stream batch by batch as DataFusion
+//! produces them, under a per-query timeout; a client that goes away drops
+//! the stream, which stops the query.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::metadata::{
+    SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
+};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any, CommandGetCatalogs,
+    CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate,
+    DoPutPreparedStatementResult, Nullable, ProstMessageExt, Searchable, SqlInfo, TicketStatementQuery, XdbcDataType,
+};
+use arrow_flight::{
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
+};
+use base64::Engine as _;
+use datafusion::common::ParamValues;
+use datafusion::common::ScalarValue;
+use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use proxima_engine::{Principal, SessionFactory};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::auth::Users;
+
+type FlightDataStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
+
+/// Settings of the service.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// How long a bearer token stays valid.
+    pub token_ttl: Duration,
+    /// How long one query may run before it is stopped.
+    pub query_timeout: Duration,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self {
+            token_ttl: Duration::from_secs(3600),
+            query_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One logged-in token: its user, its session and its prepared statements.
+struct TokenSession {
+    principal: Principal,
+    ctx: SessionContext,
+    expires: Instant,
+    prepared: Mutex<HashMap<String, Prepared>>,
+}
+
+/// A prepared statement: its SQL and the parameter rows bound to it.
+#[derive(Clone)]
+struct Prepared {
+    sql: String,
+    parameters: Vec<RecordBatch>,
+}
+
+/// Proxima's Flight SQL service.
+pub struct FlightSqlServer {
+    factory: SessionFactory,
+    users: Users,
+    options: ServiceOptions,
+    tokens: Mutex<HashMap<String, Arc<TokenSession>>>,
+    sql_info: SqlInfoData,
+    xdbc_info: XdbcTypeInfoData,
+}
+
+impl std::fmt::Debug for FlightSqlServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlightSqlServer")
+            .field("users", &self.users.len())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// A query error as the client sees it: planning and user mistakes are `InvalidArgument`,
+/// resource limits `ResourceExhausted`, everything else `Internal`.
+fn query_status(e: DataFusionError) -> Status {
+    match e.find_root() {
+        DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(e.to_string()),
+        DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => {
+            Status::invalid_argument(e.to_string())
+        }
+        DataFusionError::Execution(_) | DataFusionError::NotImplemented(_) => Status::invalid_argument(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes, Status> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(internal)?;
+    Ok(bytes)
+}
+
+impl FlightSqlServer {
+    /// A service over `factory`'s store for `users`.
+    pub fn new(factory: SessionFactory, users: Users, options: ServiceOptions) -> Result<Self, Status> {
+        Ok(Self {
+            factory,
+            users,
+            options,
+            tokens: Mutex::new(HashMap::new()),
+            sql_info: sql_info().map_err(internal)?,
+            xdbc_info: xdbc_info().map_err(internal)?,
+        })
+    }
+
+    /// The token session of a request's `authorization: Bearer …` header.
+    fn session(&self, metadata: &MetadataMap) -> Result<Arc<TokenSession>, Status> {
+        let header = metadata
+            .get("authorization")
+            .ok_or_else(|| Status::unauthenticated("no credentials: log in with a Basic handshake first"))?
+            .to_str()
+            .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| Status::unauthenticated("expected 'authorization: Bearer <token>'"))?;
+        let mut tokens = self.tokens.lock().map_err(internal)?;
+        match tokens.get(token) {
+            Some(session) if session.expires > Instant::now() => Ok(Arc::clone(session)),
+            Some(_) => {
+                tokens.remove(token);
+                Err(Status::unauthenticated("the token has expired: log in again"))
+            }
+            None => Err(Status::unauthenticated("unknown token: log in again")),
+        }
+    }
+
+    /// Plans `sql` in the session with the user's statement permissions.
+    async fn plan(&self, session: &TokenSession, sql: &str) -> Result<DataFrame, Status> {
+        let plan = session
+            .ctx
+            .state()
+            .create_logical_plan(sql)
+            .await
+            .map_err(query_status)?;
+        session.principal.sql_options().verify_plan(&plan).map_err(|e| {
+            Status::permission_denied(format!(
+                "{e} (role {} may not run this statement)",
+                session.principal.role
+            ))
+        })?;
+        session.ctx.execute_logical_plan(plan).await.map_err(query_status)
+    }
+
+    /// Runs `sql` (with each parameter row in turn, if any) and streams the result:
+    /// every query of the service passes here, and is logged when its stream ends.
+    async fn run(
+        &self,
+        session: Arc<TokenSession>,
+        sql: String,
+        parameters: Vec<RecordBatch>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        let started = Instant::now();
+        let rows_of_parameters = parameter_rows(&parameters)?;
+        let mut frames = Vec::new();
+        for values in rows_of_parameters {
+            let mut df = self.plan(&session, &sql).await;
+            if let (Ok(plan), Some(values)) = (&df, values) {
+                df = plan
+                    .clone()
+                    .with_param_values(ParamValues::List(values.into_iter().map(Into::into).collect()))
+                    .map_err(query_status);
+            }
+            match df {
+                Ok(df) => frames.push(df),
+                Err(status) => {
+                    log_query(
+                        &session.principal,
+                        &sql,
+                        0,
+                        started,
+                        &format!("error: {}", status.message()),
+                    );
+                    return Err(status);
+                }
+            }
+        }
+        let schema: SchemaRef = match frames.first() {
+            Some(df) => Arc::new(df.schema().as_arrow().clone()),
+            None => Arc::new(Schema::empty()),
+        };
+        let mut streams: Vec<SendableRecordBatchStream> = Vec::new();
+        for df in frames {
+            match df.execute_stream().await {
+                Ok(stream) => streams.push(stream),
+                Err(e) => {
+                    let status = query_status(e);
+                    log_query(
+                        &session.principal,
+                        &sql,
+                        0,
+                        started,
+                        &format!("error: {}", status.message()),
+                    );
+                    return Err(status);
+                }
+            }
+        }
+        let batches = futures::stream::iter(streams).flatten();
+        let logged = LoggedStream::new(
+            batches,
+            session.principal.clone(),
+            sql,
+            started,
+            self.options.query_timeout,
+        );
+        let flight = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(logged)
+            .map_err(|e| match e {
+                FlightError::Tonic(status) => *status,
+                FlightError::ExternalError(e) => match e.downcast::<DataFusionError>() {
+                    Ok(e) => query_status(*e),
+                    Err(e) => Status::internal(e.to_string()),
+                },
+                other => Status::internal(other.to_string()),
+            });
+        Ok(Response::new(Box::pin(flight)))
+    }
+
+    /// The schema `sql` returns, without running it.
+    async fn result_schema(&self, session: &TokenSession, sql: &str) -> Result<Schema, Status> {
+        Ok(self.plan(session, sql).await?.schema().as_arrow().clone())
+    }
+
+    fn flight_info(
+        &self,
+        schema: &Schema,
+        ticket: Vec<u8>,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
+        Ok(FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(internal)?
+            .with_endpoint(endpoint)
+            .with_descriptor(descriptor))
+    }
+
+    fn batch_response(&self, batch: RecordBatch) -> Response<FlightDataStream> {
+        let schema = batch.schema();
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(futures::stream::once(async move { Ok(batch) }))
+            .map_err(|e| Status::internal(e.to_string()));
+        Response::new(Box::pin(stream))
+    }
+
+    async fn tables_batch(&self, session: &TokenSession, query: CommandGetTables) -> Result<RecordBatch, Status> {
+        let include_schema = query.include_schema;
+        let mut builder = query.into_builder();
+        let state = session.ctx.state();
+        let catalogs = state.catalog_list();
+        for catalog_name in catalogs.catalog_names() {
+            let Some(catalog) = catalogs.catalog(&catalog_name) else {
+                continue;
+            };
+            for schema_name in catalog.schema_names() {
+                let Some(schema) = catalog.schema(&schema_name) else {
+                    continue;
+                };
+                for table_name in schema.table_names() {
+                    let provider = schema.table(&table_name).await.map_err(query_status)?;
+                    let Some(provider) = provider else { continue };
+                    let table_type = match provider.table_type() {
+                        datafusion::logical_expr::TableType::Base => "TABLE",
+                        datafusion::logical_expr::TableType::View => "VIEW",
+                        datafusion::logical_expr::TableType::Temporary => "LOCAL TEMPORARY",
+                    };
+                    let table_schema = if include_schema {
+                        provider.schema()
+                    } else {
+                        Arc::new(Schema::empty())
+                    };
+                    builder
+                        .append(&catalog_name, &schema_name, &table_name, table_type, &table_schema)
+                        .map_err(internal)?;
+                }
+            }
+        }
+        builder.build().map_err(internal)
+    }
+}
+
+/// The parameter rows of bound batches, each as a list of values; one `None` when nothing is bound.
+fn parameter_rows(parameters: &[RecordBatch]) -> Result<Vec<Option<Vec<ScalarValue>>>, Status> {
+    let mut rows = Vec::new();
+    for batch in parameters {
+        for row in 0..batch.num_rows() {
+            let values = batch
+                .columns()
+                .iter()
+                .map(|column| ScalarValue::try_from_array(column, row))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(query_status)?;
+            rows.push(Some(values));
+        }
+    }
+    if rows.is_empty() {
+        rows.push(None);
+    }
+    Ok(rows)
+}
+
+fn log_query(principal: &Principal, sql: &str, rows: u64, started: Instant, outcome: &str) {
+    info!(
+        target: "proxima::query",
+        user = %principal.name,
+        role = %principal.role,
+        statement = sql,
+        rows,
+        duration_ms = started.elapsed().as_millis() as u64,
+        outcome,
+        "query"
+    );
+}
+
+/// A result stream that stops at the query timeout and logs the query when it ends
+/// (finished, failed, timed out, or dropped because the client went away).
+struct LoggedStream {
+    inner: Pin<Box<dyn Stream<Item = datafusion::error::Result<RecordBatch>> + Send>>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    principal: Principal,
+    sql: String,
+    started: Instant,
+    rows: u64,
+    timeout: Duration,
+    outcome: Option<String>,
+}
+
+impl LoggedStream {
+    fn new(
+        inner: impl Stream<Item = datafusion::error::Result<RecordBatch>> + Send + 'static,
+        principal: Principal,
+        sql: String,
+        started: Instant,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            principal,
+            sql,
+            started,
+            rows: 0,
+            timeout,
+            outcome: None,
+        }
+    }
+}
+
+impl Stream for LoggedStream {
+    type Item = Result<RecordBatch, FlightError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.outcome.is_some() {
+            return Poll::Ready(None);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            let message = format!(
+                "query stopped: it ran longer than the {} s query timeout",
+                self.timeout.as_secs()
+            );
+            self.outcome = Some("timeout".into());
+            return Poll::Ready(Some(Err(FlightError::Tonic(Box::new(Status::deadline_exceeded(
+                message,
+            ))))));
+        }
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(batch))) => {
+                self.rows += batch.num_rows() as u64;
+                Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.outcome = Some(format!("error: {e}"));
+                Poll::Ready(Some(Err(FlightError::ExternalError(Box::new(e)))))
+            }
+            Poll::Ready(None) => {
+                self.outcome = Some("ok".into());
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for LoggedStream {
+    fn drop(&mut self) {
+        let outcome = self.outcome.as_deref().unwrap_or("cancelled");
+        log_query(&self.principal, &self.sql, self.rows, self.started, outcome);
+    }
+}
+
+use std::future::Future as _;
+
+/// Decodes `Basic <base64(user:password)>`, accepting base64 with or without padding.
+fn basic_credentials(header: &str) -> Option<(String, String)> {
+    let encoded = header.strip_prefix("Basic ")?.trim().trim_end_matches('=');
+    let decoded = base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+fn new_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for FlightSqlServer {
+    type FlightService = FlightSqlServer;
+
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .ok_or_else(|| Status::unauthenticated("no credentials: send 'authorization: Basic …'"))?
+            .to_str()
+            .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+        let (user, password) = basic_credentials(header)
+            .ok_or_else(|| Status::unauthenticated("expected 'authorization: Basic <base64 of user:password>'"))?;
+        let users = self.users.clone();
+        let checked_user = user.clone();
+        let principal = tokio::task::spawn_blocking(move || users.verify(&checked_user, &password))
+            .await
+            .map_err(internal)?;
+        let Some(principal) = principal else {
+            warn!(target: "proxima::auth", user, "login refused");
+            return Err(Status::unauthenticated("wrong user name or password"));
+        };
+        let ctx = self.factory.session_for(&principal).await.map_err(internal)?;
+        let token = new_token();
+        {
+            let mut tokens = self.tokens.lock().map_err(internal)?;
+            let now = Instant::now();
+            tokens.retain(|_, s| s.expires > now);
+            tokens.insert(
+                token.clone(),
+                Arc::new(TokenSession {
+                    principal: principal.clone(),
+                    ctx,
+                    expires: now + self.options.token_ttl,
+                    prepared: Mutex::new(HashMap::new()),
+                }),
+            );
+        }
+        info!(target: "proxima::auth", user = %principal.name, role = %principal.role, "logged in");
+        let response = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.clone().into(),
+        };
+        let mut response = Response::new(Box::pin(futures::stream::once(async move { Ok(response) }))
+            as Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>);
+        let value = format!("Bearer {token}").parse().map_err(internal)?;
+        response.metadata_mut().insert("authorization", value);
+        Ok(response)
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let session = self.session(request.metadata())?;
+        let schema = self.result_schema(&session, &query.query).await?;
+        let ticket = TicketStatementQuery {
+            statement_handle: query.query.into_bytes().into(),
+        };
+        let info = self.flight_info(&schema, ticket.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        let session = self.session(request.metadata())?;
+        let sql = String::from_utf8(ticket.statement_handle.to_vec())
+            .map_err(|_| Status::invalid_argument("the ticket is not a statement of this server"))?;
+        self.run(session, sql, Vec::new()).await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let session = self.session(request.metadata())?;
+        let df = self.plan(&session, &query.query).await?;
+        let dataset_schema = df.schema().as_arrow().clone();
+        let parameter_schema = parameter_schema(df.logical_plan())?;
+        let handle = uuid::Uuid::new_v4().to_string();
+        session.prepared.lock().map_err(internal)?.insert(
+            handle.clone(),
+            Prepared {
+                sql: query.query,
+                parameters: Vec::new(),
+            },
+        );
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.into_bytes().into(),
+            dataset_schema: schema_bytes(&dataset_schema)?,
+            parameter_schema: schema_bytes(&parameter_schema)?,
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<(), Status> {
+        let session = self.session(request.metadata())?;
+        let handle = String::from_utf8_lossy(&query.prepared_statement_handle).into_owned();
+        session.prepared.lock().map_err(internal)?.remove(&handle);
+        Ok(())
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let session = self.session(request.metadata())?;
+        let handle = String::from_utf8_lossy(&query.prepared_statement_handle).into_owned();
+        let parameters: Vec<RecordBatch> = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+            request.into_inner().map_err(FlightError::from),
+        )
+        .try_collect()
+        .await
+        .map_err(|e| Status::invalid_argument(format!("cannot read the bound parameters: {e}")))?;
+        let mut prepared = session.prepared.lock().map_err(internal)?;
+        let statement = prepared
+            .get_mut(&handle)
+            .ok_or_else(|| Status::not_found(format!("no prepared statement '{handle}' in this session")))?;
+        statement.parameters = parameters;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(query.prepared_statement_handle),
+        })
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let session = self.session(request.metadata())?;
+        let prepared = self.prepared(&session, &query.prepared_statement_handle)?;
+        let schema = self.result_schema(&session, &prepared.sql).await?;
+        let info = self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        let session = self.session(request.metadata())?;
+        let prepared = self.prepared(&session, &query.prepared_statement_handle)?;
+        self.run(session, prepared.sql, prepared.parameters).await
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        query: CommandStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let session = self.session(request.metadata())?;
+        self.update(session, query.query, Vec::new()).await
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        query: CommandPreparedStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let session = self.session(request.metadata())?;
+        let prepared = self.prepared(&session, &query.prepared_statement_handle)?;
+        self.update(session, prepared.sql, prepared.parameters).await
+    }
+
+    async fn do_action_cancel_query(
+        &self,
+        _query: ActionCancelQueryRequest,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<ActionCancelQueryResult, Status> {
+        self.session(request.metadata())?;
+        // A query runs while its DoGet stream is read; the client cancels it by ending that call.
+        Err(Status::unimplemented(
+            "cancel a query by cancelling its DoGet call; the server stops the query when the stream is dropped",
+        ))
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        let schema = query.into_builder().schema();
+        let info = self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        let session = self.session(request.metadata())?;
+        let mut builder = query.into_builder();
+        for catalog in session.ctx.catalog_names() {
+            builder.append(catalog);
+        }
+        Ok(self.batch_response(builder.build().map_err(internal)?))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        let schema = query.clone().into_builder().schema();
+        let info = self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        let session = self.session(request.metadata())?;
+        let mut builder = query.into_builder();
+        for catalog_name in session.ctx.catalog_names() {
+            if let Some(catalog) = session.ctx.catalog(&catalog_name) {
+                for schema in catalog.schema_names() {
+                    builder.append(&catalog_name, schema);
+                }
+            }
+        }
+        Ok(self.batch_response(builder.build().map_err(internal)?))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        let schema = query.clone().into_builder().schema();
+        let info = self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        let session = self.session(request.metadata())?;
+        let batch = self.tables_batch(&session, query).await?;
+        Ok(self.batch_response(batch))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        let schema = query.into_builder().schema();
+        let info = self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        self.session(request.metadata())?;
+        let mut builder = query.into_builder();
+        for table_type in ["LOCAL TEMPORARY", "TABLE", "VIEW"] {
+            builder.append(table_type);
+        }
+        Ok(self.batch_response(builder.build().map_err(internal)?))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        let schema = query.clone().into_builder(&self.sql_info).schema();
+        let info = self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        self.session(request.metadata())?;
+        let batch = query.into_builder(&self.sql_info).build().map_err(internal)?;
+        Ok(self.batch_response(batch))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        let schema = query.into_builder(&self.xdbc_info).schema();
+        let info = self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        self.session(request.metadata())?;
+        let batch = query.into_builder(&self.xdbc_info).build().map_err(internal)?;
+        Ok(self.batch_response(batch))
+    }
+
+    async fn do_get_fallback(
+        &self,
+        request: Request<Ticket>,
+        message: Any,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        self.session(request.metadata())?;
+        Err(Status::unimplemented(format!(
+            "Proxima does not serve {} (no keys or Substrait plans)",
+            message.type_url
+        )))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+impl FlightSqlServer {
+    fn prepared(&self, session: &TokenSession, handle: &[u8]) -> Result<Prepared, Status> {
+        let handle = String::from_utf8_lossy(handle).into_owned();
+        session
+            .prepared
+            .lock()
+            .map_err(internal)?
+            .get(&handle)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("no prepared statement '{handle}' in this session")))
+    }
+
+    /// Runs a statement that returns no rows to the client (`SET`, admin DDL); returns rows affected.
+    async fn update(
+        &self,
+        session: Arc<TokenSession>,
+        sql: String,
+        parameters: Vec<RecordBatch>,
+    ) -> Result<i64, Status> {
+        let response = self.run(session, sql, parameters).await?;
+        let mut stream = response.into_inner();
+        while stream.try_next().await?.is_some() {}
+        Ok(0)
+    }
+}
+
+/// `$1`, `$2`, … of a plan, typed where DataFusion could infer the type.
+fn parameter_schema(plan: &LogicalPlan) -> Result<Schema, Status> {
+    let types = plan.get_parameter_types().map_err(query_status)?;
+    let mut names: Vec<&String> = types.keys().collect();
+    names.sort_by_key(|name| name.trim_start_matches('$').parse::<u32>().unwrap_or(u32::MAX));
+    let fields: Vec<Field> = names
+        .into_iter()
+        .map(|name| Field::new(name, types[name].clone().unwrap_or(DataType::Null), true))
+        .collect();
+    Ok(Schema::new(fields))
+}
+
+fn sql_info() -> Result<SqlInfoData, FlightError> {
+    let mut builder = SqlInfoDataBuilder::new();
+    builder.append(SqlInfo::FlightSqlServerName, "Proxima");
+    builder.append(SqlInfo::FlightSqlServerVersion, proxima_engine::PROXIMA_VERSION);
+    builder.append(SqlInfo::FlightSqlServerArrowVersion, "59");
+    builder.append(SqlInfo::FlightSqlServerReadOnly, true);
+    builder.append(SqlInfo::FlightSqlServerSql, true);
+    builder.append(SqlInfo::FlightSqlServerSubstrait, false);
+    builder.append(SqlInfo::FlightSqlServerTransaction, 0i32);
+    builder.append(SqlInfo::FlightSqlServerCancel, false);
+    builder.append(SqlInfo::FlightSqlServerStatementTimeout, 0i32);
+    builder.append(SqlInfo::FlightSqlServerTransactionTimeout, 0i32);
+    builder.append(SqlInfo::SqlDdlCatalog, false);
+    builder.append(SqlInfo::SqlDdlSchema, false);
+    builder.append(SqlInfo::SqlDdlTable, false);
+    builder.append(SqlInfo::SqlIdentifierCase, 1i32); // case-insensitive (folded to lower)
+    builder.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+    builder.append(SqlInfo::SqlQuotedIdentifierCase, 0i32); // case-sensitive
+    builder.append(SqlInfo::SqlAllTablesAreSelectable, true);
+    builder.append(SqlInfo::SqlNullOrdering, 2i32); // nulls sorted at the end
+    builder.append(SqlInfo::SqlSupportsColumnAliasing, true);
+    builder.append(SqlInfo::SqlNullPlusNullIsNull, true);
+    builder.append(SqlInfo::SqlSupportsTableCorrelationNames, true);
+    builder.append(SqlInfo::SqlSupportsExpressionsInOrderBy, true);
+    builder.append(SqlInfo::SqlSupportsOrderByUnrelated, true);
+    builder.append(SqlInfo::SqlSupportedGroupBy, 3i32);
+    builder.append(SqlInfo::SqlSupportsLikeEscapeClause, true);
+    builder.append(SqlInfo::SqlSupportsNonNullableColumns, true);
+    builder.append(SqlInfo::SqlSchemaTerm, "schema");
+    builder.append(SqlInfo::SqlCatalogTerm, "catalog");
+    builder.append(SqlInfo::SqlProcedureTerm, "procedure");
+    builder.append(SqlInfo::SqlCatalogAtStart, true);
+    builder.append(SqlInfo::SqlTransactionsSupported, false);
+    builder.append(SqlInfo::SqlKeywords, &[] as &[&str]);
+    builder.append(
+        SqlInfo::SqlNumericFunctions,
+        &["abs", "ceil", "floor", "round", "power", "sqrt", "ln", "log"] as &[&str],
+    );
+    builder.append(
+        SqlInfo::SqlStringFunctions,
+        &["lower", "upper", "trim", "substr", "length", "concat"] as &[&str],
+    );
+    builder.append(SqlInfo::SqlSystemFunctions, &["now"] as &[&str]);
+    builder.append(
+        SqlInfo::SqlDatetimeFunctions,
+        &["date_trunc", "date_part", "to_timestamp"] as &[&str],
+    );
+    builder.build()
+}
+
+fn xdbc_info() -> Result<XdbcTypeInfoData, FlightError> {
+    let mut builder = XdbcTypeInfoDataBuilder::new();
+    let types = [
+        ("VARCHAR", XdbcDataType::XdbcVarchar, Some("'")),
+        ("SMALLINT", XdbcDataType::XdbcSmallint, None),
+        ("INTEGER", XdbcDataType::XdbcInteger, None),
+        ("BIGINT", XdbcDataType::XdbcBigint, None),
+        ("DOUBLE", XdbcDataType::XdbcDouble, None),
+        ("BOOLEAN", XdbcDataType::XdbcBit, None),
+        ("DATE", XdbcDataType::XdbcDate, Some("DATE '")),
+        ("TIMESTAMP", XdbcDataType::XdbcTimestamp, Some("TIMESTAMP '")),
+    ];
+    for (name, data_type, prefix) in types {
+        builder.append(XdbcTypeInfo {
+            type_name: name.to_string(),
+            data_type,
+            column_size: None,
+            literal_prefix: prefix.map(str::to_string),
+            literal_suffix: prefix.map(|_| "'".to_string()),
+            create_params: None,
+            nullable: Nullable::NullabilityNullable,
+            case_sensitive: data_type == XdbcDataType::XdbcVarchar,
+            searchable: Searchable::Full,
+            unsigned_attribute: Some(false),
+            fixed_prec_scale: false,
+            auto_increment: Some(false),
+            local_type_name: Some(name.to_string()),
+            minimum_scale: None,
+            maximum_scale: None,
+            sql_data_type: data_type,
+            datetime_subcode: None,
+            num_prec_radix: None,
+            interval_precision: None,
+        });
+    }
+    builder.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_with_and_without_padding() {
+        // "admin:secret" is YWRtaW46c2VjcmV0 (no padding needed); "ab:c" is YWI6Yw==.
+        assert_eq!(
+            basic_credentials("Basic YWRtaW46c2VjcmV0"),
+            Some(("admin".into(), "secret".into()))
+        );
+        assert_eq!(basic_credentials("Basic YWI6Yw=="), Some(("ab".into(), "c".into())));
+        assert_eq!(basic_credentials("Basic YWI6Yw"), Some(("ab".into(), "c".into())));
+        assert_eq!(basic_credentials("Bearer abc"), None);
+        assert_eq!(basic_credentials("Basic !!!"), None);
+    }
+}

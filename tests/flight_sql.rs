@@ -1,0 +1,430 @@
+//! The Flight SQL server, started as `proxima serve` on a free loopback port, talked to by
+//! arrow-flight's Rust Flight SQL client and (in CI, or wherever `adbc-driver-flightsql` is
+//! installed) by the ADBC driver from Python (`tests/flight/adbc_client.py`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use arrow::array::{AsArray, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use arrow_flight::FlightInfo;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{CommandGetDbSchemas, CommandGetTables};
+use futures::TryStreamExt;
+use std::sync::Arc;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+const BIN: &str = env!("CARGO_BIN_EXE_proxima");
+const ANALYST_PASSWORD: &str = "analyst password 1";
+const ADMIN_PASSWORD: &str = "admin password 123";
+
+/// A store with a small generated population, and a users file with an analyst and an admin.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = Self { dir };
+        let generated = Command::new(BIN)
+            .args(["--data", fixture.store().to_str().unwrap()])
+            .args(["generate", "--devices", "2000", "--days", "3", "--seed", "7"])
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(
+            generated.status.success(),
+            "{}",
+            String::from_utf8_lossy(&generated.stderr)
+        );
+        fixture.add_user("alice", "analyst", ANALYST_PASSWORD);
+        fixture.add_user("root", "admin", ADMIN_PASSWORD);
+        fixture
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn users(&self) -> PathBuf {
+        self.dir.path().join("users.toml")
+    }
+
+    fn add_user(&self, name: &str, role: &str, password: &str) {
+        let mut child = Command::new(BIN)
+            .args([
+                "user",
+                "add",
+                name,
+                "--role",
+                role,
+                "--users",
+                self.users().to_str().unwrap(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+/// A running `proxima serve`, killed on drop.
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(fixture: &Fixture, extra: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["--data", fixture.store().to_str().unwrap()])
+            .args([
+                "serve",
+                "--flight",
+                "127.0.0.1:0",
+                "--users",
+                fixture.users().to_str().unwrap(),
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn,proxima::query=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_string();
+        Self { child, address }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn client(server: &Server) -> FlightSqlServiceClient<Channel> {
+    let channel = Endpoint::from_shared(format!("http://{}", server.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    FlightSqlServiceClient::new(channel)
+}
+
+async fn fetch(client: &mut FlightSqlServiceClient<Channel>, info: FlightInfo) -> Vec<RecordBatch> {
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.expect("an endpoint has a ticket");
+        let stream = client.do_get(ticket).await.unwrap();
+        batches.extend(stream.try_collect::<Vec<_>>().await.unwrap());
+    }
+    batches
+}
+
+async fn query(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<RecordBatch> {
+    let info = client.execute(sql.to_string(), None).await.unwrap();
+    fetch(client, info).await
+}
+
+/// A cell as text, whatever the string type (CAST AS VARCHAR gives Utf8View).
+fn text(batch: &RecordBatch, column: usize, row: usize) -> String {
+    let column = arrow::compute::cast(batch.column(column), &DataType::Utf8).unwrap();
+    column.as_string::<i32>().value(row).to_string()
+}
+
+fn single_i64(batches: &[RecordBatch]) -> i64 {
+    batches[0].column(0).as_primitive::<Int64Type>().value(0)
+}
+
+#[tokio::test]
+async fn rust_flight_sql_client() {
+    let fixture = Fixture::new();
+    let server = Server::start(&fixture, &[]);
+
+    // No credentials, a wrong password: refused.
+    let mut anonymous = client(&server).await;
+    let refused = anonymous.execute("SELECT 1".into(), None).await.unwrap_err();
+    assert!(refused.to_string().contains("no credentials"), "{refused}");
+    let wrong = anonymous.handshake("alice", "not her password").await.unwrap_err();
+    assert!(wrong.to_string().contains("wrong user name or password"), "{wrong}");
+    let unknown = anonymous.handshake("mallory", ANALYST_PASSWORD).await.unwrap_err();
+    assert!(unknown.to_string().contains("wrong user name or password"), "{unknown}");
+
+    let mut alice = client(&server).await;
+    alice.handshake("alice", ANALYST_PASSWORD).await.unwrap();
+
+    // Thousands of rows, streamed; the FlightInfo schema matches the data.
+    let info = alice
+        .execute("SELECT observer, observed_at FROM observations".into(), None)
+        .await
+        .unwrap();
+    let announced = Schema::try_from(info.clone()).unwrap();
+    let batches = fetch(&mut alice, info).await;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let count = single_i64(&query(&mut alice, "SELECT count(*) FROM observations").await);
+    assert!(rows > 5_000, "{rows} rows");
+    assert_eq!(rows as i64, count);
+    assert_eq!(batches[0].schema().fields(), announced.fields());
+
+    // Malformed SQL: a clear error, and the server serves the next query.
+    let bad = alice.execute("SELEC 1".into(), None).await.unwrap_err();
+    assert!(bad.to_string().contains("SELEC"), "{bad}");
+    let missing = alice
+        .execute("SELECT * FROM no_such_table".into(), None)
+        .await
+        .unwrap_err();
+    assert!(missing.to_string().contains("no_such_table"), "{missing}");
+    assert_eq!(single_i64(&query(&mut alice, "SELECT 41 + 1").await), 42);
+
+    // Prepared statement with $1 bound, two parameter rows.
+    let mut prepared = alice
+        .prepare(
+            "SELECT count(*) AS n FROM observations WHERE duration_s >= $1".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let parameters = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("$1", DataType::Int64, false)])),
+        vec![Arc::new(Int64Array::from(vec![0, 1_000_000_000]))],
+    )
+    .unwrap();
+    prepared.set_parameters(parameters).unwrap();
+    let info = prepared.execute().await.unwrap();
+    let batches = fetch(&mut alice, info).await;
+    let counts: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    assert_eq!(counts, vec![count, 0]);
+    prepared.close().await.unwrap();
+
+    // Prepare without parameters (what JDBC and ADBC do for plain queries).
+    let mut plain = alice
+        .prepare("SELECT count(*) FROM devices".into(), None)
+        .await
+        .unwrap();
+    let info = plain.execute().await.unwrap();
+    assert_eq!(single_i64(&fetch(&mut alice, info).await), 2000);
+    plain.close().await.unwrap();
+
+    // SET lasts for the session; trace_contacts answers.
+    alice
+        .execute_update("SET proxima.trace.lookback = '72 hours'".into(), None)
+        .await
+        .unwrap();
+    let settings = query(
+        &mut alice,
+        "SELECT value FROM information_schema.df_settings WHERE name = 'proxima.trace.lookback'",
+    )
+    .await;
+    assert_eq!(settings[0].column(0).as_string::<i32>().value(0), "72 hours");
+    let case = query(
+        &mut alice,
+        "SELECT observer, CAST(max(observed_at) AS VARCHAR) FROM observations GROUP BY observer ORDER BY observer LIMIT 1",
+    )
+    .await;
+    let (index, at) = (text(&case[0], 0, 0), text(&case[0], 1, 0));
+    let traced = query(
+        &mut alice,
+        &format!("SELECT count(*) FROM trace_contacts('{index}', '{at}') WHERE contact_order = 1"),
+    )
+    .await;
+    assert!(
+        single_i64(&traced) > 0,
+        "a device that reported a sighting has contacts"
+    );
+
+    // Metadata.
+    let info = alice.get_catalogs().await.unwrap();
+    let catalogs = fetch(&mut alice, info).await;
+    assert_eq!(catalogs[0].column(0).as_string::<i32>().value(0), "proxima");
+    let info = alice
+        .get_db_schemas(CommandGetDbSchemas {
+            catalog: Some("proxima".into()),
+            db_schema_filter_pattern: None,
+        })
+        .await
+        .unwrap();
+    let schemas = fetch(&mut alice, info).await;
+    let names: Vec<&str> = schemas[0].column(1).as_string::<i32>().iter().flatten().collect();
+    assert!(names.contains(&"public"), "{names:?}");
+    let info = alice
+        .get_tables(CommandGetTables {
+            catalog: Some("proxima".into()),
+            db_schema_filter_pattern: Some("public".into()),
+            table_name_filter_pattern: Some("obs%".into()),
+            table_types: vec![],
+            include_schema: true,
+        })
+        .await
+        .unwrap();
+    let tables = fetch(&mut alice, info).await;
+    assert_eq!(tables[0].num_rows(), 1);
+    assert_eq!(tables[0].column(2).as_string::<i32>().value(0), "observations");
+    let info = alice.get_sql_info(vec![]).await.unwrap();
+    assert!(!fetch(&mut alice, info).await.is_empty());
+    let info = alice.get_xdbc_type_info(Default::default()).await.unwrap();
+    assert!(fetch(&mut alice, info).await[0].num_rows() >= 5);
+
+    // Analysts may not write server files; admins may.
+    let export = fixture.dir.path().join("export.csv");
+    let copy = format!("COPY (SELECT 1 AS x) TO '{}' STORED AS CSV", export.display());
+    let denied = alice.execute_update(copy.clone(), None).await.unwrap_err();
+    assert!(
+        denied.to_string().contains("role analyst may not run this statement"),
+        "{denied}"
+    );
+    assert!(!export.exists());
+    let mut root = client(&server).await;
+    root.handshake("root", ADMIN_PASSWORD).await.unwrap();
+    root.execute_update(copy, None).await.unwrap();
+    assert!(export.exists());
+
+    // A forged token is refused.
+    let mut forged = client(&server).await;
+    forged.set_token("0".repeat(64));
+    let refused = forged.execute("SELECT 1".into(), None).await.unwrap_err();
+    assert!(refused.to_string().contains("unknown token"), "{refused}");
+}
+
+#[tokio::test]
+async fn query_timeout_stops_a_long_query() {
+    let fixture = Fixture::new();
+    let server = Server::start(&fixture, &["--query-timeout", "1s"]);
+    let mut alice = client(&server).await;
+    alice.handshake("alice", ANALYST_PASSWORD).await.unwrap();
+    // A cross join of observations with itself runs far longer than a second.
+    let info = alice
+        .execute(
+            "SELECT count(*) FROM observations a CROSS JOIN observations b WHERE a.duration_s + b.duration_s = -1"
+                .into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let error = async {
+        let stream = alice.do_get(ticket).await?;
+        stream.try_collect::<Vec<_>>().await
+    }
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("query timeout"), "{error}");
+    assert_eq!(
+        single_i64(&query(&mut alice, "SELECT 1::BIGINT").await),
+        1,
+        "the server still serves"
+    );
+}
+
+fn write_certificate(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pem = certified.cert.pem();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, &pem).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    (cert, key, pem)
+}
+
+#[tokio::test]
+async fn tls_connection() {
+    let fixture = Fixture::new();
+    let (cert, key, pem) = write_certificate(fixture.dir.path());
+    let server = Server::start(
+        &fixture,
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    );
+    let port = server.address.rsplit(':').next().unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pem))
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut alice = FlightSqlServiceClient::new(channel);
+    alice.handshake("alice", ANALYST_PASSWORD).await.unwrap();
+    assert_eq!(
+        single_i64(&query(&mut alice, "SELECT count(*) FROM devices").await),
+        2000
+    );
+
+    // Plain text to a TLS server fails.
+    let plain = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let mut client = FlightSqlServiceClient::new(channel);
+        assert!(client.handshake("alice", ANALYST_PASSWORD).await.is_err());
+    }
+}
+
+/// The Python interpreter of the project's .venv, or of $PROXIMA_PYTHON, if it has ADBC.
+fn python_with_adbc() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("PROXIMA_PYTHON").map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")),
+    ];
+    candidates.into_iter().flatten().find(|python| {
+        Command::new(python)
+            .args(["-c", "import adbc_driver_flightsql, pyarrow"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+#[tokio::test]
+async fn adbc_python_client() {
+    let Some(python) = python_with_adbc() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install adbc-driver-flightsql into .venv (see .ci/run)"
+        );
+        eprintln!("skipped: no Python with adbc-driver-flightsql (run .ci/run, or set PROXIMA_PYTHON)");
+        return;
+    };
+    let fixture = Fixture::new();
+    let (cert, key, pem) = write_certificate(fixture.dir.path());
+    let plain = Server::start(&fixture, &[]);
+    let tls = Server::start(
+        &fixture,
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    );
+    let tls_port = tls.address.rsplit(':').next().unwrap().to_string();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flight/adbc_client.py");
+    let output = Command::new(python)
+        .arg(script)
+        .env("PROXIMA_URI", format!("grpc://{}", plain.address))
+        .env("PROXIMA_TLS_URI", format!("grpc+tls://localhost:{tls_port}"))
+        .env("PROXIMA_TLS_ROOT", pem)
+        .env("PROXIMA_USER", "alice")
+        .env("PROXIMA_PASSWORD", ANALYST_PASSWORD)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "ADBC client failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("adbc: all checks passed"), "{stdout}");
+}
