@@ -334,6 +334,49 @@ async fn query_timeout_stops_a_long_query() {
     );
 }
 
+#[tokio::test]
+async fn cancel_query_stops_a_running_query() {
+    use arrow_flight::sql::{ActionCancelQueryRequest, ProstMessageExt};
+    use prost::Message;
+
+    let fixture = Fixture::new();
+    let server = Server::start(&fixture, &[]);
+    let mut alice = client(&server).await;
+    alice.handshake("alice", ANALYST_PASSWORD).await.unwrap();
+    let info = alice
+        .execute(
+            "SELECT count(*) FROM observations a CROSS JOIN observations b WHERE a.duration_s + b.duration_s = -1"
+                .into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut reader = alice.clone();
+    let running = tokio::spawn(async move {
+        let stream = reader.do_get(ticket).await?;
+        stream.try_collect::<Vec<_>>().await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let action = arrow_flight::Action::new(
+        "CancelQuery",
+        ActionCancelQueryRequest {
+            info: info.encode_to_vec().into(),
+        }
+        .as_any()
+        .encode_to_vec(),
+    );
+    let results: Vec<_> = alice.do_action(action).await.unwrap().try_collect().await.unwrap();
+    assert_eq!(results.len(), 1);
+    let error = running.await.unwrap().unwrap_err();
+    assert!(error.to_string().contains("query cancelled"), "{error}");
+    assert_eq!(
+        single_i64(&query(&mut alice, "SELECT 1::BIGINT").await),
+        1,
+        "the server still serves"
+    );
+}
+
 fn write_certificate(dir: &Path) -> (PathBuf, PathBuf, String) {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let pem = certified.cert.pem();

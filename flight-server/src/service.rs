@@ -5,7 +5,7 @@
 //! Statement tickets carry the SQL text; prepared statements live in the
 //! token's session until closed. Results stream batch by batch as DataFusion
 //! produces them, under a per-query timeout; a client that goes away drops
-//! the stream, which stops the query.
+//! the stream, which stops the query, and `CancelQuery` stops a running one.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -89,6 +89,8 @@ pub struct FlightSqlServer {
     users: Users,
     options: ServiceOptions,
     tokens: Mutex<HashMap<String, Arc<TokenSession>>>,
+    /// Running queries by ticket, for `CancelQuery`: setting the flag stops the stream.
+    running: Arc<Mutex<HashMap<Vec<u8>, tokio::sync::watch::Sender<bool>>>>,
     sql_info: SqlInfoData,
     xdbc_info: XdbcTypeInfoData,
 }
@@ -134,6 +136,7 @@ impl FlightSqlServer {
             users,
             options,
             tokens: Mutex::new(HashMap::new()),
+            running: Arc::new(Mutex::new(HashMap::new())),
             sql_info: sql_info().map_err(internal)?,
             xdbc_info: xdbc_info().map_err(internal)?,
         })
@@ -184,6 +187,7 @@ impl FlightSqlServer {
         session: Arc<TokenSession>,
         sql: String,
         parameters: Vec<RecordBatch>,
+        ticket: Vec<u8>,
     ) -> Result<Response<FlightDataStream>, Status> {
         let started = Instant::now();
         let rows_of_parameters = parameter_rows(&parameters)?;
@@ -232,13 +236,27 @@ impl FlightSqlServer {
             }
         }
         let batches = futures::stream::iter(streams).flatten();
-        let logged = LoggedStream::new(
-            batches,
-            session.principal.clone(),
+        let (cancel, cancelled) = tokio::sync::watch::channel(false);
+        self.running.lock().map_err(internal)?.insert(ticket.clone(), cancel);
+        let logged = LoggedStream {
+            inner: Box::pin(batches),
+            deadline: Box::pin(tokio::time::sleep(self.options.query_timeout)),
+            cancelled: Box::pin(async move {
+                let mut cancelled = cancelled;
+                // An error means the registry entry is gone: then nobody can cancel any more.
+                if cancelled.wait_for(|c| *c).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }),
+            registry: Arc::clone(&self.running),
+            ticket,
+            principal: session.principal.clone(),
             sql,
             started,
-            self.options.query_timeout,
-        );
+            rows: 0,
+            timeout: self.options.query_timeout,
+            outcome: None,
+        };
         let flight = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(logged)
@@ -355,33 +373,15 @@ fn log_query(principal: &Principal, sql: &str, rows: u64, started: Instant, outc
 struct LoggedStream {
     inner: Pin<Box<dyn Stream<Item = datafusion::error::Result<RecordBatch>> + Send>>,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    cancelled: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    registry: Arc<Mutex<HashMap<Vec<u8>, tokio::sync::watch::Sender<bool>>>>,
+    ticket: Vec<u8>,
     principal: Principal,
     sql: String,
     started: Instant,
     rows: u64,
     timeout: Duration,
     outcome: Option<String>,
-}
-
-impl LoggedStream {
-    fn new(
-        inner: impl Stream<Item = datafusion::error::Result<RecordBatch>> + Send + 'static,
-        principal: Principal,
-        sql: String,
-        started: Instant,
-        timeout: Duration,
-    ) -> Self {
-        Self {
-            inner: Box::pin(inner),
-            deadline: Box::pin(tokio::time::sleep(timeout)),
-            principal,
-            sql,
-            started,
-            rows: 0,
-            timeout,
-            outcome: None,
-        }
-    }
 }
 
 impl Stream for LoggedStream {
@@ -391,6 +391,11 @@ impl Stream for LoggedStream {
         use std::task::Poll;
         if self.outcome.is_some() {
             return Poll::Ready(None);
+        }
+        if self.cancelled.as_mut().poll(cx).is_ready() {
+            self.outcome = Some("cancelled".into());
+            let status = Status::cancelled("query cancelled by the client (CancelQuery)");
+            return Poll::Ready(Some(Err(FlightError::Tonic(Box::new(status)))));
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
             let message = format!(
@@ -424,6 +429,9 @@ impl Drop for LoggedStream {
     fn drop(&mut self) {
         let outcome = self.outcome.as_deref().unwrap_or("cancelled");
         log_query(&self.principal, &self.sql, self.rows, self.started, outcome);
+        if let Ok(mut running) = self.registry.lock() {
+            running.remove(&self.ticket);
+        }
     }
 }
 
@@ -520,7 +528,8 @@ impl FlightSqlService for FlightSqlServer {
         let session = self.session(request.metadata())?;
         let sql = String::from_utf8(ticket.statement_handle.to_vec())
             .map_err(|_| Status::invalid_argument("the ticket is not a statement of this server"))?;
-        self.run(session, sql, Vec::new()).await
+        let ticket = request.into_inner().ticket.to_vec();
+        self.run(session, sql, Vec::new(), ticket).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -600,7 +609,8 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightDataStream>, Status> {
         let session = self.session(request.metadata())?;
         let prepared = self.prepared(&session, &query.prepared_statement_handle)?;
-        self.run(session, prepared.sql, prepared.parameters).await
+        let ticket = request.into_inner().ticket.to_vec();
+        self.run(session, prepared.sql, prepared.parameters, ticket).await
     }
 
     async fn do_put_statement_update(
@@ -624,14 +634,26 @@ impl FlightSqlService for FlightSqlServer {
 
     async fn do_action_cancel_query(
         &self,
-        _query: ActionCancelQueryRequest,
+        query: ActionCancelQueryRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCancelQueryResult, Status> {
         self.session(request.metadata())?;
-        // A query runs while its DoGet stream is read; the client cancels it by ending that call.
-        Err(Status::unimplemented(
-            "cancel a query by cancelling its DoGet call; the server stops the query when the stream is dropped",
-        ))
+        let info = FlightInfo::decode(query.info)
+            .map_err(|e| Status::invalid_argument(format!("CancelQuery: the info is not a FlightInfo: {e}")))?;
+        let running = self.running.lock().map_err(internal)?;
+        let mut found = false;
+        for ticket in info.endpoint.iter().filter_map(|e| e.ticket.as_ref()) {
+            if let Some(cancel) = running.get(ticket.ticket.as_ref()) {
+                let _ = cancel.send(true);
+                found = true;
+            }
+        }
+        if !found {
+            return Err(Status::not_found("CancelQuery: no running query for this FlightInfo"));
+        }
+        Ok(ActionCancelQueryResult {
+            result: 1, // CancelResult::Cancelled (the enum is not re-exported by arrow-flight)
+        })
     }
 
     async fn get_flight_info_catalogs(
@@ -807,7 +829,8 @@ impl FlightSqlServer {
         sql: String,
         parameters: Vec<RecordBatch>,
     ) -> Result<i64, Status> {
-        let response = self.run(session, sql, parameters).await?;
+        let ticket = uuid::Uuid::new_v4().as_bytes().to_vec();
+        let response = self.run(session, sql, parameters, ticket).await?;
         let mut stream = response.into_inner();
         while stream.try_next().await?.is_some() {}
         Ok(0)
@@ -835,7 +858,7 @@ fn sql_info() -> Result<SqlInfoData, FlightError> {
     builder.append(SqlInfo::FlightSqlServerSql, true);
     builder.append(SqlInfo::FlightSqlServerSubstrait, false);
     builder.append(SqlInfo::FlightSqlServerTransaction, 0i32);
-    builder.append(SqlInfo::FlightSqlServerCancel, false);
+    builder.append(SqlInfo::FlightSqlServerCancel, true);
     builder.append(SqlInfo::FlightSqlServerStatementTimeout, 0i32);
     builder.append(SqlInfo::FlightSqlServerTransactionTimeout, 0i32);
     builder.append(SqlInfo::SqlDdlCatalog, false);
