@@ -332,6 +332,96 @@ async fn query_timeout_stops_a_long_query() {
         1,
         "the server still serves"
     );
+
+    // The memory limit of a session: a query that needs more fails, the server serves on.
+    let small = Server::start(&fixture, &["--session-memory", "1MiB"]);
+    let mut bob = client(&small).await;
+    bob.handshake("alice", ANALYST_PASSWORD).await.unwrap();
+    let info = bob
+        .execute(
+            "SELECT count(*) FROM observations a JOIN observations b ON a.observer = b.observer".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let error = async {
+        let stream = bob.do_get(ticket).await?;
+        stream.try_collect::<Vec<_>>().await
+    }
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("esources exhausted"), "{error}");
+    assert_eq!(single_i64(&query(&mut bob, "SELECT 2::BIGINT").await), 2);
+
+    // Tokens expire.
+    let brief = Server::start(&fixture, &["--token-ttl", "1s"]);
+    let mut carol = client(&brief).await;
+    carol.handshake("alice", ANALYST_PASSWORD).await.unwrap();
+    assert_eq!(single_i64(&query(&mut carol, "SELECT 3::BIGINT").await), 3);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let expired = carol.execute("SELECT 1".into(), None).await.unwrap_err();
+    assert!(expired.to_string().contains("expired"), "{expired}");
+}
+
+#[tokio::test]
+async fn without_users_file_loopback_only_with_a_generated_password() {
+    let fixture = Fixture::new();
+    // Any address but loopback is refused.
+    let refused = Command::new(BIN)
+        .args(["--data", fixture.store().to_str().unwrap()])
+        .args(["serve", "--flight", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0 without --users"),
+        "{stderr}"
+    );
+
+    // On loopback it prints a generated admin password, which works; SIGTERM stops it cleanly.
+    let mut child = Command::new(BIN)
+        .args(["--data", fixture.store().to_str().unwrap()])
+        .args(["serve", "--flight", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    stdout.read_line(&mut first).unwrap();
+    stdout.read_line(&mut second).unwrap();
+    let address = first.split("://").nth(1).unwrap().split_whitespace().next().unwrap();
+    let password = second
+        .strip_prefix("user admin, password ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected second line: {second}"));
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = FlightSqlServiceClient::new(channel);
+    admin.handshake("admin", password).await.unwrap();
+    assert_eq!(
+        single_i64(&query(&mut admin, "SELECT count(*) FROM devices").await),
+        2000
+    );
+    assert!(
+        admin.handshake("admin", "admin").await.is_err(),
+        "no well-known password"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM is a clean stop: {status}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(rest.contains("Flight SQL server stopped"), "{rest}");
 }
 
 #[tokio::test]

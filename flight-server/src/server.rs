@@ -59,12 +59,34 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let incoming = tokio_stream_listener(listener);
-    builder
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = builder
         .add_service(flight)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result?,
+        () = shutdown => {
+            // Stop accepting, let running calls finish; clients that keep idle connections
+            // open (most do) must not hold the process forever.
+            let _ = stop.send(());
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(result) => result?,
+                Err(_) => tracing::warn!(
+                    target: "proxima::serve",
+                    "connections still open {} s after the stop signal: closing them",
+                    SHUTDOWN_GRACE.as_secs()
+                ),
+            }
+        }
+    }
     Ok(())
 }
+
+/// How long running calls may take to finish after SIGINT or SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The accepted connections of a listener, as tonic wants them.
 fn tokio_stream_listener(
