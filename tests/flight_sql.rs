@@ -296,6 +296,9 @@ async fn rust_flight_sql_client() {
     root.handshake("root", ADMIN_PASSWORD).await.unwrap();
     root.execute_update(copy, None).await.unwrap();
     assert!(export.exists());
+    // DDL through the query path runs once (GetFlightInfo only plans), and lasts for the login.
+    query(&mut root, "CREATE VIEW recent AS SELECT 7::BIGINT AS x").await;
+    assert_eq!(single_i64(&query(&mut root, "SELECT x FROM recent").await), 7);
 
     // A forged token is refused.
     let mut forged = client(&server).await;

@@ -163,8 +163,9 @@ impl FlightSqlServer {
         }
     }
 
-    /// Plans `sql` in the session with the user's statement permissions.
-    async fn plan(&self, session: &TokenSession, sql: &str) -> Result<DataFrame, Status> {
+    /// The logical plan of `sql`, checked against the user's statement permissions.
+    /// Nothing runs: DDL and `SET` take effect only in [`Self::plan`].
+    async fn logical_plan(&self, session: &TokenSession, sql: &str) -> Result<LogicalPlan, Status> {
         let plan = session
             .ctx
             .state()
@@ -177,6 +178,12 @@ impl FlightSqlServer {
                 session.principal.role
             ))
         })?;
+        Ok(plan)
+    }
+
+    /// A runnable frame of `sql` (DDL and `SET` are applied to the session here).
+    async fn plan(&self, session: &TokenSession, sql: &str) -> Result<DataFrame, Status> {
+        let plan = self.logical_plan(session, sql).await?;
         session.ctx.execute_logical_plan(plan).await.map_err(query_status)
     }
 
@@ -273,7 +280,7 @@ impl FlightSqlServer {
 
     /// The schema `sql` returns, without running it.
     async fn result_schema(&self, session: &TokenSession, sql: &str) -> Result<Schema, Status> {
-        Ok(self.plan(session, sql).await?.schema().as_arrow().clone())
+        Ok(self.logical_plan(session, sql).await?.schema().as_arrow().clone())
     }
 
     fn flight_info(
@@ -538,9 +545,9 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let session = self.session(request.metadata())?;
-        let df = self.plan(&session, &query.query).await?;
-        let dataset_schema = df.schema().as_arrow().clone();
-        let parameter_schema = parameter_schema(df.logical_plan())?;
+        let plan = self.logical_plan(&session, &query.query).await?;
+        let dataset_schema = plan.schema().as_arrow().clone();
+        let parameter_schema = parameter_schema(&plan)?;
         let handle = uuid::Uuid::new_v4().to_string();
         session.prepared.lock().map_err(internal)?.insert(
             handle.clone(),
