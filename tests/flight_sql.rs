@@ -18,6 +18,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 const BIN: &str = env!("CARGO_BIN_EXE_proxima");
 const ANALYST_PASSWORD: &str = "analyst password 1";
 const ADMIN_PASSWORD: &str = "admin password 123";
+/// Runs far longer than the tests' timeouts: a cross join of observations with itself.
+const LONG_QUERY: &str =
+    "SELECT count(*) FROM observations a CROSS JOIN observations b WHERE a.duration_s + b.duration_s = -1";
 
 /// A store with a small generated population, and a users file with an analyst and an admin.
 struct Fixture {
@@ -146,6 +149,18 @@ async fn query(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<R
 fn text(batch: &RecordBatch, column: usize, row: usize) -> String {
     let column = arrow::compute::cast(batch.column(column), &DataType::Utf8).unwrap();
     column.as_string::<i32>().value(row).to_string()
+}
+
+/// Runs `sql` expecting the result stream to fail; returns the error.
+async fn failing_query(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> arrow_flight::error::FlightError {
+    let info = client.execute(sql.to_string(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let outcome = async {
+        let stream = client.do_get(ticket).await?;
+        stream.try_collect::<Vec<_>>().await
+    }
+    .await;
+    outcome.expect_err("the query should fail")
 }
 
 fn single_i64(batches: &[RecordBatch]) -> i64 {
@@ -314,21 +329,7 @@ async fn query_timeout_stops_a_long_query() {
     let mut alice = client(&server).await;
     alice.handshake("alice", ANALYST_PASSWORD).await.unwrap();
     // A cross join of observations with itself runs far longer than a second.
-    let info = alice
-        .execute(
-            "SELECT count(*) FROM observations a CROSS JOIN observations b WHERE a.duration_s + b.duration_s = -1"
-                .into(),
-            None,
-        )
-        .await
-        .unwrap();
-    let ticket = info.endpoint[0].ticket.clone().unwrap();
-    let error = async {
-        let stream = alice.do_get(ticket).await?;
-        stream.try_collect::<Vec<_>>().await
-    }
-    .await
-    .unwrap_err();
+    let error = failing_query(&mut alice, LONG_QUERY).await;
     assert!(error.to_string().contains("query timeout"), "{error}");
     assert_eq!(
         single_i64(&query(&mut alice, "SELECT 1::BIGINT").await),
@@ -340,20 +341,8 @@ async fn query_timeout_stops_a_long_query() {
     let small = Server::start(&fixture, &["--session-memory", "1MiB"]);
     let mut bob = client(&small).await;
     bob.handshake("alice", ANALYST_PASSWORD).await.unwrap();
-    let info = bob
-        .execute(
-            "SELECT count(*) FROM observations a JOIN observations b ON a.observer = b.observer".into(),
-            None,
-        )
-        .await
-        .unwrap();
-    let ticket = info.endpoint[0].ticket.clone().unwrap();
-    let error = async {
-        let stream = bob.do_get(ticket).await?;
-        stream.try_collect::<Vec<_>>().await
-    }
-    .await
-    .unwrap_err();
+    let join = "SELECT count(*) FROM observations a JOIN observations b ON a.observer = b.observer";
+    let error = failing_query(&mut bob, join).await;
     assert!(error.to_string().contains("esources exhausted"), "{error}");
     assert_eq!(single_i64(&query(&mut bob, "SELECT 2::BIGINT").await), 2);
 
@@ -436,14 +425,7 @@ async fn cancel_query_stops_a_running_query() {
     let server = Server::start(&fixture, &[]);
     let mut alice = client(&server).await;
     alice.handshake("alice", ANALYST_PASSWORD).await.unwrap();
-    let info = alice
-        .execute(
-            "SELECT count(*) FROM observations a CROSS JOIN observations b WHERE a.duration_s + b.duration_s = -1"
-                .into(),
-            None,
-        )
-        .await
-        .unwrap();
+    let info = alice.execute(LONG_QUERY.into(), None).await.unwrap();
     let ticket = info.endpoint[0].ticket.clone().unwrap();
     let mut reader = alice.clone();
     let running = tokio::spawn(async move {

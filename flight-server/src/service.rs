@@ -297,6 +297,18 @@ impl FlightSqlServer {
             .with_descriptor(descriptor))
     }
 
+    /// The FlightInfo of a metadata command (authenticated; the ticket is the command itself).
+    fn command_info(
+        &self,
+        request: Request<FlightDescriptor>,
+        schema: &Schema,
+        ticket: Vec<u8>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        let info = self.flight_info(schema, ticket, request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
     fn batch_response(&self, batch: RecordBatch) -> Response<FlightDataStream> {
         let schema = batch.schema();
         let stream = FlightDataEncoderBuilder::new()
@@ -668,10 +680,8 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
         let schema = query.into_builder().schema();
-        let info = self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
-        Ok(Response::new(info))
+        self.command_info(request, &schema, query.as_any().encode_to_vec())
     }
 
     async fn do_get_catalogs(
@@ -692,10 +702,8 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
         let schema = query.clone().into_builder().schema();
-        let info = self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
-        Ok(Response::new(info))
+        self.command_info(request, &schema, query.as_any().encode_to_vec())
     }
 
     async fn do_get_schemas(
@@ -720,10 +728,8 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
         let schema = query.clone().into_builder().schema();
-        let info = self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
-        Ok(Response::new(info))
+        self.command_info(request, &schema, query.as_any().encode_to_vec())
     }
 
     async fn do_get_tables(
@@ -741,10 +747,8 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
         let schema = query.into_builder().schema();
-        let info = self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
-        Ok(Response::new(info))
+        self.command_info(request, &schema, query.as_any().encode_to_vec())
     }
 
     async fn do_get_table_types(
@@ -765,10 +769,8 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
         let schema = query.clone().into_builder(&self.sql_info).schema();
-        let info = self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
-        Ok(Response::new(info))
+        self.command_info(request, &schema, query.as_any().encode_to_vec())
     }
 
     async fn do_get_sql_info(
@@ -786,10 +788,8 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
         let schema = query.into_builder(&self.xdbc_info).schema();
-        let info = self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
-        Ok(Response::new(info))
+        self.command_info(request, &schema, query.as_any().encode_to_vec())
     }
 
     async fn do_get_xdbc_type_info(

@@ -2,8 +2,7 @@
 //! the store if it holds no data yet, then runs sample queries over it.
 
 use clap::Args;
-use futures::StreamExt;
-use proxima_engine::{SessionFactory, SessionOptions, Store, Table};
+use proxima_engine::{SessionFactory, SessionOptions, Store};
 use proxima_ingest::synthetic::PopulationSpec;
 
 use super::CliError;
@@ -41,12 +40,7 @@ const QUERIES: &[(&str, &str)] = &[
 
 /// Runs `proxima demo`.
 pub async fn run(store: Store, args: DemoArgs) -> Result<(), CliError> {
-    let has_data = store
-        .object_store()
-        .list(Some(&Table::Observations.prefix(store.root())))
-        .next()
-        .await
-        .is_some();
+    let has_data = super::generate::has_observations(&store).await;
     if has_data {
         super::print(format!(
             "The store at {store} already holds observations: using them.\n"

@@ -65,6 +65,17 @@ pub async fn populate(store: &Store, spec: &PopulationSpec) -> Result<GeneratedP
     Ok(population)
 }
 
+/// Whether the store holds any observation file.
+pub async fn has_observations(store: &Store) -> bool {
+    use futures::StreamExt;
+    store
+        .object_store()
+        .list(Some(&proxima_engine::Table::Observations.prefix(store.root())))
+        .next()
+        .await
+        .is_some()
+}
+
 /// A progress bar counting days; hidden when stderr is not a terminal.
 pub fn day_progress(action: &str, days: u32, message: String) -> ProgressBar {
     let template = format!("{{spinner}} {action} {{msg}} [{{bar:30}}] {{pos}}/{{len}} days, {{elapsed}}");

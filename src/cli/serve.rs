@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use futures::StreamExt;
-use proxima_engine::{SessionFactory, SessionOptions, Store, Table};
+use proxima_engine::{SessionFactory, SessionOptions, Store};
 use proxima_flight_server::{FlightSqlServer, ServiceOptions, TlsFiles, Users};
 use proxima_ingest::synthetic::PopulationSpec;
 
@@ -148,12 +147,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         }
     };
     if args.demo {
-        let has_data = store
-            .object_store()
-            .list(Some(&Table::Observations.prefix(store.root())))
-            .next()
-            .await
-            .is_some();
+        let has_data = super::generate::has_observations(&store).await;
         if !has_data {
             let spec = PopulationSpec {
                 devices: super::demo::DEMO_DEVICES,
