@@ -8,6 +8,7 @@
 //! the stream, which stops the query, and `CancelQuery` stops a running one.
 
 use std::collections::HashMap;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -453,8 +454,6 @@ impl Drop for LoggedStream {
         }
     }
 }
-
-use std::future::Future as _;
 
 /// Decodes `Basic <base64(user:password)>`, accepting base64 with or without padding.
 fn basic_credentials(header: &str) -> Option<(String, String)> {
