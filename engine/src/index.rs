@@ -54,12 +54,19 @@ pub async fn sources(store: &Store, day: NaiveDate) -> crate::Result<Vec<String>
         table: Table::Observations,
         day,
     };
-    let mut files = list(store, &observations.prefix(store.root())).await?;
-    if !files.is_empty() {
-        files.extend(list(store, &Table::Devices.prefix(store.root())).await?);
+    let observations = list(store, &observations.prefix(store.root())).await?;
+    if observations.is_empty() {
+        return Ok(observations);
     }
-    files.sort();
-    Ok(files)
+    let devices = list(store, &Table::Devices.prefix(store.root())).await?;
+    Ok(source_list(observations, &devices))
+}
+
+/// The sources of a day's index: its observation files and the devices files, sorted.
+fn source_list(mut observations: Vec<String>, devices: &[String]) -> Vec<String> {
+    observations.extend(devices.iter().cloned());
+    observations.sort();
+    observations
 }
 
 /// The Parquet files under `prefix`, as store paths.
@@ -137,13 +144,11 @@ impl IndexReader {
             table: Table::Observations,
             day,
         };
-        let mut expected = list(&self.store, &observations.prefix(self.store.root())).await?;
-        if expected.is_empty() {
+        let observations = list(&self.store, &observations.prefix(self.store.root())).await?;
+        if observations.is_empty() {
             return Ok(Current::NoData);
         }
-        expected.extend(devices.iter().cloned());
-        expected.sort();
-        let expected = encode_sources(&expected);
+        let expected = encode_sources(&source_list(observations, devices));
         let index = DayPartition {
             table: Table::EncounterIndex,
             day,

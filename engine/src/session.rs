@@ -44,6 +44,19 @@ pub struct SessionOptions {
     pub session_memory_limit: Option<usize>,
 }
 
+/// A runtime reading `store`, with its own memory pool of `memory_limit` bytes (unbounded if `None`).
+fn runtime(store: &Store, memory_limit: Option<usize>) -> Result<Arc<RuntimeEnv>> {
+    // New files must be visible to the next query: no cached listings.
+    let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
+    let mut builder = RuntimeEnvBuilder::new().with_cache_manager(caches);
+    if let Some(limit) = memory_limit {
+        builder = builder.with_memory_limit(limit, 1.0);
+    }
+    let runtime = builder.build_arc()?;
+    runtime.register_object_store(store.object_store_url().as_ref(), Arc::clone(store.object_store()));
+    Ok(runtime)
+}
+
 /// Builds sessions over one store.
 #[derive(Debug, Clone)]
 pub struct SessionFactory {
@@ -57,14 +70,7 @@ pub struct SessionFactory {
 impl SessionFactory {
     /// Creates a factory whose sessions read `store`.
     pub fn new(store: Store, options: SessionOptions) -> Result<Self> {
-        // New files must be visible to the next query: no cached listings.
-        let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
-        let mut runtime = RuntimeEnvBuilder::new().with_cache_manager(caches);
-        if let Some(limit) = options.memory_limit {
-            runtime = runtime.with_memory_limit(limit, 1.0);
-        }
-        let runtime = runtime.build_arc()?;
-        runtime.register_object_store(store.object_store_url().as_ref(), Arc::clone(store.object_store()));
+        let runtime = runtime(&store, options.memory_limit)?;
         Ok(Self {
             index: Arc::new(IndexReader::new(store.clone())),
             store,
@@ -109,16 +115,7 @@ impl SessionFactory {
         parquet.reorder_filters = true;
 
         let runtime = match self.options.session_memory_limit {
-            Some(limit) => {
-                let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
-                let runtime = RuntimeEnvBuilder::new()
-                    .with_cache_manager(caches)
-                    .with_memory_limit(limit, 1.0)
-                    .build_arc()?;
-                let store = &self.store;
-                runtime.register_object_store(store.object_store_url().as_ref(), Arc::clone(store.object_store()));
-                runtime
-            }
+            Some(limit) => runtime(&self.store, Some(limit))?,
             None => Arc::clone(&self.runtime),
         };
         let ctx = SessionContext::new_with_config_rt(config, runtime);
