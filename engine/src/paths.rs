@@ -7,6 +7,8 @@
 //! <root>/observations/day=2026-11-29/part-<uuid v7>.parquet
 //! <root>/devices/part-<uuid v7>.parquet
 //! <root>/encounter_index/day=2026-11-29/part-<uuid v7>.parquet   (derived)
+//! <root>/{cases,alerts,temperature_readings}/day=…/part-<uuid v7>.parquet
+//! <root>/{revocations,device_credentials}/part-<uuid v7>.parquet
 //! <root>/_staging/<transaction>/...      (invisible to SQL; see proxima-ingest)
 //! ```
 //!
@@ -31,11 +33,30 @@ pub enum Table {
     /// Derived: the `encounters` of each day sorted by device, for tracing lookups
     /// (rebuilt from `observations` and `devices`; see `proxima_engine::index`).
     EncounterIndex,
+    /// Reported cases (suspected or confirmed), partitioned by the day reported.
+    Cases,
+    /// Exposure alerts issued to contacts of cases, partitioned by the day issued.
+    Alerts,
+    /// Body temperatures measured by stations, partitioned by the day measured.
+    TemperatureReadings,
+    /// Revoked devices: excluded from tracing and alerts (their history stays until erased).
+    Revocations,
+    /// Hashes of each device's upload token and revocation secret. Not visible to SQL.
+    DeviceCredentials,
 }
 
 impl Table {
     /// Every table, in catalog order.
-    pub const ALL: [Table; 3] = [Table::Observations, Table::Devices, Table::EncounterIndex];
+    pub const ALL: [Table; 8] = [
+        Table::Observations,
+        Table::Devices,
+        Table::EncounterIndex,
+        Table::Cases,
+        Table::Alerts,
+        Table::TemperatureReadings,
+        Table::Revocations,
+        Table::DeviceCredentials,
+    ];
 
     /// The SQL name of the table, which is also its folder name.
     pub fn name(self) -> &'static str {
@@ -43,7 +64,17 @@ impl Table {
             Table::Observations => "observations",
             Table::Devices => "devices",
             Table::EncounterIndex => "encounter_index",
+            Table::Cases => "cases",
+            Table::Alerts => "alerts",
+            Table::TemperatureReadings => "temperature_readings",
+            Table::Revocations => "revocations",
+            Table::DeviceCredentials => "device_credentials",
         }
+    }
+
+    /// Whether SQL sessions see the table (credential hashes are for the REST service only).
+    pub fn is_sql_visible(self) -> bool {
+        self != Table::DeviceCredentials
     }
 
     /// Whether the table is Hive-partitioned by `day` (and so ages out by retention).
@@ -55,8 +86,11 @@ impl Table {
     pub fn time_column(self) -> Option<&'static str> {
         match self {
             Table::Observations => Some("observed_at"),
-            Table::Devices => None,
             Table::EncounterIndex => Some("at"),
+            Table::Cases => Some("reported_at"),
+            Table::Alerts => Some("issued_at"),
+            Table::TemperatureReadings => Some("measured_at"),
+            Table::Devices | Table::Revocations | Table::DeviceCredentials => None,
         }
     }
 
@@ -67,6 +101,11 @@ impl Table {
             Table::Devices => &["device_uuid", "mac"],
             // Sorted by `a` with a page index: lookups need no bloom filter.
             Table::EncounterIndex => &[],
+            Table::Alerts
+            | Table::Cases
+            | Table::TemperatureReadings
+            | Table::Revocations
+            | Table::DeviceCredentials => &["device_uuid"],
         }
     }
 
@@ -76,6 +115,11 @@ impl Table {
             Table::Observations => schema::OBSERVATIONS_FILE.clone(),
             Table::Devices => schema::DEVICES.clone(),
             Table::EncounterIndex => schema::ENCOUNTER_INDEX.clone(),
+            Table::Cases => schema::CASES.clone(),
+            Table::Alerts => schema::ALERTS.clone(),
+            Table::TemperatureReadings => schema::TEMPERATURE_READINGS.clone(),
+            Table::Revocations => schema::REVOCATIONS.clone(),
+            Table::DeviceCredentials => schema::DEVICE_CREDENTIALS.clone(),
         }
     }
 

@@ -52,6 +52,62 @@ pub static ENCOUNTER_INDEX: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// Columns of `cases`: one row per reported case and the alerts its trace issued.
+pub static CASES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("case_id", DataType::Utf8, false),
+        Field::new("device_uuid", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("reported_at", timestamp_type(), false),
+        Field::new("reported_by", DataType::Utf8, false),
+        Field::new("alerts_high", DataType::Int32, false),
+        Field::new("alerts_medium", DataType::Int32, false),
+    ]))
+});
+
+/// Columns of `alerts`: one row per contact of a case, fetched by the contact's phone.
+pub static ALERTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("alert_id", DataType::Utf8, false),
+        Field::new("device_uuid", DataType::Utf8, false),
+        Field::new("case_id", DataType::Utf8, false),
+        Field::new("priority", DataType::Utf8, false),
+        Field::new("issued_at", timestamp_type(), false),
+        Field::new("expires_at", timestamp_type(), false),
+        Field::new("exposure_day", DAY_TYPE, false),
+    ]))
+});
+
+/// Columns of `temperature_readings`.
+pub static TEMPERATURE_READINGS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("device_uuid", DataType::Utf8, false),
+        Field::new("measured_at", timestamp_type(), false),
+        Field::new("celsius", DataType::Float64, false),
+        Field::new("site", DataType::Utf8, false),
+        Field::new("station", DataType::Utf8, false),
+    ]))
+});
+
+/// Columns of `revocations` (not partitioned).
+pub static REVOCATIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("device_uuid", DataType::Utf8, false),
+        Field::new("revoked_at", timestamp_type(), false),
+    ]))
+});
+
+/// Columns of `device_credentials` (not partitioned, not visible to SQL): the SHA-256 of a
+/// device's upload token and the argon2id hash of its revocation secret.
+pub static DEVICE_CREDENTIALS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("device_uuid", DataType::Utf8, false),
+        Field::new("token_sha256", DataType::Utf8, false),
+        Field::new("secret_hash", DataType::Utf8, false),
+        Field::new("registered_at", timestamp_type(), false),
+    ]))
+});
+
 /// Appends the `day` partition column to a file schema: the schema SQL sees.
 pub fn with_day(file_schema: &Schema) -> SchemaRef {
     let mut fields: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();

@@ -119,7 +119,7 @@ impl SessionFactory {
             None => Arc::clone(&self.runtime),
         };
         let ctx = SessionContext::new_with_config_rt(config, runtime);
-        for table in Table::ALL {
+        for table in Table::ALL.into_iter().filter(|t| t.is_sql_visible()) {
             ctx.register_table(table.name(), self.table_provider(table)?)?;
         }
         proxima_udfs::register_all(&ctx)?;

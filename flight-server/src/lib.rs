@@ -1,16 +1,15 @@
 //! Proxima's Arrow Flight SQL service: analysts, notebooks and BI tools query the store.
 //!
-//! [`auth`] holds users (a TOML file of argon2 hashes) and roles; [`service`]
+//! Users (a TOML file of argon2 hashes) and roles come from `proxima_engine::users`; [`service`]
 //! implements arrow-flight's `FlightSqlService` over the engine's
 //! `SessionFactory` (handshake, statements, prepared statements, metadata,
 //! streamed results with a timeout); [`server`] binds it to an address with
 //! optional TLS and shuts down gracefully.
 #![warn(missing_docs)]
 
-pub mod auth;
 pub mod server;
 pub mod service;
 
-pub use auth::{Users, add_user};
+pub use proxima_engine::users::{Users, add_user};
 pub use server::{ServeError, TlsFiles, serve};
 pub use service::{FlightSqlServer, ServiceOptions};

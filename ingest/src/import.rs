@@ -91,8 +91,13 @@ fn columns(table: Table) -> Vec<ColumnSpec> {
             column("tx_power", DBM, true),
             column("location", Kind::Geohash, true),
         ],
-        // Derived from the others; `import` refuses it.
-        Table::EncounterIndex => vec![],
+        // Derived from the others, or written by the REST service only: `import` refuses them.
+        Table::EncounterIndex
+        | Table::Cases
+        | Table::Alerts
+        | Table::TemperatureReadings
+        | Table::Revocations
+        | Table::DeviceCredentials => vec![],
         Table::Devices => vec![
             column("device_uuid", Kind::DeviceUuid, false),
             column("mac", Kind::Mac, false),
@@ -276,7 +281,7 @@ impl Staged {
         let specs = columns(table);
         let unique_columns = match table {
             Table::Devices => vec![0, 1],
-            Table::Observations | Table::EncounterIndex => vec![],
+            _ => vec![],
         };
         let time_column = table.time_column().map(|name| {
             specs
@@ -340,6 +345,12 @@ pub async fn import(writer: &PartitionWriter, table: Table, files: &[PathBuf]) -
     if table == Table::EncounterIndex {
         return Err(Error::InvalidArgument(format!(
             "{table} is derived from observations and devices; it cannot be imported"
+        )));
+    }
+    if !matches!(table, Table::Observations | Table::Devices) {
+        return Err(Error::InvalidArgument(format!(
+            "{table} is written by the REST service (proxima serve --http); only observations and devices \
+             can be imported"
         )));
     }
     writer.recover().await?;
