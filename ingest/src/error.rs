@@ -58,6 +58,9 @@ pub enum Error {
     /// A query over the store failed.
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
+    /// The write-ahead log failed (the request was not acknowledged).
+    #[error("write-ahead log: {0}")]
+    Wal(String),
     /// A staging manifest could not be read or written.
     #[error("staging manifest {path}: {source}")]
     Manifest {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod import;
 pub mod index;
 pub mod synthetic;
+pub mod wal;
 pub mod writer;
 
 pub use error::{Error, Result};

@@ -1,0 +1,680 @@
+//! The write-ahead log: what makes a REST `2xx` durable before its rows reach Parquet.
+//!
+//! A request's rows are appended as one *record* (rows of one or more tables,
+//! each table's rows as an Arrow IPC stream) to the current segment file of
+//! the WAL folder. One thread owns the file: it takes every record queued
+//! while the previous sync ran, writes them, calls `fdatasync` once, moves
+//! their rows into the in-memory [`Buffer`] and only then acknowledges them
+//! (group commit: under load many requests share one sync). The flusher
+//! later [`Wal::rotate`]s: the segment is closed and the buffer handed over;
+//! once its rows are committed to the store, the closed segments are deleted.
+//!
+//! On start, [`Wal::open`] replays every segment left behind. Files flushed
+//! from the WAL record in their Parquet metadata (`proxima.wal`) the last
+//! sequence number they hold per WAL, so a record whose rows reached the
+//! store before a crash (and before its segment was deleted) is not stored
+//! twice. A torn record at the end of the last segment was never
+//! acknowledged and is dropped; damage anywhere else stops the start with
+//! the file and offset, so nothing acknowledged is silently lost.
+//!
+//! Frame layout: `len: u32 | crc32(body): u32 | body`, body = `seq: u64 |
+//! written_at_micros: i64 | entries: u32 | (table name: u8 len + bytes,
+//! ipc: u32 len + bytes)*`, all little-endian.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use proxima_engine::Table;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// Parquet metadata key: JSON map from WAL id to the last sequence number the file holds.
+pub const WAL_KEY: &str = "proxima.wal";
+const SEGMENT_SUFFIX: &str = ".wal";
+const ID_FILE: &str = "wal.id";
+/// Records written by one thread between syncs at most (bounds a sync's latency).
+const MAX_GROUP: usize = 4096;
+
+/// Rows of one table inside a WAL record.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The table the rows belong to.
+    pub table: Table,
+    /// The rows, in the table's file schema.
+    pub batch: RecordBatch,
+}
+
+/// Rows acknowledged but not yet in the store, by table, in acknowledgement order.
+#[derive(Debug, Default)]
+pub struct Buffer {
+    /// Batches per table.
+    pub tables: BTreeMap<Table, Vec<RecordBatch>>,
+    /// Rows held.
+    pub rows: u64,
+}
+
+impl Buffer {
+    fn push(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            self.rows += entry.batch.num_rows() as u64;
+            self.tables.entry(entry.table).or_default().push(entry.batch);
+        }
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    /// Adds what `other` holds after this buffer's rows.
+    pub fn append(&mut self, other: Buffer) {
+        self.rows += other.rows;
+        for (table, batches) in other.tables {
+            self.tables.entry(table).or_default().extend(batches);
+        }
+    }
+}
+
+/// What [`Wal::rotate`] hands to the flusher.
+#[derive(Debug)]
+pub struct Rotation {
+    /// The rows of every record up to `through`.
+    pub buffer: Buffer,
+    /// The WAL's id (written into flushed files with `through`).
+    pub wal_id: Uuid,
+    /// The last sequence number in `buffer`.
+    pub through: u64,
+    /// Closed segments whose records are all in `buffer` (or were before): delete them
+    /// once `buffer` is committed.
+    pub segments: Vec<PathBuf>,
+}
+
+/// Counters of the WAL, for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct WalStats {
+    /// Bytes appended since start.
+    pub bytes: Counter,
+    /// Latency of each sync (one per group of records).
+    pub sync_seconds: Histogram,
+}
+
+impl Default for WalStats {
+    fn default() -> Self {
+        Self {
+            bytes: Counter::default(),
+            sync_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 14)),
+        }
+    }
+}
+
+enum Command {
+    Append {
+        frame_body: Vec<u8>,
+        entries: Vec<Entry>,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    Rotate {
+        reply: oneshot::Sender<Result<Rotation>>,
+    },
+}
+
+/// A handle to the WAL thread; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Wal {
+    commands: mpsc::Sender<Command>,
+    id: Uuid,
+    stats: Arc<WalStats>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Append { entries, .. } => write!(f, "Append({} entries)", entries.len()),
+            Command::Rotate { .. } => f.write_str("Rotate"),
+        }
+    }
+}
+
+/// What replay found in the segments left by the last run.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Records read.
+    pub records: u64,
+    /// Rows read.
+    pub rows: u64,
+    /// Bytes of a torn last record that was dropped (never acknowledged).
+    pub torn_bytes: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IdFile {
+    id: String,
+}
+
+/// A record read back from a segment.
+struct Record {
+    seq: u64,
+    written_at_micros: i64,
+    entries: Vec<Entry>,
+}
+
+impl Wal {
+    /// Opens the WAL in `dir` (created if missing), replays what earlier runs left, and starts
+    /// the writer thread. `committed` is asked, for the replayed records' tables, which
+    /// sequence number of this WAL the store already holds (see [`WAL_KEY`]); the replayed
+    /// rows after it come back in the first [`Wal::rotate`].
+    pub async fn open<F, Fut>(dir: &Path, stats: WalStats, committed: F) -> Result<(Self, Replayed)>
+    where
+        F: FnOnce(Uuid, Vec<Table>, i64) -> Fut,
+        Fut: std::future::Future<Output = Result<u64>>,
+    {
+        fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let id = wal_id(dir)?;
+        let mut segments = list_segments(dir)?;
+        let mut records = Vec::new();
+        let mut replayed = Replayed::default();
+        let last = segments.len().saturating_sub(1);
+        for (i, (_, path)) in segments.iter().enumerate() {
+            let (mut found, torn) = read_segment(path, i == last)?;
+            replayed.torn_bytes += torn;
+            records.append(&mut found);
+        }
+        let mut buffer = Buffer::default();
+        let mut next_seq = 1;
+        if let Some(last) = records.last() {
+            next_seq = last.seq + 1;
+            let tables: Vec<Table> = {
+                let mut t: Vec<Table> = records.iter().flat_map(|r| r.entries.iter().map(|e| e.table)).collect();
+                t.sort();
+                t.dedup();
+                t
+            };
+            let oldest = records.iter().map(|r| r.written_at_micros).min().unwrap_or(0);
+            let done = committed(id, tables, oldest).await?;
+            for record in records {
+                if record.seq <= done {
+                    continue;
+                }
+                replayed.records += 1;
+                replayed.rows += record.entries.iter().map(|e| e.batch.num_rows() as u64).sum::<u64>();
+                buffer.push(record.entries);
+            }
+            if replayed.records > 0 || done > 0 {
+                info!(wal = %dir.display(), records = replayed.records, rows = replayed.rows, already_stored_through = done, "replayed the write-ahead log");
+            }
+        }
+        // Every segment found is closed: new records go to a new one.
+        let closed: Vec<PathBuf> = segments.drain(..).map(|(_, p)| p).collect();
+        let stats = Arc::new(stats);
+        let (commands, receiver) = mpsc::channel(MAX_GROUP * 4);
+        let writer = WriterThread {
+            dir: dir.to_path_buf(),
+            id,
+            file: None,
+            closed,
+            current: None,
+            next_seq,
+            last_seq: next_seq - 1,
+            buffer,
+            stats: Arc::clone(&stats),
+        };
+        std::thread::Builder::new()
+            .name("proxima-wal".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| io_error(dir, e))?;
+        Ok((Self { commands, id, stats }, replayed))
+    }
+
+    /// This WAL's id (stable across restarts of the same folder).
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The WAL's counters.
+    pub fn stats(&self) -> &WalStats {
+        &self.stats
+    }
+
+    /// Appends one record and waits until it is synced to disk; then its rows are in the
+    /// buffer. Returns the record's sequence number.
+    pub async fn append(&self, entries: Vec<Entry>) -> Result<u64> {
+        let frame_body = encode_entries(&entries)?;
+        let (reply, done) = oneshot::channel();
+        self.commands
+            .send(Command::Append {
+                frame_body,
+                entries,
+                reply,
+            })
+            .await
+            .map_err(|_| Error::Wal("the write-ahead log has stopped".into()))?;
+        done.await
+            .map_err(|_| Error::Wal("the write-ahead log has stopped".into()))?
+    }
+
+    /// Closes the current segment and takes the buffer.
+    pub async fn rotate(&self) -> Result<Rotation> {
+        let (reply, done) = oneshot::channel();
+        self.commands
+            .send(Command::Rotate { reply })
+            .await
+            .map_err(|_| Error::Wal("the write-ahead log has stopped".into()))?;
+        done.await
+            .map_err(|_| Error::Wal("the write-ahead log has stopped".into()))?
+    }
+}
+
+struct WriterThread {
+    dir: PathBuf,
+    id: Uuid,
+    file: Option<BufWriter<File>>,
+    current: Option<PathBuf>,
+    closed: Vec<PathBuf>,
+    next_seq: u64,
+    last_seq: u64,
+    buffer: Buffer,
+    stats: Arc<WalStats>,
+}
+
+impl WriterThread {
+    fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
+        while let Some(first) = receiver.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(command) => group.push(command),
+                    Err(_) => break,
+                }
+            }
+            let mut appended = Vec::new();
+            let mut failure: Option<String> = None;
+            for command in group {
+                match command {
+                    Command::Append {
+                        frame_body,
+                        entries,
+                        reply,
+                    } => match self.write(&frame_body) {
+                        Ok(seq) => appended.push((seq, entries, reply)),
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            let _ = reply.send(Err(e));
+                        }
+                    },
+                    Command::Rotate { reply } => {
+                        // Records before the rotation are synced and buffered first.
+                        let synced = self.sync().map_err(|e| e.to_string());
+                        for (seq, entries, reply) in appended.drain(..) {
+                            self.acknowledge(seq, entries, reply, &synced);
+                        }
+                        let rotation = match synced {
+                            Ok(()) => Ok(self.rotate()),
+                            Err(e) => {
+                                failure = Some(e.clone());
+                                Err(Error::Wal(e))
+                            }
+                        };
+                        let _ = reply.send(rotation);
+                    }
+                }
+            }
+            let synced = self.sync().map_err(|e| e.to_string());
+            if let Err(e) = &synced {
+                failure = Some(e.clone());
+            }
+            for (seq, entries, reply) in appended.drain(..) {
+                self.acknowledge(seq, entries, reply, &synced);
+            }
+            if let Some(failure) = failure {
+                // A failed write or sync may have left a partial frame: start a new segment,
+                // so that later records never follow damage.
+                warn!(wal = %self.dir.display(), %failure, "write-ahead log failure; starting a new segment");
+                self.close_segment();
+            }
+        }
+    }
+
+    fn acknowledge(
+        &mut self,
+        seq: u64,
+        entries: Vec<Entry>,
+        reply: oneshot::Sender<Result<u64>>,
+        synced: &std::result::Result<(), String>,
+    ) {
+        match synced {
+            Ok(()) => {
+                self.buffer.push(entries);
+                self.last_seq = seq;
+                let _ = reply.send(Ok(seq));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(Error::Wal(e.clone())));
+            }
+        }
+    }
+
+    /// Writes one frame (not yet synced); returns its sequence number.
+    fn write(&mut self, body_tail: &[u8]) -> Result<u64> {
+        let seq = self.next_seq;
+        if self.file.is_none() {
+            let path = self.dir.join(format!("{seq:020}{SEGMENT_SUFFIX}"));
+            let file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| io_error(&path, e))?;
+            // The new file's name must survive a crash as well as its contents.
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_error(&self.dir, e))?;
+            self.file = Some(BufWriter::with_capacity(1 << 20, file));
+            self.current = Some(path);
+        }
+        let mut body = Vec::with_capacity(16 + body_tail.len());
+        body.extend_from_slice(&seq.to_le_bytes());
+        body.extend_from_slice(&chrono::Utc::now().timestamp_micros().to_le_bytes());
+        body.extend_from_slice(body_tail);
+        let len = u32::try_from(body.len()).map_err(|_| Error::Wal("record larger than 4 GiB".into()))?;
+        let file = self.file.as_mut().expect("opened above");
+        let path = self.current.as_ref().expect("opened above");
+        file.write_all(&len.to_le_bytes())
+            .and_then(|()| file.write_all(&crc32fast::hash(&body).to_le_bytes()))
+            .and_then(|()| file.write_all(&body))
+            .map_err(|e| io_error(path, e))?;
+        self.next_seq += 1;
+        self.stats.bytes.inc_by(8 + body.len() as u64);
+        Ok(seq)
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        let (Some(file), Some(path)) = (self.file.as_mut(), self.current.as_ref()) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        file.flush()
+            .and_then(|()| file.get_ref().sync_data())
+            .map_err(|e| io_error(path, e))?;
+        self.stats.sync_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn close_segment(&mut self) {
+        self.file = None;
+        if let Some(path) = self.current.take() {
+            self.closed.push(path);
+        }
+    }
+
+    fn rotate(&mut self) -> Rotation {
+        self.close_segment();
+        Rotation {
+            buffer: std::mem::take(&mut self.buffer),
+            wal_id: self.id,
+            through: self.last_seq,
+            segments: std::mem::take(&mut self.closed),
+        }
+    }
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Wal(format!("{}: {source}", path.display()))
+}
+
+/// The WAL's id, created on first use.
+fn wal_id(dir: &Path) -> Result<Uuid> {
+    let path = dir.join(ID_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str::<IdFile>(&text)
+            .ok()
+            .and_then(|file| Uuid::parse_str(&file.id).ok())
+            .ok_or_else(|| Error::Wal(format!("{}: not a WAL id file", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = Uuid::new_v4();
+            let text = serde_json::to_string(&IdFile { id: id.to_string() }).expect("serialisable");
+            let tmp = dir.join(format!("{ID_FILE}.tmp"));
+            fs::write(&tmp, text)
+                .and_then(|()| File::open(&tmp)?.sync_all())
+                .and_then(|()| fs::rename(&tmp, &path))
+                .and_then(|()| File::open(dir)?.sync_all())
+                .map_err(|e| io_error(&path, e))?;
+            Ok(id)
+        }
+        Err(e) => Err(io_error(&path, e)),
+    }
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut segments = Vec::new();
+    for item in fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+        let item = item.map_err(|e| io_error(dir, e))?;
+        let name = item.file_name();
+        let Some(first) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        segments.push((first, item.path()));
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// Reads a segment's records; a damaged tail is tolerated only in the last segment.
+fn read_segment(path: &Path, is_last: bool) -> Result<(Vec<Record>, u64)> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| io_error(path, e))?;
+    let mut records = Vec::new();
+    let mut offset = 0usize;
+    while offset < bytes.len() {
+        let frame = parse_frame(&bytes[offset..]);
+        match frame {
+            Some((record, used)) => {
+                records.push(record);
+                offset += used;
+            }
+            None if is_last => {
+                let torn = (bytes.len() - offset) as u64;
+                warn!(segment = %path.display(), offset, torn, "dropped a torn record at the end of the write-ahead log (it was never acknowledged)");
+                return Ok((records, torn));
+            }
+            None => {
+                return Err(Error::Wal(format!(
+                    "{}: damaged record at byte {offset}; the segment is kept for inspection and the server \
+                     will not start until it is repaired or moved away",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok((records, 0))
+}
+
+fn parse_frame(bytes: &[u8]) -> Option<(Record, usize)> {
+    let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
+    let body = bytes.get(8..8 + len)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    let seq = u64::from_le_bytes(body.get(0..8)?.try_into().ok()?);
+    let written_at_micros = i64::from_le_bytes(body.get(8..16)?.try_into().ok()?);
+    let entries = decode_entries(body.get(16..)?)?;
+    Some((
+        Record {
+            seq,
+            written_at_micros,
+            entries,
+        },
+        8 + len,
+    ))
+}
+
+fn encode_entries(entries: &[Entry]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for entry in entries {
+        let name = entry.table.name().as_bytes();
+        out.push(name.len() as u8);
+        out.extend_from_slice(name);
+        let mut ipc = Vec::new();
+        {
+            let mut writer = StreamWriter::try_new(&mut ipc, &entry.batch.schema())?;
+            writer.write(&entry.batch)?;
+            writer.finish()?;
+        }
+        out.extend_from_slice(&(ipc.len() as u32).to_le_bytes());
+        out.extend_from_slice(&ipc);
+    }
+    Ok(out)
+}
+
+fn decode_entries(mut bytes: &[u8]) -> Option<Vec<Entry>> {
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, tail) = bytes.split_at_checked(n)?;
+        bytes = tail;
+        Some(head)
+    };
+    let count = u32::from_le_bytes(take(4)?.try_into().ok()?);
+    let mut entries = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let name_len = take(1)?[0] as usize;
+        let name = std::str::from_utf8(take(name_len)?).ok()?;
+        let table = Table::ALL.into_iter().find(|t| t.name() == name)?;
+        let ipc_len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+        let ipc = take(ipc_len)?;
+        let reader = StreamReader::try_new(ipc, None).ok()?;
+        for batch in reader {
+            entries.push(Entry {
+                table,
+                batch: batch.ok()?,
+            });
+        }
+    }
+    Some(entries)
+}
+
+/// Parses a file's [`WAL_KEY`] value.
+pub fn parse_marks(value: &str) -> HashMap<String, u64> {
+    serde_json::from_str(value).unwrap_or_default()
+}
+
+/// Encodes a [`WAL_KEY`] value.
+pub fn encode_marks(marks: &HashMap<String, u64>) -> String {
+    serde_json::to_string(marks).expect("a map of ids to numbers serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::StringArray;
+    use proxima_engine::schema;
+
+    fn revocation(uuid: &str) -> Entry {
+        let batch = RecordBatch::try_new(
+            schema::REVOCATIONS.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![uuid])),
+                Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![1_000_000]).with_timezone("UTC")),
+            ],
+        )
+        .unwrap();
+        Entry {
+            table: Table::Revocations,
+            batch,
+        }
+    }
+
+    async fn nothing_stored(_: Uuid, _: Vec<Table>, _: i64) -> Result<u64> {
+        Ok(0)
+    }
+
+    #[tokio::test]
+    async fn replays_acknowledged_records_and_drops_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, replayed) = Wal::open(dir.path(), WalStats::default(), nothing_stored)
+            .await
+            .unwrap();
+        assert_eq!(replayed.records, 0);
+        for i in 0..5 {
+            let seq = wal.append(vec![revocation(&format!("d{i}"))]).await.unwrap();
+            assert_eq!(seq, i + 1);
+        }
+        let id = wal.id();
+        drop(wal);
+        // A torn frame (as after a crash mid-write) at the end of the segment.
+        let (_, segment) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
+        file.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
+        drop(file);
+
+        let (wal, replayed) = Wal::open(dir.path(), WalStats::default(), nothing_stored)
+            .await
+            .unwrap();
+        assert_eq!(wal.id(), id, "the id survives restarts");
+        assert_eq!((replayed.records, replayed.rows, replayed.torn_bytes), (5, 5, 6));
+        let seq = wal.append(vec![revocation("d5")]).await.unwrap();
+        assert_eq!(seq, 6, "numbering continues after the replayed records");
+        let rotation = wal.rotate().await.unwrap();
+        assert_eq!(rotation.buffer.rows, 6);
+        assert_eq!(rotation.through, 6);
+        assert_eq!(rotation.segments.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn skips_records_the_store_already_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path(), WalStats::default(), nothing_stored)
+            .await
+            .unwrap();
+        for i in 0..4 {
+            wal.append(vec![revocation(&format!("d{i}"))]).await.unwrap();
+        }
+        drop(wal);
+        let (_, replayed) = Wal::open(dir.path(), WalStats::default(), |_, tables, _| async move {
+            assert_eq!(tables, vec![Table::Revocations]);
+            Ok(3)
+        })
+        .await
+        .unwrap();
+        assert_eq!(replayed.records, 1);
+    }
+
+    #[tokio::test]
+    async fn damage_before_the_last_segment_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path(), WalStats::default(), nothing_stored)
+            .await
+            .unwrap();
+        wal.append(vec![revocation("a")]).await.unwrap();
+        wal.rotate().await.unwrap();
+        wal.append(vec![revocation("b")]).await.unwrap();
+        drop(wal);
+        let (_, first) = list_segments(dir.path()).unwrap().remove(0);
+        let mut bytes = fs::read(&first).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&first, bytes).unwrap();
+        let err = Wal::open(dir.path(), WalStats::default(), nothing_stored)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("damaged record at byte 0"), "{err}");
+    }
+}
