@@ -72,12 +72,34 @@ fn source_list(mut observations: Vec<String>, devices: &[String]) -> Vec<String>
 /// The Parquet files under `prefix`, as store paths.
 async fn list(store: &Store, prefix: &Path) -> object_store::Result<Vec<String>> {
     store
-        .object_store()
+        .reader()
         .list(Some(prefix))
         .try_filter(|meta| futures::future::ready(meta.location.as_ref().ends_with(".parquet")))
         .map_ok(|meta| meta.location.to_string())
         .try_collect()
         .await
+}
+
+/// The key-value metadata of a Parquet file in the store (its footer only).
+pub async fn file_key_values(store: &Store, location: &Path) -> crate::Result<HashMap<String, String>> {
+    let size = store.object_store().head(location).await?.size;
+    let mut reader = CountingReader {
+        store: Arc::clone(store.object_store()),
+        location: location.clone(),
+        size,
+        bytes: Arc::default(),
+    };
+    let metadata = reader
+        .get_metadata(None)
+        .await
+        .map_err(|e| DataFusionError::ParquetError(Box::new(e)))?;
+    Ok(metadata
+        .file_metadata()
+        .key_value_metadata()
+        .into_iter()
+        .flatten()
+        .filter_map(|kv| Some((kv.key.clone(), kv.value.clone()?)))
+        .collect())
 }
 
 /// Encodes a source list for [`SOURCES_KEY`].
@@ -226,6 +248,14 @@ enum Current {
 
 fn poisoned<T>(_: T) -> DataFusionError {
     DataFusionError::Internal("index footer cache lock poisoned".into())
+}
+
+impl IndexReader {
+    /// Whether `day` needs an index build: it has observations and no index file matches them.
+    pub async fn is_stale(&self, day: NaiveDate) -> crate::Result<bool> {
+        let device_files = list(&self.store, &Table::Devices.prefix(self.store.root())).await?;
+        Ok(matches!(self.current_file(day, &device_files).await?, Current::Stale))
+    }
 }
 
 #[async_trait]

@@ -12,6 +12,7 @@ pub mod access;
 pub mod error;
 pub mod ids;
 pub mod index;
+pub mod lineage;
 pub mod paths;
 pub mod retention;
 pub mod schema;

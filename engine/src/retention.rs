@@ -32,21 +32,28 @@ pub fn oldest_kept_day(today: NaiveDate, keep_days: u32) -> NaiveDate {
 
 /// Deletes every day folder of every day-partitioned table older than the last `keep_days` days.
 pub async fn apply(store: &Store, today: NaiveDate, keep_days: u32) -> Result<Vec<ExpiredDay>> {
-    let oldest = oldest_kept_day(today, keep_days);
     let mut expired = Vec::new();
     for table in Table::ALL.into_iter().filter(|t| t.is_day_partitioned()) {
-        for partition in store.list_days(table).await? {
-            if partition.day >= oldest {
-                continue;
-            }
-            let (files, bytes) = store.delete_prefix(&partition.prefix(store.root())).await?;
-            info!(table = %table, day = %partition.day, files, bytes, "retention deleted day folder");
-            expired.push(ExpiredDay {
-                partition,
-                files,
-                bytes,
-            });
+        expired.extend(apply_table(store, table, today, keep_days).await?);
+    }
+    Ok(expired)
+}
+
+/// Deletes the day folders of one table older than the last `keep_days` days.
+pub async fn apply_table(store: &Store, table: Table, today: NaiveDate, keep_days: u32) -> Result<Vec<ExpiredDay>> {
+    let oldest = oldest_kept_day(today, keep_days);
+    let mut expired = Vec::new();
+    for partition in store.list_days(table).await? {
+        if partition.day >= oldest {
+            continue;
         }
+        let (files, bytes) = store.delete_prefix(&partition.prefix(store.root())).await?;
+        info!(table = %table, day = %partition.day, files, bytes, "retention deleted day folder");
+        expired.push(ExpiredDay {
+            partition,
+            files,
+            bytes,
+        });
     }
     Ok(expired)
 }

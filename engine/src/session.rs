@@ -53,7 +53,7 @@ fn runtime(store: &Store, memory_limit: Option<usize>) -> Result<Arc<RuntimeEnv>
         builder = builder.with_memory_limit(limit, 1.0);
     }
     let runtime = builder.build_arc()?;
-    runtime.register_object_store(store.object_store_url().as_ref(), Arc::clone(store.object_store()));
+    runtime.register_object_store(store.object_store_url().as_ref(), Arc::clone(store.reader()));
     Ok(runtime)
 }
 

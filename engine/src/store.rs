@@ -30,6 +30,8 @@ use crate::paths::{DayPartition, Table};
 #[derive(Debug, Clone)]
 pub struct Store {
     object_store: Arc<dyn ObjectStore>,
+    /// The same store as readers see it: files replaced by a compaction are not listed.
+    reader: Arc<dyn ObjectStore>,
     url: ObjectStoreUrl,
     root: Path,
     local_root: Option<PathBuf>,
@@ -59,13 +61,16 @@ impl Store {
                     .filter(|b| !b.is_empty())
                     .ok_or_else(|| invalid("an s3 URL needs a bucket: s3://bucket/prefix".into()))?
                     .to_string();
-                let s3 = AmazonS3Builder::from_env()
-                    .with_url(url.as_str())
-                    .build()
-                    .map_err(|e| invalid(e.to_string()))?;
+                let s3: Arc<dyn ObjectStore> = Arc::new(
+                    AmazonS3Builder::from_env()
+                        .with_url(url.as_str())
+                        .build()
+                        .map_err(|e| invalid(e.to_string()))?,
+                );
                 let root = Path::parse(url.path().trim_matches('/')).map_err(|e| invalid(e.to_string()))?;
                 Ok(Self {
-                    object_store: Arc::new(s3),
+                    reader: reader_of(Arc::clone(&s3)),
+                    object_store: s3,
                     url: ObjectStoreUrl::parse(format!("s3://{bucket}"))?,
                     root,
                     local_root: None,
@@ -84,8 +89,10 @@ impl Store {
 
     /// A fresh, empty in-memory store (for tests).
     pub fn in_memory() -> Self {
+        let object_store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         Self {
-            object_store: Arc::new(InMemory::new()),
+            reader: reader_of(Arc::clone(&object_store)),
+            object_store,
             url: ObjectStoreUrl::parse("memory://").expect("memory:// is a valid URL"),
             root: Path::default(),
             local_root: None,
@@ -105,8 +112,10 @@ impl Store {
             location: dir.display().to_string(),
             reason: e.to_string(),
         })?;
+        let object_store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
         Ok(Self {
-            object_store: Arc::new(LocalFileSystem::new()),
+            reader: reader_of(Arc::clone(&object_store)),
+            object_store,
             url: ObjectStoreUrl::local_filesystem(),
             root,
             display: dir.display().to_string(),
@@ -114,9 +123,15 @@ impl Store {
         })
     }
 
-    /// The object store.
+    /// The object store, raw: for writers, retention and compaction.
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.object_store
+    }
+
+    /// The object store as readers see it: listings leave out files that a published
+    /// compaction replaced (see [`crate::lineage`]).
+    pub fn reader(&self) -> &Arc<dyn ObjectStore> {
+        &self.reader
     }
 
     /// The URL DataFusion knows the object store by.
@@ -213,6 +228,10 @@ impl Store {
         self.local_root.as_ref()?;
         Some(PathBuf::from(format!("/{prefix}")))
     }
+}
+
+fn reader_of(raw: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+    Arc::new(crate::lineage::LineageStore::new(raw))
 }
 
 fn sync_path(path: &FsPath) -> Result<()> {

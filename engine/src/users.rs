@@ -152,6 +152,13 @@ impl Users {
     }
 }
 
+/// Whether `password` matches an argon2 `hash` (false for a malformed hash).
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        .unwrap_or(false)
+}
+
 /// Hashes a password with argon2id and a random salt.
 pub fn hash_password(password: &str) -> Result<String, UsersError> {
     let salt = SaltString::generate(&mut OsRng);

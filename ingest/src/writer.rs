@@ -199,6 +199,11 @@ impl Transaction {
         Ok(())
     }
 
+    /// Where the files staged so far will be published.
+    pub fn staged_targets(&self) -> Vec<Path> {
+        self.staged.iter().map(|f| Path::from(f.target.as_str())).collect()
+    }
+
     /// Publishes every staged file; after this returns they are durable and visible.
     pub async fn commit(self) -> Result<CommitSummary> {
         let summary = CommitSummary {

@@ -1,0 +1,252 @@
+//! Compaction: a day's small flush files merged into one file sorted for lookups.
+//!
+//! Every flush adds one small file per table and day. When a day folder of
+//! the recent days holds [`MIN_FILES`] live files or more (or, for a day that
+//! is over, two or more), they are merged — sorted by the table's lookup
+//! column and time, with bloom filters and page statistics — into one file
+//! that carries the merged WAL marks of its sources. The swap is made safe for
+//! readers by a lineage marker (see `proxima_engine::lineage`): written
+//! before the merged file is published, it makes every listing show either the
+//! small files or the merged file, never both and never neither. The small
+//! files are deleted after [`GRACE`], longer than any query may run. After an
+//! observation day is compacted its encounter index is rebuilt.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{Days, NaiveDate};
+use datafusion::logical_expr::col;
+use datafusion::prelude::ParquetReadOptions;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
+use parquet::file::metadata::KeyValue;
+use proxima_engine::lineage::{MARKER_PREFIX, MARKER_SUFFIX, Marker, is_marker, read_marker, resolve};
+use proxima_engine::{DayPartition, SessionFactory, Store, Table};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::flush::{file_marks, merge_marks};
+use crate::wal::{WAL_KEY, encode_marks};
+use crate::writer::PartitionWriter;
+
+/// Live files in a day folder of today that make it due for compaction.
+pub const MIN_FILES: usize = 8;
+/// How long replaced files stay after a compaction (queries that listed them still read them).
+pub const GRACE: Duration = Duration::from_secs(15 * 60);
+/// A marker whose merged file never appeared is abandoned after this.
+const ABANDONED_AFTER: Duration = Duration::from_secs(2 * 3600);
+/// Days back from today that compaction looks at (the tracing window and a margin).
+pub const RECENT_DAYS: u64 = 5;
+/// Tables written by the REST service, which compaction keeps tidy.
+const TABLES: [Table; 7] = [
+    Table::Observations,
+    Table::Devices,
+    Table::Cases,
+    Table::Alerts,
+    Table::TemperatureReadings,
+    Table::Revocations,
+    Table::DeviceCredentials,
+];
+
+/// A folder's files as readers see them, and its markers.
+struct Folder {
+    live: Vec<ObjectMeta>,
+    markers: Vec<(Path, Marker, ObjectMeta)>,
+    present: HashSet<String>,
+}
+
+async fn folder(store: &Store, prefix: &Path) -> Result<Folder> {
+    let objects: Vec<ObjectMeta> = store.object_store().list_with_delimiter(Some(prefix)).await?.objects;
+    let present: HashSet<String> = objects.iter().map(|o| o.location.to_string()).collect();
+    let mut markers = Vec::new();
+    for object in objects.iter().filter(|o| is_marker(&o.location)) {
+        match read_marker(store.object_store().as_ref(), &object.location).await {
+            Ok(marker) => markers.push((object.location.clone(), marker, object.clone())),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut pairs: Vec<(Path, Marker)> = markers.iter().map(|(p, m, _)| (p.clone(), m.clone())).collect();
+    let hidden = resolve(&mut pairs, |p| present.contains(p)).hidden;
+    let live = objects
+        .into_iter()
+        .filter(|o| o.location.as_ref().ends_with(".parquet") && !hidden.contains(o.location.as_ref()))
+        .collect();
+    Ok(Folder { live, markers, present })
+}
+
+/// Compacts what is due in the recent days of every REST table, sweeps old markers, and
+/// rebuilds the encounter index of compacted observation days. Returns the compactions run.
+pub async fn compact_due(factory: &SessionFactory, writer: &PartitionWriter, today: NaiveDate) -> Result<usize> {
+    let store = factory.store();
+    let first = today.checked_sub_days(Days::new(RECENT_DAYS)).unwrap_or(today);
+    let mut runs = 0;
+    for table in TABLES {
+        let folders: Vec<(Option<NaiveDate>, Path)> = if table.is_day_partitioned() {
+            store
+                .list_days(table)
+                .await?
+                .into_iter()
+                .filter(|p| p.day >= first)
+                .map(|p| (Some(p.day), p.prefix(store.root())))
+                .collect()
+        } else {
+            vec![(None, table.prefix(store.root()))]
+        };
+        for (day, prefix) in folders {
+            sweep(store, &prefix).await?;
+            let current = folder(store, &prefix).await?;
+            let is_over = day.is_some_and(|d| d < today);
+            let due = current.live.len() >= MIN_FILES || (is_over && current.live.len() >= 2);
+            if !due {
+                continue;
+            }
+            compact(factory, writer, table, day, &prefix, current.live).await?;
+            runs += 1;
+            if table == Table::Observations
+                && let Some(day) = day
+            {
+                crate::index::build_day(factory, writer, day).await?;
+            }
+        }
+    }
+    // Days whose index went stale for another reason (a devices file was added).
+    for day in store.list_days(Table::Observations).await? {
+        if day.day >= first && factory.index().is_stale(day.day).await? {
+            crate::index::build_day(factory, writer, day.day).await?;
+        }
+    }
+    Ok(runs)
+}
+
+/// Merges `files` of one folder into one sorted file, published behind a lineage marker.
+pub async fn compact(
+    factory: &SessionFactory,
+    writer: &PartitionWriter,
+    table: Table,
+    day: Option<NaiveDate>,
+    prefix: &Path,
+    files: Vec<ObjectMeta>,
+) -> Result<()> {
+    let store = factory.store();
+    let mut marks = Vec::with_capacity(files.len());
+    for file in &files {
+        marks.push(file_marks(store, &file.location).await?);
+    }
+    let marks = merge_marks(marks);
+    let base = store.object_store_url().as_str().trim_end_matches('/').to_string();
+    let urls: Vec<String> = files.iter().map(|f| format!("{base}/{}", f.location)).collect();
+    let rows_hint: usize = files.len() * 100_000;
+    let ctx = factory.session().await?;
+    let schema = table.file_schema();
+    let frame = ctx
+        .read_parquet(urls, ParquetReadOptions::default().schema(&schema))
+        .await?;
+    let mut keys = vec![col(table.lookup_columns()[0]).sort(true, false)];
+    if let Some(time) = table.time_column() {
+        keys.push(col(time).sort(true, false));
+    }
+    let stream = frame.sort(keys)?.execute_stream().await?;
+    let mut transaction = writer.begin();
+    let metadata = vec![KeyValue::new(WAL_KEY.to_string(), encode_marks(&marks))];
+    if let Err(e) = transaction.write_stream(table, day, rows_hint, metadata, stream).await {
+        transaction.abort().await?;
+        return Err(e);
+    }
+    let Some(merged) = transaction.staged_targets().pop() else {
+        transaction.abort().await?;
+        return Ok(());
+    };
+    let marker = Marker {
+        merged: merged.to_string(),
+        replaces: files.iter().map(|f| f.location.to_string()).collect(),
+    };
+    let marker_path = prefix
+        .clone()
+        .join(format!("{MARKER_PREFIX}{}{MARKER_SUFFIX}", Uuid::now_v7()));
+    let body = serde_json::to_vec(&marker).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    if let Err(e) = store
+        .object_store()
+        .put(&marker_path, PutPayload::from(Bytes::from(body)))
+        .await
+    {
+        transaction.abort().await?;
+        return Err(e.into());
+    }
+    store.sync_local([&marker_path])?;
+    let summary = transaction.commit().await?;
+    info!(table = %table, day = ?day, files = files.len(), rows = summary.rows, bytes = summary.bytes, "compacted");
+    Ok(())
+}
+
+/// The age of a marker, from the UUID v7 in its name.
+fn marker_age(location: &Path) -> Option<Duration> {
+    let name = location.filename()?;
+    let id = name.strip_prefix(MARKER_PREFIX)?.strip_suffix(MARKER_SUFFIX)?;
+    let (secs, _) = Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
+    let written = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    Some(written.elapsed().unwrap_or_default())
+}
+
+/// Deletes what compactions older than [`GRACE`] replaced, then their markers; and markers
+/// whose merged file never appeared.
+pub async fn sweep(store: &Store, prefix: &Path) -> Result<()> {
+    let current = folder(store, prefix).await?;
+    let mut pairs: Vec<(Path, Marker)> = current.markers.iter().map(|(p, m, _)| (p.clone(), m.clone())).collect();
+    let losers = resolve(&mut pairs, |p| current.present.contains(p)).losers;
+    for (path, marker, _) in &current.markers {
+        let Some(age) = marker_age(path) else { continue };
+        let published = current.present.contains(&marker.merged);
+        let doomed: Vec<&str> = if published && losers.contains(path) {
+            if age < GRACE {
+                continue;
+            }
+            vec![marker.merged.as_str()]
+        } else if published {
+            if age < GRACE {
+                continue;
+            }
+            marker.replaces.iter().map(String::as_str).collect()
+        } else if age > ABANDONED_AFTER {
+            vec![]
+        } else {
+            continue;
+        };
+        for file in doomed {
+            match store.object_store().delete(&Path::from(file)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    warn!(file, error = %e, "could not delete a replaced file; the next sweep retries");
+                    return Err(e.into());
+                }
+            }
+        }
+        store.object_store().delete(path).await?;
+    }
+    Ok(())
+}
+
+/// Lists live files of a day folder (for tests and tools).
+pub async fn live_files(store: &Store, table: Table, day: NaiveDate) -> Result<Vec<Path>> {
+    let prefix = DayPartition { table, day }.prefix(store.root());
+    Ok(folder(store, &prefix)
+        .await?
+        .live
+        .into_iter()
+        .map(|o| o.location)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_names_tell_their_age() {
+        let path = Path::from(format!("d/{MARKER_PREFIX}{}{MARKER_SUFFIX}", Uuid::now_v7()));
+        assert!(marker_age(&path).unwrap() < Duration::from_secs(5));
+        assert!(marker_age(&Path::from("d/part-x.parquet")).is_none());
+    }
+}

@@ -1,0 +1,478 @@
+//! Cases, alerts and temperature readings: closing the loop from a report to a phone.
+//!
+//! A case (reported by a tracer, or opened by a fever reading at a station)
+//! first flushes the WAL, so that the trace sees every observation
+//! acknowledged before the report, then runs `trace_contacts` in a tracer
+//! session and writes the case and one alert per contact (revoked devices
+//! get none) as one WAL record. Phones fetch their own unexpired alerts from
+//! the in-memory [`AlertBook`], which holds what the store holds (reloaded
+//! after each flush, so alerts issued by other servers appear too).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use arrow::array::{
+    ArrayRef, AsArray, Date32Array, Float64Array, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{Date32Type, TimestampMicrosecondType};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use chrono::{DateTime, NaiveDate, Utc};
+use proxima_engine::{Principal, Role, SessionFactory, Table, ids, schema};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::body::{parse_json, parse_time, read_limited, require_json, typed};
+use super::error::{ApiError, ApiResult};
+use super::metrics::PriorityLabels;
+use crate::wal::Entry;
+
+/// Whether a case is suspected or confirmed.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CaseStatus {
+    /// Symptoms or a fever reading, not yet tested.
+    Suspected,
+    /// A positive test.
+    Confirmed,
+}
+
+impl CaseStatus {
+    fn name(self) -> &'static str {
+        match self {
+            CaseStatus::Suspected => "suspected",
+            CaseStatus::Confirmed => "confirmed",
+        }
+    }
+}
+
+/// `POST /v1/cases` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportCase {
+    /// The device of the case.
+    pub device_uuid: String,
+    /// `suspected` or `confirmed`.
+    pub status: CaseStatus,
+    /// When the case was reported (RFC 3339; default: now). Contacts are traced back from it.
+    pub reported_at: Option<String>,
+}
+
+/// Alerts issued, by priority.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
+pub struct AlertCounts {
+    /// Met the case within 48 hours.
+    pub high: u32,
+    /// Met the case within 96 hours, or met a high-priority contact within 48 hours.
+    pub medium: u32,
+}
+
+/// `POST /v1/cases` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CaseOpened {
+    /// The new case's id.
+    pub case_id: String,
+    /// Alerts issued to its contacts.
+    pub alerts: AlertCounts,
+}
+
+/// `POST /v1/temperature` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemperatureIn {
+    /// The device whose QR code the station scanned.
+    pub device_uuid: String,
+    /// When the temperature was taken (RFC 3339).
+    pub measured_at: String,
+    /// Body temperature, °C (30 to 45).
+    pub celsius: f64,
+    /// The station's site code (letters, digits, `-`, `_`, `.`; at most 64).
+    pub site: String,
+}
+
+/// `POST /v1/temperature` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TemperatureStored {
+    /// The suspected case opened because the reading was at or above `--fever-threshold`.
+    pub case: Option<CaseOpened>,
+}
+
+/// One alert as a phone sees it: nothing about the case or other devices.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct AlertOut {
+    /// `high` or `medium`.
+    pub priority: String,
+    /// When the alert was issued (RFC 3339).
+    pub issued_at: String,
+    /// When it stops being shown (RFC 3339).
+    pub expires_at: String,
+    /// The day of the exposure (`YYYY-MM-DD`).
+    pub exposure_day: String,
+}
+
+#[derive(Debug, Clone)]
+struct Alert {
+    id: String,
+    priority: &'static str,
+    issued_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    exposure_day: NaiveDate,
+}
+
+impl Alert {
+    fn out(&self) -> AlertOut {
+        AlertOut {
+            priority: self.priority.to_string(),
+            issued_at: self.issued_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            expires_at: self.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            exposure_day: self.exposure_day.format("%Y-%m-%d").to_string(),
+        }
+    }
+}
+
+fn priority_name(text: &str) -> &'static str {
+    if text == "high" { "high" } else { "medium" }
+}
+
+/// Unexpired alerts by device.
+#[derive(Debug, Default)]
+pub struct AlertBook {
+    by_device: RwLock<HashMap<String, Vec<Alert>>>,
+}
+
+impl AlertBook {
+    /// Adds alerts the store holds (from any server) that are not yet in the book, and drops
+    /// expired ones.
+    pub async fn reload(
+        &self,
+        factory: &SessionFactory,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+    ) -> crate::Result<()> {
+        let ctx = factory.session().await?;
+        let sql = format!(
+            "SELECT alert_id, device_uuid, priority, issued_at, expires_at, exposure_day FROM alerts \
+             WHERE issued_at >= TIMESTAMP '{}' AND expires_at > TIMESTAMP '{}'",
+            (now - ttl - chrono::Duration::days(1)).to_rfc3339(),
+            now.to_rfc3339()
+        );
+        let batches = ctx.sql(&sql).await?.collect().await?;
+        let mut book = self.by_device.write().expect("alert lock is never poisoned");
+        for alerts in book.values_mut() {
+            alerts.retain(|a| a.expires_at > now);
+        }
+        book.retain(|_, alerts| !alerts.is_empty());
+        for batch in batches {
+            let ids = batch.column(0).as_string::<i32>();
+            let devices = batch.column(1).as_string::<i32>();
+            let priorities = batch.column(2).as_string::<i32>();
+            let issued = batch.column(3).as_primitive::<TimestampMicrosecondType>();
+            let expires = batch.column(4).as_primitive::<TimestampMicrosecondType>();
+            let days = batch.column(5).as_primitive::<Date32Type>();
+            for i in 0..batch.num_rows() {
+                let alerts = book.entry(devices.value(i).to_string()).or_default();
+                if alerts.iter().any(|a| a.id == ids.value(i)) {
+                    continue;
+                }
+                alerts.push(Alert {
+                    id: ids.value(i).to_string(),
+                    priority: priority_name(priorities.value(i)),
+                    issued_at: DateTime::from_timestamp_micros(issued.value(i)).unwrap_or_default(),
+                    expires_at: DateTime::from_timestamp_micros(expires.value(i)).unwrap_or_default(),
+                    exposure_day: schema::date_from_epoch_days(days.value(i)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&self, device: &str, alert: Alert) {
+        let mut book = self.by_device.write().expect("alert lock is never poisoned");
+        book.entry(device.to_string()).or_default().push(alert);
+    }
+
+    /// The device's alerts that have not expired at `now`, newest first.
+    pub fn of(&self, device: &str, now: DateTime<Utc>) -> Vec<AlertOut> {
+        let book = self.by_device.read().expect("alert lock is never poisoned");
+        let mut alerts: Vec<&Alert> = book
+            .get(device)
+            .into_iter()
+            .flatten()
+            .filter(|a| a.expires_at > now)
+            .collect();
+        alerts.sort_by(|a, b| b.issued_at.cmp(&a.issued_at));
+        alerts.into_iter().map(Alert::out).collect()
+    }
+}
+
+/// `POST /v1/cases`: reports a case, traces it and alerts its contacts (role `tracer`).
+#[utoipa::path(post, path = "/v1/cases", tag = "cases", request_body = ReportCase,
+    security(("staff_basic" = []), ("staff_token" = [])),
+    responses(
+        (status = 201, description = "Case opened and alerts issued", body = CaseOpened),
+        (status = 401, description = "Missing or bad credentials", body = super::error::ErrorBody),
+        (status = 403, description = "Role is not tracer or admin", body = super::error::ErrorBody),
+        (status = 404, description = "No such device", body = super::error::ErrorBody),
+        (status = 409, description = "The device is revoked", body = super::error::ErrorBody),
+        (status = 422, description = "Invalid field", body = super::error::ErrorBody),
+    ))]
+pub async fn report(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<(StatusCode, Json<CaseOpened>)> {
+    let principal = state.staff(&headers, &[Role::Tracer, Role::Admin]).await?;
+    require_json(&headers)?;
+    let bytes = read_limited(&headers, body, state.options.max_body).await?;
+    let request: ReportCase = typed(parse_json(&bytes)?, "body")?;
+    let device =
+        ids::device_uuid(&request.device_uuid).map_err(|e| ApiError::invalid(format!("body.device_uuid: {e}")))?;
+    let now = state.clock.now();
+    let reported_at = match &request.reported_at {
+        Some(text) => parse_time(text, "body.reported_at")?,
+        None => now,
+    };
+    if reported_at > now + state.options.future_tolerance {
+        return Err(ApiError::invalid(format!(
+            "body.reported_at: {} is in the future",
+            reported_at.to_rfc3339()
+        )));
+    }
+    let opened = open_case(&state, &principal, &device, request.status, reported_at).await?;
+    Ok((StatusCode::CREATED, Json(opened)))
+}
+
+/// Opens a case: flush, trace, write the case and its alerts durably.
+async fn open_case(
+    state: &AppState,
+    principal: &Principal,
+    device: &str,
+    status: CaseStatus,
+    reported_at: DateTime<Utc>,
+) -> ApiResult<CaseOpened> {
+    match state.registry.status(device) {
+        None => return Err(ApiError::not_found(format!("no device {device}"))),
+        Some(true) => return Err(ApiError::conflict(format!("device {device} is revoked"))),
+        Some(false) => {}
+    }
+    state
+        .flusher
+        .flush()
+        .await
+        .map_err(|e| ApiError::internal("flushing acknowledged observations before the trace failed", e))?;
+    let started = Instant::now();
+    let ctx = state
+        .factory
+        .session_for(principal)
+        .await
+        .map_err(|e| ApiError::internal("opening a tracing session failed", e))?;
+    let sql = format!(
+        "SELECT contact, priority, exposed_at FROM trace_contacts('{device}', TIMESTAMP '{}')",
+        reported_at.to_rfc3339()
+    );
+    let contacts = ctx
+        .sql(&sql)
+        .await
+        .map_err(|e| ApiError::internal("tracing the case failed", e))?
+        .collect()
+        .await
+        .map_err(|e| ApiError::internal("tracing the case failed", e))?;
+    state.metrics.trace_seconds.observe(started.elapsed().as_secs_f64());
+
+    let now = state.clock.now();
+    let expires_at = now + state.options.alert_ttl;
+    let case_id = uuid::Uuid::now_v7().to_string();
+    let mut counts = AlertCounts::default();
+    let mut alerts = Vec::new();
+    for batch in &contacts {
+        let who = batch.column(0).as_string::<i32>();
+        let priorities = batch.column(1).as_string::<i32>();
+        let exposed = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+        for i in 0..batch.num_rows() {
+            let contact = who.value(i);
+            if !state.registry.is_active(contact) {
+                continue;
+            }
+            let priority = priority_name(priorities.value(i));
+            if priority == "high" {
+                counts.high += 1;
+            } else {
+                counts.medium += 1;
+            }
+            let exposure = DateTime::from_timestamp_micros(exposed.value(i)).unwrap_or(reported_at);
+            alerts.push((
+                contact.to_string(),
+                Alert {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    priority,
+                    issued_at: now,
+                    expires_at,
+                    exposure_day: exposure.date_naive(),
+                },
+            ));
+        }
+    }
+    let case_row = RecordBatch::try_new(
+        schema::CASES.clone(),
+        vec![
+            strings([case_id.as_str()]),
+            strings([device]),
+            strings([status.name()]),
+            micros([reported_at]),
+            strings([principal.name.as_str()]),
+            Arc::new(Int32Array::from(vec![counts.high as i32])),
+            Arc::new(Int32Array::from(vec![counts.medium as i32])),
+        ],
+    )
+    .map_err(|e| ApiError::internal("building the case row failed", e))?;
+    let mut entries = vec![Entry {
+        table: Table::Cases,
+        batch: case_row,
+    }];
+    if !alerts.is_empty() {
+        let alert_rows = RecordBatch::try_new(
+            schema::ALERTS.clone(),
+            vec![
+                strings(alerts.iter().map(|(_, a)| a.id.as_str())),
+                strings(alerts.iter().map(|(d, _)| d.as_str())),
+                strings(alerts.iter().map(|_| case_id.as_str())),
+                strings(alerts.iter().map(|(_, a)| a.priority)),
+                micros(alerts.iter().map(|_| now)),
+                micros(alerts.iter().map(|_| expires_at)),
+                Arc::new(Date32Array::from_iter_values(
+                    alerts.iter().map(|(_, a)| schema::epoch_days(a.exposure_day)),
+                )) as ArrayRef,
+            ],
+        )
+        .map_err(|e| ApiError::internal("building the alert rows failed", e))?;
+        entries.push(Entry {
+            table: Table::Alerts,
+            batch: alert_rows,
+        });
+    }
+    state
+        .wal
+        .append(entries)
+        .await
+        .map_err(|e| ApiError::internal("the case could not be made durable", e))?;
+    for (device, alert) in alerts {
+        state.alerts.add(&device, alert);
+    }
+    for (priority, n) in [("high", counts.high), ("medium", counts.medium)] {
+        state
+            .metrics
+            .alerts_issued
+            .get_or_create(&PriorityLabels {
+                priority: priority.to_string(),
+            })
+            .inc_by(u64::from(n));
+    }
+    tracing::info!(target: "proxima::http", case = %case_id, status = status.name(), by = %principal.name, high = counts.high, medium = counts.medium, "case opened");
+    Ok(CaseOpened {
+        case_id,
+        alerts: counts,
+    })
+}
+
+fn strings<'a>(values: impl IntoIterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values))
+}
+
+fn micros(values: impl IntoIterator<Item = DateTime<Utc>>) -> ArrayRef {
+    Arc::new(
+        TimestampMicrosecondArray::from_iter_values(values.into_iter().map(|t| t.timestamp_micros()))
+            .with_timezone("UTC"),
+    )
+}
+
+/// `POST /v1/temperature`: a station's reading (role `station`); a fever opens a suspected case.
+#[utoipa::path(post, path = "/v1/temperature", tag = "cases", request_body = TemperatureIn,
+    security(("staff_basic" = []), ("staff_token" = [])),
+    responses(
+        (status = 201, description = "Stored (and a case opened if feverish)", body = TemperatureStored),
+        (status = 401, description = "Missing or bad credentials", body = super::error::ErrorBody),
+        (status = 403, description = "Role is not station or admin", body = super::error::ErrorBody),
+        (status = 404, description = "No such device", body = super::error::ErrorBody),
+        (status = 422, description = "Invalid field", body = super::error::ErrorBody),
+    ))]
+pub async fn temperature(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<(StatusCode, Json<TemperatureStored>)> {
+    let principal = state.staff(&headers, &[Role::Station, Role::Admin]).await?;
+    require_json(&headers)?;
+    let bytes = read_limited(&headers, body, state.options.max_body).await?;
+    let reading: TemperatureIn = typed(parse_json(&bytes)?, "body")?;
+    let device =
+        ids::device_uuid(&reading.device_uuid).map_err(|e| ApiError::invalid(format!("body.device_uuid: {e}")))?;
+    let measured_at = parse_time(&reading.measured_at, "body.measured_at")?;
+    let now = state.clock.now();
+    if measured_at > now + state.options.future_tolerance {
+        return Err(ApiError::invalid(format!(
+            "body.measured_at: {} is in the future",
+            measured_at.to_rfc3339()
+        )));
+    }
+    if !(30.0..=45.0).contains(&reading.celsius) {
+        return Err(ApiError::invalid(format!(
+            "body.celsius: {} is not a body temperature (30 to 45 °C)",
+            reading.celsius
+        )));
+    }
+    let site_ok = (1..=64).contains(&reading.site.len())
+        && reading
+            .site
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !site_ok {
+        return Err(ApiError::invalid(
+            "body.site: 1 to 64 letters, digits, '-', '_' or '.' (a site code, not a name or address)",
+        ));
+    }
+    match state.registry.status(&device) {
+        None => return Err(ApiError::not_found(format!("no device {device}"))),
+        Some(true) => return Err(ApiError::conflict(format!("device {device} is revoked"))),
+        Some(false) => {}
+    }
+    let row = RecordBatch::try_new(
+        schema::TEMPERATURE_READINGS.clone(),
+        vec![
+            strings([device.as_str()]),
+            micros([measured_at]),
+            Arc::new(Float64Array::from(vec![reading.celsius])),
+            strings([reading.site.as_str()]),
+            strings([principal.name.as_str()]),
+        ],
+    )
+    .map_err(|e| ApiError::internal("building the reading row failed", e))?;
+    state
+        .wal
+        .append(vec![Entry {
+            table: Table::TemperatureReadings,
+            batch: row,
+        }])
+        .await
+        .map_err(|e| ApiError::internal("the reading could not be made durable", e))?;
+    let case = if reading.celsius >= state.options.fever_threshold {
+        Some(open_case(&state, &principal, &device, CaseStatus::Suspected, measured_at).await?)
+    } else {
+        None
+    };
+    Ok((StatusCode::CREATED, Json(TemperatureStored { case })))
+}
+
+/// `GET /v1/alerts`: the calling device's unexpired alerts.
+#[utoipa::path(get, path = "/v1/alerts", tag = "alerts",
+    security(("upload_token" = [])),
+    responses(
+        (status = 200, description = "This device's unexpired alerts, newest first", body = Vec<AlertOut>),
+        (status = 401, description = "Missing or bad upload token", body = super::error::ErrorBody),
+    ))]
+pub async fn alerts(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Vec<AlertOut>>> {
+    let device = state.device_of(&headers)?;
+    Ok(Json(state.alerts.of(&device, state.clock.now())))
+}

@@ -1,0 +1,162 @@
+//! Per-device rate limits and idempotency keys.
+//!
+//! Both are kept in memory per process. Rate limits are a token bucket per
+//! device (`--device-rate` requests a minute, bursts up to the same number).
+//! An idempotency key is remembered for 24 hours with the answer first given,
+//! so that a phone retrying after a lost answer is acknowledged again
+//! without its observations being stored twice.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_WINDOW: chrono::Duration = chrono::Duration::hours(24);
+/// Entries kept before expired ones are swept.
+const SWEEP_AT: usize = 1 << 20;
+
+/// A token bucket per device.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_minute: u32,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// At most `per_minute` requests a minute per device (0: unlimited).
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one request from `device`'s bucket, or says how long to wait.
+    pub fn check(&self, device: &str) -> Result<(), Duration> {
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        let capacity = f64::from(self.per_minute);
+        let per_second = capacity / 60.0;
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("rate limiter lock is never poisoned");
+        if buckets.len() >= SWEEP_AT {
+            // Full buckets carry no information: drop them.
+            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * per_second < capacity);
+        }
+        let (tokens, at) = buckets.entry(device.to_string()).or_insert((capacity, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(capacity);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / per_second))
+        }
+    }
+}
+
+/// What a request with an idempotency key should do.
+#[derive(Debug)]
+pub enum Idempotency {
+    /// First time: go on, then [`IdempotencyCache::complete`] or [`IdempotencyCache::release`].
+    Claimed,
+    /// The same key is being processed by another request.
+    InProgress,
+    /// Already done: answer this again.
+    Replay(StatusCode, Vec<u8>),
+}
+
+#[derive(Debug)]
+enum KeyState {
+    InProgress,
+    Done {
+        status: StatusCode,
+        body: Vec<u8>,
+        expires: DateTime<Utc>,
+    },
+}
+
+/// Idempotency keys per device.
+#[derive(Debug, Default)]
+pub struct IdempotencyCache {
+    keys: Mutex<HashMap<(String, String), KeyState>>,
+}
+
+impl IdempotencyCache {
+    /// Claims `key` for `device`, unless it is in progress or done within the window.
+    pub fn claim(&self, device: &str, key: &str, now: DateTime<Utc>) -> Idempotency {
+        let mut keys = self.keys.lock().expect("idempotency lock is never poisoned");
+        if keys.len() >= SWEEP_AT {
+            keys.retain(|_, state| !matches!(state, KeyState::Done { expires, .. } if *expires <= now));
+        }
+        match keys.get(&(device.to_string(), key.to_string())) {
+            Some(KeyState::InProgress) => return Idempotency::InProgress,
+            Some(KeyState::Done { status, body, expires }) if *expires > now => {
+                return Idempotency::Replay(*status, body.clone());
+            }
+            _ => {}
+        }
+        keys.insert((device.to_string(), key.to_string()), KeyState::InProgress);
+        Idempotency::Claimed
+    }
+
+    /// Records the answer of a claimed key.
+    pub fn complete(&self, device: &str, key: &str, status: StatusCode, body: Vec<u8>, now: DateTime<Utc>) {
+        let mut keys = self.keys.lock().expect("idempotency lock is never poisoned");
+        keys.insert(
+            (device.to_string(), key.to_string()),
+            KeyState::Done {
+                status,
+                body,
+                expires: now + IDEMPOTENCY_WINDOW,
+            },
+        );
+    }
+
+    /// Forgets a claimed key whose request failed (a retry may try again).
+    pub fn release(&self, device: &str, key: &str) {
+        let mut keys = self.keys.lock().expect("idempotency lock is never poisoned");
+        keys.remove(&(device.to_string(), key.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_refuse_beyond_the_rate() {
+        let limiter = RateLimiter::new(3);
+        assert!(limiter.check("a").is_ok());
+        assert!(limiter.check("a").is_ok());
+        assert!(limiter.check("a").is_ok());
+        let wait = limiter.check("a").unwrap_err();
+        assert!(
+            wait > Duration::from_secs(15) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
+        assert!(limiter.check("b").is_ok(), "devices have their own buckets");
+    }
+
+    #[test]
+    fn keys_replay_within_the_window() {
+        let cache = IdempotencyCache::default();
+        let now = Utc::now();
+        assert!(matches!(cache.claim("d", "k", now), Idempotency::Claimed));
+        assert!(matches!(cache.claim("d", "k", now), Idempotency::InProgress));
+        cache.complete("d", "k", StatusCode::OK, b"{}".to_vec(), now);
+        assert!(matches!(
+            cache.claim("d", "k", now),
+            Idempotency::Replay(StatusCode::OK, _)
+        ));
+        assert!(matches!(cache.claim("other", "k", now), Idempotency::Claimed));
+        assert!(matches!(
+            cache.claim("d", "k", now + IDEMPOTENCY_WINDOW),
+            Idempotency::Claimed
+        ));
+    }
+}

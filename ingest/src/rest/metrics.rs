@@ -1,0 +1,122 @@
+//! The service's Prometheus metrics (`GET /metrics`, text exposition format).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::wal::WalStats;
+
+/// Labels of `proxima_http_requests`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route pattern (`/v1/devices/{uuid}`), or `unmatched`.
+    pub route: String,
+    /// The method.
+    pub method: String,
+    /// The status code.
+    pub status: u16,
+}
+
+/// Labels of `proxima_alerts_issued`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PriorityLabels {
+    /// `high` or `medium`.
+    pub priority: String,
+}
+
+/// Every metric of the REST service.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, method and status.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Observations acknowledged.
+    pub observations_accepted: Counter,
+    /// Observations in refused requests.
+    pub observations_rejected: Counter,
+    /// WAL bytes and sync latency.
+    pub wal: WalStats,
+    /// Parquet files written by flushes.
+    pub files_flushed: Counter,
+    /// Rows written by flushes.
+    pub rows_flushed: Counter,
+    /// Compactions of a day.
+    pub compaction_runs: Counter,
+    /// Alerts issued by priority.
+    pub alerts_issued: Family<PriorityLabels, Counter>,
+    /// Time to trace a case.
+    pub trace_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("proxima");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            requests.clone(),
+        );
+        let observations_accepted = Counter::default();
+        registry.register(
+            "observations_accepted",
+            "Observations acknowledged (durable in the WAL)",
+            observations_accepted.clone(),
+        );
+        let observations_rejected = Counter::default();
+        registry.register(
+            "observations_rejected",
+            "Observations in refused requests",
+            observations_rejected.clone(),
+        );
+        let wal = WalStats::default();
+        registry.register("wal_bytes", "Bytes appended to the write-ahead log", wal.bytes.clone());
+        registry.register(
+            "wal_sync_seconds",
+            "Latency of write-ahead log syncs (one per group of requests)",
+            wal.sync_seconds.clone(),
+        );
+        let files_flushed = Counter::default();
+        registry.register(
+            "files_flushed",
+            "Parquet files written by flushes",
+            files_flushed.clone(),
+        );
+        let rows_flushed = Counter::default();
+        registry.register("rows_flushed", "Rows written by flushes", rows_flushed.clone());
+        let compaction_runs = Counter::default();
+        registry.register("compaction_runs", "Day compactions", compaction_runs.clone());
+        let alerts_issued = Family::<PriorityLabels, Counter>::default();
+        registry.register("alerts_issued", "Alerts issued by priority", alerts_issued.clone());
+        let trace_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register("trace_seconds", "Time to trace a reported case", trace_seconds.clone());
+        Self {
+            registry,
+            requests,
+            observations_accepted,
+            observations_rejected,
+            wal,
+            files_flushed,
+            rows_flushed,
+            compaction_runs,
+            alerts_issued,
+            trace_seconds,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}

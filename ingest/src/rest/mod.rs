@@ -1,0 +1,432 @@
+//! The REST service: phones, stations, tracers and gateways over HTTP (axum).
+//!
+//! Wiring, in order: the store's interrupted commits are recovered; the WAL
+//! is opened and what it replays is flushed to the store; the device registry
+//! and the alert book are loaded from the store; then [`RestService::router`]
+//! serves the routes and [`RestService::maintain`] flushes every
+//! `--flush-interval`, compacts, and applies retention hourly.
+//!
+//! Every route answers errors with [`error::ApiError`] (JSON `{error, detail}`),
+//! and the OpenAPI document at `/openapi.json` is generated from the handlers'
+//! annotations in this module tree, so it cannot drift from the code.
+
+pub mod body;
+pub mod cases;
+pub mod devices;
+pub mod error;
+pub mod limits;
+pub mod metrics;
+pub mod observations;
+pub mod server;
+pub mod staff;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use datafusion::prelude::ParquetReadOptions;
+use proxima_engine::{Principal, Role, SessionFactory, Store, Table, Users};
+use tracing::{info, warn};
+use utoipa::OpenApi;
+
+use crate::clock::Clock;
+use crate::compaction;
+use crate::flush::{Flusher, committed_through};
+use crate::wal::Wal;
+use crate::writer::PartitionWriter;
+
+pub use cases::AlertBook;
+pub use devices::Registry;
+pub use error::{ApiError, ApiResult};
+pub use limits::{Idempotency, IdempotencyCache, RateLimiter};
+pub use metrics::Metrics;
+pub use staff::StaffAuth;
+
+/// Settings of the REST service (the `proxima serve --http` flags).
+#[derive(Debug, Clone)]
+pub struct RestOptions {
+    /// Largest body of a JSON request, in bytes.
+    pub max_body: usize,
+    /// Largest body of a bulk request, in bytes.
+    pub max_bulk_body: usize,
+    /// Most observations in one `POST /v1/observations`.
+    pub max_batch: usize,
+    /// Most rows in one bulk request.
+    pub max_bulk_rows: usize,
+    /// How long an alert is shown.
+    pub alert_ttl: chrono::Duration,
+    /// A reading at or above this opens a suspected case, °C.
+    pub fever_threshold: f64,
+    /// Days of data kept; older observations are refused.
+    pub retention_days: u32,
+    /// Requests a minute per device (0: unlimited).
+    pub device_rate_per_minute: u32,
+    /// How far ahead of the server's clock a time may be.
+    pub future_tolerance: chrono::Duration,
+    /// Acknowledged rows reach SQL within this.
+    pub flush_interval: Duration,
+    /// How long a staff bearer token lasts.
+    pub token_ttl: Duration,
+}
+
+impl Default for RestOptions {
+    fn default() -> Self {
+        Self {
+            max_body: 1 << 20,
+            max_bulk_body: 512 << 20,
+            max_batch: 5_000,
+            max_bulk_rows: 1_000_000,
+            alert_ttl: chrono::Duration::hours(48),
+            fever_threshold: 38.0,
+            retention_days: 21,
+            device_rate_per_minute: 120,
+            future_tolerance: chrono::Duration::minutes(5),
+            flush_interval: Duration::from_secs(10),
+            token_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What the REST service is built from.
+#[derive(Debug)]
+pub struct RestConfig {
+    /// The store rows go to.
+    pub store: Store,
+    /// Sessions for traces and loading.
+    pub factory: SessionFactory,
+    /// Staff users (the same file as Flight SQL's).
+    pub users: Users,
+    /// The folder of this process's write-ahead log (local disk).
+    pub wal_dir: PathBuf,
+    /// Settings.
+    pub options: RestOptions,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Everything a handler needs.
+#[derive(Debug)]
+pub struct Shared {
+    /// Settings.
+    pub options: RestOptions,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The store.
+    pub store: Store,
+    /// Sessions for traces.
+    pub factory: SessionFactory,
+    /// Where acknowledged rows go first.
+    pub wal: Wal,
+    /// Moves the WAL's rows into the store.
+    pub flusher: Flusher,
+    /// Writes compactions.
+    pub writer: PartitionWriter,
+    /// Devices and their credentials.
+    pub registry: Registry,
+    /// Unexpired alerts.
+    pub alerts: AlertBook,
+    /// Staff logins.
+    pub staff_auth: StaffAuth,
+    /// Per-device rate limits.
+    pub limiter: RateLimiter,
+    /// Idempotency keys.
+    pub idempotency: IdempotencyCache,
+    /// Metrics.
+    pub metrics: Metrics,
+    ready: AtomicBool,
+}
+
+/// The state handlers receive.
+pub type AppState = Arc<Shared>;
+
+impl Shared {
+    /// The device of a request's upload token (401 if missing, unknown or revoked).
+    pub fn device_of(&self, headers: &HeaderMap) -> ApiResult<String> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| ApiError::unauthorized("send the device's upload token as Authorization: Bearer <token>"))?;
+        self.registry
+            .device_of_token(token)
+            .ok_or_else(|| ApiError::unauthorized("the upload token is not valid (unknown, or the device is revoked)"))
+    }
+
+    /// The staff principal of a request, if its role is one of `roles` (401, 403).
+    pub async fn staff(&self, headers: &HeaderMap, roles: &[Role]) -> ApiResult<Principal> {
+        let principal = self.staff_auth.principal(headers).await?;
+        staff::require_role(&principal, roles)?;
+        Ok(principal)
+    }
+}
+
+/// The running REST service.
+#[derive(Debug, Clone)]
+pub struct RestService {
+    state: AppState,
+}
+
+/// Reads every row of a table straight from its files (also tables SQL does not see).
+pub(crate) async fn read_table(factory: &SessionFactory, table: Table) -> crate::Result<Vec<RecordBatch>> {
+    let store = factory.store();
+    if crate::writer::list_files(store, table).await?.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctx = factory.session().await?;
+    let url = store.table_url(table)?;
+    let schema = table.file_schema();
+    let options = ParquetReadOptions::default().schema(&schema);
+    let options = if table.is_day_partitioned() {
+        options.table_partition_cols(vec![(
+            proxima_engine::schema::DAY.to_string(),
+            arrow::datatypes::DataType::Date32,
+        )])
+    } else {
+        options
+    };
+    Ok(ctx.read_parquet(url.as_str(), options).await?.collect().await?)
+}
+
+impl RestService {
+    /// Recovers the store, replays the WAL into it, and loads devices and alerts.
+    pub async fn start(config: RestConfig) -> crate::Result<Self> {
+        let RestConfig {
+            store,
+            factory,
+            users,
+            wal_dir,
+            options,
+            clock,
+        } = config;
+        let writer = PartitionWriter::new(store.clone(), "rest");
+        writer.recover().await?;
+        let metrics = Metrics::new();
+        let (wal, replayed) = Wal::open(&wal_dir, metrics.wal.clone(), |id, tables, oldest| {
+            let store = store.clone();
+            async move { committed_through(&store, id, &tables, oldest).await }
+        })
+        .await?;
+        let flusher = Flusher::new(wal.clone(), writer.clone());
+        let flushed = flusher.flush().await?;
+        if replayed.records > 0 {
+            info!(target: "proxima::serve", rows = flushed.rows, records = replayed.records, "stored the rows the write-ahead log replayed");
+        }
+        let registry = Registry::load(&factory).await?;
+        let alerts = AlertBook::default();
+        alerts.reload(&factory, clock.now(), options.alert_ttl).await?;
+        let state = Arc::new(Shared {
+            limiter: RateLimiter::new(options.device_rate_per_minute),
+            staff_auth: StaffAuth::new(users, options.token_ttl),
+            options,
+            clock,
+            store,
+            factory,
+            wal,
+            flusher,
+            writer,
+            registry,
+            alerts,
+            idempotency: IdempotencyCache::default(),
+            metrics,
+            ready: AtomicBool::new(true),
+        });
+        Ok(Self { state })
+    }
+
+    /// The shared state (for tests and the benchmark).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_text))
+            .route("/openapi.json", get(openapi_json))
+            .route("/v1/devices", post(devices::register))
+            .route("/v1/devices/{uuid}", delete(devices::revoke))
+            .route("/v1/observations", post(observations::upload))
+            .route("/v1/observations:bulk", post(observations::bulk))
+            .route("/v1/cases", post(cases::report))
+            .route("/v1/temperature", post(cases::temperature))
+            .route("/v1/alerts", get(cases::alerts))
+            .route("/v1/auth/token", post(staff::token))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&self.state),
+                count_requests,
+            ))
+            .with_state(Arc::clone(&self.state))
+    }
+
+    /// Flushes now (what was acknowledged becomes visible to SQL).
+    pub async fn flush(&self) -> crate::Result<crate::flush::Flushed> {
+        let flushed = self.state.flusher.flush().await?;
+        self.state.metrics.files_flushed.inc_by(flushed.commit.files as u64);
+        self.state.metrics.rows_flushed.inc_by(flushed.rows);
+        Ok(flushed)
+    }
+
+    /// Background work until `shutdown` resolves: flush every interval (then reload alerts and
+    /// compact what needs it), retention every hour; a last flush at the end.
+    pub async fn maintain(&self, shutdown: impl std::future::Future<Output = ()>) {
+        let state = &self.state;
+        let mut flush_tick = tokio::time::interval(state.options.flush_interval);
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retention_tick = tokio::time::interval(Duration::from_secs(3600));
+        retention_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = flush_tick.tick() => {
+                    if let Err(e) = self.flush().await {
+                        warn!(target: "proxima::serve", error = %e, "flush failed; will retry");
+                        continue;
+                    }
+                    if let Err(e) = state.alerts.reload(&state.factory, state.clock.now(), state.options.alert_ttl).await {
+                        warn!(target: "proxima::serve", error = %e, "reloading alerts failed");
+                    }
+                    match compaction::compact_due(&state.factory, &state.writer, state.clock.now().date_naive()).await {
+                        Ok(runs) => {
+                            state.metrics.compaction_runs.inc_by(runs as u64);
+                        }
+                        Err(e) => warn!(target: "proxima::serve", error = %e, "compaction failed; will retry"),
+                    }
+                }
+                _ = retention_tick.tick() => {
+                    self.apply_retention().await;
+                }
+            }
+        }
+        state.ready.store(false, Ordering::SeqCst);
+        match self.flush().await {
+            Ok(flushed) => info!(target: "proxima::serve", rows = flushed.rows, "final flush"),
+            Err(e) => {
+                warn!(target: "proxima::serve", error = %e, "final flush failed; the write-ahead log keeps the rows for the next start")
+            }
+        }
+    }
+
+    async fn apply_retention(&self) {
+        let state = &self.state;
+        let today = state.clock.now().date_naive();
+        match proxima_engine::retention::apply(&state.store, today, state.options.retention_days).await {
+            Ok(expired) if !expired.is_empty() => {
+                info!(target: "proxima::serve", days = expired.len(), "retention deleted day folders")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(target: "proxima::serve", error = %e, "retention failed"),
+        }
+        // Alerts age off sooner: their day folders go once every alert in them has expired.
+        let alert_days = (state.options.alert_ttl.num_hours().max(1) as u32).div_ceil(24) + 1;
+        if let Err(e) = proxima_engine::retention::apply_table(&state.store, Table::Alerts, today, alert_days).await {
+            warn!(target: "proxima::serve", error = %e, "alert retention failed");
+        }
+    }
+}
+
+/// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Up")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: the service takes requests (not while starting or stopping).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready"), (status = 503, description = "Starting or stopping", body = error::ErrorBody)))]
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::SeqCst) {
+        "ready".into_response()
+    } else {
+        ApiError::unavailable("the server is stopping").into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text exposition")))]
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /openapi.json`: this API's OpenAPI 3 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document")))]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see /openapi.json")
+}
+
+async fn method_not_allowed() -> Response {
+    let mut response = ApiError::not_found("this route does not take that method; see /openapi.json").into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .requests
+        .get_or_create(&metrics::RequestLabels {
+            route,
+            method,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("upload_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme("staff_basic", SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)));
+        components.add_security_scheme("staff_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Proxima REST API", description = "Devices, observations, cases, temperature readings and alerts. Errors are JSON {error, detail}."),
+    paths(
+        devices::register, devices::revoke,
+        observations::upload, observations::bulk,
+        cases::report, cases::temperature, cases::alerts,
+        staff::token,
+        healthz, readyz, metrics_text, openapi_json,
+    ),
+    modifiers(&SecuritySchemes),
+)]
+pub struct ApiDoc;

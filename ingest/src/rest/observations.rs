@@ -1,0 +1,523 @@
+//! Uploads of observations: phones (`POST /v1/observations`) and gateways (`:bulk`).
+//!
+//! A request is all-or-nothing: every element is validated before anything is
+//! written, then the rows go to the WAL as one record and the answer is sent
+//! once that record is synced. The observer is always the device of the
+//! upload token (phones) or a registered device named in the `observer`
+//! column (gateways, role `ingest`).
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int16Array, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Int64Type};
+use arrow::ipc::reader::StreamReader;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use proxima_engine::{Role, Table, ids, schema};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::body::{media_type, parse_json, parse_time, read_limited, require_json, typed};
+use super::error::{ApiError, ApiResult};
+use super::{AppState, Idempotency};
+use crate::wal::Entry;
+
+/// Media type of NDJSON bulk uploads.
+pub const NDJSON: &str = "application/x-ndjson";
+/// Media type of Arrow IPC stream bulk uploads.
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// One sighting in `POST /v1/observations`.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObservationIn {
+    /// What was heard: a MAC `AA:BB:CC:DD:EE:FF` or a rolling proximity identifier (32 hex digits).
+    pub observed: String,
+    /// When the sighting started (RFC 3339).
+    #[schema(example = "2026-11-30T08:15:00Z")]
+    pub observed_at: String,
+    /// How long it lasted, in seconds (≥ 0).
+    pub duration_s: i64,
+    /// Received signal strength, dBm.
+    pub rssi: Option<i64>,
+    /// Advertised transmit power, dBm.
+    pub tx_power: Option<i64>,
+    /// Coarse location: a geohash of at most 6 characters.
+    pub location: Option<String>,
+}
+
+/// One line of an NDJSON bulk upload: an observation and its observer.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkObservationIn {
+    /// The observing device's UUID (registered, not revoked).
+    pub observer: String,
+    /// As in [`ObservationIn`].
+    pub observed: String,
+    /// As in [`ObservationIn`].
+    pub observed_at: String,
+    /// As in [`ObservationIn`].
+    pub duration_s: i64,
+    /// As in [`ObservationIn`].
+    pub rssi: Option<i64>,
+    /// As in [`ObservationIn`].
+    pub tx_power: Option<i64>,
+    /// As in [`ObservationIn`].
+    pub location: Option<String>,
+}
+
+/// Answer of an accepted upload.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    /// Observations stored (durably: in the synced WAL).
+    pub accepted: u64,
+}
+
+/// Validated columns of an upload, in the `observations` file schema.
+#[derive(Default)]
+struct Rows {
+    observer: Vec<String>,
+    observed: Vec<String>,
+    observed_at: Vec<i64>,
+    duration_s: Vec<i32>,
+    rssi: Vec<Option<i16>>,
+    tx_power: Vec<Option<i16>>,
+    location: Vec<Option<String>>,
+}
+
+/// The time window an observation must fall in: not in the future (beyond a small skew),
+/// not older than the retention window.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    earliest: DateTime<Utc>,
+    latest: DateTime<Utc>,
+}
+
+impl Window {
+    fn of(state: &AppState) -> Self {
+        let now = state.clock.now();
+        let first_kept = proxima_engine::retention::oldest_kept_day(now.date_naive(), state.options.retention_days);
+        Self {
+            earliest: first_kept.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc(),
+            latest: now + state.options.future_tolerance,
+        }
+    }
+}
+
+impl Rows {
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        place: &str,
+        window: Window,
+        observer: String,
+        observed: &str,
+        observed_at: DateTime<Utc>,
+        duration_s: i64,
+        rssi: Option<i64>,
+        tx_power: Option<i64>,
+        location: Option<&str>,
+    ) -> ApiResult<()> {
+        let observed = ids::observed(observed).map_err(|e| ApiError::invalid(format!("{place}.observed: {e}")))?;
+        if observed_at > window.latest {
+            return Err(ApiError::invalid(format!(
+                "{place}.observed_at: {} is in the future (more than 5 minutes ahead of the server)",
+                observed_at.to_rfc3339()
+            )));
+        }
+        if observed_at < window.earliest {
+            return Err(ApiError::invalid(format!(
+                "{place}.observed_at: {} is older than the retention window (data before {} is not kept)",
+                observed_at.to_rfc3339(),
+                window.earliest.date_naive()
+            )));
+        }
+        if duration_s < 0 {
+            return Err(ApiError::invalid(format!(
+                "{place}.duration_s: {duration_s} is negative"
+            )));
+        }
+        let duration_s = i32::try_from(duration_s)
+            .map_err(|_| ApiError::invalid(format!("{place}.duration_s: {duration_s} is too large")))?;
+        let dbm = |value: Option<i64>, field: &str| -> ApiResult<Option<i16>> {
+            match value {
+                None => Ok(None),
+                Some(v) if (-128..=127).contains(&v) => Ok(Some(v as i16)),
+                Some(v) => Err(ApiError::invalid(format!(
+                    "{place}.{field}: {v} is outside -128..=127 dBm"
+                ))),
+            }
+        };
+        let rssi = dbm(rssi, "rssi")?;
+        let tx_power = dbm(tx_power, "tx_power")?;
+        let location = location
+            .map(|l| ids::geohash(l).map_err(|e| ApiError::invalid(format!("{place}.location: {e}"))))
+            .transpose()?;
+        self.observer.push(observer);
+        self.observed.push(observed);
+        self.observed_at.push(observed_at.timestamp_micros());
+        self.duration_s.push(duration_s);
+        self.rssi.push(rssi);
+        self.tx_power.push(tx_power);
+        self.location.push(location);
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.observer.len()
+    }
+
+    fn into_batch(self) -> ApiResult<RecordBatch> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(self.observer)),
+            Arc::new(StringArray::from(self.observed)),
+            Arc::new(TimestampMicrosecondArray::from(self.observed_at).with_timezone("UTC")),
+            Arc::new(Int32Array::from(self.duration_s)),
+            Arc::new(Int16Array::from(self.rssi)),
+            Arc::new(Int16Array::from(self.tx_power)),
+            Arc::new(StringArray::from(self.location)),
+        ];
+        RecordBatch::try_new(schema::OBSERVATIONS_FILE.clone(), columns)
+            .map_err(|e| ApiError::internal("building the observation rows failed", e))
+    }
+}
+
+/// `POST /v1/observations`: a phone's sightings, observer = the token's device.
+#[utoipa::path(post, path = "/v1/observations", tag = "observations", request_body = Vec<ObservationIn>,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key within 24 h are acknowledged again without storing twice")),
+    security(("upload_token" = [])),
+    responses(
+        (status = 200, description = "Stored durably", body = Accepted),
+        (status = 400, description = "Malformed JSON or an unknown field", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or bad upload token", body = super::error::ErrorBody),
+        (status = 409, description = "A request with this Idempotency-Key is still running", body = super::error::ErrorBody),
+        (status = 413, description = "Body over --max-body or more than --max-batch elements", body = super::error::ErrorBody),
+        (status = 415, description = "Not JSON", body = super::error::ErrorBody),
+        (status = 422, description = "An invalid element (index and field named)", body = super::error::ErrorBody),
+        (status = 429, description = "Over the device's rate limit (see Retry-After)", body = super::error::ErrorBody),
+    ))]
+pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let device = match state.device_of(&headers) {
+        Ok(device) => device,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(wait) = state.limiter.check(&device) {
+        return ApiError::rate_limited(wait).into_response();
+    }
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => match value.to_str().ok().filter(|k| (1..=128).contains(&k.len())) {
+            Some(key) => Some(key.to_string()),
+            None => {
+                return ApiError::invalid("Idempotency-Key: must be 1 to 128 visible ASCII characters").into_response();
+            }
+        },
+    };
+    let claim = match &key {
+        None => None,
+        Some(key) => match state.idempotency.claim(&device, key, state.clock.now()) {
+            Idempotency::Replay(status, body) => {
+                let mut response = (status, body).into_response();
+                response.headers_mut().insert(
+                    axum::http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                return response;
+            }
+            Idempotency::InProgress => {
+                return ApiError::conflict("a request with this Idempotency-Key is still being processed")
+                    .into_response();
+            }
+            Idempotency::Claimed => Some(key.clone()),
+        },
+    };
+    let result = store_upload(&state, &device, &headers, body).await;
+    match (result, claim) {
+        (Ok(accepted), claim) => {
+            let body = serde_json::to_vec(&accepted).expect("serialisable");
+            if let Some(key) = claim {
+                state
+                    .idempotency
+                    .complete(&device, &key, StatusCode::OK, body.clone(), state.clock.now());
+            }
+            (
+                StatusCode::OK,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
+        }
+        (Err(e), claim) => {
+            if let Some(key) = claim {
+                state.idempotency.release(&device, &key);
+            }
+            e.into_response()
+        }
+    }
+}
+
+async fn store_upload(
+    state: &AppState,
+    device: &str,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<Accepted> {
+    require_json(headers)?;
+    let bytes = read_limited(headers, body, state.options.max_body).await?;
+    let value = parse_json(&bytes)?;
+    let serde_json::Value::Array(elements) = value else {
+        return Err(ApiError::invalid("body: expected a JSON array of observations"));
+    };
+    if elements.is_empty() {
+        state.metrics.observations_rejected.inc();
+        return Err(ApiError::invalid(
+            "body: the array is empty; send at least one observation",
+        ));
+    }
+    if elements.len() > state.options.max_batch {
+        state.metrics.observations_rejected.inc_by(elements.len() as u64);
+        return Err(ApiError::too_large(format!(
+            "body: {} observations in one request; at most {} (--max-batch)",
+            elements.len(),
+            state.options.max_batch
+        )));
+    }
+    let count = elements.len() as u64;
+    let window = Window::of(state);
+    let mut rows = Rows::default();
+    let validated = (|| {
+        for (i, element) in elements.into_iter().enumerate() {
+            let place = format!("observations[{i}]");
+            let o: ObservationIn = typed(element, &place)?;
+            let observed_at = parse_time(&o.observed_at, &format!("{place}.observed_at"))?;
+            rows.push(
+                &place,
+                window,
+                device.to_string(),
+                &o.observed,
+                observed_at,
+                o.duration_s,
+                o.rssi,
+                o.tx_power,
+                o.location.as_deref(),
+            )?;
+        }
+        Ok::<_, ApiError>(())
+    })();
+    if let Err(e) = validated {
+        state.metrics.observations_rejected.inc_by(count);
+        return Err(e);
+    }
+    let batch = rows.into_batch()?;
+    state
+        .wal
+        .append(vec![Entry {
+            table: Table::Observations,
+            batch,
+        }])
+        .await
+        .map_err(|e| ApiError::internal("the observations could not be made durable", e))?;
+    state.metrics.observations_accepted.inc_by(count);
+    Ok(Accepted { accepted: count })
+}
+
+/// `POST /v1/observations:bulk`: gateways and backfills (role `ingest`), NDJSON or Arrow IPC.
+#[utoipa::path(post, path = "/v1/observations:bulk", tag = "observations",
+    request_body(content = BulkObservationIn, description = "NDJSON (application/x-ndjson), one BulkObservationIn per line, or an Arrow IPC stream (application/vnd.apache.arrow.stream) with the same columns; at most --max-bulk-rows rows"),
+    security(("staff_basic" = []), ("staff_token" = [])),
+    responses(
+        (status = 200, description = "Stored durably", body = Accepted),
+        (status = 400, description = "Malformed NDJSON or IPC, or an unknown field", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or bad credentials", body = super::error::ErrorBody),
+        (status = 403, description = "Role is not ingest or admin", body = super::error::ErrorBody),
+        (status = 413, description = "Too large or too many rows", body = super::error::ErrorBody),
+        (status = 415, description = "Neither NDJSON nor Arrow IPC", body = super::error::ErrorBody),
+        (status = 422, description = "An invalid row (line or row and field named)", body = super::error::ErrorBody),
+    ))]
+pub async fn bulk(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<Json<Accepted>> {
+    state.staff(&headers, &[Role::Ingest, Role::Admin]).await?;
+    let media = media_type(&headers);
+    if !matches!(media.as_deref(), Some(NDJSON) | Some(ARROW_STREAM)) {
+        return Err(ApiError::unsupported_media(format!(
+            "content type '{}' is not accepted here; send {NDJSON} or {ARROW_STREAM}",
+            media.unwrap_or_default()
+        )));
+    }
+    let bytes = read_limited(&headers, body, state.options.max_bulk_body).await?;
+    let window = Window::of(&state);
+    let rows = if media.as_deref() == Some(NDJSON) {
+        bulk_ndjson(&state, &bytes, window)
+    } else {
+        bulk_arrow(&state, &bytes, window)
+    };
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => {
+            state.metrics.observations_rejected.inc();
+            return Err(e);
+        }
+    };
+    let count = rows.len() as u64;
+    let batch = rows.into_batch()?;
+    state
+        .wal
+        .append(vec![Entry {
+            table: Table::Observations,
+            batch,
+        }])
+        .await
+        .map_err(|e| ApiError::internal("the observations could not be made durable", e))?;
+    state.metrics.observations_accepted.inc_by(count);
+    Ok(Json(Accepted { accepted: count }))
+}
+
+fn check_rows(state: &AppState, rows: usize) -> ApiResult<()> {
+    if rows > state.options.max_bulk_rows {
+        return Err(ApiError::too_large(format!(
+            "more than {} rows in one bulk request (--max-bulk-rows)",
+            state.options.max_bulk_rows
+        )));
+    }
+    Ok(())
+}
+
+fn observer(state: &AppState, value: &str, place: &str) -> ApiResult<String> {
+    let uuid = ids::device_uuid(value).map_err(|e| ApiError::invalid(format!("{place}.observer: {e}")))?;
+    if !state.registry.is_active(&uuid) {
+        return Err(ApiError::invalid(format!(
+            "{place}.observer: {uuid} is not a registered, unrevoked device"
+        )));
+    }
+    Ok(uuid)
+}
+
+fn bulk_ndjson(state: &AppState, bytes: &[u8], window: Window) -> ApiResult<Rows> {
+    let mut rows = Rows::default();
+    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        let place = format!("line {}", i + 1);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        check_rows(state, rows.len() + 1)?;
+        let value: serde_json::Value =
+            serde_json::from_slice(line).map_err(|e| ApiError::malformed(format!("{place}: not valid JSON: {e}")))?;
+        let o: BulkObservationIn = typed(value, &place)?;
+        let observer = observer(state, &o.observer, &place)?;
+        let observed_at = parse_time(&o.observed_at, &format!("{place}.observed_at"))?;
+        rows.push(
+            &place,
+            window,
+            observer,
+            &o.observed,
+            observed_at,
+            o.duration_s,
+            o.rssi,
+            o.tx_power,
+            o.location.as_deref(),
+        )?;
+    }
+    if rows.len() == 0 {
+        return Err(ApiError::invalid("body: no observations"));
+    }
+    Ok(rows)
+}
+
+fn bulk_arrow(state: &AppState, bytes: &[u8], window: Window) -> ApiResult<Rows> {
+    let reader = StreamReader::try_new(bytes, None)
+        .map_err(|e| ApiError::malformed(format!("the body is not an Arrow IPC stream: {e}")))?;
+    let schema = reader.schema();
+    const KNOWN: [&str; 7] = [
+        "observer",
+        "observed",
+        "observed_at",
+        "duration_s",
+        "rssi",
+        "tx_power",
+        "location",
+    ];
+    if let Some(unknown) = schema.fields().iter().find(|f| !KNOWN.contains(&f.name().as_str())) {
+        return Err(ApiError::unknown_field(format!(
+            "column '{}': unknown; the columns are {}",
+            unknown.name(),
+            KNOWN.join(", ")
+        )));
+    }
+    let mut rows = Rows::default();
+    let mut row_base = 0usize;
+    for batch in reader {
+        let batch = batch.map_err(|e| ApiError::malformed(format!("the Arrow IPC stream is damaged: {e}")))?;
+        check_rows(state, rows.len() + batch.num_rows())?;
+        let column = |name: &str, to: &DataType, required: bool| -> ApiResult<Option<ArrayRef>> {
+            match batch.column_by_name(name) {
+                None if required => Err(ApiError::invalid(format!("column '{name}': missing"))),
+                None => Ok(None),
+                Some(array) => cast(array, to)
+                    .map(Some)
+                    .map_err(|e| ApiError::invalid(format!("column '{name}': cannot be read as {to}: {e}"))),
+            }
+        };
+        let observers = column("observer", &DataType::Utf8, true)?.expect("required");
+        let observeds = column("observed", &DataType::Utf8, true)?.expect("required");
+        let times = column("observed_at", &schema::timestamp_type(), true)?.expect("required");
+        let durations = column("duration_s", &DataType::Int64, true)?.expect("required");
+        let rssis = column("rssi", &DataType::Int64, false)?;
+        let tx_powers = column("tx_power", &DataType::Int64, false)?;
+        let locations = column("location", &DataType::Utf8, false)?;
+        let observers = observers.as_string::<i32>();
+        let observeds = observeds.as_string::<i32>();
+        let times = times.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        let durations = durations.as_primitive::<Int64Type>();
+        let rssis = rssis.as_ref().map(|a| a.as_primitive::<Int64Type>());
+        let tx_powers = tx_powers.as_ref().map(|a| a.as_primitive::<Int64Type>());
+        let locations = locations.as_ref().map(|a| a.as_string::<i32>());
+        for i in 0..batch.num_rows() {
+            let place = format!("row {}", row_base + i + 1);
+            let required_null = [
+                ("observer", observers.is_null(i)),
+                ("observed", observeds.is_null(i)),
+                ("observed_at", times.is_null(i)),
+                ("duration_s", durations.is_null(i)),
+            ]
+            .into_iter()
+            .find(|(_, null)| *null);
+            if let Some((name, _)) = required_null {
+                return Err(ApiError::invalid(format!("{place}.{name}: must not be null")));
+            }
+            let observer = observer(state, observers.value(i), &place)?;
+            let observed_at = DateTime::from_timestamp_micros(times.value(i))
+                .ok_or_else(|| ApiError::invalid(format!("{place}.observed_at: out of range")))?;
+            let optional = |a: Option<&arrow::array::PrimitiveArray<Int64Type>>| {
+                a.and_then(|a| (!a.is_null(i)).then(|| a.value(i)))
+            };
+            rows.push(
+                &place,
+                window,
+                observer,
+                observeds.value(i),
+                observed_at,
+                durations.value(i),
+                optional(rssis),
+                optional(tx_powers),
+                locations.and_then(|a| (!a.is_null(i)).then(|| a.value(i))),
+            )?;
+        }
+        row_base += batch.num_rows();
+    }
+    if rows.len() == 0 {
+        return Err(ApiError::invalid("body: no observations"));
+    }
+    Ok(rows)
+}
