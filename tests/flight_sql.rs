@@ -91,6 +91,8 @@ impl Server {
                 "serve",
                 "--flight",
                 "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
                 "--users",
                 fixture.users().to_str().unwrap(),
             ])
@@ -100,10 +102,15 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        while !line.starts_with("Flight SQL listening") {
+            line.clear();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "serve exited before listening"
+            );
+        }
         let address = line
             .split("://")
             .nth(1)
@@ -375,12 +382,14 @@ async fn without_users_file_loopback_only_with_a_generated_password() {
     // On loopback it prints a generated admin password, which works; SIGTERM stops it cleanly.
     let mut child = Command::new(BIN)
         .args(["--data", fixture.store().to_str().unwrap()])
-        .args(["serve", "--flight", "127.0.0.1:0"])
+        .args(["serve", "--flight", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let (mut first, mut second) = (String::new(), String::new());
+    let (mut rest_line, mut first, mut second) = (String::new(), String::new(), String::new());
+    stdout.read_line(&mut rest_line).unwrap();
+    assert!(rest_line.starts_with("REST listening on http://"), "{rest_line}");
     stdout.read_line(&mut first).unwrap();
     stdout.read_line(&mut second).unwrap();
     let address = first.split("://").nth(1).unwrap().split_whitespace().next().unwrap();
@@ -413,7 +422,7 @@ async fn without_users_file_loopback_only_with_a_generated_password() {
     assert!(status.success(), "SIGTERM is a clean stop: {status}");
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    assert!(rest.contains("Flight SQL server stopped"), "{rest}");
+    assert!(rest.contains("Proxima stopped"), "{rest}");
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! `proxima serve`: the Flight SQL server over the store.
+//! `proxima serve`: the REST service (ingest and alerts) and the Flight SQL server, in one process.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,7 +7,10 @@ use std::time::Duration;
 use clap::Args;
 use proxima_engine::{SessionFactory, SessionOptions, Store};
 use proxima_flight_server::{FlightSqlServer, ServiceOptions, TlsFiles, Users};
+use proxima_ingest::clock::SystemClock;
+use proxima_ingest::rest::{RestConfig, RestOptions, RestService};
 use proxima_ingest::synthetic::PopulationSpec;
+use tokio::sync::watch;
 
 use super::CliError;
 
@@ -15,11 +18,46 @@ use super::CliError;
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address of the Flight SQL server (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "PROXIMA_FLIGHT", default_value = "127.0.0.1:50051")]
     flight: SocketAddr,
+    /// Address of the REST service: device registration, uploads, cases, alerts (port 0 picks a free port).
+    #[arg(long, env = "PROXIMA_HTTP", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// Folder of this process's write-ahead log, on a local disk (default: `_wal` in a local
+    /// store, `./proxima-wal` for S3). Each serving process needs its own.
+    #[arg(long, env = "PROXIMA_WAL_DIR", value_name = "DIR")]
+    wal_dir: Option<PathBuf>,
+    /// Acknowledged observations become visible to SQL within this (5s, 10s, 1m).
+    #[arg(long, env = "PROXIMA_FLUSH_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    flush_interval: Duration,
+    /// Largest JSON request body (1MiB).
+    #[arg(long, env = "PROXIMA_MAX_BODY", default_value = "1MiB", value_parser = parse_bytes)]
+    max_body: usize,
+    /// Most observations in one POST /v1/observations.
+    #[arg(long, env = "PROXIMA_MAX_BATCH", default_value_t = 5_000)]
+    max_batch: usize,
+    /// Largest bulk request body (NDJSON or Arrow IPC).
+    #[arg(long, env = "PROXIMA_MAX_BULK_BODY", default_value = "512MiB", value_parser = parse_bytes)]
+    max_bulk_body: usize,
+    /// Most rows in one bulk request.
+    #[arg(long, env = "PROXIMA_MAX_BULK_ROWS", default_value_t = 1_000_000)]
+    max_bulk_rows: usize,
+    /// How long an alert is shown to its device (48h).
+    #[arg(long, env = "PROXIMA_ALERT_TTL", default_value = "48h", value_parser = parse_duration)]
+    alert_ttl: Duration,
+    /// A temperature reading at or above this (°C) opens a suspected case.
+    #[arg(long, env = "PROXIMA_FEVER_THRESHOLD", default_value_t = 38.0)]
+    fever_threshold: f64,
+    /// Days of data kept; the hourly retention deletes older day folders and uploads of
+    /// older observations are refused.
+    #[arg(long, env = "PROXIMA_RETENTION_DAYS", default_value_t = 21)]
+    retention_days: u32,
+    /// Requests a minute one device may make (0: no limit); beyond it, 429 with Retry-After.
+    #[arg(long, env = "PROXIMA_DEVICE_RATE", default_value_t = 120)]
+    device_rate: u32,
     /// Users file (TOML; see `proxima user add`). Without it the server only listens on
     /// loopback, with one user `admin` whose generated password is printed at start.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "PROXIMA_USERS", value_name = "FILE")]
     users: Option<PathBuf>,
     /// TLS certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -41,7 +79,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "16GiB", value_parser = parse_bytes)]
     memory: usize,
     /// If the store holds no observations, generate the demo population first.
-    #[arg(long)]
+    #[arg(long, env = "PROXIMA_DEMO")]
     demo: bool,
 }
 
@@ -133,11 +171,17 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             }
             (users, None)
         }
-        None if !proxima_flight_server::server::is_loopback(&args.flight) => {
-            return Err(CliError::Usage(format!(
-                "refusing to listen on {} without --users: only a loopback address may use the generated \
-                 admin password (create users with proxima user add)",
+        None if !proxima_flight_server::server::is_loopback(&args.flight)
+            || !proxima_flight_server::server::is_loopback(&args.http) =>
+        {
+            let address = if proxima_flight_server::server::is_loopback(&args.flight) {
+                args.http
+            } else {
                 args.flight
+            };
+            return Err(CliError::Usage(format!(
+                "refusing to listen on {address} without --users: only a loopback address may use the generated \
+                 admin password (create users with proxima user add)"
             )));
         }
         None => {
@@ -163,6 +207,18 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             ))?;
         }
     }
+    if args.alert_ttl.as_secs() < 3600 {
+        return Err(CliError::Usage("--alert-ttl must be at least one hour".into()));
+    }
+    if !(35.0..=43.0).contains(&args.fever_threshold) {
+        return Err(CliError::Usage(format!(
+            "--fever-threshold {} is not a fever threshold (35 to 43 °C)",
+            args.fever_threshold
+        )));
+    }
+    if args.retention_days == 0 {
+        return Err(CliError::Usage("--retention-days must be at least 1".into()));
+    }
     let factory = SessionFactory::new(
         store.clone(),
         SessionOptions {
@@ -171,32 +227,103 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             ..SessionOptions::default()
         },
     )?;
+    let wal_dir = match (&args.wal_dir, store.local_root()) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(root)) => root.join("_wal"),
+        (None, None) => PathBuf::from("proxima-wal"),
+    };
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => None,
+    };
+    let http_tls = match &tls {
+        Some(files) => Some(proxima_ingest::rest::server::tls_acceptor(&files.cert, &files.key)?),
+        None => None,
+    };
+    let rest = RestService::start(RestConfig {
+        store: store.clone(),
+        factory: factory.clone(),
+        users: users.clone(),
+        wal_dir,
+        options: RestOptions {
+            max_body: args.max_body,
+            max_bulk_body: args.max_bulk_body,
+            max_batch: args.max_batch,
+            max_bulk_rows: args.max_bulk_rows,
+            alert_ttl: chrono::Duration::from_std(args.alert_ttl)
+                .map_err(|_| CliError::Usage("--alert-ttl is too long".into()))?,
+            fever_threshold: args.fever_threshold,
+            retention_days: args.retention_days,
+            device_rate_per_minute: args.device_rate,
+            flush_interval: args.flush_interval,
+            token_ttl: args.token_ttl,
+            ..RestOptions::default()
+        },
+        clock: std::sync::Arc::new(SystemClock),
+    })
+    .await?;
     let options = ServiceOptions {
         token_ttl: args.token_ttl,
         query_timeout: args.query_timeout,
     };
     let service =
         FlightSqlServer::new(factory, users, options).map_err(|e| CliError::Usage(e.message().to_string()))?;
-    let listener = tokio::net::TcpListener::bind(args.flight)
+    let flight_listener = tokio::net::TcpListener::bind(args.flight)
         .await
         .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.flight)))?;
-    let address = listener.local_addr()?;
-    let tls = match (args.tls_cert, args.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-        _ => None,
+    let http_listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.http)))?;
+    let flight_address = flight_listener.local_addr()?;
+    let http_address = http_listener.local_addr()?;
+    let (grpc, http) = if tls.is_some() {
+        ("grpc+tls", "https")
+    } else {
+        ("grpc", "http")
     };
-    let scheme = if tls.is_some() { "grpc+tls" } else { "grpc" };
-    super::print(format!("Flight SQL listening on {scheme}://{address} (store {store})"))?;
+    super::print(format!(
+        "REST listening on {http}://{http_address} (OpenAPI at /openapi.json)"
+    ))?;
+    super::print(format!(
+        "Flight SQL listening on {grpc}://{flight_address} (store {store})"
+    ))?;
     if let Some(password) = &generated_password {
         super::print(format!(
             "user admin, password {password} (generated for this run; use --users for real users)"
         ))?;
     }
-    tracing::info!(target: "proxima::serve", %address, tls = scheme == "grpc+tls", "serving");
-    proxima_flight_server::serve(service, listener, tls, shutdown_signal())
-        .await
-        .map_err(|e| CliError::Usage(e.to_string()))?;
-    super::print("Flight SQL server stopped")?;
+    tracing::info!(target: "proxima::serve", %flight_address, %http_address, tls = tls.is_some(), "serving");
+
+    // One signal stops everything: both servers drain, then the last flush runs.
+    let (stop, stopped) = watch::channel(false);
+    let when_stopped = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let rest_server = tokio::spawn(proxima_ingest::rest::server::serve(
+        rest.router(),
+        http_listener,
+        http_tls,
+        when_stopped(stopped.clone()),
+    ));
+    let maintenance = {
+        let rest = rest.clone();
+        let stopped = when_stopped(stopped.clone());
+        tokio::spawn(async move { rest.maintain(stopped).await })
+    };
+    let flight = proxima_flight_server::serve(service, flight_listener, tls, when_stopped(stopped)).await;
+    let rest_result = rest_server.await;
+    let _ = maintenance.await;
+    flight.map_err(|e| CliError::Usage(e.to_string()))?;
+    match rest_result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(CliError::Usage(format!("REST server: {e}"))),
+        Err(e) => return Err(CliError::Usage(format!("REST server: {e}"))),
+    }
+    super::print("Proxima stopped")?;
     Ok(())
 }
 

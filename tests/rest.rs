@@ -1,0 +1,617 @@
+//! The REST service on a loopback port, called over real HTTP (reqwest), with a clock the
+//! test moves: every route, every refusal the API promises, idempotency, the alert
+//! lifecycle and fever-triggered cases.
+
+use std::sync::Arc;
+
+use arrow::array::{AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::Int64Type;
+use arrow::ipc::writer::StreamWriter;
+use chrono::{DateTime, Duration, Utc};
+use proxima_engine::users::add_user;
+use proxima_engine::{Role, SessionFactory, SessionOptions, Store, Users};
+use proxima_ingest::clock::ManualClock;
+use proxima_ingest::rest::{RestConfig, RestOptions, RestService};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery";
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    clock: Arc<ManualClock>,
+    service: RestService,
+    factory: SessionFactory,
+    _dir: tempfile::TempDir,
+}
+
+struct Device {
+    uuid: String,
+    token: String,
+    mac: String,
+}
+
+impl Api {
+    async fn start(options: RestOptions) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let users_file = dir.path().join("users.toml");
+        for (name, role) in [
+            ("tracy", Role::Tracer),
+            ("stan", Role::Station),
+            ("gate", Role::Ingest),
+            ("ann", Role::Analyst),
+        ] {
+            add_user(&users_file, name, role, PASSWORD).unwrap();
+        }
+        let store = Store::local(&dir.path().join("store")).unwrap();
+        let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let service = RestService::start(RestConfig {
+            store,
+            factory: factory.clone(),
+            users: Users::load(&users_file).unwrap(),
+            wal_dir: dir.path().join("wal"),
+            options,
+            clock: clock.clone(),
+        })
+        .await
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(proxima_ingest::rest::server::serve(
+            service.router(),
+            listener,
+            None,
+            std::future::pending(),
+        ));
+        Self {
+            base,
+            http: reqwest::Client::new(),
+            clock,
+            service,
+            factory,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post_json(&self, path: &str, body: &Value, auth: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn register(&self, mac: &str) -> Device {
+        let (status, body) = self
+            .post_json(
+                "/v1/devices",
+                &json!({"mac": mac, "revocation_secret": "a long revocation secret"}),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        Device {
+            uuid: body["device_uuid"].as_str().unwrap().to_string(),
+            token: body["upload_token"].as_str().unwrap().to_string(),
+            mac: mac.to_string(),
+        }
+    }
+
+    async fn upload(&self, device: &Device, observations: &Value) -> (StatusCode, Value) {
+        self.post_json("/v1/observations", observations, Some(&bearer(&device.token)))
+            .await
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        self.service.flush().await.unwrap();
+        let ctx = self.factory.session().await.unwrap();
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        batches[0].column(0).as_primitive::<Int64Type>().value(0)
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        use proxima_ingest::clock::Clock;
+        self.clock.now()
+    }
+}
+
+async fn json_of(response: reqwest::Response) -> Value {
+    let text = response.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn basic(user: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{PASSWORD}"))
+    )
+}
+
+fn sighting(mac: &str, at: DateTime<Utc>, duration_s: i64) -> Value {
+    json!({"observed": mac, "observed_at": at.to_rfc3339(), "duration_s": duration_s, "rssi": -60, "tx_power": -10})
+}
+
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, needle: &str) {
+    assert_eq!(status, expected, "{body}");
+    let detail = body["detail"].as_str().unwrap_or_else(|| panic!("no detail in {body}"));
+    assert!(body["error"].is_string(), "{body}");
+    assert!(detail.contains(needle), "'{detail}' should mention '{needle}'");
+}
+
+#[tokio::test]
+async fn devices_uploads_and_every_refusal() {
+    let api = Api::start(RestOptions {
+        max_batch: 50,
+        device_rate_per_minute: 60,
+        ..RestOptions::default()
+    })
+    .await;
+    let now = api.now();
+    let a = api.register("AA:00:00:00:00:01").await;
+    let b = api.register("aa:00:00:00:00:02").await;
+    assert_eq!(b.mac, "aa:00:00:00:00:02");
+
+    // Registration refusals.
+    let api_ref = &api;
+    let register = |body: Value| async move { api_ref.post_json("/v1/devices", &body, None).await };
+    let (s, body) = register(json!({"mac": "AA:00:00:00:00:02", "revocation_secret": "another long secret"})).await;
+    assert_error(s, &body, StatusCode::CONFLICT, "already registered");
+    let (s, body) = register(json!({"mac": "not a mac", "revocation_secret": "a long revocation secret"})).await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "body.mac");
+    let (s, body) = register(json!({"mac": "AA:00:00:00:00:09", "revocation_secret": "short"})).await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "at least 12");
+    let (s, body) =
+        register(json!({"mac": "AA:00:00:00:00:09", "revocation_secret": "a long revocation secret", "name": "Bob"}))
+            .await;
+    assert_error(s, &body, StatusCode::BAD_REQUEST, "unknown field `name`");
+
+    // A good upload, then every refusal; the server keeps serving and stores nothing of them.
+    let good = json!([
+        sighting(&b.mac, now - Duration::hours(1), 300),
+        sighting(&b.mac, now - Duration::hours(2), 60)
+    ]);
+    let (s, body) = api.upload(&a, &good).await;
+    assert_eq!((s, body["accepted"].as_i64()), (StatusCode::OK, Some(2)), "{body}");
+
+    let raw = |body: &'static str, content_type: &'static str| {
+        let token = a.token.clone();
+        let request = api
+            .http
+            .post(api.url("/v1/observations"))
+            .header("authorization", bearer(&token))
+            .header("content-type", content_type)
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (status, json_of(response).await)
+        }
+    };
+    let (s, body) = raw("[{\"observed\": ", "application/json").await;
+    assert_error(s, &body, StatusCode::BAD_REQUEST, "not valid JSON");
+    let (s, body) = raw("[]", "text/plain").await;
+    assert_error(s, &body, StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json");
+    let (s, body) = api.upload(&a, &json!([])).await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "empty");
+    let mut unknown = sighting(&b.mac, now, 5);
+    unknown["name"] = json!("Alice");
+    let (s, body) = api.upload(&a, &json!([sighting(&b.mac, now, 5), unknown])).await;
+    assert_error(
+        s,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "observations[1].name: unknown field `name`",
+    );
+    let mut wrong_type = sighting(&b.mac, now, 5);
+    wrong_type["duration_s"] = json!("long");
+    let (s, body) = api.upload(&a, &json!([sighting(&b.mac, now, 5), wrong_type])).await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "observations[1].duration_s");
+    let (s, body) = api.upload(&a, &json!([sighting("ZZ:00", now, 5)])).await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "observations[0].observed");
+    let (s, body) = api
+        .upload(&a, &json!([sighting(&b.mac, now + Duration::minutes(6), 5)]))
+        .await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "in the future");
+    let (s, body) = api
+        .upload(&a, &json!([sighting(&b.mac, now - Duration::days(22), 5)]))
+        .await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "retention window");
+    let (s, body) = api.upload(&a, &json!([sighting(&b.mac, now, -5)])).await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "negative");
+    let (s, body) = api
+        .upload(
+            &a,
+            &json!([sighting(&b.mac, now, 5), {"observed": b.mac, "observed_at": "yesterday", "duration_s": 1}]),
+        )
+        .await;
+    assert_error(
+        s,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "observations[1].observed_at",
+    );
+    let many: Vec<Value> = (0..51).map(|i| sighting(&b.mac, now, i)).collect();
+    let (s, body) = api.upload(&a, &Value::Array(many)).await;
+    assert_error(s, &body, StatusCode::PAYLOAD_TOO_LARGE, "at most 50");
+    let huge = format!("[{}]", " ".repeat(2 << 20));
+    let response = api
+        .http
+        .post(api.url("/v1/observations"))
+        .header("authorization", bearer(&a.token))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, body) = api.post_json("/v1/observations", &good, None).await;
+    assert_error(s, &body, StatusCode::UNAUTHORIZED, "upload token");
+    let (s, body) = api.post_json("/v1/observations", &good, Some("Bearer forged")).await;
+    assert_error(s, &body, StatusCode::UNAUTHORIZED, "not valid");
+    assert_eq!(
+        api.count("SELECT count(*) FROM observations").await,
+        2,
+        "refused requests store nothing"
+    );
+
+    // Idempotency: a retry with the same key is acknowledged again, stored once.
+    let keyed = |key: &'static str| {
+        api.http
+            .post(api.url("/v1/observations"))
+            .header("authorization", bearer(&a.token))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(json!([sighting(&b.mac, now - Duration::minutes(30), 120)]).to_string())
+            .send()
+    };
+    let first = keyed("upload-0001").await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let retry = keyed("upload-0001").await.unwrap();
+    assert_eq!(retry.status(), StatusCode::OK);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(json_of(retry).await["accepted"], 1);
+    assert_eq!(api.count("SELECT count(*) FROM observations").await, 3);
+
+    // Rate limit: a device over 60 requests a minute gets 429 with Retry-After.
+    let c = api.register("AA:00:00:00:00:03").await;
+    let one = json!([sighting(&a.mac, now, 1)]);
+    let mut limited = None;
+    for _ in 0..70 {
+        let response = api
+            .http
+            .post(api.url("/v1/observations"))
+            .header("authorization", bearer(&c.token))
+            .header("content-type", "application/json")
+            .body(one.to_string())
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(response);
+            break;
+        }
+    }
+    let limited = limited.expect("the 61st request in a minute is refused");
+    assert!(
+        limited.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    // Other devices are not affected.
+    assert_eq!(api.upload(&a, &one).await.0, StatusCode::OK);
+
+    // Revocation: wrong secret refused; then the token stops working.
+    let revoke = |secret: &'static str| {
+        api.http
+            .delete(api.url(&format!("/v1/devices/{}", b.uuid)))
+            .header("content-type", "application/json")
+            .body(json!({"revocation_secret": secret}).to_string())
+            .send()
+    };
+    assert_eq!(
+        revoke("not the secret at all").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        revoke("a long revocation secret").await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    let (s, _) = api.upload(&b, &json!([sighting(&a.mac, now, 1)])).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.count("SELECT count(*) FROM revocations").await, 1);
+
+    // Staff routes: credentials and roles.
+    let case = json!({"device_uuid": a.uuid, "status": "confirmed"});
+    let (s, body) = api.post_json("/v1/cases", &case, None).await;
+    assert_error(s, &body, StatusCode::UNAUTHORIZED, "Authorization");
+    let (s, body) = api.post_json("/v1/cases", &case, Some(&basic("stan"))).await;
+    assert_error(s, &body, StatusCode::FORBIDDEN, "role station");
+    let (s, body) = api
+        .post_json("/v1/cases", &case, Some("Basic bm9ib2R5Om5vdGhpbmc="))
+        .await;
+    assert_error(s, &body, StatusCode::UNAUTHORIZED, "wrong user name or password");
+    let (s, token) = api.post_json("/v1/auth/token", &json!({}), Some(&basic("tracy"))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, body) = api
+        .post_json("/v1/cases", &case, Some(&bearer(token["token"].as_str().unwrap())))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (s, body) = api
+        .post_json(
+            "/v1/cases",
+            &json!({"device_uuid": a.uuid, "status": "maybe"}),
+            Some(&basic("tracy")),
+        )
+        .await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "body.status");
+
+    // Bulk uploads: NDJSON and Arrow IPC for role ingest only.
+    let ndjson = format!(
+        "{}\n{}\n",
+        json!({"observer": a.uuid, "observed": c.mac, "observed_at": now.to_rfc3339(), "duration_s": 30}),
+        json!({"observer": c.uuid, "observed": a.mac, "observed_at": now.to_rfc3339(), "duration_s": 30})
+    );
+    let bulk = |auth: String, content_type: &'static str, body: Vec<u8>| {
+        api.http
+            .post(api.url("/v1/observations:bulk"))
+            .header("authorization", auth)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let response = bulk(basic("gate"), "application/x-ndjson", ndjson.clone().into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(json_of(response).await["accepted"], 2);
+    let response = bulk(basic("ann"), "application/x-ndjson", ndjson.clone().into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let response = bulk(basic("gate"), "text/csv", ndjson.into_bytes()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let bad_line = format!(
+        "{}\n{}\n",
+        json!({"observer": a.uuid, "observed": c.mac, "observed_at": now.to_rfc3339(), "duration_s": 30}),
+        json!({"observer": "00000000-0000-4000-8000-000000000000", "observed": a.mac, "observed_at": now.to_rfc3339(), "duration_s": 30})
+    );
+    let response = bulk(basic("gate"), "application/x-ndjson", bad_line.into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = json_of(response).await;
+    assert!(body["detail"].as_str().unwrap().contains("line 2.observer"), "{body}");
+    let rows = 10_000;
+    let batch = RecordBatch::try_from_iter(vec![
+        (
+            "observer",
+            Arc::new(StringArray::from(vec![a.uuid.as_str(); rows])) as _,
+        ),
+        ("observed", Arc::new(StringArray::from(vec![c.mac.as_str(); rows])) as _),
+        (
+            "observed_at",
+            Arc::new(TimestampMicrosecondArray::from(vec![now.timestamp_micros(); rows]).with_timezone("UTC")) as _,
+        ),
+        ("duration_s", Arc::new(Int64Array::from(vec![7; rows])) as _),
+    ])
+    .unwrap();
+    let mut ipc = Vec::new();
+    {
+        let mut writer = StreamWriter::try_new(&mut ipc, &batch.schema()).unwrap();
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+    }
+    let response = bulk(basic("gate"), "application/vnd.apache.arrow.stream", ipc)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(json_of(response).await["accepted"], rows);
+    let response = bulk(
+        basic("gate"),
+        "application/vnd.apache.arrow.stream",
+        b"not arrow".to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        api.count("SELECT count(*) FROM observations WHERE duration_s = 7")
+            .await,
+        rows as i64
+    );
+
+    // Operations: health, readiness, metrics, the OpenAPI document, unknown routes.
+    let get = |path: &str| api.http.get(api.url(path)).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(get("/readyz").await.unwrap().status(), StatusCode::OK);
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    for needle in [
+        "proxima_http_requests_total{route=\"/v1/observations\",method=\"POST\",status=\"422\"}",
+        "proxima_observations_accepted_total",
+        "proxima_observations_rejected_total",
+        "proxima_wal_sync_seconds_bucket",
+        "proxima_files_flushed_total",
+        "proxima_trace_seconds_count",
+    ] {
+        assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
+    }
+    let openapi: Value = json_of(get("/openapi.json").await.unwrap()).await;
+    assert!(openapi["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/devices",
+        "/v1/devices/{uuid}",
+        "/v1/observations",
+        "/v1/observations:bulk",
+        "/v1/cases",
+        "/v1/temperature",
+        "/v1/alerts",
+        "/v1/auth/token",
+    ] {
+        assert!(openapi["paths"][path].is_object(), "OpenAPI lacks {path}");
+    }
+    let missing = get("/v2/nothing").await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert!(json_of(missing).await["detail"].is_string());
+}
+
+#[tokio::test]
+async fn alert_lifecycle_from_case_to_expiry() {
+    let api = Api::start(RestOptions::default()).await;
+    let now = api.now();
+    let case = api.register("CA:5E:00:00:00:01").await;
+    let near = api.register("CA:5E:00:00:00:02").await; // met the case 3 hours ago: high
+    let older = api.register("CA:5E:00:00:00:03").await; // met the case 3 days ago: medium
+    let second = api.register("CA:5E:00:00:00:04").await; // met `near` after its exposure: medium
+    let stranger = api.register("CA:5E:00:00:00:05").await;
+    let revoked = api.register("CA:5E:00:00:00:06").await; // met the case, but revoked
+    for (device, heard, at) in [
+        (&case, &near, now - Duration::hours(3)),
+        (&older, &case, now - Duration::hours(72)),
+        (&second, &near, now - Duration::hours(1)),
+        (&revoked, &case, now - Duration::hours(2)),
+        (&stranger, &stranger, now - Duration::hours(1)),
+    ] {
+        let (s, body) = api.upload(device, &json!([sighting(&heard.mac, at, 900)])).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+    }
+    let revoke = api
+        .http
+        .delete(api.url(&format!("/v1/devices/{}", revoked.uuid)))
+        .header("content-type", "application/json")
+        .body(json!({"revocation_secret": "a long revocation secret"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), StatusCode::NO_CONTENT);
+
+    // The case is traced over everything acknowledged, without waiting for a flush.
+    let (s, opened) = api
+        .post_json(
+            "/v1/cases",
+            &json!({"device_uuid": case.uuid, "status": "confirmed"}),
+            Some(&basic("tracy")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{opened}");
+    assert_eq!(opened["alerts"], json!({"high": 1, "medium": 2}), "{opened}");
+    assert!(opened["case_id"].is_string());
+
+    let alerts_of = |device: &Device| {
+        let request = api
+            .http
+            .get(api.url("/v1/alerts"))
+            .header("authorization", bearer(&device.token));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            json_of(response).await.as_array().unwrap().clone()
+        }
+    };
+    let mine = alerts_of(&near).await;
+    assert_eq!(mine.len(), 1);
+    let alert = mine[0].as_object().unwrap();
+    let mut keys: Vec<&str> = alert.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["expires_at", "exposure_day", "issued_at", "priority"],
+        "nothing identifies the case"
+    );
+    assert_eq!(alert["priority"], "high");
+    assert_eq!(
+        alert["exposure_day"],
+        (now - Duration::hours(3)).date_naive().to_string()
+    );
+    assert_eq!(alerts_of(&older).await[0]["priority"], "medium");
+    assert_eq!(alerts_of(&second).await[0]["priority"], "medium");
+    assert!(alerts_of(&stranger).await.is_empty(), "another device sees none");
+    assert!(alerts_of(&case).await.is_empty(), "the case itself gets no alert");
+    let response = api.http.get(api.url("/v1/alerts")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(api.count("SELECT count(*) FROM alerts").await, 3);
+    assert_eq!(api.count("SELECT count(*) FROM cases WHERE alerts_high = 1").await, 1);
+
+    // Alerts survive a reload from the store, and expire after the TTL.
+    api.clock.advance(Duration::hours(47));
+    api.service
+        .state()
+        .alerts
+        .reload(&api.factory, api.now(), Duration::hours(48))
+        .await
+        .unwrap();
+    assert_eq!(alerts_of(&near).await.len(), 1);
+    api.clock.advance(Duration::hours(2));
+    assert!(alerts_of(&near).await.is_empty(), "expired after 48 hours");
+}
+
+#[tokio::test]
+async fn a_fever_reading_opens_a_suspected_case() {
+    let api = Api::start(RestOptions::default()).await;
+    let now = api.now();
+    let patient = api.register("FE:00:00:00:00:01").await;
+    let contact = api.register("FE:00:00:00:00:02").await;
+    let (s, _) = api
+        .upload(
+            &contact,
+            &json!([sighting(&patient.mac, now - Duration::hours(5), 1200)]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let reading = |celsius: f64| json!({"device_uuid": patient.uuid, "measured_at": now.to_rfc3339(), "celsius": celsius, "site": "clinic-7"});
+    let (s, body) = api
+        .post_json("/v1/temperature", &reading(36.9), Some(&basic("stan")))
+        .await;
+    assert_eq!((s, &body["case"]), (StatusCode::CREATED, &Value::Null), "{body}");
+    let (s, body) = api
+        .post_json("/v1/temperature", &reading(38.4), Some(&basic("stan")))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    assert_eq!(body["case"]["alerts"], json!({"high": 1, "medium": 0}));
+    let (s, body) = api
+        .post_json("/v1/temperature", &reading(52.0), Some(&basic("stan")))
+        .await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "body.celsius");
+    let mut named = reading(37.0);
+    named["site"] = json!("Dr Smith's house, 4 Elm Road");
+    let (s, body) = api.post_json("/v1/temperature", &named, Some(&basic("stan"))).await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "body.site");
+    let (s, body) = api
+        .post_json("/v1/temperature", &reading(39.0), Some(&basic("tracy")))
+        .await;
+    assert_error(s, &body, StatusCode::FORBIDDEN, "role tracer");
+    assert_eq!(api.count("SELECT count(*) FROM temperature_readings").await, 2);
+    assert_eq!(
+        api.count("SELECT count(*) FROM cases WHERE status = 'suspected' AND reported_by = 'stan'")
+            .await,
+        1
+    );
+    let response = api
+        .http
+        .get(api.url("/v1/alerts"))
+        .header("authorization", bearer(&contact.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_of(response).await.as_array().unwrap().clone().len(), 1);
+}
