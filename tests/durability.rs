@@ -1,0 +1,191 @@
+//! A 2xx means durable: the real `proxima serve` under sustained uploads, killed with
+//! SIGKILL again and again, then restarted; every acknowledged observation must be
+//! stored exactly once, and nothing may be stored twice or in part.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::AsArray;
+use arrow::datatypes::{Int32Type, Int64Type};
+use proxima_engine::{SessionFactory, SessionOptions, Store};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_proxima");
+const DEVICES: usize = 4;
+const PER_REQUEST: usize = 8;
+
+struct Serve {
+    child: Child,
+    base: String,
+}
+
+fn serve(store: &std::path::Path) -> Serve {
+    let mut child = Command::new(BIN)
+        .args(["--data", store.to_str().unwrap()])
+        .args(["serve", "--flight", "127.0.0.1:0", "--http", "127.0.0.1:0", "--flush-interval", "1s"])
+        .args(["--device-rate", "0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("REST listening on http://") {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "serve exited before listening");
+    }
+    let address = line["REST listening on http://".len()..].split_whitespace().next().unwrap();
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    Serve {
+        child,
+        base: format!("http://{address}"),
+    }
+}
+
+async fn register(http: &reqwest::Client, base: &str, i: usize) -> (String, String) {
+    let response = http
+        .post(format!("{base}/v1/devices"))
+        .header("content-type", "application/json")
+        .body(json!({"mac": format!("D0:00:00:00:00:{i:02X}"), "revocation_secret": "a long revocation secret"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    (
+        body["device_uuid"].as_str().unwrap().to_string(),
+        body["upload_token"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Uploads requests of 8 observations tagged `duration_s = seq` until an upload fails
+/// (the server was killed); records the acknowledged sequence numbers.
+async fn upload_until_killed(base: String, token: String, next: Arc<Mutex<i32>>, acked: Arc<Mutex<BTreeSet<i32>>>) {
+    let http = reqwest::Client::new();
+    let now = chrono::Utc::now();
+    loop {
+        let seq = {
+            let mut next = next.lock().unwrap();
+            *next += 1;
+            *next
+        };
+        let observations: Vec<Value> = (0..PER_REQUEST)
+            .map(|k| {
+                json!({"observed": format!("AA:BB:CC:00:00:{k:02X}"), "observed_at": (now - chrono::Duration::seconds(k as i64)).to_rfc3339(), "duration_s": seq})
+            })
+            .collect();
+        let sent = http
+            .post(format!("{base}/v1/observations"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Value::Array(observations).to_string())
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status() == 200 => {
+                acked.lock().unwrap().insert(seq);
+            }
+            Ok(response) => panic!("unexpected status {}", response.status()),
+            Err(_) => return,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_uploads_survive_kill_9_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let http = reqwest::Client::new();
+
+    let mut server = serve(&store_dir);
+    let mut devices = Vec::new();
+    for i in 0..DEVICES {
+        devices.push(register(&http, &server.base, i).await);
+    }
+    let next: Vec<Arc<Mutex<i32>>> = (0..DEVICES).map(|_| Arc::default()).collect();
+    let acked: Vec<Arc<Mutex<BTreeSet<i32>>>> = (0..DEVICES).map(|_| Arc::default()).collect();
+
+    for round in 0..4 {
+        if round > 0 {
+            server = serve(&store_dir);
+        }
+        let uploaders: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(i, (_, token))| {
+                tokio::spawn(upload_until_killed(
+                    server.base.clone(),
+                    token.clone(),
+                    Arc::clone(&next[i]),
+                    Arc::clone(&acked[i]),
+                ))
+            })
+            .collect();
+        // Kill at a different moment each round: mid-upload, and around flushes (1 s).
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_millis(700 + 450 * round)).await;
+        server.child.kill().unwrap(); // SIGKILL
+        server.child.wait().unwrap();
+        for uploader in uploaders {
+            uploader.await.unwrap();
+        }
+        let total: usize = acked.iter().map(|a| a.lock().unwrap().len()).sum();
+        assert!(total > 0, "round {round}: nothing acknowledged in {:?}", started.elapsed());
+    }
+
+    // A clean start replays what the WAL still holds; SIGTERM flushes it all.
+    let server = serve(&store_dir);
+    let stopped = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let mut child = server.child;
+    assert!(child.wait().unwrap().success());
+
+    let store = Store::local(&store_dir).unwrap();
+    let ctx = SessionFactory::new(store, SessionOptions::default())
+        .unwrap()
+        .session()
+        .await
+        .unwrap();
+    let batches = ctx
+        .sql("SELECT observer, duration_s, count(*) FROM observations GROUP BY observer, duration_s")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut stored: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for batch in &batches {
+        let observers = batch.column(0).as_string::<i32>();
+        let seqs = batch.column(1).as_primitive::<Int32Type>();
+        let counts = batch.column(2).as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            stored.insert((observers.value(i).to_string(), seqs.value(i)), counts.value(i));
+        }
+    }
+    for ((observer, seq), count) in &stored {
+        assert_eq!(*count, PER_REQUEST as i64, "{observer} request {seq} stored {count} times its rows");
+    }
+    let mut acknowledged = 0;
+    for (i, (uuid, _)) in devices.iter().enumerate() {
+        for seq in acked[i].lock().unwrap().iter() {
+            acknowledged += 1;
+            assert!(
+                stored.contains_key(&(uuid.clone(), *seq)),
+                "acknowledged request {seq} of device {i} is missing"
+            );
+        }
+    }
+    assert!(acknowledged > 50, "only {acknowledged} requests acknowledged: the test did not load the server");
+    eprintln!(
+        "{acknowledged} acknowledged requests, {} stored (the rest were in flight at a kill)",
+        stored.len()
+    );
+}
