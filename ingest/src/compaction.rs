@@ -242,11 +242,92 @@ pub async fn live_files(store: &Store, table: Table, day: NaiveDate) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    use proxima_engine::SessionOptions;
+
+    use crate::synthetic::{PopulationSpec, generate};
 
     #[test]
     fn marker_names_tell_their_age() {
         let path = Path::from(format!("d/{MARKER_PREFIX}{}{MARKER_SUFFIX}", Uuid::now_v7()));
         assert!(marker_age(&path).unwrap() < Duration::from_secs(5));
         assert!(marker_age(&Path::from("d/part-x.parquet")).is_none());
+    }
+
+    async fn count(factory: &SessionFactory) -> i64 {
+        let ctx = factory.session().await.unwrap();
+        let batches = ctx
+            .sql("SELECT count(*) FROM observations")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        batches[0].column(0).as_primitive::<Int64Type>().value(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_count_every_row_once_while_a_day_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::local(dir.path()).unwrap();
+        let writer = PartitionWriter::new(store.clone(), "test");
+        let today = proxima_engine::store::today_utc();
+        let spec = PopulationSpec {
+            devices: 300,
+            days: 2,
+            contacts_per_day: 5,
+            seed: 7,
+            start: today.pred_opt().unwrap(),
+        };
+        generate(&writer, &spec, |_| {}).await.unwrap();
+        let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
+        // Nine more small files in today's folder, as nine flushes would leave.
+        let ctx = factory.session().await.unwrap();
+        let sample = ctx
+            .sql(&format!(
+                "SELECT observer, observed, observed_at, duration_s, rssi, tx_power, location FROM observations \
+                 WHERE day = DATE '{today}' LIMIT 50"
+            ))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        for _ in 0..9 {
+            let mut transaction = writer.begin();
+            transaction
+                .write_file(Table::Observations, Some(today), &sample)
+                .await
+                .unwrap();
+            transaction.commit().await.unwrap();
+        }
+        assert_eq!(live_files(&store, Table::Observations, today).await.unwrap().len(), 10);
+        let before = count(&factory).await;
+
+        let counting = {
+            let factory = factory.clone();
+            tokio::spawn(async move {
+                let mut counts = Vec::new();
+                for _ in 0..40 {
+                    counts.push(count(&factory).await);
+                }
+                counts
+            })
+        };
+        let runs = compact_due(&factory, &writer, today).await.unwrap();
+        let counts = counting.await.unwrap();
+        assert!(runs >= 1, "today's ten files are due");
+        assert!(counts.iter().all(|c| *c == before), "{before} expected, counted {counts:?}");
+        assert_eq!(count(&factory).await, before);
+        assert_eq!(live_files(&store, Table::Observations, today).await.unwrap().len(), 1);
+        assert!(!factory.index().is_stale(today).await.unwrap(), "the index was rebuilt");
+        // Within the grace period the replaced files stay (a running query may read them).
+        let raw = crate::writer::list_files(&store, Table::Observations).await.unwrap();
+        assert!(raw.len() >= 11, "{raw:?}");
+        sweep(&store, &DayPartition { table: Table::Observations, day: today }.prefix(store.root()))
+            .await
+            .unwrap();
+        assert_eq!(count(&factory).await, before);
     }
 }
