@@ -25,7 +25,15 @@ struct Serve {
 fn serve(store: &std::path::Path) -> Serve {
     let mut child = Command::new(BIN)
         .args(["--data", store.to_str().unwrap()])
-        .args(["serve", "--flight", "127.0.0.1:0", "--http", "127.0.0.1:0", "--flush-interval", "1s"])
+        .args([
+            "serve",
+            "--flight",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--flush-interval",
+            "1s",
+        ])
         .args(["--device-rate", "0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -36,9 +44,15 @@ fn serve(store: &std::path::Path) -> Serve {
     let mut line = String::new();
     while !line.starts_with("REST listening on http://") {
         line.clear();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "serve exited before listening");
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "serve exited before listening"
+        );
     }
-    let address = line["REST listening on http://".len()..].split_whitespace().next().unwrap();
+    let address = line["REST listening on http://".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap();
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     Serve {
@@ -51,7 +65,10 @@ async fn register(http: &reqwest::Client, base: &str, i: usize) -> (String, Stri
     let response = http
         .post(format!("{base}/v1/devices"))
         .header("content-type", "application/json")
-        .body(json!({"mac": format!("D0:00:00:00:00:{i:02X}"), "revocation_secret": "a long revocation secret"}).to_string())
+        .body(
+            json!({"mac": format!("D0:00:00:00:00:{i:02X}"), "revocation_secret": "a long revocation secret"})
+                .to_string(),
+        )
         .send()
         .await
         .unwrap();
@@ -135,7 +152,11 @@ async fn acknowledged_uploads_survive_kill_9_exactly_once() {
             uploader.await.unwrap();
         }
         let total: usize = acked.iter().map(|a| a.lock().unwrap().len()).sum();
-        assert!(total > 0, "round {round}: nothing acknowledged in {:?}", started.elapsed());
+        assert!(
+            total > 0,
+            "round {round}: nothing acknowledged in {:?}",
+            started.elapsed()
+        );
     }
 
     // A clean start replays what the WAL still holds; SIGTERM flushes it all.
@@ -171,7 +192,10 @@ async fn acknowledged_uploads_survive_kill_9_exactly_once() {
         }
     }
     for ((observer, seq), count) in &stored {
-        assert_eq!(*count, PER_REQUEST as i64, "{observer} request {seq} stored {count} times its rows");
+        assert_eq!(
+            *count, PER_REQUEST as i64,
+            "{observer} request {seq} stored {count} times its rows"
+        );
     }
     let mut acknowledged = 0;
     for (i, (uuid, _)) in devices.iter().enumerate() {
@@ -183,7 +207,10 @@ async fn acknowledged_uploads_survive_kill_9_exactly_once() {
             );
         }
     }
-    assert!(acknowledged > 50, "only {acknowledged} requests acknowledged: the test did not load the server");
+    assert!(
+        acknowledged > 50,
+        "only {acknowledged} requests acknowledged: the test did not load the server"
+    );
     eprintln!(
         "{acknowledged} acknowledged requests, {} stored (the rest were in flight at a kill)",
         stored.len()

@@ -318,16 +318,26 @@ mod tests {
         let runs = compact_due(&factory, &writer, today).await.unwrap();
         let counts = counting.await.unwrap();
         assert!(runs >= 1, "today's ten files are due");
-        assert!(counts.iter().all(|c| *c == before), "{before} expected, counted {counts:?}");
+        assert!(
+            counts.iter().all(|c| *c == before),
+            "{before} expected, counted {counts:?}"
+        );
         assert_eq!(count(&factory).await, before);
         assert_eq!(live_files(&store, Table::Observations, today).await.unwrap().len(), 1);
         assert!(!factory.index().is_stale(today).await.unwrap(), "the index was rebuilt");
         // Within the grace period the replaced files stay (a running query may read them).
         let raw = crate::writer::list_files(&store, Table::Observations).await.unwrap();
         assert!(raw.len() >= 11, "{raw:?}");
-        sweep(&store, &DayPartition { table: Table::Observations, day: today }.prefix(store.root()))
-            .await
-            .unwrap();
+        sweep(
+            &store,
+            &DayPartition {
+                table: Table::Observations,
+                day: today,
+            }
+            .prefix(store.root()),
+        )
+        .await
+        .unwrap();
         assert_eq!(count(&factory).await, before);
     }
 }

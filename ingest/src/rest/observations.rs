@@ -79,6 +79,27 @@ pub struct Accepted {
     pub accepted: u64,
 }
 
+/// Where an element is, for error messages (formatted only when one is refused).
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    /// Index in a JSON array.
+    Element(usize),
+    /// 1-based line of NDJSON.
+    Line(usize),
+    /// 1-based row of an Arrow IPC stream.
+    Row(usize),
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Element(i) => write!(f, "observations[{i}]"),
+            Place::Line(n) => write!(f, "line {n}"),
+            Place::Row(n) => write!(f, "row {n}"),
+        }
+    }
+}
+
 /// Validated columns of an upload, in the `observations` file schema.
 #[derive(Default)]
 struct Rows {
@@ -114,7 +135,7 @@ impl Rows {
     #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
-        place: &str,
+        place: Place,
         window: Window,
         observer: String,
         observed: &str,
@@ -296,11 +317,11 @@ async fn store_upload(
     let mut rows = Rows::default();
     let validated = (|| {
         for (i, element) in elements.into_iter().enumerate() {
-            let place = format!("observations[{i}]");
-            let o: ObservationIn = typed(element, &place)?;
+            let place = Place::Element(i);
+            let o: ObservationIn = typed(element, &place.to_string())?;
             let observed_at = parse_time(&o.observed_at, &format!("{place}.observed_at"))?;
             rows.push(
-                &place,
+                place,
                 window,
                 device.to_string(),
                 &o.observed,
@@ -394,7 +415,7 @@ fn check_rows(state: &AppState, rows: usize) -> ApiResult<()> {
     Ok(())
 }
 
-fn observer(state: &AppState, value: &str, place: &str) -> ApiResult<String> {
+fn observer(state: &AppState, value: &str, place: Place) -> ApiResult<String> {
     let uuid = ids::device_uuid(value).map_err(|e| ApiError::invalid(format!("{place}.observer: {e}")))?;
     if !state.registry.is_active(&uuid) {
         return Err(ApiError::invalid(format!(
@@ -407,18 +428,18 @@ fn observer(state: &AppState, value: &str, place: &str) -> ApiResult<String> {
 fn bulk_ndjson(state: &AppState, bytes: &[u8], window: Window) -> ApiResult<Rows> {
     let mut rows = Rows::default();
     for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-        let place = format!("line {}", i + 1);
+        let place = Place::Line(i + 1);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         check_rows(state, rows.len() + 1)?;
         let value: serde_json::Value =
             serde_json::from_slice(line).map_err(|e| ApiError::malformed(format!("{place}: not valid JSON: {e}")))?;
-        let o: BulkObservationIn = typed(value, &place)?;
-        let observer = observer(state, &o.observer, &place)?;
+        let o: BulkObservationIn = typed(value, &place.to_string())?;
+        let observer = observer(state, &o.observer, place)?;
         let observed_at = parse_time(&o.observed_at, &format!("{place}.observed_at"))?;
         rows.push(
-            &place,
+            place,
             window,
             observer,
             &o.observed,
@@ -483,8 +504,10 @@ fn bulk_arrow(state: &AppState, bytes: &[u8], window: Window) -> ApiResult<Rows>
         let rssis = rssis.as_ref().map(|a| a.as_primitive::<Int64Type>());
         let tx_powers = tx_powers.as_ref().map(|a| a.as_primitive::<Int64Type>());
         let locations = locations.as_ref().map(|a| a.as_string::<i32>());
+        // PERF: one registry check per distinct observer of the batch, not per row.
+        let mut known: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
         for i in 0..batch.num_rows() {
-            let place = format!("row {}", row_base + i + 1);
+            let place = Place::Row(row_base + i + 1);
             let required_null = [
                 ("observer", observers.is_null(i)),
                 ("observed", observeds.is_null(i)),
@@ -496,14 +519,21 @@ fn bulk_arrow(state: &AppState, bytes: &[u8], window: Window) -> ApiResult<Rows>
             if let Some((name, _)) = required_null {
                 return Err(ApiError::invalid(format!("{place}.{name}: must not be null")));
             }
-            let observer = observer(state, observers.value(i), &place)?;
+            let observer = match known.get(observers.value(i)) {
+                Some(uuid) => uuid.clone(),
+                None => {
+                    let uuid = observer(state, observers.value(i), place)?;
+                    known.insert(observers.value(i), uuid.clone());
+                    uuid
+                }
+            };
             let observed_at = DateTime::from_timestamp_micros(times.value(i))
                 .ok_or_else(|| ApiError::invalid(format!("{place}.observed_at: out of range")))?;
             let optional = |a: Option<&arrow::array::PrimitiveArray<Int64Type>>| {
                 a.and_then(|a| (!a.is_null(i)).then(|| a.value(i)))
             };
             rows.push(
-                &place,
+                place,
                 window,
                 observer,
                 observeds.value(i),

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Ingest benchmark: REST uploads and bulk Arrow IPC against a real `proxima serve`.
+#
+#   bench/ingest.sh            (DEVICES=100000 SECONDS_LOAD=60 CONNECTIONS=64 by default)
+#
+# 1. builds proxima in release (or uses PROXIMA_BIN) and starts `proxima serve` on an
+#    empty store in target/bench-ingest, with a users file holding an `ingest` user;
+# 2. registers DEVICES devices through POST /v1/devices (8 concurrent clients);
+# 3. runs wrk (Debian package `wrk`; installed with apt-get if missing) for
+#    SECONDS_LOAD seconds over CONNECTIONS keep-alive connections, each request one
+#    random device uploading 8 observations of random registered MACs
+#    (bench/ingest_upload.lua), and prints requests/s, observations/s and latency
+#    percentiles (load generator on the same 2 cores);
+# 4. sends BULK_REQUESTS bulk requests of 1,000,000 rows as Arrow IPC and prints rows/s;
+# 5. stops the server (SIGTERM: final flush) and counts the stored observations.
+# BENCHMARKS.md records its output.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEVICES="${DEVICES:-100000}"
+SECONDS_LOAD="${SECONDS_LOAD:-60}"
+CONNECTIONS="${CONNECTIONS:-64}"
+BULK_REQUESTS="${BULK_REQUESTS:-10}"
+WORK="target/bench-ingest"
+PORT="${PORT:-18080}"
+
+if ! command -v wrk >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt-get install -y wrk; else sudo apt-get install -y wrk; fi
+fi
+if [ ! -x bench/.venv/bin/python ]; then
+    python3 -m venv bench/.venv
+fi
+bench/.venv/bin/python -c 'import pyarrow' 2>/dev/null ||
+    bench/.venv/bin/pip install --quiet --disable-pip-version-check 'pyarrow>=15'
+if [ -z "${PROXIMA_BIN:-}" ]; then
+    cargo build --release --quiet
+    PROXIMA_BIN=target/release/proxima
+fi
+
+rm -rf "$WORK" && mkdir -p "$WORK"
+echo "bench password 0001" | "$PROXIMA_BIN" user add gate --role ingest --users "$WORK/users.toml" >/dev/null
+"$PROXIMA_BIN" --data "$WORK/store" serve --users "$WORK/users.toml" \
+    --http "127.0.0.1:$PORT" --flight 127.0.0.1:0 > "$WORK/serve.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+    grep -q "REST listening" "$WORK/serve.log" && break
+    sleep 0.2
+done
+URL="http://127.0.0.1:$PORT"
+
+echo "== registering $DEVICES devices"
+bench/.venv/bin/python bench/ingest_clients.py register "$URL" "$DEVICES" "$WORK/tokens.txt" "$WORK/macs.txt"
+
+echo "== uploads: wrk, 2 threads, $CONNECTIONS connections, ${SECONDS_LOAD}s, 8 observations per request"
+TOKENS="$WORK/tokens.txt" MACS="$WORK/macs.txt" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_LOAD}s" --latency \
+    -s bench/ingest_upload.lua "$URL" | tee "$WORK/wrk.txt"
+rps=$(awk '/^Requests\/sec/ {print $2}' "$WORK/wrk.txt")
+echo "observations acknowledged per second: $(awk -v r="$rps" 'BEGIN {printf "%.0f", r * 8}')"
+grep -q "Non-2xx" "$WORK/wrk.txt" && echo "WARNING: some requests were refused (see above)"
+
+echo "== bulk: $BULK_REQUESTS requests of 1,000,000 rows (Arrow IPC)"
+bench/.venv/bin/python bench/ingest_clients.py bulk "$URL" "gate:bench password 0001" "$WORK/tokens.txt.uuids" 1000000 "$BULK_REQUESTS"
+
+echo "== metrics"
+curl -s "$URL/metrics" | grep -E '^proxima_(observations_accepted_total|wal_sync_seconds_(sum|count)|files_flushed_total|rows_flushed_total)' || true
+kill -TERM $SERVER
+wait $SERVER || true
+trap - EXIT
+stored=$("$PROXIMA_BIN" --data "$WORK/store" sql --command "SELECT count(*) FROM observations" | sed -n 4p | tr -d '| ')
+echo "== stored after the final flush: $stored observations"
