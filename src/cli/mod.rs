@@ -40,7 +40,7 @@ enum Command {
     /// Delete day folders older than the retention window.
     Retention(retention::RetentionArgs),
     /// Serve the store over Arrow Flight SQL (ADBC, JDBC, pyarrow.flight).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Manage the users of the servers.
     User(user::UserArgs),
     /// Measure: trace latency over the store (run in release).
@@ -78,7 +78,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     let store = Store::open(&args.data)?;
     match args.command {
         Command::User(_) => Ok(()),
-        Command::Serve(a) => serve::run(store, a).await,
+        Command::Serve(a) => serve::run(store, *a).await,
         Command::Demo(a) => demo::run(store, a).await,
         Command::Sql(a) => sql::run(store, a).await,
         Command::Import(a) => import::run(store, a).await,

@@ -203,7 +203,7 @@ impl AlertBook {
             .flatten()
             .filter(|a| a.expires_at > now)
             .collect();
-        alerts.sort_by(|a, b| b.issued_at.cmp(&a.issued_at));
+        alerts.sort_by_key(|a| std::cmp::Reverse(a.issued_at));
         alerts.into_iter().map(Alert::out).collect()
     }
 }
