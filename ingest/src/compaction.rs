@@ -9,7 +9,9 @@
 //! before the merged file is published, it makes every listing show either the
 //! small files or the merged file, never both and never neither. The small
 //! files are deleted after [`GRACE`], longer than any query may run. After an
-//! observation day is compacted its encounter index is rebuilt.
+//! observation day is compacted its encounter index is rebuilt. Files of
+//! [`LARGE_FILE_BYTES`] or more are not merged again (so a busy day is not
+//! rewritten every few flushes).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -31,8 +33,11 @@ use crate::flush::{file_marks, merge_marks};
 use crate::wal::{WAL_KEY, encode_marks};
 use crate::writer::PartitionWriter;
 
-/// Live files in a day folder of today that make it due for compaction.
+/// Small live files in a day folder of today that make it due for compaction.
 pub const MIN_FILES: usize = 8;
+/// Files at least this large are left alone: merging them again and again would rewrite
+/// the whole day every few flushes (write amplification), for little gain in lookups.
+pub const LARGE_FILE_BYTES: u64 = 256 << 20;
 /// How long replaced files stay after a compaction (queries that listed them still read them).
 pub const GRACE: Duration = Duration::from_secs(15 * 60);
 /// A marker whose merged file never appeared is abandoned after this.
@@ -97,13 +102,18 @@ pub async fn compact_due(factory: &SessionFactory, writer: &PartitionWriter, tod
         };
         for (day, prefix) in folders {
             sweep(store, &prefix).await?;
-            let current = folder(store, &prefix).await?;
+            let small: Vec<ObjectMeta> = folder(store, &prefix)
+                .await?
+                .live
+                .into_iter()
+                .filter(|f| f.size < LARGE_FILE_BYTES)
+                .collect();
             let is_over = day.is_some_and(|d| d < today);
-            let due = current.live.len() >= MIN_FILES || (is_over && current.live.len() >= 2);
+            let due = small.len() >= MIN_FILES || (is_over && small.len() >= 2);
             if !due {
                 continue;
             }
-            compact(factory, writer, table, day, &prefix, current.live).await?;
+            compact(factory, writer, table, day, &prefix, small).await?;
             runs += 1;
             if table == Table::Observations
                 && let Some(day) = day
@@ -112,13 +122,28 @@ pub async fn compact_due(factory: &SessionFactory, writer: &PartitionWriter, tod
             }
         }
     }
-    // Days whose index went stale for another reason (a devices file was added).
+    Ok(runs)
+}
+
+/// Rebuilds the encounter index of the recent finished days whose index went stale for
+/// another reason than their own compaction (a devices file added by registrations, which
+/// can turn old sightings into encounters). Run hourly: until then, traces read those days
+/// from the `encounters` view (slower, never wrong). Returns the days rebuilt.
+pub async fn rebuild_stale_indexes(
+    factory: &SessionFactory,
+    writer: &PartitionWriter,
+    today: NaiveDate,
+) -> Result<usize> {
+    let store = factory.store();
+    let first = today.checked_sub_days(Days::new(RECENT_DAYS)).unwrap_or(today);
+    let mut rebuilt = 0;
     for day in store.list_days(Table::Observations).await? {
         if day.day >= first && factory.index().is_stale(day.day).await? {
             crate::index::build_day(factory, writer, day.day).await?;
+            rebuilt += 1;
         }
     }
-    Ok(runs)
+    Ok(rebuilt)
 }
 
 /// Merges `files` of one folder into one sorted file, published behind a lineage marker.

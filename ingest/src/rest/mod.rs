@@ -280,7 +280,8 @@ impl RestService {
     }
 
     /// Background work until `shutdown` resolves: flush every interval (then reload alerts and
-    /// compact what needs it), retention every hour; a last flush at the end.
+    /// compact what needs it); every hour retention and the rebuild of stale encounter
+    /// indexes; a last flush at the end.
     pub async fn maintain(&self, shutdown: impl std::future::Future<Output = ()>) {
         let state = &self.state;
         let mut flush_tick = tokio::time::interval(state.options.flush_interval);
@@ -308,6 +309,10 @@ impl RestService {
                 }
                 _ = retention_tick.tick() => {
                     self.apply_retention().await;
+                    let today = state.clock.now().date_naive();
+                    if let Err(e) = compaction::rebuild_stale_indexes(&state.factory, &state.writer, today).await {
+                        warn!(target: "proxima::serve", error = %e, "rebuilding stale encounter indexes failed");
+                    }
                 }
             }
         }
