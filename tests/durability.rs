@@ -16,10 +16,20 @@ use serde_json::{Value, json};
 const BIN: &str = env!("CARGO_BIN_EXE_proxima");
 const DEVICES: usize = 4;
 const PER_REQUEST: usize = 8;
+/// The `duration_s` tag of the keyed upload.
+const KEYED_SEQ: i32 = 1_000_000;
 
 struct Serve {
     child: Child,
     base: String,
+}
+
+impl Drop for Serve {
+    /// A failed assertion must not leave a server running (it would hold the test's pipes).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn serve(store: &std::path::Path) -> Serve {
@@ -124,6 +134,35 @@ async fn acknowledged_uploads_survive_kill_9_exactly_once() {
     for i in 0..DEVICES {
         devices.push(register(&http, &server.base, i).await);
     }
+    // A keyed upload acknowledged just before a kill: its retry after the restart must be
+    // recognised (answered again, stored once).
+    let keyed = || {
+        let observations: Vec<Value> = (0..PER_REQUEST)
+            .map(|k| json!({"observed": "AA:BB:CC:00:00:99", "observed_at": (chrono::Utc::now() - chrono::Duration::seconds(k as i64)).to_rfc3339(), "duration_s": KEYED_SEQ}))
+            .collect();
+        Value::Array(observations).to_string()
+    };
+    let send_keyed = |base: String, body: String| {
+        http.post(format!("{base}/v1/observations"))
+            .header("authorization", format!("Bearer {}", devices[0].1))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "retry-after-crash")
+            .body(body)
+            .send()
+    };
+    let first = send_keyed(server.base.clone(), keyed()).await.unwrap();
+    assert_eq!(first.status(), 200);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    server = serve(&store_dir);
+    let retry = send_keyed(server.base.clone(), keyed()).await.unwrap();
+    assert_eq!(retry.status(), 200);
+    assert_eq!(
+        retry.headers()["idempotent-replayed"],
+        "true",
+        "the key survived the kill"
+    );
+
     let next: Vec<Arc<Mutex<i32>>> = (0..DEVICES).map(|_| Arc::default()).collect();
     let acked: Vec<Arc<Mutex<BTreeSet<i32>>>> = (0..DEVICES).map(|_| Arc::default()).collect();
 
@@ -160,14 +199,13 @@ async fn acknowledged_uploads_survive_kill_9_exactly_once() {
     }
 
     // A clean start replays what the WAL still holds; SIGTERM flushes it all.
-    let server = serve(&store_dir);
+    let mut server = serve(&store_dir);
     let stopped = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
         .status()
         .unwrap();
     assert!(stopped.success());
-    let mut child = server.child;
-    assert!(child.wait().unwrap().success());
+    assert!(server.child.wait().unwrap().success());
 
     let store = Store::local(&store_dir).unwrap();
     let ctx = SessionFactory::new(store, SessionOptions::default())
@@ -197,6 +235,11 @@ async fn acknowledged_uploads_survive_kill_9_exactly_once() {
             "{observer} request {seq} stored {count} times its rows"
         );
     }
+    assert_eq!(
+        stored.get(&(devices[0].0.clone(), KEYED_SEQ)),
+        Some(&(PER_REQUEST as i64)),
+        "the keyed upload is stored once, not once per try"
+    );
     let mut acknowledged = 0;
     for (i, (uuid, _)) in devices.iter().enumerate() {
         for seq in acked[i].lock().unwrap().iter() {

@@ -43,11 +43,14 @@ pub enum Table {
     Revocations,
     /// Hashes of each device's upload token and revocation secret. Not visible to SQL.
     DeviceCredentials,
+    /// Idempotency keys of uploads, so that a retry after a crash is not stored twice.
+    /// Partitioned by the day used; not visible to SQL.
+    UploadKeys,
 }
 
 impl Table {
     /// Every table, in catalog order.
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 9] = [
         Table::Observations,
         Table::Devices,
         Table::EncounterIndex,
@@ -56,6 +59,7 @@ impl Table {
         Table::TemperatureReadings,
         Table::Revocations,
         Table::DeviceCredentials,
+        Table::UploadKeys,
     ];
 
     /// The SQL name of the table, which is also its folder name.
@@ -69,12 +73,13 @@ impl Table {
             Table::TemperatureReadings => "temperature_readings",
             Table::Revocations => "revocations",
             Table::DeviceCredentials => "device_credentials",
+            Table::UploadKeys => "upload_keys",
         }
     }
 
     /// Whether SQL sessions see the table (credential hashes are for the REST service only).
     pub fn is_sql_visible(self) -> bool {
-        self != Table::DeviceCredentials
+        !matches!(self, Table::DeviceCredentials | Table::UploadKeys)
     }
 
     /// Whether the table is Hive-partitioned by `day` (and so ages out by retention).
@@ -90,6 +95,7 @@ impl Table {
             Table::Cases => Some("reported_at"),
             Table::Alerts => Some("issued_at"),
             Table::TemperatureReadings => Some("measured_at"),
+            Table::UploadKeys => Some("used_at"),
             Table::Devices | Table::Revocations | Table::DeviceCredentials => None,
         }
     }
@@ -105,7 +111,8 @@ impl Table {
             | Table::Cases
             | Table::TemperatureReadings
             | Table::Revocations
-            | Table::DeviceCredentials => &["device_uuid"],
+            | Table::DeviceCredentials
+            | Table::UploadKeys => &["device_uuid"],
         }
     }
 
@@ -120,6 +127,7 @@ impl Table {
             Table::TemperatureReadings => schema::TEMPERATURE_READINGS.clone(),
             Table::Revocations => schema::REVOCATIONS.clone(),
             Table::DeviceCredentials => schema::DEVICE_CREDENTIALS.clone(),
+            Table::UploadKeys => schema::UPLOAD_KEYS.clone(),
         }
     }
 

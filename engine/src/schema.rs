@@ -108,6 +108,16 @@ pub static DEVICE_CREDENTIALS: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// Columns of `upload_keys` (not visible to SQL): an upload's idempotency key and its answer.
+pub static UPLOAD_KEYS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("device_uuid", DataType::Utf8, false),
+        Field::new("idempotency_key", DataType::Utf8, false),
+        Field::new("accepted", DataType::Int64, false),
+        Field::new("used_at", timestamp_type(), false),
+    ]))
+});
+
 /// Appends the `day` partition column to a file schema: the schema SQL sees.
 pub fn with_day(file_schema: &Schema) -> SchemaRef {
     let mut fields: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();

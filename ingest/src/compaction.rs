@@ -45,7 +45,7 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(2 * 3600);
 /// Days back from today that compaction looks at (the tracing window and a margin).
 pub const RECENT_DAYS: u64 = 5;
 /// Tables written by the REST service, which compaction keeps tidy.
-const TABLES: [Table; 7] = [
+const TABLES: [Table; 8] = [
     Table::Observations,
     Table::Devices,
     Table::Cases,
@@ -53,6 +53,7 @@ const TABLES: [Table; 7] = [
     Table::TemperatureReadings,
     Table::Revocations,
     Table::DeviceCredentials,
+    Table::UploadKeys,
 ];
 
 /// A folder's files as readers see them, and its markers.

@@ -97,7 +97,8 @@ fn columns(table: Table) -> Vec<ColumnSpec> {
         | Table::Alerts
         | Table::TemperatureReadings
         | Table::Revocations
-        | Table::DeviceCredentials => vec![],
+        | Table::DeviceCredentials
+        | Table::UploadKeys => vec![],
         Table::Devices => vec![
             column("device_uuid", Kind::DeviceUuid, false),
             column("mac", Kind::Mac, false),

@@ -4,7 +4,10 @@
 //! device (`--device-rate` requests a minute, bursts up to the same number).
 //! An idempotency key is remembered for 24 hours with the answer first given,
 //! so that a phone retrying after a lost answer is acknowledged again
-//! without its observations being stored twice.
+//! without its observations being stored twice. Keys are also written, in the
+//! same WAL record as the upload's rows, to the hidden table `upload_keys`,
+//! and [`IdempotencyCache::load`] restores them at start: a retry after a
+//! crash or restart is recognised too.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -115,6 +118,29 @@ impl IdempotencyCache {
                 expires: now + IDEMPOTENCY_WINDOW,
             },
         );
+    }
+
+    /// Restores the keys used in the last 24 hours from the store's `upload_keys`.
+    pub async fn load(factory: &proxima_engine::SessionFactory, now: DateTime<Utc>) -> crate::Result<Self> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+        let cache = Self::default();
+        let since = (now - IDEMPOTENCY_WINDOW).timestamp_micros();
+        for batch in super::read_table(factory, proxima_engine::Table::UploadKeys).await? {
+            let devices = batch.column(0).as_string::<i32>();
+            let keys = batch.column(1).as_string::<i32>();
+            let accepted = batch.column(2).as_primitive::<Int64Type>();
+            let used = batch.column(3).as_primitive::<TimestampMicrosecondType>();
+            for i in 0..batch.num_rows() {
+                if used.value(i) < since {
+                    continue;
+                }
+                let body = format!("{{\"accepted\":{}}}", accepted.value(i)).into_bytes();
+                let used_at = DateTime::from_timestamp_micros(used.value(i)).unwrap_or(now);
+                cache.complete(devices.value(i), keys.value(i), StatusCode::OK, body, used_at);
+            }
+        }
+        Ok(cache)
     }
 
     /// Forgets a claimed key whose request failed (a retry may try again).

@@ -221,6 +221,7 @@ impl RestService {
             info!(target: "proxima::serve", rows = flushed.rows, records = replayed.records, "stored the rows the write-ahead log replayed");
         }
         let registry = Registry::load(&factory).await?;
+        let idempotency = IdempotencyCache::load(&factory, clock.now()).await?;
         let alerts = AlertBook::default();
         alerts.reload(&factory, clock.now(), options.alert_ttl).await?;
         let state = Arc::new(Shared {
@@ -235,7 +236,7 @@ impl RestService {
             writer,
             registry,
             alerts,
-            idempotency: IdempotencyCache::default(),
+            idempotency,
             metrics,
             ready: AtomicBool::new(true),
         });

@@ -261,7 +261,7 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: axu
             Idempotency::Claimed => Some(key.clone()),
         },
     };
-    let result = store_upload(&state, &device, &headers, body).await;
+    let result = store_upload(&state, &device, claim.as_deref(), &headers, body).await;
     match (result, claim) {
         (Ok(accepted), claim) => {
             let body = serde_json::to_vec(&accepted).expect("serialisable");
@@ -289,6 +289,7 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: axu
 async fn store_upload(
     state: &AppState,
     device: &str,
+    key: Option<&str>,
     headers: &HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult<Accepted> {
@@ -339,12 +340,32 @@ async fn store_upload(
         return Err(e);
     }
     let batch = rows.into_batch()?;
+    let mut entries = vec![Entry {
+        table: Table::Observations,
+        batch,
+    }];
+    if let Some(key) = key {
+        // In the same record as the rows: after a crash, both are replayed or neither.
+        let used = RecordBatch::try_new(
+            schema::UPLOAD_KEYS.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![device])),
+                Arc::new(StringArray::from(vec![key])),
+                Arc::new(arrow::array::Int64Array::from(vec![count as i64])),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![state.clock.now().timestamp_micros()]).with_timezone("UTC"),
+                ),
+            ],
+        )
+        .map_err(|e| ApiError::internal("building the idempotency row failed", e))?;
+        entries.push(Entry {
+            table: Table::UploadKeys,
+            batch: used,
+        });
+    }
     state
         .wal
-        .append(vec![Entry {
-            table: Table::Observations,
-            batch,
-        }])
+        .append(entries)
         .await
         .map_err(|e| ApiError::internal("the observations could not be made durable", e))?;
     state.metrics.observations_accepted.inc_by(count);
