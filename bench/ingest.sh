@@ -22,6 +22,9 @@ CONNECTIONS="${CONNECTIONS:-64}"
 BULK_REQUESTS="${BULK_REQUESTS:-10}"
 WORK="target/bench-ingest"
 PORT="${PORT:-18080}"
+# Requests a minute per device (the server's default is 120). With 100,000 devices the
+# load is about 8 requests a minute per device; short runs with few devices set 0.
+DEVICE_RATE="${DEVICE_RATE:-120}"
 
 if ! command -v wrk >/dev/null; then
     if [ "$(id -u)" = 0 ]; then apt-get install -y wrk; else sudo apt-get install -y wrk; fi
@@ -39,7 +42,7 @@ fi
 rm -rf "$WORK" && mkdir -p "$WORK"
 echo "bench password 0001" | "$PROXIMA_BIN" user add gate --role ingest --users "$WORK/users.toml" >/dev/null
 "$PROXIMA_BIN" --data "$WORK/store" serve --users "$WORK/users.toml" \
-    --http "127.0.0.1:$PORT" --flight 127.0.0.1:0 > "$WORK/serve.log" 2>&1 &
+    --http "127.0.0.1:$PORT" --flight 127.0.0.1:0 --device-rate "$DEVICE_RATE" > "$WORK/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
@@ -52,11 +55,16 @@ echo "== registering $DEVICES devices"
 bench/.venv/bin/python bench/ingest_clients.py register "$URL" "$DEVICES" "$WORK/tokens.txt" "$WORK/macs.txt"
 
 echo "== uploads: wrk, 2 threads, $CONNECTIONS connections, ${SECONDS_LOAD}s, 8 observations per request"
+cpu_seconds() { awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$1/stat"; }
+sys_seconds() { awk '{printf "%.1f", $15 / 100}' "/proc/$1/stat"; }
+accepted() { curl -s "$URL/metrics" | awk '/^proxima_observations_accepted_total/ {print $2}'; }
+before=$(cpu_seconds $SERVER); sys_before=$(sys_seconds $SERVER)
+accepted_before=$(accepted)
 TOKENS="$WORK/tokens.txt" MACS="$WORK/macs.txt" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_LOAD}s" --latency \
     -s bench/ingest_upload.lua "$URL" | tee "$WORK/wrk.txt"
-rps=$(awk '/^Requests\/sec/ {print $2}' "$WORK/wrk.txt")
-echo "observations acknowledged per second: $(awk -v r="$rps" 'BEGIN {printf "%.0f", r * 8}')"
-grep -q "Non-2xx" "$WORK/wrk.txt" && echo "WARNING: some requests were refused (see above)"
+echo "server CPU during the load: $(awk -v a="$before" -v b="$(cpu_seconds $SERVER)" -v s="$SECONDS_LOAD" 'BEGIN {printf "%.2f cores", (b - a) / s}'), of which kernel $(awk -v a="$sys_before" -v b="$(sys_seconds $SERVER)" -v s="$SECONDS_LOAD" 'BEGIN {printf "%.2f", (b - a) / s}')"
+echo "observations acknowledged per second (server's counter): $(awk -v a="$accepted_before" -v b="$(accepted)" -v s="$SECONDS_LOAD" 'BEGIN {printf "%.0f", (b - a) / s}')"
+if grep -q "Non-2xx" "$WORK/wrk.txt"; then echo "WARNING: some requests were refused (see above)"; fi
 
 echo "== bulk: $BULK_REQUESTS requests of 1,000,000 rows (Arrow IPC)"
 bench/.venv/bin/python bench/ingest_clients.py bulk "$URL" "gate:bench password 0001" "$WORK/tokens.txt.uuids" 1000000 "$BULK_REQUESTS"

@@ -82,6 +82,36 @@ pub fn typed<T: DeserializeOwned>(value: serde_json::Value, place: &str) -> ApiR
     })
 }
 
+/// Parses a whole body straight into `T` (no intermediate JSON tree); `place` prefixes
+/// the path in errors (`observations` + `[3].duration_s`). Malformed JSON is a 400, an
+/// unknown field a 400, any other mismatch a 422.
+pub fn typed_body<T: DeserializeOwned>(bytes: &[u8], place: &str) -> ApiResult<T> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize::<_, T>(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let at = match path.as_str() {
+            "." | "" => place.to_string(),
+            p if p.starts_with('[') => format!("{place}{p}"),
+            p => format!("{place}.{p}"),
+        };
+        let message = inner.to_string();
+        match inner.classify() {
+            serde_json::error::Category::Syntax
+            | serde_json::error::Category::Eof
+            | serde_json::error::Category::Io => ApiError::malformed(format!("the body is not valid JSON: {message}")),
+            serde_json::error::Category::Data if message.starts_with("unknown field") => {
+                ApiError::unknown_field(format!("{at}: {message}"))
+            }
+            serde_json::error::Category::Data => ApiError::invalid(format!("{at}: {message}")),
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::malformed(format!("the body is not valid JSON: {e}")))?;
+    Ok(value)
+}
+
 /// Parses an RFC 3339 time (`2026-11-30T08:15:00Z`).
 pub fn parse_time(text: &str, place: &str) -> ApiResult<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
