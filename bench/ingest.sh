@@ -66,6 +66,7 @@ echo "server CPU during the load: $(awk -v a="$before" -v b="$(cpu_seconds $SERV
 echo "observations acknowledged per second (server's counter): $(awk -v a="$accepted_before" -v b="$(accepted)" -v s="$SECONDS_LOAD" 'BEGIN {printf "%.0f", (b - a) / s}')"
 if grep -q "Non-2xx" "$WORK/wrk.txt"; then echo "WARNING: some requests were refused (see above)"; fi
 
+sleep 12 # let the flush of the upload phase finish first
 echo "== bulk: $BULK_REQUESTS requests of 1,000,000 rows (Arrow IPC)"
 bench/.venv/bin/python bench/ingest_clients.py bulk "$URL" "gate:bench password 0001" "$WORK/tokens.txt.uuids" 1000000 "$BULK_REQUESTS"
 
