@@ -44,17 +44,6 @@ pub const GRACE: Duration = Duration::from_secs(15 * 60);
 const ABANDONED_AFTER: Duration = Duration::from_secs(2 * 3600);
 /// Days back from today that compaction looks at (the tracing window and a margin).
 pub const RECENT_DAYS: u64 = 5;
-/// Tables written by the REST service, which compaction keeps tidy.
-const TABLES: [Table; 8] = [
-    Table::Observations,
-    Table::Devices,
-    Table::Cases,
-    Table::Alerts,
-    Table::TemperatureReadings,
-    Table::Revocations,
-    Table::DeviceCredentials,
-    Table::UploadKeys,
-];
 
 /// A folder's files as readers see them, and its markers.
 struct Folder {
@@ -89,7 +78,8 @@ pub async fn compact_due(factory: &SessionFactory, writer: &PartitionWriter, tod
     let store = factory.store();
     let first = today.checked_sub_days(Days::new(RECENT_DAYS)).unwrap_or(today);
     let mut runs = 0;
-    for table in TABLES {
+    // Every table but the encounter index, which is rebuilt whole, never merged.
+    for table in Table::ALL.into_iter().filter(|t| *t != Table::EncounterIndex) {
         let folders: Vec<(Option<NaiveDate>, Path)> = if table.is_day_partitioned() {
             store
                 .list_days(table)

@@ -353,11 +353,7 @@ async fn open_case(
             batch: alert_rows,
         });
     }
-    state
-        .wal
-        .append(entries)
-        .await
-        .map_err(|e| ApiError::internal("the case could not be made durable", e))?;
+    state.make_durable(entries, "case").await?;
     for (device, alert) in alerts {
         state.alerts.add(&device, alert);
     }
@@ -450,13 +446,14 @@ pub async fn temperature(
     )
     .map_err(|e| ApiError::internal("building the reading row failed", e))?;
     state
-        .wal
-        .append(vec![Entry {
-            table: Table::TemperatureReadings,
-            batch: row,
-        }])
-        .await
-        .map_err(|e| ApiError::internal("the reading could not be made durable", e))?;
+        .make_durable(
+            vec![Entry {
+                table: Table::TemperatureReadings,
+                batch: row,
+            }],
+            "reading",
+        )
+        .await?;
     let case = if reading.celsius >= state.options.fever_threshold {
         Some(open_case(&state, &principal, &device, CaseStatus::Suspected, measured_at).await?)
     } else {

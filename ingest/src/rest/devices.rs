@@ -256,19 +256,20 @@ async fn write_registration(state: &AppState, mac: &str, secret: String) -> ApiR
     )
     .map_err(|e| ApiError::internal("building the credentials row failed", e))?;
     state
-        .wal
-        .append(vec![
-            Entry {
-                table: Table::Devices,
-                batch: device,
-            },
-            Entry {
-                table: Table::DeviceCredentials,
-                batch: credentials,
-            },
-        ])
-        .await
-        .map_err(|e| ApiError::internal("the registration could not be made durable", e))?;
+        .make_durable(
+            vec![
+                Entry {
+                    table: Table::Devices,
+                    batch: device,
+                },
+                Entry {
+                    table: Table::DeviceCredentials,
+                    batch: credentials,
+                },
+            ],
+            "registration",
+        )
+        .await?;
     Ok((uuid, token, secret_hash))
 }
 
@@ -319,13 +320,14 @@ pub async fn revoke(
     )
     .map_err(|e| ApiError::internal("building the revocation row failed", e))?;
     state
-        .wal
-        .append(vec![Entry {
-            table: Table::Revocations,
-            batch: row,
-        }])
-        .await
-        .map_err(|e| ApiError::internal("the revocation could not be made durable", e))?;
+        .make_durable(
+            vec![Entry {
+                table: Table::Revocations,
+                batch: row,
+            }],
+            "revocation",
+        )
+        .await?;
     if let Some(device) = state.registry.write().devices.get_mut(&uuid) {
         device.revoked = true;
     }

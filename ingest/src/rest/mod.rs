@@ -161,6 +161,15 @@ impl Shared {
             .ok_or_else(|| ApiError::unauthorized("the upload token is not valid (unknown, or the device is revoked)"))
     }
 
+    /// Appends rows to the WAL and waits for its sync: after this, a 2xx may be sent.
+    /// `what` names the rows in the error (`the observations could not be made durable`).
+    pub async fn make_durable(&self, entries: Vec<crate::wal::Entry>, what: &str) -> ApiResult<u64> {
+        self.wal
+            .append(entries)
+            .await
+            .map_err(|e| ApiError::internal(&format!("the {what} could not be made durable"), e))
+    }
+
     /// The staff principal of a request, if its role is one of `roles` (401, 403).
     pub async fn staff(&self, headers: &HeaderMap, roles: &[Role]) -> ApiResult<Principal> {
         let principal = self.staff_auth.principal(headers).await?;

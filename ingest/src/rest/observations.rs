@@ -363,11 +363,7 @@ async fn store_upload(
             batch: used,
         });
     }
-    state
-        .wal
-        .append(entries)
-        .await
-        .map_err(|e| ApiError::internal("the observations could not be made durable", e))?;
+    state.make_durable(entries, "observations").await?;
     state.metrics.observations_accepted.inc_by(count);
     Ok(Accepted { accepted: count })
 }
@@ -415,13 +411,14 @@ pub async fn bulk(
     let count = rows.len() as u64;
     let batch = rows.into_batch()?;
     state
-        .wal
-        .append(vec![Entry {
-            table: Table::Observations,
-            batch,
-        }])
-        .await
-        .map_err(|e| ApiError::internal("the observations could not be made durable", e))?;
+        .make_durable(
+            vec![Entry {
+                table: Table::Observations,
+                batch,
+            }],
+            "observations",
+        )
+        .await?;
     state.metrics.observations_accepted.inc_by(count);
     Ok(Json(Accepted { accepted: count }))
 }
