@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Ingest benchmark: REST uploads and bulk Arrow IPC against a real `proxima serve`.
 #
-#   bench/ingest.sh            (DEVICES=100000 SECONDS_LOAD=60 CONNECTIONS=64 by default)
+#   bench/ingest.sh            (DEVICES=100000 SECONDS_LOAD=60 CONNECTIONS=64 by default;
+#                               KEEP_DEVICES=1 reuses the last run's devices and store)
 #
 # 1. builds proxima in release (or uses PROXIMA_BIN) and starts `proxima serve` on an
 #    empty store in target/bench-ingest, with a users file holding an `ingest` user;
@@ -39,8 +40,13 @@ if [ -z "${PROXIMA_BIN:-}" ]; then
     PROXIMA_BIN=target/release/proxima
 fi
 
-rm -rf "$WORK" && mkdir -p "$WORK"
-echo "bench password 0001" | "$PROXIMA_BIN" user add gate --role ingest --users "$WORK/users.toml" >/dev/null
+# KEEP_DEVICES=1 reuses the devices (and store) of the previous run: registration is
+# argon2-bound and takes about 23 minutes for 100,000 devices on 2 cores.
+if [ "${KEEP_DEVICES:-0}" != 1 ] || [ ! -s "$WORK/tokens.txt" ]; then
+    KEEP_DEVICES=0
+    rm -rf "$WORK" && mkdir -p "$WORK"
+    echo "bench password 0001" | "$PROXIMA_BIN" user add gate --role ingest --users "$WORK/users.toml" >/dev/null
+fi
 "$PROXIMA_BIN" --data "$WORK/store" serve --users "$WORK/users.toml" \
     --http "127.0.0.1:$PORT" --flight 127.0.0.1:0 --device-rate "$DEVICE_RATE" > "$WORK/serve.log" 2>&1 &
 SERVER=$!
@@ -51,8 +57,12 @@ for _ in $(seq 100); do
 done
 URL="http://127.0.0.1:$PORT"
 
-echo "== registering $DEVICES devices"
-bench/.venv/bin/python bench/ingest_clients.py register "$URL" "$DEVICES" "$WORK/tokens.txt" "$WORK/macs.txt"
+if [ "$KEEP_DEVICES" = 1 ]; then
+    echo "== reusing $(wc -l < "$WORK/tokens.txt") registered devices"
+else
+    echo "== registering $DEVICES devices"
+    bench/.venv/bin/python bench/ingest_clients.py register "$URL" "$DEVICES" "$WORK/tokens.txt" "$WORK/macs.txt"
+fi
 
 echo "== uploads: wrk, 2 threads, $CONNECTIONS connections, ${SECONDS_LOAD}s, 8 observations per request"
 cpu_seconds() { awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$1/stat"; }

@@ -136,25 +136,32 @@ fn random_password() -> String {
         .collect()
 }
 
-/// Resolves when the process gets SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Installs the SIGINT and SIGTERM handlers now (so a signal that arrives before the
+/// returned future is first polled is not lost to the default action) and resolves on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
         }
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Runs `proxima serve`.
@@ -276,6 +283,8 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.http)))?;
     let flight_address = flight_listener.local_addr()?;
     let http_address = http_listener.local_addr()?;
+    // Before anything says "listening": a signal from then on stops the server cleanly.
+    let signals = shutdown_signal();
     let (grpc, http) = if tls.is_some() {
         ("grpc+tls", "https")
     } else {
@@ -300,7 +309,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         let _ = stopped.wait_for(|s| *s).await;
     };
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signals.await;
         let _ = stop.send(true);
     });
     let rest_server = tokio::spawn(proxima_ingest::rest::server::serve(
