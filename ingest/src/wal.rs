@@ -185,6 +185,25 @@ impl Wal {
         Fut: std::future::Future<Output = Result<u64>>,
     {
         fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        // One process per WAL: a second one would interleave records and delete the
+        // first one's segments. The OS drops the lock when the process dies, even by kill -9.
+        let lock_path = dir.join("wal.lock");
+        let lock = File::create(&lock_path).map_err(|e| io_error(&lock_path, e))?;
+        // A handle of this process that was just dropped releases it when its thread ends.
+        let mut locked = lock.try_lock().is_ok();
+        for _ in 0..20 {
+            if locked {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            locked = lock.try_lock().is_ok();
+        }
+        if !locked {
+            return Err(Error::Wal(format!(
+                "{}: another proxima serve is using this write-ahead log; give each process its own --wal-dir",
+                dir.display()
+            )));
+        }
         let id = wal_id(dir)?;
         let mut segments = list_segments(dir)?;
         let mut records = Vec::new();
@@ -224,6 +243,7 @@ impl Wal {
         let stats = Arc::new(stats);
         let (commands, receiver) = mpsc::channel(MAX_GROUP * 4);
         let writer = WriterThread {
+            _lock: lock,
             dir: dir.to_path_buf(),
             id,
             file: None,
@@ -281,6 +301,8 @@ impl Wal {
 }
 
 struct WriterThread {
+    /// Held for the thread's life: the WAL folder's lock.
+    _lock: File,
     dir: PathBuf,
     id: Uuid,
     file: Option<BufWriter<File>>,
@@ -666,6 +688,19 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(replayed.records, 1);
+    }
+
+    #[tokio::test]
+    async fn a_second_process_cannot_open_the_same_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_wal, _) = Wal::open(dir.path(), WalStats::default(), nothing_stored)
+            .await
+            .unwrap();
+        let err = Wal::open(dir.path(), WalStats::default(), nothing_stored)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("another proxima serve"), "{err}");
     }
 
     #[tokio::test]
