@@ -85,6 +85,10 @@ struct Server {
 
 impl Server {
     fn start(fixture: &Fixture, extra: &[&str]) -> Self {
+        // Several servers share a fixture's store; each needs its own write-ahead log.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let wal_dir = fixture.dir.path().join(format!("wal-{n}"));
         let mut child = Command::new(BIN)
             .args(["--data", fixture.store().to_str().unwrap()])
             .args([
@@ -93,6 +97,8 @@ impl Server {
                 "127.0.0.1:0",
                 "--http",
                 "127.0.0.1:0",
+                "--wal-dir",
+                wal_dir.to_str().unwrap(),
                 "--users",
                 fixture.users().to_str().unwrap(),
             ])
