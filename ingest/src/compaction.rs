@@ -45,11 +45,12 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(2 * 3600);
 /// Days back from today that compaction looks at (the tracing window and a margin).
 pub const RECENT_DAYS: u64 = 5;
 
-/// A folder's files as readers see them, and its markers.
+/// A folder's files as readers see them, its markers, and what the markers decide.
 struct Folder {
     live: Vec<ObjectMeta>,
-    markers: Vec<(Path, Marker, ObjectMeta)>,
+    markers: Vec<(Path, Marker)>,
     present: HashSet<String>,
+    losers: HashSet<Path>,
 }
 
 async fn folder(store: &Store, prefix: &Path) -> Result<Folder> {
@@ -58,18 +59,22 @@ async fn folder(store: &Store, prefix: &Path) -> Result<Folder> {
     let mut markers = Vec::new();
     for object in objects.iter().filter(|o| is_marker(&o.location)) {
         match read_marker(store.object_store().as_ref(), &object.location).await {
-            Ok(marker) => markers.push((object.location.clone(), marker, object.clone())),
+            Ok(marker) => markers.push((object.location.clone(), marker)),
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    let mut pairs: Vec<(Path, Marker)> = markers.iter().map(|(p, m, _)| (p.clone(), m.clone())).collect();
-    let hidden = resolve(&mut pairs, |p| present.contains(p)).hidden;
+    let resolution = resolve(&mut markers, |p| present.contains(p));
     let live = objects
         .into_iter()
-        .filter(|o| o.location.as_ref().ends_with(".parquet") && !hidden.contains(o.location.as_ref()))
+        .filter(|o| o.location.as_ref().ends_with(".parquet") && !resolution.hidden.contains(o.location.as_ref()))
         .collect();
-    Ok(Folder { live, markers, present })
+    Ok(Folder {
+        live,
+        markers,
+        present,
+        losers: resolution.losers,
+    })
 }
 
 /// Compacts what is due in the recent days of every REST table, sweeps old markers, and
@@ -92,13 +97,10 @@ pub async fn compact_due(factory: &SessionFactory, writer: &PartitionWriter, tod
             vec![(None, table.prefix(store.root()))]
         };
         for (day, prefix) in folders {
-            sweep(store, &prefix).await?;
-            let small: Vec<ObjectMeta> = folder(store, &prefix)
-                .await?
-                .live
-                .into_iter()
-                .filter(|f| f.size < LARGE_FILE_BYTES)
-                .collect();
+            // One listing serves both: a sweep deletes only files the listing already hides.
+            let current = folder(store, &prefix).await?;
+            sweep_listed(store, &current).await?;
+            let small: Vec<ObjectMeta> = current.live.into_iter().filter(|f| f.size < LARGE_FILE_BYTES).collect();
             let is_over = day.is_some_and(|d| d < today);
             let due = small.len() >= MIN_FILES || (is_over && small.len() >= 2);
             if !due {
@@ -209,13 +211,14 @@ fn marker_age(location: &Path) -> Option<Duration> {
 /// Deletes what compactions older than [`GRACE`] replaced, then their markers; and markers
 /// whose merged file never appeared.
 pub async fn sweep(store: &Store, prefix: &Path) -> Result<()> {
-    let current = folder(store, prefix).await?;
-    let mut pairs: Vec<(Path, Marker)> = current.markers.iter().map(|(p, m, _)| (p.clone(), m.clone())).collect();
-    let losers = resolve(&mut pairs, |p| current.present.contains(p)).losers;
-    for (path, marker, _) in &current.markers {
+    sweep_listed(store, &folder(store, prefix).await?).await
+}
+
+async fn sweep_listed(store: &Store, current: &Folder) -> Result<()> {
+    for (path, marker) in &current.markers {
         let Some(age) = marker_age(path) else { continue };
         let published = current.present.contains(&marker.merged);
-        let doomed: Vec<&str> = if published && losers.contains(path) {
+        let doomed: Vec<&str> = if published && current.losers.contains(path) {
             if age < GRACE {
                 continue;
             }

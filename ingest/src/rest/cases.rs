@@ -259,7 +259,6 @@ async fn open_case(
         Some(false) => {}
     }
     state
-        .flusher
         .flush()
         .await
         .map_err(|e| ApiError::internal("flushing acknowledged observations before the trace failed", e))?;

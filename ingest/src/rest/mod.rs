@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -170,6 +170,15 @@ impl Shared {
             .map_err(|e| ApiError::internal(&format!("the {what} could not be made durable"), e))
     }
 
+    /// Flushes the WAL's rows into the store and counts them in the metrics (every flush,
+    /// periodic or before a trace, goes through here).
+    pub async fn flush(&self) -> crate::Result<crate::flush::Flushed> {
+        let flushed = self.flusher.flush().await?;
+        self.metrics.files_flushed.inc_by(flushed.commit.files as u64);
+        self.metrics.rows_flushed.inc_by(flushed.rows);
+        Ok(flushed)
+    }
+
     /// The staff principal of a request, if its role is one of `roles` (401, 403).
     pub async fn staff(&self, headers: &HeaderMap, roles: &[Role]) -> ApiResult<Principal> {
         let principal = self.staff_auth.principal(headers).await?;
@@ -283,10 +292,7 @@ impl RestService {
 
     /// Flushes now (what was acknowledged becomes visible to SQL).
     pub async fn flush(&self) -> crate::Result<crate::flush::Flushed> {
-        let flushed = self.state.flusher.flush().await?;
-        self.state.metrics.files_flushed.inc_by(flushed.commit.files as u64);
-        self.state.metrics.rows_flushed.inc_by(flushed.rows);
-        Ok(flushed)
+        self.state.flush().await
     }
 
     /// Background work until `shutdown` resolves: flush every interval (then reload alerts and
@@ -393,10 +399,8 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such route; see /openapi.json")
 }
 
-async fn method_not_allowed() -> Response {
-    let mut response = ApiError::not_found("this route does not take that method; see /openapi.json").into_response();
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    response
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed("this route does not take that method; see /openapi.json")
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
