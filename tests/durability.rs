@@ -2,8 +2,10 @@
 //! SIGKILL again and again, then restarted; every acknowledged observation must be
 //! stored exactly once, and nothing may be stored twice or in part.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,14 +53,7 @@ fn serve(store: &std::path::Path) -> Serve {
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("REST listening on http://") {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "serve exited before listening"
-        );
-    }
+    let line = common::wait_for_line(&mut stdout, "REST listening on http://");
     let address = line["REST listening on http://".len()..]
         .split_whitespace()
         .next()

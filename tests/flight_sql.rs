@@ -2,6 +2,8 @@
 //! arrow-flight's Rust Flight SQL client and (in CI, or wherever `adbc-driver-flightsql` is
 //! installed) by the ADBC driver from Python (`tests/flight/adbc_client.py`).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -109,14 +111,7 @@ impl Server {
             .spawn()
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        while !line.starts_with("Flight SQL listening") {
-            line.clear();
-            assert!(
-                stdout.read_line(&mut line).unwrap() > 0,
-                "serve exited before listening"
-            );
-        }
+        let line = common::wait_for_line(&mut stdout, "Flight SQL listening");
         let address = line
             .split("://")
             .nth(1)
