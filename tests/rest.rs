@@ -8,10 +8,11 @@ use arrow::array::{AsArray, Int64Array, RecordBatch, StringArray, TimestampMicro
 use arrow::datatypes::Int64Type;
 use arrow::ipc::writer::StreamWriter;
 use chrono::{DateTime, Duration, Utc};
+use proxima_engine::clock::ManualClock;
 use proxima_engine::users::add_user;
 use proxima_engine::{Role, SessionFactory, SessionOptions, Store, Users};
-use proxima_ingest::clock::ManualClock;
 use proxima_ingest::rest::{RestConfig, RestOptions, RestService};
+use proxima_storage::{Maintainer, MaintainerConfig, MaintenanceOptions, MaintenanceStats};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -47,11 +48,20 @@ impl Api {
         let store = Store::local(&dir.path().join("store")).unwrap();
         let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
         let clock = Arc::new(ManualClock::new(Utc::now()));
+        let (maintainer, _) = Maintainer::open(MaintainerConfig {
+            factory: factory.clone(),
+            wal_dir: Some(dir.path().join("wal")),
+            clock: clock.clone(),
+            options: MaintenanceOptions::default(),
+            stats: MaintenanceStats::default(),
+        })
+        .await
+        .unwrap();
         let service = RestService::start(RestConfig {
             store,
             factory: factory.clone(),
             users: Users::load(&users_file).unwrap(),
-            wal_dir: dir.path().join("wal"),
+            maintainer: Arc::new(maintainer),
             options,
             clock: clock.clone(),
         })
@@ -123,7 +133,7 @@ impl Api {
     }
 
     fn now(&self) -> DateTime<Utc> {
-        use proxima_ingest::clock::Clock;
+        use proxima_engine::clock::Clock;
         self.clock.now()
     }
 }

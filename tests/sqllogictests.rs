@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use proxima_engine::{SessionFactory, SessionOptions, Store, Table};
-use proxima_ingest::PartitionWriter;
+use proxima_storage::PartitionWriter;
 use sqllogictest::{DBOutput, DefaultColumnType};
 
 struct ProximaDb {

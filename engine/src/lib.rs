@@ -1,20 +1,23 @@
-//! Proxima's engine: where data lives and how it is queried.
+//! Proxima's engine: the vocabulary every crate shares, and the read side.
 //!
-//! This crate owns the storage layout (tables, day partitions and file paths),
-//! the SQL-visible schemas, access to the object store that holds the Parquet
-//! files, the validation of the identifiers every row carries, and the one
-//! place where a DataFusion session and its catalog are built
-//! ([`SessionFactory`]), and the staff users file shared by every service ([`users`]). It does not accept rows from the outside world (that
-//! is `proxima-ingest`) nor speak any network protocol (`proxima-flight-server`).
+//! This crate owns the storage layout (tables, day partitions, and the paths
+//! of every file, marker and staging folder, built and parsed in one place),
+//! the SQL-visible schemas, access to the object store and its lineage view
+//! for readers, the validation of the identifiers every row carries, the
+//! encounter-index reader, the clock, the staff users file shared by every
+//! service ([`users`]), and the one place where a DataFusion session and its
+//! catalog are built ([`SessionFactory`]). It never writes or deletes data
+//! files (that is `proxima-storage`), accepts rows from the outside world
+//! (`proxima-ingest`) or speaks a network protocol (`proxima-flight-server`).
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod clock;
 pub mod error;
 pub mod ids;
 pub mod index;
 pub mod lineage;
 pub mod paths;
-pub mod retention;
 pub mod schema;
 pub mod script;
 pub mod session;

@@ -39,6 +39,11 @@ pub struct Marker {
     pub merged: String,
     /// The files it replaces (store paths).
     pub replaces: Vec<String>,
+    /// The writer transaction that publishes the merged file: a marker whose merged file
+    /// never appeared is removed only once that transaction is settled (committed and
+    /// published, or deleted), so a later roll-forward cannot publish it without its marker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<String>,
 }
 
 /// Whether a store path is a compaction marker.
@@ -238,6 +243,7 @@ mod tests {
         put(raw.as_ref(), "t/day=1/a.parquet", b"a").await;
         put(raw.as_ref(), "t/day=1/b.parquet", b"b").await;
         let marker = Marker {
+            transaction: None,
             merged: "t/day=1/m.parquet".into(),
             replaces: vec!["t/day=1/a.parquet".into(), "t/day=1/b.parquet".into()],
         };
@@ -264,6 +270,7 @@ mod tests {
     #[test]
     fn of_two_compactions_of_the_same_files_the_first_wins() {
         let marker = |merged: &str, replaces: &[&str]| Marker {
+            transaction: None,
             merged: merged.into(),
             replaces: replaces.iter().map(|s| s.to_string()).collect(),
         };

@@ -190,6 +190,14 @@ pub fn new_data_file(root: &Path, table: Table, day: Option<NaiveDate>) -> Path 
     }
 }
 
+/// When a data file named by [`new_data_file`] was named, in Unix seconds (its UUID v7);
+/// `None` for any other name.
+pub fn data_file_written_at(location: &Path) -> Option<u64> {
+    let id = location.filename()?.strip_prefix("part-")?.strip_suffix(".parquet")?;
+    let (secs, _) = uuid::Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
+    Some(secs)
+}
+
 /// The folder that holds staged files of unfinished writes; nothing under it is visible to SQL.
 pub fn staging_prefix(root: &Path) -> Path {
     root.clone().join("_staging")
@@ -232,5 +240,10 @@ mod tests {
         let b = new_data_file(&root, Table::Devices, None);
         assert_ne!(a, b);
         assert!(a.as_ref().starts_with("r/devices/part-"));
+        let now = chrono::Utc::now().timestamp() as u64;
+        let written = data_file_written_at(&a).expect("a data file name");
+        assert!(written.abs_diff(now) <= 1, "{written} vs {now}");
+        assert_eq!(data_file_written_at(&Path::from("r/devices/other.parquet")), None);
+        assert_eq!(data_file_written_at(&Path::from("r/devices/part-x.parquet")), None);
     }
 }

@@ -123,6 +123,17 @@ impl Store {
         })
     }
 
+    /// The same store with its object store wrapped by `wrap` (readers see the wrapped one
+    /// too, behind the lineage view): how tests put a failing store under the write side.
+    pub fn wrapped(&self, wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>) -> Self {
+        let object_store = wrap(Arc::clone(&self.object_store));
+        Self {
+            reader: reader_of(Arc::clone(&object_store)),
+            object_store,
+            ..self.clone()
+        }
+    }
+
     /// The object store, raw: for writers, retention and compaction.
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.object_store
@@ -169,6 +180,28 @@ impl Store {
             .filter_map(|name| DayPartition::parse_folder_name(table, name))
             .collect();
         Ok(days.into_iter().collect())
+    }
+
+    /// Every Parquet file under a table's folder, as the raw store lists it (files that a
+    /// compaction replaced included; readers list through [`Store::reader`] instead).
+    pub async fn list_files(&self, table: Table) -> Result<Vec<Path>> {
+        let files = self
+            .object_store
+            .list(Some(&table.prefix(&self.root)))
+            .try_filter(|meta| futures::future::ready(meta.location.as_ref().ends_with(".parquet")))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await?;
+        Ok(files)
+    }
+
+    /// Whether nothing at all is stored under a table's folder.
+    pub async fn is_empty(&self, table: Table) -> Result<bool> {
+        let listing = self
+            .object_store
+            .list_with_delimiter(Some(&table.prefix(&self.root)))
+            .await?;
+        Ok(listing.objects.is_empty() && listing.common_prefixes.is_empty())
     }
 
     /// Deletes every object below `prefix`; returns the number of objects and bytes removed.

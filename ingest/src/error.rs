@@ -46,9 +46,9 @@ pub enum Error {
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] proxima_engine::Error),
-    /// The object store failed.
+    /// Writing to the store failed.
     #[error(transparent)]
-    ObjectStore(#[from] object_store::Error),
+    Storage(#[from] proxima_storage::Error),
     /// Arrow failed.
     #[error(transparent)]
     Arrow(#[from] arrow::error::ArrowError),
@@ -58,17 +58,6 @@ pub enum Error {
     /// A query over the store failed.
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
-    /// The write-ahead log failed (the request was not acknowledged).
-    #[error("write-ahead log: {0}")]
-    Wal(String),
-    /// A staging manifest could not be read or written.
-    #[error("staging manifest {path}: {source}")]
-    Manifest {
-        /// The manifest's location.
-        path: String,
-        /// Why.
-        source: serde_json::Error,
-    },
 }
 
 /// Result alias for ingest.

@@ -4,7 +4,7 @@
 //! UUID, MAC, timestamp, negative duration, unknown column or duplicate MAC
 //! stops the import with an error naming the file, the line (or Parquet row)
 //! and the reason, and the store is left as it was. The files of an import
-//! are published in one [`Transaction`](crate::Transaction). CSV needs a
+//! are published in one [`Transaction`](proxima_storage::Transaction). CSV needs a
 //! header; timestamps in CSV are RFC 3339. The `day` column is derived from
 //! the table's time column, never read.
 
@@ -16,15 +16,16 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, AsArray, Int16Builder, Int32Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow::compute::{CastOptions, SortColumn, cast_with_options, lexsort_to_indices, take_record_batch};
+use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
 use chrono::{DateTime, NaiveDate};
 use datafusion::prelude::SessionContext;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use proxima_engine::{SessionFactory, SessionOptions, Table, ids, schema};
+use proxima_storage::layout::sort_for_storage;
 
 use crate::error::{Error, Position, Result};
-use crate::writer::{CommitSummary, PartitionWriter};
+use proxima_storage::{CommitSummary, PartitionWriter};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
@@ -242,26 +243,8 @@ impl Rows {
             })
             .collect();
         let batch = RecordBatch::try_new(table.file_schema(), arrays)?;
-        sort_for_storage(table, &batch)
+        Ok(sort_for_storage(table, &batch)?)
     }
-}
-
-/// Sorts rows the way a table's files are laid out: by its first lookup column, then its time column.
-pub fn sort_for_storage(table: Table, batch: &RecordBatch) -> Result<RecordBatch> {
-    let schema = batch.schema();
-    let mut keys = vec![table.lookup_columns()[0]];
-    keys.extend(table.time_column());
-    let sort_columns: Vec<SortColumn> = keys
-        .iter()
-        .map(|name| -> Result<SortColumn> {
-            Ok(SortColumn {
-                values: Arc::clone(batch.column(schema.index_of(name)?)),
-                options: None,
-            })
-        })
-        .collect::<Result<_>>()?;
-    let indices = lexsort_to_indices(&sort_columns, None)?;
-    Ok(take_record_batch(batch, &indices)?)
 }
 
 /// Validated rows of an import, grouped by output file.
@@ -376,16 +359,18 @@ pub async fn import(writer: &PartitionWriter, table: Table, files: &[PathBuf]) -
         let day = day.map(schema::date_from_epoch_days);
         if let Err(e) = transaction.write_file(table, day, &[batch]).await {
             transaction.abort().await?;
-            return Err(e);
+            return Err(e.into());
         }
     }
     let written = transaction.commit().await?;
     let factory = SessionFactory::new(writer.store().clone(), SessionOptions::default())?;
     let indexed_days = match table {
-        Table::Devices => crate::index::build_all(&factory, writer, |_, _| {}).await?.len(),
+        Table::Devices => proxima_storage::index_build::build_all(&factory, writer, |_, _| {})
+            .await?
+            .len(),
         _ => {
             for &day in &days {
-                crate::index::build_day(&factory, writer, day).await?;
+                proxima_storage::index_build::build_day(&factory, writer, day).await?;
             }
             days.len()
         }

@@ -1,24 +1,18 @@
-//! Proxima ingest: everything that puts rows into the store.
+//! Proxima's front doors: everything that accepts rows from outside.
 //!
-//! [`writer`] turns Arrow batches into Parquet files and publishes them
-//! atomically (a transaction's files all become visible, or none do);
 //! [`import`] validates CSV and Parquet files row by row before anything is
-//! written; [`synthetic`] generates a realistic demo population. The REST
-//! service ([`rest`]) acknowledges rows once they are in the write-ahead log
-//! ([`wal`]); [`flush`] moves them into Parquet and [`compaction`] merges a
-//! day's small files. Queries are not this crate's business.
+//! written; [`synthetic`] generates a realistic demo population; the REST
+//! service ([`rest`]) takes devices, observations, cases and temperature
+//! readings from phones, stations and tracers, and acknowledges rows once the
+//! write-ahead log holds them. Every byte they store goes through
+//! `proxima-storage` (transactions, the WAL, the Maintainer); this crate never
+//! touches the object store itself. Queries are not its business either (a
+//! case's trace goes through `SessionFactory::session_for`, like any query).
 #![warn(missing_docs)]
 
-pub mod clock;
-pub mod compaction;
 pub mod error;
-pub mod flush;
 pub mod import;
-pub mod index;
 pub mod rest;
 pub mod synthetic;
-pub mod wal;
-pub mod writer;
 
 pub use error::{Error, Result};
-pub use writer::{PartitionWriter, Transaction};

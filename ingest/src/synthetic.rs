@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use tracing::info;
 
 use crate::error::{Error, Result};
-use crate::writer::{CommitSummary, PartitionWriter};
+use proxima_storage::{CommitSummary, PartitionWriter};
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
 const SECONDS_PER_DAY: i64 = 86_400;
@@ -167,7 +167,7 @@ pub async fn generate(
     }
     if let Err(e) = write_result {
         transaction.abort().await?;
-        return Err(e);
+        return Err(e.into());
     }
     let written = transaction.commit().await?;
     info!(
@@ -185,11 +185,7 @@ pub async fn generate(
 
 async fn refuse_non_empty(store: &Store) -> Result<()> {
     for table in Table::ALL {
-        let listing = store
-            .object_store()
-            .list_with_delimiter(Some(&table.prefix(store.root())))
-            .await?;
-        if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
+        if !store.is_empty(table).await? {
             return Err(Error::InvalidArgument(format!(
                 "the store at {store} already holds {table}: generate writes a fresh population, \
                  so give it an empty store (another --data) or delete this one"

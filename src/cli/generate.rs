@@ -4,8 +4,8 @@ use chrono::{Days, NaiveDate};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use proxima_engine::Store;
-use proxima_ingest::PartitionWriter;
 use proxima_ingest::synthetic::{GeneratedPopulation, PopulationSpec, generate};
+use proxima_storage::PartitionWriter;
 
 use super::CliError;
 

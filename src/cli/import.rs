@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use proxima_engine::{Store, Table};
-use proxima_ingest::PartitionWriter;
 use proxima_ingest::import::import;
+use proxima_storage::PartitionWriter;
 
 use super::CliError;
 

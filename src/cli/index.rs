@@ -5,7 +5,7 @@
 
 use clap::Args;
 use proxima_engine::{SessionFactory, SessionOptions, Store, Table};
-use proxima_ingest::PartitionWriter;
+use proxima_storage::PartitionWriter;
 
 use super::CliError;
 
@@ -31,7 +31,7 @@ pub async fn rebuild(store: &Store, writer: &PartitionWriter) -> Result<(usize, 
     let factory = SessionFactory::new(store.clone(), SessionOptions::default())?;
     let progress = super::generate::day_progress("indexing", days as u32, "encounters".into());
     let mut rows = 0;
-    let result = proxima_ingest::index::build_all(&factory, writer, |_, summary| {
+    let result = proxima_storage::index_build::build_all(&factory, writer, |_, summary| {
         rows += summary.rows;
         progress.inc(1);
     })

@@ -2,9 +2,11 @@
 
 mod bench;
 mod demo;
+mod durations;
 mod generate;
 mod import;
 mod index;
+mod maintain;
 mod retention;
 mod serve;
 mod sql;
@@ -39,6 +41,9 @@ enum Command {
     Index(index::IndexArgs),
     /// Delete day folders older than the retention window.
     Retention(retention::RetentionArgs),
+    /// Keep the store in shape without serving: compaction, retention, index upkeep (and a
+    /// flush of a write-ahead log left behind), in a loop or once with --once.
+    Maintain(maintain::MaintainArgs),
     /// Serve the store over Arrow Flight SQL (ADBC, JDBC, pyarrow.flight).
     Serve(Box<serve::ServeArgs>),
     /// Manage the users of the servers.
@@ -59,6 +64,9 @@ pub enum CliError {
     /// Ingest failed.
     #[error(transparent)]
     Ingest(#[from] proxima_ingest::Error),
+    /// The write side failed.
+    #[error(transparent)]
+    Storage(#[from] proxima_storage::Error),
     /// A query failed.
     #[error("{0}")]
     Query(String),
@@ -85,6 +93,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         Command::Generate(a) => generate::run(store, a).await,
         Command::Index(a) => index::run(store, a).await,
         Command::Retention(a) => retention::run(store, a).await,
+        Command::Maintain(a) => maintain::run(store, a).await,
         Command::Bench(a) => bench::run(store, a).await,
     }
 }

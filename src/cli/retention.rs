@@ -2,7 +2,8 @@
 
 use chrono::NaiveDate;
 use clap::Args;
-use proxima_engine::{Store, retention};
+use proxima_engine::Store;
+use proxima_storage::retention;
 
 use super::CliError;
 

@@ -5,14 +5,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use proxima_engine::clock::SystemClock;
 use proxima_engine::{SessionFactory, SessionOptions, Store};
 use proxima_flight_server::{FlightSqlServer, ServiceOptions, TlsFiles, Users};
-use proxima_ingest::clock::SystemClock;
 use proxima_ingest::rest::{RestConfig, RestOptions, RestService};
 use proxima_ingest::synthetic::PopulationSpec;
+use proxima_storage::{Maintainer, MaintainerConfig, MaintenanceOptions, MaintenanceStats};
 use tokio::sync::watch;
 
 use super::CliError;
+use super::durations::{parse_bytes, parse_duration};
 
 /// Arguments of `proxima serve`.
 #[derive(Debug, Args)]
@@ -23,6 +25,10 @@ pub struct ServeArgs {
     /// Address of the REST service: device registration, uploads, cases, alerts (port 0 picks a free port).
     #[arg(long, env = "PROXIMA_HTTP", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// Serve Flight SQL only: no REST service and no write-ahead log. The maintenance loop
+    /// (compaction, retention, index upkeep) still runs.
+    #[arg(long, env = "PROXIMA_NO_REST")]
+    no_rest: bool,
     /// Folder of this process's write-ahead log, on a local disk (default: `_wal` in a local
     /// store, `./proxima-wal` for S3). Each serving process needs its own.
     #[arg(long, env = "PROXIMA_WAL_DIR", value_name = "DIR")]
@@ -83,50 +89,6 @@ pub struct ServeArgs {
     demo: bool,
 }
 
-/// Parses `90`, `90s`, `30m`, `1h`, `2d`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration such as 90s, 30m or 1h"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        other => return Err(format!("unknown unit '{other}' in '{text}' (use s, m, h or d)")),
-    };
-    if number == 0 {
-        return Err("a duration must be positive".into());
-    }
-    Ok(Duration::from_secs(number * seconds))
-}
-
-/// Parses `1048576`, `512MiB`, `4GiB` (also MB/GB, read as powers of 1024).
-fn parse_bytes(text: &str) -> Result<usize, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: usize = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size such as 512MiB or 4GiB"))?;
-    let factor: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        other => return Err(format!("unknown unit '{other}' in '{text}' (use MiB or GiB)")),
-    };
-    if number == 0 {
-        return Err("a size must be positive".into());
-    }
-    number
-        .checked_mul(factor)
-        .ok_or_else(|| format!("'{text}' is too large"))
-}
-
 fn random_password() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
@@ -138,7 +100,7 @@ fn random_password() -> String {
 
 /// Installs the SIGINT and SIGTERM handlers now (so a signal that arrives before the
 /// returned future is first polled is not lost to the default action) and resolves on either.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -179,7 +141,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             (users, None)
         }
         None if !proxima_flight_server::server::is_loopback(&args.flight)
-            || !proxima_flight_server::server::is_loopback(&args.http) =>
+            || (!args.no_rest && !proxima_flight_server::server::is_loopback(&args.http)) =>
         {
             let address = if proxima_flight_server::server::is_loopback(&args.flight) {
                 args.http
@@ -235,40 +197,63 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         },
     )?;
     let wal_dir = match (&args.wal_dir, store.local_root()) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(root)) => root.join("_wal"),
-        (None, None) => PathBuf::from("proxima-wal"),
+        _ if args.no_rest => None,
+        (Some(dir), _) => Some(dir.clone()),
+        (None, Some(root)) => Some(root.join("_wal")),
+        (None, None) => Some(PathBuf::from("proxima-wal")),
     };
     let tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         _ => None,
     };
     let http_tls = match &tls {
-        Some(files) => Some(proxima_ingest::rest::server::tls_acceptor(&files.cert, &files.key)?),
-        None => None,
+        Some(files) if !args.no_rest => Some(proxima_ingest::rest::server::tls_acceptor(&files.cert, &files.key)?),
+        _ => None,
     };
-    let rest = RestService::start(RestConfig {
-        store: store.clone(),
+    let alert_ttl =
+        chrono::Duration::from_std(args.alert_ttl).map_err(|_| CliError::Usage("--alert-ttl is too long".into()))?;
+    let clock = std::sync::Arc::new(SystemClock);
+    // The write side first: interrupted commits recovered, the WAL replayed and stored.
+    let (maintainer, _) = Maintainer::open(MaintainerConfig {
         factory: factory.clone(),
-        users: users.clone(),
         wal_dir,
-        options: RestOptions {
-            max_body: args.max_body,
-            max_bulk_body: args.max_bulk_body,
-            max_batch: args.max_batch,
-            max_bulk_rows: args.max_bulk_rows,
-            alert_ttl: chrono::Duration::from_std(args.alert_ttl)
-                .map_err(|_| CliError::Usage("--alert-ttl is too long".into()))?,
-            fever_threshold: args.fever_threshold,
+        clock: clock.clone(),
+        options: MaintenanceOptions {
+            interval: args.flush_interval,
             retention_days: args.retention_days,
-            device_rate_per_minute: args.device_rate,
-            flush_interval: args.flush_interval,
-            token_ttl: args.token_ttl,
-            ..RestOptions::default()
+            alert_ttl,
+            ..MaintenanceOptions::default()
         },
-        clock: std::sync::Arc::new(SystemClock),
+        stats: MaintenanceStats::default(),
     })
     .await?;
+    let maintainer = std::sync::Arc::new(maintainer);
+    let rest = if args.no_rest {
+        None
+    } else {
+        Some(
+            RestService::start(RestConfig {
+                store: store.clone(),
+                factory: factory.clone(),
+                users: users.clone(),
+                maintainer: maintainer.clone(),
+                options: RestOptions {
+                    max_body: args.max_body,
+                    max_bulk_body: args.max_bulk_body,
+                    max_batch: args.max_batch,
+                    max_bulk_rows: args.max_bulk_rows,
+                    alert_ttl,
+                    fever_threshold: args.fever_threshold,
+                    retention_days: args.retention_days,
+                    device_rate_per_minute: args.device_rate,
+                    token_ttl: args.token_ttl,
+                    ..RestOptions::default()
+                },
+                clock,
+            })
+            .await?,
+        )
+    };
     let options = ServiceOptions {
         token_ttl: args.token_ttl,
         query_timeout: args.query_timeout,
@@ -278,11 +263,15 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
     let flight_listener = tokio::net::TcpListener::bind(args.flight)
         .await
         .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.flight)))?;
-    let http_listener = tokio::net::TcpListener::bind(args.http)
-        .await
-        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.http)))?;
+    let http_listener = match &rest {
+        Some(_) => Some(
+            tokio::net::TcpListener::bind(args.http)
+                .await
+                .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.http)))?,
+        ),
+        None => None,
+    };
     let flight_address = flight_listener.local_addr()?;
-    let http_address = http_listener.local_addr()?;
     // Before anything says "listening": a signal from then on stops the server cleanly.
     let signals = shutdown_signal();
     let (grpc, http) = if tls.is_some() {
@@ -290,9 +279,12 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
     } else {
         ("grpc", "http")
     };
-    super::print(format!(
-        "REST listening on {http}://{http_address} (OpenAPI at /openapi.json)"
-    ))?;
+    if let Some(listener) = &http_listener {
+        super::print(format!(
+            "REST listening on {http}://{} (OpenAPI at /openapi.json)",
+            listener.local_addr()?
+        ))?;
+    }
     super::print(format!(
         "Flight SQL listening on {grpc}://{flight_address} (store {store})"
     ))?;
@@ -301,64 +293,45 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             "user admin, password {password} (generated for this run; use --users for real users)"
         ))?;
     }
-    tracing::info!(target: "proxima::serve", %flight_address, %http_address, tls = tls.is_some(), "serving");
+    tracing::info!(target: "proxima::serve", %flight_address, rest = rest.is_some(), tls = tls.is_some(), "serving");
 
-    // One signal stops everything: both servers drain, then the last flush runs.
+    // One signal stops everything: the servers drain, then the Maintainer's last flush runs.
     let (stop, stopped) = watch::channel(false);
     let when_stopped = |mut stopped: watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
-    tokio::spawn(async move {
-        signals.await;
-        let _ = stop.send(true);
-    });
-    let rest_server = tokio::spawn(proxima_ingest::rest::server::serve(
-        rest.router(),
-        http_listener,
-        http_tls,
-        when_stopped(stopped.clone()),
-    ));
-    // PERF: flushes, compactions and index builds are DataFusion work that keeps a worker
-    // busy for seconds; on their own runtime (one thread) they cannot starve the request
-    // handlers (on the shared runtime they pushed upload p99 from 30 ms to over a second).
-    let maintenance = {
+    {
         let rest = rest.clone();
-        let stopped = when_stopped(stopped.clone());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("proxima-maintenance")
-            .enable_all()
-            .build()?;
-        std::thread::Builder::new()
-            .name("proxima-maintenance".into())
-            .spawn(move || runtime.block_on(rest.maintain(stopped)))?
+        tokio::spawn(async move {
+            signals.await;
+            if let Some(rest) = rest {
+                rest.set_stopping();
+            }
+            let _ = stop.send(true);
+        });
+    }
+    let rest_server = match (rest, http_listener) {
+        (Some(rest), Some(listener)) => Some(tokio::spawn(proxima_ingest::rest::server::serve(
+            rest.router(),
+            listener,
+            http_tls,
+            when_stopped(stopped.clone()),
+        ))),
+        _ => None,
     };
+    let maintenance = maintainer.spawn(when_stopped(stopped.clone()))?;
     let flight = proxima_flight_server::serve(service, flight_listener, tls, when_stopped(stopped)).await;
-    let rest_result = rest_server.await;
+    let rest_result = match rest_server {
+        Some(server) => Some(server.await),
+        None => None,
+    };
     let _ = tokio::task::spawn_blocking(move || maintenance.join()).await;
     flight.map_err(|e| CliError::Usage(e.to_string()))?;
     match rest_result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(CliError::Usage(format!("REST server: {e}"))),
-        Err(e) => return Err(CliError::Usage(format!("REST server: {e}"))),
+        None | Some(Ok(Ok(()))) => {}
+        Some(Ok(Err(e))) => return Err(CliError::Usage(format!("REST server: {e}"))),
+        Some(Err(e)) => return Err(CliError::Usage(format!("REST server: {e}"))),
     }
     super::print("Proxima stopped")?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_and_sizes() {
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
-        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert!(parse_duration("1y").unwrap_err().contains("unknown unit 'y'"));
-        assert!(parse_duration("0s").is_err());
-        assert_eq!(parse_bytes("4GiB").unwrap(), 4 << 30);
-        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
-        assert!(parse_bytes("lots").is_err());
-    }
 }

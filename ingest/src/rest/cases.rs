@@ -28,7 +28,7 @@ use super::AppState;
 use super::body::{parse_json, parse_time, read_limited, require_json, typed};
 use super::error::{ApiError, ApiResult};
 use super::metrics::PriorityLabels;
-use crate::wal::Entry;
+use proxima_storage::wal::Entry;
 
 /// Whether a case is suspected or confirmed.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema, PartialEq, Eq)]

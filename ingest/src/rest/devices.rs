@@ -26,7 +26,7 @@ use utoipa::ToSchema;
 use super::body::{parse_json, read_limited, require_json, typed};
 use super::error::{ApiError, ApiResult};
 use super::{AppState, read_table};
-use crate::wal::Entry;
+use proxima_storage::wal::Entry;
 
 /// The shortest revocation secret accepted.
 pub const MIN_SECRET_LEN: usize = 12;

@@ -6,7 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::wal::WalStats;
+use proxima_storage::MaintenanceStats;
+use proxima_storage::wal::WalStats;
 
 /// Labels of `proxima_http_requests`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,15 +51,9 @@ pub struct Metrics {
     pub trace_seconds: Histogram,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Self {
+    /// Creates and registers every metric; the write side's counters are `storage`'s.
+    pub fn new(storage: &MaintenanceStats) -> Self {
         let mut registry = Registry::with_prefix("proxima");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -78,22 +73,22 @@ impl Metrics {
             "Observations in refused requests",
             observations_rejected.clone(),
         );
-        let wal = WalStats::default();
+        let wal = storage.wal.clone();
         registry.register("wal_bytes", "Bytes appended to the write-ahead log", wal.bytes.clone());
         registry.register(
             "wal_sync_seconds",
             "Latency of write-ahead log syncs (one per group of requests)",
             wal.sync_seconds.clone(),
         );
-        let files_flushed = Counter::default();
+        let files_flushed = storage.files_flushed.clone();
         registry.register(
             "files_flushed",
             "Parquet files written by flushes",
             files_flushed.clone(),
         );
-        let rows_flushed = Counter::default();
+        let rows_flushed = storage.rows_flushed.clone();
         registry.register("rows_flushed", "Rows written by flushes", rows_flushed.clone());
-        let compaction_runs = Counter::default();
+        let compaction_runs = storage.compaction_runs.clone();
         registry.register("compaction_runs", "Day compactions", compaction_runs.clone());
         let alerts_issued = Family::<PriorityLabels, Counter>::default();
         registry.register("alerts_issued", "Alerts issued by priority", alerts_issued.clone());

@@ -1,10 +1,11 @@
 //! The REST service: phones, stations, tracers and gateways over HTTP (axum).
 //!
-//! Wiring, in order: the store's interrupted commits are recovered; the WAL
-//! is opened and what it replays is flushed to the store; the device registry
-//! and the alert book are loaded from the store; then [`RestService::router`]
-//! serves the routes and [`RestService::maintain`] flushes every
-//! `--flush-interval`, compacts, and applies retention hourly.
+//! Wiring, in order: the write side (`proxima_storage::Maintainer`, opened
+//! first by the caller) has recovered the store and stored what the WAL
+//! replayed; the device registry, idempotency keys and the alert book are
+//! loaded from the store; then [`RestService::router`] serves the routes.
+//! The Maintainer's loop flushes, compacts and applies retention; it tells
+//! this service after each flush, and the alert book is reloaded.
 //!
 //! Every route answers errors with [`error::ApiError`] (JSON `{error, detail}`),
 //! and the OpenAPI document at `/openapi.json` is generated from the handlers'
@@ -20,7 +21,6 @@ pub mod observations;
 pub mod server;
 pub mod staff;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -33,15 +33,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use datafusion::prelude::ParquetReadOptions;
+use proxima_engine::clock::Clock;
 use proxima_engine::{Principal, Role, SessionFactory, Store, Table, Users};
-use tracing::{info, warn};
+use proxima_storage::Maintainer;
+use proxima_storage::flush::Flushed;
+use proxima_storage::maintainer::FlushListener;
+use proxima_storage::wal::{Entry, Wal};
+use tracing::warn;
 use utoipa::OpenApi;
-
-use crate::clock::Clock;
-use crate::compaction;
-use crate::flush::{Flusher, committed_through};
-use crate::wal::Wal;
-use crate::writer::PartitionWriter;
 
 pub use cases::AlertBook;
 pub use devices::Registry;
@@ -71,8 +70,6 @@ pub struct RestOptions {
     pub device_rate_per_minute: u32,
     /// How far ahead of the server's clock a time may be.
     pub future_tolerance: chrono::Duration,
-    /// Acknowledged rows reach SQL within this.
-    pub flush_interval: Duration,
     /// How long a staff bearer token lasts.
     pub token_ttl: Duration,
 }
@@ -89,7 +86,6 @@ impl Default for RestOptions {
             retention_days: 21,
             device_rate_per_minute: 120,
             future_tolerance: chrono::Duration::minutes(5),
-            flush_interval: Duration::from_secs(10),
             token_ttl: Duration::from_secs(3600),
         }
     }
@@ -104,8 +100,8 @@ pub struct RestConfig {
     pub factory: SessionFactory,
     /// Staff users (the same file as Flight SQL's).
     pub users: Users,
-    /// The folder of this process's write-ahead log (local disk).
-    pub wal_dir: PathBuf,
+    /// The write side, opened with a write-ahead log.
+    pub maintainer: Arc<Maintainer>,
     /// Settings.
     pub options: RestOptions,
     /// The clock.
@@ -123,12 +119,9 @@ pub struct Shared {
     pub store: Store,
     /// Sessions for traces.
     pub factory: SessionFactory,
-    /// Where acknowledged rows go first.
-    pub wal: Wal,
-    /// Moves the WAL's rows into the store.
-    pub flusher: Flusher,
-    /// Writes compactions.
-    pub writer: PartitionWriter,
+    /// The write side: the WAL rows go to first, and the flush that stores them.
+    pub maintainer: Arc<Maintainer>,
+    wal: Wal,
     /// Devices and their credentials.
     pub registry: Registry,
     /// Unexpired alerts.
@@ -163,20 +156,16 @@ impl Shared {
 
     /// Appends rows to the WAL and waits for its sync: after this, a 2xx may be sent.
     /// `what` names the rows in the error (`the observations could not be made durable`).
-    pub async fn make_durable(&self, entries: Vec<crate::wal::Entry>, what: &str) -> ApiResult<u64> {
+    pub async fn make_durable(&self, entries: Vec<Entry>, what: &str) -> ApiResult<u64> {
         self.wal
             .append(entries)
             .await
             .map_err(|e| ApiError::internal(&format!("the {what} could not be made durable"), e))
     }
 
-    /// Flushes the WAL's rows into the store and counts them in the metrics (every flush,
-    /// periodic or before a trace, goes through here).
-    pub async fn flush(&self) -> crate::Result<crate::flush::Flushed> {
-        let flushed = self.flusher.flush().await?;
-        self.metrics.files_flushed.inc_by(flushed.commit.files as u64);
-        self.metrics.rows_flushed.inc_by(flushed.rows);
-        Ok(flushed)
+    /// Flushes the WAL's rows into the store (the Maintainer counts them in the metrics).
+    pub async fn flush(&self) -> crate::Result<Flushed> {
+        Ok(self.maintainer.flush().await?)
     }
 
     /// The staff principal of a request, if its role is one of `roles` (401, 403).
@@ -196,7 +185,7 @@ pub struct RestService {
 /// Reads every row of a table straight from its files (also tables SQL does not see).
 pub(crate) async fn read_table(factory: &SessionFactory, table: Table) -> crate::Result<Vec<RecordBatch>> {
     let store = factory.store();
-    if crate::writer::list_files(store, table).await?.is_empty() {
+    if store.list_files(table).await?.is_empty() {
         return Ok(Vec::new());
     }
     let ctx = factory.session().await?;
@@ -215,29 +204,23 @@ pub(crate) async fn read_table(factory: &SessionFactory, table: Table) -> crate:
 }
 
 impl RestService {
-    /// Recovers the store, replays the WAL into it, and loads devices and alerts.
+    /// Loads devices, idempotency keys and alerts, and registers with the Maintainer for its
+    /// flushes. The Maintainer must have been opened with a write-ahead log.
     pub async fn start(config: RestConfig) -> crate::Result<Self> {
         let RestConfig {
             store,
             factory,
             users,
-            wal_dir,
+            maintainer,
             options,
             clock,
         } = config;
-        let writer = PartitionWriter::new(store.clone(), "rest");
-        writer.recover().await?;
-        let metrics = Metrics::new();
-        let (wal, replayed) = Wal::open(&wal_dir, metrics.wal.clone(), |id, tables, oldest| {
-            let store = store.clone();
-            async move { committed_through(&store, id, &tables, oldest).await }
-        })
-        .await?;
-        let flusher = Flusher::new(wal.clone(), writer.clone());
-        let flushed = flusher.flush().await?;
-        if replayed.records > 0 {
-            info!(target: "proxima::serve", rows = flushed.rows, records = replayed.records, "stored the rows the write-ahead log replayed");
-        }
+        let wal = maintainer.wal().cloned().ok_or_else(|| {
+            crate::Error::InvalidArgument(
+                "the REST service needs a write-side maintainer with a write-ahead log".into(),
+            )
+        })?;
+        let metrics = Metrics::new(maintainer.stats());
         let registry = Registry::load(&factory).await?;
         let idempotency = IdempotencyCache::load(&factory, clock.now()).await?;
         let alerts = AlertBook::default();
@@ -249,15 +232,15 @@ impl RestService {
             clock,
             store,
             factory,
+            maintainer: Arc::clone(&maintainer),
             wal,
-            flusher,
-            writer,
             registry,
             alerts,
             idempotency,
             metrics,
             ready: AtomicBool::new(true),
         });
+        maintainer.add_listener(Arc::new(AlertReloader(Arc::downgrade(&state))));
         Ok(Self { state })
     }
 
@@ -291,70 +274,31 @@ impl RestService {
     }
 
     /// Flushes now (what was acknowledged becomes visible to SQL).
-    pub async fn flush(&self) -> crate::Result<crate::flush::Flushed> {
+    pub async fn flush(&self) -> crate::Result<Flushed> {
         self.state.flush().await
     }
 
-    /// Background work until `shutdown` resolves: flush every interval (then reload alerts and
-    /// compact what needs it); every hour retention and the rebuild of stale encounter
-    /// indexes; a last flush at the end.
-    pub async fn maintain(&self, shutdown: impl std::future::Future<Output = ()>) {
-        let state = &self.state;
-        let mut flush_tick = tokio::time::interval(state.options.flush_interval);
-        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut retention_tick = tokio::time::interval(Duration::from_secs(3600));
-        retention_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = flush_tick.tick() => {
-                    if let Err(e) = self.flush().await {
-                        warn!(target: "proxima::serve", error = %e, "flush failed; will retry");
-                        continue;
-                    }
-                    if let Err(e) = state.alerts.reload(&state.factory, state.clock.now(), state.options.alert_ttl).await {
-                        warn!(target: "proxima::serve", error = %e, "reloading alerts failed");
-                    }
-                    match compaction::compact_due(&state.factory, &state.writer, state.clock.now().date_naive()).await {
-                        Ok(runs) => {
-                            state.metrics.compaction_runs.inc_by(runs as u64);
-                        }
-                        Err(e) => warn!(target: "proxima::serve", error = %e, "compaction failed; will retry"),
-                    }
-                }
-                _ = retention_tick.tick() => {
-                    self.apply_retention().await;
-                    let today = state.clock.now().date_naive();
-                    if let Err(e) = compaction::rebuild_stale_indexes(&state.factory, &state.writer, today).await {
-                        warn!(target: "proxima::serve", error = %e, "rebuilding stale encounter indexes failed");
-                    }
-                }
-            }
-        }
-        state.ready.store(false, Ordering::SeqCst);
-        match self.flush().await {
-            Ok(flushed) => info!(target: "proxima::serve", rows = flushed.rows, "final flush"),
-            Err(e) => {
-                warn!(target: "proxima::serve", error = %e, "final flush failed; the write-ahead log keeps the rows for the next start")
-            }
-        }
+    /// From now on `/readyz` answers 503 (the server is stopping).
+    pub fn set_stopping(&self) {
+        self.state.ready.store(false, Ordering::SeqCst);
     }
+}
 
-    async fn apply_retention(&self) {
-        let state = &self.state;
-        let today = state.clock.now().date_naive();
-        match proxima_engine::retention::apply(&state.store, today, state.options.retention_days).await {
-            Ok(expired) if !expired.is_empty() => {
-                info!(target: "proxima::serve", days = expired.len(), "retention deleted day folders")
-            }
-            Ok(_) => {}
-            Err(e) => warn!(target: "proxima::serve", error = %e, "retention failed"),
-        }
-        // Alerts age off sooner: their day folders go once every alert in them has expired.
-        let alert_days = (state.options.alert_ttl.num_hours().max(1) as u32).div_ceil(24) + 1;
-        if let Err(e) = proxima_engine::retention::apply_table(&state.store, Table::Alerts, today, alert_days).await {
-            warn!(target: "proxima::serve", error = %e, "alert retention failed");
+/// Reloads the alert book after each flush (alerts written by other processes appear, and
+/// expired ones go).
+#[derive(Debug)]
+struct AlertReloader(std::sync::Weak<Shared>);
+
+#[async_trait::async_trait]
+impl FlushListener for AlertReloader {
+    async fn flushed(&self) {
+        let Some(state) = self.0.upgrade() else { return };
+        if let Err(e) = state
+            .alerts
+            .reload(&state.factory, state.clock.now(), state.options.alert_ttl)
+            .await
+        {
+            warn!(target: "proxima::serve", error = %e, "reloading alerts failed");
         }
     }
 }

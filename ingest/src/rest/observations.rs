@@ -26,7 +26,7 @@ use utoipa::ToSchema;
 use super::body::{media_type, parse_time, read_limited, require_json, typed, typed_body};
 use super::error::{ApiError, ApiResult};
 use super::{AppState, Idempotency};
-use crate::wal::Entry;
+use proxima_storage::wal::Entry;
 
 /// Media type of NDJSON bulk uploads.
 pub const NDJSON: &str = "application/x-ndjson";
@@ -123,7 +123,7 @@ struct Window {
 impl Window {
     fn of(state: &AppState) -> Self {
         let now = state.clock.now();
-        let first_kept = proxima_engine::retention::oldest_kept_day(now.date_naive(), state.options.retention_days);
+        let first_kept = proxima_storage::retention::oldest_kept_day(now.date_naive(), state.options.retention_days);
         Self {
             earliest: first_kept.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc(),
             latest: now + state.options.future_tolerance,

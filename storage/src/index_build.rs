@@ -225,7 +225,7 @@ mod tests {
         assert!(found.uncovered_days.is_empty());
         let twice = expected(&[uuid(5)]).len() + expected_from(&[uuid(5)], 0..10).len();
         assert_eq!(found.edges.len(), twice, "the day now holds sightings 0..10 twice");
-        let index_files = crate::writer::list_files(&store, Table::EncounterIndex).await.unwrap();
+        let index_files = store.list_files(Table::EncounterIndex).await.unwrap();
         assert_eq!(index_files.len(), 1);
     }
 }

@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{Days, NaiveDate};
+use chrono::{DateTime, Days, NaiveDate, Utc};
 use datafusion::logical_expr::col;
 use datafusion::prelude::ParquetReadOptions;
 use object_store::path::Path;
@@ -29,8 +29,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::flush::{file_marks, merge_marks};
-use crate::wal::{WAL_KEY, encode_marks};
+use crate::marks::{WAL_KEY, encode_marks, file_marks, merge_marks};
 use crate::writer::PartitionWriter;
 
 /// Small live files in a day folder of today that make it due for compaction.
@@ -79,8 +78,9 @@ async fn folder(store: &Store, prefix: &Path) -> Result<Folder> {
 
 /// Compacts what is due in the recent days of every REST table, sweeps old markers, and
 /// rebuilds the encounter index of compacted observation days. Returns the compactions run.
-pub async fn compact_due(factory: &SessionFactory, writer: &PartitionWriter, today: NaiveDate) -> Result<usize> {
+pub async fn compact_due(factory: &SessionFactory, writer: &PartitionWriter, now: DateTime<Utc>) -> Result<usize> {
     let store = factory.store();
+    let today = now.date_naive();
     let first = today.checked_sub_days(Days::new(RECENT_DAYS)).unwrap_or(today);
     let mut runs = 0;
     // Every table but the encounter index, which is rebuilt whole, never merged.
@@ -99,7 +99,7 @@ pub async fn compact_due(factory: &SessionFactory, writer: &PartitionWriter, tod
         for (day, prefix) in folders {
             // One listing serves both: a sweep deletes only files the listing already hides.
             let current = folder(store, &prefix).await?;
-            sweep_listed(store, &current).await?;
+            sweep_listed(writer, &current, now).await?;
             let small: Vec<ObjectMeta> = current.live.into_iter().filter(|f| f.size < LARGE_FILE_BYTES).collect();
             let is_over = day.is_some_and(|d| d < today);
             let due = small.len() >= MIN_FILES || (is_over && small.len() >= 2);
@@ -111,7 +111,7 @@ pub async fn compact_due(factory: &SessionFactory, writer: &PartitionWriter, tod
             if table == Table::Observations
                 && let Some(day) = day
             {
-                crate::index::build_day(factory, writer, day).await?;
+                crate::index_build::build_day(factory, writer, day).await?;
             }
         }
     }
@@ -132,7 +132,7 @@ pub async fn rebuild_stale_indexes(
     let mut rebuilt = 0;
     for day in store.list_days(Table::Observations).await? {
         if day.day >= first && factory.index().is_stale(day.day).await? {
-            crate::index::build_day(factory, writer, day.day).await?;
+            crate::index_build::build_day(factory, writer, day.day).await?;
             rebuilt += 1;
         }
     }
@@ -178,13 +178,14 @@ pub async fn compact(
         return Ok(());
     };
     let marker = Marker {
+        transaction: Some(transaction.id().to_string()),
         merged: merged.to_string(),
         replaces: files.iter().map(|f| f.location.to_string()).collect(),
     };
     let marker_path = prefix
         .clone()
         .join(format!("{MARKER_PREFIX}{}{MARKER_SUFFIX}", Uuid::now_v7()));
-    let body = serde_json::to_vec(&marker).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let body = serde_json::to_vec(&marker).map_err(|e| Error::Invalid(e.to_string()))?;
     if let Err(e) = store
         .object_store()
         .put(&marker_path, PutPayload::from(Bytes::from(body)))
@@ -199,37 +200,57 @@ pub async fn compact(
     Ok(())
 }
 
-/// The age of a marker, from the UUID v7 in its name.
-fn marker_age(location: &Path) -> Option<Duration> {
+/// When a marker was written, from the UUID v7 in its name.
+fn marker_written(location: &Path) -> Option<DateTime<Utc>> {
     let name = location.filename()?;
     let id = name.strip_prefix(MARKER_PREFIX)?.strip_suffix(MARKER_SUFFIX)?;
-    let (secs, _) = Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
-    let written = std::time::UNIX_EPOCH + Duration::from_secs(secs);
-    Some(written.elapsed().unwrap_or_default())
+    let (secs, nanos) = Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
+    DateTime::from_timestamp(secs as i64, nanos)
 }
 
-/// Deletes what compactions older than [`GRACE`] replaced, then their markers; and markers
-/// whose merged file never appeared.
-pub async fn sweep(store: &Store, prefix: &Path) -> Result<()> {
-    sweep_listed(store, &folder(store, prefix).await?).await
+/// Deletes what compactions older than [`GRACE`] at `now` replaced, then their markers; and
+/// markers whose merged file never appeared, once their transaction is settled.
+pub async fn sweep(store: &Store, prefix: &Path, now: DateTime<Utc>) -> Result<()> {
+    let writer = PartitionWriter::new(store.clone(), "compaction");
+    sweep_listed(&writer, &folder(store, prefix).await?, now).await
 }
 
-async fn sweep_listed(store: &Store, current: &Folder) -> Result<()> {
+async fn sweep_listed(writer: &PartitionWriter, current: &Folder, now: DateTime<Utc>) -> Result<()> {
+    let store = writer.store();
+    let grace = chrono::Duration::from_std(GRACE).expect("the grace period fits");
+    let abandoned_after = chrono::Duration::from_std(ABANDONED_AFTER).expect("the abandonment period fits");
     for (path, marker) in &current.markers {
-        let Some(age) = marker_age(path) else { continue };
+        let Some(written) = marker_written(path) else { continue };
+        let age = now - written;
         let published = current.present.contains(&marker.merged);
-        let doomed: Vec<&str> = if published && current.losers.contains(path) {
-            if age < GRACE {
+        let is_loser = current.losers.contains(path);
+        let (doomed, drop_marker): (Vec<&str>, bool) = if published && is_loser {
+            if age < grace {
                 continue;
             }
-            vec![marker.merged.as_str()]
+            (vec![marker.merged.as_str()], true)
         } else if published {
-            if age < GRACE {
+            if age < grace {
                 continue;
             }
-            marker.replaces.iter().map(String::as_str).collect()
-        } else if age > ABANDONED_AFTER {
-            vec![]
+            // Its marker stays while a losing marker over the same files remains: without
+            // it that loser would count as the winner, and its merged file (the same rows)
+            // would show beside this one.
+            let contested = current.markers.iter().any(|(other, other_marker)| {
+                current.losers.contains(other) && other_marker.replaces.iter().any(|f| marker.replaces.contains(f))
+            });
+            (marker.replaces.iter().map(String::as_str).collect(), !contested)
+        } else if age > abandoned_after {
+            // The merged file never appeared. If its transaction did commit, publish it now
+            // (the marker is then an ordinary one); only a transaction that is gone for good
+            // lets the marker go, so no later recovery can publish the merged file without it.
+            if let Some(transaction) = marker.transaction.as_deref().and_then(|t| Uuid::parse_str(t).ok())
+                && writer.settle(transaction).await?
+            {
+                warn!(marker = %path, "published the merged file of an interrupted compaction");
+                continue;
+            }
+            (vec![], true)
         } else {
             continue;
         };
@@ -242,7 +263,9 @@ async fn sweep_listed(store: &Store, current: &Folder) -> Result<()> {
                 }
             }
         }
-        store.object_store().delete(path).await?;
+        if drop_marker {
+            store.object_store().delete(path).await?;
+        }
     }
     Ok(())
 }
@@ -260,103 +283,114 @@ pub async fn live_files(store: &Store, table: Table, day: NaiveDate) -> Result<V
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use arrow::array::AsArray;
-    use arrow::datatypes::Int64Type;
     use proxima_engine::SessionOptions;
 
-    use crate::synthetic::{PopulationSpec, generate};
+    use super::*;
+    use crate::testing::{Op, failing_store, observations, stored};
 
-    #[test]
-    fn marker_names_tell_their_age() {
-        let path = Path::from(format!("d/{MARKER_PREFIX}{}{MARKER_SUFFIX}", Uuid::now_v7()));
-        assert!(marker_age(&path).unwrap() < Duration::from_secs(5));
-        assert!(marker_age(&Path::from("d/part-x.parquet")).is_none());
-    }
-
-    async fn count(factory: &SessionFactory) -> i64 {
-        let ctx = factory.session().await.unwrap();
-        let batches = ctx
-            .sql("SELECT count(*) FROM observations")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        batches[0].column(0).as_primitive::<Int64Type>().value(0)
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn readers_count_every_row_once_while_a_day_is_compacted() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::local(dir.path()).unwrap();
+    /// A finished day (two days ago) with two small observation files of 5 and 7 rows.
+    async fn day_with_two_files(store: &Store) -> (SessionFactory, PartitionWriter, NaiveDate, Path, Vec<ObjectMeta>) {
         let writer = PartitionWriter::new(store.clone(), "test");
-        let today = proxima_engine::store::today_utc();
-        let spec = PopulationSpec {
-            devices: 300,
-            days: 2,
-            contacts_per_day: 5,
-            seed: 7,
-            start: today.pred_opt().unwrap(),
-        };
-        generate(&writer, &spec, |_| {}).await.unwrap();
-        let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
-        // Nine more small files in today's folder, as nine flushes would leave.
-        let ctx = factory.session().await.unwrap();
-        let sample = ctx
-            .sql(&format!(
-                "SELECT observer, observed, observed_at, duration_s, rssi, tx_power, location FROM observations \
-                 WHERE day = DATE '{today}' LIMIT 50"
-            ))
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        for _ in 0..9 {
+        let day = (Utc::now() - chrono::Duration::days(2)).date_naive();
+        for (tag, n) in [(1, 5), (2, 7)] {
             let mut transaction = writer.begin();
             transaction
-                .write_file(Table::Observations, Some(today), &sample)
+                .write_file(Table::Observations, Some(day), &[observations(tag, n, 2)])
                 .await
                 .unwrap();
             transaction.commit().await.unwrap();
         }
-        assert_eq!(live_files(&store, Table::Observations, today).await.unwrap().len(), 10);
-        let before = count(&factory).await;
+        let prefix = DayPartition {
+            table: Table::Observations,
+            day,
+        }
+        .prefix(store.root());
+        let files = folder(store, &prefix).await.unwrap().live;
+        assert_eq!(files.len(), 2);
+        let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
+        (factory, writer, day, prefix, files)
+    }
 
-        let counting = {
-            let factory = factory.clone();
-            tokio::spawn(async move {
-                let mut counts = Vec::new();
-                for _ in 0..40 {
-                    counts.push(count(&factory).await);
-                }
-                counts
-            })
-        };
-        let runs = compact_due(&factory, &writer, today).await.unwrap();
-        let counts = counting.await.unwrap();
-        assert!(runs >= 1, "today's ten files are due");
-        assert!(
-            counts.iter().all(|c| *c == before),
-            "{before} expected, counted {counts:?}"
-        );
-        assert_eq!(count(&factory).await, before);
-        assert_eq!(live_files(&store, Table::Observations, today).await.unwrap().len(), 1);
-        assert!(!factory.index().is_stale(today).await.unwrap(), "the index was rebuilt");
-        // Within the grace period the replaced files stay (a running query may read them).
-        let raw = crate::writer::list_files(&store, Table::Observations).await.unwrap();
-        assert!(raw.len() >= 11, "{raw:?}");
-        sweep(
-            &store,
-            &DayPartition {
-                table: Table::Observations,
-                day: today,
-            }
-            .prefix(store.root()),
+    fn markers_written(current: &Folder) -> Vec<DateTime<Utc>> {
+        let mut times: Vec<_> = current.markers.iter().filter_map(|(p, _)| marker_written(p)).collect();
+        times.sort();
+        times
+    }
+
+    #[tokio::test]
+    async fn a_losing_compaction_never_becomes_a_winner() {
+        let (store, _) = failing_store();
+        let (factory, writer, day, prefix, files) = day_with_two_files(&store).await;
+        // Two processes compact the same files: both publish a merged file.
+        compact(
+            &factory,
+            &writer,
+            Table::Observations,
+            Some(day),
+            &prefix,
+            files.clone(),
         )
         .await
         .unwrap();
-        assert_eq!(count(&factory).await, before);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        compact(&factory, &writer, Table::Observations, Some(day), &prefix, files)
+            .await
+            .unwrap();
+        assert_eq!(stored(&store).await, 12, "the loser's merged file is hidden");
+        let times = markers_written(&folder(&store, &prefix).await.unwrap());
+        let (winner, loser) = (times[0], times[1]);
+        assert!(loser > winner);
+        // The winner is past its grace period, the loser not yet.
+        let now = loser + chrono::Duration::from_std(GRACE).unwrap() - chrono::Duration::milliseconds(1);
+        sweep(&store, &prefix, now).await.unwrap();
+        assert_eq!(stored(&store).await, 12, "the winner's marker must outlive its loser");
+        // Later both are past it: one merged file is left, and the rows once.
+        sweep(&store, &prefix, now + chrono::Duration::minutes(1))
+            .await
+            .unwrap();
+        sweep(&store, &prefix, now + chrono::Duration::minutes(2))
+            .await
+            .unwrap();
+        assert_eq!(stored(&store).await, 12);
+        let left = folder(&store, &prefix).await.unwrap();
+        assert_eq!(left.live.len(), 1, "{:?}", left.live);
+        assert!(left.markers.is_empty(), "{:?}", left.markers);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_marker_waits_for_its_transaction() {
+        let (store, failing) = failing_store();
+        let (factory, writer, day, prefix, files) = day_with_two_files(&store).await;
+        // The compaction commits (its manifest is durable) but publishing the merged file
+        // fails, and nobody retries: the marker waits with no merged file.
+        failing.fail(Op::Rename, 1, "observations/day=");
+        let err = compact(&factory, &writer, Table::Observations, Some(day), &prefix, files)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("committed but not yet published"), "{err}");
+        assert_eq!(stored(&store).await, 12);
+        // Hours later the sweep finds the marker abandoned ...
+        let later = Utc::now() + chrono::Duration::hours(3);
+        sweep(&store, &prefix, later).await.unwrap();
+        assert_eq!(stored(&store).await, 12);
+        // ... and a recovery (any writer's start) rolls the transaction forward.
+        writer.recover().await.unwrap();
+        assert_eq!(
+            stored(&store).await,
+            12,
+            "the merged file must never show beside its sources"
+        );
+        sweep(&store, &prefix, later).await.unwrap();
+        assert_eq!(stored(&store).await, 12);
+        assert_eq!(folder(&store, &prefix).await.unwrap().live.len(), 1);
+    }
+
+    #[test]
+    fn marker_names_tell_their_age() {
+        let path = Path::from(format!("d/{MARKER_PREFIX}{}{MARKER_SUFFIX}", Uuid::now_v7()));
+        let age = Utc::now() - marker_written(&path).unwrap();
+        assert!(age < chrono::Duration::seconds(5), "{age}");
+        assert!(marker_written(&Path::from("d/part-x.parquet")).is_none());
     }
 }

@@ -1,7 +1,7 @@
-//! The time the REST service believes it is: real in production, set by hand in tests.
+//! The time Proxima believes it is: real in production, set by hand in tests.
 //!
-//! Alert expiry, the "not in the future" checks and retention all ask a
-//! [`Clock`], so tests can move time forward instead of sleeping.
+//! Alert expiry, the "not in the future" checks, compaction and retention all
+//! ask a [`Clock`], so tests can move time forward instead of sleeping.
 
 use std::fmt::Debug;
 use std::sync::Mutex;

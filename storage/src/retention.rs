@@ -8,9 +8,9 @@
 use chrono::{Days, NaiveDate};
 use tracing::info;
 
+use proxima_engine::{DayPartition, Store, Table};
+
 use crate::error::Result;
-use crate::paths::{DayPartition, Table};
-use crate::store::Store;
 
 /// One day folder removed by retention.
 #[derive(Debug, Clone, PartialEq, Eq)]

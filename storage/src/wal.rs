@@ -9,8 +9,15 @@
 //! later [`Wal::rotate`]s: the segment is closed and the buffer handed over;
 //! once its rows are committed to the store, the closed segments are deleted.
 //!
+//! A failed write or sync is never retried on the same file: every record
+//! not yet synced gets an error, the descriptor is dropped, the segment is
+//! cut back to its last good sync through a new descriptor, and the next
+//! record starts a new segment. So a record whose request got an error is
+//! never replayed, and no record is acknowledged on the strength of a sync
+//! that followed a failed one (the kernel may have dropped its pages).
+//!
 //! On start, [`Wal::open`] replays every segment left behind. Files flushed
-//! from the WAL record in their Parquet metadata (`proxima.wal`) the last
+//! from the WAL record in their Parquet metadata (`proxima.wal`, see [`crate::marks`]) the last
 //! sequence number they hold per WAL, so a record whose rows reached the
 //! store before a crash (and before its segment was deleted) is not stored
 //! twice. A torn record at the end of the last segment was never
@@ -21,7 +28,7 @@
 //! written_at_micros: i64 | entries: u32 | (table name: u8 len + bytes,
 //! ipc: u32 len + bytes)*`, all little-endian.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -41,8 +48,6 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
-/// Parquet metadata key: JSON map from WAL id to the last sequence number the file holds.
-pub const WAL_KEY: &str = "proxima.wal";
 const SEGMENT_SUFFIX: &str = ".wal";
 const ID_FILE: &str = "wal.id";
 /// Records written by one thread between syncs at most (bounds a sync's latency).
@@ -177,9 +182,23 @@ struct Record {
 impl Wal {
     /// Opens the WAL in `dir` (created if missing), replays what earlier runs left, and starts
     /// the writer thread. `committed` is asked, for the replayed records' tables, which
-    /// sequence number of this WAL the store already holds (see [`WAL_KEY`]); the replayed
+    /// sequence number of this WAL the store already holds (see [`crate::marks::WAL_KEY`]); the replayed
     /// rows after it come back in the first [`Wal::rotate`].
     pub async fn open<F, Fut>(dir: &Path, stats: WalStats, committed: F) -> Result<(Self, Replayed)>
+    where
+        F: FnOnce(Uuid, Vec<Table>, i64) -> Fut,
+        Fut: std::future::Future<Output = Result<u64>>,
+    {
+        Self::open_with(Arc::new(OsFs), dir, stats, committed).await
+    }
+
+    /// [`Wal::open`] with segment files made by `fs` (tests inject failures through it).
+    pub async fn open_with<F, Fut>(
+        fs: Arc<dyn SegmentFs>,
+        dir: &Path,
+        stats: WalStats,
+        committed: F,
+    ) -> Result<(Self, Replayed)>
     where
         F: FnOnce(Uuid, Vec<Table>, i64) -> Fut,
         Fut: std::future::Future<Output = Result<u64>>,
@@ -244,11 +263,14 @@ impl Wal {
         let (commands, receiver) = mpsc::channel(MAX_GROUP * 4);
         let writer = WriterThread {
             _lock: lock,
+            fs,
             dir: dir.to_path_buf(),
             id,
             file: None,
             closed,
             current: None,
+            synced_len: 0,
+            written_len: 0,
             next_seq,
             last_seq: next_seq - 1,
             buffer,
@@ -303,16 +325,24 @@ impl Wal {
 struct WriterThread {
     /// Held for the thread's life: the WAL folder's lock.
     _lock: File,
+    fs: Arc<dyn SegmentFs>,
     dir: PathBuf,
     id: Uuid,
-    file: Option<BufWriter<File>>,
+    file: Option<BufWriter<Box<dyn SegmentFile>>>,
     current: Option<PathBuf>,
+    /// Bytes of the current segment known to be on disk (after its last good sync).
+    synced_len: u64,
+    /// Bytes handed to the current segment so far.
+    written_len: u64,
     closed: Vec<PathBuf>,
     next_seq: u64,
     last_seq: u64,
     buffer: Buffer,
     stats: Arc<WalStats>,
 }
+
+/// Records written but not yet synced, each with the request waiting for its answer.
+type Unsynced = Vec<(u64, Vec<Entry>, oneshot::Sender<Result<u64>>)>;
 
 impl WriterThread {
     fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
@@ -333,8 +363,7 @@ impl WriterThread {
                     Err(_) => break,
                 }
             }
-            let mut appended = Vec::new();
-            let mut failure: Option<String> = None;
+            let mut unsynced: Unsynced = Vec::new();
             for command in group {
                 match command {
                     Command::Append {
@@ -342,62 +371,68 @@ impl WriterThread {
                         entries,
                         reply,
                     } => match self.write(&frame_body) {
-                        Ok(seq) => appended.push((seq, entries, reply)),
+                        Ok(seq) => unsynced.push((seq, entries, reply)),
                         Err(e) => {
-                            failure = Some(e.to_string());
+                            let failure = e.to_string();
                             let _ = reply.send(Err(e));
+                            self.abandon_segment(&mut unsynced, &failure);
                         }
                     },
                     Command::Rotate { reply } => {
                         // Records before the rotation are synced and buffered first.
-                        let synced = self.sync().map_err(|e| e.to_string());
-                        for (seq, entries, reply) in appended.drain(..) {
-                            self.acknowledge(seq, entries, reply, &synced);
-                        }
-                        let rotation = match synced {
-                            Ok(()) => Ok(self.rotate()),
-                            Err(e) => {
-                                failure = Some(e.clone());
-                                Err(Error::Wal(e))
-                            }
-                        };
-                        let _ = reply.send(rotation);
+                        self.commit(&mut unsynced);
+                        let _ = reply.send(Ok(self.rotate()));
                     }
                 }
             }
-            let synced = self.sync().map_err(|e| e.to_string());
-            if let Err(e) = &synced {
-                failure = Some(e.clone());
-            }
-            for (seq, entries, reply) in appended.drain(..) {
-                self.acknowledge(seq, entries, reply, &synced);
-            }
-            if let Some(failure) = failure {
-                // A failed write or sync may have left a partial frame: start a new segment,
-                // so that later records never follow damage.
-                warn!(wal = %self.dir.display(), %failure, "write-ahead log failure; starting a new segment");
-                self.close_segment();
-            }
+            self.commit(&mut unsynced);
         }
     }
 
-    fn acknowledge(
-        &mut self,
-        seq: u64,
-        entries: Vec<Entry>,
-        reply: oneshot::Sender<Result<u64>>,
-        synced: &std::result::Result<(), String>,
-    ) {
-        match synced {
-            Ok(()) => {
-                self.buffer.push(entries);
-                self.last_seq = seq;
-                let _ = reply.send(Ok(seq));
-            }
-            Err(e) => {
-                let _ = reply.send(Err(Error::Wal(e.clone())));
-            }
+    /// Syncs the current segment and acknowledges what was written since the last sync; if
+    /// the sync fails, none of it is acknowledged and the segment is abandoned.
+    fn commit(&mut self, unsynced: &mut Unsynced) {
+        if unsynced.is_empty() {
+            return;
         }
+        if let Err(e) = self.sync() {
+            self.abandon_segment(unsynced, &e.to_string());
+            return;
+        }
+        self.synced_len = self.written_len;
+        for (seq, entries, reply) in unsynced.drain(..) {
+            self.buffer.push(entries);
+            self.last_seq = seq;
+            let _ = reply.send(Ok(seq));
+        }
+    }
+
+    /// After a failed write or sync: fails every unsynced record, drops the segment's
+    /// descriptor without syncing it again (after a failed fsync the kernel may have dropped
+    /// the dirty pages, and a later fsync on the same descriptor can succeed without them),
+    /// and cuts the segment back to what the last good sync made durable, through a new
+    /// descriptor, so that a replay never finds a record whose request got an error. The
+    /// next record starts a new segment.
+    fn abandon_segment(&mut self, unsynced: &mut Unsynced, failure: &str) {
+        for (_, _, reply) in unsynced.drain(..) {
+            let _ = reply.send(Err(Error::Wal(failure.to_string())));
+        }
+        self.file = None;
+        if let Some(path) = self.current.take() {
+            match self.fs.truncate(&path, self.synced_len) {
+                Ok(()) => {
+                    warn!(wal = %self.dir.display(), %failure, segment = %path.display(), kept_bytes = self.synced_len, "write-ahead log failure; the segment was cut back to its last sync and a new one starts")
+                }
+                // Until the next flush deletes this segment, a crash would replay the
+                // unacknowledged records at its end: said loudly, for the operator.
+                Err(e) => {
+                    tracing::error!(wal = %self.dir.display(), %failure, segment = %path.display(), error = %e, "write-ahead log failure, and the segment could not be cut back: until the next flush deletes it, a crash would replay records whose requests failed")
+                }
+            }
+            self.closed.push(path);
+        }
+        self.synced_len = 0;
+        self.written_len = 0;
     }
 
     /// Writes one frame (not yet synced); returns its sequence number.
@@ -405,17 +440,13 @@ impl WriterThread {
         let seq = self.next_seq;
         if self.file.is_none() {
             let path = self.dir.join(format!("{seq:020}{SEGMENT_SUFFIX}"));
-            let file = OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| io_error(&path, e))?;
+            let file = self.fs.create(&path).map_err(|e| io_error(&path, e))?;
             // The new file's name must survive a crash as well as its contents.
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_error(&self.dir, e))?;
+            self.fs.sync_dir(&self.dir).map_err(|e| io_error(&self.dir, e))?;
             self.file = Some(BufWriter::with_capacity(1 << 20, file));
             self.current = Some(path);
+            self.synced_len = 0;
+            self.written_len = 0;
         }
         let mut body = Vec::with_capacity(16 + body_tail.len());
         body.extend_from_slice(&seq.to_le_bytes());
@@ -424,11 +455,13 @@ impl WriterThread {
         let len = u32::try_from(body.len()).map_err(|_| Error::Wal("record larger than 4 GiB".into()))?;
         let file = self.file.as_mut().expect("opened above");
         let path = self.current.as_ref().expect("opened above");
+        // Sequence numbers are never reused, even for a record that then fails.
+        self.next_seq += 1;
         file.write_all(&len.to_le_bytes())
             .and_then(|()| file.write_all(&crc32fast::hash(&body).to_le_bytes()))
             .and_then(|()| file.write_all(&body))
             .map_err(|e| io_error(path, e))?;
-        self.next_seq += 1;
+        self.written_len += 8 + body.len() as u64;
         self.stats.bytes.inc_by(8 + body.len() as u64);
         Ok(seq)
     }
@@ -439,27 +472,68 @@ impl WriterThread {
         };
         let started = Instant::now();
         file.flush()
-            .and_then(|()| file.get_ref().sync_data())
+            .and_then(|()| file.get_mut().sync_data())
             .map_err(|e| io_error(path, e))?;
         self.stats.sync_seconds.observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 
-    fn close_segment(&mut self) {
+    fn rotate(&mut self) -> Rotation {
         self.file = None;
         if let Some(path) = self.current.take() {
             self.closed.push(path);
         }
-    }
-
-    fn rotate(&mut self) -> Rotation {
-        self.close_segment();
+        self.synced_len = 0;
+        self.written_len = 0;
         Rotation {
             buffer: std::mem::take(&mut self.buffer),
             wal_id: self.id,
             through: self.last_seq,
             segments: std::mem::take(&mut self.closed),
         }
+    }
+}
+
+/// A segment file open for appending.
+pub trait SegmentFile: Write + Send {
+    /// Makes everything written so far durable (`fdatasync`).
+    fn sync_data(&mut self) -> std::io::Result<()>;
+}
+
+impl SegmentFile for File {
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        File::sync_data(self)
+    }
+}
+
+/// The file operations of the WAL thread: the operating system's, or a failing one in tests.
+pub trait SegmentFs: Send + Sync + std::fmt::Debug + 'static {
+    /// Creates a new segment (it must not exist) for appending.
+    fn create(&self, path: &Path) -> std::io::Result<Box<dyn SegmentFile>>;
+    /// Makes the folder's entries (a new file's name) durable.
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()>;
+    /// Cuts a segment back to `len` bytes through a new descriptor, and syncs it.
+    fn truncate(&self, path: &Path, len: u64) -> std::io::Result<()>;
+}
+
+/// The operating system's files.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsFs;
+
+impl SegmentFs for OsFs {
+    fn create(&self, path: &Path) -> std::io::Result<Box<dyn SegmentFile>> {
+        let file = OpenOptions::new().create_new(true).append(true).open(path)?;
+        Ok(Box::new(file))
+    }
+
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> std::io::Result<()> {
+        let file = OpenOptions::new().write(true).open(path)?;
+        file.set_len(len)?;
+        file.sync_all()
     }
 }
 
@@ -604,16 +678,6 @@ fn decode_entries(mut bytes: &[u8]) -> Option<Vec<Entry>> {
     Some(entries)
 }
 
-/// Parses a file's [`WAL_KEY`] value.
-pub fn parse_marks(value: &str) -> HashMap<String, u64> {
-    serde_json::from_str(value).unwrap_or_default()
-}
-
-/// Encodes a [`WAL_KEY`] value.
-pub fn encode_marks(marks: &HashMap<String, u64>) -> String {
-    serde_json::to_string(marks).expect("a map of ids to numbers serialises")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -723,5 +787,152 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("damaged record at byte 0"), "{err}");
+    }
+
+    /// Segment files whose writes or syncs fail on demand, and which remember every sync
+    /// made on a descriptor after it failed one.
+    #[derive(Debug, Default)]
+    struct FaultyFs {
+        fail_next_sync: std::sync::atomic::AtomicBool,
+        /// Fail the next write after letting this many bytes through (`usize::MAX`: never).
+        fail_write_after: std::sync::atomic::AtomicUsize,
+        syncs_after_failure: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl FaultyFs {
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
+                fail_write_after: std::sync::atomic::AtomicUsize::new(usize::MAX),
+                ..Self::default()
+            })
+        }
+    }
+
+    struct FaultyFile {
+        inner: File,
+        fs: Arc<FaultyFs>,
+        failed: bool,
+    }
+
+    impl Write for FaultyFile {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let allowed = self.fs.fail_write_after.load(SeqCst);
+            if allowed == usize::MAX {
+                return self.inner.write(buf);
+            }
+            if allowed == 0 {
+                self.fs.fail_write_after.store(usize::MAX, SeqCst);
+                return Err(std::io::Error::other("injected write failure (disk full)"));
+            }
+            let n = buf.len().min(allowed);
+            self.fs.fail_write_after.store(allowed - n, SeqCst);
+            self.inner.write(&buf[..n])
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
+        }
+    }
+
+    impl SegmentFile for FaultyFile {
+        fn sync_data(&mut self) -> std::io::Result<()> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.failed {
+                self.fs.syncs_after_failure.fetch_add(1, SeqCst);
+            }
+            if self.fs.fail_next_sync.swap(false, SeqCst) {
+                self.failed = true;
+                return Err(std::io::Error::other("injected fsync failure (EIO)"));
+            }
+            self.inner.sync_data()
+        }
+    }
+
+    /// The operating system's files behind a [`FaultyFs`] (a newtype: `SegmentFs` wants the
+    /// `Arc` to hand to each file).
+    #[derive(Debug)]
+    struct Faulty(Arc<FaultyFs>);
+
+    impl SegmentFs for Faulty {
+        fn create(&self, path: &Path) -> std::io::Result<Box<dyn SegmentFile>> {
+            let inner = OpenOptions::new().create_new(true).append(true).open(path)?;
+            Ok(Box::new(FaultyFile {
+                inner,
+                fs: Arc::clone(&self.0),
+                failed: false,
+            }))
+        }
+
+        fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+            OsFs.sync_dir(dir)
+        }
+
+        fn truncate(&self, path: &Path, len: u64) -> std::io::Result<()> {
+            OsFs.truncate(path, len)
+        }
+    }
+
+    /// The revocation UUIDs a fresh open of `dir` replays, in order.
+    async fn replayed_uuids(dir: &Path) -> Vec<String> {
+        let (wal, _) = Wal::open(dir, WalStats::default(), nothing_stored).await.unwrap();
+        let rotation = wal.rotate().await.unwrap();
+        let mut uuids = Vec::new();
+        for batch in rotation.buffer.tables.get(&Table::Revocations).into_iter().flatten() {
+            let column = batch.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            uuids.extend(column.iter().map(|v| v.unwrap().to_string()));
+        }
+        uuids
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_is_never_retried_and_its_record_never_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = FaultyFs::new();
+        let fs: Arc<dyn SegmentFs> = Arc::new(Faulty(Arc::clone(&faults)));
+        let (wal, _) = Wal::open_with(fs, dir.path(), WalStats::default(), nothing_stored)
+            .await
+            .unwrap();
+        assert_eq!(wal.append(vec![revocation("before")]).await.unwrap(), 1);
+        faults.fail_next_sync.store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = wal.append(vec![revocation("refused")]).await.unwrap_err().to_string();
+        assert!(err.contains("injected fsync failure"), "{err}");
+        // The WAL goes on, in a new segment; the failed descriptor is never synced again.
+        assert_eq!(wal.append(vec![revocation("after")]).await.unwrap(), 3);
+        assert_eq!(wal.append(vec![revocation("later")]).await.unwrap(), 4);
+        assert_eq!(faults.syncs_after_failure.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let rotation = wal.rotate().await.unwrap();
+        assert_eq!(
+            (rotation.buffer.rows, rotation.through),
+            (3, 4),
+            "only acknowledged rows"
+        );
+        drop((wal, rotation));
+        // A crash now (the rotation's segments not deleted): the refused record is not replayed.
+        assert_eq!(replayed_uuids(dir.path()).await, ["before", "after", "later"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_leaves_no_damage_and_no_refused_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = FaultyFs::new();
+        let fs: Arc<dyn SegmentFs> = Arc::new(Faulty(Arc::clone(&faults)));
+        let (wal, _) = Wal::open_with(fs, dir.path(), WalStats::default(), nothing_stored)
+            .await
+            .unwrap();
+        wal.append(vec![revocation("first")]).await.unwrap();
+        // The disk fills half-way through the next record's frame.
+        let frame = encode_entries(&[revocation("torn")]).unwrap().len();
+        faults
+            .fail_write_after
+            .store(frame / 2, std::sync::atomic::Ordering::SeqCst);
+        let small = revocation("torn");
+        let err = wal.append(vec![small]).await.unwrap_err().to_string();
+        assert!(err.contains("injected write failure"), "{err}");
+        wal.append(vec![revocation("second")]).await.unwrap();
+        drop(wal);
+        // Before the fix the half frame sat in a closed segment: the next start refused to
+        // run ("damaged record"), or replayed the refused record.
+        assert_eq!(replayed_uuids(dir.path()).await, ["first", "second"]);
     }
 }

@@ -20,17 +20,15 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::AsyncArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
 use proxima_engine::paths::{new_data_file, staging_prefix};
-use proxima_engine::{PROXIMA_VERSION, Store, Table};
+use proxima_engine::{Store, Table};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::layout::writer_properties;
 
 /// Uncommitted staging older than this is taken as abandoned by [`PartitionWriter::recover`].
 const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
@@ -91,6 +89,42 @@ impl PartitionWriter {
         }
     }
 
+    /// Decides a transaction whose commit (or staging) failed, so that it is either
+    /// committed and published, or gone: if its manifest is in the store the transaction
+    /// was committed, and its files are published (`true`); otherwise whatever it staged is
+    /// deleted (`false`) and its rows may be written again. Idempotent.
+    pub async fn settle(&self, transaction: Uuid) -> Result<bool> {
+        let prefix = staging_prefix(self.store.root()).join(transaction.to_string());
+        match self.read_manifest(&prefix).await? {
+            Some(staged) => {
+                publish(&self.store, &staged).await?;
+                self.store.delete_prefix(&prefix).await?;
+                Ok(true)
+            }
+            None => {
+                self.store.delete_prefix(&prefix).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The manifest of the transaction staged under `prefix`, if it reached its commit point.
+    async fn read_manifest(&self, prefix: &Path) -> Result<Option<Vec<StagedFile>>> {
+        let manifest_path = prefix.clone().join(MANIFEST);
+        match self.store.object_store().get(&manifest_path).await {
+            Ok(found) => {
+                let bytes = found.bytes().await?;
+                let staged = serde_json::from_slice(&bytes).map_err(|source| Error::Manifest {
+                    path: manifest_path.to_string(),
+                    source,
+                })?;
+                Ok(Some(staged))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Finishes the commits that a crash interrupted and deletes abandoned staging.
     pub async fn recover(&self) -> Result<Recovery> {
         let store = self.store.object_store();
@@ -98,20 +132,14 @@ impl PartitionWriter {
         let listing = store.list_with_delimiter(Some(&staging)).await?;
         let mut recovery = Recovery::default();
         for prefix in listing.common_prefixes {
-            let manifest_path = prefix.clone().join(MANIFEST);
-            match store.get(&manifest_path).await {
-                Ok(found) => {
-                    let bytes = found.bytes().await?;
-                    let staged: Vec<StagedFile> = serde_json::from_slice(&bytes).map_err(|source| Error::Manifest {
-                        path: manifest_path.to_string(),
-                        source,
-                    })?;
+            match self.read_manifest(&prefix).await? {
+                Some(staged) => {
                     publish(&self.store, &staged).await?;
                     self.store.delete_prefix(&prefix).await?;
                     warn!(transaction = %prefix, files = staged.len(), "rolled forward an interrupted commit");
                     recovery.rolled_forward += 1;
                 }
-                Err(object_store::Error::NotFound { .. }) => {
+                None => {
                     let abandoned = prefix
                         .filename()
                         .and_then(|name| Uuid::parse_str(name).ok())
@@ -129,7 +157,6 @@ impl PartitionWriter {
                         recovery.rolled_back += 1;
                     }
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         Ok(recovery)
@@ -215,10 +242,20 @@ impl Transaction {
             return Ok(summary);
         }
         self.write_manifest().await?;
-        // From here on the transaction is committed: a crash is rolled forward by `recover`.
+        // From here on the transaction is committed: a crash is rolled forward by `recover`,
+        // and an error is reported as committed, so that no caller writes the rows again.
         let store = &self.writer.store;
-        publish(store, &self.staged).await?;
-        store.delete_prefix(&self.prefix()).await?;
+        let published = async {
+            publish(store, &self.staged).await?;
+            store.delete_prefix(&self.prefix()).await?;
+            Ok::<_, Error>(())
+        };
+        if let Err(e) = published.await {
+            return Err(Error::Unpublished {
+                transaction: self.id.to_string(),
+                source: Box::new(e),
+            });
+        }
         info!(
             writer = self.writer.name,
             files = summary.files,
@@ -253,6 +290,11 @@ impl Transaction {
         Ok(())
     }
 
+    /// The transaction's id (for [`PartitionWriter::settle`] after a failed commit).
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
     fn prefix(&self) -> Path {
         staging_prefix(self.writer.store.root()).join(self.id.to_string())
     }
@@ -274,57 +316,6 @@ async fn publish(store: &Store, staged: &[StagedFile]) -> Result<()> {
     }
     store.sync_local(&targets)?;
     Ok(())
-}
-
-/// Parquet settings for a table's files: ZSTD, page statistics (for the page index),
-/// bloom filters on the lookup columns, and metadata naming the Proxima version and writer.
-///
-/// Encounter-index files are laid out for lookups by `a`: small pages (1,024 rows) so
-/// that one device's rows are one page read, no dictionaries (a dictionary page
-/// would be read whole for every lookup), and page statistics on `a` only.
-fn writer_properties(table: Table, writer: &str, rows: usize, extra: Vec<KeyValue>) -> WriterProperties {
-    let mut metadata = vec![
-        KeyValue::new("proxima.version".to_string(), PROXIMA_VERSION.to_string()),
-        KeyValue::new("proxima.writer".to_string(), writer.to_string()),
-        KeyValue::new("proxima.table".to_string(), table.name().to_string()),
-    ];
-    metadata.extend(extra);
-    let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(1).expect("1 is a valid zstd level"),
-        ))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_key_value_metadata(Some(metadata));
-    if table == Table::EncounterIndex {
-        builder = builder
-            .set_dictionary_enabled(false)
-            .set_data_page_row_count_limit(INDEX_PAGE_ROWS)
-            .set_write_batch_size(INDEX_PAGE_ROWS)
-            .set_statistics_enabled(EnabledStatistics::Chunk)
-            .set_column_statistics_enabled(ColumnPath::from("a"), EnabledStatistics::Page);
-    }
-    for column in table.lookup_columns() {
-        let column = ColumnPath::from(*column);
-        builder = builder
-            .set_column_bloom_filter_enabled(column.clone(), true)
-            .set_column_bloom_filter_fpp(column.clone(), 0.01)
-            .set_column_bloom_filter_max_ndv(column, rows.clamp(1, 1_000_000) as u64);
-    }
-    builder.build()
-}
-
-/// Rows per data page of encounter-index files.
-const INDEX_PAGE_ROWS: usize = 1024;
-
-/// Lists the data files of a table (for tests and tools).
-pub async fn list_files(store: &Store, table: Table) -> Result<Vec<Path>> {
-    let files = store
-        .object_store()
-        .list(Some(&table.prefix(store.root())))
-        .map_ok(|meta| meta.location)
-        .try_collect()
-        .await?;
-    Ok(files)
 }
 
 #[cfg(test)]
@@ -352,7 +343,7 @@ mod tests {
     }
 
     async fn visible(store: &Store) -> usize {
-        list_files(store, Table::Devices).await.unwrap().len()
+        store.list_files(Table::Devices).await.unwrap().len()
     }
 
     #[tokio::test]
@@ -380,7 +371,7 @@ mod tests {
     async fn files_say_which_proxima_wrote_them() {
         let writer = PartitionWriter::new(Store::in_memory(), "test");
         staged_transaction(&writer).await.commit().await.unwrap();
-        let file = &list_files(writer.store(), Table::Devices).await.unwrap()[0];
+        let file = &writer.store().list_files(Table::Devices).await.unwrap()[0];
         let bytes = writer
             .store()
             .object_store()
@@ -399,7 +390,7 @@ mod tests {
             .iter()
             .map(|kv| (kv.key.as_str(), kv.value.as_deref().unwrap_or_default()))
             .collect();
-        assert_eq!(kv["proxima.version"], PROXIMA_VERSION);
+        assert_eq!(kv["proxima.version"], proxima_engine::PROXIMA_VERSION);
         assert_eq!(kv["proxima.writer"], "test");
         assert_eq!(kv["proxima.table"], "devices");
         assert_eq!(metadata.num_rows(), 1);

@@ -1,0 +1,111 @@
+//! How each table is laid out in its files: one file per day, rows sorted for lookups,
+//! and the Parquet settings that make those lookups cheap.
+//!
+//! Every writer (flush, import, generator, compaction, index build) goes through these
+//! rules, so a file is laid out the same way whoever wrote it. The encounter index's
+//! reader (`proxima_engine::index`) binary-searches the page index that
+//! [`writer_properties`] asks for, sorted as [`sort_for_storage`] sorts.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::compute::{SortColumn, filter_record_batch, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::TimestampMicrosecondType;
+use chrono::NaiveDate;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use proxima_engine::{PROXIMA_VERSION, Table, schema};
+
+use crate::error::Result;
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// Sorts rows the way a table's files are laid out: by its first lookup column, then its time column.
+pub fn sort_for_storage(table: Table, batch: &RecordBatch) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut keys = vec![table.lookup_columns()[0]];
+    keys.extend(table.time_column());
+    let sort_columns: Vec<SortColumn> = keys
+        .iter()
+        .map(|name| -> Result<SortColumn> {
+            Ok(SortColumn {
+                values: Arc::clone(batch.column(schema.index_of(name)?)),
+                options: None,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let indices = lexsort_to_indices(&sort_columns, None)?;
+    Ok(take_record_batch(batch, &indices)?)
+}
+
+/// Splits rows of `table` by the UTC day of its time column (one group if not partitioned).
+pub fn split_by_day(table: Table, batch: &RecordBatch) -> Result<Vec<(Option<NaiveDate>, RecordBatch)>> {
+    let Some(time_column) = table.time_column() else {
+        return Ok(vec![(None, batch.clone())]);
+    };
+    let times = batch
+        .column(batch.schema().index_of(time_column)?)
+        .as_primitive::<TimestampMicrosecondType>();
+    let days: Vec<i32> = times
+        .values()
+        .iter()
+        .map(|t| t.div_euclid(MICROS_PER_DAY) as i32)
+        .collect();
+    let distinct: BTreeSet<i32> = days.iter().copied().collect();
+    if distinct.len() == 1 {
+        let day = *distinct.first().expect("one day");
+        return Ok(vec![(Some(schema::date_from_epoch_days(day)), batch.clone())]);
+    }
+    let mut out = Vec::with_capacity(distinct.len());
+    for day in distinct {
+        let mask: arrow::array::BooleanArray = days.iter().map(|d| Some(*d == day)).collect();
+        out.push((
+            Some(schema::date_from_epoch_days(day)),
+            filter_record_batch(batch, &mask)?,
+        ));
+    }
+    Ok(out)
+}
+
+/// Parquet settings for a table's files: ZSTD, page statistics (for the page index),
+/// bloom filters on the lookup columns, and metadata naming the Proxima version and writer.
+///
+/// Encounter-index files are laid out for lookups by `a`: small pages (1,024 rows) so
+/// that one device's rows are one page read, no dictionaries (a dictionary page
+/// would be read whole for every lookup), and page statistics on `a` only.
+pub fn writer_properties(table: Table, writer: &str, rows: usize, extra: Vec<KeyValue>) -> WriterProperties {
+    let mut metadata = vec![
+        KeyValue::new("proxima.version".to_string(), PROXIMA_VERSION.to_string()),
+        KeyValue::new("proxima.writer".to_string(), writer.to_string()),
+        KeyValue::new("proxima.table".to_string(), table.name().to_string()),
+    ];
+    metadata.extend(extra);
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("1 is a valid zstd level"),
+        ))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_key_value_metadata(Some(metadata));
+    if table == Table::EncounterIndex {
+        builder = builder
+            .set_dictionary_enabled(false)
+            .set_data_page_row_count_limit(INDEX_PAGE_ROWS)
+            .set_write_batch_size(INDEX_PAGE_ROWS)
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_column_statistics_enabled(ColumnPath::from("a"), EnabledStatistics::Page);
+    }
+    for column in table.lookup_columns() {
+        let column = ColumnPath::from(*column);
+        builder = builder
+            .set_column_bloom_filter_enabled(column.clone(), true)
+            .set_column_bloom_filter_fpp(column.clone(), 0.01)
+            .set_column_bloom_filter_max_ndv(column, rows.clamp(1, 1_000_000) as u64);
+    }
+    builder.build()
+}
+
+/// Rows per data page of encounter-index files.
+const INDEX_PAGE_ROWS: usize = 1024;

@@ -1,0 +1,301 @@
+//! The Maintainer: the one loop that keeps the store in shape.
+//!
+//! Every interval it flushes the write-ahead log (if this process has one),
+//! tells its listeners (the REST service reloads alerts), and compacts the
+//! recent days that are due; every hour it applies retention (alerts age
+//! off sooner) and rebuilds stale encounter indexes of the recent days. It
+//! runs on a runtime of its own ([`Maintainer::spawn`]: one thread, so
+//! DataFusion work in a flush or an index build never starves request
+//! handlers), is started by `proxima serve` whether or not REST is enabled,
+//! and [`Maintainer::run_once`] does one whole round for `proxima maintain
+//! --once`. Opening it is the write side's wiring: interrupted commits are
+//! recovered, the WAL is replayed, and what it replays is stored before
+//! anything else runs.
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prometheus_client::metrics::counter::Counter;
+use proxima_engine::clock::Clock;
+use proxima_engine::{SessionFactory, Table};
+use tracing::{info, warn};
+
+use crate::compaction;
+use crate::error::Result;
+use crate::flush::{Flushed, Flusher};
+use crate::marks::committed_through;
+use crate::retention;
+use crate::wal::{Replayed, Wal, WalStats};
+use crate::writer::PartitionWriter;
+
+/// How often the Maintainer runs each part of its work.
+#[derive(Debug, Clone)]
+pub struct MaintenanceOptions {
+    /// Flush (and compaction check) interval: acknowledged rows reach SQL within this.
+    pub interval: Duration,
+    /// Retention and the rebuild of stale indexes run this often.
+    pub housekeeping_interval: Duration,
+    /// Days of data kept.
+    pub retention_days: u32,
+    /// How long an alert is shown; its day folder goes once every alert in it expired.
+    pub alert_ttl: chrono::Duration,
+}
+
+impl Default for MaintenanceOptions {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            housekeeping_interval: Duration::from_secs(3600),
+            retention_days: 21,
+            alert_ttl: chrono::Duration::hours(48),
+        }
+    }
+}
+
+/// Counters of the write side, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct MaintenanceStats {
+    /// WAL bytes and sync latency.
+    pub wal: WalStats,
+    /// Parquet files written by flushes.
+    pub files_flushed: Counter,
+    /// Rows written by flushes.
+    pub rows_flushed: Counter,
+    /// Compactions of a day.
+    pub compaction_runs: Counter,
+}
+
+/// What the Maintainer is built from.
+#[derive(Debug)]
+pub struct MaintainerConfig {
+    /// Sessions over the store (compaction and index builds read through them).
+    pub factory: SessionFactory,
+    /// This process's write-ahead log folder, if it takes rows over REST.
+    pub wal_dir: Option<PathBuf>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Intervals and retention.
+    pub options: MaintenanceOptions,
+    /// Counters (shared with the metrics endpoint).
+    pub stats: MaintenanceStats,
+}
+
+/// Told after every successful flush (the REST service reloads its alerts).
+#[async_trait]
+pub trait FlushListener: Send + Sync + fmt::Debug {
+    /// Rows just became visible to SQL.
+    async fn flushed(&self);
+}
+
+/// What one [`Maintainer::run_once`] did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Round {
+    /// The flush.
+    pub flushed: Flushed,
+    /// Day folders compacted.
+    pub compactions: usize,
+    /// Day folders deleted by retention.
+    pub expired_days: usize,
+    /// Encounter indexes rebuilt because they were stale.
+    pub indexes_rebuilt: usize,
+}
+
+/// The write side's housekeeping, and the flusher of this process's WAL.
+pub struct Maintainer {
+    factory: SessionFactory,
+    writer: PartitionWriter,
+    flusher: Option<Flusher>,
+    clock: Arc<dyn Clock>,
+    options: MaintenanceOptions,
+    stats: MaintenanceStats,
+    listeners: Mutex<Vec<Arc<dyn FlushListener>>>,
+}
+
+impl fmt::Debug for Maintainer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Maintainer")
+            .field("store", self.factory.store())
+            .field("wal", &self.flusher.as_ref().map(|f| f.wal().id()))
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl Maintainer {
+    /// Recovers interrupted commits, opens and replays the WAL (if any), and stores what it
+    /// replayed. Returns what the replay found.
+    pub async fn open(config: MaintainerConfig) -> Result<(Self, Replayed)> {
+        let MaintainerConfig {
+            factory,
+            wal_dir,
+            clock,
+            options,
+            stats,
+        } = config;
+        let store = factory.store().clone();
+        let writer = PartitionWriter::new(store.clone(), "serve");
+        writer.recover().await?;
+        let mut replayed = Replayed::default();
+        let flusher = match wal_dir {
+            Some(dir) => {
+                let (wal, found) = Wal::open(&dir, stats.wal.clone(), |id, tables, oldest| {
+                    let store = store.clone();
+                    async move { committed_through(&store, id, &tables, oldest).await }
+                })
+                .await?;
+                replayed = found;
+                Some(Flusher::new(wal, writer.clone()))
+            }
+            None => None,
+        };
+        let maintainer = Self {
+            factory,
+            writer,
+            flusher,
+            clock,
+            options,
+            stats,
+            listeners: Mutex::default(),
+        };
+        let flushed = maintainer.flush().await?;
+        if replayed.records > 0 {
+            info!(target: "proxima::serve", rows = flushed.rows, records = replayed.records, "stored the rows the write-ahead log replayed");
+        }
+        Ok((maintainer, replayed))
+    }
+
+    /// This process's WAL (none when it takes no rows over REST).
+    pub fn wal(&self) -> Option<&Wal> {
+        self.flusher.as_ref().map(Flusher::wal)
+    }
+
+    /// The writer of flushes and compactions.
+    pub fn writer(&self) -> &PartitionWriter {
+        &self.writer
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &MaintenanceStats {
+        &self.stats
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &MaintenanceOptions {
+        &self.options
+    }
+
+    /// Registers `listener` to be told after every flush of the loop.
+    pub fn add_listener(&self, listener: Arc<dyn FlushListener>) {
+        self.listeners
+            .lock()
+            .expect("listener lock is never poisoned")
+            .push(listener);
+    }
+
+    /// Writes everything the WAL acknowledged to the store (nothing without a WAL); after
+    /// it returns, a query sees it. Every flush, periodic or before a trace, comes here.
+    pub async fn flush(&self) -> Result<Flushed> {
+        let Some(flusher) = &self.flusher else {
+            return Ok(Flushed::default());
+        };
+        let flushed = flusher.flush().await?;
+        self.stats.files_flushed.inc_by(flushed.commit.files as u64);
+        self.stats.rows_flushed.inc_by(flushed.rows);
+        Ok(flushed)
+    }
+
+    /// Flushes, tells the listeners, and compacts what is due. Returns the compactions run.
+    pub async fn tick(&self) -> Result<(Flushed, usize)> {
+        let flushed = self.flush().await?;
+        let listeners: Vec<Arc<dyn FlushListener>> =
+            self.listeners.lock().expect("listener lock is never poisoned").clone();
+        for listener in listeners {
+            listener.flushed().await;
+        }
+        let runs = compaction::compact_due(&self.factory, &self.writer, self.clock.now()).await?;
+        self.stats.compaction_runs.inc_by(runs as u64);
+        Ok((flushed, runs))
+    }
+
+    /// Retention (alerts age off after their TTL), then the rebuild of stale indexes of the
+    /// recent days. Returns the days deleted and the indexes rebuilt.
+    pub async fn housekeeping(&self) -> Result<(usize, usize)> {
+        let store = self.factory.store();
+        let today = self.clock.now().date_naive();
+        let mut expired = retention::apply(store, today, self.options.retention_days).await?.len();
+        let alert_days = (self.options.alert_ttl.num_hours().max(1) as u32).div_ceil(24) + 1;
+        expired += retention::apply_table(store, Table::Alerts, today, alert_days)
+            .await?
+            .len();
+        if expired > 0 {
+            info!(target: "proxima::serve", days = expired, "retention deleted day folders");
+        }
+        let rebuilt = compaction::rebuild_stale_indexes(&self.factory, &self.writer, today).await?;
+        Ok((expired, rebuilt))
+    }
+
+    /// One whole round: flush, compaction, retention, index upkeep (`proxima maintain --once`).
+    pub async fn run_once(&self) -> Result<Round> {
+        let (flushed, compactions) = self.tick().await?;
+        let (expired_days, indexes_rebuilt) = self.housekeeping().await?;
+        Ok(Round {
+            flushed,
+            compactions,
+            expired_days,
+            indexes_rebuilt,
+        })
+    }
+
+    /// The loop, until `shutdown` resolves; then a last flush. Errors are logged and the
+    /// work is tried again at the next tick (a failed flush keeps its rows).
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        let mut tick = tokio::time::interval(self.options.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut housekeeping = tokio::time::interval(self.options.housekeeping_interval);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {
+                    if let Err(e) = self.tick().await {
+                        warn!(target: "proxima::serve", error = %e, "maintenance failed; will retry");
+                    }
+                }
+                _ = housekeeping.tick() => {
+                    if let Err(e) = self.housekeeping().await {
+                        warn!(target: "proxima::serve", error = %e, "retention or index upkeep failed; will retry");
+                    }
+                }
+            }
+        }
+        match self.flush().await {
+            Ok(flushed) => info!(target: "proxima::serve", rows = flushed.rows, "final flush"),
+            Err(e) => {
+                warn!(target: "proxima::serve", error = %e, "final flush failed; the write-ahead log keeps the rows for the next start")
+            }
+        }
+    }
+
+    /// Runs [`Maintainer::run`] on a one-thread runtime of its own, on its own thread.
+    pub fn spawn(
+        self: Arc<Self>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        // PERF: flushes, compactions and index builds are DataFusion work that keeps a worker
+        // busy for seconds; on their own runtime (one thread) they cannot starve the request
+        // handlers (on the shared runtime they pushed upload p99 from 30 ms to over a second).
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("proxima-maintenance")
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("proxima-maintenance".into())
+            .spawn(move || runtime.block_on(self.run(shutdown)))
+    }
+}

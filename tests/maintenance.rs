@@ -1,0 +1,228 @@
+//! The Maintainer: compaction while readers count, `proxima serve --no-rest` keeping the store
+//! in shape with no REST service (and so no write-ahead log), and `proxima maintain --once`.
+
+mod common;
+
+use std::io::BufReader;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use chrono::NaiveDate;
+use proxima_engine::{DayPartition, SessionFactory, SessionOptions, Store, Table};
+use proxima_ingest::synthetic::{PopulationSpec, generate};
+use proxima_storage::PartitionWriter;
+use proxima_storage::compaction::{compact_due, live_files, sweep};
+
+const BIN: &str = env!("CARGO_BIN_EXE_proxima");
+
+async fn count(factory: &SessionFactory, sql: &str) -> i64 {
+    let ctx = factory.session().await.unwrap();
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    batches[0].column(0).as_primitive::<Int64Type>().value(0)
+}
+
+async fn observations(factory: &SessionFactory) -> i64 {
+    count(factory, "SELECT count(*) FROM observations").await
+}
+
+/// A small generated population over `days` days ending today, and the factory over it.
+async fn population(store: &Store, days: u32) -> (PartitionWriter, SessionFactory) {
+    let writer = PartitionWriter::new(store.clone(), "test");
+    let today = proxima_engine::store::today_utc();
+    let spec = PopulationSpec {
+        devices: 300,
+        days,
+        contacts_per_day: 5,
+        seed: 7,
+        start: today - chrono::Days::new(u64::from(days) - 1),
+    };
+    generate(&writer, &spec, |_| {}).await.unwrap();
+    let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
+    (writer, factory)
+}
+
+/// Some rows of `day`, as they are in the store (to write again as extra small files).
+async fn sample(factory: &SessionFactory, day: NaiveDate, limit: usize) -> Vec<RecordBatch> {
+    let ctx = factory.session().await.unwrap();
+    ctx.sql(&format!(
+        "SELECT observer, observed, observed_at, duration_s, rssi, tx_power, location FROM observations \
+         WHERE day = DATE '{day}' ORDER BY observer, observed_at LIMIT {limit}"
+    ))
+    .await
+    .unwrap()
+    .collect()
+    .await
+    .unwrap()
+}
+
+/// Writes `batches` into `day` `times` times, one committed file each (as flushes would).
+async fn add_files(writer: &PartitionWriter, day: NaiveDate, batches: &[RecordBatch], times: usize) {
+    for _ in 0..times {
+        let mut transaction = writer.begin();
+        transaction
+            .write_file(Table::Observations, Some(day), batches)
+            .await
+            .unwrap();
+        transaction.commit().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_count_every_row_once_while_a_day_is_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::local(dir.path()).unwrap();
+    let (writer, factory) = population(&store, 2).await;
+    let today = proxima_engine::store::today_utc();
+    // Nine more small files in today's folder, as nine flushes would leave.
+    let extra = sample(&factory, today, 50).await;
+    add_files(&writer, today, &extra, 9).await;
+    assert_eq!(live_files(&store, Table::Observations, today).await.unwrap().len(), 10);
+    let before = observations(&factory).await;
+
+    let counting = {
+        let factory = factory.clone();
+        tokio::spawn(async move {
+            let mut counts = Vec::new();
+            for _ in 0..40 {
+                counts.push(observations(&factory).await);
+            }
+            counts
+        })
+    };
+    let runs = compact_due(&factory, &writer, chrono::Utc::now()).await.unwrap();
+    let counts = counting.await.unwrap();
+    assert!(runs >= 1, "today's ten files are due");
+    assert!(
+        counts.iter().all(|c| *c == before),
+        "{before} expected, counted {counts:?}"
+    );
+    assert_eq!(observations(&factory).await, before);
+    assert_eq!(live_files(&store, Table::Observations, today).await.unwrap().len(), 1);
+    assert!(!factory.index().is_stale(today).await.unwrap(), "the index was rebuilt");
+    // Within the grace period the replaced files stay (a running query may read them).
+    let raw = store.list_files(Table::Observations).await.unwrap();
+    assert!(raw.len() >= 11, "{raw:?}");
+    let folder = DayPartition {
+        table: Table::Observations,
+        day: today,
+    };
+    sweep(&store, &folder.prefix(store.root()), chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(observations(&factory).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_rest_still_compacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = Store::local(&root).unwrap();
+    let (writer, factory) = population(&store, 3).await;
+    let yesterday = proxima_engine::store::today_utc().pred_opt().unwrap();
+    let extra = sample(&factory, yesterday, 40).await;
+    add_files(&writer, yesterday, &extra, 2).await;
+    assert_eq!(
+        live_files(&store, Table::Observations, yesterday).await.unwrap().len(),
+        3
+    );
+    let before = observations(&factory).await;
+
+    let mut child = Command::new(BIN)
+        .args(["--data", root.to_str().unwrap()])
+        .args([
+            "serve",
+            "--no-rest",
+            "--flight",
+            "127.0.0.1:0",
+            "--flush-interval",
+            "1s",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let line = common::wait_for_line(&mut stdout, "Flight SQL listening on");
+    assert!(line.contains("grpc://127.0.0.1:"), "{line}");
+    // A finished day with three small files is due: the Maintainer merges them.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let live = live_files(&store, Table::Observations, yesterday).await.unwrap().len();
+        if live == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {live} live files after 120 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        observations(&factory).await,
+        before,
+        "compaction neither adds nor drops rows"
+    );
+    assert!(
+        !factory.index().is_stale(yesterday).await.unwrap(),
+        "the index was rebuilt"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!root.join("_wal").exists(), "without REST there is no write-ahead log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintain_once_compacts_and_applies_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = Store::local(&root).unwrap();
+    let (writer, factory) = population(&store, 4).await;
+    let today = proxima_engine::store::today_utc();
+    let yesterday = today.pred_opt().unwrap();
+    let oldest = today - chrono::Days::new(3);
+    let extra = sample(&factory, yesterday, 40).await;
+    let extra_rows: usize = extra.iter().map(RecordBatch::num_rows).sum();
+    add_files(&writer, yesterday, &extra, 1).await;
+    let total = observations(&factory).await;
+    let expiring = count(
+        &factory,
+        &format!("SELECT count(*) FROM observations WHERE day = DATE '{oldest}'"),
+    )
+    .await;
+    assert!(expiring > 0 && extra_rows > 0);
+
+    let output = Command::new(BIN)
+        .args(["--data", root.to_str().unwrap()])
+        .args(["maintain", "--once", "--retention-days", "3"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("1 day folders compacted"), "{stdout}");
+    assert_eq!(
+        live_files(&store, Table::Observations, yesterday).await.unwrap().len(),
+        1
+    );
+    let days: Vec<NaiveDate> = store
+        .list_days(Table::Observations)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.day)
+        .collect();
+    assert!(!days.contains(&oldest), "{oldest} is past retention: {days:?}");
+    assert_eq!(observations(&factory).await, total - expiring);
+
+    let refused = Command::new(BIN)
+        .args(["--data", root.to_str().unwrap()])
+        .args(["maintain", "--once", "--retention-days", "0"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("retention-days"));
+}
