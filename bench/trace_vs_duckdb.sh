@@ -5,7 +5,7 @@
 #
 # 1. builds proxima in release and, if STORE_DIR is empty, generates 1 million
 #    devices x 14 days into it (about 10 million observations a day) and its
-#    encounter index;
+#    observed index (written with the observations);
 # 2. traces 20 random index cases at depth 2 with `proxima bench trace` (p50/p95,
 #    index rows and bytes read per trace), saving the contacts found;
 # 3. exports observations and devices as plain Parquet with DuckDB (the `duckdb`

@@ -100,7 +100,10 @@ async fn readers_count_every_row_once_while_a_day_is_compacted() {
     );
     assert_eq!(observations(&factory).await, before);
     assert_eq!(live_files(&store, Table::Observations, today).await.unwrap().len(), 1);
-    assert!(!factory.index().is_stale(today).await.unwrap(), "the index was rebuilt");
+    assert!(
+        factory.index().is_covered(today).await.unwrap(),
+        "the lookups answer for the compacted day"
+    );
     // Within the grace period the replaced files stay (a running query may read them).
     let raw = store.list_files(Table::Observations).await.unwrap();
     assert!(raw.len() >= 11, "{raw:?}");
@@ -147,14 +150,19 @@ async fn serve_without_rest_still_compacts() {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let line = common::wait_for_line(&mut stdout, "Flight SQL listening on");
     assert!(line.contains("grpc://127.0.0.1:"), "{line}");
-    // A finished day with three small files is due: the Maintainer merges them.
+    // A finished day with three small files (and three companions) is due: the Maintainer
+    // merges each set.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let live = live_files(&store, Table::Observations, yesterday).await.unwrap().len();
-        if live == 1 {
+        let companions = live_files(&store, Table::ObservedIndex, yesterday).await.unwrap().len();
+        if (live, companions) == (1, 1) {
             break;
         }
-        assert!(Instant::now() < deadline, "still {live} live files after 120 s");
+        assert!(
+            Instant::now() < deadline,
+            "still {live} live files and {companions} companions after 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(
@@ -163,8 +171,8 @@ async fn serve_without_rest_still_compacts() {
         "compaction neither adds nor drops rows"
     );
     assert!(
-        !factory.index().is_stale(yesterday).await.unwrap(),
-        "the index was rebuilt"
+        factory.index().is_covered(yesterday).await.unwrap(),
+        "the lookups answer for the compacted day"
     );
     let _ = child.kill();
     let _ = child.wait();
@@ -203,7 +211,12 @@ async fn maintain_once_compacts_and_applies_retention() {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("1 day folders compacted"), "{stdout}");
+    // Yesterday's observations and their observed_index companions: two folders of two files.
+    assert!(stdout.contains("2 day folders compacted"), "{stdout}");
+    assert_eq!(
+        live_files(&store, Table::ObservedIndex, yesterday).await.unwrap().len(),
+        1
+    );
     assert_eq!(
         live_files(&store, Table::Observations, yesterday).await.unwrap().len(),
         1
@@ -225,4 +238,128 @@ async fn maintain_once_compacts_and_applies_retention() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("retention-days"));
+}
+
+/// Every row of a query as text, in order (for comparing two runs of the same query).
+async fn rows(factory: &SessionFactory, sql: &str) -> Vec<String> {
+    let ctx = factory.session().await.unwrap();
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    text.lines().map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_over_compacted_and_fresh_days_equals_the_view() {
+    use proxima_udfs::trace::EncounterLookup;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = Store::local(&root).unwrap();
+    let (writer, factory) = population(&store, 4).await;
+    let today = proxima_engine::store::today_utc();
+    let yesterday = today.pred_opt().unwrap();
+    // Yesterday gets two more files (due: it is over), today three (not due: fewer than 8).
+    let extra = sample(&factory, yesterday, 60).await;
+    add_files(&writer, yesterday, &extra, 2).await;
+    let extra = sample(&factory, today, 60).await;
+    add_files(&writer, today, &extra, 3).await;
+    compact_due(&factory, &writer, chrono::Utc::now()).await.unwrap();
+    assert_eq!(
+        live_files(&store, Table::Observations, yesterday).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        live_files(&store, Table::ObservedIndex, yesterday).await.unwrap().len(),
+        1
+    );
+    assert_eq!(live_files(&store, Table::Observations, today).await.unwrap().len(), 4);
+
+    let devices: Vec<String> = rows(
+        &factory,
+        "SELECT DISTINCT observer FROM observations ORDER BY observer LIMIT 12",
+    )
+    .await
+    .into_iter()
+    .filter_map(|line| line.split('|').nth(1).map(|v| v.trim().to_string()))
+    .filter(|v| v.len() == 36)
+    .collect();
+    assert_eq!(devices.len(), 12, "{devices:?}");
+
+    // The lookups answer every day, and exactly as the `encounters` view does.
+    let from = (today - chrono::Days::new(3))
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros();
+    // The population spans these four days whole (today's rows run to its end).
+    let to = (today + chrono::Days::new(1))
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros()
+        - 1;
+    let found = factory.index().encounters(&devices, from, to).await.unwrap();
+    assert!(found.uncovered_days.is_empty(), "{:?}", found.uncovered_days);
+    let mut looked_up: Vec<(String, String, i64)> = found.edges.into_iter().map(|e| (e.a, e.b, e.at)).collect();
+    looked_up.sort();
+    let list = devices.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", ");
+    let ctx = factory.session().await.unwrap();
+    let batches = ctx
+        .sql(&format!(
+            "SELECT a, b, CAST(at AS BIGINT) AS at_us FROM encounters WHERE a IN ({list}) ORDER BY a, b, at_us"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut viewed = Vec::new();
+    for batch in &batches {
+        let (a, b) = (batch.column(0).as_string::<i32>(), batch.column(1).as_string::<i32>());
+        let at = batch.column(2).as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            viewed.push((a.value(i).to_string(), b.value(i).to_string(), at.value(i)));
+        }
+    }
+    viewed.sort();
+    assert!(!viewed.is_empty());
+    let differ = looked_up.iter().zip(&viewed).position(|(x, y)| x != y);
+    assert!(
+        looked_up.len() == viewed.len() && differ.is_none(),
+        "{} looked up, {} in the view; first difference at {differ:?}",
+        looked_up.len(),
+        viewed.len()
+    );
+
+    // Traces through the lookups equal traces through the view (the index deleted).
+    let traces = |factory: SessionFactory| {
+        let devices = devices.clone();
+        async move {
+            let mut all = Vec::new();
+            for device in &devices {
+                all.extend(
+                    rows(
+                        &factory,
+                        &format!(
+                            "SELECT contact, contact_order, priority, exposed_at, via FROM \
+                             trace_contacts('{device}', now(), 2) ORDER BY contact_order, contact"
+                        ),
+                    )
+                    .await,
+                );
+            }
+            all
+        }
+    };
+    let indexed = traces(factory.clone()).await;
+    std::fs::remove_dir_all(root.join("observed_index")).unwrap();
+    let plain = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
+    assert!(
+        !plain.index().is_covered(yesterday).await.unwrap(),
+        "the view path is taken"
+    );
+    assert_eq!(indexed, traces(plain).await);
+    assert!(indexed.len() > devices.len() * 4, "traces found contacts: {indexed:?}");
 }

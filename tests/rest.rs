@@ -625,3 +625,50 @@ async fn a_fever_reading_opens_a_suspected_case() {
         .unwrap();
     assert_eq!(json_of(response).await.as_array().unwrap().clone().len(), 1);
 }
+
+#[tokio::test]
+async fn registrations_never_leave_a_day_uncovered() {
+    use proxima_udfs::trace::EncounterLookup;
+
+    let api = Api::start(RestOptions::default()).await;
+    let now = api.now();
+    let phone = api.register("1C:00:00:00:00:01").await;
+    // Sightings over three days of a MAC nobody has registered yet.
+    let days_back = [0, 1, 2];
+    let sightings: Vec<Value> = days_back
+        .iter()
+        .map(|d| sighting("1C:00:00:00:00:02", now - Duration::days(*d) - Duration::hours(1), 900))
+        .collect();
+    let (s, body) = api.upload(&phone, &Value::Array(sightings)).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    api.service.flush().await.unwrap();
+    let covered = |api: &Api| {
+        let index = Arc::clone(api.factory.index());
+        async move {
+            let mut all = true;
+            for d in days_back {
+                all &= index
+                    .is_covered((now - Duration::days(d) - Duration::hours(1)).date_naive())
+                    .await
+                    .unwrap();
+            }
+            all
+        }
+    };
+    assert!(covered(&api).await);
+    // The heard phone registers (its MAC now names a device), and the flush writes a devices
+    // file: every day stays covered, and the earlier sightings are encounters at once.
+    let heard = api.register("1C:00:00:00:00:02").await;
+    api.service.flush().await.unwrap();
+    assert!(covered(&api).await, "a registration made a day uncovered");
+    let from = (now - Duration::days(3)).timestamp_micros();
+    let found = api
+        .factory
+        .index()
+        .encounters(std::slice::from_ref(&heard.uuid), from, now.timestamp_micros())
+        .await
+        .unwrap();
+    assert!(found.uncovered_days.is_empty(), "{:?}", found.uncovered_days);
+    assert_eq!(found.edges.len(), 3, "{:?}", found.edges);
+    assert!(found.edges.iter().all(|e| e.b == phone.uuid));
+}

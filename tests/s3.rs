@@ -154,7 +154,17 @@ fn the_store_works_on_s3() {
         ],
     );
     assert_eq!(encounters, "n\n4\n");
-    // The encounter index was built on S3 by the imports.
+    // The imports wrote the observed index on S3 with the observations.
+    let observations = ok(
+        port,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            "SELECT count(*) AS n FROM observations WHERE observed_at >= TIMESTAMP '2026-11-04T00:00:00Z'",
+        ],
+    );
     let indexed = ok(
         port,
         &[
@@ -162,15 +172,16 @@ fn the_store_works_on_s3() {
             "--format",
             "csv",
             "-c",
-            "SELECT count(*) AS n FROM encounter_index WHERE at >= TIMESTAMP '2026-11-04T00:00:00Z'",
+            "SELECT count(*) AS n FROM observed_index WHERE observed_at >= TIMESTAMP '2026-11-04T00:00:00Z'",
         ],
     );
-    assert_eq!(indexed, encounters);
+    assert_eq!(indexed, observations);
+    assert_ne!(indexed, "n\n0\n");
 
     let retention = ok(port, &["retention", "--keep-days", "2", "--today", "2026-11-05"]);
     assert!(retention.contains("deleted 4 day folder(s)"), "{retention}");
     assert!(
-        retention.contains("deleted encounter_index/day=2026-11-03"),
+        retention.contains("deleted observed_index/day=2026-11-03"),
         "{retention}"
     );
     assert_eq!(days(port), "day,n\n2026-11-04,3\n2026-11-05,1\n");

@@ -1,19 +1,32 @@
-//! The encounter index: each day's `encounters` sorted by device, and the lookups tracing makes in it.
+//! Tracing's lookups: the encounters of a few devices on a day, read by page index.
 //!
-//! `encounter_index/day=D/part-….parquet` holds the `(a, b, at)` rows of the
-//! `encounters` view for day D (both directions, identifiers resolved), sorted
-//! by `a` then `at`, in small pages with a page index on `a` (written by
-//! `proxima-ingest`'s index builder whenever a day's files change). The
-//! encounters of a few devices are then a lookup: binary search of the page
-//! index, then a read of just the pages that may hold them.
+//! Nothing here is ever stale, because nothing is derived from more than one
+//! file. Each observation file is sorted by `observer`, and each has an
+//! `observed_index` companion (the same rows' `observed`, `observer`,
+//! `observed_at`, sorted by `observed`) written in the same transaction by
+//! `proxima-storage` and merged by the same compaction. The encounters of
+//! devices F on a day are then two lookups (binary search of the page index,
+//! then a read of only the pages that may hold the keys):
 //!
-//! An index file records the files it was built from (key
-//! [`SOURCES_KEY`] of its Parquet metadata: the day's observation files and
-//! every devices file). It answers for its day only while exactly those files
-//! exist; otherwise the day is reported uncovered and tracing reads it from
-//! the `encounters` view, so a stale index is slow, never wrong.
+//! - what F heard: observation rows with `observer` in F, whose `observed` MAC
+//!   belongs to a registered device other than the observer → `(observer, device)`;
+//! - who heard F: `observed_index` rows with `observed` among F's MACs, from
+//!   another device → `(device, observer)`.
+//!
+//! MACs are resolved to devices at lookup time from `devices`, through a
+//! directory loaded file by file (a registration adds a file, which is read
+//! once), so registering a device never invalidates anything: its earlier
+//! sightings become encounters at once, exactly as in the `encounters` view.
+//! A day counts as covered when its live observation files and its live
+//! companion files hold the same number of rows (they differ only while a
+//! transaction is being published, or for days written before companions
+//! existed until `proxima index` writes theirs); an uncovered day is answered
+//! by reading all its observations (what the `encounters` view does, without
+//! a SQL session, so that a trace can run from its task alone) and counted in
+//! [`LookupCounters::scanned_days`]: the index is at worst slower, never
+//! wrong. Tests hold both paths to the view.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +40,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use futures::future::BoxFuture;
 use futures::{FutureExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector};
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
@@ -40,45 +53,9 @@ use crate::paths::{DayPartition, Table};
 use crate::schema::{date_from_epoch_days, epoch_days};
 use crate::store::Store;
 
-/// Parquet metadata key listing, one per line, the files an index file was built from.
-pub const SOURCES_KEY: &str = "proxima.index.sources";
-
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// File footers kept in memory; beyond this the cache starts afresh.
-const FOOTER_CACHE_ENTRIES: usize = 1024;
-
-/// The files an index of `day` must be built from: the day's observation files and
-/// every devices file, as sorted store paths.
-pub async fn sources(store: &Store, day: NaiveDate) -> crate::Result<Vec<String>> {
-    let observations = DayPartition {
-        table: Table::Observations,
-        day,
-    };
-    let observations = list(store, &observations.prefix(store.root())).await?;
-    if observations.is_empty() {
-        return Ok(observations);
-    }
-    let devices = list(store, &Table::Devices.prefix(store.root())).await?;
-    Ok(source_list(observations, &devices))
-}
-
-/// The sources of a day's index: its observation files and the devices files, sorted.
-fn source_list(mut observations: Vec<String>, devices: &[String]) -> Vec<String> {
-    observations.extend(devices.iter().cloned());
-    observations.sort();
-    observations
-}
-
-/// The Parquet files under `prefix`, as store paths.
-async fn list(store: &Store, prefix: &Path) -> object_store::Result<Vec<String>> {
-    store
-        .reader()
-        .list(Some(prefix))
-        .try_filter(|meta| futures::future::ready(meta.location.as_ref().ends_with(".parquet")))
-        .map_ok(|meta| meta.location.to_string())
-        .try_collect()
-        .await
-}
+const FOOTER_CACHE_ENTRIES: usize = 4096;
 
 /// The key-value metadata of a Parquet file in the store (its footer only).
 pub async fn file_key_values(store: &Store, location: &Path) -> crate::Result<HashMap<String, String>> {
@@ -102,28 +79,81 @@ pub async fn file_key_values(store: &Store, location: &Path) -> crate::Result<Ha
         .collect())
 }
 
-/// Encodes a source list for [`SOURCES_KEY`].
-pub fn encode_sources(sources: &[String]) -> String {
-    sources.join("\n")
+/// Registered devices by MAC and MAC by device, as compact integers.
+#[derive(Debug, Default)]
+struct Directory {
+    /// The `devices` files read so far (files are immutable).
+    files: HashSet<Path>,
+    by_mac: HashMap<u64, u128>,
+    mac_of: HashMap<u128, u64>,
+    /// Every registered device (also one whose MAC is not canonical, which no sighting names).
+    devices: HashSet<u128>,
 }
 
-/// Looks up encounters in the store's encounter index (the tracing fast path).
+/// A canonical MAC (`AA:BB:CC:DD:EE:FF`) as an integer; `None` for anything else (an RPI).
+fn mac_bits(text: &str) -> Option<u64> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 17 {
+        return None;
+    }
+    let mut value = 0u64;
+    for (i, chunk) in bytes.chunks(3).enumerate() {
+        if i < 5 && chunk.get(2) != Some(&b':') {
+            return None;
+        }
+        for &c in &chunk[..2] {
+            let digit = match c {
+                b'0'..=b'9' => c - b'0',
+                b'A'..=b'F' => c - b'A' + 10,
+                _ => return None,
+            };
+            value = value << 4 | u64::from(digit);
+        }
+    }
+    Some(value)
+}
+
+fn mac_text(bits: u64) -> String {
+    let b = bits.to_be_bytes();
+    format!(
+        "{:02X}:{:02X}:{:02X}:{:02X}:{:02X}:{:02X}",
+        b[2], b[3], b[4], b[5], b[6], b[7]
+    )
+}
+
+fn device_bits(text: &str) -> Option<u128> {
+    uuid::Uuid::try_parse(text).ok().map(|u| u.as_u128())
+}
+
+fn device_text(bits: u128) -> String {
+    uuid::Uuid::from_u128(bits).hyphenated().to_string()
+}
+
+/// Looks up encounters in the store's observation files and their companions (the
+/// tracing fast path).
 #[derive(Debug)]
 pub struct IndexReader {
     store: Store,
     footers: Mutex<HashMap<Path, ArrowReaderMetadata>>,
+    directory: tokio::sync::RwLock<Directory>,
     rows: AtomicU64,
     bytes: Arc<AtomicU64>,
+    scanned_days: AtomicU64,
 }
 
+/// A day's live files of one table, with their footers.
+type DayFiles = Vec<(ObjectMeta, ArrowReaderMetadata)>;
+
 impl IndexReader {
-    /// A reader of `store`'s index, with an empty footer cache.
+    /// A reader of `store`, with empty caches.
     pub fn new(store: Store) -> Self {
         Self {
             store,
             footers: Mutex::new(HashMap::new()),
+            directory: tokio::sync::RwLock::default(),
             rows: AtomicU64::new(0),
             bytes: Arc::new(AtomicU64::new(0)),
+            scanned_days: AtomicU64::new(0),
         }
     }
 
@@ -132,6 +162,7 @@ impl IndexReader {
         LookupCounters {
             rows: self.rows.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
+            scanned_days: self.scanned_days.load(Ordering::Relaxed),
         }
     }
 
@@ -144,12 +175,12 @@ impl IndexReader {
         }
     }
 
-    /// The footer (with page index) of an index file; files are immutable, so it is cached by path.
+    /// The footer (with page index) of a file; files are immutable, so it is cached by path.
     async fn footer(&self, location: &Path, size: u64) -> DfResult<ArrowReaderMetadata> {
         if let Some(found) = self.footers.lock().map_err(poisoned)?.get(location) {
             return Ok(found.clone());
         }
-        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
         let metadata = ArrowReaderMetadata::load_async(&mut self.reader(location, size), options).await?;
         let mut footers = self.footers.lock().map_err(poisoned)?;
         if footers.len() >= FOOTER_CACHE_ENTRIES {
@@ -159,103 +190,252 @@ impl IndexReader {
         Ok(metadata)
     }
 
-    /// The index file of `day` built from exactly the current sources, if any.
-    async fn current_file(&self, day: NaiveDate, devices: &[String]) -> DfResult<Current> {
-        let store = self.store.object_store();
-        let observations = DayPartition {
-            table: Table::Observations,
-            day,
-        };
-        let observations = list(&self.store, &observations.prefix(self.store.root())).await?;
-        if observations.is_empty() {
-            return Ok(Current::NoData);
+    /// The live Parquet files of `table` on `day`, as readers see them, with footers.
+    async fn day_files(&self, table: Table, day: NaiveDate) -> DfResult<DayFiles> {
+        let prefix = DayPartition { table, day }.prefix(self.store.root());
+        let objects: Vec<ObjectMeta> = self
+            .store
+            .reader()
+            .list(Some(&prefix))
+            .try_filter(|meta| futures::future::ready(meta.location.as_ref().ends_with(".parquet")))
+            .try_collect()
+            .await?;
+        let mut files = Vec::with_capacity(objects.len());
+        for object in objects {
+            let footer = self.footer(&object.location, object.size).await?;
+            files.push((object, footer));
         }
-        let expected = encode_sources(&source_list(observations, devices));
-        let index = DayPartition {
-            table: Table::EncounterIndex,
-            day,
-        };
-        let mut files: Vec<_> = store.list(Some(&index.prefix(self.store.root()))).try_collect().await?;
-        // Newest first: file names carry a UUID v7.
-        files.sort_by(|a, b| b.location.cmp(&a.location));
-        for file in files {
-            let metadata = self.footer(&file.location, file.size).await?;
-            let built_from = metadata
-                .metadata()
-                .file_metadata()
-                .key_value_metadata()
-                .and_then(|kv| kv.iter().find(|kv| kv.key == SOURCES_KEY))
-                .and_then(|kv| kv.value.as_deref());
-            if built_from == Some(expected.as_str()) {
-                return Ok(Current::File(file.location, file.size, metadata));
-            }
-        }
-        Ok(Current::Stale)
+        Ok(files)
     }
 
-    /// Reads the rows of one index file whose `a` is in `devices` and `at` in `from..=to`.
-    async fn read(
+    /// Reads the devices files not read yet into the directory (all of them again if one
+    /// that was read is gone: devices were erased or compacted away).
+    async fn refresh_directory(&self) -> DfResult<()> {
+        let listed: Vec<ObjectMeta> = self
+            .store
+            .reader()
+            .list(Some(&Table::Devices.prefix(self.store.root())))
+            .try_filter(|meta| futures::future::ready(meta.location.as_ref().ends_with(".parquet")))
+            .try_collect()
+            .await?;
+        let names: HashSet<&Path> = listed.iter().map(|m| &m.location).collect();
+        {
+            let directory = self.directory.read().await;
+            if directory.files.len() == names.len() && directory.files.iter().all(|f| names.contains(f)) {
+                return Ok(());
+            }
+        }
+        let mut directory = self.directory.write().await;
+        if directory.files.iter().any(|f| !names.contains(f)) {
+            *directory = Directory::default();
+        }
+        for meta in &listed {
+            if directory.files.contains(&meta.location) {
+                continue;
+            }
+            let batches: Vec<RecordBatch> =
+                ParquetRecordBatchStreamBuilder::new(self.reader(&meta.location, meta.size))
+                    .await?
+                    .build()?
+                    .try_collect()
+                    .await?;
+            for batch in batches {
+                let schema = batch.schema();
+                let uuids = batch.column(schema.index_of("device_uuid")?).as_string::<i32>();
+                let macs = batch.column(schema.index_of("mac")?).as_string::<i32>();
+                for (uuid, mac) in uuids.iter().zip(macs.iter()) {
+                    let Some(device) = uuid.and_then(device_bits) else {
+                        continue;
+                    };
+                    directory.devices.insert(device);
+                    if let Some(mac) = mac.and_then(mac_bits) {
+                        directory.by_mac.insert(mac, device);
+                        directory.mac_of.insert(device, mac);
+                    }
+                }
+            }
+            directory.files.insert(meta.location.clone());
+        }
+        Ok(())
+    }
+
+    /// The rows of `file` whose column 0 is one of `keys` (sorted) and whose column 2 (the
+    /// time) is in `from..=to`, as `(column 0, column 1, time)`.
+    async fn matching(
         &self,
-        location: &Path,
-        size: u64,
+        file: &ObjectMeta,
         metadata: ArrowReaderMetadata,
-        devices: &[String],
+        keys: &[String],
         from: i64,
         to: i64,
-    ) -> DfResult<Vec<Edge>> {
-        let (row_groups, selection, rows) = select(metadata.metadata(), devices);
+    ) -> DfResult<Vec<(String, String, i64)>> {
+        let (row_groups, selection, rows) = select(metadata.metadata(), keys);
         if row_groups.is_empty() {
             return Ok(Vec::new());
         }
         self.rows.fetch_add(rows, Ordering::Relaxed);
-        let mask = ProjectionMask::roots(metadata.metadata().file_metadata().schema_descr(), [0, 1, 2]);
-        let batches: Vec<RecordBatch> =
-            ParquetRecordBatchStreamBuilder::new_with_metadata(self.reader(location, size), metadata)
-                .with_row_groups(row_groups)
-                .with_row_selection(selection)
-                .with_projection(mask)
-                .build()?
-                .try_collect()
-                .await?;
-        let mut edges = Vec::new();
+        let batches = self
+            .read(file, metadata, |builder| {
+                builder.with_row_groups(row_groups).with_row_selection(selection)
+            })
+            .await?;
+        let mut found = Vec::new();
         for batch in batches {
-            let a = batch.column(0).as_string::<i32>();
-            let b = batch.column(1).as_string::<i32>();
+            let key = batch.column(0).as_string::<i32>();
+            let other = batch.column(1).as_string::<i32>();
             let at = batch.column(2).as_primitive::<TimestampMicrosecondType>();
             for i in 0..batch.num_rows() {
-                let (a, at) = (a.value(i), at.value(i));
-                if (from..=to).contains(&at) && devices.binary_search_by(|d| d.as_str().cmp(a)).is_ok() {
-                    edges.push(Edge {
-                        a: a.to_string(),
-                        b: b.value(i).to_string(),
-                        at,
-                    });
+                let (k, t) = (key.value(i), at.value(i));
+                if (from..=to).contains(&t) && keys.binary_search_by(|d| d.as_str().cmp(k)).is_ok() {
+                    found.push((k.to_string(), other.value(i).to_string(), t));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Columns 0, 1 and 2 of `file`, as `select` narrows the reader.
+    async fn read(
+        &self,
+        file: &ObjectMeta,
+        metadata: ArrowReaderMetadata,
+        select: impl FnOnce(
+            ParquetRecordBatchStreamBuilder<CountingReader>,
+        ) -> ParquetRecordBatchStreamBuilder<CountingReader>,
+    ) -> DfResult<Vec<RecordBatch>> {
+        let mask = ProjectionMask::roots(metadata.metadata().file_metadata().schema_descr(), [0, 1, 2]);
+        let builder =
+            ParquetRecordBatchStreamBuilder::new_with_metadata(self.reader(&file.location, file.size), metadata)
+                .with_projection(mask);
+        Ok(select(builder).build()?.try_collect().await?)
+    }
+
+    /// The encounters of `devices` on a day the companions do not cover, by reading all the
+    /// day's observations (what the `encounters` view would do, without SQL).
+    async fn scan_day(&self, day: NaiveDate, devices: &[String], from: i64, to: i64) -> DfResult<Vec<Edge>> {
+        self.scanned_days.fetch_add(1, Ordering::Relaxed);
+        let directory = self.directory.read().await;
+        let wanted: HashSet<u128> = devices.iter().filter_map(|d| device_bits(d)).collect();
+        let mut edges = Vec::new();
+        for (file, footer) in self.day_files(Table::Observations, day).await? {
+            self.rows
+                .fetch_add(footer.metadata().file_metadata().num_rows() as u64, Ordering::Relaxed);
+            for batch in self.read(&file, footer, |builder| builder).await? {
+                let observer = batch.column(0).as_string::<i32>();
+                let observed = batch.column(1).as_string::<i32>();
+                let at = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+                for i in 0..batch.num_rows() {
+                    let t = at.value(i);
+                    if !(from..=to).contains(&t) {
+                        continue;
+                    }
+                    let Some(heard) = mac_bits(observed.value(i)).and_then(|m| directory.by_mac.get(&m)) else {
+                        continue;
+                    };
+                    let Some(by) = device_bits(observer.value(i)) else {
+                        continue;
+                    };
+                    if *heard == by {
+                        continue;
+                    }
+                    if wanted.contains(&by) {
+                        edges.push(Edge {
+                            a: observer.value(i).to_string(),
+                            b: device_text(*heard),
+                            at: t,
+                        });
+                    }
+                    if wanted.contains(heard) {
+                        edges.push(Edge {
+                            a: device_text(*heard),
+                            b: observer.value(i).to_string(),
+                            at: t,
+                        });
+                    }
                 }
             }
         }
         Ok(edges)
     }
+
+    /// Whether `day` is answered from the files (see the module documentation); a day
+    /// without observations is covered (there is nothing to find).
+    pub async fn is_covered(&self, day: NaiveDate) -> crate::Result<bool> {
+        let observations = self.day_files(Table::Observations, day).await?;
+        let companions = self.day_files(Table::ObservedIndex, day).await?;
+        Ok(rows_of(&observations) == rows_of(&companions))
+    }
+
+    /// The encounters of one covered day, or `None` if the day is not covered.
+    async fn day_encounters(
+        &self,
+        day: NaiveDate,
+        devices: &[String],
+        from: i64,
+        to: i64,
+    ) -> DfResult<Option<Vec<Edge>>> {
+        let observations = self.day_files(Table::Observations, day).await?;
+        if observations.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let companions = self.day_files(Table::ObservedIndex, day).await?;
+        if rows_of(&observations) != rows_of(&companions) {
+            return Ok(None);
+        }
+        let directory = self.directory.read().await;
+        let mut edges = Vec::new();
+        // What the devices heard.
+        for (file, footer) in observations {
+            for (observer, observed, at) in self.matching(&file, footer, devices, from, to).await? {
+                let Some(heard) = mac_bits(&observed).and_then(|m| directory.by_mac.get(&m)) else {
+                    continue;
+                };
+                let heard = device_text(*heard);
+                if heard != observer {
+                    edges.push(Edge {
+                        a: observer,
+                        b: heard,
+                        at,
+                    });
+                }
+            }
+        }
+        // Who heard the devices.
+        let mut device_of_mac: HashMap<String, &str> = HashMap::new();
+        for device in devices {
+            if let Some(mac) = device_bits(device).and_then(|d| directory.mac_of.get(&d)) {
+                device_of_mac.insert(mac_text(*mac), device);
+            }
+        }
+        let mut macs: Vec<String> = device_of_mac.keys().cloned().collect();
+        macs.sort();
+        if !macs.is_empty() {
+            for (file, footer) in companions {
+                for (observed, observer, at) in self.matching(&file, footer, &macs, from, to).await? {
+                    let device = device_of_mac[&observed];
+                    if device != observer {
+                        edges.push(Edge {
+                            a: device.to_string(),
+                            b: observer,
+                            at,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(Some(edges))
+    }
 }
 
-enum Current {
-    /// The day has no observations: nothing to find.
-    NoData,
-    /// No index file matches the day's current files.
-    Stale,
-    /// The index file to read: location, size, footer.
-    File(Path, u64, ArrowReaderMetadata),
+fn rows_of(files: &DayFiles) -> i64 {
+    files
+        .iter()
+        .map(|(_, footer)| footer.metadata().file_metadata().num_rows())
+        .sum()
 }
 
 fn poisoned<T>(_: T) -> DataFusionError {
     DataFusionError::Internal("index footer cache lock poisoned".into())
-}
-
-impl IndexReader {
-    /// Whether `day` needs an index build: it has observations and no index file matches them.
-    pub async fn is_stale(&self, day: NaiveDate) -> crate::Result<bool> {
-        let device_files = list(&self.store, &Table::Devices.prefix(self.store.root())).await?;
-        Ok(matches!(self.current_file(day, &device_files).await?, Current::Stale))
-    }
 }
 
 #[async_trait]
@@ -265,20 +445,28 @@ impl EncounterLookup for IndexReader {
         if devices.is_empty() || from > to {
             return Ok(found);
         }
-        let device_files = list(&self.store, &Table::Devices.prefix(self.store.root())).await?;
+        self.refresh_directory().await?;
         let days = from.div_euclid(MICROS_PER_DAY)..=to.div_euclid(MICROS_PER_DAY);
         for day in days {
             let Ok(day) = i32::try_from(day) else { continue };
-            match self.current_file(date_from_epoch_days(day), &device_files).await? {
-                Current::NoData => {}
-                Current::Stale => found.uncovered_days.push(epoch_days(date_from_epoch_days(day))),
-                Current::File(location, size, metadata) => {
-                    let edges = self.read(&location, size, metadata, devices, from, to).await?;
-                    found.edges.extend(edges);
+            let date = date_from_epoch_days(day);
+            match self.day_encounters(date, devices, from, to).await? {
+                Some(edges) => found.edges.extend(edges),
+                None => {
+                    found.uncovered_days.push(epoch_days(date));
+                    found.edges.extend(self.scan_day(date, devices, from, to).await?);
                 }
             }
         }
         Ok(found)
+    }
+
+    async fn is_registered(&self, device: &str) -> DfResult<bool> {
+        self.refresh_directory().await?;
+        let Some(device) = device_bits(device) else {
+            return Ok(false);
+        };
+        Ok(self.directory.read().await.devices.contains(&device))
     }
 
     fn counters(&self) -> LookupCounters {
@@ -401,5 +589,27 @@ impl AsyncFileReader for CountingReader {
             Ok(Arc::new(metadata))
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_round_trip_through_their_integers() {
+        for mac in ["AA:00:00:00:00:01", "0A:1B:2C:3D:4E:5F", "FF:FF:FF:FF:FF:FF"] {
+            assert_eq!(mac_text(mac_bits(mac).unwrap()), mac);
+        }
+        for other in [
+            "aa:00:00:00:00:01",
+            "AA-00-00-00-00-01",
+            "AA:00:00:00:00",
+            "0123456789abcdef0123456789abcdef",
+        ] {
+            assert_eq!(mac_bits(other), None, "{other}");
+        }
+        let device = "00000000-0000-4000-8000-0000000000a1";
+        assert_eq!(device_text(device_bits(device).unwrap()), device);
     }
 }

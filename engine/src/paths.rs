@@ -6,7 +6,7 @@
 //! ```text
 //! <root>/observations/day=2026-11-29/part-<uuid v7>.parquet
 //! <root>/devices/part-<uuid v7>.parquet
-//! <root>/encounter_index/day=2026-11-29/part-<uuid v7>.parquet   (derived)
+//! <root>/observed_index/day=2026-11-29/part-<uuid v7>.parquet    (derived, written with observations)
 //! <root>/{cases,alerts,temperature_readings}/day=…/part-<uuid v7>.parquet
 //! <root>/{revocations,device_credentials}/part-<uuid v7>.parquet
 //! <root>/_staging/<transaction>/...      (invisible to SQL; see proxima-ingest)
@@ -30,9 +30,10 @@ pub enum Table {
     Observations,
     /// Registered devices and their MACs.
     Devices,
-    /// Derived: the `encounters` of each day sorted by device, for tracing lookups
-    /// (rebuilt from `observations` and `devices`; see `proxima_engine::index`).
-    EncounterIndex,
+    /// Derived: each observation file's `(observed, observer, observed_at)` sorted by the
+    /// identifier heard, written in the same transaction as the observations it copies, for
+    /// the tracing lookup "who heard this device" (see `proxima_engine::index`).
+    ObservedIndex,
     /// Reported cases (suspected or confirmed), partitioned by the day reported.
     Cases,
     /// Exposure alerts issued to contacts of cases, partitioned by the day issued.
@@ -53,7 +54,7 @@ impl Table {
     pub const ALL: [Table; 9] = [
         Table::Observations,
         Table::Devices,
-        Table::EncounterIndex,
+        Table::ObservedIndex,
         Table::Cases,
         Table::Alerts,
         Table::TemperatureReadings,
@@ -67,7 +68,7 @@ impl Table {
         match self {
             Table::Observations => "observations",
             Table::Devices => "devices",
-            Table::EncounterIndex => "encounter_index",
+            Table::ObservedIndex => "observed_index",
             Table::Cases => "cases",
             Table::Alerts => "alerts",
             Table::TemperatureReadings => "temperature_readings",
@@ -91,7 +92,7 @@ impl Table {
     pub fn time_column(self) -> Option<&'static str> {
         match self {
             Table::Observations => Some("observed_at"),
-            Table::EncounterIndex => Some("at"),
+            Table::ObservedIndex => Some("observed_at"),
             Table::Cases => Some("reported_at"),
             Table::Alerts => Some("issued_at"),
             Table::TemperatureReadings => Some("measured_at"),
@@ -105,8 +106,8 @@ impl Table {
         match self {
             Table::Observations => &["observer", "observed"],
             Table::Devices => &["device_uuid", "mac"],
-            // Sorted by `a` with a page index: lookups need no bloom filter.
-            Table::EncounterIndex => &[],
+            // Sorted by `observed` with a page index: lookups need no bloom filter.
+            Table::ObservedIndex => &["observed"],
             Table::Alerts
             | Table::Cases
             | Table::TemperatureReadings
@@ -121,7 +122,7 @@ impl Table {
         match self {
             Table::Observations => schema::OBSERVATIONS_FILE.clone(),
             Table::Devices => schema::DEVICES.clone(),
-            Table::EncounterIndex => schema::ENCOUNTER_INDEX.clone(),
+            Table::ObservedIndex => schema::OBSERVED_INDEX.clone(),
             Table::Cases => schema::CASES.clone(),
             Table::Alerts => schema::ALERTS.clone(),
             Table::TemperatureReadings => schema::TEMPERATURE_READINGS.clone(),

@@ -42,13 +42,13 @@ pub static DEVICES: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
-/// Columns of `encounter_index` files: the `encounters` view's `(a, b, at)` for one day,
-/// sorted by `a` then `at`, so that the encounters of a few devices are a page-index lookup.
-pub static ENCOUNTER_INDEX: LazyLock<SchemaRef> = LazyLock::new(|| {
+/// Columns of `observed_index` files: the observations' `(observed, observer, observed_at)`,
+/// sorted by `observed` then time, so that "who heard these MACs" is a page-index lookup.
+pub static OBSERVED_INDEX: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
-        Field::new("a", DataType::Utf8, false),
-        Field::new("b", DataType::Utf8, false),
-        Field::new("at", timestamp_type(), false),
+        Field::new("observed", DataType::Utf8, false),
+        Field::new("observer", DataType::Utf8, false),
+        Field::new("observed_at", timestamp_type(), false),
     ]))
 });
 

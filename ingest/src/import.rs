@@ -18,7 +18,7 @@ use arrow::array::{
 };
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
-use chrono::{DateTime, NaiveDate};
+use chrono::DateTime;
 use datafusion::prelude::SessionContext;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use proxima_engine::{SessionFactory, SessionOptions, Table, ids, schema};
@@ -38,8 +38,6 @@ pub struct ImportSummary {
     pub rows: u64,
     /// Parquet files written.
     pub written: CommitSummary,
-    /// Days whose encounter index was rebuilt afterwards.
-    pub indexed_days: usize,
 }
 
 /// The kind of value a column holds, which decides how it is validated.
@@ -93,7 +91,7 @@ fn columns(table: Table) -> Vec<ColumnSpec> {
             column("location", Kind::Geohash, true),
         ],
         // Derived from the others, or written by the REST service only: `import` refuses them.
-        Table::EncounterIndex
+        Table::ObservedIndex
         | Table::Cases
         | Table::Alerts
         | Table::TemperatureReadings
@@ -322,13 +320,13 @@ impl Staged {
 
 /// Imports `files` into `table` in one transaction; on any error nothing is stored.
 ///
-/// After the commit, the encounter index of every day the import changed is rebuilt
-/// (every day with observations, for devices, since a new MAC can turn old
-/// sightings into encounters).
+/// The observation files get their `observed_index` companions in the same transaction,
+/// so tracing's lookups are current as soon as the import is; a devices import changes no
+/// index (MACs are resolved when traced).
 pub async fn import(writer: &PartitionWriter, table: Table, files: &[PathBuf]) -> Result<ImportSummary> {
-    if table == Table::EncounterIndex {
+    if table == Table::ObservedIndex {
         return Err(Error::InvalidArgument(format!(
-            "{table} is derived from observations and devices; it cannot be imported"
+            "{table} is derived from observations (written with them); it cannot be imported"
         )));
     }
     if !matches!(table, Table::Observations | Table::Devices) {
@@ -347,12 +345,6 @@ pub async fn import(writer: &PartitionWriter, table: Table, files: &[PathBuf]) -
         }
     }
     let rows = staged.rows;
-    let days: Vec<NaiveDate> = staged
-        .by_day
-        .keys()
-        .flatten()
-        .map(|d| schema::date_from_epoch_days(*d))
-        .collect();
     let mut transaction = writer.begin();
     for (day, day_rows) in std::mem::take(&mut staged.by_day) {
         let batch = day_rows.finish(table)?;
@@ -363,23 +355,10 @@ pub async fn import(writer: &PartitionWriter, table: Table, files: &[PathBuf]) -
         }
     }
     let written = transaction.commit().await?;
-    let factory = SessionFactory::new(writer.store().clone(), SessionOptions::default())?;
-    let indexed_days = match table {
-        Table::Devices => proxima_storage::index_build::build_all(&factory, writer, |_, _| {})
-            .await?
-            .len(),
-        _ => {
-            for &day in &days {
-                proxima_storage::index_build::build_day(&factory, writer, day).await?;
-            }
-            days.len()
-        }
-    };
     Ok(ImportSummary {
         files: files.len(),
         rows,
         written,
-        indexed_days,
     })
 }
 

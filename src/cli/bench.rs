@@ -2,7 +2,7 @@
 //!
 //! `proxima bench trace` traces random registered devices in the store at the
 //! time of its latest observation and reports latency percentiles and what each
-//! trace read from the encounter index; `--contacts` saves the contacts found so
+//! trace read from the observation files and the observed index; `--contacts` saves the contacts found so
 //! that `bench/trace_vs_duckdb.sh` can check another engine finds the same.
 //! Run it in release on a store made by `proxima generate`.
 
@@ -114,13 +114,15 @@ pub async fn run(store: Store, args: BenchArgs) -> Result<(), CliError> {
             contacts: batches.iter().map(|b| b.num_rows()).sum(),
             rows: after.rows - before.rows,
             bytes: after.bytes - before.bytes,
+            scanned_days: after.scanned_days - before.scanned_days,
         };
         super::print(format!(
-            "  {index}: {} contacts in {:.1} ms, {} index rows and {:.0} KiB read",
+            "  {index}: {} contacts in {:.1} ms, {} rows and {:.0} KiB read, {} days without the index",
             trace.contacts,
             elapsed.as_secs_f64() * 1e3,
             trace.rows,
-            trace.bytes as f64 / 1024.0
+            trace.bytes as f64 / 1024.0,
+            trace.scanned_days
         ))?;
         if let Some(file) = output.as_mut() {
             write_contacts(file, index, &batches)?;
@@ -135,13 +137,15 @@ pub async fn run(store: Store, args: BenchArgs) -> Result<(), CliError> {
     let percentile = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
     let n = traces.len() as f64;
     super::print(format!(
-        "p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms; per trace on average: {:.1} contacts, {:.0} index rows, {:.0} KiB read",
+        "p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms; per trace on average: {:.1} contacts, {:.0} rows, {:.0} KiB read; \
+         {} days read without the index in all",
         percentile(0.5).as_secs_f64() * 1e3,
         percentile(0.95).as_secs_f64() * 1e3,
         percentile(1.0).as_secs_f64() * 1e3,
         traces.iter().map(|t| t.contacts as f64).sum::<f64>() / n,
         traces.iter().map(|t| t.rows as f64).sum::<f64>() / n,
         traces.iter().map(|t| t.bytes as f64).sum::<f64>() / n / 1024.0,
+        traces.iter().map(|t| t.scanned_days).sum::<u64>(),
     ))?;
     Ok(())
 }
@@ -152,6 +156,7 @@ struct Trace {
     contacts: usize,
     rows: u64,
     bytes: u64,
+    scanned_days: u64,
 }
 
 async fn collect(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<Vec<RecordBatch>, CliError> {

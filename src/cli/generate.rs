@@ -54,15 +54,13 @@ pub async fn run(store: Store, args: GenerateArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Generates `spec` into `store` and builds its encounter index, with progress bars.
+/// Generates `spec` into `store` (with its `observed_index`), with a progress bar.
 pub async fn populate(store: &Store, spec: &PopulationSpec) -> Result<GeneratedPopulation, CliError> {
     let writer = PartitionWriter::new(store.clone(), "generate");
     let progress = day_progress("generating", spec.days, format!("{} devices", spec.devices));
     let result = generate(&writer, spec, |_| progress.inc(1)).await;
     progress.finish_and_clear();
-    let population = result?;
-    super::index::rebuild(store, &writer).await?;
-    Ok(population)
+    Ok(result?)
 }
 
 /// Whether the store holds any observation file.

@@ -1,7 +1,8 @@
-//! `proxima index`: rebuilds the encounter index that `trace_contacts` looks up.
+//! `proxima index`: rebuilds the `observed_index` that `trace_contacts` looks up.
 //!
-//! Imports and `generate` keep the index current by themselves; this command
-//! is for stores written by other means, or to repair one.
+//! Every writer keeps it current by itself (each observation file is written
+//! with its companion); this command is for stores written before it existed,
+//! or to repair one.
 
 use clap::Args;
 use proxima_engine::{SessionFactory, SessionOptions, Store, Table};
@@ -19,7 +20,7 @@ pub async fn run(store: Store, _args: IndexArgs) -> Result<(), CliError> {
     let writer = PartitionWriter::new(store.clone(), "index");
     let (days, rows) = rebuild(&store, &writer).await?;
     super::print(format!(
-        "indexed {days} days ({rows} encounter rows) in {:.1} s",
+        "indexed {days} days ({rows} observed-index rows) in {:.1} s",
         started.elapsed().as_secs_f64()
     ))?;
     Ok(())
@@ -29,7 +30,7 @@ pub async fn run(store: Store, _args: IndexArgs) -> Result<(), CliError> {
 pub async fn rebuild(store: &Store, writer: &PartitionWriter) -> Result<(usize, u64), CliError> {
     let days = store.list_days(Table::Observations).await?.len();
     let factory = SessionFactory::new(store.clone(), SessionOptions::default())?;
-    let progress = super::generate::day_progress("indexing", days as u32, "encounters".into());
+    let progress = super::generate::day_progress("indexing", days as u32, "observations".into());
     let mut rows = 0;
     let result = proxima_storage::index_build::build_all(&factory, writer, |_, summary| {
         rows += summary.rows;

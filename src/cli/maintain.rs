@@ -1,7 +1,7 @@
 //! `proxima maintain`: the write side's housekeeping without a server.
 //!
 //! The same [`Maintainer`] that `proxima serve` runs: compaction of the
-//! recent days, retention, the rebuild of stale encounter indexes, and, with
+//! recent days, retention, the observed index of days that have none, and, with
 //! `--wal-dir`, the flush of a write-ahead log a stopped server left behind.
 //! `--once` does one round and prints what it did (for cron jobs and tests);
 //! without it the loop runs until Ctrl-C or SIGTERM.
@@ -65,7 +65,7 @@ pub async fn run(store: Store, args: MaintainArgs) -> Result<(), CliError> {
     if args.once {
         let round = maintainer.run_once().await?;
         super::print(format!(
-            "maintained {store}: {} rows flushed, {} day folders compacted, {} expired, {} encounter indexes rebuilt",
+            "maintained {store}: {} rows flushed, {} day folders compacted, {} expired, {} observed indexes built",
             round.flushed.rows, round.compactions, round.expired_days, round.indexes_rebuilt
         ))?;
         return Ok(());

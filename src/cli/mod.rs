@@ -37,7 +37,7 @@ enum Command {
     Import(import::ImportArgs),
     /// Generate a synthetic, realistic population straight into an empty store.
     Generate(generate::GenerateArgs),
-    /// Rebuild the encounter index (tracing's lookup structure) of every day.
+    /// Rebuild the observed index (tracing's lookup of who heard a MAC) of every day.
     Index(index::IndexArgs),
     /// Delete day folders older than the retention window.
     Retention(retention::RetentionArgs),

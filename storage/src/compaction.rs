@@ -83,8 +83,7 @@ pub async fn compact_due(factory: &SessionFactory, writer: &PartitionWriter, now
     let today = now.date_naive();
     let first = today.checked_sub_days(Days::new(RECENT_DAYS)).unwrap_or(today);
     let mut runs = 0;
-    // Every table but the encounter index, which is rebuilt whole, never merged.
-    for table in Table::ALL.into_iter().filter(|t| *t != Table::EncounterIndex) {
+    for table in Table::ALL {
         let folders: Vec<(Option<NaiveDate>, Path)> = if table.is_day_partitioned() {
             store
                 .list_days(table)
@@ -108,35 +107,9 @@ pub async fn compact_due(factory: &SessionFactory, writer: &PartitionWriter, now
             }
             compact(factory, writer, table, day, &prefix, small).await?;
             runs += 1;
-            if table == Table::Observations
-                && let Some(day) = day
-            {
-                crate::index_build::build_day(factory, writer, day).await?;
-            }
         }
     }
     Ok(runs)
-}
-
-/// Rebuilds the encounter index of the recent finished days whose index went stale for
-/// another reason than their own compaction (a devices file added by registrations, which
-/// can turn old sightings into encounters). Run hourly: until then, traces read those days
-/// from the `encounters` view (slower, never wrong). Returns the days rebuilt.
-pub async fn rebuild_stale_indexes(
-    factory: &SessionFactory,
-    writer: &PartitionWriter,
-    today: NaiveDate,
-) -> Result<usize> {
-    let store = factory.store();
-    let first = today.checked_sub_days(Days::new(RECENT_DAYS)).unwrap_or(today);
-    let mut rebuilt = 0;
-    for day in store.list_days(Table::Observations).await? {
-        if day.day >= first && factory.index().is_stale(day.day).await? {
-            crate::index_build::build_day(factory, writer, day.day).await?;
-            rebuilt += 1;
-        }
-    }
-    Ok(rebuilt)
 }
 
 /// Merges `files` of one folder into one sorted file, published behind a lineage marker.
@@ -167,7 +140,8 @@ pub async fn compact(
         keys.push(col(time).sort(true, false));
     }
     let stream = frame.sort(keys)?.execute_stream().await?;
-    let mut transaction = writer.begin();
+    // The rows merged already have their `observed_index` companions, merged on their own.
+    let mut transaction = writer.begin().without_companions();
     let metadata = vec![KeyValue::new(WAL_KEY.to_string(), encode_marks(&marks))];
     if let Err(e) = transaction.write_stream(table, day, rows_hint, metadata, stream).await {
         transaction.abort().await?;

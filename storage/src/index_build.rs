@@ -1,29 +1,34 @@
-//! Builds the encounter index of a day (see `proxima_engine::index`) from its current files.
+//! Rebuilds a day's `observed_index` (see `proxima_engine::index`) from its observations.
 //!
-//! A build lists the files the day's index depends on, writes the day's
-//! `encounters` sorted by `a` and `at` as one new index file that records
-//! that list, publishes it in a transaction, then deletes the day's older
-//! index files. Readers pick the file whose recorded sources match the store,
-//! so a crash between publishing and deleting leaves at most a stale file
-//! that the next build removes.
+//! Every transaction writes the companion of each observation file itself, so
+//! nothing here runs in normal operation. It is for days written before
+//! companions existed, and for repair: [`build_day`] writes one companion of
+//! all the day's live observations (sorted by `observed`, then time) and then
+//! deletes the day's older companion files. Until the old files are gone the
+//! day's row counts disagree, so readers take the `encounters` view for it:
+//! slower, never wrong. [`backfill_missing`] does this, from the Maintainer,
+//! for the days that have observations and no companion at all.
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use parquet::file::metadata::KeyValue;
-use proxima_engine::index::{SOURCES_KEY, encode_sources, sources};
+use proxima_engine::paths::data_file_written_at;
 use proxima_engine::{DayPartition, SessionFactory, Table};
 use tracing::info;
 
 use crate::error::Result;
 use crate::writer::{CommitSummary, PartitionWriter};
 
-/// Rebuilds the encounter index of `day`; returns what was published (nothing if the day has no observations).
+/// A day whose newest observation file is younger than this is left to its writer: its
+/// companion may still be on its way.
+const SETTLED_AFTER_SECS: u64 = 600;
+
+/// Rebuilds the `observed_index` of `day` from its observations; returns what was published.
 pub async fn build_day(factory: &SessionFactory, writer: &PartitionWriter, day: NaiveDate) -> Result<CommitSummary> {
     let store = factory.store();
     let prefix = DayPartition {
-        table: Table::EncounterIndex,
+        table: Table::ObservedIndex,
         day,
     }
     .prefix(store.root());
@@ -33,34 +38,30 @@ pub async fn build_day(factory: &SessionFactory, writer: &PartitionWriter, day: 
         .map_ok(|meta| meta.location)
         .try_collect()
         .await?;
-    let sources = sources(store, day).await?;
-    let mut summary = CommitSummary::default();
-    if !sources.is_empty() {
-        let ctx = factory.session().await?;
-        let sql = format!(
-            "SELECT a, b, at FROM encounters WHERE day = DATE '{}' ORDER BY a, at",
-            day.format("%Y-%m-%d")
-        );
-        let rows = ctx.sql(&sql).await?.execute_stream().await?;
-        let metadata = vec![KeyValue::new(SOURCES_KEY.to_string(), encode_sources(&sources))];
-        let mut transaction = writer.begin();
-        if let Err(e) = transaction
-            .write_stream(Table::EncounterIndex, Some(day), 0, metadata, rows)
-            .await
-        {
-            transaction.abort().await?;
-            return Err(e);
-        }
-        summary = transaction.commit().await?;
+    let ctx = factory.session().await?;
+    let sql = format!(
+        "SELECT observed, observer, observed_at FROM observations WHERE day = DATE '{}' ORDER BY observed, observed_at",
+        day.format("%Y-%m-%d")
+    );
+    let rows = ctx.sql(&sql).await?.execute_stream().await?;
+    let mut transaction = writer.begin();
+    if let Err(e) = transaction
+        .write_stream(Table::ObservedIndex, Some(day), 0, Vec::new(), rows)
+        .await
+    {
+        transaction.abort().await?;
+        return Err(e);
     }
+    let summary = transaction.commit().await?;
     for location in &old {
         store.object_store().delete(location).await?;
     }
-    info!(%day, rows = summary.rows, bytes = summary.bytes, replaced = old.len(), "encounter index built");
+    info!(%day, rows = summary.rows, bytes = summary.bytes, replaced = old.len(), "observed index rebuilt");
     Ok(summary)
 }
 
-/// Rebuilds the encounter index of every day that has observations; `progress` is called after each day.
+/// Rebuilds the `observed_index` of every day that has observations; `progress` is called
+/// after each day.
 pub async fn build_all(
     factory: &SessionFactory,
     writer: &PartitionWriter,
@@ -78,6 +79,41 @@ pub async fn build_all(
         progress(day, &summary);
     }
     Ok(days)
+}
+
+/// Builds the `observed_index` of the days that have observations but no companion file
+/// at all (written before companions existed), leaving alone any day with an observation
+/// file named in the last ten minutes at `now` (its writer may be publishing its companion).
+/// Returns the days built.
+pub async fn backfill_missing(factory: &SessionFactory, writer: &PartitionWriter, now: DateTime<Utc>) -> Result<usize> {
+    let store = factory.store();
+    let settled_before = (now.timestamp().max(0) as u64).saturating_sub(SETTLED_AFTER_SECS);
+    let indexed: Vec<NaiveDate> = store
+        .list_days(Table::ObservedIndex)
+        .await?
+        .into_iter()
+        .map(|p| p.day)
+        .collect();
+    let mut built = 0;
+    for partition in store.list_days(Table::Observations).await? {
+        if indexed.contains(&partition.day) {
+            continue;
+        }
+        let files: Vec<Path> = store
+            .reader()
+            .list(Some(&partition.prefix(store.root())))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await?;
+        let settled = files
+            .iter()
+            .all(|f| data_file_written_at(f).is_none_or(|written| written <= settled_before));
+        if settled {
+            build_day(factory, writer, partition.day).await?;
+            built += 1;
+        }
+    }
+    Ok(built)
 }
 
 #[cfg(test)]
@@ -166,14 +202,54 @@ mod tests {
         edges
     }
 
+    /// The encounters of `keys` on the day, as the `encounters` view (the reference) has them.
+    async fn from_view(factory: &SessionFactory, keys: &[String]) -> Vec<Edge> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::TimestampMicrosecondType;
+        let ctx = factory.session().await.unwrap();
+        let list = keys.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ");
+        let batches = ctx
+            .sql(&format!("SELECT a, b, at FROM encounters WHERE a IN ({list})"))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut edges = Vec::new();
+        for batch in batches {
+            let (a, b) = (batch.column(0).as_string::<i32>(), batch.column(1).as_string::<i32>());
+            let at = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+            for i in 0..batch.num_rows() {
+                edges.push(Edge {
+                    a: a.value(i).to_string(),
+                    b: b.value(i).to_string(),
+                    at: at.value(i),
+                });
+            }
+        }
+        sorted(edges)
+    }
+
+    fn sorted(mut edges: Vec<Edge>) -> Vec<Edge> {
+        edges.sort_by(|x, y| (&x.a, x.at, &x.b).cmp(&(&y.a, y.at, &y.b)));
+        edges
+    }
+
+    async fn commit(writer: &PartitionWriter, table: Table, day: Option<NaiveDate>, batch: RecordBatch) {
+        let mut transaction = writer.begin();
+        transaction.write_file(table, day, &[batch]).await.unwrap();
+        transaction.commit().await.unwrap();
+    }
+
     #[tokio::test]
-    async fn lookups_read_a_few_pages_and_stale_days_are_reported() {
+    async fn lookups_read_a_few_pages_and_stay_current_through_every_write() {
         let store = Store::in_memory();
         let writer = PartitionWriter::new(store.clone(), "test");
         let day = proxima_engine::schema::date_from_epoch_days((DAY_START / 86_400_000_000) as i32);
+        // Every device registered but the last ten, which registers later.
         let mut transaction = writer.begin();
         transaction
-            .write_file(Table::Devices, None, &[devices()])
+            .write_file(Table::Devices, None, &[devices().slice(0, DEVICES - 10)])
             .await
             .unwrap();
         transaction
@@ -182,50 +258,77 @@ mod tests {
             .unwrap();
         transaction.commit().await.unwrap();
         let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
-        let built = build_day(&factory, &writer, day).await.unwrap();
-        assert_eq!(built.rows, 2 * DEVICES as u64, "every sighting in both directions");
-
         let reader = IndexReader::new(store.clone());
         let (from, to) = (DAY_START, DAY_START + 86_400_000_000 - 1);
+
+        // No build step: the observation file came with its companion.
         let keys = vec![uuid(5)];
-        let mut found = reader.encounters(&keys, from, to).await.unwrap();
-        found.edges.sort_by(|x, y| (&x.a, x.at, &x.b).cmp(&(&y.a, y.at, &y.b)));
-        assert_eq!(found.edges, expected(&keys));
+        let found = reader.encounters(&keys, from, to).await.unwrap();
         assert!(found.uncovered_days.is_empty());
+        assert_eq!(sorted(found.edges), expected(&keys));
         let read = reader.counters().rows;
         assert!(
-            read > 0 && read <= 2 * 1024,
-            "one device's rows are a page or two, read {read}"
+            read > 0 && read <= 4 * 1024,
+            "one device's rows are a page or two in each file, read {read}"
         );
 
         let mut keys: Vec<String> = (100..140).map(uuid).collect();
         keys.sort();
-        let mut found = reader.encounters(&keys, from, DAY_START + 1_000_000_000).await.unwrap();
-        found.edges.sort_by(|x, y| (&x.a, x.at, &x.b).cmp(&(&y.a, y.at, &y.b)));
+        let found = reader.encounters(&keys, from, DAY_START + 1_000_000_000).await.unwrap();
         let in_window: Vec<Edge> = expected(&keys)
             .into_iter()
             .filter(|e| e.at <= DAY_START + 1_000_000_000)
             .collect();
-        assert_eq!(found.edges, in_window);
+        assert_eq!(sorted(found.edges), in_window);
 
-        // A new file for the day makes the index stale: the day is reported, not answered.
-        let mut transaction = writer.begin();
-        transaction
-            .write_file(Table::Observations, Some(day), &[observations(0..10)])
-            .await
-            .unwrap();
-        transaction.commit().await.unwrap();
-        let found = reader.encounters(&keys, from, to).await.unwrap();
-        assert!(found.edges.is_empty());
-        assert_eq!(found.uncovered_days, vec![proxima_engine::schema::epoch_days(day)]);
+        // A device registering late: its earlier sightings are encounters at once, as in
+        // the view, and no day goes uncovered.
+        let late = uuid(DEVICES - 3);
+        let hearer = (0..DEVICES).find(|&i| sighting(i).1 == DEVICES - 3).unwrap();
+        let before = reader.encounters(std::slice::from_ref(&late), from, to).await.unwrap();
+        assert!(before.uncovered_days.is_empty());
+        assert!(!before.edges.iter().any(|e| e.b == uuid(hearer)), "{:?}", before.edges);
+        assert_eq!(
+            sorted(before.edges),
+            from_view(&factory, std::slice::from_ref(&late)).await
+        );
+        commit(&writer, Table::Devices, None, devices().slice(DEVICES - 10, 10)).await;
+        let after = reader.encounters(std::slice::from_ref(&late), from, to).await.unwrap();
+        assert!(
+            after.uncovered_days.is_empty(),
+            "a registration never makes a day stale"
+        );
+        assert!(after.edges.iter().any(|e| e.b == uuid(hearer)), "{:?}", after.edges);
+        assert_eq!(sorted(after.edges), from_view(&factory, &[late]).await);
 
-        // Rebuilt, it answers again, and the old index file is gone.
-        build_day(&factory, &writer, day).await.unwrap();
+        // A flush's new file: still covered, and its rows are found.
+        commit(&writer, Table::Observations, Some(day), observations(0..10)).await;
         let found = reader.encounters(&[uuid(5)], from, to).await.unwrap();
         assert!(found.uncovered_days.is_empty());
         let twice = expected(&[uuid(5)]).len() + expected_from(&[uuid(5)], 0..10).len();
         assert_eq!(found.edges.len(), twice, "the day now holds sightings 0..10 twice");
-        let index_files = store.list_files(Table::EncounterIndex).await.unwrap();
-        assert_eq!(index_files.len(), 1);
+
+        // The view is the reference: the same edges for a spread of devices.
+        let mut keys: Vec<String> = (0..DEVICES).step_by(97).map(uuid).collect();
+        keys.sort();
+        let found = reader.encounters(&keys, from, to).await.unwrap();
+        assert_eq!(sorted(found.edges), from_view(&factory, &keys).await);
+
+        // Without its companions the day is uncovered: answered by reading the whole day,
+        // still exactly as the view answers ...
+        for file in store.list_files(Table::ObservedIndex).await.unwrap() {
+            store.object_store().delete(&file).await.unwrap();
+        }
+        let scanned = reader.counters().scanned_days;
+        let found = reader.encounters(&keys, from, to).await.unwrap();
+        assert_eq!(found.uncovered_days, vec![proxima_engine::schema::epoch_days(day)]);
+        assert_eq!(reader.counters().scanned_days, scanned + 1);
+        assert_eq!(sorted(found.edges), from_view(&factory, &keys).await);
+        // ... until a rebuild writes one companion for the whole day.
+        build_day(&factory, &writer, day).await.unwrap();
+        let found = reader.encounters(&keys, from, to).await.unwrap();
+        assert!(found.uncovered_days.is_empty());
+        assert_eq!(sorted(found.edges), from_view(&factory, &keys).await);
+        assert_eq!(store.list_files(Table::ObservedIndex).await.unwrap().len(), 1);
     }
 }

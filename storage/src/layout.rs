@@ -73,9 +73,10 @@ pub fn split_by_day(table: Table, batch: &RecordBatch) -> Result<Vec<(Option<Nai
 /// Parquet settings for a table's files: ZSTD, page statistics (for the page index),
 /// bloom filters on the lookup columns, and metadata naming the Proxima version and writer.
 ///
-/// Encounter-index files are laid out for lookups by `a`: small pages (1,024 rows) so
-/// that one device's rows are one page read, no dictionaries (a dictionary page
-/// would be read whole for every lookup), and page statistics on `a` only.
+/// Files that tracing looks up by page index (`observations` by `observer`,
+/// `observed_index` by `observed`) are laid out for it: small pages (1,024 rows) so that
+/// one device's rows are a page or two, and no dictionaries (a dictionary page would be
+/// read whole for every lookup).
 pub fn writer_properties(table: Table, writer: &str, rows: usize, extra: Vec<KeyValue>) -> WriterProperties {
     let mut metadata = vec![
         KeyValue::new("proxima.version".to_string(), PROXIMA_VERSION.to_string()),
@@ -89,13 +90,17 @@ pub fn writer_properties(table: Table, writer: &str, rows: usize, extra: Vec<Key
         ))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_key_value_metadata(Some(metadata));
-    if table == Table::EncounterIndex {
+    if matches!(table, Table::Observations | Table::ObservedIndex) {
         builder = builder
             .set_dictionary_enabled(false)
-            .set_data_page_row_count_limit(INDEX_PAGE_ROWS)
-            .set_write_batch_size(INDEX_PAGE_ROWS)
+            .set_data_page_row_count_limit(LOOKUP_PAGE_ROWS)
+            .set_write_batch_size(LOOKUP_PAGE_ROWS);
+    }
+    if table == Table::ObservedIndex {
+        // Only `observed` is searched; the other columns need no page statistics.
+        builder = builder
             .set_statistics_enabled(EnabledStatistics::Chunk)
-            .set_column_statistics_enabled(ColumnPath::from("a"), EnabledStatistics::Page);
+            .set_column_statistics_enabled(ColumnPath::from("observed"), EnabledStatistics::Page);
     }
     for column in table.lookup_columns() {
         let column = ColumnPath::from(*column);
@@ -107,5 +112,27 @@ pub fn writer_properties(table: Table, writer: &str, rows: usize, extra: Vec<Key
     builder.build()
 }
 
-/// Rows per data page of encounter-index files.
-const INDEX_PAGE_ROWS: usize = 1024;
+/// Rows per data page of files that tracing looks up by page index.
+const LOOKUP_PAGE_ROWS: usize = 1024;
+
+/// The `observed_index` rows of observation rows: `(observed, observer, observed_at)`,
+/// sorted by `observed` then time.
+pub fn observed_index_rows(observations: &[RecordBatch]) -> Result<Option<RecordBatch>> {
+    let projected: Vec<RecordBatch> = observations
+        .iter()
+        .map(|batch| {
+            let schema = batch.schema();
+            let column = |name: &str| -> Result<_> { Ok(Arc::clone(batch.column(schema.index_of(name)?))) };
+            Ok(RecordBatch::try_new(
+                Table::ObservedIndex.file_schema(),
+                vec![column("observed")?, column("observer")?, column("observed_at")?],
+            )?)
+        })
+        .collect::<Result<_>>()?;
+    let rows: usize = projected.iter().map(RecordBatch::num_rows).sum();
+    if rows == 0 {
+        return Ok(None);
+    }
+    let all = arrow::compute::concat_batches(&Table::ObservedIndex.file_schema(), &projected)?;
+    Ok(Some(sort_for_storage(Table::ObservedIndex, &all)?))
+}

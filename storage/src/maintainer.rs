@@ -3,7 +3,7 @@
 //! Every interval it flushes the write-ahead log (if this process has one),
 //! tells its listeners (the REST service reloads alerts), and compacts the
 //! recent days that are due; every hour it applies retention (alerts age
-//! off sooner) and rebuilds stale encounter indexes of the recent days. It
+//! off sooner) and builds the `observed_index` of days that have none. It
 //! runs on a runtime of its own ([`Maintainer::spawn`]: one thread, so
 //! DataFusion work in a flush or an index build never starves request
 //! handlers), is started by `proxima serve` whether or not REST is enabled,
@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::compaction;
 use crate::error::Result;
 use crate::flush::{Flushed, Flusher};
+use crate::index_build;
 use crate::marks::committed_through;
 use crate::retention;
 use crate::wal::{Replayed, Wal, WalStats};
@@ -100,7 +101,7 @@ pub struct Round {
     pub compactions: usize,
     /// Day folders deleted by retention.
     pub expired_days: usize,
-    /// Encounter indexes rebuilt because they were stale.
+    /// Days whose `observed_index` was built because they had none.
     pub indexes_rebuilt: usize,
 }
 
@@ -221,8 +222,8 @@ impl Maintainer {
         Ok((flushed, runs))
     }
 
-    /// Retention (alerts age off after their TTL), then the rebuild of stale indexes of the
-    /// recent days. Returns the days deleted and the indexes rebuilt.
+    /// Retention (alerts age off after their TTL), then the `observed_index` of days
+    /// written before it existed. Returns the days deleted and the indexes built.
     pub async fn housekeeping(&self) -> Result<(usize, usize)> {
         let store = self.factory.store();
         let today = self.clock.now().date_naive();
@@ -234,7 +235,7 @@ impl Maintainer {
         if expired > 0 {
             info!(target: "proxima::serve", days = expired, "retention deleted day folders");
         }
-        let rebuilt = compaction::rebuild_stale_indexes(&self.factory, &self.writer, today).await?;
+        let rebuilt = index_build::backfill_missing(&self.factory, &self.writer, self.clock.now()).await?;
         Ok((expired, rebuilt))
     }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use bytes::Bytes;
 use chrono::NaiveDate;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::AsyncArrowWriter;
@@ -28,8 +28,10 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::layout::writer_properties;
+use crate::layout::{observed_index_rows, writer_properties};
 
+/// Parquet metadata key of an `observed_index` file: the observation file it was written with.
+pub const SOURCE_KEY: &str = "proxima.index.source";
 /// Uncommitted staging older than this is taken as abandoned by [`PartitionWriter::recover`].
 const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
 const MANIFEST: &str = "manifest.json";
@@ -86,6 +88,7 @@ impl PartitionWriter {
             writer: self.clone(),
             id: Uuid::now_v7(),
             staged: Vec::new(),
+            companions: true,
         }
     }
 
@@ -164,14 +167,27 @@ impl PartitionWriter {
 }
 
 /// A set of files that become visible together on [`Transaction::commit`].
+///
+/// Every observation file it writes gets its `observed_index` companion (the same rows
+/// sorted by the identifier heard) in the same transaction, so the lookup structure of
+/// tracing is current by construction; only compaction, which rewrites rows that already
+/// have companions, opts out ([`Transaction::without_companions`]).
 #[derive(Debug)]
 pub struct Transaction {
     writer: PartitionWriter,
     id: Uuid,
     staged: Vec<StagedFile>,
+    companions: bool,
 }
 
 impl Transaction {
+    /// This transaction writes observation files without their `observed_index` companion
+    /// (for compaction: the rows it merges have theirs already, merged separately).
+    pub fn without_companions(mut self) -> Self {
+        self.companions = false;
+        self
+    }
+
     /// Writes `batches` (rows of `table`, all of `day` if the table is day-partitioned)
     /// as one staged Parquet file.
     pub async fn write_file(&mut self, table: Table, day: Option<NaiveDate>, batches: &[RecordBatch]) -> Result<()> {
@@ -189,12 +205,26 @@ impl Transaction {
         day: Option<NaiveDate>,
         expected_rows: usize,
         metadata: Vec<KeyValue>,
-        mut batches: S,
+        batches: S,
     ) -> Result<()>
     where
-        S: futures::Stream<Item = std::result::Result<RecordBatch, E>> + Unpin,
+        S: futures::Stream<Item = std::result::Result<RecordBatch, E>> + Unpin + Send,
         Error: From<E>,
     {
+        let batches = batches.map_err(Error::from).boxed();
+        self.stage(table, day, expected_rows, metadata, batches).await
+    }
+
+    /// [`Transaction::write_stream`], for one stream type (so that an observation file can
+    /// stage its companion through the same code).
+    async fn stage(
+        &mut self,
+        table: Table,
+        day: Option<NaiveDate>,
+        expected_rows: usize,
+        metadata: Vec<KeyValue>,
+        mut batches: futures::stream::BoxStream<'_, Result<RecordBatch>>,
+    ) -> Result<()> {
         let store = &self.writer.store;
         let staging = staging_prefix(store.root())
             .join(self.id.to_string())
@@ -204,12 +234,16 @@ impl Transaction {
         let sink = object_store::buffered::BufWriter::new(Arc::clone(store.object_store()), staging.clone());
         let mut writer = AsyncArrowWriter::try_new(sink, table.file_schema(), Some(props))?;
         let mut rows = 0u64;
+        let with_companion = table == Table::Observations && self.companions;
+        let mut written = Vec::new();
         while let Some(batch) = batches.try_next().await? {
             rows += batch.num_rows() as u64;
             writer.write(&batch).await?;
+            if with_companion {
+                written.push(batch);
+            }
         }
-        // An empty index file still records that its day has no encounters.
-        if rows == 0 && table != Table::EncounterIndex {
+        if rows == 0 {
             writer.close().await?;
             store.object_store().delete(&staging).await?;
             return Ok(());
@@ -223,6 +257,12 @@ impl Transaction {
             rows,
             bytes,
         });
+        if let Some(companion) = observed_index_rows(&written)? {
+            let source = vec![KeyValue::new(SOURCE_KEY.to_string(), target.to_string())];
+            let rows = companion.num_rows();
+            let stream = futures::stream::iter([Ok(companion)]).boxed();
+            Box::pin(self.stage(Table::ObservedIndex, day, rows, source, stream)).await?;
+        }
         Ok(())
     }
 

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod args;
+pub mod codec;
 pub mod gaen;
 pub mod options;
 pub mod risk;

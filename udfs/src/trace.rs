@@ -17,35 +17,35 @@
 //!   Priority `medium` at level 2, `low` deeper.
 //!
 //! Each device appears once, at its lowest level. Encounters are those of the
-//! session's `encounters` view, so whatever the view excludes (unknown
-//! identifiers, self-sightings) tracing ignores. Each hop asks the session's
-//! [`EncounterLookup`] (the engine's per-day encounter index) for the
-//! frontier's encounters within the hop's window, and queries the view for
-//! the days the lookup does not cover (or for all days, without a lookup).
+//! `encounters` view, so whatever the view excludes (unknown identifiers,
+//! self-sightings) tracing ignores. Each hop asks the task's
+//! [`EncounterLookup`] (a session-config extension the engine installs: page
+//! -index lookups in the observation files and their companions, a scan of the
+//! day's files where they do not cover it) for the frontier's encounters
+//! within the hop's window.
+//!
 //! The work happens in [`ContactTraceExec::execute`], with one output
-//! partition, so the plan can run on a Ballista executor.
+//! partition, from nothing but the plain request it holds and the
+//! [`TaskContext`] it is given, so the plan can be shipped to a Ballista
+//! executor: [`ContactTraceCodec`] serialises it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use datafusion::arrow::array::{Array, ArrayRef, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{ScalarValue, exec_err, internal_err, plan_err};
 use datafusion::error::Result;
-use datafusion::execution::context::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Expr, TableType, col, lit};
+use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
-use datafusion::prelude::SessionContext;
 
 use crate::args::{constant, simplifier};
 use crate::options::ProximaOptions;
@@ -127,9 +127,10 @@ pub struct Edge {
 /// What an [`EncounterLookup`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lookup {
-    /// Encounters of the asked devices within the asked bounds, on the days covered.
+    /// Encounters of the asked devices within the asked bounds, on every day.
     pub edges: Vec<Edge>,
-    /// Days (since 1970-01-01) in the bounds the lookup could not answer: the caller reads them elsewhere.
+    /// Days (since 1970-01-01) the index did not cover, answered by the slow path (a scan
+    /// of the day's observations): a healthy store has none.
     pub uncovered_days: Vec<i32>,
 }
 
@@ -140,15 +141,20 @@ pub struct LookupCounters {
     pub rows: u64,
     /// Bytes fetched from storage (file footers included).
     pub bytes: u64,
+    /// Days the index did not cover, answered by reading the whole day.
+    pub scanned_days: u64,
 }
 
-/// A faster source of encounters than the `encounters` view, such as a per-day index
-/// sorted by device. `trace_contacts` uses the one in the session config's
-/// [`EncounterLookupExtension`] and reads the days it does not cover from the view.
+/// Where `trace_contacts` gets encounters (the same rows as the `encounters` view, found
+/// faster) and registered devices: the one in the task's session config
+/// ([`EncounterLookupExtension`]).
 #[async_trait]
 pub trait EncounterLookup: fmt::Debug + Send + Sync {
     /// Encounters with `a` among `devices` (sorted, distinct) and `from ≤ at ≤ to` (µs).
     async fn encounters(&self, devices: &[String], from: i64, to: i64) -> Result<Lookup>;
+
+    /// Whether `device` (a canonical UUID) is registered.
+    async fn is_registered(&self, device: &str) -> Result<bool>;
 
     /// What the lookups have read so far.
     fn counters(&self) -> LookupCounters;
@@ -298,9 +304,6 @@ impl TableProvider for ContactTraceTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let Some(session) = state.as_any().downcast_ref::<SessionState>() else {
-            return internal_err!("{NAME} needs a DataFusion SessionState");
-        };
         let options = state
             .config_options()
             .extensions
@@ -315,7 +318,24 @@ impl TableProvider for ContactTraceTable {
             high_window: micros(options.high_window),
             lookback: micros(options.lookback),
         };
-        let schema = match projection {
+        Ok(Arc::new(ContactTraceExec::new(request, projection.cloned())?))
+    }
+}
+
+/// Runs one trace: a lookup of the frontier's encounters per level. It holds plain data
+/// only (the request and the projection), so it can be serialised ([`ContactTraceCodec`])
+/// and run wherever its [`TaskContext`] carries an [`EncounterLookupExtension`].
+pub struct ContactTraceExec {
+    request: TraceRequest,
+    projection: Option<Vec<usize>>,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+}
+
+impl ContactTraceExec {
+    /// The plan of one trace, returning the `projection` of [`output_schema`].
+    pub fn new(request: TraceRequest, projection: Option<Vec<usize>>) -> Result<Self> {
+        let schema = match &projection {
             Some(p) => Arc::new(output_schema().project(p)?),
             None => output_schema(),
         };
@@ -325,23 +345,23 @@ impl TableProvider for ContactTraceTable {
             EmissionType::Final,
             Boundedness::Bounded,
         ));
-        Ok(Arc::new(ContactTraceExec {
+        Ok(Self {
             request,
-            projection: projection.cloned(),
+            projection,
             schema,
             properties,
-            session: session.clone(),
-        }))
+        })
     }
-}
 
-/// Runs one trace: a query over `encounters` per level.
-pub struct ContactTraceExec {
-    request: TraceRequest,
-    projection: Option<Vec<usize>>,
-    schema: SchemaRef,
-    properties: Arc<PlanProperties>,
-    session: SessionState,
+    /// What it traces.
+    pub fn request(&self) -> &TraceRequest {
+        &self.request
+    }
+
+    /// The columns it returns, as indexes into [`output_schema`].
+    pub fn projection(&self) -> Option<&[usize]> {
+        self.projection.as_deref()
+    }
 }
 
 impl fmt::Debug for ContactTraceExec {
@@ -395,14 +415,19 @@ impl ExecutionPlan for ContactTraceExec {
         }
     }
 
-    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         if partition != 0 {
             return internal_err!("ContactTraceExec has one partition, asked for {partition}");
         }
-        let (request, session, projection) = (self.request.clone(), self.session.clone(), self.projection.clone());
+        let Some(lookup) = context.session_config().get_extension::<EncounterLookupExtension>() else {
+            return exec_err!(
+                "{NAME}: this session has no encounter lookup (Proxima's sessions install one; \
+                 on a cluster, each executor's session builder must)"
+            );
+        };
+        let (request, projection) = (self.request.clone(), self.projection.clone());
         let stream = futures::stream::once(async move {
-            let ctx = SessionContext::new_with_state(session);
-            let batch = contacts_batch(&request, &trace(&ctx, &request).await?)?;
+            let batch = contacts_batch(&request, &trace(lookup.0.as_ref(), &request).await?)?;
             match projection {
                 Some(p) => Ok(batch.project(&p)?),
                 None => Ok(batch),
@@ -415,71 +440,15 @@ impl ExecutionPlan for ContactTraceExec {
     }
 }
 
-fn ts(micros: i64) -> Expr {
-    lit(ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into())))
-}
-
-/// Encounters with `a` among `devices` (sorted, distinct) and `from ≤ at ≤ to`: from the
-/// session's lookup where it covers the days, from the `encounters` view elsewhere.
-async fn edges(ctx: &SessionContext, devices: &[String], from: i64, to: i64) -> Result<Vec<Edge>> {
-    let lookup = ctx.state().config().get_extension::<EncounterLookupExtension>();
-    let (mut edges, view_days) = match lookup {
-        Some(lookup) => {
-            let found = lookup.0.encounters(devices, from, to).await?;
-            (found.edges, Some(found.uncovered_days))
-        }
-        None => (Vec::new(), None),
-    };
-    if view_days.as_ref().is_some_and(Vec::is_empty) {
-        return Ok(edges);
-    }
-    let mut filter = col("a")
-        .in_list(devices.iter().map(|d| lit(d.as_str())).collect(), false)
-        .and(col("at").between(ts(from), ts(to)));
-    if let Some(days) = view_days {
-        let days = days.into_iter().map(|d| lit(ScalarValue::Date32(Some(d)))).collect();
-        filter = filter.and(col("day").in_list(days, false));
-    }
-    let batches = ctx
-        .table("encounters")
-        .await?
-        .filter(filter)?
-        .select_columns(&["a", "b", "at"])?
-        .collect()
-        .await?;
-    for batch in batches {
-        let a = batch.column(0).as_string::<i32>();
-        let b = batch.column(1).as_string::<i32>();
-        let at = batch.column(2).as_primitive::<TimestampMicrosecondType>();
-        for i in 0..batch.num_rows() {
-            edges.push(Edge {
-                a: a.value(i).to_string(),
-                b: b.value(i).to_string(),
-                at: at.value(i),
-            });
-        }
-    }
-    Ok(edges)
-}
-
-/// Runs the trace against the session's `devices` and `encounters`.
-async fn trace(ctx: &SessionContext, request: &TraceRequest) -> Result<Vec<Contact>> {
-    let known = ctx
-        .table("devices")
-        .await?
-        .filter(col("device_uuid").eq(lit(request.index.as_str())))?
-        .count()
-        .await?;
-    if known == 0 {
+/// Runs the trace with `lookup`.
+async fn trace(lookup: &dyn EncounterLookup, request: &TraceRequest) -> Result<Vec<Contact>> {
+    if !lookup.is_registered(&request.index).await? {
         return exec_err!("{NAME}: unknown device '{}'", request.index);
     }
-    let first = edges(
-        ctx,
-        std::slice::from_ref(&request.index),
-        request.at - request.lookback,
-        request.at,
-    )
-    .await?;
+    let edges = |devices: Vec<String>, from: i64, to: i64| async move {
+        Ok::<_, datafusion::error::DataFusionError>(lookup.encounters(&devices, from, to).await?.edges)
+    };
+    let first = edges(vec![request.index.clone()], request.at - request.lookback, request.at).await?;
     let mut level = first_level(request, &first);
     let mut seen: HashSet<String> = HashSet::from([request.index.clone()]);
     let mut contacts = Vec::new();
@@ -490,7 +459,7 @@ async fn trace(ctx: &SessionContext, request: &TraceRequest) -> Result<Vec<Conta
         seen.extend(level.iter().map(|c| c.contact.clone()));
         // `level` is sorted by contact and distinct (built from a BTreeMap).
         let frontier: Vec<String> = level.iter().map(|c| c.contact.clone()).collect();
-        let found = edges(ctx, &frontier, request.at - request.high_window, request.at).await?;
+        let found = edges(frontier, request.at - request.high_window, request.at).await?;
         let next = next_level(order, &level, &seen, &found);
         contacts.append(&mut level);
         level = next;
