@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -24,28 +24,48 @@ const ADMIN_PASSWORD: &str = "admin password 123";
 const LONG_QUERY: &str =
     "SELECT count(*) FROM observations a CROSS JOIN observations b WHERE a.duration_s + b.duration_s = -1";
 
-/// A store with a small generated population, and a users file with an analyst and an admin.
+/// A store with a small generated population, and a users file with an analyst and an admin:
+/// made once, in this process, and shared by every test (each server gets its own WAL).
 struct Fixture {
     dir: tempfile::TempDir,
 }
 
+/// The shared fixture, generated on first use.
+fn fixture() -> &'static Fixture {
+    static FIXTURE: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        // A runtime of its own (the caller is inside a test's runtime), on a thread of its own.
+        std::thread::spawn(Fixture::new)
+            .join()
+            .expect("the fixture store is generated")
+    })
+}
+
 impl Fixture {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let fixture = Self { dir };
-        let generated = Command::new(BIN)
-            .args(["--data", fixture.store().to_str().unwrap()])
-            .args(["generate", "--devices", "2000", "--days", "3", "--seed", "7"])
-            .env("RUST_LOG", "error")
-            .output()
-            .unwrap();
-        assert!(
-            generated.status.success(),
-            "{}",
-            String::from_utf8_lossy(&generated.stderr)
-        );
-        fixture.add_user("alice", "analyst", ANALYST_PASSWORD);
-        fixture.add_user("root", "admin", ADMIN_PASSWORD);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let store = proxima_engine::Store::local(&fixture.store()).unwrap();
+            let writer = proxima_storage::PartitionWriter::new(store, "test");
+            let spec = proxima_ingest::synthetic::PopulationSpec {
+                devices: 2000,
+                days: 3,
+                contacts_per_day: 10,
+                seed: 7,
+                start: proxima_engine::store::today_utc() - chrono::Days::new(2),
+            };
+            proxima_ingest::synthetic::generate(&writer, &spec, |_| {})
+                .await
+                .unwrap();
+        });
+        for (name, role, password) in [
+            ("alice", proxima_engine::Role::Analyst, ANALYST_PASSWORD),
+            ("root", proxima_engine::Role::Admin, ADMIN_PASSWORD),
+        ] {
+            proxima_engine::users::add_user(&fixture.users(), name, role, password).unwrap();
+        }
         fixture
     }
 
@@ -55,27 +75,6 @@ impl Fixture {
 
     fn users(&self) -> PathBuf {
         self.dir.path().join("users.toml")
-    }
-
-    fn add_user(&self, name: &str, role: &str, password: &str) {
-        let mut child = Command::new(BIN)
-            .args([
-                "user",
-                "add",
-                name,
-                "--role",
-                role,
-                "--users",
-                self.users().to_str().unwrap(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     }
 }
 
@@ -177,8 +176,8 @@ fn single_i64(batches: &[RecordBatch]) -> i64 {
 
 #[tokio::test]
 async fn rust_flight_sql_client() {
-    let fixture = Fixture::new();
-    let server = Server::start(&fixture, &[]);
+    let fixture = fixture();
+    let server = Server::start(fixture, &[]);
 
     // No credentials, a wrong password: refused.
     let mut anonymous = client(&server).await;
@@ -292,7 +291,7 @@ async fn rust_flight_sql_client() {
         .get_tables(CommandGetTables {
             catalog: Some("proxima".into()),
             db_schema_filter_pattern: Some("public".into()),
-            table_name_filter_pattern: Some("obs%".into()),
+            table_name_filter_pattern: Some("observa%".into()),
             table_types: vec![],
             include_schema: true,
         })
@@ -332,8 +331,8 @@ async fn rust_flight_sql_client() {
 
 #[tokio::test]
 async fn query_timeout_stops_a_long_query() {
-    let fixture = Fixture::new();
-    let server = Server::start(&fixture, &["--query-timeout", "1s"]);
+    let fixture = fixture();
+    let server = Server::start(fixture, &["--query-timeout", "1s"]);
     let mut alice = client(&server).await;
     alice.handshake("alice", ANALYST_PASSWORD).await.unwrap();
     // A cross join of observations with itself runs far longer than a second.
@@ -346,7 +345,7 @@ async fn query_timeout_stops_a_long_query() {
     );
 
     // The memory limit of a session: a query that needs more fails, the server serves on.
-    let small = Server::start(&fixture, &["--session-memory", "1MiB"]);
+    let small = Server::start(fixture, &["--session-memory", "1MiB"]);
     let mut bob = client(&small).await;
     bob.handshake("alice", ANALYST_PASSWORD).await.unwrap();
     let join = "SELECT count(*) FROM observations a JOIN observations b ON a.observer = b.observer";
@@ -355,7 +354,7 @@ async fn query_timeout_stops_a_long_query() {
     assert_eq!(single_i64(&query(&mut bob, "SELECT 2::BIGINT").await), 2);
 
     // Tokens expire.
-    let brief = Server::start(&fixture, &["--token-ttl", "1s"]);
+    let brief = Server::start(fixture, &["--token-ttl", "1s"]);
     let mut carol = client(&brief).await;
     carol.handshake("alice", ANALYST_PASSWORD).await.unwrap();
     assert_eq!(single_i64(&query(&mut carol, "SELECT 3::BIGINT").await), 3);
@@ -366,7 +365,7 @@ async fn query_timeout_stops_a_long_query() {
 
 #[tokio::test]
 async fn without_users_file_loopback_only_with_a_generated_password() {
-    let fixture = Fixture::new();
+    let fixture = fixture();
     // Any address but loopback is refused.
     let refused = Command::new(BIN)
         .args(["--data", fixture.store().to_str().unwrap()])
@@ -431,8 +430,8 @@ async fn cancel_query_stops_a_running_query() {
     use arrow_flight::sql::{ActionCancelQueryRequest, ProstMessageExt};
     use prost::Message;
 
-    let fixture = Fixture::new();
-    let server = Server::start(&fixture, &[]);
+    let fixture = fixture();
+    let server = Server::start(fixture, &[]);
     let mut alice = client(&server).await;
     alice.handshake("alice", ANALYST_PASSWORD).await.unwrap();
     let info = alice.execute(LONG_QUERY.into(), None).await.unwrap();
@@ -474,10 +473,11 @@ fn write_certificate(dir: &Path) -> (PathBuf, PathBuf, String) {
 
 #[tokio::test]
 async fn tls_connection() {
-    let fixture = Fixture::new();
-    let (cert, key, pem) = write_certificate(fixture.dir.path());
+    let fixture = fixture();
+    let certificates = tempfile::tempdir().unwrap();
+    let (cert, key, pem) = write_certificate(certificates.path());
     let server = Server::start(
-        &fixture,
+        fixture,
         &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
     );
     let port = server.address.rsplit(':').next().unwrap();
@@ -533,11 +533,12 @@ async fn adbc_python_client() {
         eprintln!("skipped: no Python with adbc-driver-flightsql (run .ci/run, or set PROXIMA_PYTHON)");
         return;
     };
-    let fixture = Fixture::new();
-    let (cert, key, pem) = write_certificate(fixture.dir.path());
-    let plain = Server::start(&fixture, &[]);
+    let fixture = fixture();
+    let certificates = tempfile::tempdir().unwrap();
+    let (cert, key, pem) = write_certificate(certificates.path());
+    let plain = Server::start(fixture, &[]);
     let tls = Server::start(
-        &fixture,
+        fixture,
         &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
     );
     let tls_port = tls.address.rsplit(':').next().unwrap().to_string();
