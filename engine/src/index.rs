@@ -85,9 +85,39 @@ struct Directory {
     /// The `devices` files read so far (files are immutable).
     files: HashSet<Path>,
     by_mac: HashMap<u64, u128>,
+    /// Further devices of a MAC that more than one device registered (rare: the view joins
+    /// on the MAC, so each of them is an encounter).
+    shared_macs: HashMap<u64, Vec<u128>>,
     mac_of: HashMap<u128, u64>,
     /// Every registered device (also one whose MAC is not canonical, which no sighting names).
     devices: HashSet<u128>,
+}
+
+impl Directory {
+    fn insert(&mut self, device: u128, mac: u64) {
+        self.mac_of.insert(device, mac);
+        match self.by_mac.get(&mac) {
+            None => {
+                self.by_mac.insert(mac, device);
+            }
+            Some(&first) if first == device => {}
+            Some(_) => {
+                let others = self.shared_macs.entry(mac).or_default();
+                if !others.contains(&device) {
+                    others.push(device);
+                }
+            }
+        }
+    }
+
+    /// The devices registered with `mac`.
+    fn devices_of(&self, mac: u64) -> impl Iterator<Item = u128> + '_ {
+        self.by_mac
+            .get(&mac)
+            .copied()
+            .into_iter()
+            .chain(self.shared_macs.get(&mac).into_iter().flatten().copied())
+    }
 }
 
 /// A canonical MAC (`AA:BB:CC:DD:EE:FF`) as an integer; `None` for anything else (an RPI).
@@ -241,16 +271,15 @@ impl IndexReader {
                     .await?;
             for batch in batches {
                 let schema = batch.schema();
-                let uuids = batch.column(schema.index_of("device_uuid")?).as_string::<i32>();
-                let macs = batch.column(schema.index_of("mac")?).as_string::<i32>();
+                let uuids = text_column(&batch, schema.index_of("device_uuid")?, &meta.location)?;
+                let macs = text_column(&batch, schema.index_of("mac")?, &meta.location)?;
                 for (uuid, mac) in uuids.iter().zip(macs.iter()) {
                     let Some(device) = uuid.and_then(device_bits) else {
                         continue;
                     };
                     directory.devices.insert(device);
                     if let Some(mac) = mac.and_then(mac_bits) {
-                        directory.by_mac.insert(mac, device);
-                        directory.mac_of.insert(device, mac);
+                        directory.insert(device, mac);
                     }
                 }
             }
@@ -281,9 +310,9 @@ impl IndexReader {
             .await?;
         let mut found = Vec::new();
         for batch in batches {
-            let key = batch.column(0).as_string::<i32>();
-            let other = batch.column(1).as_string::<i32>();
-            let at = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+            let key = text_column(&batch, 0, &file.location)?;
+            let other = text_column(&batch, 1, &file.location)?;
+            let at = time_column(&batch, 2, &file.location)?;
             for i in 0..batch.num_rows() {
                 let (k, t) = (key.value(i), at.value(i));
                 if (from..=to).contains(&t) && keys.binary_search_by(|d| d.as_str().cmp(k)).is_ok() {
@@ -321,36 +350,38 @@ impl IndexReader {
             self.rows
                 .fetch_add(footer.metadata().file_metadata().num_rows() as u64, Ordering::Relaxed);
             for batch in self.read(&file, footer, |builder| builder).await? {
-                let observer = batch.column(0).as_string::<i32>();
-                let observed = batch.column(1).as_string::<i32>();
-                let at = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+                let observer = text_column(&batch, 0, &file.location)?;
+                let observed = text_column(&batch, 1, &file.location)?;
+                let at = time_column(&batch, 2, &file.location)?;
                 for i in 0..batch.num_rows() {
                     let t = at.value(i);
                     if !(from..=to).contains(&t) {
                         continue;
                     }
-                    let Some(heard) = mac_bits(observed.value(i)).and_then(|m| directory.by_mac.get(&m)) else {
+                    let Some(mac) = mac_bits(observed.value(i)) else {
                         continue;
                     };
                     let Some(by) = device_bits(observer.value(i)) else {
                         continue;
                     };
-                    if *heard == by {
-                        continue;
-                    }
-                    if wanted.contains(&by) {
-                        edges.push(Edge {
-                            a: observer.value(i).to_string(),
-                            b: device_text(*heard),
-                            at: t,
-                        });
-                    }
-                    if wanted.contains(heard) {
-                        edges.push(Edge {
-                            a: device_text(*heard),
-                            b: observer.value(i).to_string(),
-                            at: t,
-                        });
+                    for heard in directory.devices_of(mac) {
+                        if heard == by {
+                            continue;
+                        }
+                        if wanted.contains(&by) {
+                            edges.push(Edge {
+                                a: observer.value(i).to_string(),
+                                b: device_text(heard),
+                                at: t,
+                            });
+                        }
+                        if wanted.contains(&heard) {
+                            edges.push(Edge {
+                                a: device_text(heard),
+                                b: observer.value(i).to_string(),
+                                at: t,
+                            });
+                        }
                     }
                 }
             }
@@ -387,44 +418,70 @@ impl IndexReader {
         // What the devices heard.
         for (file, footer) in observations {
             for (observer, observed, at) in self.matching(&file, footer, devices, from, to).await? {
-                let Some(heard) = mac_bits(&observed).and_then(|m| directory.by_mac.get(&m)) else {
-                    continue;
-                };
-                let heard = device_text(*heard);
-                if heard != observer {
-                    edges.push(Edge {
-                        a: observer,
-                        b: heard,
-                        at,
-                    });
-                }
-            }
-        }
-        // Who heard the devices.
-        let mut device_of_mac: HashMap<String, &str> = HashMap::new();
-        for device in devices {
-            if let Some(mac) = device_bits(device).and_then(|d| directory.mac_of.get(&d)) {
-                device_of_mac.insert(mac_text(*mac), device);
-            }
-        }
-        let mut macs: Vec<String> = device_of_mac.keys().cloned().collect();
-        macs.sort();
-        if !macs.is_empty() {
-            for (file, footer) in companions {
-                for (observed, observer, at) in self.matching(&file, footer, &macs, from, to).await? {
-                    let device = device_of_mac[&observed];
-                    if device != observer {
+                let Some(mac) = mac_bits(&observed) else { continue };
+                for heard in directory.devices_of(mac) {
+                    let heard = device_text(heard);
+                    if heard != observer {
                         edges.push(Edge {
-                            a: device.to_string(),
-                            b: observer,
+                            a: observer.clone(),
+                            b: heard,
                             at,
                         });
                     }
                 }
             }
         }
+        // Who heard the devices.
+        let mut devices_of_mac: HashMap<String, Vec<&str>> = HashMap::new();
+        for device in devices {
+            if let Some(mac) = device_bits(device).and_then(|d| directory.mac_of.get(&d)) {
+                devices_of_mac.entry(mac_text(*mac)).or_default().push(device);
+            }
+        }
+        let mut macs: Vec<String> = devices_of_mac.keys().cloned().collect();
+        macs.sort();
+        if !macs.is_empty() {
+            for (file, footer) in companions {
+                for (observed, observer, at) in self.matching(&file, footer, &macs, from, to).await? {
+                    for &device in &devices_of_mac[&observed] {
+                        if device != observer {
+                            edges.push(Edge {
+                                a: device.to_string(),
+                                b: observer.clone(),
+                                at,
+                            });
+                        }
+                    }
+                }
+            }
+        }
         Ok(Some(edges))
     }
+}
+
+/// Column `i` of a batch read from `file`, as text: an error (not a panic) if a file that is
+/// not Proxima's has another type there.
+fn text_column<'a>(batch: &'a RecordBatch, i: usize, file: &Path) -> DfResult<&'a arrow::array::StringArray> {
+    batch
+        .column(i)
+        .as_string_opt::<i32>()
+        .ok_or_else(|| DataFusionError::Execution(format!("{file}: column {i} is not text (not a Proxima file?)")))
+}
+
+/// Column `i` of a batch read from `file`, as UTC microsecond timestamps.
+fn time_column<'a>(
+    batch: &'a RecordBatch,
+    i: usize,
+    file: &Path,
+) -> DfResult<&'a arrow::array::PrimitiveArray<TimestampMicrosecondType>> {
+    batch
+        .column(i)
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| {
+            DataFusionError::Execution(format!(
+                "{file}: column {i} is not a microsecond timestamp (not a Proxima file?)"
+            ))
+        })
 }
 
 fn rows_of(files: &DayFiles) -> i64 {

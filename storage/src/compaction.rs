@@ -8,8 +8,9 @@
 //! readers by a lineage marker (see `proxima_engine::lineage`): written
 //! before the merged file is published, it makes every listing show either the
 //! small files or the merged file, never both and never neither. The small
-//! files are deleted after [`GRACE`], longer than any query may run. After an
-//! observation day is compacted its encounter index is rebuilt. Files of
+//! files are deleted after [`GRACE`], longer than any query may run. A day's
+//! `observed_index` files are merged the same way, on their own (their row
+//! count stays that of the day's observations throughout). Files of
 //! [`LARGE_FILE_BYTES`] or more are not merged again (so a busy day is not
 //! rewritten every few flushes).
 
@@ -76,8 +77,8 @@ async fn folder(store: &Store, prefix: &Path) -> Result<Folder> {
     })
 }
 
-/// Compacts what is due in the recent days of every REST table, sweeps old markers, and
-/// rebuilds the encounter index of compacted observation days. Returns the compactions run.
+/// Compacts what is due in the recent days of every table and sweeps old markers. Returns
+/// the compactions run.
 pub async fn compact_due(factory: &SessionFactory, writer: &PartitionWriter, now: DateTime<Utc>) -> Result<usize> {
     let store = factory.store();
     let today = now.date_naive();
@@ -99,7 +100,21 @@ pub async fn compact_due(factory: &SessionFactory, writer: &PartitionWriter, now
             // One listing serves both: a sweep deletes only files the listing already hides.
             let current = folder(store, &prefix).await?;
             sweep_listed(writer, &current, now).await?;
-            let small: Vec<ObjectMeta> = current.live.into_iter().filter(|f| f.size < LARGE_FILE_BYTES).collect();
+            // Files a pending compaction (marker written, merged file not published, its
+            // transaction not settled) may still replace are left to it: merging them again
+            // would publish the same rows twice once it settles.
+            let pending: HashSet<&str> = current
+                .markers
+                .iter()
+                .filter(|(_, m)| !current.present.contains(&m.merged))
+                .flat_map(|(_, m)| m.replaces.iter().map(String::as_str))
+                .collect();
+            let small: Vec<ObjectMeta> = current
+                .live
+                .iter()
+                .filter(|f| f.size < LARGE_FILE_BYTES && !pending.contains(f.location.as_ref()))
+                .cloned()
+                .collect();
             let is_over = day.is_some_and(|d| d < today);
             let due = small.len() >= MIN_FILES || (is_over && small.len() >= 2);
             if !due {
@@ -169,7 +184,18 @@ pub async fn compact(
         return Err(e.into());
     }
     store.sync_local([&marker_path])?;
-    let summary = transaction.commit().await?;
+    let summary = match transaction.commit().await {
+        Ok(summary) => summary,
+        // Committed (or perhaps): the marker waits for the sweep to settle the transaction.
+        Err(e @ (Error::Unpublished { .. } | Error::InDoubt { .. })) => return Err(e),
+        Err(e) => {
+            // Not committed, and settled so: the marker has nothing to wait for.
+            if let Err(cleanup) = store.object_store().delete(&marker_path).await {
+                warn!(marker = %marker_path, error = %cleanup, "could not delete the marker of a failed compaction; the sweep will");
+            }
+            return Err(e);
+        }
+    };
     info!(table = %table, day = ?day, files = files.len(), rows = summary.rows, bytes = summary.bytes, "compacted");
     Ok(())
 }
@@ -336,14 +362,19 @@ mod tests {
         let (store, failing) = failing_store();
         let (factory, writer, day, prefix, files) = day_with_two_files(&store).await;
         // The compaction commits (its manifest is durable) but publishing the merged file
-        // fails, and nobody retries: the marker waits with no merged file.
-        failing.fail(Op::Rename, 1, "observations/day=");
+        // fails, and so does the commit's own retry: the marker waits with no merged file.
+        failing.fail(Op::Rename, 1, "observations/day=", 2);
         let err = compact(&factory, &writer, Table::Observations, Some(day), &prefix, files)
             .await
             .unwrap_err()
             .to_string();
         assert!(err.contains("committed but not yet published"), "{err}");
         assert_eq!(stored(&store).await, 12);
+        // Meanwhile no compaction takes the same files again (it would publish the rows a
+        // second time once the first one settles).
+        let runs = compact_due(&factory, &writer, Utc::now()).await.unwrap();
+        assert_eq!(folder(&store, &prefix).await.unwrap().live.len(), 2);
+        assert_eq!(runs, 1, "only the day's observed_index files were due");
         // Hours later the sweep finds the marker abandoned ...
         let later = Utc::now() + chrono::Duration::hours(3);
         sweep(&store, &prefix, later).await.unwrap();

@@ -50,6 +50,19 @@ pub enum Error {
         /// What failed after the commit point.
         source: Box<Error>,
     },
+    /// A transaction's commit failed and whether it reached its commit point could not be
+    /// told (the store did not answer): the next [`crate::PartitionWriter::settle`] or
+    /// writer start decides. Do not write the same rows again before then.
+    #[error(
+        "transaction {transaction} may or may not be committed ({source}); the next start of a writer settles it: \
+         check the store before writing the same rows again"
+    )]
+    InDoubt {
+        /// The transaction's id.
+        transaction: String,
+        /// What failed.
+        source: Box<Error>,
+    },
     /// An argument or a compaction marker was refused.
     #[error("{0}")]
     Invalid(String),

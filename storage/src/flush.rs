@@ -7,8 +7,9 @@
 //! deleted. A failure *before* the commit point keeps the rows, which the
 //! next flush writes again; a failure *after* it (the manifest is durable,
 //! publishing failed) never does: the rows are committed, the next flush
-//! first finishes the publication ([`PartitionWriter::recover`]) and only
-//! then deletes their segments. So a crash or an error at any point loses
+//! first settles that transaction ([`PartitionWriter::settle`]: published if
+//! its manifest is there, else deleted and its rows written again) and only
+//! then deletes or reuses their segments. So a crash or an error at any point loses
 //! nothing and stores nothing twice, and [`crate::marks::committed_through`]
 //! keeps a replay after a crash from storing anything twice.
 
@@ -226,9 +227,10 @@ mod tests {
             flusher.wal().append(vec![observations(1, 3, 0)]).await.unwrap();
             flusher.flush().await.unwrap();
             flusher.wal().append(vec![observations(2, 2, 0)]).await.unwrap();
-            failing.fail(op, 1, "");
+            // Twice: the commit's own retry (it settles its transaction at once) fails too.
+            failing.fail(op, 1, "", 2);
             let err = flusher.flush().await.unwrap_err().to_string();
-            assert_eq!(failing.failures(), 1);
+            assert_eq!(failing.failures(), 2);
             assert!(err.contains("committed but not yet published"), "{op:?}: {err}");
             assert_eq!(stored(&store).await, if visible_at_once { 5 } else { 3 }, "{op:?}");
             flusher.wal().append(vec![observations(3, 1, 0)]).await.unwrap();
@@ -245,11 +247,26 @@ mod tests {
         let flusher = open(dir.path(), &store).await;
         flusher.wal().append(vec![observations(1, 4, 0)]).await.unwrap();
         // The manifest's put fails: nothing is committed.
-        failing.fail(Op::Put, 1, "manifest.json");
+        failing.fail(Op::Put, 1, "manifest.json", 1);
         flusher.flush().await.unwrap_err();
         assert_eq!(stored(&store).await, 0);
         flusher.wal().append(vec![observations(2, 1, 0)]).await.unwrap();
         assert_eq!(flusher.flush().await.unwrap().rows, 5);
+        assert_eq!(stored(&store).await, 5);
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_landed_despite_an_error_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, failing) = failing_store();
+        let flusher = open(dir.path(), &store).await;
+        flusher.wal().append(vec![observations(1, 4, 0)]).await.unwrap();
+        // The manifest reaches the store, but its put answers an error.
+        failing.fail(Op::PutLanded, 1, "manifest.json", 1);
+        assert_eq!(flusher.flush().await.unwrap().rows, 4, "the commit settled itself");
+        assert_eq!(failing.failures(), 1);
+        flusher.wal().append(vec![observations(2, 1, 0)]).await.unwrap();
+        flusher.flush().await.unwrap();
         assert_eq!(stored(&store).await, 5);
     }
 
@@ -262,7 +279,7 @@ mod tests {
         flusher.wal().append(vec![observations(1, 7, 10)]).await.unwrap();
         // Committed and published, then the staging clean-up fails and the process dies
         // before it deletes the WAL segments.
-        failing.fail(Op::Delete, 1, "_staging");
+        failing.fail(Op::Delete, 1, "_staging", 2);
         flusher.flush().await.unwrap_err();
         assert_eq!(stored(&store).await, 7);
         drop(flusher);
@@ -306,5 +323,28 @@ mod tests {
             err.contains("damaged write-ahead log marks") && err.contains("observations/day="),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_restart_after_a_clean_stop_never_takes_new_records_for_stored_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::in_memory();
+        let flusher = open(dir.path(), &store).await;
+        let first_id = flusher.wal().id();
+        for tag in 1..=3 {
+            flusher.wal().append(vec![observations(tag, 1, 0)]).await.unwrap();
+        }
+        flusher.flush().await.unwrap();
+        drop(flusher);
+        // A clean stop left no segment: numbering starts again, so the id must change.
+        let flusher = open(dir.path(), &store).await;
+        assert_ne!(flusher.wal().id(), first_id);
+        assert_eq!(flusher.wal().append(vec![observations(4, 2, 0)]).await.unwrap(), 1);
+        drop(flusher);
+        // A crash before that record's flush: the replay must not take it for stored
+        // (the store holds marks up to 3 under the first id).
+        let flusher = open(dir.path(), &store).await;
+        flusher.flush().await.unwrap();
+        assert_eq!(stored(&store).await, 5);
     }
 }

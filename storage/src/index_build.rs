@@ -7,7 +7,7 @@
 //! deletes the day's older companion files. Until the old files are gone the
 //! day's row counts disagree, so readers take the `encounters` view for it:
 //! slower, never wrong. [`backfill_missing`] does this, from the Maintainer,
-//! for the days that have observations and no companion at all.
+//! for the days the companions do not cover (once their files are ten minutes old).
 
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
@@ -20,6 +20,8 @@ use tracing::info;
 use crate::error::Result;
 use crate::writer::{CommitSummary, PartitionWriter};
 
+/// The folder of the derived index earlier versions wrote.
+const LEGACY_INDEX: &str = "encounter_index";
 /// A day whose newest observation file is younger than this is left to its writer: its
 /// companion may still be on its way.
 const SETTLED_AFTER_SECS: u64 = 600;
@@ -81,30 +83,42 @@ pub async fn build_all(
     Ok(days)
 }
 
-/// Builds the `observed_index` of the days that have observations but no companion file
-/// at all (written before companions existed), leaving alone any day with an observation
-/// file named in the last ten minutes at `now` (its writer may be publishing its companion).
-/// Returns the days built.
+/// Rebuilds the `observed_index` of the days it does not cover (written before companions
+/// existed, or left uneven by an interrupted rebuild), leaving alone any day with a file
+/// named in the last ten minutes at `now` (a writer may be publishing its companion).
+/// Returns the days rebuilt.
 pub async fn backfill_missing(factory: &SessionFactory, writer: &PartitionWriter, now: DateTime<Utc>) -> Result<usize> {
     let store = factory.store();
+    // The per-day `encounter_index` that earlier versions wrote is derived data nothing reads now.
+    let legacy = store.root().clone().join(LEGACY_INDEX);
+    let (files, bytes) = store.delete_prefix(&legacy).await?;
+    if files > 0 {
+        info!(
+            files,
+            bytes, "deleted the old encounter_index (replaced by observed_index)"
+        );
+    }
     let settled_before = (now.timestamp().max(0) as u64).saturating_sub(SETTLED_AFTER_SECS);
-    let indexed: Vec<NaiveDate> = store
-        .list_days(Table::ObservedIndex)
-        .await?
-        .into_iter()
-        .map(|p| p.day)
-        .collect();
     let mut built = 0;
     for partition in store.list_days(Table::Observations).await? {
-        if indexed.contains(&partition.day) {
+        if factory.index().is_covered(partition.day).await? {
             continue;
         }
-        let files: Vec<Path> = store
-            .reader()
-            .list(Some(&partition.prefix(store.root())))
-            .map_ok(|meta| meta.location)
-            .try_collect()
-            .await?;
+        let mut files: Vec<Path> = Vec::new();
+        for table in [Table::Observations, Table::ObservedIndex] {
+            let prefix = DayPartition {
+                table,
+                day: partition.day,
+            }
+            .prefix(store.root());
+            let listed: Vec<Path> = store
+                .reader()
+                .list(Some(&prefix))
+                .map_ok(|m| m.location)
+                .try_collect()
+                .await?;
+            files.extend(listed);
+        }
         let settled = files
             .iter()
             .all(|f| data_file_written_at(f).is_none_or(|written| written <= settled_before));

@@ -2,8 +2,8 @@
 //! and the Parquet settings that make those lookups cheap.
 //!
 //! Every writer (flush, import, generator, compaction, index build) goes through these
-//! rules, so a file is laid out the same way whoever wrote it. The encounter index's
-//! reader (`proxima_engine::index`) binary-searches the page index that
+//! rules, so a file is laid out the same way whoever wrote it. Tracing's lookups
+//! (`proxima_engine::index`) binary-search the page index that
 //! [`writer_properties`] asks for, sorted as [`sort_for_storage`] sorts.
 
 use std::collections::BTreeSet;

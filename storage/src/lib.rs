@@ -6,7 +6,8 @@
 //! rows pass first through the write-ahead log ([`wal`]); the [`flush`]
 //! moves them into Parquet, recording WAL [`marks`] in each file so that a
 //! replay never stores a row twice. [`compaction`] merges a day's small
-//! files behind lineage markers, [`index_build`] writes the encounter index,
+//! files behind lineage markers, [`index_build`] rebuilds the `observed_index` of
+//! days that lack it (every transaction writes it with the observations),
 //! [`retention`] deletes day folders, and the [`Maintainer`] runs all of
 //! that housekeeping in one loop on its own runtime, whether or not REST is
 //! enabled. Reading the store is `proxima-engine`'s business, not this

@@ -26,6 +26,8 @@ use object_store::{
 pub enum Op {
     /// `put` (single-part uploads: manifests, markers).
     Put,
+    /// `put` that reaches the store but answers an error (a timeout after the write).
+    PutLanded,
     /// `copy`.
     Copy,
     /// `rename` (publishing staged files).
@@ -36,8 +38,9 @@ pub enum Op {
 
 #[derive(Debug, Default)]
 struct Plan {
-    /// (kind, calls of that kind still to let through, paths that must contain this text)
-    armed: Option<(Op, usize, String)>,
+    /// (kind, calls of that kind still to let through, paths that must contain this text,
+    /// failures still to make)
+    armed: Option<(Op, usize, String, usize)>,
     failed: usize,
 }
 
@@ -68,11 +71,11 @@ impl FailingStore {
         })
     }
 
-    /// Fails the `nth` (1-based) call of kind `op` from now whose path contains `matching`
-    /// (once; later calls pass).
-    pub fn fail(&self, op: Op, nth: usize, matching: &str) {
+    /// Fails the `nth` (1-based) call of kind `op` from now whose path contains `matching`,
+    /// and the `times - 1` matching calls after it; later calls pass.
+    pub fn fail(&self, op: Op, nth: usize, matching: &str, times: usize) {
         let mut plan = self.plan.lock().expect("plan lock");
-        plan.armed = Some((op, nth.saturating_sub(1), matching.to_string()));
+        plan.armed = Some((op, nth.saturating_sub(1), matching.to_string(), times));
     }
 
     /// How many calls have been failed so far.
@@ -82,7 +85,7 @@ impl FailingStore {
 
     fn check(&self, op: Op, location: &Path) -> Result<()> {
         let mut plan = self.plan.lock().expect("plan lock");
-        let Some((armed, remaining, matching)) = plan.armed.as_mut() else {
+        let Some((armed, remaining, matching, times)) = plan.armed.as_mut() else {
             return Ok(());
         };
         if *armed != op || !location.as_ref().contains(matching.as_str()) {
@@ -92,7 +95,10 @@ impl FailingStore {
             *remaining -= 1;
             return Ok(());
         }
-        plan.armed = None;
+        *times -= 1;
+        if *times == 0 {
+            plan.armed = None;
+        }
         plan.failed += 1;
         Err(object_store::Error::Generic {
             store: "failing",
@@ -105,7 +111,9 @@ impl FailingStore {
 impl ObjectStore for FailingStore {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
         self.check(Op::Put, location)?;
-        self.inner.put_opts(location, payload, opts).await
+        let result = self.inner.put_opts(location, payload, opts).await?;
+        self.check(Op::PutLanded, location)?;
+        Ok(result)
     }
 
     async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {

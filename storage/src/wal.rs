@@ -223,7 +223,7 @@ impl Wal {
                 dir.display()
             )));
         }
-        let id = wal_id(dir)?;
+        let mut id = wal_id(dir)?;
         let mut segments = list_segments(dir)?;
         let mut records = Vec::new();
         let mut replayed = Replayed::default();
@@ -235,6 +235,11 @@ impl Wal {
         }
         let mut buffer = Buffer::default();
         let mut next_seq = 1;
+        if records.is_empty() {
+            // Numbering starts again at 1: under the old id, files of the store already
+            // hold higher marks, and a replay would take new records for stored ones.
+            id = write_wal_id(dir, Uuid::new_v4())?;
+        }
         if let Some(last) = records.last() {
             next_seq = last.seq + 1;
             let tables: Vec<Table> = {
@@ -442,7 +447,13 @@ impl WriterThread {
             let path = self.dir.join(format!("{seq:020}{SEGMENT_SUFFIX}"));
             let file = self.fs.create(&path).map_err(|e| io_error(&path, e))?;
             // The new file's name must survive a crash as well as its contents.
-            self.fs.sync_dir(&self.dir).map_err(|e| io_error(&self.dir, e))?;
+            if let Err(e) = self.fs.sync_dir(&self.dir) {
+                // The empty file stays (deleted with the next flush's segments), and its
+                // number is not used again, so the next record can start a segment.
+                self.closed.push(path);
+                self.next_seq += 1;
+                return Err(io_error(&self.dir, e));
+            }
             self.file = Some(BufWriter::with_capacity(1 << 20, file));
             self.current = Some(path);
             self.synced_len = 0;
@@ -549,19 +560,22 @@ fn wal_id(dir: &Path) -> Result<Uuid> {
             .ok()
             .and_then(|file| Uuid::parse_str(&file.id).ok())
             .ok_or_else(|| Error::Wal(format!("{}: not a WAL id file", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = Uuid::new_v4();
-            let text = serde_json::to_string(&IdFile { id: id.to_string() }).expect("serialisable");
-            let tmp = dir.join(format!("{ID_FILE}.tmp"));
-            fs::write(&tmp, text)
-                .and_then(|()| File::open(&tmp)?.sync_all())
-                .and_then(|()| fs::rename(&tmp, &path))
-                .and_then(|()| File::open(dir)?.sync_all())
-                .map_err(|e| io_error(&path, e))?;
-            Ok(id)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_wal_id(dir, Uuid::new_v4()),
         Err(e) => Err(io_error(&path, e)),
     }
+}
+
+/// Makes `id` the WAL's id (durably: written aside, synced, renamed, folder synced).
+fn write_wal_id(dir: &Path, id: Uuid) -> Result<Uuid> {
+    let path = dir.join(ID_FILE);
+    let text = serde_json::to_string(&IdFile { id: id.to_string() }).expect("serialisable");
+    let tmp = dir.join(format!("{ID_FILE}.tmp"));
+    fs::write(&tmp, text)
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .and_then(|()| fs::rename(&tmp, &path))
+        .and_then(|()| File::open(dir)?.sync_all())
+        .map_err(|e| io_error(&path, e))?;
+    Ok(id)
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
@@ -725,7 +739,7 @@ mod tests {
         let (wal, replayed) = Wal::open(dir.path(), WalStats::default(), nothing_stored)
             .await
             .unwrap();
-        assert_eq!(wal.id(), id, "the id survives restarts");
+        assert_eq!(wal.id(), id, "the id survives restarts that replay records");
         assert_eq!((replayed.records, replayed.rows, replayed.torn_bytes), (5, 5, 6));
         let seq = wal.append(vec![revocation("d5")]).await.unwrap();
         assert_eq!(seq, 6, "numbering continues after the replayed records");

@@ -196,9 +196,10 @@ impl Transaction {
         self.write_stream(table, day, rows, Vec::new(), stream).await
     }
 
-    /// Writes a stream of batches as one staged Parquet file, without holding them all in
-    /// memory; `expected_rows` sizes the bloom filters and `metadata` is added to the file's
-    /// key-value metadata. Writes nothing if the stream is empty.
+    /// Writes a stream of batches as one staged Parquet file; `expected_rows` sizes the bloom
+    /// filters and `metadata` is added to the file's key-value metadata. Writes nothing if
+    /// the stream is empty. Batches are not held in memory, except an observation file's,
+    /// which are kept to write its `observed_index` companion once the stream ends.
     pub async fn write_stream<S, E>(
         &mut self,
         table: Table,
@@ -271,7 +272,10 @@ impl Transaction {
         self.staged.iter().map(|f| Path::from(f.target.as_str())).collect()
     }
 
-    /// Publishes every staged file; after this returns they are durable and visible.
+    /// Publishes every staged file; after this returns they are durable and visible. An
+    /// error means the rows are not stored (write them again), except
+    /// [`Error::Unpublished`] (stored; never write them again) and [`Error::InDoubt`]
+    /// (unknown until [`PartitionWriter::settle`] or a writer's start decides).
     pub async fn commit(self) -> Result<CommitSummary> {
         let summary = CommitSummary {
             files: self.staged.len(),
@@ -281,7 +285,21 @@ impl Transaction {
         if self.staged.is_empty() {
             return Ok(summary);
         }
-        self.write_manifest().await?;
+        if let Err(e) = self.write_manifest().await {
+            // The manifest's put may have landed although it failed (a timeout): settle,
+            // so that the caller learns which it is.
+            return match self.writer.settle(self.id).await {
+                Ok(true) => {
+                    warn!(transaction = %self.id, error = %e, "the commit reported an error but had landed; published");
+                    Ok(summary)
+                }
+                Ok(false) => Err(e),
+                Err(_) => Err(Error::InDoubt {
+                    transaction: self.id.to_string(),
+                    source: Box::new(e),
+                }),
+            };
+        }
         // From here on the transaction is committed: a crash is rolled forward by `recover`,
         // and an error is reported as committed, so that no caller writes the rows again.
         let store = &self.writer.store;
@@ -291,10 +309,14 @@ impl Transaction {
             Ok::<_, Error>(())
         };
         if let Err(e) = published.await {
-            return Err(Error::Unpublished {
-                transaction: self.id.to_string(),
-                source: Box::new(e),
-            });
+            if matches!(self.writer.settle(self.id).await, Ok(true)) {
+                warn!(transaction = %self.id, error = %e, "publishing failed once, then succeeded");
+            } else {
+                return Err(Error::Unpublished {
+                    transaction: self.id.to_string(),
+                    source: Box::new(e),
+                });
+            }
         }
         info!(
             writer = self.writer.name,

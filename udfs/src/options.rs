@@ -77,8 +77,15 @@ pub fn parse_window(key: &str, value: &str) -> Result<Duration> {
             .and_then(|s| seconds.checked_add(s))
             .ok_or_else(|| config_error(key, value, expected))?;
     }
+    if seconds == 0 || seconds > MAX_WINDOW_SECS {
+        return Err(config_error(key, value, "a duration between 1 second and 60 days"));
+    }
     Ok(Duration::from_secs(seconds))
 }
+
+/// The longest tracing window: far beyond any public-health look-back (and beyond the 21
+/// days of data kept), and short enough that a trace reads a bounded number of days.
+const MAX_WINDOW_SECS: u64 = 60 * 86_400;
 
 fn format_window(window: Duration) -> String {
     let seconds = window.as_secs();
@@ -202,6 +209,11 @@ mod tests {
         );
         assert!(parse_window("k", "-1 hours").is_err());
         assert!(parse_window("k", "3 fortnights").is_err());
+        // Bounded, so that a trace reads a bounded number of days.
+        assert_eq!(parse_window("k", "60 days").unwrap(), Duration::from_secs(60 * 86_400));
+        let err = parse_window("trace.lookback", "61 days").unwrap_err().to_string();
+        assert!(err.contains("between 1 second and 60 days"), "{err}");
+        assert!(parse_window("k", "0 hours").is_err());
     }
 
     #[test]

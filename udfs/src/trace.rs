@@ -106,7 +106,7 @@ impl Contact {
     /// `high`, `medium` or `low`, by the rules in the module documentation.
     pub fn priority(&self, request: &TraceRequest) -> &'static str {
         match self.order {
-            1 if self.last_contact_at >= request.at - request.high_window => "high",
+            1 if self.last_contact_at >= request.at.saturating_sub(request.high_window) => "high",
             1 | 2 => "medium",
             _ => "low",
         }
@@ -448,7 +448,12 @@ async fn trace(lookup: &dyn EncounterLookup, request: &TraceRequest) -> Result<V
     let edges = |devices: Vec<String>, from: i64, to: i64| async move {
         Ok::<_, datafusion::error::DataFusionError>(lookup.encounters(&devices, from, to).await?.edges)
     };
-    let first = edges(vec![request.index.clone()], request.at - request.lookback, request.at).await?;
+    let first = edges(
+        vec![request.index.clone()],
+        request.at.saturating_sub(request.lookback),
+        request.at,
+    )
+    .await?;
     let mut level = first_level(request, &first);
     let mut seen: HashSet<String> = HashSet::from([request.index.clone()]);
     let mut contacts = Vec::new();
@@ -459,7 +464,7 @@ async fn trace(lookup: &dyn EncounterLookup, request: &TraceRequest) -> Result<V
         seen.extend(level.iter().map(|c| c.contact.clone()));
         // `level` is sorted by contact and distinct (built from a BTreeMap).
         let frontier: Vec<String> = level.iter().map(|c| c.contact.clone()).collect();
-        let found = edges(frontier, request.at - request.high_window, request.at).await?;
+        let found = edges(frontier, request.at.saturating_sub(request.high_window), request.at).await?;
         let next = next_level(order, &level, &seen, &found);
         contacts.append(&mut level);
         level = next;

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -49,6 +50,11 @@ pub struct Metrics {
     pub alerts_issued: Family<PriorityLabels, Counter>,
     /// Time to trace a case.
     pub trace_seconds: Histogram,
+    /// Days tracing lookups (REST and Flight SQL alike) had to read whole because the
+    /// observed index did not cover them (0 on a healthy store); set when rendered.
+    pub lookup_days_scanned: Gauge,
+    /// Rows tracing lookups decoded; set when rendered.
+    pub lookup_rows_read: Gauge,
 }
 
 impl Metrics {
@@ -94,6 +100,18 @@ impl Metrics {
         registry.register("alerts_issued", "Alerts issued by priority", alerts_issued.clone());
         let trace_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register("trace_seconds", "Time to trace a reported case", trace_seconds.clone());
+        let lookup_days_scanned = Gauge::default();
+        registry.register(
+            "lookup_days_scanned",
+            "Days tracing lookups read whole (the observed index did not cover them)",
+            lookup_days_scanned.clone(),
+        );
+        let lookup_rows_read = Gauge::default();
+        registry.register(
+            "lookup_rows_read",
+            "Rows tracing lookups decoded",
+            lookup_rows_read.clone(),
+        );
         Self {
             registry,
             requests,
@@ -105,6 +123,8 @@ impl Metrics {
             compaction_runs,
             alerts_issued,
             trace_seconds,
+            lookup_days_scanned,
+            lookup_rows_read,
         }
     }
 

@@ -323,6 +323,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// `GET /metrics`: Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text exposition")))]
 async fn metrics_text(State(state): State<AppState>) -> Response {
+    let lookups = state.factory.index().counters();
+    state
+        .metrics
+        .lookup_days_scanned
+        .set(i64::try_from(lookups.scanned_days).unwrap_or(i64::MAX));
+    state
+        .metrics
+        .lookup_rows_read
+        .set(i64::try_from(lookups.rows).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,
