@@ -86,25 +86,25 @@ WITH obs AS (
     WHERE observed_at BETWEEN $at - INTERVAL 96 HOUR AND $at
 ),
 sightings AS (
-    SELECT o.observer, d.device_uuid AS heard, o.observed_at AS at
+    SELECT o.observer, d.device_uuid AS heard, o.observed_at AS seen_at
     FROM obs o JOIN read_parquet($devices) d ON o.observed = d.mac
     WHERE d.device_uuid <> o.observer
 )
-SELECT observer AS a, heard AS b, at FROM sightings
+SELECT observer AS a, heard AS b, seen_at FROM sightings
 UNION ALL
-SELECT heard AS a, observer AS b, at FROM sightings
-ORDER BY a, at
+SELECT heard AS a, observer AS b, seen_at FROM sightings
+ORDER BY a, seen_at
 """
 
 EXPERT_TRACE_SQL = """
 WITH level1 AS (
-    SELECT b AS contact, min(at) AS exposed_at, max(at) AS last_contact_at
+    SELECT b AS contact, min(seen_at) AS exposed_at, max(seen_at) AS last_contact_at
     FROM enc WHERE a = $index GROUP BY b
 ),
 level2_edges AS (
-    SELECT e.b, e.at AS t, e.a AS via
+    SELECT e.b, e.seen_at AS t, e.a AS via
     FROM enc e JOIN level1 l ON e.a = l.contact
-    WHERE e.at >= l.exposed_at AND e.at >= $at - INTERVAL 48 HOUR
+    WHERE e.seen_at >= l.exposed_at AND e.seen_at >= $at - INTERVAL 48 HOUR
 ),
 level2 AS (
     SELECT b AS contact, min(t) AS exposed_at, max(t) AS last_contact_at, arg_min(via, (t, via)) AS via

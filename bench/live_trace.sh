@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Live trace benchmark: traces while the store is being written, as in production.
 #
-#   bench/live_trace.sh        (DEVICES=1000000 DAYS=14 UPLOAD_CONNECTIONS=8 CASES=20)
+#   bench/live_trace.sh        (DEVICES=1000000 DAYS=14 UPLOAD_CONNECTIONS=12 CASES=20)
 #
 # 1. builds proxima in release (or uses PROXIMA_BIN); generates DEVICES devices x DAYS
 #    days ending today into target/bench-live/store (kept between runs);
@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 DEVICES="${DEVICES:-1000000}"
 DAYS="${DAYS:-14}"
 CASES="${CASES:-20}"
-UPLOAD_CONNECTIONS="${UPLOAD_CONNECTIONS:-8}"
+UPLOAD_CONNECTIONS="${UPLOAD_CONNECTIONS:-12}"
 WORK="target/bench-live"
 PORT="${PORT:-18090}"
 FLIGHT_PORT="${FLIGHT_PORT:-50090}"
