@@ -174,19 +174,9 @@ impl Maintainer {
         self.flusher.as_ref().map(Flusher::wal)
     }
 
-    /// The writer of flushes and compactions.
-    pub fn writer(&self) -> &PartitionWriter {
-        &self.writer
-    }
-
     /// The counters.
     pub fn stats(&self) -> &MaintenanceStats {
         &self.stats
-    }
-
-    /// The settings.
-    pub fn options(&self) -> &MaintenanceOptions {
-        &self.options
     }
 
     /// Registers `listener` to be told after every flush of the loop.
