@@ -44,8 +44,9 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector};
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
-use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
-use parquet::file::page_index::column_index::ColumnIndexMetaData;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader, RowGroupMetaData};
+use parquet::file::page_index::column_index::{ByteArrayColumnIndex, ColumnIndexMetaData};
+use parquet::file::page_index::offset_index::PageLocation;
 use parquet::file::statistics::Statistics;
 use proxima_udfs::trace::{Edge, EncounterLookup, Lookup, LookupCounters};
 
@@ -164,15 +165,43 @@ fn device_text(bits: u128) -> String {
 #[derive(Debug)]
 pub struct IndexReader {
     store: Store,
-    footers: Mutex<HashMap<Path, ArrowReaderMetadata>>,
+    footers: Mutex<HashMap<Path, Footer>>,
     directory: tokio::sync::RwLock<Directory>,
     rows: AtomicU64,
     bytes: Arc<AtomicU64>,
     scanned_days: AtomicU64,
 }
 
+/// A file's footer (with page index), and for each row group whether its pages are in
+/// key order (checked once, so that lookups may binary-search them).
+#[derive(Debug, Clone)]
+struct Footer {
+    metadata: ArrowReaderMetadata,
+    sorted: Arc<[bool]>,
+}
+
+impl Footer {
+    fn new(metadata: ArrowReaderMetadata) -> Self {
+        let meta = metadata.metadata();
+        let sorted = (0..meta.num_row_groups())
+            .map(|group| {
+                let rows = meta.row_group(group).num_rows() as u64;
+                PageIndex::of(meta, group, rows).is_some_and(|pages| pages.is_sorted())
+            })
+            .collect();
+        Self { metadata, sorted }
+    }
+
+    fn num_rows(&self) -> i64 {
+        self.metadata.metadata().file_metadata().num_rows()
+    }
+}
+
 /// A day's live files of one table, with their footers.
-type DayFiles = Vec<(ObjectMeta, ArrowReaderMetadata)>;
+type DayFiles = Vec<(ObjectMeta, Footer)>;
+
+/// Rows found by a lookup: (key, other column, time).
+type Found = Vec<(String, String, i64)>;
 
 impl IndexReader {
     /// A reader of `store`, with empty caches.
@@ -206,18 +235,19 @@ impl IndexReader {
     }
 
     /// The footer (with page index) of a file; files are immutable, so it is cached by path.
-    async fn footer(&self, location: &Path, size: u64) -> DfResult<ArrowReaderMetadata> {
+    async fn footer(&self, location: &Path, size: u64) -> DfResult<Footer> {
         if let Some(found) = self.footers.lock().map_err(poisoned)?.get(location) {
             return Ok(found.clone());
         }
         let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
         let metadata = ArrowReaderMetadata::load_async(&mut self.reader(location, size), options).await?;
+        let footer = Footer::new(metadata);
         let mut footers = self.footers.lock().map_err(poisoned)?;
         if footers.len() >= FOOTER_CACHE_ENTRIES {
             footers.clear();
         }
-        footers.insert(location.clone(), metadata.clone());
-        Ok(metadata)
+        footers.insert(location.clone(), footer.clone());
+        Ok(footer)
     }
 
     /// The live Parquet files of `table` on `day`, as readers see them, with footers.
@@ -288,68 +318,67 @@ impl IndexReader {
         Ok(())
     }
 
-    /// The rows of `file` whose column 0 is one of `keys` (sorted) and whose column 2 (the
-    /// time) is in `from..=to`, as `(column 0, column 1, time)`.
-    async fn matching(
+    /// Starts the lookup, on a task of its own (so that lookups of several files decode on
+    /// every core), of the rows of `file` whose column 0 is one of `keys` (sorted) and whose
+    /// column 2 (the time) is in `from..=to`, as `(column 0, column 1, time)`; `None` if no
+    /// page may hold a key.
+    fn spawn_matching(
         &self,
         file: &ObjectMeta,
-        metadata: ArrowReaderMetadata,
-        keys: &[String],
+        footer: &Footer,
+        keys: &Arc<[String]>,
         from: i64,
         to: i64,
-    ) -> DfResult<Vec<(String, String, i64)>> {
-        let (row_groups, selection, rows) = select(metadata.metadata(), keys);
+    ) -> Option<tokio::task::JoinHandle<DfResult<Found>>> {
+        let (row_groups, selection, rows) = select(footer, keys);
         if row_groups.is_empty() {
-            return Ok(Vec::new());
+            return None;
         }
         self.rows.fetch_add(rows, Ordering::Relaxed);
-        let batches = self
-            .read(file, metadata, |builder| {
+        let reader = self.reader(&file.location, file.size);
+        let metadata = footer.metadata.clone();
+        let keys = Arc::clone(keys);
+        Some(tokio::spawn(async move {
+            let location = reader.location.clone();
+            let batches = read(reader, metadata, |builder| {
                 builder.with_row_groups(row_groups).with_row_selection(selection)
             })
             .await?;
-        let mut found = Vec::new();
-        for batch in batches {
-            let key = text_column(&batch, 0, &file.location)?;
-            let other = text_column(&batch, 1, &file.location)?;
-            let at = time_column(&batch, 2, &file.location)?;
-            for i in 0..batch.num_rows() {
-                let (k, t) = (key.value(i), at.value(i));
-                if (from..=to).contains(&t) && keys.binary_search_by(|d| d.as_str().cmp(k)).is_ok() {
-                    found.push((k.to_string(), other.value(i).to_string(), t));
+            let mut found = Vec::new();
+            for batch in batches {
+                let key = text_column(&batch, 0, &location)?;
+                let other = text_column(&batch, 1, &location)?;
+                let at = time_column(&batch, 2, &location)?;
+                // Rows come in key order, a key's rows together: search each key once.
+                let mut last: Option<(&str, bool)> = None;
+                for i in 0..batch.num_rows() {
+                    let (k, t) = (key.value(i), at.value(i));
+                    let wanted = match last {
+                        Some((previous, wanted)) if previous == k => wanted,
+                        _ => keys.binary_search_by(|d| d.as_str().cmp(k)).is_ok(),
+                    };
+                    last = Some((k, wanted));
+                    if wanted && (from..=to).contains(&t) {
+                        found.push((k.to_string(), other.value(i).to_string(), t));
+                    }
                 }
             }
-        }
-        Ok(found)
-    }
-
-    /// Columns 0, 1 and 2 of `file`, as `select` narrows the reader.
-    async fn read(
-        &self,
-        file: &ObjectMeta,
-        metadata: ArrowReaderMetadata,
-        select: impl FnOnce(
-            ParquetRecordBatchStreamBuilder<CountingReader>,
-        ) -> ParquetRecordBatchStreamBuilder<CountingReader>,
-    ) -> DfResult<Vec<RecordBatch>> {
-        let mask = ProjectionMask::roots(metadata.metadata().file_metadata().schema_descr(), [0, 1, 2]);
-        let builder =
-            ParquetRecordBatchStreamBuilder::new_with_metadata(self.reader(&file.location, file.size), metadata)
-                .with_projection(mask);
-        Ok(select(builder).build()?.try_collect().await?)
+            Ok(found)
+        }))
     }
 
     /// The encounters of `devices` on a day the companions do not cover, by reading all the
     /// day's observations (what the `encounters` view would do, without SQL).
     async fn scan_day(&self, day: NaiveDate, devices: &[String], from: i64, to: i64) -> DfResult<Vec<Edge>> {
         self.scanned_days.fetch_add(1, Ordering::Relaxed);
+        let files = self.day_files(Table::Observations, day).await?;
         let directory = self.directory.read().await;
         let wanted: HashSet<u128> = devices.iter().filter_map(|d| device_bits(d)).collect();
         let mut edges = Vec::new();
-        for (file, footer) in self.day_files(Table::Observations, day).await? {
-            self.rows
-                .fetch_add(footer.metadata().file_metadata().num_rows() as u64, Ordering::Relaxed);
-            for batch in self.read(&file, footer, |builder| builder).await? {
+        for (file, footer) in files {
+            self.rows.fetch_add(footer.num_rows() as u64, Ordering::Relaxed);
+            let reader = self.reader(&file.location, file.size);
+            for batch in read(reader, footer.metadata, |builder| builder).await? {
                 let observer = text_column(&batch, 0, &file.location)?;
                 let observed = text_column(&batch, 1, &file.location)?;
                 let at = time_column(&batch, 2, &file.location)?;
@@ -392,71 +421,34 @@ impl IndexReader {
     /// Whether `day` is answered from the files (see the module documentation); a day
     /// without observations is covered (there is nothing to find).
     pub async fn is_covered(&self, day: NaiveDate) -> crate::Result<bool> {
-        let observations = self.day_files(Table::Observations, day).await?;
-        let companions = self.day_files(Table::ObservedIndex, day).await?;
-        Ok(rows_of(&observations) == rows_of(&companions))
+        let (observations, companions) = self.day_tables(day).await?;
+        Ok(covered(&observations, &companions))
     }
 
-    /// The encounters of one covered day, or `None` if the day is not covered.
-    async fn day_encounters(
-        &self,
-        day: NaiveDate,
-        devices: &[String],
-        from: i64,
-        to: i64,
-    ) -> DfResult<Option<Vec<Edge>>> {
-        let observations = self.day_files(Table::Observations, day).await?;
-        if observations.is_empty() {
-            return Ok(Some(Vec::new()));
-        }
-        let companions = self.day_files(Table::ObservedIndex, day).await?;
-        if rows_of(&observations) != rows_of(&companions) {
-            return Ok(None);
-        }
-        let directory = self.directory.read().await;
-        let mut edges = Vec::new();
-        // What the devices heard.
-        for (file, footer) in observations {
-            for (observer, observed, at) in self.matching(&file, footer, devices, from, to).await? {
-                let Some(mac) = mac_bits(&observed) else { continue };
-                for heard in directory.devices_of(mac) {
-                    let heard = device_text(heard);
-                    if heard != observer {
-                        edges.push(Edge {
-                            a: observer.clone(),
-                            b: heard,
-                            at,
-                        });
-                    }
-                }
-            }
-        }
-        // Who heard the devices.
-        let mut devices_of_mac: HashMap<String, Vec<&str>> = HashMap::new();
-        for device in devices {
-            if let Some(mac) = device_bits(device).and_then(|d| directory.mac_of.get(&d)) {
-                devices_of_mac.entry(mac_text(*mac)).or_default().push(device);
-            }
-        }
-        let mut macs: Vec<String> = devices_of_mac.keys().cloned().collect();
-        macs.sort();
-        if !macs.is_empty() {
-            for (file, footer) in companions {
-                for (observed, observer, at) in self.matching(&file, footer, &macs, from, to).await? {
-                    for &device in &devices_of_mac[&observed] {
-                        if device != observer {
-                            edges.push(Edge {
-                                a: device.to_string(),
-                                b: observer.clone(),
-                                at,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        Ok(Some(edges))
+    /// A day's observation files and companion files.
+    async fn day_tables(&self, day: NaiveDate) -> DfResult<(DayFiles, DayFiles)> {
+        futures::try_join!(
+            self.day_files(Table::Observations, day),
+            self.day_files(Table::ObservedIndex, day)
+        )
     }
+}
+
+/// Whether a day's companions cover its observations (they hold as many rows).
+fn covered(observations: &DayFiles, companions: &DayFiles) -> bool {
+    let rows = |files: &DayFiles| files.iter().map(|(_, footer)| footer.num_rows()).sum::<i64>();
+    rows(observations) == rows(companions)
+}
+
+/// Columns 0, 1 and 2 of the file `reader` reads, as `select` narrows the reader.
+async fn read(
+    reader: CountingReader,
+    metadata: ArrowReaderMetadata,
+    select: impl FnOnce(ParquetRecordBatchStreamBuilder<CountingReader>) -> ParquetRecordBatchStreamBuilder<CountingReader>,
+) -> DfResult<Vec<RecordBatch>> {
+    let mask = ProjectionMask::roots(metadata.metadata().file_metadata().schema_descr(), [0, 1, 2]);
+    let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata).with_projection(mask);
+    Ok(select(builder).build()?.try_collect().await?)
 }
 
 /// Column `i` of a batch read from `file`, as text: an error (not a panic) if a file that is
@@ -484,11 +476,14 @@ fn time_column<'a>(
         })
 }
 
-fn rows_of(files: &DayFiles) -> i64 {
-    files
-        .iter()
-        .map(|(_, footer)| footer.metadata().file_metadata().num_rows())
-        .sum()
+/// The rows of every lookup, once all have finished.
+async fn join(tasks: Vec<tokio::task::JoinHandle<DfResult<Found>>>) -> DfResult<Found> {
+    let mut all = Vec::new();
+    for result in futures::future::join_all(tasks).await {
+        let found = result.map_err(|e| DataFusionError::External(Box::new(e)))??;
+        all.extend(found);
+    }
+    Ok(all)
 }
 
 fn poisoned<T>(_: T) -> DataFusionError {
@@ -503,17 +498,83 @@ impl EncounterLookup for IndexReader {
             return Ok(found);
         }
         self.refresh_directory().await?;
-        let days = from.div_euclid(MICROS_PER_DAY)..=to.div_euclid(MICROS_PER_DAY);
-        for day in days {
-            let Ok(day) = i32::try_from(day) else { continue };
-            let date = date_from_epoch_days(day);
-            match self.day_encounters(date, devices, from, to).await? {
-                Some(edges) => found.edges.extend(edges),
-                None => {
-                    found.uncovered_days.push(epoch_days(date));
-                    found.edges.extend(self.scan_day(date, devices, from, to).await?);
+        let mut sorted = devices.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let devices: Arc<[String]> = sorted.into();
+        // The MACs of the devices, and the devices of each MAC.
+        let mut devices_of_mac: HashMap<String, Vec<String>> = HashMap::new();
+        {
+            let directory = self.directory.read().await;
+            for device in devices.iter() {
+                if let Some(mac) = device_bits(device).and_then(|d| directory.mac_of.get(&d)) {
+                    devices_of_mac.entry(mac_text(*mac)).or_default().push(device.clone());
                 }
             }
+        }
+        let mut macs: Vec<String> = devices_of_mac.keys().cloned().collect();
+        macs.sort_unstable();
+        let macs: Arc<[String]> = macs.into();
+
+        let days = (from.div_euclid(MICROS_PER_DAY)..=to.div_euclid(MICROS_PER_DAY))
+            .filter_map(|day| i32::try_from(day).ok())
+            .map(date_from_epoch_days);
+        let listed = futures::future::try_join_all(
+            days.map(|day| async move { Ok::<_, DataFusionError>((day, self.day_tables(day).await?)) }),
+        )
+        .await?;
+        // Both lookups of every file of every covered day at once.
+        let (mut heard, mut heard_by) = (Vec::new(), Vec::new());
+        for (day, (observations, companions)) in &listed {
+            if !covered(observations, companions) {
+                found.uncovered_days.push(epoch_days(*day));
+                continue;
+            }
+            for (file, footer) in observations {
+                heard.extend(self.spawn_matching(file, footer, &devices, from, to));
+            }
+            if !macs.is_empty() {
+                for (file, footer) in companions {
+                    heard_by.extend(self.spawn_matching(file, footer, &macs, from, to));
+                }
+            }
+        }
+        let heard = join(heard).await?;
+        let heard_by = join(heard_by).await?;
+        {
+            let directory = self.directory.read().await;
+            // What the devices heard.
+            for (observer, observed, at) in heard {
+                let Some(mac) = mac_bits(&observed) else { continue };
+                for device in directory.devices_of(mac) {
+                    let device = device_text(device);
+                    if device != observer {
+                        found.edges.push(Edge {
+                            a: observer.clone(),
+                            b: device,
+                            at,
+                        });
+                    }
+                }
+            }
+        }
+        // Who heard the devices.
+        for (observed, observer, at) in heard_by {
+            for device in &devices_of_mac[&observed] {
+                if *device != observer {
+                    found.edges.push(Edge {
+                        a: device.clone(),
+                        b: observer.clone(),
+                        at,
+                    });
+                }
+            }
+        }
+        // Days the companions do not cover: the slow, always correct path.
+        for &day in &found.uncovered_days.clone() {
+            found
+                .edges
+                .extend(self.scan_day(date_from_epoch_days(day), &devices, from, to).await?);
         }
         Ok(found)
     }
@@ -532,40 +593,23 @@ impl EncounterLookup for IndexReader {
 }
 
 /// The row groups and rows of a file sorted by its first column that may hold one of
-/// `keys` (sorted): pages whose min..=max contains a key, by the page index when the
-/// file has one, else whole row groups by their statistics. Also returns the rows selected.
-fn select(metadata: &ParquetMetaData, keys: &[String]) -> (Vec<usize>, RowSelection, u64) {
-    let may_hold = |min: &[u8], max: &[u8]| {
-        let first = keys.partition_point(|k| k.as_bytes() < min);
-        keys.get(first).is_some_and(|k| k.as_bytes() <= max)
-    };
+/// `keys` (sorted): pages whose min..=max contains a key, found by binary search of the
+/// page index when the file has one, else whole row groups by their statistics. Also
+/// returns the rows selected.
+fn select(footer: &Footer, keys: &[String]) -> (Vec<usize>, RowSelection, u64) {
+    let metadata = footer.metadata.metadata();
     let mut row_groups = Vec::new();
     let mut selectors = Vec::new();
     let mut selected = 0u64;
     for (i, row_group) in metadata.row_groups().iter().enumerate() {
         let rows = row_group.num_rows() as u64;
-        let spans = page_spans(metadata, i, rows).unwrap_or_else(|| {
-            // No page index: the whole row group, bounded by its statistics if it has them.
-            let (min, max) = match row_group.column(0).statistics() {
-                Some(Statistics::ByteArray(s)) => (
-                    s.min_opt().map(|v| v.data().to_vec()),
-                    s.max_opt().map(|v| v.data().to_vec()),
-                ),
-                _ => (None, None),
-            };
-            vec![PageSpan {
-                min,
-                max,
-                rows: 0..rows,
-            }]
-        });
+        let spans = match PageIndex::of(metadata, i, rows) {
+            Some(pages) => pages.spans_holding(keys, footer.sorted.get(i).copied().unwrap_or(false)),
+            None => whole_group(row_group, rows, keys),
+        };
         let mut cursor = 0u64;
         let mut group_selectors = Vec::new();
-        for PageSpan { min, max, rows: range } in spans {
-            let unbounded = min.is_none() || max.is_none();
-            if !unbounded && !may_hold(min.as_deref().unwrap_or_default(), max.as_deref().unwrap_or_default()) {
-                continue;
-            }
+        for range in spans {
             if range.start > cursor {
                 group_selectors.push(RowSelector::skip((range.start - cursor) as usize));
             }
@@ -585,30 +629,115 @@ fn select(metadata: &ParquetMetaData, keys: &[String]) -> (Vec<usize>, RowSelect
     (row_groups, RowSelection::from(selectors), selected)
 }
 
-/// A run of rows of column 0 and the bounds of its values (`None`: unknown).
-struct PageSpan {
-    min: Option<Vec<u8>>,
-    max: Option<Vec<u8>>,
-    rows: Range<u64>,
+/// A row group without a page index: all of it, unless its statistics rule every key out.
+fn whole_group(row_group: &RowGroupMetaData, rows: u64, keys: &[String]) -> Vec<Range<u64>> {
+    if let Some(Statistics::ByteArray(s)) = row_group.column(0).statistics() {
+        if let (Some(min), Some(max)) = (s.min_opt(), s.max_opt()) {
+            let first = keys.partition_point(|k| k.as_bytes() < min.data());
+            if !keys.get(first).is_some_and(|k| k.as_bytes() <= max.data()) {
+                return Vec::new();
+            }
+        }
+    }
+    vec![0..rows]
 }
 
-/// The span of each page of column 0 in row group `group`, from the page index.
-fn page_spans(metadata: &ParquetMetaData, group: usize, rows: u64) -> Option<Vec<PageSpan>> {
-    let ColumnIndexMetaData::BYTE_ARRAY(index) = metadata.column_index()?.get(group)?.first()? else {
-        return None;
-    };
-    let locations = metadata.offset_index()?.get(group)?.first()?.page_locations();
-    let mut pages = Vec::with_capacity(locations.len());
-    for (page, location) in locations.iter().enumerate() {
-        let start = location.first_row_index as u64;
-        let end = locations.get(page + 1).map_or(rows, |next| next.first_row_index as u64);
-        pages.push(PageSpan {
-            min: index.min_value(page).map(<[u8]>::to_vec),
-            max: index.max_value(page).map(<[u8]>::to_vec),
-            rows: start..end,
-        });
+/// The page index of column 0 in one row group of a file sorted by that column.
+struct PageIndex<'a> {
+    index: &'a ByteArrayColumnIndex,
+    locations: &'a [PageLocation],
+    rows: u64,
+}
+
+impl<'a> PageIndex<'a> {
+    /// `None` if the file has no page index, or a page without bounds (all nulls), which
+    /// binary search cannot place.
+    fn of(metadata: &'a ParquetMetaData, group: usize, rows: u64) -> Option<Self> {
+        let ColumnIndexMetaData::BYTE_ARRAY(index) = metadata.column_index()?.get(group)?.first()? else {
+            return None;
+        };
+        let locations = metadata
+            .offset_index()?
+            .get(group)?
+            .first()?
+            .page_locations()
+            .as_slice();
+        let bounded = (0..locations.len()).all(|p| index.min_value(p).is_some() && index.max_value(p).is_some());
+        bounded.then_some(Self { index, locations, rows })
     }
-    Some(pages)
+
+    /// Whether the pages are in key order with no overlap but at their edges (each page's
+    /// max is at most the next page's min), as in a file sorted by this column.
+    fn is_sorted(&self) -> bool {
+        (1..self.locations.len()).all(|p| self.max(p - 1) <= self.min(p))
+    }
+
+    fn min(&self, page: usize) -> &[u8] {
+        self.index.min_value(page).unwrap_or_default()
+    }
+
+    fn max(&self, page: usize) -> &[u8] {
+        self.index.max_value(page).unwrap_or_default()
+    }
+
+    /// Rows of page `page`.
+    fn page_rows(&self, page: usize) -> Range<u64> {
+        let start = self.locations[page].first_row_index as u64;
+        let end = self
+            .locations
+            .get(page + 1)
+            .map_or(self.rows, |next| next.first_row_index as u64);
+        start..end
+    }
+
+    /// The rows of the pages that may hold one of `keys` (sorted), in order and disjoint:
+    /// for each key, the pages from the first whose max is not below it to the last whose
+    /// min is not above it (pages of a sorted column are in order, so that run is contiguous).
+    fn spans_holding(&self, keys: &[String], sorted: bool) -> Vec<Range<u64>> {
+        let pages = self.locations.len();
+        let mut spans: Vec<Range<u64>> = Vec::new();
+        if !sorted {
+            // Not a file Proxima sorted: every page whose bounds may hold a key.
+            for page in 0..pages {
+                let first = keys.partition_point(|k| k.as_bytes() < self.min(page));
+                if keys.get(first).is_some_and(|k| k.as_bytes() <= self.max(page)) {
+                    spans.push(self.page_rows(page));
+                }
+            }
+            return spans;
+        }
+        let mut next_page = 0;
+        for key in keys {
+            let key = key.as_bytes();
+            let first = next_page + partition(pages - next_page, |p| self.max(next_page + p) < key);
+            let end = first + partition(pages - first, |p| self.min(first + p) <= key);
+            if first >= end {
+                continue;
+            }
+            let rows = self.page_rows(first).start..self.page_rows(end - 1).end;
+            match spans.last_mut() {
+                Some(last) if last.end >= rows.start => last.end = last.end.max(rows.end),
+                _ => spans.push(rows),
+            }
+            // Keys are sorted: the next key's pages start no earlier than this key's first.
+            next_page = first;
+        }
+        spans
+    }
+}
+
+/// The number of leading items among `0..len` for which `pred` holds (`pred` is true then false).
+fn partition(len: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut low, mut high) = (0, len);
+    while low < high {
+        let mid = low + (high - low) / 2;
+        if pred(mid) {
+            low = mid + 1;
+        } else {
+            high = mid;
+        }
+    }
+    low
 }
 
 /// An [`AsyncFileReader`] over the object store that counts the bytes it fetches.
