@@ -58,6 +58,20 @@ const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// File footers kept in memory; beyond this the cache starts afresh.
 const FOOTER_CACHE_ENTRIES: usize = 4096;
 
+/// Footer key naming the layout of an `observed_index` file.
+pub const LAYOUT_KEY: &str = "proxima.layout";
+/// The layout of `observed_index` files this version writes and reads (`observer` as the
+/// UUID's 16 bytes). Companions without it (text `observer`, written before 2026-12-02)
+/// do not count as covering their day: the day is read the slow way until the Maintainer
+/// or `proxima index` rebuilds its companions, and compaction leaves them alone.
+pub const COMPANION_LAYOUT: &str = "observer-bytes";
+
+/// Whether footer key-values (see [`file_key_values`]) are those of a companion in the
+/// current layout.
+pub fn is_current_companion(key_values: &HashMap<String, String>) -> bool {
+    key_values.get(LAYOUT_KEY).map(String::as_str) == Some(COMPANION_LAYOUT)
+}
+
 /// The key-value metadata of a Parquet file in the store (its footer only).
 pub async fn file_key_values(store: &Store, location: &Path) -> crate::Result<HashMap<String, String>> {
     let size = store.object_store().head(location).await?.size;
@@ -178,6 +192,8 @@ pub struct IndexReader {
 struct Footer {
     metadata: ArrowReaderMetadata,
     sorted: Arc<[bool]>,
+    /// Whether the file names [`COMPANION_LAYOUT`] (only companions do).
+    current_companion: bool,
 }
 
 impl Footer {
@@ -189,7 +205,17 @@ impl Footer {
                 PageIndex::of(meta, group, rows).is_some_and(|pages| pages.is_sorted())
             })
             .collect();
-        Self { metadata, sorted }
+        let current_companion = meta
+            .file_metadata()
+            .key_value_metadata()
+            .into_iter()
+            .flatten()
+            .any(|kv| kv.key == LAYOUT_KEY && kv.value.as_deref() == Some(COMPANION_LAYOUT));
+        Self {
+            metadata,
+            sorted,
+            current_companion,
+        }
     }
 
     fn num_rows(&self) -> i64 {
@@ -347,7 +373,7 @@ impl IndexReader {
             let mut found = Vec::new();
             for batch in batches {
                 let key = text_column(&batch, 0, &location)?;
-                let other = text_column(&batch, 1, &location)?;
+                let other = Other::of(&batch, &location)?;
                 let at = time_column(&batch, 2, &location)?;
                 // Rows come in key order, a key's rows together: search each key once.
                 let mut last: Option<(&str, bool)> = None;
@@ -359,7 +385,7 @@ impl IndexReader {
                     };
                     last = Some((k, wanted));
                     if wanted && (from..=to).contains(&t) {
-                        found.push((k.to_string(), other.value(i).to_string(), t));
+                        found.push((k.to_string(), other.value(i), t));
                     }
                 }
             }
@@ -434,10 +460,11 @@ impl IndexReader {
     }
 }
 
-/// Whether a day's companions cover its observations (they hold as many rows).
+/// Whether a day's companions cover its observations: they hold as many rows, all in the
+/// current layout.
 fn covered(observations: &DayFiles, companions: &DayFiles) -> bool {
     let rows = |files: &DayFiles| files.iter().map(|(_, footer)| footer.num_rows()).sum::<i64>();
-    rows(observations) == rows(companions)
+    rows(observations) == rows(companions) && companions.iter().all(|(_, footer)| footer.current_companion)
 }
 
 /// Columns 0, 1 and 2 of the file `reader` reads, as `select` narrows the reader.
@@ -449,6 +476,38 @@ async fn read(
     let mask = ProjectionMask::roots(metadata.metadata().file_metadata().schema_descr(), [0, 1, 2]);
     let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata).with_projection(mask);
     Ok(select(builder).build()?.try_collect().await?)
+}
+
+/// Column 1 of a lookup: observations' `observed` (text) or companions' `observer` (a
+/// device's 16 bytes).
+enum Other<'a> {
+    Text(&'a arrow::array::StringArray),
+    Device(&'a arrow::array::FixedSizeBinaryArray),
+}
+
+impl<'a> Other<'a> {
+    fn of(batch: &'a RecordBatch, file: &Path) -> DfResult<Self> {
+        let column = batch.column(1);
+        if let Some(text) = column.as_string_opt::<i32>() {
+            return Ok(Self::Text(text));
+        }
+        match column.as_fixed_size_binary_opt() {
+            Some(bytes) if bytes.value_length() == 16 => Ok(Self::Device(bytes)),
+            _ => Err(DataFusionError::Execution(format!(
+                "{file}: column 1 is neither text nor 16 bytes (not a Proxima file?)"
+            ))),
+        }
+    }
+
+    fn value(&self, i: usize) -> String {
+        match self {
+            Self::Text(text) => text.value(i).to_string(),
+            Self::Device(bytes) => {
+                let bits = <[u8; 16]>::try_from(bytes.value(i)).map_or(0, u128::from_be_bytes);
+                device_text(bits)
+            }
+        }
+    }
 }
 
 /// Column `i` of a batch read from `file`, as text: an error (not a panic) if a file that is
@@ -631,15 +690,15 @@ fn select(footer: &Footer, keys: &[String]) -> (Vec<usize>, RowSelection, u64) {
 
 /// A row group without a page index: all of it, unless its statistics rule every key out.
 fn whole_group(row_group: &RowGroupMetaData, rows: u64, keys: &[String]) -> Vec<Range<u64>> {
-    if let Some(Statistics::ByteArray(s)) = row_group.column(0).statistics() {
-        if let (Some(min), Some(max)) = (s.min_opt(), s.max_opt()) {
-            let first = keys.partition_point(|k| k.as_bytes() < min.data());
-            if !keys.get(first).is_some_and(|k| k.as_bytes() <= max.data()) {
-                return Vec::new();
-            }
+    if let Some(Statistics::ByteArray(s)) = row_group.column(0).statistics()
+        && let (Some(min), Some(max)) = (s.min_opt(), s.max_opt())
+    {
+        let first = keys.partition_point(|k| k.as_bytes() < min.data());
+        if keys.get(first).is_none_or(|k| k.as_bytes() > max.data()) {
+            return Vec::new();
         }
     }
-    vec![0..rows]
+    std::iter::once(0..rows).collect()
 }
 
 /// The page index of column 0 in one row group of a file sorted by that column.
@@ -780,7 +839,107 @@ impl AsyncFileReader for CountingReader {
 
 #[cfg(test)]
 mod tests {
+    use arrow::array::StringArray;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
     use super::*;
+
+    /// A one-column Parquet file of `values` (in this order) with 4-row pages, as its footer.
+    fn footer_of(values: &[&str]) -> Footer {
+        let schema = Arc::new(Schema::new(vec![Field::new("key", DataType::Utf8, false)]));
+        let batch =
+            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(StringArray::from(values.to_vec()))]).unwrap();
+        let props = WriterProperties::builder()
+            .set_dictionary_enabled(false)
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_data_page_row_count_limit(4)
+            .set_write_batch_size(4)
+            .set_max_row_group_size(10)
+            .build();
+        let mut bytes = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut bytes, schema, Some(props)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
+        Footer::new(ArrowReaderMetadata::load(&Bytes::from(bytes), options).unwrap())
+    }
+
+    /// The rows `select` picks, as indexes into the file.
+    fn selected_rows(footer: &Footer, keys: &[&str]) -> Vec<usize> {
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        let (groups, selection, _) = select(footer, &keys);
+        let metadata = footer.metadata.metadata();
+        let mut offsets = vec![0usize];
+        for group in metadata.row_groups() {
+            offsets.push(offsets.last().unwrap() + group.num_rows() as usize);
+        }
+        // The selection runs over the selected row groups' rows, one after the other.
+        let candidates: Vec<usize> = groups.iter().flat_map(|&g| offsets[g]..offsets[g + 1]).collect();
+        let mut rows = Vec::new();
+        let mut at = 0;
+        for selector in selection.iter() {
+            if !selector.skip {
+                rows.extend_from_slice(&candidates[at..at + selector.row_count]);
+            }
+            at += selector.row_count;
+        }
+        assert_eq!(
+            at,
+            candidates.len(),
+            "the selection covers the selected row groups exactly"
+        );
+        rows
+    }
+
+    #[test]
+    fn page_selection_finds_every_row_of_each_key_and_reads_few_pages() {
+        // 3 row groups of up to 10 rows, pages of 4 rows; "c" spans two pages, "f" two groups.
+        let values = [
+            "a", "a", "b", "c", "c", "c", "c", "c", "d", "e", "f", "f", "f", "f", "f", "f", "f", "g", "h", "h", "i",
+            "j", "k", "l", "m", "n", "o", "p",
+        ];
+        let footer = footer_of(&values);
+        assert!(footer.sorted.iter().all(|&sorted| sorted));
+        for keys in [
+            vec!["c"],
+            vec!["f"],
+            vec!["a", "h", "p"],
+            vec!["0", "bb", "zz"],
+            vec!["b", "c", "d", "e", "f"],
+        ] {
+            let rows = selected_rows(&footer, &keys);
+            // Every row holding a key is selected ...
+            for (i, value) in values.iter().enumerate() {
+                if keys.contains(value) {
+                    assert!(rows.contains(&i), "{keys:?}: row {i} ({value}) not selected: {rows:?}");
+                }
+            }
+            // ... and only pages that may hold one: each selected row's 4-row page does.
+            for &i in &rows {
+                let group_start = i / 10 * 10;
+                let page_start = group_start + (i - group_start) / 4 * 4;
+                let page_end = (page_start + 4).min(group_start + 10).min(values.len());
+                let page = &values[page_start..page_end];
+                assert!(
+                    keys.iter()
+                        .any(|k| page.first().unwrap() <= k && k <= page.last().unwrap()),
+                    "{keys:?}: row {i} selected from page {page:?}"
+                );
+            }
+        }
+        assert!(selected_rows(&footer, &["0", "zz"]).is_empty());
+    }
+
+    #[test]
+    fn an_unsorted_file_is_searched_page_by_page() {
+        let values = ["m", "n", "o", "p", "a", "b", "c", "d", "x", "y"];
+        let footer = footer_of(&values);
+        assert!(!footer.sorted[0]);
+        assert_eq!(selected_rows(&footer, &["b"]), vec![4, 5, 6, 7]);
+        assert_eq!(selected_rows(&footer, &["b", "y"]), vec![4, 5, 6, 7, 8, 9]);
+    }
 
     #[test]
     fn identifiers_round_trip_through_their_integers() {

@@ -18,6 +18,7 @@ pub mod ids;
 pub mod index;
 pub mod lineage;
 pub mod paths;
+pub mod rules;
 pub mod schema;
 pub mod script;
 pub mod session;

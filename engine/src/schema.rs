@@ -44,10 +44,12 @@ pub static DEVICES: LazyLock<SchemaRef> = LazyLock::new(|| {
 
 /// Columns of `observed_index` files: the observations' `(observed, observer, observed_at)`,
 /// sorted by `observed` then time, so that "who heard these MACs" is a page-index lookup.
+/// `observer` is the device UUID's 16 bytes (big-endian, as `uuid` orders them), not its
+/// 36 characters: the column is random, so compression cannot do that for it.
 pub static OBSERVED_INDEX: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("observed", DataType::Utf8, false),
-        Field::new("observer", DataType::Utf8, false),
+        Field::new("observer", DataType::FixedSizeBinary(16), false),
         Field::new("observed_at", timestamp_type(), false),
     ]))
 });

@@ -21,7 +21,7 @@ use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
 use chrono::DateTime;
 use datafusion::prelude::SessionContext;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use proxima_engine::{SessionFactory, SessionOptions, Table, ids, schema};
+use proxima_engine::{SessionFactory, SessionOptions, Table, ids, rules, schema};
 use proxima_storage::layout::sort_for_storage;
 
 use crate::error::{Error, Position, Result};
@@ -48,7 +48,10 @@ enum Kind {
     Observed,
     Geohash,
     Timestamp,
-    Int { min: i64, max: i64 },
+    /// Seconds, by [`rules::duration_s`].
+    Duration,
+    /// Signal strength, by [`rules::dbm`].
+    Dbm,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -69,25 +72,15 @@ const fn column(name: &'static str, kind: Kind, nullable: bool) -> ColumnSpec {
     }
 }
 
-/// BLE reports RSSI and TX power as signed 8-bit dBm.
-const DBM: Kind = Kind::Int { min: -128, max: 127 };
-
 fn columns(table: Table) -> Vec<ColumnSpec> {
     match table {
         Table::Observations => vec![
             column("observer", Kind::DeviceUuid, false),
             column("observed", Kind::Observed, false),
             column("observed_at", Kind::Timestamp, false),
-            column(
-                "duration_s",
-                Kind::Int {
-                    min: 0,
-                    max: i32::MAX as i64,
-                },
-                false,
-            ),
-            column("rssi", DBM, true),
-            column("tx_power", DBM, true),
+            column("duration_s", Kind::Duration, false),
+            column("rssi", Kind::Dbm, true),
+            column("tx_power", Kind::Dbm, true),
             column("location", Kind::Geohash, true),
         ],
         // Derived from the others, or written by the REST service only: `import` refuses them.
@@ -155,7 +148,7 @@ fn validate(spec: &ColumnSpec, cell: Cell<'_>, now_micros: i64) -> Result<Value,
                 .map_err(|e| in_column(format!("'{t}' is not an RFC 3339 timestamp ({e})"))),
             _ => Err(in_column("expected a timestamp".into())),
         },
-        Kind::Int { min, max } => {
+        Kind::Duration | Kind::Dbm => {
             let v = match cell {
                 Cell::Int(v) => v,
                 Cell::Text(t) => t
@@ -164,15 +157,11 @@ fn validate(spec: &ColumnSpec, cell: Cell<'_>, now_micros: i64) -> Result<Value,
                     .map_err(|_| in_column(format!("'{t}' is not an integer")))?,
                 _ => return Err(in_column("expected an integer".into())),
             };
-            if v < min || v > max {
-                let range = if min == 0 {
-                    "must not be negative".to_string()
-                } else {
-                    format!("must be between {min} and {max}")
-                };
-                return Err(in_column(format!("{v} {range}")));
-            }
-            Ok(Value::Int(v))
+            let checked = match spec.kind {
+                Kind::Duration => rules::duration_s(v).map(i64::from),
+                _ => rules::dbm(v).map(i64::from),
+            };
+            checked.map(Value::Int).map_err(in_column)
         }
     }
 }
@@ -517,7 +506,7 @@ fn read_parquet(file: &Path, staged: &mut Staged) -> Result<()> {
                 let target = match spec.kind {
                     _ if is_text => DataType::Utf8,
                     Kind::Timestamp => schema::timestamp_type(),
-                    Kind::Int { .. } => DataType::Int64,
+                    Kind::Duration | Kind::Dbm => DataType::Int64,
                     _ => DataType::Utf8,
                 };
                 let options = CastOptions {

@@ -24,13 +24,14 @@ use datafusion::prelude::ParquetReadOptions;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
 use parquet::file::metadata::KeyValue;
+use proxima_engine::index::{file_key_values, is_current_companion};
 use proxima_engine::lineage::{MARKER_PREFIX, MARKER_SUFFIX, Marker, is_marker, read_marker, resolve};
 use proxima_engine::{DayPartition, SessionFactory, Store, Table};
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::marks::{WAL_KEY, encode_marks, file_marks, merge_marks};
+use crate::marks::{WAL_KEY, encode_marks, marks_in, merge_marks};
 use crate::writer::PartitionWriter;
 
 /// Small live files in a day folder of today that make it due for compaction.
@@ -139,7 +140,13 @@ pub async fn compact(
     let store = factory.store();
     let mut marks = Vec::with_capacity(files.len());
     for file in &files {
-        marks.push(file_marks(store, &file.location).await?);
+        let key_values = file_key_values(store, &file.location).await?;
+        if table == Table::ObservedIndex && !is_current_companion(&key_values) {
+            // An older layout: `backfill_missing` rebuilds the day's companions, not us.
+            info!(table = %table, day = ?day, file = %file.location, "companion in an older layout; left to the index rebuild");
+            return Ok(());
+        }
+        marks.push(marks_in(file.location.as_ref(), &key_values)?);
     }
     let marks = merge_marks(marks);
     let base = store.object_store_url().as_str().trim_end_matches('/').to_string();

@@ -9,17 +9,19 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, FixedSizeBinaryBuilder, RecordBatch};
 use arrow::compute::{SortColumn, filter_record_batch, lexsort_to_indices, take_record_batch};
-use arrow::datatypes::TimestampMicrosecondType;
+use arrow::datatypes::{DataType, TimestampMicrosecondType};
 use chrono::NaiveDate;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use proxima_engine::{PROXIMA_VERSION, Table, schema};
+use proxima_engine::{PROXIMA_VERSION, Table, index, schema};
 
-use crate::error::Result;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
@@ -83,6 +85,12 @@ pub fn writer_properties(table: Table, writer: &str, rows: usize, extra: Vec<Key
         KeyValue::new("proxima.writer".to_string(), writer.to_string()),
         KeyValue::new("proxima.table".to_string(), table.name().to_string()),
     ];
+    if table == Table::ObservedIndex {
+        metadata.push(KeyValue::new(
+            index::LAYOUT_KEY.to_string(),
+            index::COMPANION_LAYOUT.to_string(),
+        ));
+    }
     metadata.extend(extra);
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
@@ -97,10 +105,12 @@ pub fn writer_properties(table: Table, writer: &str, rows: usize, extra: Vec<Key
             .set_write_batch_size(LOOKUP_PAGE_ROWS);
     }
     if table == Table::ObservedIndex {
-        // Only `observed` is searched; the other columns need no page statistics.
+        // Only `observed` is searched; the other columns need no page statistics. A MAC's
+        // times ascend, so their differences are small.
         builder = builder
             .set_statistics_enabled(EnabledStatistics::Chunk)
-            .set_column_statistics_enabled(ColumnPath::from("observed"), EnabledStatistics::Page);
+            .set_column_statistics_enabled(ColumnPath::from("observed"), EnabledStatistics::Page)
+            .set_column_encoding(ColumnPath::from("observed_at"), Encoding::DELTA_BINARY_PACKED);
     }
     for column in table.lookup_columns() {
         let column = ColumnPath::from(*column);
@@ -125,7 +135,11 @@ pub fn observed_index_rows(observations: &[RecordBatch]) -> Result<Option<Record
             let column = |name: &str| -> Result<_> { Ok(Arc::clone(batch.column(schema.index_of(name)?))) };
             Ok(RecordBatch::try_new(
                 Table::ObservedIndex.file_schema(),
-                vec![column("observed")?, column("observer")?, column("observed_at")?],
+                vec![
+                    column("observed")?,
+                    device_bytes(column("observer")?.as_ref())?,
+                    column("observed_at")?,
+                ],
             )?)
         })
         .collect::<Result<_>>()?;
@@ -135,4 +149,37 @@ pub fn observed_index_rows(observations: &[RecordBatch]) -> Result<Option<Record
     }
     let all = arrow::compute::concat_batches(&Table::ObservedIndex.file_schema(), &projected)?;
     Ok(Some(sort_for_storage(Table::ObservedIndex, &all)?))
+}
+
+/// Rows of `table` as its files store them: `observed_index` rows whose `observer` is text
+/// (from SQL, when a day's companion is rebuilt) get the UUID's 16 bytes; anything else is
+/// returned as it is.
+pub fn conform(table: Table, batch: RecordBatch) -> Result<RecordBatch> {
+    if table != Table::ObservedIndex || batch.schema().field(1).data_type() != &DataType::Utf8 {
+        return Ok(batch);
+    }
+    let mut columns = batch.columns().to_vec();
+    columns[1] = device_bytes(columns[1].as_ref())?;
+    Ok(RecordBatch::try_new(Table::ObservedIndex.file_schema(), columns)?)
+}
+
+/// Device UUIDs as text, as 16-byte binary values.
+fn device_bytes(devices: &dyn Array) -> Result<ArrayRef> {
+    if devices.data_type() == &DataType::FixedSizeBinary(16) {
+        return Ok(arrow::array::make_array(devices.to_data()));
+    }
+    let text = devices.as_string_opt::<i32>().ok_or_else(|| {
+        Error::Invalid(format!(
+            "observer: expected device UUIDs as text, got {}",
+            devices.data_type()
+        ))
+    })?;
+    let mut bytes = FixedSizeBinaryBuilder::with_capacity(text.len(), 16);
+    for value in text {
+        let value = value.ok_or_else(|| Error::Invalid("observer: a device UUID is missing".into()))?;
+        let uuid =
+            Uuid::try_parse(value).map_err(|_| Error::Invalid(format!("observer: '{value}' is not a device UUID")))?;
+        bytes.append_value(uuid.as_bytes())?;
+    }
+    Ok(Arc::new(bytes.finish()))
 }

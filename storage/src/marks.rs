@@ -59,8 +59,13 @@ pub fn merge_marks(all: impl IntoIterator<Item = Marks>) -> Marks {
 /// The [`WAL_KEY`] marks of a Parquet file in the store (none if it has no such key).
 pub async fn file_marks(store: &Store, file: &Path) -> Result<Marks> {
     let key_values = proxima_engine::index::file_key_values(store, file).await?;
+    marks_in(file.as_ref(), &key_values)
+}
+
+/// The WAL marks among a data file's footer key-values (none if it has no marks key).
+pub fn marks_in(file: &str, key_values: &HashMap<String, String>) -> Result<Marks> {
     match key_values.get(WAL_KEY) {
-        Some(value) => parse_marks(file.as_ref(), value),
+        Some(value) => parse_marks(file, value),
         None => Ok(Marks::new()),
     }
 }

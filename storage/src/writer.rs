@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::layout::{observed_index_rows, writer_properties};
+use crate::layout::{conform, observed_index_rows, writer_properties};
 
 /// Parquet metadata key of an `observed_index` file: the observation file it was written with.
 pub const SOURCE_KEY: &str = "proxima.index.source";
@@ -238,6 +238,7 @@ impl Transaction {
         let with_companion = table == Table::Observations && self.companions;
         let mut written = Vec::new();
         while let Some(batch) = batches.try_next().await? {
+            let batch = conform(table, batch)?;
             rows += batch.num_rows() as u64;
             writer.write(&batch).await?;
             if with_companion {

@@ -19,7 +19,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use proxima_engine::{Role, Table, ids, schema};
+use proxima_engine::{Role, Table, ids, rules, schema};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -159,21 +159,12 @@ impl Rows {
                 window.earliest.date_naive()
             )));
         }
-        if duration_s < 0 {
-            return Err(ApiError::invalid(format!(
-                "{place}.duration_s: {duration_s} is negative"
-            )));
-        }
-        let duration_s = i32::try_from(duration_s)
-            .map_err(|_| ApiError::invalid(format!("{place}.duration_s: {duration_s} is too large")))?;
+        let duration_s =
+            rules::duration_s(duration_s).map_err(|e| ApiError::invalid(format!("{place}.duration_s: {e}")))?;
         let dbm = |value: Option<i64>, field: &str| -> ApiResult<Option<i16>> {
-            match value {
-                None => Ok(None),
-                Some(v) if (-128..=127).contains(&v) => Ok(Some(v as i16)),
-                Some(v) => Err(ApiError::invalid(format!(
-                    "{place}.{field}: {v} is outside -128..=127 dBm"
-                ))),
-            }
+            value
+                .map(|v| rules::dbm(v).map_err(|e| ApiError::invalid(format!("{place}.{field}: {e}"))))
+                .transpose()
         };
         let rssi = dbm(rssi, "rssi")?;
         let tx_power = dbm(tx_power, "tx_power")?;
