@@ -49,6 +49,7 @@ use parquet::file::page_index::column_index::{ByteArrayColumnIndex, ColumnIndexM
 use parquet::file::page_index::offset_index::PageLocation;
 use parquet::file::statistics::Statistics;
 use proxima_udfs::trace::{Edge, EncounterLookup, Lookup, LookupCounters};
+use tokio::task::JoinSet;
 
 use crate::paths::{DayPartition, Table};
 use crate::schema::{date_from_epoch_days, epoch_days};
@@ -344,27 +345,28 @@ impl IndexReader {
         Ok(())
     }
 
-    /// Starts the lookup, on a task of its own (so that lookups of several files decode on
-    /// every core), of the rows of `file` whose column 0 is one of `keys` (sorted) and whose
-    /// column 2 (the time) is in `from..=to`, as `(column 0, column 1, time)`; `None` if no
+    /// Starts the lookup, on a task of `tasks` (so that lookups of several files decode on
+    /// every core, and stop when the trace is dropped), of the rows of `file` whose column 0 is one of `keys` (sorted) and whose
+    /// column 2 (the time) is in `from..=to`, as `(column 0, column 1, time)`; nothing if no
     /// page may hold a key.
     fn spawn_matching(
         &self,
+        tasks: &mut JoinSet<DfResult<Found>>,
         file: &ObjectMeta,
         footer: &Footer,
         keys: &Arc<[String]>,
         from: i64,
         to: i64,
-    ) -> Option<tokio::task::JoinHandle<DfResult<Found>>> {
+    ) {
         let (row_groups, selection, rows) = select(footer, keys);
         if row_groups.is_empty() {
-            return None;
+            return;
         }
         self.rows.fetch_add(rows, Ordering::Relaxed);
         let reader = self.reader(&file.location, file.size);
         let metadata = footer.metadata.clone();
         let keys = Arc::clone(keys);
-        Some(tokio::spawn(async move {
+        tasks.spawn(async move {
             let location = reader.location.clone();
             let batches = read(reader, metadata, |builder| {
                 builder.with_row_groups(row_groups).with_row_selection(selection)
@@ -390,7 +392,7 @@ impl IndexReader {
                 }
             }
             Ok(found)
-        }))
+        });
     }
 
     /// The encounters of `devices` on a day the companions do not cover, by reading all the
@@ -536,9 +538,9 @@ fn time_column<'a>(
 }
 
 /// The rows of every lookup, once all have finished.
-async fn join(tasks: Vec<tokio::task::JoinHandle<DfResult<Found>>>) -> DfResult<Found> {
+async fn join(mut tasks: JoinSet<DfResult<Found>>) -> DfResult<Found> {
     let mut all = Vec::new();
-    for result in futures::future::join_all(tasks).await {
+    while let Some(result) = tasks.join_next().await {
         let found = result.map_err(|e| DataFusionError::External(Box::new(e)))??;
         all.extend(found);
     }
@@ -583,18 +585,18 @@ impl EncounterLookup for IndexReader {
         )
         .await?;
         // Both lookups of every file of every covered day at once.
-        let (mut heard, mut heard_by) = (Vec::new(), Vec::new());
+        let (mut heard, mut heard_by) = (JoinSet::new(), JoinSet::new());
         for (day, (observations, companions)) in &listed {
             if !covered(observations, companions) {
                 found.uncovered_days.push(epoch_days(*day));
                 continue;
             }
             for (file, footer) in observations {
-                heard.extend(self.spawn_matching(file, footer, &devices, from, to));
+                self.spawn_matching(&mut heard, file, footer, &devices, from, to);
             }
             if !macs.is_empty() {
                 for (file, footer) in companions {
-                    heard_by.extend(self.spawn_matching(file, footer, &macs, from, to));
+                    self.spawn_matching(&mut heard_by, file, footer, &macs, from, to);
                 }
             }
         }
@@ -856,7 +858,7 @@ mod tests {
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_data_page_row_count_limit(4)
             .set_write_batch_size(4)
-            .set_max_row_group_size(10)
+            .set_max_row_group_row_count(Some(10))
             .build();
         let mut bytes = Vec::new();
         let mut writer = ArrowWriter::try_new(&mut bytes, schema, Some(props)).unwrap();
