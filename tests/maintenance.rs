@@ -363,3 +363,104 @@ async fn a_trace_over_compacted_and_fresh_days_equals_the_view() {
     assert_eq!(indexed, traces(plain).await);
     assert!(indexed.len() > devices.len() * 4, "traces found contacts: {indexed:?}");
 }
+
+/// Companions written before `observer` became 16 bytes (text `observer`, no
+/// `proxima.layout` in the footer) are not trusted: the day is read the slow way, compaction
+/// leaves them alone, and the Maintainer's backfill rebuilds the day in the current layout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn companions_of_an_older_layout_are_rebuilt_not_trusted() {
+    use datafusion::parquet::arrow::ArrowWriter;
+    use object_store::ObjectStoreExt;
+    use proxima_engine::paths::new_data_file;
+    use proxima_storage::index_build::backfill_missing;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::local(&dir.path().join("store")).unwrap();
+    let (writer, factory) = population(&store, 3).await;
+    let yesterday = proxima_engine::store::today_utc().pred_opt().unwrap();
+    let rows_of_day = count(
+        &factory,
+        &format!("SELECT count(*) FROM observations WHERE day = DATE '{yesterday}'"),
+    )
+    .await;
+
+    // Replace yesterday's companions with two files of the older layout, as plain Parquet.
+    let ctx = factory.session().await.unwrap();
+    let legacy: Vec<RecordBatch> = ctx
+        .sql(&format!(
+            "SELECT observed, observer, observed_at FROM observations WHERE day = DATE '{yesterday}' \
+             ORDER BY observed, observed_at"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let all = arrow::compute::concat_batches(&legacy[0].schema(), &legacy).unwrap();
+    assert_eq!(all.column(1).data_type(), &arrow::datatypes::DataType::Utf8);
+    let old = live_files(&store, Table::ObservedIndex, yesterday).await.unwrap();
+    let half = all.num_rows() / 2;
+    for part in [all.slice(0, half), all.slice(half, all.num_rows() - half)] {
+        let mut bytes = Vec::new();
+        let mut file = ArrowWriter::try_new(&mut bytes, part.schema(), None).unwrap();
+        file.write(&part).unwrap();
+        file.close().unwrap();
+        let location = new_data_file(store.root(), Table::ObservedIndex, Some(yesterday));
+        store.object_store().put(&location, bytes.into()).await.unwrap();
+    }
+    for file in old {
+        store.object_store().delete(&file).await.unwrap();
+    }
+
+    // As many rows as the observations, but not trusted; traces still equal the view's.
+    let fresh = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
+    assert!(!fresh.index().is_covered(yesterday).await.unwrap());
+    assert_eq!(
+        count(
+            &fresh,
+            &format!("SELECT count(*) FROM observations WHERE day = DATE '{yesterday}'")
+        )
+        .await,
+        rows_of_day
+    );
+
+    // Compaction leaves the older files alone (no error, nothing merged) ...
+    let later = chrono::Utc::now() + chrono::Duration::minutes(11);
+    compact_due(&fresh, &writer, later).await.unwrap();
+    assert_eq!(
+        live_files(&store, Table::ObservedIndex, yesterday).await.unwrap().len(),
+        2
+    );
+    // ... and the backfill rebuilds the day in the current layout.
+    assert_eq!(backfill_missing(&fresh, &writer, later).await.unwrap(), 1);
+    let rebuilt = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
+    assert!(rebuilt.index().is_covered(yesterday).await.unwrap());
+    let files = live_files(&store, Table::ObservedIndex, yesterday).await.unwrap();
+    assert_eq!(files.len(), 1);
+    let key_values = proxima_engine::index::file_key_values(&store, &files[0]).await.unwrap();
+    assert!(
+        proxima_engine::index::is_current_companion(&key_values),
+        "{key_values:?}"
+    );
+    assert_eq!(
+        count(
+            &rebuilt,
+            &format!(
+                "SELECT count(*) FROM (SELECT observed, decode(replace(observer, '-', ''), 'hex') AS o, observed_at \
+                 FROM observations WHERE day = DATE '{yesterday}' EXCEPT \
+                 SELECT observed, arrow_cast(observer, 'Binary'), observed_at FROM observed_index \
+                 WHERE day = DATE '{yesterday}')"
+            )
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &rebuilt,
+            &format!("SELECT count(*) FROM observed_index WHERE day = DATE '{yesterday}'")
+        )
+        .await,
+        rows_of_day
+    );
+}
