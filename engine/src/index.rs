@@ -621,7 +621,7 @@ impl EncounterLookup for IndexReader {
         }
         // Who heard the devices.
         for (observed, observer, at) in heard_by {
-            for device in &devices_of_mac[&observed] {
+            for device in devices_of_mac.get(&observed).into_iter().flatten() {
                 if *device != observer {
                     found.edges.push(Edge {
                         a: device.clone(),
