@@ -121,14 +121,17 @@ pub async fn compact_due(factory: &SessionFactory, writer: &PartitionWriter, now
             if !due {
                 continue;
             }
-            compact(factory, writer, table, day, &prefix, small).await?;
-            runs += 1;
+            if compact(factory, writer, table, day, &prefix, small).await? {
+                runs += 1;
+            }
         }
     }
     Ok(runs)
 }
 
-/// Merges `files` of one folder into one sorted file, published behind a lineage marker.
+/// Merges `files` of one folder into one sorted file, published behind a lineage marker;
+/// `false` if nothing was merged (no rows, or companions in an older layout, which
+/// `index_build::backfill_missing` rebuilds instead).
 pub async fn compact(
     factory: &SessionFactory,
     writer: &PartitionWriter,
@@ -136,7 +139,7 @@ pub async fn compact(
     day: Option<NaiveDate>,
     prefix: &Path,
     files: Vec<ObjectMeta>,
-) -> Result<()> {
+) -> Result<bool> {
     let store = factory.store();
     let mut marks = Vec::with_capacity(files.len());
     for file in &files {
@@ -144,7 +147,7 @@ pub async fn compact(
         if table == Table::ObservedIndex && !is_current_companion(&key_values) {
             // An older layout: `backfill_missing` rebuilds the day's companions, not us.
             info!(table = %table, day = ?day, file = %file.location, "companion in an older layout; left to the index rebuild");
-            return Ok(());
+            return Ok(false);
         }
         marks.push(marks_in(file.location.as_ref(), &key_values)?);
     }
@@ -171,7 +174,7 @@ pub async fn compact(
     }
     let Some(merged) = transaction.staged_targets().pop() else {
         transaction.abort().await?;
-        return Ok(());
+        return Ok(false);
     };
     let marker = Marker {
         transaction: Some(transaction.id().to_string()),
@@ -204,7 +207,7 @@ pub async fn compact(
         }
     };
     info!(table = %table, day = ?day, files = files.len(), rows = summary.rows, bytes = summary.bytes, "compacted");
-    Ok(())
+    Ok(true)
 }
 
 /// When a marker was written, from the UUID v7 in its name.
