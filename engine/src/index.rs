@@ -187,12 +187,22 @@ pub struct IndexReader {
     scanned_days: AtomicU64,
 }
 
-/// A file's footer (with page index), and for each row group whether its pages are in
-/// key order (checked once, so that lookups may binary-search them).
+/// How lookups search one row group of a file, decided once when its footer is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Search {
+    /// Pages in key order: one binary search of the page index per key.
+    Sorted,
+    /// A page index whose pages are not in key order: every page's bounds are tested.
+    Pages,
+    /// No usable page index (none, or a page without bounds): the row group's statistics.
+    Whole,
+}
+
+/// A file's footer (with page index), and how each of its row groups is searched.
 #[derive(Debug, Clone)]
 struct Footer {
     metadata: ArrowReaderMetadata,
-    sorted: Arc<[bool]>,
+    search: Arc<[Search]>,
     /// Whether the file names [`COMPANION_LAYOUT`] (only companions do).
     current_companion: bool,
 }
@@ -200,10 +210,14 @@ struct Footer {
 impl Footer {
     fn new(metadata: ArrowReaderMetadata) -> Self {
         let meta = metadata.metadata();
-        let sorted = (0..meta.num_row_groups())
+        let search = (0..meta.num_row_groups())
             .map(|group| {
                 let rows = meta.row_group(group).num_rows() as u64;
-                PageIndex::of(meta, group, rows).is_some_and(|pages| pages.is_sorted())
+                match PageIndex::locate(meta, group, rows) {
+                    Some(pages) if pages.is_bounded() && pages.is_sorted() => Search::Sorted,
+                    Some(pages) if pages.is_bounded() => Search::Pages,
+                    _ => Search::Whole,
+                }
             })
             .collect();
         let current_companion = meta
@@ -214,7 +228,7 @@ impl Footer {
             .any(|kv| kv.key == LAYOUT_KEY && kv.value.as_deref() == Some(COMPANION_LAYOUT));
         Self {
             metadata,
-            sorted,
+            search,
             current_companion,
         }
     }
@@ -395,18 +409,17 @@ impl IndexReader {
         });
     }
 
-    /// The encounters of `devices` on a day the companions do not cover, by reading all the
-    /// day's observations (what the `encounters` view would do, without SQL).
-    async fn scan_day(&self, day: NaiveDate, devices: &[String], from: i64, to: i64) -> DfResult<Vec<Edge>> {
+    /// The encounters of `devices` on a day the companions do not cover, by reading all of
+    /// `files`, the day's observations (what the `encounters` view would do, without SQL).
+    async fn scan_day(&self, files: &DayFiles, devices: &[String], from: i64, to: i64) -> DfResult<Vec<Edge>> {
         self.scanned_days.fetch_add(1, Ordering::Relaxed);
-        let files = self.day_files(Table::Observations, day).await?;
         let directory = self.directory.read().await;
         let wanted: HashSet<u128> = devices.iter().filter_map(|d| device_bits(d)).collect();
         let mut edges = Vec::new();
         for (file, footer) in files {
             self.rows.fetch_add(footer.num_rows() as u64, Ordering::Relaxed);
             let reader = self.reader(&file.location, file.size);
-            for batch in read(reader, footer.metadata, |builder| builder).await? {
+            for batch in read(reader, footer.metadata.clone(), |builder| builder).await? {
                 let observer = text_column(&batch, 0, &file.location)?;
                 let observed = text_column(&batch, 1, &file.location)?;
                 let at = time_column(&batch, 2, &file.location)?;
@@ -586,9 +599,11 @@ impl EncounterLookup for IndexReader {
         .await?;
         // Both lookups of every file of every covered day at once.
         let (mut heard, mut heard_by) = (JoinSet::new(), JoinSet::new());
+        let mut uncovered = Vec::new();
         for (day, (observations, companions)) in &listed {
             if !covered(observations, companions) {
                 found.uncovered_days.push(epoch_days(*day));
+                uncovered.push(observations);
                 continue;
             }
             for (file, footer) in observations {
@@ -632,10 +647,10 @@ impl EncounterLookup for IndexReader {
             }
         }
         // Days the companions do not cover: the slow, always correct path.
-        for &day in &found.uncovered_days.clone() {
+        for observations in uncovered {
             found
                 .edges
-                .extend(self.scan_day(date_from_epoch_days(day), &devices, from, to).await?);
+                .extend(self.scan_day(observations, &devices, from, to).await?);
         }
         Ok(found)
     }
@@ -664,9 +679,11 @@ fn select(footer: &Footer, keys: &[String]) -> (Vec<usize>, RowSelection, u64) {
     let mut selected = 0u64;
     for (i, row_group) in metadata.row_groups().iter().enumerate() {
         let rows = row_group.num_rows() as u64;
-        let spans = match PageIndex::of(metadata, i, rows) {
-            Some(pages) => pages.spans_holding(keys, footer.sorted.get(i).copied().unwrap_or(false)),
-            None => whole_group(row_group, rows, keys),
+        let search = footer.search.get(i).copied().unwrap_or(Search::Whole);
+        let spans = match (search, PageIndex::locate(metadata, i, rows)) {
+            (Search::Sorted, Some(pages)) => pages.spans_holding(keys, true),
+            (Search::Pages, Some(pages)) => pages.spans_holding(keys, false),
+            _ => whole_group(row_group, rows, keys),
         };
         let mut cursor = 0u64;
         let mut group_selectors = Vec::new();
@@ -711,9 +728,8 @@ struct PageIndex<'a> {
 }
 
 impl<'a> PageIndex<'a> {
-    /// `None` if the file has no page index, or a page without bounds (all nulls), which
-    /// binary search cannot place.
-    fn of(metadata: &'a ParquetMetaData, group: usize, rows: u64) -> Option<Self> {
+    /// `None` if the file has no page index.
+    fn locate(metadata: &'a ParquetMetaData, group: usize, rows: u64) -> Option<Self> {
         let ColumnIndexMetaData::BYTE_ARRAY(index) = metadata.column_index()?.get(group)?.first()? else {
             return None;
         };
@@ -723,8 +739,12 @@ impl<'a> PageIndex<'a> {
             .first()?
             .page_locations()
             .as_slice();
-        let bounded = (0..locations.len()).all(|p| index.min_value(p).is_some() && index.max_value(p).is_some());
-        bounded.then_some(Self { index, locations, rows })
+        Some(Self { index, locations, rows })
+    }
+
+    /// Whether every page has bounds (a page of nulls has none, and no search can place it).
+    fn is_bounded(&self) -> bool {
+        (0..self.locations.len()).all(|p| self.index.min_value(p).is_some() && self.index.max_value(p).is_some())
     }
 
     /// Whether the pages are in key order with no overlap but at their edges (each page's
@@ -903,7 +923,7 @@ mod tests {
             "j", "k", "l", "m", "n", "o", "p",
         ];
         let footer = footer_of(&values);
-        assert!(footer.sorted.iter().all(|&sorted| sorted));
+        assert!(footer.search.iter().all(|&search| search == Search::Sorted));
         for keys in [
             vec!["c"],
             vec!["f"],
@@ -938,7 +958,7 @@ mod tests {
     fn an_unsorted_file_is_searched_page_by_page() {
         let values = ["m", "n", "o", "p", "a", "b", "c", "d", "x", "y"];
         let footer = footer_of(&values);
-        assert!(!footer.sorted[0]);
+        assert_eq!(footer.search[0], Search::Pages);
         assert_eq!(selected_rows(&footer, &["b"]), vec![4, 5, 6, 7]);
         assert_eq!(selected_rows(&footer, &["b", "y"]), vec![4, 5, 6, 7, 8, 9]);
     }

@@ -165,9 +165,6 @@ pub fn conform(table: Table, batch: RecordBatch) -> Result<RecordBatch> {
 
 /// Device UUIDs as text, as 16-byte binary values.
 fn device_bytes(devices: &dyn Array) -> Result<ArrayRef> {
-    if devices.data_type() == &DataType::FixedSizeBinary(16) {
-        return Ok(arrow::array::make_array(devices.to_data()));
-    }
     let text = devices.as_string_opt::<i32>().ok_or_else(|| {
         Error::Invalid(format!(
             "observer: expected device UUIDs as text, got {}",
