@@ -62,6 +62,55 @@ pub fn root(leaves: &[Hash]) -> Hash {
     }
 }
 
+/// The running head of an append-only tree: the heads of its complete subtrees, largest
+/// (leftmost) first, one per set bit of the size, so a writer keeps O(log n) hashes instead
+/// of every leaf and still knows the tree's head after each append.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frontier {
+    size: u64,
+    /// `(leaves, head)` of each complete subtree, sizes strictly decreasing.
+    subtrees: Vec<(u64, Hash)>,
+}
+
+impl Frontier {
+    /// The frontier of the empty tree.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many leaves the tree holds.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends one leaf hash; equal-sized neighbours merge as a binary counter carries.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut carry = (1u64, leaf);
+        while let Some(&(size, head)) = self.subtrees.last() {
+            if size != carry.0 {
+                break;
+            }
+            self.subtrees.pop();
+            carry = (size * 2, node_hash(&head, &carry.1));
+        }
+        self.subtrees.push(carry);
+        self.size += 1;
+    }
+
+    /// The head of the tree: the subtrees folded from the right, which is where RFC 6962
+    /// splits a tree whose size is not a power of two.
+    pub fn root(&self) -> Hash {
+        let mut subtrees = self.subtrees.iter().rev();
+        let Some(&(_, mut head)) = subtrees.next() else {
+            return empty_root();
+        };
+        for (_, left) in subtrees {
+            head = node_hash(left, &head);
+        }
+        head
+    }
+}
+
 /// The proof that leaf `index` is in the tree of `leaves` (RFC 6962's `PATH`), nearest
 /// sibling first; `None` if there is no such leaf.
 pub fn inclusion_proof(leaves: &[Hash], index: usize) -> Option<Vec<Hash>> {
@@ -429,6 +478,27 @@ mod tests {
                 &new_head,
                 &[]
             ));
+        }
+    }
+
+    #[test]
+    fn frontier_heads_equal_the_recursive_heads() {
+        let leaves: Vec<Hash> = (0u32..70).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let mut frontier = Frontier::new();
+        assert_eq!(frontier.root(), empty_root());
+        for n in 1..=leaves.len() {
+            frontier.push(leaves[n - 1]);
+            assert_eq!(frontier.size(), n as u64);
+            assert_eq!(frontier.root(), root(&leaves[..n]), "size {n}");
+        }
+    }
+
+    #[test]
+    fn frontier_matches_the_published_roots() {
+        let mut frontier = Frontier::new();
+        for (size, leaf) in ct_leaves().into_iter().enumerate() {
+            frontier.push(leaf);
+            assert_eq!(frontier.root(), h(CT_ROOTS[size + 1]), "size {}", size + 1);
         }
     }
 }

@@ -1,0 +1,499 @@
+//! The durable, append-only audit log and its writer thread.
+//!
+//! ```text
+//! <dir>/log/<seq of the first record, 20 digits>.jsonl   one record per line
+//! <dir>/checkpoints/<tree size, 20 digits>.note          signed checkpoints
+//! ```
+//!
+//! One thread owns the files. Callers hand it records and wait: it writes every record
+//! queued meanwhile as one group, calls `fdatasync` once, and only then answers each
+//! caller with its record's sequence number, so an intent that was answered is on disk
+//! before the access it announces runs. A failed write or sync is answered with an error
+//! (the caller refuses its request), the segment is cut back to its last synced length
+//! through a new descriptor, and nothing is dropped silently: there is no queue to
+//! overflow, only callers waiting their turn. After a group, when `checkpoint_every`
+//! records or `checkpoint_interval` have passed, the thread signs a checkpoint of the
+//! tree (its size and head) with the signer key; and once more when the log is closed.
+//!
+//! Opening a log re-reads it (a torn last line, never answered, is cut off) and checks
+//! it against its latest checkpoint: a log that no longer matches what was signed is
+//! refused, so the server never signs over a tampered history.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::checkpoint::{Checkpoint, SignerKey};
+use crate::merkle::{Frontier, leaf_hash};
+use crate::record::Record;
+use crate::{Error, Result};
+
+/// The folder of record segments inside the audit folder.
+pub const LOG_DIR: &str = "log";
+/// The folder of signed checkpoints inside the audit folder.
+pub const CHECKPOINT_DIR: &str = "checkpoints";
+const SEGMENT_SUFFIX: &str = ".jsonl";
+const CHECKPOINT_SUFFIX: &str = ".note";
+
+/// Settings of an [`AuditLog`].
+#[derive(Debug, Clone)]
+pub struct AuditLogOptions {
+    /// Sign a checkpoint after this many records…
+    pub checkpoint_every: u64,
+    /// …or this long after the last one, if records came since.
+    pub checkpoint_interval: Duration,
+    /// Start a new segment file once the current one holds this many bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for AuditLogOptions {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(60),
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The name of the segment whose first record is `seq`.
+pub fn segment_name(seq: u64) -> String {
+    format!("{seq:020}{SEGMENT_SUFFIX}")
+}
+
+/// The name of the checkpoint of a tree of `size` records.
+pub fn checkpoint_name(size: u64) -> String {
+    format!("{size:020}{CHECKPOINT_SUFFIX}")
+}
+
+/// The files in `dir` ending in `suffix` whose stem is a number, in numeric order.
+pub(crate) fn numbered_files(dir: &Path, suffix: &str) -> Result<Vec<(u64, PathBuf)>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(suffix))
+        else {
+            continue;
+        };
+        if let Ok(number) = stem.parse::<u64>() {
+            files.push((number, path));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The current time as the log writes it: RFC 3339, UTC, milliseconds.
+pub(crate) fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// Writes `text` to `path` durably: aside, synced, renamed, folder synced.
+fn write_durably(path: &Path, text: &str) -> Result<()> {
+    let dir = path.parent().expect("checkpoint paths have a folder");
+    let tmp = path.with_extension("tmp");
+    (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })()
+    .map_err(|e| Error::io(path, e))?;
+    sync_dir(dir)
+}
+
+enum Command {
+    Append(Box<Record>, tokio::sync::oneshot::Sender<Result<u64>>),
+    Checkpoint(tokio::sync::oneshot::Sender<Result<Checkpoint>>),
+}
+
+/// The audit log: cheap to clone, every clone appends to the same files. The writer
+/// thread stops (after a last checkpoint) when the last clone is dropped.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    sender: Mutex<Option<mpsc::Sender<Command>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut sender) = self.sender.lock() {
+            sender.take();
+        }
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log in `dir`, signing checkpoints with `signer`. Fails if the
+    /// folder cannot be written, or if the log no longer matches its latest checkpoint.
+    pub fn open(dir: &Path, signer: SignerKey, options: AuditLogOptions) -> Result<Self> {
+        let writer = Writer::open(dir, signer, options)?;
+        let (sender, receiver) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("proxima-audit".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| Error::io(dir, e))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                sender: Mutex::new(Some(sender)),
+                thread: Mutex::new(Some(thread)),
+                dir: dir.to_path_buf(),
+            }),
+        })
+    }
+
+    /// The folder the log lives in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        let sender = self.inner.sender.lock().map_err(|_| Error::Closed)?;
+        sender
+            .as_ref()
+            .ok_or(Error::Closed)?
+            .send(command)
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Appends `record` (its `seq` and `time` are set here) and returns its sequence
+    /// number once it is synced to disk. An error means the record is not in the log.
+    pub async fn append(&self, record: Record) -> Result<u64> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Command::Append(Box::new(record), reply))?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    /// [`Self::append`] for callers outside an async runtime.
+    pub fn append_blocking(&self, record: Record) -> Result<u64> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Command::Append(Box::new(record), reply))?;
+        answer.blocking_recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Signs a checkpoint of everything appended so far (none is written if nothing came
+    /// since the last one) and returns the latest checkpoint.
+    pub async fn checkpoint(&self) -> Result<Checkpoint> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Command::Checkpoint(reply))?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+}
+
+/// The state of the writer thread.
+struct Writer {
+    dir: PathBuf,
+    signer: SignerKey,
+    options: AuditLogOptions,
+    frontier: Frontier,
+    /// The segment being appended to: its path, its file (none after a failure) and the
+    /// length known to be synced.
+    segment: Option<(PathBuf, Option<File>, u64)>,
+    last_checkpoint: Checkpoint,
+    last_checkpoint_at: Instant,
+    /// Set when the log cannot be brought back to a known state: every append fails.
+    broken: Option<String>,
+}
+
+impl Writer {
+    fn open(dir: &Path, signer: SignerKey, options: AuditLogOptions) -> Result<Self> {
+        for sub in [LOG_DIR, CHECKPOINT_DIR] {
+            fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(&dir.join(sub), e))?;
+        }
+        sync_dir(dir)?;
+        let verifier = signer.verifier();
+        let latest = match numbered_files(&dir.join(CHECKPOINT_DIR), CHECKPOINT_SUFFIX)?.pop() {
+            Some((_, path)) => {
+                let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+                let checkpoint = verifier
+                    .open(&text)
+                    .map_err(|e| Error::Tampered(format!("{}: {e}", path.display())))?;
+                Some(checkpoint)
+            }
+            None => None,
+        };
+        let mut frontier = Frontier::new();
+        let mut root_at_latest = None;
+        let segments = numbered_files(&dir.join(LOG_DIR), SEGMENT_SUFFIX)?;
+        let mut segment = None;
+        for (i, (first, path)) in segments.iter().enumerate() {
+            if *first != frontier.size() {
+                return Err(Error::Tampered(format!(
+                    "{} should start at record {}: run 'proxima audit verify'",
+                    path.display(),
+                    frontier.size()
+                )));
+            }
+            let mut bytes = Vec::new();
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| Error::io(path, e))?;
+            let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let last = i + 1 == segments.len();
+            if complete < bytes.len() {
+                if !last {
+                    return Err(Error::Tampered(format!(
+                        "{} ends in the middle of a record: run 'proxima audit verify'",
+                        path.display()
+                    )));
+                }
+                // A torn last line: written when the process died, never answered.
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| Error::io(path, e))?;
+                file.set_len(complete as u64)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| Error::io(path, e))?;
+            }
+            for line in bytes[..complete].split_inclusive(|&b| b == b'\n') {
+                let line = &line[..line.len() - 1];
+                if latest.as_ref().is_some_and(|c| c.size == frontier.size()) {
+                    root_at_latest = Some(frontier.root());
+                }
+                frontier.push(leaf_hash(line));
+            }
+            if last {
+                segment = Some((path.clone(), None, complete as u64));
+            }
+        }
+        let now = now_rfc3339();
+        let last_checkpoint = match latest {
+            Some(checkpoint) => {
+                if checkpoint.size == frontier.size() {
+                    root_at_latest = Some(frontier.root());
+                }
+                if checkpoint.size > frontier.size() {
+                    return Err(Error::Tampered(format!(
+                        "the log holds {} records but its latest checkpoint signed {}: run 'proxima audit verify'",
+                        frontier.size(),
+                        checkpoint.size
+                    )));
+                }
+                if root_at_latest != Some(checkpoint.root) {
+                    return Err(Error::Tampered(format!(
+                        "the log's first {} records no longer match their signed checkpoint: run 'proxima audit verify'",
+                        checkpoint.size
+                    )));
+                }
+                checkpoint
+            }
+            None => Checkpoint {
+                origin: signer.name().to_string(),
+                size: 0,
+                root: crate::merkle::empty_root(),
+                time: now,
+            },
+        };
+        let mut writer = Self {
+            dir: dir.to_path_buf(),
+            signer,
+            options,
+            frontier,
+            segment,
+            last_checkpoint,
+            last_checkpoint_at: Instant::now(),
+            broken: None,
+        };
+        // Records written since the last checkpoint (before a crash) are signed now.
+        writer.checkpoint_if(|w| w.frontier.size() > w.last_checkpoint.size)?;
+        Ok(writer)
+    }
+
+    fn run(mut self, receiver: mpsc::Receiver<Command>) {
+        loop {
+            let wait = self
+                .options
+                .checkpoint_interval
+                .saturating_sub(self.last_checkpoint_at.elapsed())
+                .max(Duration::from_millis(10));
+            let first = match receiver.recv_timeout(wait) {
+                Ok(command) => command,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.checkpoint_when_due();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut appends = Vec::new();
+            let mut checkpoints = Vec::new();
+            let mut next = Some(first);
+            while let Some(command) = next {
+                match command {
+                    Command::Append(record, reply) => appends.push((*record, reply)),
+                    Command::Checkpoint(reply) => checkpoints.push(reply),
+                }
+                next = receiver.try_recv().ok();
+            }
+            if !appends.is_empty() {
+                self.append_group(appends);
+            }
+            self.checkpoint_when_due();
+            for reply in checkpoints {
+                let result = self
+                    .checkpoint_if(|w| w.frontier.size() > w.last_checkpoint.size)
+                    .map(|()| self.last_checkpoint.clone());
+                let _ = reply.send(result);
+            }
+        }
+        if let Err(e) = self.checkpoint_if(|w| w.frontier.size() > w.last_checkpoint.size) {
+            tracing::error!(target: "proxima::audit", "the audit log's last checkpoint could not be written: {e}");
+        }
+    }
+
+    fn checkpoint_when_due(&mut self) {
+        let due = |w: &Self| {
+            let pending = w.frontier.size() - w.last_checkpoint.size;
+            pending >= w.options.checkpoint_every
+                || (pending > 0 && w.last_checkpoint_at.elapsed() >= w.options.checkpoint_interval)
+        };
+        if let Err(e) = self.checkpoint_if(due) {
+            // The records are durable; the next round tries again.
+            tracing::error!(target: "proxima::audit", "an audit checkpoint could not be written: {e}");
+        }
+    }
+
+    fn checkpoint_if(&mut self, due: impl Fn(&Self) -> bool) -> Result<()> {
+        if !due(self) {
+            return Ok(());
+        }
+        let checkpoint = Checkpoint {
+            origin: self.signer.name().to_string(),
+            size: self.frontier.size(),
+            root: self.frontier.root(),
+            time: now_rfc3339(),
+        };
+        let path = self.dir.join(CHECKPOINT_DIR).join(checkpoint_name(checkpoint.size));
+        write_durably(&path, &self.signer.sign(&checkpoint))?;
+        self.last_checkpoint = checkpoint;
+        self.last_checkpoint_at = Instant::now();
+        Ok(())
+    }
+
+    /// The file to append the next group to, starting a new segment when there is none
+    /// or the current one is full.
+    fn segment_file(&mut self) -> Result<&mut (PathBuf, Option<File>, u64)> {
+        let full = self
+            .segment
+            .as_ref()
+            .is_none_or(|(_, _, len)| *len >= self.options.segment_bytes);
+        if full {
+            let dir = self.dir.join(LOG_DIR);
+            let path = dir.join(segment_name(self.frontier.size()));
+            let file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            sync_dir(&dir)?;
+            self.segment = Some((path, Some(file), 0));
+        }
+        let segment = self.segment.as_mut().expect("set above");
+        if segment.1.is_none() {
+            let file = OpenOptions::new()
+                .append(true)
+                .open(&segment.0)
+                .map_err(|e| Error::io(&segment.0, e))?;
+            segment.1 = Some(file);
+        }
+        Ok(segment)
+    }
+
+    fn append_group(&mut self, appends: Vec<(Record, tokio::sync::oneshot::Sender<Result<u64>>)>) {
+        if let Some(why) = &self.broken {
+            for (_, reply) in appends {
+                let _ = reply.send(Err(Error::Broken(why.clone())));
+            }
+            return;
+        }
+        let first = self.frontier.size();
+        let time = now_rfc3339();
+        let mut buffer = Vec::new();
+        let mut leaves = Vec::with_capacity(appends.len());
+        for (i, (record, _)) in appends.iter().enumerate() {
+            let mut record = record.clone();
+            record.seq = first + i as u64;
+            record.time = time.clone();
+            let start = buffer.len();
+            serde_json::to_writer(&mut buffer, &record).expect("a record always serialises");
+            leaves.push(leaf_hash(&buffer[start..]));
+            buffer.push(b'\n');
+        }
+        match self.write(&buffer) {
+            Ok(()) => {
+                for leaf in leaves {
+                    self.frontier.push(leaf);
+                }
+                for (i, (_, reply)) in appends.into_iter().enumerate() {
+                    let _ = reply.send(Ok(first + i as u64));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for (_, reply) in appends {
+                    let _ = reply.send(Err(Error::Write(message.clone())));
+                }
+            }
+        }
+    }
+
+    /// Appends `buffer` and syncs it; on failure cuts the segment back to its synced
+    /// length through a new descriptor (a failed sync may have dropped pages the old one
+    /// still reports as written), or marks the log broken if even that fails.
+    fn write(&mut self, buffer: &[u8]) -> Result<()> {
+        let (path, file, len) = self.segment_file()?;
+        let file_ref = file.as_mut().expect("opened by segment_file");
+        let Err(e) = file_ref.write_all(buffer).and_then(|()| file_ref.sync_data()) else {
+            *len += buffer.len() as u64;
+            return Ok(());
+        };
+        file.take();
+        let error = Error::io(path, e);
+        let cut = OpenOptions::new()
+            .write(true)
+            .open(&*path)
+            .and_then(|f| f.set_len(*len).and_then(|()| f.sync_all()));
+        if let Err(cut) = cut {
+            let why = format!(
+                "{} could not be cut back after a failed write ({cut}); restart to recover",
+                path.display()
+            );
+            self.broken = Some(why);
+        }
+        Err(error)
+    }
+}
