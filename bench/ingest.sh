@@ -47,7 +47,8 @@ if [ "${KEEP_DEVICES:-0}" != 1 ] || [ ! -s "$WORK/tokens.txt" ]; then
     rm -rf "$WORK" && mkdir -p "$WORK"
     echo "bench password 0001" | "$PROXIMA_BIN" user add gate --role ingest --users "$WORK/users.toml" >/dev/null
 fi
-"$PROXIMA_BIN" --data "$WORK/store" serve --users "$WORK/users.toml" \
+[ -s "$WORK/audit.key" ] || "$PROXIMA_BIN" audit key --out "$WORK/audit.key" >/dev/null
+"$PROXIMA_BIN" --data "$WORK/store" serve --users "$WORK/users.toml" --audit-key "$WORK/audit.key" \
     --http "127.0.0.1:$PORT" --flight 127.0.0.1:0 --device-rate "$DEVICE_RATE" > "$WORK/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT

@@ -28,6 +28,8 @@ const LONG_QUERY: &str =
 /// made once, in this process, and shared by every test (each server gets its own WAL).
 struct Fixture {
     dir: tempfile::TempDir,
+    /// The public key of the audit signing key every server here uses.
+    audit_public_key: String,
 }
 
 /// The shared fixture, generated on first use.
@@ -44,7 +46,19 @@ fn fixture() -> &'static Fixture {
 impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let fixture = Self { dir };
+        // The audit signing key, made as an operator makes it, outside the store.
+        let key = Command::new(BIN)
+            .args(["audit", "key", "--out"])
+            .arg(dir.path().join("audit.key"))
+            .output()
+            .unwrap();
+        assert!(key.status.success(), "{}", String::from_utf8_lossy(&key.stderr));
+        let audit_public_key = String::from_utf8_lossy(&key.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("public key: "))
+            .expect("proxima audit key prints the public key")
+            .to_string();
+        let fixture = Self { dir, audit_public_key };
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
             let store = proxima_engine::Store::local(&fixture.store()).unwrap();
@@ -76,12 +90,18 @@ impl Fixture {
     fn users(&self) -> PathBuf {
         self.dir.path().join("users.toml")
     }
+
+    fn audit_key(&self) -> PathBuf {
+        self.dir.path().join("audit.key")
+    }
 }
 
 /// A running `proxima serve`, killed on drop.
 struct Server {
     child: Child,
     address: String,
+    /// This server's audit log.
+    audit_dir: PathBuf,
 }
 
 impl Server {
@@ -90,6 +110,7 @@ impl Server {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let wal_dir = fixture.dir.path().join(format!("wal-{n}"));
+        let audit_dir = fixture.dir.path().join(format!("audit-{n}"));
         let mut child = Command::new(BIN)
             .args(["--data", fixture.store().to_str().unwrap()])
             .args([
@@ -102,6 +123,10 @@ impl Server {
                 wal_dir.to_str().unwrap(),
                 "--users",
                 fixture.users().to_str().unwrap(),
+                "--audit-key",
+                fixture.audit_key().to_str().unwrap(),
+                "--audit-dir",
+                audit_dir.to_str().unwrap(),
             ])
             .args(extra)
             .env("RUST_LOG", "warn,proxima::query=info")
@@ -117,7 +142,21 @@ impl Server {
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .to_string();
-        Self { child, address }
+        Self {
+            child,
+            address,
+            audit_dir,
+        }
+    }
+
+    /// Stops the server as an operator does (SIGTERM) and waits for it.
+    fn stop(mut self) {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        assert!(self.child.wait().unwrap().success());
     }
 }
 
@@ -327,6 +366,109 @@ async fn rust_flight_sql_client() {
     forged.set_token("0".repeat(64));
     let refused = forged.execute("SELECT 1".into(), None).await.unwrap_err();
     assert!(refused.to_string().contains("unknown token"), "{refused}");
+
+    // Every access above is in the audit log, which verifies once the server has stopped.
+    drop((alice, root, anonymous, forged));
+    let audit_dir = server.audit_dir.clone();
+    server.stop();
+    let verified = Command::new(BIN)
+        .args(["audit", "verify", "--key", &fixture.audit_public_key, "--dir"])
+        .arg(&audit_dir)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        verified.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(report.contains("ok: every record"), "{report}");
+    assert!(
+        !report.contains("not yet covered") && !report.contains("no outcome"),
+        "{report}"
+    );
+    let records = audit_records(&audit_dir);
+    let find =
+        |what: &dyn Fn(&serde_json::Value) -> bool| records.iter().filter(|r| what(r)).cloned().collect::<Vec<_>>();
+    // Logins: two refused (a wrong password, an unknown user), both allowed ones.
+    for user in ["alice", "mallory"] {
+        let refused = find(&|r| r["action"] == "flight:Handshake" && r["principal"] == user && r["decision"] == "deny");
+        assert_eq!(refused.len(), 1, "{user}: {refused:?}");
+    }
+    for (user, role) in [("alice", "analyst"), ("root", "admin")] {
+        let allowed =
+            find(&|r| r["action"] == "flight:Handshake" && r["principal"] == user && r["decision"] == "allow");
+        assert_eq!(allowed.len(), 1, "{user}");
+        assert_eq!(allowed[0]["role"], role);
+        assert!(allowed[0]["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    }
+    // The prepared statement, with both parameter rows, the table it read, and its outcome.
+    let intent = find(&|r| r["phase"] == "intent" && r["sql"].as_str().is_some_and(|s| s.contains("duration_s >= $1")));
+    assert_eq!(intent.len(), 1, "{intent:?}");
+    assert_eq!(intent[0]["params"], serde_json::json!([["0"], ["1000000000"]]));
+    assert_eq!(intent[0]["objects"], serde_json::json!(["observations"]));
+    assert_eq!(intent[0]["principal"], "alice");
+    let done = find(&|r| r["phase"] == "done" && r["intent"] == intent[0]["seq"]);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0]["rows"], 2, "one count per parameter row");
+    assert!(done[0]["bytes"].as_u64().unwrap() > 0);
+    assert!(
+        done[0]["seq"].as_u64() > intent[0]["seq"].as_u64(),
+        "the outcome comes after the intent"
+    );
+    // The thousands of streamed rows are counted in their outcome.
+    let streamed = find(&|r| r["phase"] == "intent" && r["sql"] == "SELECT observer, observed_at FROM observations");
+    let done = find(&|r| r["phase"] == "done" && r["intent"] == streamed[0]["seq"]);
+    assert_eq!(done[0]["rows"], count);
+    // Refusals: alice's COPY (not allowed for her role), malformed SQL.
+    let copy = find(&|r| r["principal"] == "alice" && r["sql"].as_str().is_some_and(|s| s.starts_with("COPY")));
+    assert_eq!(copy.len(), 1, "{copy:?}");
+    assert_eq!(copy[0]["decision"], "deny");
+    assert!(
+        copy[0]["error"].as_str().unwrap().contains("may not run"),
+        "{:?}",
+        copy[0]
+    );
+    assert_eq!(find(&|r| r["sql"] == "SELEC 1" && r["decision"] == "deny").len(), 1);
+    // The admin's COPY ran: intent and outcome.
+    let copy = find(&|r| r["principal"] == "root" && r["sql"].as_str().is_some_and(|s| s.starts_with("COPY")));
+    assert_eq!(copy.len(), 1, "{copy:?}");
+    assert_eq!(
+        (&copy[0]["phase"], &copy[0]["decision"]),
+        (&"intent".into(), &"allow".into())
+    );
+    let done = find(&|r| r["phase"] == "done" && r["intent"] == copy[0]["seq"]);
+    assert_eq!(done.len(), 1, "the COPY's outcome");
+    assert!(done[0].get("error").is_none(), "{:?}", done[0]);
+    // Metadata calls are accesses too.
+    assert_eq!(
+        find(&|r| r["action"] == "flight:GetTables" && r["phase"] == "intent").len(),
+        1
+    );
+    // No secret ever reaches the log.
+    let text: String = records.iter().map(|r| r.to_string()).collect();
+    for secret in [ANALYST_PASSWORD, ADMIN_PASSWORD, "not her password"] {
+        assert!(!text.contains(secret), "{secret} is in the audit log");
+    }
+}
+
+/// Every record of the audit log in `dir`, in order.
+fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    segments
+        .iter()
+        .flat_map(|path| {
+            std::fs::read_to_string(path)
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@
 //! records or `checkpoint_interval` have passed, the thread signs a checkpoint of the
 //! tree (its size and head) with the signer key; and once more when the log is closed.
 //!
-//! Opening a log re-reads it (a torn last line, never answered, is cut off) and checks
+//! Opening a log locks it (`<dir>/lock`: one writer process at a time), re-reads it (a torn last line, never answered, is cut off) and checks
 //! it against its latest checkpoint: a log that no longer matches what was signed is
 //! refused, so the server never signs over a tampered history.
 
@@ -37,6 +37,7 @@ pub const LOG_DIR: &str = "log";
 /// The folder of signed checkpoints inside the audit folder.
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 const SEGMENT_SUFFIX: &str = ".jsonl";
+const LOCK_FILE: &str = "lock";
 const CHECKPOINT_SUFFIX: &str = ".note";
 
 /// Settings of an [`AuditLog`].
@@ -198,6 +199,16 @@ impl AuditLog {
         answer.await.map_err(|_| Error::Closed)?
     }
 
+    /// Hands `record` to the writer without waiting for it: for outcomes written where
+    /// nothing can wait (a result stream being dropped). A failure is logged by the writer;
+    /// the intent the record completes is already durable either way.
+    pub fn submit(&self, record: Record) {
+        let (reply, _) = tokio::sync::oneshot::channel();
+        if self.send(Command::Append(Box::new(record), reply)).is_err() {
+            tracing::error!(target: "proxima::audit", "an audit record was submitted after the log closed");
+        }
+    }
+
     /// [`Self::append`] for callers outside an async runtime.
     pub fn append_blocking(&self, record: Record) -> Result<u64> {
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -227,6 +238,8 @@ struct Writer {
     last_checkpoint_at: Instant,
     /// Set when the log cannot be brought back to a known state: every append fails.
     broken: Option<String>,
+    /// Held (locked) while the log is open, so that two processes never append to it.
+    _lock: File,
 }
 
 impl Writer {
@@ -235,6 +248,25 @@ impl Writer {
             fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(&dir.join(sub), e))?;
         }
         sync_dir(dir)?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Io {
+                    path: dir.display().to_string(),
+                    source: std::io::Error::other(
+                        "another process has this audit log open; each server needs its own --audit-dir",
+                    ),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
+        }
         let verifier = signer.verifier();
         let latest = match numbered_files(&dir.join(CHECKPOINT_DIR), CHECKPOINT_SUFFIX)?.pop() {
             Some((_, path)) => {
@@ -328,6 +360,7 @@ impl Writer {
             last_checkpoint,
             last_checkpoint_at: Instant::now(),
             broken: None,
+            _lock: lock,
         };
         // Records written since the last checkpoint (before a crash) are signed now.
         writer.checkpoint_if(|w| w.frontier.size() > w.last_checkpoint.size)?;
@@ -464,6 +497,7 @@ impl Writer {
             }
             Err(e) => {
                 let message = e.to_string();
+                tracing::error!(target: "proxima::audit", "{} audit record(s) could not be written: {message}", appends.len());
                 for (_, reply) in appends {
                     let _ = reply.send(Err(Error::Write(message.clone())));
                 }

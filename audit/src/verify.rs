@@ -38,6 +38,19 @@ pub enum Tampering {
     Unreadable,
 }
 
+impl std::fmt::Display for Tampering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Edited => "edited",
+            Self::Deleted => "deleted",
+            Self::Reordered => "reordered",
+            Self::Truncated => "truncated",
+            Self::Rewritten => "rewritten",
+            Self::Unreadable => "unreadable",
+        })
+    }
+}
+
 /// One problem, with the sentence that explains it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {

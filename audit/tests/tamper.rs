@@ -245,6 +245,18 @@ fn a_history_rewritten_and_resigned_after_a_kept_checkpoint_is_found() {
 }
 
 #[test]
+fn one_process_at_a_time_writes_a_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = SignerKey::generate(ORIGIN).unwrap();
+    let text = signer.encode();
+    let first = AuditLog::open(dir.path(), signer, options()).unwrap();
+    let second = AuditLog::open(dir.path(), SignerKey::parse(&text).unwrap(), options()).unwrap_err();
+    assert!(second.to_string().contains("another process"), "{second}");
+    drop(first);
+    AuditLog::open(dir.path(), SignerKey::parse(&text).unwrap(), options()).unwrap();
+}
+
+#[test]
 fn a_server_refuses_to_sign_over_a_tampered_log() {
     let dir = tempfile::tempdir().unwrap();
     let signer = write_log(dir.path(), 4);

@@ -7,9 +7,10 @@
 //! produces them, under a per-query timeout; a client that goes away drops
 //! the stream, which stops the query, and `CancelQuery` stops a running one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,13 +36,14 @@ use arrow_flight::{
 use base64::Engine as _;
 use datafusion::common::ParamValues;
 use datafusion::common::ScalarValue;
-use datafusion::dataframe::DataFrame;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
+use proxima_audit::{AuditLog, Decision, Phase, Record};
 use proxima_engine::{Principal, SessionFactory};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
@@ -72,6 +74,8 @@ impl Default for ServiceOptions {
 /// One logged-in token: its user, its session and its prepared statements.
 struct TokenSession {
     principal: Principal,
+    /// Names the login in audit records (the token itself is never written anywhere).
+    id: String,
     ctx: SessionContext,
     expires: Instant,
     prepared: Mutex<HashMap<String, Prepared>>,
@@ -88,6 +92,7 @@ struct Prepared {
 pub struct FlightSqlServer {
     factory: SessionFactory,
     users: Users,
+    audit: AuditLog,
     options: ServiceOptions,
     tokens: Mutex<HashMap<String, Arc<TokenSession>>>,
     /// Running queries by ticket, for `CancelQuery`: setting the flag stops the stream.
@@ -130,11 +135,17 @@ fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes, Status> {
 }
 
 impl FlightSqlServer {
-    /// A service over `factory`'s store for `users`.
-    pub fn new(factory: SessionFactory, users: Users, options: ServiceOptions) -> Result<Self, Status> {
+    /// A service over `factory`'s store for `users`, recording every access in `audit`.
+    pub fn new(
+        factory: SessionFactory,
+        users: Users,
+        audit: AuditLog,
+        options: ServiceOptions,
+    ) -> Result<Self, Status> {
         Ok(Self {
             factory,
             users,
+            audit,
             options,
             tokens: Mutex::new(HashMap::new()),
             running: Arc::new(Mutex::new(HashMap::new())),
@@ -164,6 +175,65 @@ impl FlightSqlServer {
         }
     }
 
+    /// The session and address of an authenticated request.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        Ok(Caller {
+            session: self.session(request.metadata())?,
+            client: request.remote_addr().map(|a| a.to_string()),
+        })
+    }
+
+    /// Makes `record` durable; if it cannot be, the request is refused.
+    async fn audit(&self, record: Record) -> Result<u64, Status> {
+        self.audit
+            .append(record)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+
+    /// Records that `action` was refused with `status` before anything ran, and returns
+    /// the status to send (or the audit's own error, if even that cannot be written).
+    async fn refused(&self, caller: &Caller, action: &str, sql: Option<&str>, status: Status) -> Status {
+        let rule = match status.code() {
+            tonic::Code::PermissionDenied => "statement kind not allowed for the role",
+            _ => "refused at planning",
+        };
+        let mut record = caller.record(Phase::Decision, action, Decision::Deny, rule);
+        if let Some(sql) = sql {
+            record = record.with_sql(sql);
+        }
+        record.error = Some(status.message().to_string());
+        match self.audit(record).await {
+            Ok(_) => status,
+            Err(audit) => audit,
+        }
+    }
+
+    /// Writes the intent of a metadata call; the returned outcome is finished by [`Self::end`].
+    async fn begin(&self, caller: &Caller, action: &str) -> Result<Outcome, Status> {
+        let intent = caller.record(Phase::Intent, action, Decision::Allow, "the session's own catalog");
+        let seq = self.audit(intent.clone()).await?;
+        Ok(Outcome {
+            done: intent.done(seq),
+            started: Instant::now(),
+        })
+    }
+
+    /// Records how a metadata call ended and answers it.
+    fn end(&self, outcome: Outcome, batch: Result<RecordBatch, Status>) -> Result<Response<FlightDataStream>, Status> {
+        let Outcome { mut done, started } = outcome;
+        done.duration_ms = Some(started.elapsed().as_millis() as u64);
+        match &batch {
+            Ok(batch) => {
+                done.rows = Some(batch.num_rows() as u64);
+                done.bytes = Some(batch.get_array_memory_size() as u64);
+            }
+            Err(status) => done.error = Some(status.message().to_string()),
+        }
+        self.audit.submit(done);
+        Ok(self.batch_response(batch?))
+    }
+
     /// The logical plan of `sql`, checked against the user's statement permissions.
     /// Nothing runs: DDL and `SET` take effect only in [`Self::plan`].
     async fn logical_plan(&self, session: &TokenSession, sql: &str) -> Result<LogicalPlan, Status> {
@@ -182,34 +252,36 @@ impl FlightSqlServer {
         Ok(plan)
     }
 
-    /// A runnable frame of `sql` (DDL and `SET` are applied to the session here).
-    async fn plan(&self, session: &TokenSession, sql: &str) -> Result<DataFrame, Status> {
-        let plan = self.logical_plan(session, sql).await?;
-        session.ctx.execute_logical_plan(plan).await.map_err(query_status)
-    }
-
-    /// Runs `sql` (with each parameter row in turn, if any) and streams the result:
-    /// every query of the service passes here, and is logged when its stream ends.
+    /// Runs `sql` (with each parameter row in turn, if any) and streams the result: every
+    /// query of the service passes here. Each parameter row is planned and checked first;
+    /// then the intent (statement, parameters, objects) is made durable, and only then does
+    /// anything run (a `SET` or DDL takes effect at that point, too). The outcome is
+    /// recorded when the stream ends, however it ends.
     async fn run(
         &self,
-        session: Arc<TokenSession>,
+        caller: Caller,
+        action: &str,
         sql: String,
         parameters: Vec<RecordBatch>,
         ticket: Vec<u8>,
     ) -> Result<Response<FlightDataStream>, Status> {
         let started = Instant::now();
-        let rows_of_parameters = parameter_rows(&parameters)?;
-        let mut frames = Vec::new();
-        for values in rows_of_parameters {
-            let mut df = self.plan(&session, &sql).await;
-            if let (Ok(plan), Some(values)) = (&df, values) {
-                df = plan
+        let session = Arc::clone(&caller.session);
+        let rows_of_parameters = match parameter_rows(&parameters) {
+            Ok(rows) => rows,
+            Err(status) => return Err(self.refused(&caller, action, Some(&sql), status).await),
+        };
+        let mut plans = Vec::new();
+        for values in &rows_of_parameters {
+            let mut plan = self.logical_plan(&session, &sql).await;
+            if let (Ok(unbound), Some(values)) = (&plan, values) {
+                plan = unbound
                     .clone()
-                    .with_param_values(ParamValues::List(values.into_iter().map(Into::into).collect()))
+                    .with_param_values(ParamValues::List(values.iter().cloned().map(Into::into).collect()))
                     .map_err(query_status);
             }
-            match df {
-                Ok(df) => frames.push(df),
+            match plan {
+                Ok(plan) => plans.push(plan),
                 Err(status) => {
                     log_query(
                         &session.principal,
@@ -218,6 +290,48 @@ impl FlightSqlServer {
                         started,
                         &format!("error: {}", status.message()),
                     );
+                    return Err(self.refused(&caller, action, Some(&sql), status).await);
+                }
+            }
+        }
+        let mut intent = caller
+            .record(
+                Phase::Intent,
+                action,
+                Decision::Allow,
+                "statement kind allowed for the role",
+            )
+            .with_sql(&sql);
+        intent.params = rows_of_parameters
+            .iter()
+            .flatten()
+            .map(|row| row.iter().map(ToString::to_string).collect())
+            .collect();
+        intent.objects = objects_of(&plans);
+        let seq = self.audit(intent.clone()).await?;
+        let mut done = Some(intent.done(seq));
+        let finish = |done: &mut Option<Record>, status: &Status| {
+            log_query(
+                &session.principal,
+                &sql,
+                0,
+                started,
+                &format!("error: {}", status.message()),
+            );
+            if let Some(mut done) = done.take() {
+                done.rows = Some(0);
+                done.duration_ms = Some(started.elapsed().as_millis() as u64);
+                done.error = Some(status.message().to_string());
+                self.audit.submit(done);
+            }
+        };
+        let mut frames = Vec::new();
+        for plan in plans {
+            match session.ctx.execute_logical_plan(plan).await {
+                Ok(df) => frames.push(df),
+                Err(e) => {
+                    let status = query_status(e);
+                    finish(&mut done, &status);
                     return Err(status);
                 }
             }
@@ -232,13 +346,7 @@ impl FlightSqlServer {
                 Ok(stream) => streams.push(stream),
                 Err(e) => {
                     let status = query_status(e);
-                    log_query(
-                        &session.principal,
-                        &sql,
-                        0,
-                        started,
-                        &format!("error: {}", status.message()),
-                    );
+                    finish(&mut done, &status);
                     return Err(status);
                 }
             }
@@ -246,6 +354,7 @@ impl FlightSqlServer {
         let batches = futures::stream::iter(streams).flatten();
         let (cancel, cancelled) = tokio::sync::watch::channel(false);
         self.running.lock().map_err(internal)?.insert(ticket.clone(), cancel);
+        let bytes = Arc::new(AtomicU64::new(0));
         let logged = LoggedStream {
             inner: Box::pin(batches),
             deadline: Box::pin(tokio::time::sleep(self.options.query_timeout)),
@@ -259,15 +368,26 @@ impl FlightSqlServer {
             registry: Arc::clone(&self.running),
             ticket,
             principal: session.principal.clone(),
-            sql,
+            sql: sql.clone(),
             started,
             rows: 0,
             timeout: self.options.query_timeout,
             outcome: None,
+            audit: self.audit.clone(),
+            done: done.take(),
+            bytes: Arc::clone(&bytes),
         };
         let flight = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(logged)
+            .inspect(move |data| {
+                if let Ok(data) = data {
+                    bytes.fetch_add(
+                        (data.data_header.len() + data.data_body.len()) as u64,
+                        Ordering::Relaxed,
+                    );
+                }
+            })
             .map_err(|e| match e {
                 FlightError::Tonic(status) => *status,
                 FlightError::ExternalError(e) => match e.downcast::<DataFusionError>() {
@@ -402,6 +522,11 @@ struct LoggedStream {
     rows: u64,
     timeout: Duration,
     outcome: Option<String>,
+    audit: AuditLog,
+    /// The audit record of the outcome, completed and written when the stream ends.
+    done: Option<Record>,
+    /// Bytes sent to the client, counted where the Flight messages leave.
+    bytes: Arc<AtomicU64>,
 }
 
 impl Stream for LoggedStream {
@@ -449,11 +574,68 @@ impl Drop for LoggedStream {
     fn drop(&mut self) {
         let outcome = self.outcome.as_deref().unwrap_or("cancelled");
         log_query(&self.principal, &self.sql, self.rows, self.started, outcome);
+        if let Some(mut done) = self.done.take() {
+            done.rows = Some(self.rows);
+            done.bytes = Some(self.bytes.load(Ordering::Relaxed));
+            done.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+            if outcome != "ok" {
+                done.error = Some(outcome.to_string());
+            }
+            self.audit.submit(done);
+        }
         if let Ok(mut running) = self.registry.lock() {
             running.remove(&self.ticket);
         }
     }
 }
+
+/// Who is calling and from where: what every audit record of a call starts from.
+#[derive(Clone)]
+struct Caller {
+    session: Arc<TokenSession>,
+    client: Option<String>,
+}
+
+impl Caller {
+    fn record(&self, phase: Phase, action: &str, decision: Decision, rule: &str) -> Record {
+        let principal = &self.session.principal;
+        let mut record = Record::new(
+            phase,
+            principal.name.clone(),
+            principal.role.name(),
+            action,
+            decision,
+            rule,
+        );
+        record.client = self.client.clone();
+        record.session = Some(self.session.id.clone());
+        record
+    }
+}
+
+/// The `done` record of a metadata call, and when it started.
+struct Outcome {
+    done: Record,
+    started: Instant,
+}
+
+/// The tables, views and table functions `plans` read, by name.
+fn objects_of(plans: &[LogicalPlan]) -> Vec<String> {
+    let mut names = BTreeSet::new();
+    for plan in plans {
+        // The closure never fails, so neither does the walk.
+        let _ = plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                names.insert(scan.table_name.to_string());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+    }
+    names.into_iter().collect()
+}
+
+/// At most this much of a refused login's user name goes into the audit record.
+const MAX_AUDITED_NAME: usize = 64;
 
 /// Decodes `Basic <base64(user:password)>`, accepting base64 with or without padding.
 fn basic_credentials(header: &str) -> Option<(String, String)> {
@@ -479,14 +661,34 @@ impl FlightSqlService for FlightSqlServer {
         &self,
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
-        let header = request
+        let client = request.remote_addr().map(|a| a.to_string());
+        let login = |principal: &str, role: &str, decision: Decision, rule: &str| {
+            let mut record = Record::new(Phase::Decision, principal, role, "flight:Handshake", decision, rule);
+            record.client = client.clone();
+            record
+        };
+        let credentials = request
             .metadata()
             .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("no credentials: send 'authorization: Basic …'"))?
-            .to_str()
-            .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
-        let (user, password) = basic_credentials(header)
-            .ok_or_else(|| Status::unauthenticated("expected 'authorization: Basic <base64 of user:password>'"))?;
+            .ok_or_else(|| Status::unauthenticated("no credentials: send 'authorization: Basic …'"))
+            .and_then(|header| {
+                header
+                    .to_str()
+                    .map_err(|_| Status::unauthenticated("the authorization header is not text"))
+            })
+            .and_then(|header| {
+                basic_credentials(header)
+                    .ok_or_else(|| Status::unauthenticated("expected 'authorization: Basic <base64 of user:password>'"))
+            });
+        let (user, password) = match credentials {
+            Ok(credentials) => credentials,
+            Err(status) => {
+                let mut record = login("", "", Decision::Deny, "no credentials");
+                record.error = Some(status.message().to_string());
+                self.audit(record).await?;
+                return Err(status);
+            }
+        };
         let users = self.users.clone();
         let checked_user = user.clone();
         let principal = tokio::task::spawn_blocking(move || users.verify(&checked_user, &password))
@@ -494,10 +696,19 @@ impl FlightSqlService for FlightSqlServer {
             .map_err(internal)?;
         let Some(principal) = principal else {
             warn!(target: "proxima::auth", user, "login refused");
+            let name: String = user.chars().take(MAX_AUDITED_NAME).collect();
+            let mut record = login(&name, "", Decision::Deny, "password");
+            record.error = Some("wrong user name or password".into());
+            self.audit(record).await?;
             return Err(Status::unauthenticated("wrong user name or password"));
         };
         let ctx = self.factory.session_for(&principal).await.map_err(internal)?;
         let token = new_token();
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut record = login(&principal.name, principal.role.name(), Decision::Allow, "password");
+        record.session = Some(id.clone());
+        // The login exists only once it is recorded.
+        self.audit(record).await?;
         {
             let mut tokens = self.tokens.lock().map_err(internal)?;
             let now = Instant::now();
@@ -506,6 +717,7 @@ impl FlightSqlService for FlightSqlServer {
                 token.clone(),
                 Arc::new(TokenSession {
                     principal: principal.clone(),
+                    id,
                     ctx,
                     expires: now + self.options.token_ttl,
                     prepared: Mutex::new(HashMap::new()),
@@ -529,8 +741,15 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let session = self.session(request.metadata())?;
-        let schema = self.result_schema(&session, &query.query).await?;
+        let caller = self.caller(&request)?;
+        let schema = match self.result_schema(&caller.session, &query.query).await {
+            Ok(schema) => schema,
+            Err(status) => {
+                return Err(self
+                    .refused(&caller, "flight:GetFlightInfoStatement", Some(&query.query), status)
+                    .await);
+            }
+        };
         let ticket = TicketStatementQuery {
             statement_handle: query.query.into_bytes().into(),
         };
@@ -543,11 +762,11 @@ impl FlightSqlService for FlightSqlServer {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        let session = self.session(request.metadata())?;
+        let caller = self.caller(&request)?;
         let sql = String::from_utf8(ticket.statement_handle.to_vec())
             .map_err(|_| Status::invalid_argument("the ticket is not a statement of this server"))?;
         let ticket = request.into_inner().ticket.to_vec();
-        self.run(session, sql, Vec::new(), ticket).await
+        self.run(caller, "flight:DoGetStatement", sql, Vec::new(), ticket).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -555,8 +774,16 @@ impl FlightSqlService for FlightSqlServer {
         query: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let session = self.session(request.metadata())?;
-        let plan = self.logical_plan(&session, &query.query).await?;
+        let caller = self.caller(&request)?;
+        let session = Arc::clone(&caller.session);
+        let plan = match self.logical_plan(&session, &query.query).await {
+            Ok(plan) => plan,
+            Err(status) => {
+                return Err(self
+                    .refused(&caller, "flight:CreatePreparedStatement", Some(&query.query), status)
+                    .await);
+            }
+        };
         let dataset_schema = plan.schema().as_arrow().clone();
         let parameter_schema = parameter_schema(&plan)?;
         let handle = uuid::Uuid::new_v4().to_string();
@@ -613,9 +840,21 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let session = self.session(request.metadata())?;
-        let prepared = self.prepared(&session, &query.prepared_statement_handle)?;
-        let schema = self.result_schema(&session, &prepared.sql).await?;
+        let caller = self.caller(&request)?;
+        let prepared = self.prepared(&caller.session, &query.prepared_statement_handle)?;
+        let schema = match self.result_schema(&caller.session, &prepared.sql).await {
+            Ok(schema) => schema,
+            Err(status) => {
+                return Err(self
+                    .refused(
+                        &caller,
+                        "flight:GetFlightInfoPreparedStatement",
+                        Some(&prepared.sql),
+                        status,
+                    )
+                    .await);
+            }
+        };
         let info = self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
         Ok(Response::new(info))
     }
@@ -625,10 +864,17 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        let session = self.session(request.metadata())?;
-        let prepared = self.prepared(&session, &query.prepared_statement_handle)?;
+        let caller = self.caller(&request)?;
+        let prepared = self.prepared(&caller.session, &query.prepared_statement_handle)?;
         let ticket = request.into_inner().ticket.to_vec();
-        self.run(session, prepared.sql, prepared.parameters, ticket).await
+        self.run(
+            caller,
+            "flight:DoGetPreparedStatement",
+            prepared.sql,
+            prepared.parameters,
+            ticket,
+        )
+        .await
     }
 
     async fn do_put_statement_update(
@@ -636,8 +882,9 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let session = self.session(request.metadata())?;
-        self.update(session, query.query, Vec::new()).await
+        let caller = self.caller(&request)?;
+        self.update(caller, "flight:DoPutStatementUpdate", query.query, Vec::new())
+            .await
     }
 
     async fn do_put_prepared_statement_update(
@@ -645,9 +892,15 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let session = self.session(request.metadata())?;
-        let prepared = self.prepared(&session, &query.prepared_statement_handle)?;
-        self.update(session, prepared.sql, prepared.parameters).await
+        let caller = self.caller(&request)?;
+        let prepared = self.prepared(&caller.session, &query.prepared_statement_handle)?;
+        self.update(
+            caller,
+            "flight:DoPutPreparedStatementUpdate",
+            prepared.sql,
+            prepared.parameters,
+        )
+        .await
     }
 
     async fn do_action_cancel_query(
@@ -688,12 +941,13 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        let session = self.session(request.metadata())?;
+        let caller = self.caller(&request)?;
+        let outcome = self.begin(&caller, "flight:GetCatalogs").await?;
         let mut builder = query.into_builder();
-        for catalog in session.ctx.catalog_names() {
+        for catalog in caller.session.ctx.catalog_names() {
             builder.append(catalog);
         }
-        Ok(self.batch_response(builder.build().map_err(internal)?))
+        self.end(outcome, builder.build().map_err(internal))
     }
 
     async fn get_flight_info_schemas(
@@ -710,7 +964,9 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        let session = self.session(request.metadata())?;
+        let caller = self.caller(&request)?;
+        let outcome = self.begin(&caller, "flight:GetDbSchemas").await?;
+        let session = &caller.session;
         let mut builder = query.into_builder();
         for catalog_name in session.ctx.catalog_names() {
             if let Some(catalog) = session.ctx.catalog(&catalog_name) {
@@ -719,7 +975,7 @@ impl FlightSqlService for FlightSqlServer {
                 }
             }
         }
-        Ok(self.batch_response(builder.build().map_err(internal)?))
+        self.end(outcome, builder.build().map_err(internal))
     }
 
     async fn get_flight_info_tables(
@@ -736,9 +992,10 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        let session = self.session(request.metadata())?;
-        let batch = self.tables_batch(&session, query).await?;
-        Ok(self.batch_response(batch))
+        let caller = self.caller(&request)?;
+        let outcome = self.begin(&caller, "flight:GetTables").await?;
+        let batch = self.tables_batch(&caller.session, query).await;
+        self.end(outcome, batch)
     }
 
     async fn get_flight_info_table_types(
@@ -755,12 +1012,13 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetTableTypes,
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        self.session(request.metadata())?;
+        let caller = self.caller(&request)?;
+        let outcome = self.begin(&caller, "flight:GetTableTypes").await?;
         let mut builder = query.into_builder();
         for table_type in ["LOCAL TEMPORARY", "TABLE", "VIEW"] {
             builder.append(table_type);
         }
-        Ok(self.batch_response(builder.build().map_err(internal)?))
+        self.end(outcome, builder.build().map_err(internal))
     }
 
     async fn get_flight_info_sql_info(
@@ -777,9 +1035,10 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetSqlInfo,
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        self.session(request.metadata())?;
-        let batch = query.into_builder(&self.sql_info).build().map_err(internal)?;
-        Ok(self.batch_response(batch))
+        let caller = self.caller(&request)?;
+        let outcome = self.begin(&caller, "flight:GetSqlInfo").await?;
+        let batch = query.into_builder(&self.sql_info).build().map_err(internal);
+        self.end(outcome, batch)
     }
 
     async fn get_flight_info_xdbc_type_info(
@@ -796,9 +1055,10 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetXdbcTypeInfo,
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        self.session(request.metadata())?;
-        let batch = query.into_builder(&self.xdbc_info).build().map_err(internal)?;
-        Ok(self.batch_response(batch))
+        let caller = self.caller(&request)?;
+        let outcome = self.begin(&caller, "flight:GetXdbcTypeInfo").await?;
+        let batch = query.into_builder(&self.xdbc_info).build().map_err(internal);
+        self.end(outcome, batch)
     }
 
     async fn do_get_fallback(
@@ -831,12 +1091,13 @@ impl FlightSqlServer {
     /// Runs a statement that returns no rows to the client (`SET`, admin DDL); returns rows affected.
     async fn update(
         &self,
-        session: Arc<TokenSession>,
+        caller: Caller,
+        action: &str,
         sql: String,
         parameters: Vec<RecordBatch>,
     ) -> Result<i64, Status> {
         let ticket = uuid::Uuid::new_v4().as_bytes().to_vec();
-        let response = self.run(session, sql, parameters, ticket).await?;
+        let response = self.run(caller, action, sql, parameters, ticket).await?;
         let mut stream = response.into_inner();
         while stream.try_next().await?.is_some() {}
         Ok(0)

@@ -1,5 +1,6 @@
 //! The subcommands, one module each, and the flags they share.
 
+mod audit;
 mod bench;
 mod demo;
 mod durations;
@@ -48,6 +49,8 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Manage the users of the servers.
     User(user::UserArgs),
+    /// The audit log: make its signing key, verify it.
+    Audit(audit::AuditArgs),
     /// Measure: trace latency over the store (run in release).
     Bench(bench::BenchArgs),
 }
@@ -95,6 +98,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         Command::Retention(a) => retention::run(store, a).await,
         Command::Maintain(a) => maintain::run(store, a).await,
         Command::Bench(a) => bench::run(store, a).await,
+        Command::Audit(a) => audit::run(store, a).await,
     }
 }
 

@@ -84,6 +84,21 @@ pub struct ServeArgs {
     /// Memory all queries together may hold.
     #[arg(long, default_value = "16GiB", value_parser = parse_bytes)]
     memory: usize,
+    /// The key that signs the audit log's checkpoints (`proxima audit key` makes one; keep
+    /// it outside the store). Needed with --users; without --users (loopback only) a key is
+    /// made for the run and its public key printed.
+    #[arg(long, env = "PROXIMA_AUDIT_KEY", value_name = "FILE")]
+    audit_key: Option<PathBuf>,
+    /// Folder of the audit log, on a local disk (default: `_audit` in a local store; needed
+    /// for S3).
+    #[arg(long, env = "PROXIMA_AUDIT_DIR", value_name = "DIR")]
+    audit_dir: Option<PathBuf>,
+    /// Sign an audit checkpoint after this many records…
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    audit_checkpoint_every: u64,
+    /// …or this long after the last one, if records came since (10s, 1m).
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    audit_checkpoint_interval: Duration,
     /// If the store holds no observations, generate the demo population first.
     #[arg(long, env = "PROXIMA_DEMO")]
     demo: bool,
@@ -188,6 +203,31 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
     if args.retention_days == 0 {
         return Err(CliError::Usage("--retention-days must be at least 1".into()));
     }
+    let signer = match (&args.audit_key, &generated_password) {
+        (Some(path), _) => super::audit::load_signer(&store, path)?,
+        (None, Some(_)) => {
+            proxima_audit::SignerKey::generate("proxima/audit").map_err(|e| CliError::Usage(e.to_string()))?
+        }
+        (None, None) => {
+            return Err(CliError::Usage(
+                "--audit-key FILE is needed with --users: every access is audited in a log whose checkpoints that key \
+                 signs (make one with proxima audit key --out FILE, and keep it outside the store)"
+                    .into(),
+            ));
+        }
+    };
+    let audit_public_key = args.audit_key.is_none().then(|| signer.verifier().encode());
+    let audit_dir = super::audit::audit_dir(&store, args.audit_dir.as_deref())?;
+    let audit = proxima_audit::AuditLog::open(
+        &audit_dir,
+        signer,
+        proxima_audit::AuditLogOptions {
+            checkpoint_every: args.audit_checkpoint_every,
+            checkpoint_interval: args.audit_checkpoint_interval,
+            ..proxima_audit::AuditLogOptions::default()
+        },
+    )
+    .map_err(|e| CliError::Usage(format!("the audit log in {}: {e}", audit_dir.display())))?;
     let factory = SessionFactory::new(
         store.clone(),
         SessionOptions {
@@ -258,8 +298,8 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         token_ttl: args.token_ttl,
         query_timeout: args.query_timeout,
     };
-    let service =
-        FlightSqlServer::new(factory, users, options).map_err(|e| CliError::Usage(e.message().to_string()))?;
+    let service = FlightSqlServer::new(factory, users, audit.clone(), options)
+        .map_err(|e| CliError::Usage(e.message().to_string()))?;
     let flight_listener = tokio::net::TcpListener::bind(args.flight)
         .await
         .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.flight)))?;
@@ -291,6 +331,12 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
     if let Some(password) = &generated_password {
         super::print(format!(
             "user admin, password {password} (generated for this run; use --users for real users)"
+        ))?;
+    }
+    if let Some(key) = &audit_public_key {
+        super::print(format!(
+            "audit log in {}, signed with a key made for this run; public key {key}",
+            audit_dir.display()
         ))?;
     }
     tracing::info!(target: "proxima::serve", %flight_address, rest = rest.is_some(), tls = tls.is_some(), "serving");
@@ -332,6 +378,8 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         Some(Ok(Err(e))) => return Err(CliError::Usage(format!("REST server: {e}"))),
         Some(Err(e)) => return Err(CliError::Usage(format!("REST server: {e}"))),
     }
+    // The last checkpoint is signed once every clone of the log is gone.
+    drop(audit);
     super::print("Proxima stopped")?;
     Ok(())
 }

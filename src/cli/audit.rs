@@ -1,0 +1,167 @@
+//! `proxima audit`: makes the key that signs the audit log's checkpoints, and verifies the
+//! log (`proxima audit verify`), the auditor's check that nothing was edited, deleted,
+//! reordered, truncated or rewritten.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use proxima_audit::{SignerKey, VerifierKey};
+use proxima_engine::Store;
+
+use super::CliError;
+
+/// The folder of the audit log inside a local store.
+pub const AUDIT_DIR: &str = "_audit";
+
+/// Arguments of `proxima audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    what: AuditCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Make a new Ed25519 key for signing checkpoints: the private key goes to FILE (give
+    /// it to `proxima serve --audit-key`, keep it out of the store), the public key is printed
+    /// (give it to whoever verifies).
+    Key {
+        /// The file to write the signing key to (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The log's name, which every checkpoint carries as its origin.
+        #[arg(long, default_value = "proxima/audit")]
+        name: String,
+    },
+    /// Check the audit log: recompute its Merkle tree, check every checkpoint's signature,
+    /// the consistency of successive checkpoints, and a checkpoint you kept from earlier.
+    /// Exits 0 only when everything holds.
+    Verify {
+        /// The public key printed by `proxima audit key` (or the text of a file holding it).
+        #[arg(long, env = "PROXIMA_AUDIT_PUBLIC_KEY", value_name = "KEY")]
+        key: String,
+        /// The audit folder (default: `_audit` in a local store).
+        #[arg(long, env = "PROXIMA_AUDIT_DIR", value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// A checkpoint (a `.note` file) kept from earlier: the log must still extend it.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+    },
+}
+
+/// The audit folder: `--audit-dir` if given, else `_audit` in a local store.
+pub fn audit_dir(store: &Store, dir: Option<&Path>) -> Result<PathBuf, CliError> {
+    match (dir, store.local_root()) {
+        (Some(dir), _) => Ok(dir.to_path_buf()),
+        (None, Some(root)) => Ok(root.join(AUDIT_DIR)),
+        (None, None) => Err(CliError::Usage(format!(
+            "the store {store} is not on a local disk: give the audit log a local folder with --audit-dir"
+        ))),
+    }
+}
+
+/// Reads the signing key in `path`, refusing one kept inside the store it would protect.
+pub fn load_signer(store: &Store, path: &Path) -> Result<SignerKey, CliError> {
+    if let (Some(root), Ok(key)) = (store.local_root(), path.canonicalize())
+        && let Ok(root) = root.canonicalize()
+        && key.starts_with(&root)
+    {
+        return Err(CliError::Usage(format!(
+            "{}: the audit key must not be kept inside the store ({}): whoever can read the store could sign a rewritten log",
+            path.display(),
+            root.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("cannot read the audit key {}: {e}", path.display())))?;
+    SignerKey::parse(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
+}
+
+fn write_new_key(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    writeln!(file, "{text}")?;
+    file.sync_all()
+}
+
+/// Runs `proxima audit`.
+pub async fn run(store: Store, args: AuditArgs) -> Result<(), CliError> {
+    match args.what {
+        AuditCommand::Key { out, name } => {
+            let signer = SignerKey::generate(&name).map_err(|e| CliError::Usage(e.to_string()))?;
+            write_new_key(&out, &signer.encode())
+                .map_err(|e| CliError::Usage(format!("cannot write the key to {}: {e}", out.display())))?;
+            super::print(format!(
+                "signing key written to {} (keep it out of the store)",
+                out.display()
+            ))?;
+            super::print(format!("public key: {}", signer.verifier().encode()))?;
+            Ok(())
+        }
+        AuditCommand::Verify { key, dir, checkpoint } => {
+            let dir = audit_dir(&store, dir.as_deref())?;
+            let key_text = match std::fs::read_to_string(&key) {
+                Ok(text) => text,
+                Err(_) => key.clone(),
+            };
+            let key = VerifierKey::parse(key_text.trim()).map_err(|e| CliError::Usage(e.to_string()))?;
+            if !dir.join(proxima_audit::log::LOG_DIR).is_dir() {
+                return Err(CliError::Usage(format!("{}: no audit log here", dir.display())));
+            }
+            let kept = match &checkpoint {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?,
+                ),
+                None => None,
+            };
+            let dir_for_task = dir.clone();
+            let report =
+                tokio::task::spawn_blocking(move || proxima_audit::verify(&dir_for_task, &key, kept.as_deref()))
+                    .await
+                    .map_err(|e| CliError::Query(e.to_string()))?
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+            let latest = report.checkpoints.last();
+            super::print(format!(
+                "{}: {} records, {} signed checkpoints (latest: size {}{})",
+                dir.display(),
+                report.records,
+                report.checkpoints.len(),
+                latest.map_or(0, |c| c.size),
+                latest.map(|c| format!(", {}", c.time)).unwrap_or_default()
+            ))?;
+            if report.unsigned_tail > 0 {
+                super::print(format!(
+                    "note: the last {} records are not yet covered by a checkpoint (the server signs one every N records or M seconds, and at shutdown)",
+                    report.unsigned_tail
+                ))?;
+            }
+            if report.open_intents > 0 {
+                super::print(format!(
+                    "note: {} accesses have an intent but no outcome (still running, or the server stopped during them)",
+                    report.open_intents
+                ))?;
+            }
+            if report.torn_tail {
+                super::print(
+                    "note: the last line is torn (the server stopped while writing it; it was never acknowledged)",
+                )?;
+            }
+            if report.ok() {
+                super::print("ok: every record is in order and matches every signed checkpoint")?;
+                return Ok(());
+            }
+            for finding in &report.findings {
+                super::print(format!("{}: {}", finding.kind, finding.message))?;
+            }
+            Err(CliError::Usage(format!(
+                "the audit log does not verify: {} problem(s) found",
+                report.findings.len()
+            )))
+        }
+    }
+}
