@@ -24,6 +24,8 @@ struct Api {
     clock: Arc<ManualClock>,
     service: RestService,
     factory: SessionFactory,
+    audit: proxima_audit::AuditLog,
+    audit_key: proxima_audit::VerifierKey,
     _dir: tempfile::TempDir,
 }
 
@@ -48,6 +50,9 @@ impl Api {
         let store = Store::local(&dir.path().join("store")).unwrap();
         let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
         let clock = Arc::new(ManualClock::new(Utc::now()));
+        let signer = proxima_audit::SignerKey::generate("proxima.test/audit").unwrap();
+        let audit_key = signer.verifier();
+        let audit = proxima_audit::AuditLog::open(&dir.path().join("audit"), signer, Default::default()).unwrap();
         let (maintainer, _) = Maintainer::open(MaintainerConfig {
             factory: factory.clone(),
             wal_dir: Some(dir.path().join("wal")),
@@ -64,6 +69,7 @@ impl Api {
             maintainer: Arc::new(maintainer),
             options,
             clock: clock.clone(),
+            audit: audit.clone(),
         })
         .await
         .unwrap();
@@ -81,8 +87,32 @@ impl Api {
             clock,
             service,
             factory,
+            audit,
+            audit_key,
             _dir: dir,
         }
+    }
+
+    /// Every record of the audit log so far (outcomes written in the background included).
+    async fn audit_records(&self) -> Vec<Value> {
+        self.audit.checkpoint().await.unwrap();
+        let report = proxima_audit::verify(self.audit.dir(), &self.audit_key, None).unwrap();
+        assert!(report.ok(), "{:?}", report.findings);
+        let mut segments: Vec<_> = std::fs::read_dir(self.audit.dir().join("log"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        segments.sort();
+        segments
+            .iter()
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect::<Vec<Value>>()
+            })
+            .collect()
     }
 
     fn url(&self, path: &str) -> String {
@@ -375,6 +405,54 @@ async fn devices_uploads_and_every_refusal() {
         )
         .await;
     assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "body.status");
+
+    // Each of those staff calls is in the audit log: refusals as decisions, admitted calls
+    // as an intent and its outcome.
+    let records = api.audit_records().await;
+    let cases: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["action"] == "rest:POST /v1/cases")
+        .collect();
+    let refused: Vec<(&str, &str, &str)> = cases
+        .iter()
+        .filter(|r| r["decision"] == "deny")
+        .map(|r| {
+            (
+                r["principal"].as_str().unwrap(),
+                r["role"].as_str().unwrap(),
+                r["rule"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        vec![
+            ("", "", "credentials"),
+            ("stan", "station", "the route does not take the role"),
+            ("nobody", "", "credentials"),
+        ]
+    );
+    let intents: Vec<&&Value> = cases.iter().filter(|r| r["phase"] == "intent").collect();
+    assert_eq!(intents.len(), 2, "{intents:?}");
+    for (intent, error) in intents.iter().zip([None, Some("HTTP 422")]) {
+        assert_eq!(intent["principal"], "tracy");
+        assert!(intent["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+        let done: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["phase"] == "done" && r["intent"] == intent["seq"])
+            .collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0]["error"].as_str().map(|e| &e[..8]), error, "{:?}", done[0]);
+    }
+    let tokens: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["action"] == "rest:POST /v1/auth/token")
+        .collect();
+    assert_eq!(tokens.len(), 2, "an intent and its outcome: {tokens:?}");
+    assert!(
+        !records.iter().any(|r| r["action"] == "rest:POST /v1/observations"),
+        "phones' own uploads are not staff accesses"
+    );
 
     // Bulk uploads: NDJSON and Arrow IPC for role ingest only.
     let ndjson = format!(

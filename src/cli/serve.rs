@@ -290,6 +290,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
                     ..RestOptions::default()
                 },
                 clock,
+                audit: audit.clone(),
             })
             .await?,
         )

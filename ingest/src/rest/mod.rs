@@ -11,6 +11,7 @@
 //! and the OpenAPI document at `/openapi.json` is generated from the handlers'
 //! annotations in this module tree, so it cannot drift from the code.
 
+pub mod audit;
 pub mod body;
 pub mod cases;
 pub mod devices;
@@ -33,6 +34,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use datafusion::prelude::ParquetReadOptions;
+use proxima_audit::AuditLog;
 use proxima_engine::clock::Clock;
 use proxima_engine::{Principal, Role, SessionFactory, Store, Table, Users};
 use proxima_storage::Maintainer;
@@ -106,6 +108,8 @@ pub struct RestConfig {
     pub options: RestOptions,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// Where staff calls are audited.
+    pub audit: AuditLog,
 }
 
 /// Everything a handler needs.
@@ -134,6 +138,8 @@ pub struct Shared {
     pub idempotency: IdempotencyCache,
     /// Metrics.
     pub metrics: Metrics,
+    /// Where staff calls are audited.
+    pub audit: AuditLog,
     ready: AtomicBool,
 }
 
@@ -168,11 +174,19 @@ impl Shared {
         Ok(self.maintainer.flush().await?)
     }
 
-    /// The staff principal of a request, if its role is one of `roles` (401, 403).
+    /// The staff principal of a request, if its role is one of `roles` (401, 403). Either
+    /// way the call is audited: a refusal as a decision, an admitted call as an intent that
+    /// is synced before this returns (503 if it cannot be).
     pub async fn staff(&self, headers: &HeaderMap, roles: &[Role]) -> ApiResult<Principal> {
-        let principal = self.staff_auth.principal(headers).await?;
-        staff::require_role(&principal, roles)?;
-        Ok(principal)
+        let (authenticated, checked) = match self.staff_auth.principal(headers).await {
+            Ok(principal) => {
+                let checked = staff::require_role(&principal, roles).map(|()| principal.clone());
+                (Some(principal), checked)
+            }
+            Err(refusal) => (None, Err(refusal)),
+        };
+        audit::record_staff(self, headers, authenticated.as_ref(), checked.as_ref().err()).await?;
+        checked
     }
 }
 
@@ -214,6 +228,7 @@ impl RestService {
             maintainer,
             options,
             clock,
+            audit,
         } = config;
         let wal = maintainer.wal().cloned().ok_or_else(|| {
             crate::Error::InvalidArgument(
@@ -238,6 +253,7 @@ impl RestService {
             alerts,
             idempotency,
             metrics,
+            audit,
             ready: AtomicBool::new(true),
         });
         maintainer.add_listener(Arc::new(AlertReloader(Arc::downgrade(&state))));
@@ -266,6 +282,10 @@ impl RestService {
             .route("/v1/auth/token", post(staff::token))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&self.state),
+                audit::audit_calls,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&self.state),
                 count_requests,

@@ -79,6 +79,23 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// The client's address, as handlers and the audit see it (`ConnectInfo<ClientAddr>`),
+/// over plain TCP and TLS alike.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves; running requests finish first.
 pub async fn serve(
     router: Router,
@@ -87,7 +104,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     match tls {
-        None => axum::serve(listener, router).with_graceful_shutdown(shutdown).await,
+        // The client's address reaches handlers (and the audit) as `ConnectInfo`.
+        None => {
+            axum::serve(listener, router.into_make_service_with_connect_info::<ClientAddr>())
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
         Some(acceptor) => {
             let local = listener.local_addr()?;
             let (sender, accepted) = mpsc::channel(1024);
@@ -117,9 +139,12 @@ pub async fn serve(
                     });
                 }
             });
-            axum::serve(TlsListener { accepted, local }, router)
-                .with_graceful_shutdown(shutdown)
-                .await
+            axum::serve(
+                TlsListener { accepted, local },
+                router.into_make_service_with_connect_info::<ClientAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
         }
     }
 }

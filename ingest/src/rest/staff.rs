@@ -125,6 +125,6 @@ pub fn require_role(principal: &Principal, roles: &[Role]) -> ApiResult<()> {
         (status = 401, description = "Wrong credentials", body = super::error::ErrorBody),
     ))]
 pub async fn token(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<StaffToken>> {
-    let principal = state.staff_auth.principal(&headers).await?;
+    let principal = state.staff(&headers, &Role::ALL).await?;
     Ok(Json(state.staff_auth.issue(principal)))
 }
