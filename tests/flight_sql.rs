@@ -296,6 +296,33 @@ async fn rust_flight_sql_client() {
     )
     .await;
     assert_eq!(settings[0].column(0).as_string::<i32>().value(0), "72 hours");
+    // No login lifts its own limits, moves the server's spill folder or catalog, or asks
+    // for an unbounded trace window.
+    for (sql, why) in [
+        (
+            "RESET datafusion.runtime.memory_limit",
+            "server settings are not changed",
+        ),
+        (
+            "SET datafusion.runtime.temp_directory = '/tmp'",
+            "server settings are not changed",
+        ),
+        (
+            "SET datafusion.catalog.location = 'bad://x'",
+            "server settings are not changed",
+        ),
+        (
+            "SET proxima.trace.lookback = '100000000 weeks'",
+            "between 1 second and 60 days",
+        ),
+        (
+            "SET proxima.trace.lookback = '30 days'",
+            "longer than the 504 hours of data kept",
+        ),
+    ] {
+        let refused = alice.execute_update(sql.into(), None).await.unwrap_err();
+        assert!(refused.to_string().contains(why), "{sql}: {refused}");
+    }
     let case = query(
         &mut alice,
         "SELECT observer, CAST(max(observed_at) AS VARCHAR) FROM observations GROUP BY observer ORDER BY observer LIMIT 1",
@@ -430,6 +457,9 @@ async fn rust_flight_sql_client() {
         copy[0]
     );
     assert_eq!(find(&|r| r["sql"] == "SELEC 1" && r["decision"] == "deny").len(), 1);
+    let reset = find(&|r| r["sql"] == "RESET datafusion.runtime.memory_limit");
+    assert_eq!(reset.len(), 1, "{reset:?}");
+    assert_eq!(reset[0]["decision"], "deny");
     // The admin's COPY ran: intent and outcome.
     let copy = find(&|r| r["principal"] == "root" && r["sql"].as_str().is_some_and(|s| s.starts_with("COPY")));
     assert_eq!(copy.len(), 1, "{copy:?}");

@@ -2,13 +2,18 @@
 //!
 //! Every authenticated caller (Flight SQL today, REST later) becomes a
 //! [`Principal`]; [`crate::SessionFactory::session_for`] builds its session and
-//! [`Principal::sql_options`] says which kinds of statement it may run. Per-role
-//! catalogs and functions will be decided here too, so there is one place to read.
+//! [`Principal::sql_options`] says which kinds of statement it may run and
+//! [`Principal::check_settings`] which settings it may change. Per-role catalogs and
+//! functions will be decided here too, so there is one place to read.
 
 use std::fmt;
 use std::str::FromStr;
 
+use std::time::Duration;
+
 use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::{LogicalPlan, Statement};
+use proxima_udfs::ProximaOptions;
 
 /// A staff or machine role, as given in the users file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,5 +92,155 @@ impl Principal {
             .with_allow_ddl(admin)
             .with_allow_dml(admin)
             .with_allow_statements(true)
+    }
+}
+
+/// `datafusion.*` settings any network role may change: harmless to the server.
+const HARMLESS_SETTINGS: &[&str] = &["datafusion.execution.time_zone", "datafusion.execution.batch_size"];
+/// The largest batch a login may ask for (rows).
+const MAX_BATCH_SIZE: usize = 65_536;
+
+impl Principal {
+    /// Checks a `SET` or `RESET` that this user sends over the network (the plan of any
+    /// other statement passes). `current` are the session's Proxima settings, and
+    /// `max_window` the longest trace window allowed (the retention period).
+    ///
+    /// - Nobody may change `datafusion.runtime.*` (a new runtime brings a memory pool and a
+    ///   spill folder of its own: the limits would be gone) or `datafusion.catalog.*`.
+    /// - Every role may change `proxima.trace.*` and `proxima.risk.*` within bounds (trace
+    ///   windows at most `max_window`, `high_window` at most `lookback`) and
+    ///   [`HARMLESS_SETTINGS`]; only admins may change other `datafusion.*` settings.
+    pub fn check_settings(
+        &self,
+        plan: &LogicalPlan,
+        current: &ProximaOptions,
+        max_window: Option<Duration>,
+    ) -> Result<(), String> {
+        let (variable, value) = match plan {
+            LogicalPlan::Statement(Statement::SetVariable(set)) => (set.variable.as_str(), Some(set.value.as_str())),
+            LogicalPlan::Statement(Statement::ResetVariable(reset)) => (reset.variable.as_str(), None),
+            _ => return Ok(()),
+        };
+        let variable = variable.to_ascii_lowercase();
+        let refuse = |why: &str| Err(format!("{variable}: {why}"));
+        if variable.starts_with("datafusion.runtime.") || variable.starts_with("datafusion.catalog.") {
+            return refuse("server settings are not changed from a session");
+        }
+        if variable.starts_with("proxima.") {
+            let mut options = current.clone();
+            match value {
+                Some(value) => {
+                    datafusion::common::config::ExtensionOptions::set(&mut options, &variable, value)
+                        .map_err(|e| e.strip_backtrace())?;
+                }
+                None => {
+                    let defaults = ProximaOptions::default();
+                    let entry = datafusion::common::config::ExtensionOptions::entries(&defaults)
+                        .into_iter()
+                        .find(|e| e.key == variable)
+                        .and_then(|e| e.value)
+                        .ok_or_else(|| format!("{variable}: no such setting"))?;
+                    datafusion::common::config::ExtensionOptions::set(&mut options, &variable, &entry)
+                        .map_err(|e| e.strip_backtrace())?;
+                }
+            }
+            if let Some(max) = max_window {
+                for (name, window) in [("high_window", options.high_window), ("lookback", options.lookback)] {
+                    if window > max {
+                        return Err(format!(
+                            "proxima.trace.{name}: {} hours is longer than the {} hours of data kept",
+                            window.as_secs() / 3600,
+                            max.as_secs() / 3600
+                        ));
+                    }
+                }
+            }
+            if options.high_window > options.lookback {
+                return Err(format!(
+                    "{variable}: proxima.trace.high_window ({} h) must not be longer than proxima.trace.lookback ({} h)",
+                    options.high_window.as_secs() / 3600,
+                    options.lookback.as_secs() / 3600
+                ));
+            }
+            return Ok(());
+        }
+        if HARMLESS_SETTINGS.contains(&variable.as_str()) {
+            if variable == "datafusion.execution.batch_size"
+                && let Some(value) = value
+                && !value
+                    .trim_matches('\'')
+                    .parse::<usize>()
+                    .is_ok_and(|n| (1..=MAX_BATCH_SIZE).contains(&n))
+            {
+                return refuse(&format!("'{value}' is not a batch size between 1 and {MAX_BATCH_SIZE}"));
+            }
+            return Ok(());
+        }
+        if self.role == Role::Admin && variable.starts_with("datafusion.") {
+            return Ok(());
+        }
+        refuse(&format!(
+            "role {} may change only proxima.trace.*, proxima.risk.* and {}",
+            self.role,
+            HARMLESS_SETTINGS.join(", ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::SessionContext;
+
+    async fn check(role: Role, sql: &str) -> Result<(), String> {
+        let ctx = SessionContext::new();
+        let plan = ctx.state().create_logical_plan(sql).await.map_err(|e| e.to_string())?;
+        let principal = Principal { name: "p".into(), role };
+        let current = ProximaOptions::default();
+        principal.check_settings(&plan, &current, Some(Duration::from_secs(21 * 86_400)))
+    }
+
+    #[tokio::test]
+    async fn network_roles_change_only_their_own_settings() {
+        for role in Role::ALL {
+            for sql in [
+                "RESET datafusion.runtime.memory_limit",
+                "SET datafusion.runtime.memory_limit = '100G'",
+                "SET DataFusion.Runtime.Temp_Directory = '/tmp'",
+                "SET datafusion.catalog.location = 'bad://'",
+            ] {
+                let err = check(role, sql).await.unwrap_err();
+                assert!(err.contains("server settings"), "{role} {sql}: {err}");
+            }
+            check(role, "SET proxima.trace.lookback = '72 hours'").await.unwrap();
+            check(role, "RESET proxima.trace.lookback").await.unwrap();
+            check(role, "SET datafusion.execution.time_zone = '+01:00'")
+                .await
+                .unwrap();
+            check(role, "SET datafusion.execution.batch_size = 4096").await.unwrap();
+            assert!(
+                check(role, "SET datafusion.execution.batch_size = 100000000")
+                    .await
+                    .is_err()
+            );
+            let err = check(role, "SET proxima.trace.lookback = '100000000 weeks'")
+                .await
+                .unwrap_err();
+            assert!(err.contains("between 1 second and 60 days"), "{err}");
+            let err = check(role, "SET proxima.trace.lookback = '30 days'").await.unwrap_err();
+            assert!(err.contains("longer than the 504 hours of data kept"), "{err}");
+            let err = check(role, "SET proxima.trace.lookback = '24 hours'")
+                .await
+                .unwrap_err();
+            assert!(err.contains("must not be longer than proxima.trace.lookback"), "{err}");
+            check(role, "SELECT 1").await.unwrap();
+        }
+        let err = check(Role::Analyst, "SET datafusion.optimizer.max_passes = 1")
+            .await
+            .unwrap_err();
+        assert!(err.contains("role analyst may change only"), "{err}");
+        check(Role::Admin, "SET datafusion.optimizer.max_passes = 1")
+            .await
+            .unwrap();
     }
 }

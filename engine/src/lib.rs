@@ -17,6 +17,7 @@ pub mod error;
 pub mod ids;
 pub mod index;
 pub mod lineage;
+pub mod memory;
 pub mod paths;
 pub mod rules;
 pub mod schema;

@@ -11,6 +11,7 @@ use arrow::datatypes::DataType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -19,6 +20,7 @@ use proxima_udfs::trace::EncounterLookupExtension;
 use crate::access::Principal;
 use crate::error::Result;
 use crate::index::IndexReader;
+use crate::memory::{SessionPool, global_pool};
 use crate::paths::Table;
 use crate::schema::DAY;
 use crate::store::Store;
@@ -42,17 +44,19 @@ pub struct SessionOptions {
     /// Memory the queries of one session may hold, in bytes (default: only `memory_limit`).
     /// A query that needs more fails with "resources exhausted" instead of taking the server down.
     pub session_memory_limit: Option<usize>,
+    /// The longest trace window a network login may `SET` (the retention period; default:
+    /// only the functions' own bound).
+    pub max_trace_window: Option<std::time::Duration>,
 }
 
-/// A runtime reading `store`, with its own memory pool of `memory_limit` bytes (unbounded if `None`).
-fn runtime(store: &Store, memory_limit: Option<usize>) -> Result<Arc<RuntimeEnv>> {
+/// A runtime reading `store` whose queries take memory from `pool`.
+fn runtime(store: &Store, pool: Arc<dyn MemoryPool>) -> Result<Arc<RuntimeEnv>> {
     // New files must be visible to the next query: no cached listings.
     let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
-    let mut builder = RuntimeEnvBuilder::new().with_cache_manager(caches);
-    if let Some(limit) = memory_limit {
-        builder = builder.with_memory_limit(limit, 1.0);
-    }
-    let runtime = builder.build_arc()?;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_cache_manager(caches)
+        .with_memory_pool(pool)
+        .build_arc()?;
     runtime.register_object_store(store.object_store_url().as_ref(), Arc::clone(store.reader()));
     Ok(runtime)
 }
@@ -62,6 +66,8 @@ fn runtime(store: &Store, memory_limit: Option<usize>) -> Result<Arc<RuntimeEnv>
 pub struct SessionFactory {
     store: Store,
     runtime: Arc<RuntimeEnv>,
+    /// The one pool every session's queries take memory from.
+    pool: Arc<dyn MemoryPool>,
     options: SessionOptions,
     /// Shared by every session, so that index footers are read once.
     index: Arc<IndexReader>,
@@ -70,13 +76,20 @@ pub struct SessionFactory {
 impl SessionFactory {
     /// Creates a factory whose sessions read `store`.
     pub fn new(store: Store, options: SessionOptions) -> Result<Self> {
-        let runtime = runtime(&store, options.memory_limit)?;
+        let pool = global_pool(options.memory_limit);
+        let runtime = runtime(&store, Arc::clone(&pool))?;
         Ok(Self {
             index: Arc::new(IndexReader::new(store.clone())),
             store,
             runtime,
+            pool,
             options,
         })
+    }
+
+    /// The settings sessions are built with.
+    pub fn options(&self) -> &SessionOptions {
+        &self.options
     }
 
     /// The store sessions read.
@@ -115,7 +128,7 @@ impl SessionFactory {
         parquet.reorder_filters = true;
 
         let runtime = match self.options.session_memory_limit {
-            Some(limit) => runtime(&self.store, Some(limit))?,
+            Some(limit) => runtime(&self.store, Arc::new(SessionPool::new(Arc::clone(&self.pool), limit)))?,
             None => Arc::clone(&self.runtime),
         };
         let ctx = SessionContext::new_with_config_rt(config, runtime);

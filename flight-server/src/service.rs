@@ -195,7 +195,7 @@ impl FlightSqlServer {
     /// the status to send (or the audit's own error, if even that cannot be written).
     async fn refused(&self, caller: &Caller, action: &str, sql: Option<&str>, status: Status) -> Status {
         let rule = match status.code() {
-            tonic::Code::PermissionDenied => "statement kind not allowed for the role",
+            tonic::Code::PermissionDenied => "statement or setting not allowed for the role",
             _ => "refused at planning",
         };
         let mut record = caller.record(Phase::Decision, action, Decision::Deny, rule);
@@ -249,6 +249,18 @@ impl FlightSqlServer {
                 session.principal.role
             ))
         })?;
+        let state = session.ctx.state();
+        let current = state
+            .config()
+            .options()
+            .extensions
+            .get::<proxima_udfs::ProximaOptions>()
+            .cloned()
+            .unwrap_or_default();
+        session
+            .principal
+            .check_settings(&plan, &current, self.factory.options().max_trace_window)
+            .map_err(Status::permission_denied)?;
         Ok(plan)
     }
 
