@@ -162,6 +162,17 @@ impl AuditLog {
     /// Opens (or creates) the log in `dir`, signing checkpoints with `signer`. Fails if the
     /// folder cannot be written, or if the log no longer matches its latest checkpoint.
     pub fn open(dir: &Path, signer: SignerKey, options: AuditLogOptions) -> Result<Self> {
+        Self::open_with(dir, Some(signer), options)
+    }
+
+    /// Opens the log to append records without signing them (`proxima sql` on a local store,
+    /// run by someone who does not hold the key): the next process that opens the log with
+    /// the key checks everything up to its latest checkpoint and signs what came since.
+    pub fn open_unsigned(dir: &Path, options: AuditLogOptions) -> Result<Self> {
+        Self::open_with(dir, None, options)
+    }
+
+    fn open_with(dir: &Path, signer: Option<SignerKey>, options: AuditLogOptions) -> Result<Self> {
         let writer = Writer::open(dir, signer, options)?;
         let (sender, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -228,7 +239,8 @@ impl AuditLog {
 /// The state of the writer thread.
 struct Writer {
     dir: PathBuf,
-    signer: SignerKey,
+    /// None: records are appended, checkpoints are left to whoever holds the key.
+    signer: Option<SignerKey>,
     options: AuditLogOptions,
     frontier: Frontier,
     /// The segment being appended to: its path, its file (none after a failure) and the
@@ -243,7 +255,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn open(dir: &Path, signer: SignerKey, options: AuditLogOptions) -> Result<Self> {
+    fn open(dir: &Path, signer: Option<SignerKey>, options: AuditLogOptions) -> Result<Self> {
         for sub in [LOG_DIR, CHECKPOINT_DIR] {
             fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(&dir.join(sub), e))?;
         }
@@ -267,16 +279,21 @@ impl Writer {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
         }
-        let verifier = signer.verifier();
-        let latest = match numbered_files(&dir.join(CHECKPOINT_DIR), CHECKPOINT_SUFFIX)?.pop() {
-            Some((_, path)) => {
+        let latest_file = match &signer {
+            Some(_) => numbered_files(&dir.join(CHECKPOINT_DIR), CHECKPOINT_SUFFIX)?.pop(),
+            // Without the key nothing can be checked, and nothing will be signed.
+            None => None,
+        };
+        let latest = match (latest_file, &signer) {
+            (Some((_, path)), Some(signer)) => {
+                let verifier = signer.verifier();
                 let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
                 let checkpoint = verifier
                     .open(&text)
                     .map_err(|e| Error::Tampered(format!("{}: {e}", path.display())))?;
                 Some(checkpoint)
             }
-            None => None,
+            _ => None,
         };
         let mut frontier = Frontier::new();
         let mut root_at_latest = None;
@@ -345,7 +362,7 @@ impl Writer {
                 checkpoint
             }
             None => Checkpoint {
-                origin: signer.name().to_string(),
+                origin: signer.as_ref().map(|s| s.name().to_string()).unwrap_or_default(),
                 size: 0,
                 root: crate::merkle::empty_root(),
                 time: now,
@@ -421,17 +438,20 @@ impl Writer {
     }
 
     fn checkpoint_if(&mut self, due: impl Fn(&Self) -> bool) -> Result<()> {
+        let Some(signer) = &self.signer else {
+            return Ok(());
+        };
         if !due(self) {
             return Ok(());
         }
         let checkpoint = Checkpoint {
-            origin: self.signer.name().to_string(),
+            origin: signer.name().to_string(),
             size: self.frontier.size(),
             root: self.frontier.root(),
             time: now_rfc3339(),
         };
         let path = self.dir.join(CHECKPOINT_DIR).join(checkpoint_name(checkpoint.size));
-        write_durably(&path, &self.signer.sign(&checkpoint))?;
+        write_durably(&path, &signer.sign(&checkpoint))?;
         self.last_checkpoint = checkpoint;
         self.last_checkpoint_at = Instant::now();
         Ok(())

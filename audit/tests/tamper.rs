@@ -297,3 +297,31 @@ fn a_torn_last_line_is_dropped_on_open_and_numbering_goes_on() {
     assert!(report.ok() && !report.torn_tail, "{:?}", report.findings);
     assert_eq!(report.records, 10);
 }
+
+#[test]
+fn records_appended_without_the_key_are_signed_by_the_next_process_that_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = write_log(dir.path(), 2);
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let unsigned = AuditLog::open_unsigned(dir.path(), options()).unwrap();
+    for _ in 0..3 {
+        runtime
+            .block_on(unsigned.append(Record::new(
+                Phase::Decision,
+                "local:op",
+                "local",
+                "cli:sql",
+                Decision::Allow,
+                "local files",
+            )))
+            .unwrap();
+    }
+    drop(unsigned);
+    let report = verify(dir.path(), &verifier(&signer), None).unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!((report.records, report.unsigned_tail), (9, 3));
+    drop(AuditLog::open(dir.path(), SignerKey::parse(&signer).unwrap(), options()).unwrap());
+    let report = verify(dir.path(), &verifier(&signer), None).unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!((report.records, report.unsigned_tail), (9, 0));
+}

@@ -95,6 +95,22 @@ impl Principal {
     }
 }
 
+/// The tables, views and table functions `plans` read, by name, sorted: what an audit
+/// record says a statement touched (views by their own name, before they are inlined).
+pub fn objects_read(plans: &[LogicalPlan]) -> Vec<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for plan in plans {
+        // The closure never fails, so neither does the walk.
+        let _ = plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                names.insert(scan.table_name.to_string());
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        });
+    }
+    names.into_iter().collect()
+}
+
 /// `datafusion.*` settings any network role may change: harmless to the server.
 const HARMLESS_SETTINGS: &[&str] = &["datafusion.execution.time_zone", "datafusion.execution.batch_size"];
 /// The largest batch a login may ask for (rows).

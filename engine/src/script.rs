@@ -10,8 +10,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::LogicalPlan;
-use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
@@ -57,12 +55,6 @@ pub fn parse(script: &str) -> Result<Vec<Statement>> {
     Ok(DFParser::parse_sql_with_dialect(script, &GenericDialect {})?
         .into_iter()
         .collect())
-}
-
-/// Plans and runs one statement: DDL and `SET` take effect now; a query returns its lazy result.
-pub async fn execute(ctx: &SessionContext, statement: Statement) -> Result<DataFrame> {
-    let plan: LogicalPlan = ctx.state().statement_to_plan(statement).await?;
-    ctx.execute_logical_plan(plan).await
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! produces them, under a per-query timeout; a client that goes away drops
 //! the stream, which stops the query, and `CancelQuery` stops a running one.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +36,6 @@ use arrow_flight::{
 use base64::Engine as _;
 use datafusion::common::ParamValues;
 use datafusion::common::ScalarValue;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
@@ -319,7 +318,7 @@ impl FlightSqlServer {
             .flatten()
             .map(|row| row.iter().map(ToString::to_string).collect())
             .collect();
-        intent.objects = objects_of(&plans);
+        intent.objects = proxima_engine::access::objects_read(&plans);
         let seq = self.audit(intent.clone()).await?;
         let mut done = Some(intent.done(seq));
         let finish = |done: &mut Option<Record>, status: &Status| {
@@ -629,21 +628,6 @@ impl Caller {
 struct Outcome {
     done: Record,
     started: Instant,
-}
-
-/// The tables, views and table functions `plans` read, by name.
-fn objects_of(plans: &[LogicalPlan]) -> Vec<String> {
-    let mut names = BTreeSet::new();
-    for plan in plans {
-        // The closure never fails, so neither does the walk.
-        let _ = plan.apply_with_subqueries(|node| {
-            if let LogicalPlan::TableScan(scan) = node {
-                names.insert(scan.table_name.to_string());
-            }
-            Ok(TreeNodeRecursion::Continue)
-        });
-    }
-    names.into_iter().collect()
 }
 
 /// At most this much of a refused login's user name goes into the audit record.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use arrow::array::RecordBatch;
 use clap::{ArgGroup, Args, ValueEnum};
 use futures::StreamExt;
+use proxima_audit::{AuditLog, AuditLogOptions, Decision, Phase, Record};
 use proxima_engine::{SessionFactory, SessionOptions, Store, script};
 
 use super::CliError;
@@ -27,6 +28,74 @@ pub struct SqlArgs {
     /// How to print the result.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Folder of the audit log every statement is recorded in (default: `_audit` in a
+    /// local store; needed for S3).
+    #[arg(long, env = "PROXIMA_AUDIT_DIR", value_name = "DIR")]
+    audit_dir: Option<PathBuf>,
+    /// The key that signs the audit log's checkpoints; without it the records are appended
+    /// unsigned and the next server start signs them.
+    #[arg(long, env = "PROXIMA_AUDIT_KEY", value_name = "FILE")]
+    audit_key: Option<PathBuf>,
+}
+
+/// The audit of a local `proxima sql` run: direct access to the store's files, recorded
+/// under `local:<OS user>`.
+struct LocalAudit {
+    log: AuditLog,
+    principal: String,
+    params: Vec<String>,
+}
+
+impl LocalAudit {
+    fn open(store: &Store, args: &SqlArgs) -> Result<Self, CliError> {
+        let dir = super::audit::audit_dir(store, args.audit_dir.as_deref())?;
+        let options = AuditLogOptions::default();
+        let log = match &args.audit_key {
+            Some(key) => AuditLog::open(&dir, super::audit::load_signer(store, key)?, options),
+            None => AuditLog::open_unsigned(&dir, options),
+        }
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "every statement is audited, and the audit log in {} cannot be opened: {e}",
+                dir.display()
+            ))
+        })?;
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        Ok(Self {
+            log,
+            principal: format!("local:{user}"),
+            params: args
+                .params
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect(),
+        })
+    }
+
+    fn record(&self, phase: Phase, decision: Decision, sql: &str) -> Record {
+        let mut record = Record::new(
+            phase,
+            self.principal.clone(),
+            "local",
+            "cli:sql",
+            decision,
+            "whoever reads the store's files",
+        )
+        .with_sql(sql);
+        if !self.params.is_empty() {
+            record.params = vec![self.params.clone()];
+        }
+        record
+    }
+
+    async fn append(&self, record: Record) -> Result<u64, CliError> {
+        self.log
+            .append(record)
+            .await
+            .map_err(|e| CliError::Usage(format!("the statement was not run: {e}")))
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -58,7 +127,7 @@ pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
         ),
         (None, None) => unreachable!("clap requires -c or -f"),
     };
-    let params: BTreeMap<String, String> = args.params.into_iter().collect();
+    let params: BTreeMap<String, String> = args.params.iter().cloned().collect();
     let query_error = |e: datafusion::error::DataFusionError| CliError::Query(format!("{source}{e}"));
     let text = script::substitute(&text, &params).map_err(query_error)?;
     let statements = script::parse(&text).map_err(query_error)?;
@@ -66,10 +135,12 @@ pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
         return Err(CliError::Usage(format!("{source}no SQL statement to run")));
     }
 
+    let audit = LocalAudit::open(&store, &args)?;
     let factory = SessionFactory::new(store, SessionOptions::default())?;
     let ctx = factory.session().await?;
     let count = statements.len();
     for (i, statement) in statements.into_iter().enumerate() {
+        let sql = statement.to_string();
         let statement_error = |e: datafusion::error::DataFusionError| {
             if count == 1 {
                 CliError::Query(format!("{source}{e}"))
@@ -77,54 +148,131 @@ pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
                 CliError::Query(format!("{source}statement {} of {count}: {e}", i + 1))
             }
         };
-        let frame = script::execute(&ctx, statement).await.map_err(statement_error)?;
-        if i + 1 < count {
-            frame.collect().await.map_err(statement_error)?;
-            continue;
+        // Planned, recorded, and only then run (a SET or DDL takes effect when run).
+        let plan = match ctx.state().statement_to_plan(statement).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                let mut refused = audit.record(Phase::Decision, Decision::Deny, &sql);
+                refused.error = Some(e.to_string());
+                audit.append(refused).await?;
+                return Err(statement_error(e));
+            }
+        };
+        let mut intent = audit.record(Phase::Intent, Decision::Allow, &sql);
+        intent.objects = proxima_engine::access::objects_read(std::slice::from_ref(&plan));
+        let seq = audit.append(intent.clone()).await?;
+        let started = std::time::Instant::now();
+        let mut done = intent.done(seq);
+        let outcome = run_statement(&ctx, plan, i + 1 == count, args.format).await;
+        done.duration_ms = Some(started.elapsed().as_millis() as u64);
+        match &outcome {
+            Ok(rows) => done.rows = Some(*rows),
+            Err(e) => done.error = Some(e.to_string()),
         }
-        let schema = frame.schema().inner().clone();
-        let mut stream = frame.execute_stream().await.map_err(statement_error)?;
-        if schema.fields().is_empty() {
-            // DDL and SET: nothing to print.
-            while let Some(batch) = stream.next().await {
-                batch.map_err(statement_error)?;
-            }
-            return Ok(());
-        }
-        let stdout = std::io::stdout();
-        let mut out = std::io::BufWriter::new(stdout.lock());
-        match args.format {
-            Format::Table => {
-                let mut batches: Vec<RecordBatch> = Vec::new();
-                while let Some(batch) = stream.next().await {
-                    batches.push(batch.map_err(statement_error)?);
-                }
-                if batches.is_empty() {
-                    batches.push(RecordBatch::new_empty(schema));
-                }
-                let table = arrow::util::pretty::pretty_format_batches(&batches)?;
-                writeln!(out, "{table}")?;
-            }
-            Format::Csv => {
-                let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
-                let mut wrote_any = false;
-                while let Some(batch) = stream.next().await {
-                    writer.write(&batch.map_err(statement_error)?)?;
-                    wrote_any = true;
-                }
-                if !wrote_any {
-                    writer.write(&RecordBatch::new_empty(schema))?;
-                }
-            }
-            Format::Json => {
-                let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);
-                while let Some(batch) = stream.next().await {
-                    writer.write(&batch.map_err(statement_error)?)?;
-                }
-                writer.finish()?;
-            }
-        }
-        out.flush()?;
+        audit.append(done).await?;
+        outcome.map_err(|e| match e {
+            StatementError::Query(e) => statement_error(e),
+            StatementError::Cli(e) => e,
+        })?;
     }
     Ok(())
+}
+
+/// Why a statement failed: in the query (named with its statement), or in printing.
+enum StatementError {
+    Query(datafusion::error::DataFusionError),
+    Cli(CliError),
+}
+
+impl std::fmt::Display for StatementError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Query(e) => write!(f, "{e}"),
+            Self::Cli(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for StatementError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        Self::Query(e)
+    }
+}
+
+impl From<std::io::Error> for StatementError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Cli(e.into())
+    }
+}
+
+impl From<arrow::error::ArrowError> for StatementError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Self::Cli(e.into())
+    }
+}
+
+/// Runs one planned statement; the last one's result is printed in `format`. Returns the
+/// rows it produced.
+async fn run_statement(
+    ctx: &datafusion::prelude::SessionContext,
+    plan: datafusion::logical_expr::LogicalPlan,
+    last: bool,
+    format: Format,
+) -> Result<u64, StatementError> {
+    let frame = ctx.execute_logical_plan(plan).await?;
+    if !last {
+        let batches = frame.collect().await?;
+        return Ok(batches.iter().map(|b| b.num_rows() as u64).sum());
+    }
+    let schema = frame.schema().inner().clone();
+    let mut stream = frame.execute_stream().await?;
+    let mut rows = 0u64;
+    if schema.fields().is_empty() {
+        // DDL and SET: nothing to print.
+        while let Some(batch) = stream.next().await {
+            batch?;
+        }
+        return Ok(rows);
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match format {
+        Format::Table => {
+            let mut batches: Vec<RecordBatch> = Vec::new();
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                rows += batch.num_rows() as u64;
+                batches.push(batch);
+            }
+            if batches.is_empty() {
+                batches.push(RecordBatch::new_empty(schema));
+            }
+            let table = arrow::util::pretty::pretty_format_batches(&batches)?;
+            writeln!(out, "{table}")?;
+        }
+        Format::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+            let mut wrote_any = false;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                rows += batch.num_rows() as u64;
+                writer.write(&batch)?;
+                wrote_any = true;
+            }
+            if !wrote_any {
+                writer.write(&RecordBatch::new_empty(schema))?;
+            }
+        }
+        Format::Json => {
+            let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                rows += batch.num_rows() as u64;
+                writer.write(&batch)?;
+            }
+            writer.finish()?;
+        }
+    }
+    out.flush()?;
+    Ok(rows)
 }
