@@ -20,6 +20,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 const BIN: &str = env!("CARGO_BIN_EXE_proxima");
 const ANALYST_PASSWORD: &str = "analyst password 1";
 const ADMIN_PASSWORD: &str = "admin password 123";
+const STATION_PASSWORD: &str = "station password 1";
 /// Runs far longer than the tests' timeouts: a cross join of observations with itself.
 const LONG_QUERY: &str =
     "SELECT count(*) FROM observations a CROSS JOIN observations b WHERE a.duration_s + b.duration_s = -1";
@@ -77,6 +78,7 @@ impl Fixture {
         for (name, role, password) in [
             ("alice", proxima_engine::Role::Analyst, ANALYST_PASSWORD),
             ("root", proxima_engine::Role::Admin, ADMIN_PASSWORD),
+            ("stan", proxima_engine::Role::Station, STATION_PASSWORD),
         ] {
             proxima_engine::users::add_user(&fixture.users(), name, role, password).unwrap();
         }
@@ -371,22 +373,44 @@ async fn rust_flight_sql_client() {
     let info = alice.get_xdbc_type_info(Default::default()).await.unwrap();
     assert!(fetch(&mut alice, info).await[0].num_rows() >= 5);
 
-    // Analysts may not write server files; admins may.
+    // Nobody writes server files or reads them as tables over the network, admins included.
     let export = fixture.dir.path().join("export.csv");
     let copy = format!("COPY (SELECT 1 AS x) TO '{}' STORED AS CSV", export.display());
-    let denied = alice.execute_update(copy.clone(), None).await.unwrap_err();
-    assert!(
-        denied.to_string().contains("role analyst may not run this statement"),
-        "{denied}"
+    let external = format!(
+        "CREATE EXTERNAL TABLE users_file STORED AS CSV LOCATION '{}'",
+        fixture.users().display()
     );
-    assert!(!export.exists());
     let mut root = client(&server).await;
     root.handshake("root", ADMIN_PASSWORD).await.unwrap();
-    root.execute_update(copy, None).await.unwrap();
-    assert!(export.exists());
-    // DDL through the query path runs once (GetFlightInfo only plans), and lasts for the login.
-    query(&mut root, "CREATE VIEW recent AS SELECT 7::BIGINT AS x").await;
-    assert_eq!(single_i64(&query(&mut root, "SELECT x FROM recent").await), 7);
+    for (client, role) in [(&mut alice, "analyst"), (&mut root, "admin")] {
+        let denied = client.execute_update(copy.clone(), None).await.unwrap_err();
+        let expected = format!("COPY writes server files and is not run over the network (role {role})");
+        assert!(denied.to_string().contains(&expected), "{denied}");
+        let denied = client.execute_update(external.clone(), None).await.unwrap_err();
+        assert!(
+            denied.to_string().contains("only CREATE VIEW and DROP VIEW"),
+            "{denied}"
+        );
+    }
+    assert!(!export.exists());
+    // A view lasts for the login, and DDL through the query path runs once (GetFlightInfo
+    // only plans).
+    query(&mut alice, "CREATE VIEW recent AS SELECT 7::BIGINT AS x").await;
+    assert_eq!(single_i64(&query(&mut alice, "SELECT x FROM recent").await), 7);
+    let mut alice_again = client(&server).await;
+    alice_again.handshake("alice", ANALYST_PASSWORD).await.unwrap();
+    let missing = alice_again
+        .execute("SELECT x FROM recent".into(), None)
+        .await
+        .unwrap_err();
+    assert!(missing.to_string().contains("recent"), "{missing}");
+    // Stations and gateways have no SQL at all.
+    let mut station = client(&server).await;
+    let denied = station.handshake("stan", STATION_PASSWORD).await.unwrap_err();
+    assert!(
+        denied.to_string().contains("role station has no SQL access"),
+        "{denied}"
+    );
 
     // A forged token is refused.
     let mut forged = client(&server).await;
@@ -395,7 +419,7 @@ async fn rust_flight_sql_client() {
     assert!(refused.to_string().contains("unknown token"), "{refused}");
 
     // Every access above is in the audit log, which verifies once the server has stopped.
-    drop((alice, root, anonymous, forged));
+    drop((alice, alice_again, root, anonymous, forged, station));
     let audit_dir = server.audit_dir.clone();
     server.stop();
     let verified = Command::new(BIN)
@@ -418,14 +442,14 @@ async fn rust_flight_sql_client() {
     let find =
         |what: &dyn Fn(&serde_json::Value) -> bool| records.iter().filter(|r| what(r)).cloned().collect::<Vec<_>>();
     // Logins: two refused (a wrong password, an unknown user), both allowed ones.
-    for user in ["alice", "mallory"] {
+    for user in ["alice", "mallory", "stan"] {
         let refused = find(&|r| r["action"] == "flight:Handshake" && r["principal"] == user && r["decision"] == "deny");
         assert_eq!(refused.len(), 1, "{user}: {refused:?}");
     }
-    for (user, role) in [("alice", "analyst"), ("root", "admin")] {
+    for (user, role, logins) in [("alice", "analyst", 2), ("root", "admin", 1)] {
         let allowed =
             find(&|r| r["action"] == "flight:Handshake" && r["principal"] == user && r["decision"] == "allow");
-        assert_eq!(allowed.len(), 1, "{user}");
+        assert_eq!(allowed.len(), logins, "{user}");
         assert_eq!(allowed[0]["role"], role);
         assert!(allowed[0]["client"].as_str().unwrap().starts_with("127.0.0.1:"));
     }
@@ -447,29 +471,26 @@ async fn rust_flight_sql_client() {
     let streamed = find(&|r| r["phase"] == "intent" && r["sql"] == "SELECT observer, observed_at FROM observations");
     let done = find(&|r| r["phase"] == "done" && r["intent"] == streamed[0]["seq"]);
     assert_eq!(done[0]["rows"], count);
-    // Refusals: alice's COPY (not allowed for her role), malformed SQL.
-    let copy = find(&|r| r["principal"] == "alice" && r["sql"].as_str().is_some_and(|s| s.starts_with("COPY")));
-    assert_eq!(copy.len(), 1, "{copy:?}");
-    assert_eq!(copy[0]["decision"], "deny");
-    assert!(
-        copy[0]["error"].as_str().unwrap().contains("may not run"),
-        "{:?}",
-        copy[0]
-    );
+    // Refusals: both COPYs and external tables, malformed SQL, a forbidden setting.
+    let copies = find(&|r| r["sql"].as_str().is_some_and(|s| s.starts_with("COPY")));
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    for copy in &copies {
+        assert_eq!(
+            (&copy["phase"], &copy["decision"]),
+            (&"decision".into(), &"deny".into())
+        );
+        assert!(
+            copy["error"].as_str().unwrap().contains("not run over the network"),
+            "{copy:?}"
+        );
+    }
+    let external = find(&|r| r["sql"].as_str().is_some_and(|s| s.starts_with("CREATE EXTERNAL")));
+    assert_eq!(external.len(), 2, "{external:?}");
+    assert!(external.iter().all(|r| r["decision"] == "deny"));
     assert_eq!(find(&|r| r["sql"] == "SELEC 1" && r["decision"] == "deny").len(), 1);
     let reset = find(&|r| r["sql"] == "RESET datafusion.runtime.memory_limit");
     assert_eq!(reset.len(), 1, "{reset:?}");
     assert_eq!(reset[0]["decision"], "deny");
-    // The admin's COPY ran: intent and outcome.
-    let copy = find(&|r| r["principal"] == "root" && r["sql"].as_str().is_some_and(|s| s.starts_with("COPY")));
-    assert_eq!(copy.len(), 1, "{copy:?}");
-    assert_eq!(
-        (&copy[0]["phase"], &copy[0]["decision"]),
-        (&"intent".into(), &"allow".into())
-    );
-    let done = find(&|r| r["phase"] == "done" && r["intent"] == copy[0]["seq"]);
-    assert_eq!(done.len(), 1, "the COPY's outcome");
-    assert!(done[0].get("error").is_none(), "{:?}", done[0]);
     // Metadata calls are accesses too.
     assert_eq!(
         find(&|r| r["action"] == "flight:GetTables" && r["phase"] == "intent").len(),
@@ -477,7 +498,7 @@ async fn rust_flight_sql_client() {
     );
     // No secret ever reaches the log.
     let text: String = records.iter().map(|r| r.to_string()).collect();
-    for secret in [ANALYST_PASSWORD, ADMIN_PASSWORD, "not her password"] {
+    for secret in [ANALYST_PASSWORD, ADMIN_PASSWORD, STATION_PASSWORD, "not her password"] {
         assert!(!text.contains(secret), "{secret} is in the audit log");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Every authenticated caller (Flight SQL today, REST later) becomes a
 //! [`Principal`]; [`crate::SessionFactory::session_for`] builds its session and
-//! [`Principal::sql_options`] says which kinds of statement it may run and
+//! [`Principal::check_statement`] says which kinds of statement it may run over the
+//! network and
 //! [`Principal::check_settings`] which settings it may change. Per-role catalogs and
 //! functions will be decided here too, so there is one place to read.
 
@@ -11,8 +12,8 @@ use std::str::FromStr;
 
 use std::time::Duration;
 
-use datafusion::execution::context::SQLOptions;
-use datafusion::logical_expr::{LogicalPlan, Statement};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement};
 use proxima_udfs::ProximaOptions;
 
 /// A staff or machine role, as given in the users file.
@@ -82,16 +83,45 @@ pub struct Principal {
     pub role: Role,
 }
 
+impl Role {
+    /// Whether the role may log in to SQL at all: stations and ingest gateways have their
+    /// REST routes and nothing else.
+    pub fn may_query(self) -> bool {
+        !matches!(self, Role::Station | Role::Ingest)
+    }
+}
+
 impl Principal {
-    /// The kinds of statement this user may run. Only admins may run DDL
-    /// (`CREATE EXTERNAL TABLE` reads any server file) or DML (`COPY … TO`
-    /// writes server files); everyone may `SET` session options.
-    pub fn sql_options(&self) -> SQLOptions {
-        let admin = self.role == Role::Admin;
-        SQLOptions::new()
-            .with_allow_ddl(admin)
-            .with_allow_dml(admin)
-            .with_allow_statements(true)
+    /// Checks a statement this user sends over the network, whatever its role: nothing
+    /// that writes (`INSERT`, `UPDATE`, `DELETE`, `COPY … TO`), and no DDL but
+    /// `CREATE VIEW` and `DROP VIEW`, which last only for the login (a view's body is
+    /// planned against the login's own catalog). So no external table can name a server
+    /// file, and nothing a login does outlives it. Looks inside `EXPLAIN` and subqueries.
+    pub fn check_statement(&self, plan: &LogicalPlan) -> Result<(), String> {
+        let mut refusal = None;
+        // The closure never fails, so neither does the walk.
+        let _ = plan.apply_with_subqueries(|node| {
+            refusal = match node {
+                LogicalPlan::Dml(_) => Some("INSERT, UPDATE and DELETE are not run over the network"),
+                LogicalPlan::Copy(_) => Some("COPY writes server files and is not run over the network"),
+                LogicalPlan::Ddl(DdlStatement::CreateView(view)) if view.or_replace => {
+                    Some("CREATE OR REPLACE VIEW is not run over the network: DROP VIEW first")
+                }
+                LogicalPlan::Ddl(DdlStatement::CreateView(_) | DdlStatement::DropView(_)) => None,
+                LogicalPlan::Ddl(_) => {
+                    Some("over the network only CREATE VIEW and DROP VIEW run (they last for the login)")
+                }
+                _ => None,
+            };
+            Ok(match refusal {
+                Some(_) => TreeNodeRecursion::Stop,
+                None => TreeNodeRecursion::Continue,
+            })
+        });
+        match refusal {
+            Some(why) => Err(format!("{why} (role {})", self.role)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -105,7 +135,7 @@ pub fn objects_read(plans: &[LogicalPlan]) -> Vec<String> {
             if let LogicalPlan::TableScan(scan) = node {
                 names.insert(scan.table_name.to_string());
             }
-            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+            Ok(TreeNodeRecursion::Continue)
         });
     }
     names.into_iter().collect()
@@ -258,5 +288,35 @@ mod tests {
         check(Role::Admin, "SET datafusion.optimizer.max_passes = 1")
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn nothing_over_the_network_writes_or_outlives_the_login() {
+        let ctx = SessionContext::new();
+        ctx.sql("CREATE TABLE t AS SELECT 1 AS x").await.unwrap();
+        for role in Role::ALL {
+            let principal = Principal { name: "p".into(), role };
+            let check = async |sql: &str| {
+                let plan = ctx.state().create_logical_plan(sql).await.unwrap();
+                principal.check_statement(&plan)
+            };
+            for sql in [
+                "COPY (SELECT 1) TO '/tmp/x.csv' STORED AS CSV",
+                "EXPLAIN COPY (SELECT 1) TO '/tmp/x.csv' STORED AS CSV",
+                "INSERT INTO t VALUES (2)",
+                "CREATE EXTERNAL TABLE secrets STORED AS CSV LOCATION '/etc/passwd'",
+                "CREATE TABLE m AS SELECT 1",
+                "DROP TABLE t",
+                "CREATE SCHEMA s",
+                "CREATE OR REPLACE VIEW v AS SELECT 1",
+            ] {
+                let err = check(sql).await.unwrap_err();
+                assert!(err.contains("network"), "{role} {sql}: {err}");
+            }
+            check("CREATE VIEW v AS SELECT x FROM t").await.unwrap();
+            check("DROP VIEW IF EXISTS v").await.unwrap();
+            check("SELECT * FROM t WHERE x IN (SELECT 1)").await.unwrap();
+        }
+        assert!(!Role::Station.may_query() && !Role::Ingest.may_query() && Role::Tracer.may_query());
     }
 }

@@ -242,12 +242,10 @@ impl FlightSqlServer {
             .create_logical_plan(sql)
             .await
             .map_err(query_status)?;
-        session.principal.sql_options().verify_plan(&plan).map_err(|e| {
-            Status::permission_denied(format!(
-                "{e} (role {} may not run this statement)",
-                session.principal.role
-            ))
-        })?;
+        session
+            .principal
+            .check_statement(&plan)
+            .map_err(Status::permission_denied)?;
         let state = session.ctx.state();
         let current = state
             .config()
@@ -698,6 +696,20 @@ impl FlightSqlService for FlightSqlServer {
             self.audit(record).await?;
             return Err(Status::unauthenticated("wrong user name or password"));
         };
+        if !principal.role.may_query() {
+            let mut record = login(
+                &principal.name,
+                principal.role.name(),
+                Decision::Deny,
+                "role without SQL",
+            );
+            record.error = Some("the role has no SQL access".into());
+            self.audit(record).await?;
+            return Err(Status::permission_denied(format!(
+                "role {} has no SQL access: it uses its REST routes",
+                principal.role
+            )));
+        }
         let ctx = self.factory.session_for(&principal).await.map_err(internal)?;
         let token = new_token();
         let id = uuid::Uuid::new_v4().to_string();
