@@ -21,6 +21,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_proxima");
 const ANALYST_PASSWORD: &str = "analyst password 1";
 const ADMIN_PASSWORD: &str = "admin password 123";
 const STATION_PASSWORD: &str = "station password 1";
+const AUDITOR_PASSWORD: &str = "auditor password 1";
 /// Runs far longer than the tests' timeouts: a cross join of observations with itself.
 const LONG_QUERY: &str =
     "SELECT count(*) FROM observations a CROSS JOIN observations b WHERE a.duration_s + b.duration_s = -1";
@@ -79,6 +80,7 @@ impl Fixture {
             ("alice", proxima_engine::Role::Analyst, ANALYST_PASSWORD),
             ("root", proxima_engine::Role::Admin, ADMIN_PASSWORD),
             ("stan", proxima_engine::Role::Station, STATION_PASSWORD),
+            ("audrey", proxima_engine::Role::Auditor, AUDITOR_PASSWORD),
         ] {
             proxima_engine::users::add_user(&fixture.users(), name, role, password).unwrap();
         }
@@ -412,6 +414,90 @@ async fn rust_flight_sql_client() {
         "{denied}"
     );
 
+    // The auditor reads the audit table over SQL, and nothing else: data tables and
+    // functions fail exactly as names that do not exist.
+    let mut audrey = client(&server).await;
+    audrey.handshake("audrey", AUDITOR_PASSWORD).await.unwrap();
+    let refused = query(
+        &mut audrey,
+        "SELECT principal, rule FROM audit WHERE action = 'flight:Handshake' AND decision = 'deny' ORDER BY seq",
+    )
+    .await;
+    let refused: Vec<(String, String)> = refused
+        .iter()
+        .flat_map(|b| {
+            (0..b.num_rows())
+                .map(|i| (text(b, 0, i), text(b, 1, i)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            ("alice", "password"),
+            ("mallory", "password"),
+            ("stan", "role without SQL")
+        ]
+        .map(|(p, r)| (p.to_string(), r.to_string()))
+    );
+    let within_a_minute = query(
+        &mut audrey,
+        "SELECT count(*) FROM audit WHERE time > now() - INTERVAL '10 minutes' AND phase = 'intent'",
+    )
+    .await;
+    assert!(single_i64(&within_a_minute) > 10, "times are typed timestamps");
+    for (hidden, absent) in [
+        ("SELECT * FROM observations", "SELECT * FROM observationz"),
+        ("SELECT * FROM devices", "SELECT * FROM devicez"),
+        ("SELECT * FROM encounters", "SELECT * FROM encounterz"),
+        (
+            "SELECT * FROM trace_contacts('x', now())",
+            "SELECT * FROM trace_contactz('x', now())",
+        ),
+    ] {
+        let hidden_error = audrey.execute(hidden.into(), None).await.unwrap_err().to_string();
+        let absent_error = audrey.execute(absent.into(), None).await.unwrap_err().to_string();
+        let (name, twin) = (
+            hidden.split_whitespace().nth(3).unwrap(),
+            absent.split_whitespace().nth(3).unwrap(),
+        );
+        let stem = |s: &str| s.split('(').next().unwrap().to_string();
+        assert_eq!(
+            hidden_error.replace(&stem(name), "NAME"),
+            absent_error.replace(&stem(twin), "NAME"),
+            "{hidden}"
+        );
+    }
+    let info = audrey
+        .get_tables(CommandGetTables {
+            catalog: None,
+            db_schema_filter_pattern: None,
+            table_name_filter_pattern: None,
+            table_types: vec![],
+            include_schema: false,
+        })
+        .await
+        .unwrap();
+    let tables = fetch(&mut audrey, info).await;
+    let mut names: Vec<String> = tables
+        .iter()
+        .flat_map(|b| (0..b.num_rows()).map(|i| text(b, 2, i)).collect::<Vec<_>>())
+        .filter(|n| {
+            ![
+                "tables",
+                "views",
+                "columns",
+                "df_settings",
+                "schemata",
+                "routines",
+                "parameters",
+            ]
+            .contains(&n.as_str())
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["audit"]);
+
     // A forged token is refused.
     let mut forged = client(&server).await;
     forged.set_token("0".repeat(64));
@@ -419,7 +505,7 @@ async fn rust_flight_sql_client() {
     assert!(refused.to_string().contains("unknown token"), "{refused}");
 
     // Every access above is in the audit log, which verifies once the server has stopped.
-    drop((alice, alice_again, root, anonymous, forged, station));
+    drop((alice, alice_again, root, anonymous, forged, station, audrey));
     let audit_dir = server.audit_dir.clone();
     server.stop();
     let verified = Command::new(BIN)
@@ -446,7 +532,7 @@ async fn rust_flight_sql_client() {
         let refused = find(&|r| r["action"] == "flight:Handshake" && r["principal"] == user && r["decision"] == "deny");
         assert_eq!(refused.len(), 1, "{user}: {refused:?}");
     }
-    for (user, role, logins) in [("alice", "analyst", 2), ("root", "admin", 1)] {
+    for (user, role, logins) in [("alice", "analyst", 2), ("root", "admin", 1), ("audrey", "auditor", 1)] {
         let allowed =
             find(&|r| r["action"] == "flight:Handshake" && r["principal"] == user && r["decision"] == "allow");
         assert_eq!(allowed.len(), logins, "{user}");
@@ -492,13 +578,18 @@ async fn rust_flight_sql_client() {
     assert_eq!(reset.len(), 1, "{reset:?}");
     assert_eq!(reset[0]["decision"], "deny");
     // Metadata calls are accesses too.
-    assert_eq!(
-        find(&|r| r["action"] == "flight:GetTables" && r["phase"] == "intent").len(),
-        1
-    );
+    let listings = find(&|r| r["action"] == "flight:GetTables" && r["phase"] == "intent");
+    let listed_by: Vec<&str> = listings.iter().map(|r| r["principal"].as_str().unwrap()).collect();
+    assert_eq!(listed_by, ["alice", "audrey"]);
     // No secret ever reaches the log.
     let text: String = records.iter().map(|r| r.to_string()).collect();
-    for secret in [ANALYST_PASSWORD, ADMIN_PASSWORD, STATION_PASSWORD, "not her password"] {
+    for secret in [
+        ANALYST_PASSWORD,
+        ADMIN_PASSWORD,
+        STATION_PASSWORD,
+        AUDITOR_PASSWORD,
+        "not her password",
+    ] {
         assert!(!text.contains(secret), "{secret} is in the audit log");
     }
 }

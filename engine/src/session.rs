@@ -8,8 +8,9 @@
 use std::sync::Arc;
 
 use arrow::datatypes::DataType;
+use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -17,7 +18,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use proxima_udfs::trace::EncounterLookupExtension;
 
-use crate::access::Principal;
+use crate::access::{Principal, Role};
 use crate::error::Result;
 use crate::index::IndexReader;
 use crate::memory::{SessionPool, global_pool};
@@ -34,6 +35,53 @@ pub const CATALOG: &str = "proxima";
 /// The schema name Proxima's tables are listed under.
 pub const SCHEMA: &str = "public";
 
+/// The table auditors query.
+pub const AUDIT_TABLE: &str = "audit";
+
+/// The `audit` table: every segment of the log in `dir` (JSON lines), typed. Read at query
+/// time, so it shows every record written until then.
+fn audit_table(dir: &std::path::Path) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    use arrow::datatypes::{Field, Schema, TimeUnit};
+    let text = || DataType::Utf8;
+    let list = |item: DataType| DataType::List(Arc::new(Field::new("item", item, true)));
+    let schema = Schema::new(vec![
+        Field::new("seq", DataType::UInt64, false),
+        Field::new(
+            "time",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("phase", text(), false),
+        Field::new("intent", DataType::UInt64, true),
+        Field::new("principal", text(), false),
+        Field::new("role", text(), false),
+        Field::new("client", text(), true),
+        Field::new("session", text(), true),
+        Field::new("action", text(), false),
+        Field::new("sql", text(), true),
+        Field::new("params", list(list(text())), true),
+        Field::new("objects", list(text()), true),
+        Field::new("decision", text(), false),
+        Field::new("rule", text(), false),
+        Field::new("purpose", text(), true),
+        Field::new("rows", DataType::UInt64, true),
+        Field::new("bytes", DataType::UInt64, true),
+        Field::new("duration_ms", DataType::UInt64, true),
+        Field::new("error", text(), true),
+    ]);
+    let log = dir.join("log");
+    std::fs::create_dir_all(&log).map_err(|source| crate::Error::LocalStore {
+        path: log.clone(),
+        source,
+    })?;
+    let url = ListingTableUrl::parse(format!("{}/", log.display()))?;
+    let options = ListingOptions::new(Arc::new(JsonFormat::default())).with_file_extension(".jsonl");
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(Arc::new(schema));
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
 /// Settings shared by every session of a factory.
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
@@ -47,6 +95,9 @@ pub struct SessionOptions {
     /// The longest trace window a network login may `SET` (the retention period; default:
     /// only the functions' own bound).
     pub max_trace_window: Option<std::time::Duration>,
+    /// The audit log's folder, which the `auditor` role's sessions read as the `audit`
+    /// table (a local folder; none: auditors see an empty catalog).
+    pub audit_dir: Option<std::path::PathBuf>,
 }
 
 /// A runtime reading `store` whose queries take memory from `pool`.
@@ -102,16 +153,42 @@ impl SessionFactory {
         &self.index
     }
 
-    /// The session of an authenticated user: today every role sees the same catalog;
-    /// per-role visibility is decided here.
+    /// The session of an authenticated user. An `auditor` sees the `audit` table and
+    /// nothing else (no observation, device, case or alert, no Proxima function); the other
+    /// roles see every table for now (per-role catalogs for them are issue 11's next step).
     pub async fn session_for(&self, principal: &Principal) -> Result<SessionContext> {
-        let ctx = self.session().await?;
+        let ctx = match principal.role {
+            Role::Auditor => self.audit_session()?,
+            _ => self.session().await?,
+        };
         tracing::debug!(user = %principal.name, role = %principal.role, "session built");
+        Ok(ctx)
+    }
+
+    /// A session over the audit log only.
+    fn audit_session(&self) -> Result<SessionContext> {
+        let ctx = self.empty_session()?;
+        if let Some(dir) = &self.options.audit_dir {
+            ctx.register_table(AUDIT_TABLE, audit_table(dir)?)?;
+        }
         Ok(ctx)
     }
 
     /// A new session with every table, view and function of Proxima.
     pub async fn session(&self) -> Result<SessionContext> {
+        let ctx = self.empty_session()?;
+        for table in Table::ALL.into_iter().filter(|t| t.is_sql_visible()) {
+            ctx.register_table(table.name(), self.table_provider(table)?)?;
+        }
+        proxima_udfs::register_all(&ctx)?;
+        for (_name, sql) in VIEWS {
+            ctx.sql(sql).await?;
+        }
+        Ok(ctx)
+    }
+
+    /// A session with Proxima's settings and memory limits and nothing in its catalog.
+    fn empty_session(&self) -> Result<SessionContext> {
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG, SCHEMA)
@@ -131,15 +208,7 @@ impl SessionFactory {
             Some(limit) => runtime(&self.store, Arc::new(SessionPool::new(Arc::clone(&self.pool), limit)))?,
             None => Arc::clone(&self.runtime),
         };
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
-        for table in Table::ALL.into_iter().filter(|t| t.is_sql_visible()) {
-            ctx.register_table(table.name(), self.table_provider(table)?)?;
-        }
-        proxima_udfs::register_all(&ctx)?;
-        for (_name, sql) in VIEWS {
-            ctx.sql(sql).await?;
-        }
-        Ok(ctx)
+        Ok(SessionContext::new_with_config_rt(config, runtime))
     }
 
     fn table_provider(&self, table: Table) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {

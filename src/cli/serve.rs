@@ -234,6 +234,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             memory_limit: Some(args.memory),
             session_memory_limit: Some(args.session_memory),
             max_trace_window: Some(Duration::from_secs(u64::from(args.retention_days) * 86_400)),
+            audit_dir: Some(audit_dir.clone()),
             ..SessionOptions::default()
         },
     )?;
