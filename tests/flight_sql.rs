@@ -614,6 +614,101 @@ fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
 }
 
 #[tokio::test]
+async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
+    let fixture = fixture();
+    let server = Server::start(fixture, &[]);
+    let job = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/jobs/daily_contacts_by_location.sql");
+    let today = proxima_engine::store::today_utc();
+    let (from, to) = (format!("from={}", today - chrono::Days::new(2)), format!("to={today}"));
+    let job_args = [
+        "sql",
+        "-f",
+        job.to_str().unwrap(),
+        "--param",
+        &from,
+        "--param",
+        &to,
+        "--format",
+        "csv",
+    ];
+    let remote = |args: &[&str], password: &str| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--connect", &format!("grpc://{}", server.address), "--user", "alice"])
+            .env("PROXIMA_PASSWORD", password)
+            .current_dir(fixture.dir.path())
+            .output()
+            .unwrap()
+    };
+    // The same job, on the files and through the server as alice: the same rows.
+    let local = Command::new(BIN)
+        .args(["--data", fixture.store().to_str().unwrap()])
+        .args(job_args)
+        .args(["--audit-dir", fixture.dir.path().join("audit-local").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    let through = remote(&job_args, ANALYST_PASSWORD);
+    assert!(through.status.success(), "{}", String::from_utf8_lossy(&through.stderr));
+    let lines = String::from_utf8_lossy(&local.stdout).lines().count();
+    assert!(
+        lines > 2,
+        "the job finds areas: {}",
+        String::from_utf8_lossy(&local.stdout)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&through.stdout),
+        String::from_utf8_lossy(&local.stdout)
+    );
+    assert!(
+        !fixture.dir.path().join("proxima-data").exists(),
+        "--connect opens no local store"
+    );
+
+    // SET lasts for the run's login; the last result is printed.
+    let set = remote(
+        &[
+            "sql",
+            "-c",
+            "SET proxima.trace.lookback = '72 hours'; SELECT value FROM information_schema.df_settings WHERE name = 'proxima.trace.lookback'",
+            "--format",
+            "json",
+        ],
+        ANALYST_PASSWORD,
+    );
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), r#"{"value":"72 hours"}"#);
+
+    // Refusals: a wrong password, a statement the server refuses (named with its place).
+    let wrong = remote(&["sql", "-c", "SELECT 1"], "not her password");
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong user name or password"));
+    let refused = remote(
+        &["sql", "-c", "SELECT 1; RESET datafusion.runtime.memory_limit"],
+        ANALYST_PASSWORD,
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("statement 2 of 2") && stderr.contains("server settings are not changed"),
+        "{stderr}"
+    );
+
+    // The server audited the job under alice's name.
+    let audit_dir = server.audit_dir.clone();
+    server.stop();
+    let records = audit_records(&audit_dir);
+    let jobs: Vec<_> = records
+        .iter()
+        .filter(|r| r["phase"] == "intent" && r["sql"].as_str().is_some_and(|s| s.contains("FROM encounters")))
+        .collect();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["principal"], "alice");
+    // Views are planned into what they read: the record names the tables.
+    assert_eq!(jobs[0]["objects"], serde_json::json!(["devices", "observations"]));
+}
+
+#[tokio::test]
 async fn query_timeout_stops_a_long_query() {
     let fixture = fixture();
     let server = Server::start(fixture, &["--query-timeout", "1s"]);

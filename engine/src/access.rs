@@ -125,8 +125,8 @@ impl Principal {
     }
 }
 
-/// The tables, views and table functions `plans` read, by name, sorted: what an audit
-/// record says a statement touched (views by their own name, before they are inlined).
+/// The tables and table functions `plans` read, by name, sorted: what an audit record says
+/// a statement touched. A view is planned into what it reads, so its tables are named.
 pub fn objects_read(plans: &[LogicalPlan]) -> Vec<String> {
     let mut names = std::collections::BTreeSet::new();
     for plan in plans {

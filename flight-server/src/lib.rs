@@ -4,9 +4,11 @@
 //! implements arrow-flight's `FlightSqlService` over the engine's
 //! `SessionFactory` (handshake, statements, prepared statements, metadata,
 //! streamed results with a timeout); [`server`] binds it to an address with
-//! optional TLS and shuts down gracefully.
+//! optional TLS and shuts down gracefully; [`client`] is the other end, for
+//! `proxima sql --connect`.
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod server;
 pub mod service;
 

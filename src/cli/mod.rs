@@ -83,8 +83,11 @@ pub enum CliError {
 
 /// Runs the parsed command.
 pub async fn run(args: Args) -> Result<(), CliError> {
-    if let Command::User(a) = args.command {
-        return user::run(a).await;
+    match args.command {
+        Command::User(a) => return user::run(a).await,
+        // Through a server: no local store is opened (or created).
+        Command::Sql(a) if a.is_remote() => return sql::run_remote(a).await,
+        _ => {}
     }
     let store = Store::open(&args.data)?;
     match args.command {

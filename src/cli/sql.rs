@@ -5,10 +5,13 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use clap::{ArgGroup, Args, ValueEnum};
+use datafusion::sql::parser::Statement;
 use futures::StreamExt;
 use proxima_audit::{AuditLog, AuditLogOptions, Decision, Phase, Record};
 use proxima_engine::{SessionFactory, SessionOptions, Store, script};
+use proxima_flight_server::client::{Client, ClientError};
 
 use super::CliError;
 
@@ -36,6 +39,24 @@ pub struct SqlArgs {
     /// unsigned and the next server start signs them.
     #[arg(long, env = "PROXIMA_AUDIT_KEY", value_name = "FILE")]
     audit_key: Option<PathBuf>,
+    /// Run through a Proxima server instead of reading the store's files: as a real user,
+    /// checked and audited by the server (grpc://HOST:PORT or grpc+tls://HOST:PORT).
+    #[arg(long, value_name = "URL", requires = "user")]
+    connect: Option<String>,
+    /// The user to log in as with --connect; the password comes from PROXIMA_PASSWORD,
+    /// the terminal, or the first line of standard input.
+    #[arg(long, env = "PROXIMA_USER", value_name = "NAME")]
+    user: Option<String>,
+    /// A CA certificate (PEM) to trust for grpc+tls:// besides the system's.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl SqlArgs {
+    /// Whether the statements run through a server (`--connect`), with no local store.
+    pub fn is_remote(&self) -> bool {
+        self.connect.is_some()
+    }
 }
 
 /// The audit of a local `proxima sql` run: direct access to the store's files, recorded
@@ -115,8 +136,9 @@ fn parse_param(arg: &str) -> Result<(String, String), String> {
     Ok((name.trim().to_string(), value.to_string()))
 }
 
-/// Runs `proxima sql`.
-pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
+/// The statements of `-c` or `-f` with their parameters substituted, and the prefix that
+/// names their source in errors.
+fn statements(args: &SqlArgs) -> Result<(String, Vec<Statement>), CliError> {
     // Errors name the script file they come from; `-c` needs no name.
     let (source, text) = match (&args.command, &args.file) {
         (Some(sql), _) => (String::new(), sql.clone()),
@@ -134,20 +156,70 @@ pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
     if statements.is_empty() {
         return Err(CliError::Usage(format!("{source}no SQL statement to run")));
     }
+    Ok((source, statements))
+}
 
+/// `error` of statement `i` (from 0) of `count`, named with its source.
+fn statement_error(source: &str, i: usize, count: usize, error: impl std::fmt::Display) -> CliError {
+    if count == 1 {
+        CliError::Query(format!("{source}{error}"))
+    } else {
+        CliError::Query(format!("{source}statement {} of {count}: {error}", i + 1))
+    }
+}
+
+/// The password for `--connect`: `PROXIMA_PASSWORD`, the terminal, or standard input.
+fn password() -> Result<String, CliError> {
+    use std::io::{BufRead, IsTerminal};
+    if let Ok(password) = std::env::var("PROXIMA_PASSWORD") {
+        return Ok(password);
+    }
+    if std::io::stdin().is_terminal() {
+        return Ok(rpassword::prompt_password("password: ")?);
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// Runs `proxima sql --connect`: each statement through the server, the last result printed
+/// as in the local mode.
+pub async fn run_remote(args: SqlArgs) -> Result<(), CliError> {
+    let (source, statements) = statements(&args)?;
+    let address = args.connect.as_deref().expect("run_remote needs --connect");
+    let user = args
+        .user
+        .as_deref()
+        .ok_or_else(|| CliError::Usage("--connect needs --user NAME".into()))?;
+    let password = password()?;
+    let mut client = Client::connect(address, args.tls_ca.as_deref(), user, &password)
+        .await
+        .map_err(|e| CliError::Query(e.to_string()))?;
+    let count = statements.len();
+    for (i, statement) in statements.into_iter().enumerate() {
+        let (schema, stream) = client
+            .run(&statement.to_string())
+            .await
+            .map_err(|e| statement_error(&source, i, count, e))?;
+        let printed = print_result(schema, stream, i + 1 == count, args.format).await;
+        printed.map_err(|e| match e {
+            StatementError::Cli(e) => e,
+            other => statement_error(&source, i, count, other),
+        })?;
+    }
+    Ok(())
+}
+
+/// Runs `proxima sql` on the store's files.
+pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
+    let (source, statements) = statements(&args)?;
     let audit = LocalAudit::open(&store, &args)?;
     let factory = SessionFactory::new(store, SessionOptions::default())?;
     let ctx = factory.session().await?;
     let count = statements.len();
     for (i, statement) in statements.into_iter().enumerate() {
         let sql = statement.to_string();
-        let statement_error = |e: datafusion::error::DataFusionError| {
-            if count == 1 {
-                CliError::Query(format!("{source}{e}"))
-            } else {
-                CliError::Query(format!("{source}statement {} of {count}: {e}", i + 1))
-            }
-        };
+        let statement_error = |e: datafusion::error::DataFusionError| statement_error(&source, i, count, e);
         // Planned, recorded, and only then run (a SET or DDL takes effect when run).
         let plan = match ctx.state().statement_to_plan(statement).await {
             Ok(plan) => plan,
@@ -172,22 +244,32 @@ pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
         audit.append(done).await?;
         outcome.map_err(|e| match e {
             StatementError::Query(e) => statement_error(e),
+            StatementError::Remote(e) => CliError::Query(e.to_string()),
             StatementError::Cli(e) => e,
         })?;
     }
     Ok(())
 }
 
-/// Why a statement failed: in the query (named with its statement), or in printing.
+/// Why a statement failed: in the query (named with its statement), at the server, or in
+/// printing.
 enum StatementError {
     Query(datafusion::error::DataFusionError),
+    Remote(ClientError),
     Cli(CliError),
+}
+
+impl From<ClientError> for StatementError {
+    fn from(e: ClientError) -> Self {
+        Self::Remote(e)
+    }
 }
 
 impl std::fmt::Display for StatementError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Query(e) => write!(f, "{e}"),
+            Self::Remote(e) => write!(f, "{e}"),
             Self::Cli(e) => write!(f, "{e}"),
         }
     }
@@ -220,17 +302,27 @@ async fn run_statement(
     format: Format,
 ) -> Result<u64, StatementError> {
     let frame = ctx.execute_logical_plan(plan).await?;
-    if !last {
-        let batches = frame.collect().await?;
-        return Ok(batches.iter().map(|b| b.num_rows() as u64).sum());
-    }
     let schema = frame.schema().inner().clone();
-    let mut stream = frame.execute_stream().await?;
+    let stream = frame.execute_stream().await?;
+    print_result(schema, stream, last, format).await
+}
+
+/// Streams a result: printed in `format` if it is the `last` statement's, otherwise only
+/// run to its end. Returns its rows.
+async fn print_result<E>(
+    schema: SchemaRef,
+    mut stream: impl futures::Stream<Item = Result<RecordBatch, E>> + Unpin,
+    last: bool,
+    format: Format,
+) -> Result<u64, StatementError>
+where
+    StatementError: From<E>,
+{
     let mut rows = 0u64;
-    if schema.fields().is_empty() {
-        // DDL and SET: nothing to print.
+    if !last || schema.fields().is_empty() {
+        // Not printed; DDL and SET have nothing to print.
         while let Some(batch) = stream.next().await {
-            batch?;
+            rows += batch?.num_rows() as u64;
         }
         return Ok(rows);
     }
