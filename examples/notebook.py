@@ -6,10 +6,11 @@ Start the server (README: `cargo run --release -- serve --demo`), then:
     .venv-notebook/bin/pip install adbc-driver-flightsql pyarrow pandas matplotlib
     PROXIMA_PASSWORD=<the password serve printed> .venv-notebook/bin/python examples/notebook.py
 
-Environment: PROXIMA_URI (default grpc://127.0.0.1:50051), PROXIMA_USER (default admin),
-PROXIMA_PASSWORD (required), PROXIMA_CHART (default daily_contacts.png).
-It runs the regional-monitoring job (sql/jobs/daily_contacts_by_location.sql) for the
-last 14 days and saves a chart of contacts per day for the busiest areas.
+Environment: PROXIMA_URI (default grpc://127.0.0.1:50051), PROXIMA_USER (default analyst),
+PROXIMA_PASSWORD (required: the analyst's), PROXIMA_CHART (default daily_contacts.png).
+As an analyst it reads the aggregate view daily_contacts_by_location (cells of fewer than
+--min-cell devices are left out) for the last 14 days and saves a chart of contacts per
+day for the busiest areas.
 """
 
 import os
@@ -23,19 +24,21 @@ matplotlib.use("Agg")  # no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 uri = os.environ.get("PROXIMA_URI", "grpc://127.0.0.1:50051")
-user = os.environ.get("PROXIMA_USER", "admin")
+user = os.environ.get("PROXIMA_USER", "analyst")
 password = os.environ.get("PROXIMA_PASSWORD")
 if not password:
-    sys.exit("set PROXIMA_PASSWORD (proxima serve prints the generated admin password at start)")
+    sys.exit("set PROXIMA_PASSWORD (proxima serve prints the generated analyst password at start)")
 chart = pathlib.Path(os.environ.get("PROXIMA_CHART", "daily_contacts.png"))
 
-# The tracer job's SQL, with its ${from} / ${to} parameters as $1 / $2 placeholders.
-job = pathlib.Path(__file__).resolve().parent.parent / "sql/jobs/daily_contacts_by_location.sql"
-sql = job.read_text().replace("${from}", "$1").replace("${to}", "$2")
+sql = """
+SELECT day, area, contacts, devices FROM daily_contacts_by_location
+WHERE day BETWEEN CAST($1 AS DATE) AND CAST($2 AS DATE)
+ORDER BY day, area
+"""
 
 with flight_sql.connect(uri, db_kwargs={"username": user, "password": password}) as conn:
     with conn.cursor() as cur:
-        cur.execute("SELECT CAST(max(day) - 13 AS VARCHAR), CAST(max(day) AS VARCHAR) FROM observations")
+        cur.execute("SELECT CAST(max(day) - 13 AS VARCHAR), CAST(max(day) AS VARCHAR) FROM daily_contacts_by_location")
         first, last = cur.fetchone()
         cur.execute(sql, parameters=(first, last))
         frame = cur.fetch_df()

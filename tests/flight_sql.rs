@@ -18,6 +18,7 @@ use std::sync::Arc;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 const BIN: &str = env!("CARGO_BIN_EXE_proxima");
+const TRACER_PASSWORD: &str = "tracer password 1";
 const ANALYST_PASSWORD: &str = "analyst password 1";
 const ADMIN_PASSWORD: &str = "admin password 123";
 const STATION_PASSWORD: &str = "station password 1";
@@ -26,7 +27,7 @@ const AUDITOR_PASSWORD: &str = "auditor password 1";
 const LONG_QUERY: &str =
     "SELECT count(*) FROM observations a CROSS JOIN observations b WHERE a.duration_s + b.duration_s = -1";
 
-/// A store with a small generated population, and a users file with an analyst and an admin:
+/// A store with a small generated population, and a users file with a user of each role:
 /// made once, in this process, and shared by every test (each server gets its own WAL).
 struct Fixture {
     dir: tempfile::TempDir,
@@ -77,7 +78,8 @@ impl Fixture {
                 .unwrap();
         });
         for (name, role, password) in [
-            ("alice", proxima_engine::Role::Analyst, ANALYST_PASSWORD),
+            ("alice", proxima_engine::Role::Tracer, TRACER_PASSWORD),
+            ("ann", proxima_engine::Role::Analyst, ANALYST_PASSWORD),
             ("root", proxima_engine::Role::Admin, ADMIN_PASSWORD),
             ("stan", proxima_engine::Role::Station, STATION_PASSWORD),
             ("audrey", proxima_engine::Role::Auditor, AUDITOR_PASSWORD),
@@ -228,11 +230,11 @@ async fn rust_flight_sql_client() {
     assert!(refused.to_string().contains("no credentials"), "{refused}");
     let wrong = anonymous.handshake("alice", "not her password").await.unwrap_err();
     assert!(wrong.to_string().contains("wrong user name or password"), "{wrong}");
-    let unknown = anonymous.handshake("mallory", ANALYST_PASSWORD).await.unwrap_err();
+    let unknown = anonymous.handshake("mallory", TRACER_PASSWORD).await.unwrap_err();
     assert!(unknown.to_string().contains("wrong user name or password"), "{unknown}");
 
     let mut alice = client(&server).await;
-    alice.handshake("alice", ANALYST_PASSWORD).await.unwrap();
+    alice.handshake("alice", TRACER_PASSWORD).await.unwrap();
 
     // Thousands of rows, streamed; the FlightInfo schema matches the data.
     let info = alice
@@ -384,7 +386,7 @@ async fn rust_flight_sql_client() {
     );
     let mut root = client(&server).await;
     root.handshake("root", ADMIN_PASSWORD).await.unwrap();
-    for (client, role) in [(&mut alice, "analyst"), (&mut root, "admin")] {
+    for (client, role) in [(&mut alice, "tracer"), (&mut root, "admin")] {
         let denied = client.execute_update(copy.clone(), None).await.unwrap_err();
         let expected = format!("COPY writes server files and is not run over the network (role {role})");
         assert!(denied.to_string().contains(&expected), "{denied}");
@@ -400,7 +402,7 @@ async fn rust_flight_sql_client() {
     query(&mut alice, "CREATE VIEW recent AS SELECT 7::BIGINT AS x").await;
     assert_eq!(single_i64(&query(&mut alice, "SELECT x FROM recent").await), 7);
     let mut alice_again = client(&server).await;
-    alice_again.handshake("alice", ANALYST_PASSWORD).await.unwrap();
+    alice_again.handshake("alice", TRACER_PASSWORD).await.unwrap();
     let missing = alice_again
         .execute("SELECT x FROM recent".into(), None)
         .await
@@ -468,35 +470,7 @@ async fn rust_flight_sql_client() {
             "{hidden}"
         );
     }
-    let info = audrey
-        .get_tables(CommandGetTables {
-            catalog: None,
-            db_schema_filter_pattern: None,
-            table_name_filter_pattern: None,
-            table_types: vec![],
-            include_schema: false,
-        })
-        .await
-        .unwrap();
-    let tables = fetch(&mut audrey, info).await;
-    let mut names: Vec<String> = tables
-        .iter()
-        .flat_map(|b| (0..b.num_rows()).map(|i| text(b, 2, i)).collect::<Vec<_>>())
-        .filter(|n| {
-            ![
-                "tables",
-                "views",
-                "columns",
-                "df_settings",
-                "schemata",
-                "routines",
-                "parameters",
-            ]
-            .contains(&n.as_str())
-        })
-        .collect();
-    names.sort();
-    assert_eq!(names, ["audit"]);
+    assert_eq!(listed_tables(&mut audrey).await, ["audit"]);
 
     // A forged token is refused.
     let mut forged = client(&server).await;
@@ -532,7 +506,7 @@ async fn rust_flight_sql_client() {
         let refused = find(&|r| r["action"] == "flight:Handshake" && r["principal"] == user && r["decision"] == "deny");
         assert_eq!(refused.len(), 1, "{user}: {refused:?}");
     }
-    for (user, role, logins) in [("alice", "analyst", 2), ("root", "admin", 1), ("audrey", "auditor", 1)] {
+    for (user, role, logins) in [("alice", "tracer", 2), ("root", "admin", 1), ("audrey", "auditor", 1)] {
         let allowed =
             find(&|r| r["action"] == "flight:Handshake" && r["principal"] == user && r["decision"] == "allow");
         assert_eq!(allowed.len(), logins, "{user}");
@@ -584,6 +558,7 @@ async fn rust_flight_sql_client() {
     // No secret ever reaches the log.
     let text: String = records.iter().map(|r| r.to_string()).collect();
     for secret in [
+        TRACER_PASSWORD,
         ANALYST_PASSWORD,
         ADMIN_PASSWORD,
         STATION_PASSWORD,
@@ -648,7 +623,7 @@ async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
         .output()
         .unwrap();
     assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
-    let through = remote(&job_args, ANALYST_PASSWORD);
+    let through = remote(&job_args, TRACER_PASSWORD);
     assert!(through.status.success(), "{}", String::from_utf8_lossy(&through.stderr));
     let lines = String::from_utf8_lossy(&local.stdout).lines().count();
     assert!(
@@ -674,7 +649,7 @@ async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
             "--format",
             "json",
         ],
-        ANALYST_PASSWORD,
+        TRACER_PASSWORD,
     );
     assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
     assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), r#"{"value":"72 hours"}"#);
@@ -685,7 +660,7 @@ async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong user name or password"));
     let refused = remote(
         &["sql", "-c", "SELECT 1; RESET datafusion.runtime.memory_limit"],
-        ANALYST_PASSWORD,
+        TRACER_PASSWORD,
     );
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -708,12 +683,150 @@ async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
     assert_eq!(jobs[0]["objects"], serde_json::json!(["devices", "observations"]));
 }
 
+/// Runs `sql` on the fixture's files with the local CLI (a full session) and returns the
+/// CSV lines after the header.
+fn local_csv(fixture: &Fixture, sql: &str) -> Vec<String> {
+    let out = Command::new(BIN)
+        .args(["--data", fixture.store().to_str().unwrap()])
+        .args(["sql", "--format", "csv", "-c", sql])
+        .args(["--audit-dir", fixture.dir.path().join("audit-local").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+/// The names `GetTables` shows a login, without `information_schema`'s.
+async fn listed_tables(client: &mut FlightSqlServiceClient<Channel>) -> Vec<String> {
+    let info = client
+        .get_tables(CommandGetTables {
+            catalog: None,
+            db_schema_filter_pattern: None,
+            table_name_filter_pattern: None,
+            table_types: vec![],
+            include_schema: false,
+        })
+        .await
+        .unwrap();
+    let mut names: Vec<String> = fetch(client, info)
+        .await
+        .iter()
+        .flat_map(|b| {
+            (0..b.num_rows())
+                .map(|i| (text(b, 1, i), text(b, 2, i)))
+                .collect::<Vec<_>>()
+        })
+        .filter(|(schema, _)| schema != "information_schema")
+        .map(|(_, name)| name)
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn analysts_see_aggregates_only_and_never_a_small_cell() {
+    let fixture = fixture();
+    // The threshold: the median cell of the files, so that cells fall on both sides.
+    let sizes: Vec<i64> = local_csv(
+        fixture,
+        "SELECT count(DISTINCT a) AS n FROM encounters WHERE location IS NOT NULL \
+         GROUP BY day, substr(location, 1, 4) ORDER BY n",
+    )
+    .iter()
+    .map(|n| n.parse().unwrap())
+    .collect();
+    let min_cell = sizes[sizes.len() / 2];
+    let server = Server::start(fixture, &["--min-cell", &min_cell.to_string()]);
+    let mut ann = client(&server).await;
+    ann.handshake("ann", ANALYST_PASSWORD).await.unwrap();
+    assert_eq!(listed_tables(&mut ann).await, ["daily_contacts_by_location"]);
+
+    // Raw tables and tracing functions fail exactly as names that do not exist.
+    for (hidden, absent) in [
+        ("SELECT * FROM observations", "SELECT * FROM observationz"),
+        ("SELECT * FROM devices", "SELECT * FROM devicez"),
+        ("SELECT * FROM encounters", "SELECT * FROM encounterz"),
+        ("SELECT * FROM cases", "SELECT * FROM casez"),
+        (
+            "SELECT * FROM trace_contacts('x', now())",
+            "SELECT * FROM trace_contactz('x', now())",
+        ),
+        ("SELECT * FROM en_rpis('00', 1)", "SELECT * FROM en_rpiz('00', 1)"),
+        (
+            "SELECT * FROM daily_contacts_by_location WHERE area IN (SELECT location FROM observations)",
+            "SELECT * FROM daily_contacts_by_location WHERE area IN (SELECT location FROM observationz)",
+        ),
+    ] {
+        let hidden_error = ann.execute(hidden.into(), None).await.unwrap_err().to_string();
+        let absent_error = ann.execute(absent.into(), None).await.unwrap_err().to_string();
+        let normalise = |e: &str| {
+            e.replace("observationz", "observations")
+                .replace("devicez", "devices")
+                .replace("encounterz", "encounters")
+                .replace("casez", "cases")
+                .replace("trace_contactz", "trace_contacts")
+                .replace("en_rpiz", "en_rpis")
+        };
+        assert_eq!(normalise(&hidden_error), normalise(&absent_error), "{hidden}");
+    }
+
+    // The aggregate: every cell the files hold with at least min_cell devices, no other.
+    let cells = |min: i64, max: i64| {
+        local_csv(
+            fixture,
+            &format!(
+                "SELECT count(*) FROM (SELECT day, substr(location, 1, 4) AS area, count(DISTINCT a) AS n \
+                 FROM encounters WHERE location IS NOT NULL GROUP BY day, substr(location, 1, 4)) \
+                 WHERE n >= {min} AND n < {max}"
+            ),
+        )[0]
+        .parse::<i64>()
+        .unwrap()
+    };
+    let (shown, small) = (cells(min_cell, i64::MAX), cells(1, min_cell));
+    assert!(
+        shown > 0 && small > 0,
+        "the fixture has cells on both sides: {shown} {small}"
+    );
+    let view = query(
+        &mut ann,
+        "SELECT count(*), min(devices) FROM daily_contacts_by_location",
+    )
+    .await;
+    assert_eq!(view[0].column(0).as_primitive::<Int64Type>().value(0), shown);
+    assert!(view[0].column(1).as_primitive::<Int64Type>().value(0) >= min_cell);
+    // Grouping over the view sums shown cells only: no total reaches a suppressed one.
+    let totals = query(
+        &mut ann,
+        &format!(
+            "SELECT area, sum(devices) AS devices FROM daily_contacts_by_location GROUP BY area \
+             HAVING sum(devices) < {min_cell}"
+        ),
+    )
+    .await;
+    assert_eq!(totals.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+
+    // Admins run the platform and read no data.
+    let mut root = client(&server).await;
+    root.handshake("root", ADMIN_PASSWORD).await.unwrap();
+    assert!(listed_tables(&mut root).await.is_empty());
+    let hidden = root
+        .execute("SELECT count(*) FROM devices".into(), None)
+        .await
+        .unwrap_err();
+    assert!(hidden.to_string().contains("not found"), "{hidden}");
+}
+
 #[tokio::test]
 async fn query_timeout_stops_a_long_query() {
     let fixture = fixture();
     let server = Server::start(fixture, &["--query-timeout", "1s"]);
     let mut alice = client(&server).await;
-    alice.handshake("alice", ANALYST_PASSWORD).await.unwrap();
+    alice.handshake("alice", TRACER_PASSWORD).await.unwrap();
     // A cross join of observations with itself runs far longer than a second.
     let error = failing_query(&mut alice, LONG_QUERY).await;
     assert!(error.to_string().contains("query timeout"), "{error}");
@@ -726,7 +839,7 @@ async fn query_timeout_stops_a_long_query() {
     // The memory limit of a session: a query that needs more fails, the server serves on.
     let small = Server::start(fixture, &["--session-memory", "1MiB"]);
     let mut bob = client(&small).await;
-    bob.handshake("alice", ANALYST_PASSWORD).await.unwrap();
+    bob.handshake("alice", TRACER_PASSWORD).await.unwrap();
     let join = "SELECT count(*) FROM observations a JOIN observations b ON a.observer = b.observer";
     let error = failing_query(&mut bob, join).await;
     assert!(error.to_string().contains("esources exhausted"), "{error}");
@@ -735,7 +848,7 @@ async fn query_timeout_stops_a_long_query() {
     // Tokens expire.
     let brief = Server::start(fixture, &["--token-ttl", "1s"]);
     let mut carol = client(&brief).await;
-    carol.handshake("alice", ANALYST_PASSWORD).await.unwrap();
+    carol.handshake("alice", TRACER_PASSWORD).await.unwrap();
     assert_eq!(single_i64(&query(&mut carol, "SELECT 3::BIGINT").await), 3);
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let expired = carol.execute("SELECT 1".into(), None).await.unwrap_err();
@@ -758,50 +871,86 @@ async fn without_users_file_loopback_only_with_a_generated_password() {
         "{stderr}"
     );
 
-    // On loopback it prints a generated admin password, which works; SIGTERM stops it cleanly.
-    let mut child = Command::new(BIN)
-        .args(["--data", fixture.store().to_str().unwrap()])
-        .args(["serve", "--flight", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let (mut rest_line, mut first, mut second) = (String::new(), String::new(), String::new());
-    stdout.read_line(&mut rest_line).unwrap();
-    assert!(rest_line.starts_with("REST listening on http://"), "{rest_line}");
-    stdout.read_line(&mut first).unwrap();
-    stdout.read_line(&mut second).unwrap();
-    let address = first.split("://").nth(1).unwrap().split_whitespace().next().unwrap();
-    let password = second
-        .strip_prefix("user admin, password ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected second line: {second}"));
-    let channel = Endpoint::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut admin = FlightSqlServiceClient::new(channel);
-    admin.handshake("admin", password).await.unwrap();
-    assert_eq!(
-        single_i64(&query(&mut admin, "SELECT count(*) FROM devices").await),
-        2000
-    );
-    assert!(
-        admin.handshake("admin", "admin").await.is_err(),
-        "no well-known password"
-    );
+    // On loopback it prints a generated password per role, which work; SIGTERM stops it
+    // cleanly; and it starts again on the same store, signing the same audit log with the
+    // development key it keeps beside the store.
+    let mut public_key = None;
+    for run in 0..2 {
+        let mut child = Command::new(BIN)
+            .args(["--data", fixture.store().to_str().unwrap()])
+            .args(["serve", "--flight", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut lines = Vec::new();
+        for _ in 0..7 {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            lines.push(line.trim_end().to_string());
+        }
+        assert!(lines[0].starts_with("REST listening on http://"), "{lines:?}");
+        let address = lines[1].split("://").nth(1).unwrap().split_whitespace().next().unwrap();
+        let passwords: Vec<(&str, &str)> = lines[2..6]
+            .iter()
+            .map(|line| {
+                let rest = line.strip_prefix("user ").unwrap_or_else(|| panic!("{line}"));
+                let (name, rest) = rest.split_once(", password ").unwrap();
+                (name, rest.split_whitespace().next().unwrap())
+            })
+            .collect();
+        let names: Vec<&str> = passwords.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["tracer", "analyst", "auditor", "admin"]);
+        let key = lines[6]
+            .split("(public key ")
+            .nth(1)
+            .and_then(|k| k.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{}", lines[6]))
+            .to_string();
+        assert!(
+            lines[6].contains("store.audit-key"),
+            "the key is kept beside the store: {}",
+            lines[6]
+        );
+        assert_eq!(public_key.get_or_insert(key.clone()), &key, "the same key on every run");
+        let channel = Endpoint::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut tracer = FlightSqlServiceClient::new(channel);
+        tracer.handshake("tracer", passwords[0].1).await.unwrap();
+        assert_eq!(
+            single_i64(&query(&mut tracer, "SELECT count(*) FROM devices").await),
+            2000
+        );
+        assert!(
+            tracer.handshake("admin", "admin").await.is_err(),
+            "no well-known password"
+        );
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = child.wait().unwrap();
+        assert!(status.success(), "SIGTERM is a clean stop (run {run}): {status}");
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+        assert!(rest.contains("Proxima stopped"), "{rest}");
+    }
+    let verified = Command::new(BIN)
+        .args(["--data", fixture.store().to_str().unwrap()])
+        .args(["audit", "verify", "--key", public_key.as_deref().unwrap()])
+        .output()
         .unwrap();
-    assert!(killed.success());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "SIGTERM is a clean stop: {status}");
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    assert!(rest.contains("Proxima stopped"), "{rest}");
+    let report = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{report}");
+    assert!(
+        !report.contains("not yet covered"),
+        "both runs signed their records: {report}"
+    );
 }
 
 #[tokio::test]
@@ -812,7 +961,7 @@ async fn cancel_query_stops_a_running_query() {
     let fixture = fixture();
     let server = Server::start(fixture, &[]);
     let mut alice = client(&server).await;
-    alice.handshake("alice", ANALYST_PASSWORD).await.unwrap();
+    alice.handshake("alice", TRACER_PASSWORD).await.unwrap();
     let info = alice.execute(LONG_QUERY.into(), None).await.unwrap();
     let ticket = info.endpoint[0].ticket.clone().unwrap();
     let mut reader = alice.clone();
@@ -871,7 +1020,7 @@ async fn tls_connection() {
         .await
         .unwrap();
     let mut alice = FlightSqlServiceClient::new(channel);
-    alice.handshake("alice", ANALYST_PASSWORD).await.unwrap();
+    alice.handshake("alice", TRACER_PASSWORD).await.unwrap();
     assert_eq!(
         single_i64(&query(&mut alice, "SELECT count(*) FROM devices").await),
         2000
@@ -884,7 +1033,7 @@ async fn tls_connection() {
         .await;
     if let Ok(channel) = plain {
         let mut client = FlightSqlServiceClient::new(channel);
-        assert!(client.handshake("alice", ANALYST_PASSWORD).await.is_err());
+        assert!(client.handshake("alice", TRACER_PASSWORD).await.is_err());
     }
 }
 
@@ -928,7 +1077,7 @@ async fn adbc_python_client() {
         .env("PROXIMA_TLS_URI", format!("grpc+tls://localhost:{tls_port}"))
         .env("PROXIMA_TLS_ROOT", pem)
         .env("PROXIMA_USER", "alice")
-        .env("PROXIMA_PASSWORD", ANALYST_PASSWORD)
+        .env("PROXIMA_PASSWORD", TRACER_PASSWORD)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -19,6 +19,7 @@ pub mod index;
 pub mod lineage;
 pub mod memory;
 pub mod paths;
+pub mod policy;
 pub mod rules;
 pub mod schema;
 pub mod script;

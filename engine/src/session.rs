@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use arrow::datatypes::DataType;
+use datafusion::catalog::view::ViewTable;
 use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
@@ -18,17 +19,28 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use proxima_udfs::trace::EncounterLookupExtension;
 
-use crate::access::{Principal, Role};
+use crate::access::Principal;
 use crate::error::Result;
 use crate::index::IndexReader;
 use crate::memory::{SessionPool, global_pool};
 use crate::paths::Table;
+use crate::policy::{AccessRule, AggregateView, RoleCatalog};
 use crate::schema::DAY;
 use crate::store::Store;
 use crate::table::DayPartitionedTable;
 
-/// The views every session gets, in creation order (each file is one `CREATE VIEW`).
+/// The views every full session gets, in creation order (each file is one `CREATE VIEW`).
 const VIEWS: &[(&str, &str)] = &[("encounters", include_str!("../../sql/views/encounters.sql"))];
+
+/// The aggregates analysts read (each file one `SELECT`, with `${min_cell}`): views in a
+/// full session, [`AggregateView`]s in an analyst's.
+const AGGREGATES: &[(&str, &str)] = &[(
+    "daily_contacts_by_location",
+    include_str!("../../sql/views/daily_contacts_by_location.sql"),
+)];
+
+/// The smallest number of distinct devices an aggregate cell shows by default.
+pub const DEFAULT_MIN_CELL: u32 = 10;
 
 /// The catalog name Proxima's tables are listed under.
 pub const CATALOG: &str = "proxima";
@@ -98,6 +110,9 @@ pub struct SessionOptions {
     /// The audit log's folder, which the `auditor` role's sessions read as the `audit`
     /// table (a local folder; none: auditors see an empty catalog).
     pub audit_dir: Option<std::path::PathBuf>,
+    /// The smallest number of distinct devices an aggregate cell may show (default
+    /// [`DEFAULT_MIN_CELL`]); smaller cells are left out of the aggregates.
+    pub min_cell: Option<u32>,
 }
 
 /// A runtime reading `store` whose queries take memory from `pool`.
@@ -153,15 +168,24 @@ impl SessionFactory {
         &self.index
     }
 
-    /// The session of an authenticated user. An `auditor` sees the `audit` table and
-    /// nothing else (no observation, device, case or alert, no Proxima function); the other
-    /// roles see every table for now (per-role catalogs for them are issue 11's next step).
+    /// The session of an authenticated user: the role's catalog only
+    /// ([`RoleCatalog::of`]), held to it by the [`AccessRule`] on every plan.
     pub async fn session_for(&self, principal: &Principal) -> Result<SessionContext> {
-        let ctx = match principal.role {
-            Role::Auditor => self.audit_session()?,
-            _ => self.session().await?,
+        let catalog = RoleCatalog::of(principal.role);
+        let ctx = match catalog {
+            RoleCatalog::Full => self.session().await?,
+            RoleCatalog::Aggregates => self.aggregate_session().await?,
+            RoleCatalog::Audit => self.audit_session()?,
+            RoleCatalog::Empty => self.empty_session()?,
         };
-        tracing::debug!(user = %principal.name, role = %principal.role, "session built");
+        let state = ctx.state();
+        let mut allowed: Vec<String> = match state.catalog_list().catalog(CATALOG).and_then(|c| c.schema(SCHEMA)) {
+            Some(schema) => schema.table_names(),
+            None => Vec::new(),
+        };
+        allowed.extend(state.table_functions().keys().cloned());
+        ctx.add_analyzer_rule(Arc::new(AccessRule::new(principal.role, allowed)));
+        tracing::debug!(user = %principal.name, role = %principal.role, ?catalog, "session built");
         Ok(ctx)
     }
 
@@ -174,7 +198,19 @@ impl SessionFactory {
         Ok(ctx)
     }
 
-    /// A new session with every table, view and function of Proxima.
+    /// A session of the aggregates only, computed from a full session that the analyst's
+    /// plans never reach.
+    async fn aggregate_session(&self) -> Result<SessionContext> {
+        let full = self.session().await?;
+        let ctx = self.empty_session()?;
+        for (name, _) in AGGREGATES {
+            let plan = full.table(*name).await?.into_unoptimized_plan();
+            ctx.register_table(*name, Arc::new(AggregateView::new(plan, full.state())))?;
+        }
+        Ok(ctx)
+    }
+
+    /// A new session with every table, view and function of Proxima (the local CLI's).
     pub async fn session(&self) -> Result<SessionContext> {
         let ctx = self.empty_session()?;
         for table in Table::ALL.into_iter().filter(|t| t.is_sql_visible()) {
@@ -183,6 +219,14 @@ impl SessionFactory {
         proxima_udfs::register_all(&ctx)?;
         for (_name, sql) in VIEWS {
             ctx.sql(sql).await?;
+        }
+        let min_cell = self.options.min_cell.unwrap_or(DEFAULT_MIN_CELL).to_string();
+        for (name, sql) in AGGREGATES {
+            let plan = ctx
+                .state()
+                .create_logical_plan(&sql.replace("${min_cell}", &min_cell))
+                .await?;
+            ctx.register_table(*name, Arc::new(ViewTable::new(plan, Some(sql.to_string()))))?;
         }
         Ok(ctx)
     }

@@ -105,17 +105,20 @@ impl Users {
         Ok(Self { users })
     }
 
-    /// Only `admin` with role admin and this password (for a loopback server without a users file).
-    pub fn single_admin(password: &str) -> Result<Self, UsersError> {
-        let mut users = BTreeMap::new();
-        users.insert(
-            "admin".to_string(),
-            User {
-                role: Role::Admin,
-                password_hash: hash_password(password)?,
-            },
-        );
-        Ok(Self { users })
+    /// Exactly these users, with these roles and passwords (for a loopback server without a
+    /// users file, which makes one login per role for the run).
+    pub fn generated(users: &[(&str, Role, &str)]) -> Result<Self, UsersError> {
+        let mut map = BTreeMap::new();
+        for (name, role, password) in users {
+            map.insert(
+                name.to_string(),
+                User {
+                    role: *role,
+                    password_hash: hash_password(password)?,
+                },
+            );
+        }
+        Ok(Self { users: map })
     }
 
     /// Number of users.

@@ -246,6 +246,8 @@ impl FlightSqlServer {
             .principal
             .check_statement(&plan)
             .map_err(Status::permission_denied)?;
+        // The role's access rule, before anything runs (EXPLAIN and PREPARE included).
+        proxima_engine::policy::check_plan(&session.ctx.state(), &plan).map_err(query_status)?;
         let state = session.ctx.state();
         let current = state
             .config()

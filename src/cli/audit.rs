@@ -77,6 +77,32 @@ pub fn load_signer(store: &Store, path: &Path) -> Result<SignerKey, CliError> {
     SignerKey::parse(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
 }
 
+/// The signing key of a loopback server without a users file: kept beside the store (never
+/// in it), made on first use, so the same log is signed by the same key run after run.
+pub fn development_key(store: &Store, audit_dir: &Path) -> Result<(SignerKey, PathBuf), CliError> {
+    let path = match store.local_root() {
+        Some(root) => {
+            let name = root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            root.with_file_name(format!("{name}.audit-key"))
+        }
+        None => audit_dir.with_extension("audit-key"),
+    };
+    if path.exists() {
+        return Ok((load_signer(store, &path)?, path));
+    }
+    let signer = SignerKey::generate("proxima/audit").map_err(|e| CliError::Usage(e.to_string()))?;
+    write_new_key(&path, &signer.encode()).map_err(|e| {
+        CliError::Usage(format!(
+            "cannot write the development audit key {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok((signer, path))
+}
+
 fn write_new_key(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();

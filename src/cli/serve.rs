@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use proxima_engine::clock::SystemClock;
-use proxima_engine::{SessionFactory, SessionOptions, Store};
+use proxima_engine::{Role, SessionFactory, SessionOptions, Store};
 use proxima_flight_server::{FlightSqlServer, ServiceOptions, TlsFiles, Users};
 use proxima_ingest::rest::{RestConfig, RestOptions, RestService};
 use proxima_ingest::synthetic::PopulationSpec;
@@ -62,7 +62,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PROXIMA_DEVICE_RATE", default_value_t = 120)]
     device_rate: u32,
     /// Users file (TOML; see `proxima user add`). Without it the server only listens on
-    /// loopback, with one user `admin` whose generated password is printed at start.
+    /// loopback, with one user per role (tracer, analyst, auditor, admin) whose generated
+    /// passwords are printed at start.
     #[arg(long, env = "PROXIMA_USERS", value_name = "FILE")]
     users: Option<PathBuf>,
     /// TLS certificate chain (PEM); needs --tls-key.
@@ -99,10 +100,18 @@ pub struct ServeArgs {
     /// …or this long after the last one, if records came since (10s, 1m).
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
     audit_checkpoint_interval: Duration,
+    /// The smallest number of distinct devices a cell of an analyst's aggregate may show;
+    /// smaller cells are left out.
+    #[arg(long, env = "PROXIMA_MIN_CELL", default_value_t = proxima_engine::session::DEFAULT_MIN_CELL, value_parser = clap::value_parser!(u32).range(2..))]
+    min_cell: u32,
     /// If the store holds no observations, generate the demo population first.
     #[arg(long, env = "PROXIMA_DEMO")]
     demo: bool,
 }
+
+/// The logins a loopback server without a users file makes for the run, one per role that
+/// uses SQL, printed in this order.
+const DEV_ROLES: [Role; 4] = [Role::Tracer, Role::Analyst, Role::Auditor, Role::Admin];
 
 fn random_password() -> String {
     use rand::Rng;
@@ -169,9 +178,17 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             )));
         }
         None => {
-            let password = random_password();
-            let users = Users::single_admin(&password).map_err(|e| CliError::Usage(e.to_string()))?;
-            (users, Some(password))
+            let logins: Vec<(&str, Role, String)> = DEV_ROLES
+                .iter()
+                .map(|&role| (role.name(), role, random_password()))
+                .collect();
+            let with_passwords: Vec<(&str, Role, &str)> = logins
+                .iter()
+                .map(|(name, role, password)| (*name, *role, password.as_str()))
+                .collect();
+            let users = Users::generated(&with_passwords).map_err(|e| CliError::Usage(e.to_string()))?;
+            let logins: Vec<(&str, String)> = logins.into_iter().map(|(name, _, password)| (name, password)).collect();
+            (users, Some(logins))
         }
     };
     if args.demo {
@@ -203,10 +220,12 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
     if args.retention_days == 0 {
         return Err(CliError::Usage("--retention-days must be at least 1".into()));
     }
-    let signer = match (&args.audit_key, &generated_password) {
-        (Some(path), _) => super::audit::load_signer(&store, path)?,
+    let audit_dir = super::audit::audit_dir(&store, args.audit_dir.as_deref())?;
+    let (signer, development_key) = match (&args.audit_key, &generated_password) {
+        (Some(path), _) => (super::audit::load_signer(&store, path)?, None),
         (None, Some(_)) => {
-            proxima_audit::SignerKey::generate("proxima/audit").map_err(|e| CliError::Usage(e.to_string()))?
+            let (signer, path) = super::audit::development_key(&store, &audit_dir)?;
+            (signer, Some(path))
         }
         (None, None) => {
             return Err(CliError::Usage(
@@ -216,8 +235,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             ));
         }
     };
-    let audit_public_key = args.audit_key.is_none().then(|| signer.verifier().encode());
-    let audit_dir = super::audit::audit_dir(&store, args.audit_dir.as_deref())?;
+    let audit_public_key = development_key.map(|path| (path, signer.verifier().encode()));
     let audit = proxima_audit::AuditLog::open(
         &audit_dir,
         signer,
@@ -235,6 +253,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             session_memory_limit: Some(args.session_memory),
             max_trace_window: Some(Duration::from_secs(u64::from(args.retention_days) * 86_400)),
             audit_dir: Some(audit_dir.clone()),
+            min_cell: Some(args.min_cell),
             ..SessionOptions::default()
         },
     )?;
@@ -331,15 +350,18 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
     super::print(format!(
         "Flight SQL listening on {grpc}://{flight_address} (store {store})"
     ))?;
-    if let Some(password) = &generated_password {
-        super::print(format!(
-            "user admin, password {password} (generated for this run; use --users for real users)"
-        ))?;
+    if let Some(logins) = &generated_password {
+        for (name, password) in logins {
+            super::print(format!(
+                "user {name}, password {password} (generated for this run; use --users for real users)"
+            ))?;
+        }
     }
-    if let Some(key) = &audit_public_key {
+    if let Some((path, key)) = &audit_public_key {
         super::print(format!(
-            "audit log in {}, signed with a key made for this run; public key {key}",
-            audit_dir.display()
+            "audit log in {}, signed with the development key {} (public key {key})",
+            audit_dir.display(),
+            path.display()
         ))?;
     }
     tracing::info!(target: "proxima::serve", %flight_address, rest = rest.is_some(), tls = tls.is_some(), "serving");
