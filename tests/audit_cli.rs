@@ -109,6 +109,21 @@ fn every_local_statement_is_audited_and_the_log_verifies() {
         report.contains("9 records") && !report.contains("not yet covered"),
         "{report}"
     );
+
+    // Deleting the checkpoints leaves every record unsigned: past --max-unsigned-age, that
+    // fails the check (a log is signed every minute and at shutdown).
+    std::fs::remove_dir_all(store.join("_audit/checkpoints")).unwrap();
+    std::fs::create_dir(store.join("_audit/checkpoints")).unwrap();
+    let recent = proxima(&store, &["audit", "verify", "--key", &public]);
+    assert!(recent.status.success(), "within the hour it is only a note");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let stale = proxima(
+        &store,
+        &["audit", "verify", "--key", &public, "--max-unsigned-age", "1s"],
+    );
+    let report = String::from_utf8_lossy(&stale.stdout);
+    assert!(!stale.status.success(), "{report}");
+    assert!(report.contains("unsigned: the last 9 records"), "{report}");
 }
 
 #[test]

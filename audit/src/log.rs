@@ -121,6 +121,34 @@ fn write_durably(path: &Path, text: &str) -> Result<()> {
     sync_dir(dir)
 }
 
+/// How many bytes of `segment` (complete lines, its first record numbered `first`) are
+/// records: a crash can leave lines that end in a newline but are not records (zeroes from
+/// a file system that had extended the file); past the last checkpoint (`signed` records),
+/// the first line that is not the next record ends the log, since no such line was ever
+/// acknowledged. Lines a checkpoint covers are left for `proxima audit verify` to judge.
+fn complete_records(segment: &[u8], first: u64, signed: u64, path: &Path) -> usize {
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    let mut offset = 0;
+    for (seq, line) in (first..).zip(segment.split_inclusive(|&b| b == b'\n')) {
+        let body = &line[..line.len() - 1];
+        if seq >= signed && serde_json::from_slice::<Seq>(body).map_or(true, |r| r.seq != seq) {
+            tracing::warn!(
+                target: "proxima::audit",
+                "{}: {} bytes after record {} are not records (a crash during a write?): cut off",
+                path.display(),
+                segment.len() - offset,
+                seq
+            );
+            return offset;
+        }
+        offset += line.len();
+    }
+    offset
+}
+
 enum Command {
     Append(Box<Record>, tokio::sync::oneshot::Sender<Result<u64>>),
     Checkpoint(tokio::sync::oneshot::Sender<Result<Checkpoint>>),
@@ -311,8 +339,16 @@ impl Writer {
             File::open(path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(|e| Error::io(path, e))?;
-            let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let mut complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             let last = i + 1 == segments.len();
+            if last {
+                complete = complete_records(
+                    &bytes[..complete],
+                    frontier.size(),
+                    latest.as_ref().map_or(0, |c| c.size),
+                    path,
+                );
+            }
             if complete < bytes.len() {
                 if !last {
                     return Err(Error::Tampered(format!(
@@ -320,7 +356,8 @@ impl Writer {
                         path.display()
                     )));
                 }
-                // A torn last line: written when the process died, never answered.
+                // A torn last line, or lines past it that are not records: written when the
+                // process died, never answered.
                 let file = OpenOptions::new()
                     .write(true)
                     .open(path)
@@ -386,11 +423,16 @@ impl Writer {
 
     fn run(mut self, receiver: mpsc::Receiver<Command>) {
         loop {
-            let wait = self
-                .options
-                .checkpoint_interval
-                .saturating_sub(self.last_checkpoint_at.elapsed())
-                .max(Duration::from_millis(10));
+            // With records waiting for a checkpoint, wake when one is due; otherwise only a
+            // record can make one due, so wait for it.
+            let wait = if self.frontier.size() > self.last_checkpoint.size {
+                self.options
+                    .checkpoint_interval
+                    .saturating_sub(self.last_checkpoint_at.elapsed())
+                    .max(Duration::from_millis(10))
+            } else {
+                Duration::from_secs(3600)
+            };
             let first = match receiver.recv_timeout(wait) {
                 Ok(command) => command,
                 Err(RecvTimeoutError::Timeout) => {
@@ -472,7 +514,12 @@ impl Writer {
                 .append(true)
                 .open(&path)
                 .map_err(|e| Error::io(&path, e))?;
-            sync_dir(&dir)?;
+            if let Err(e) = sync_dir(&dir) {
+                // The next append tries again with a fresh file rather than one whose name
+                // may not survive a crash.
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
             self.segment = Some((path, Some(file), 0));
         }
         let segment = self.segment.as_mut().expect("set above");
@@ -498,7 +545,7 @@ impl Writer {
         let mut buffer = Vec::new();
         let mut leaves = Vec::with_capacity(appends.len());
         for (i, (record, _)) in appends.iter().enumerate() {
-            let mut record = record.clone();
+            let mut record = record.clone().capped();
             record.seq = first + i as u64;
             record.time = time.clone();
             let start = buffer.len();

@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 /// The most SQL text a record keeps; longer statements are cut at a character boundary
 /// and marked, so one huge statement cannot bloat the log.
 pub const MAX_SQL_BYTES: usize = 4096;
+/// The most of one parameter value, and of an error message, a record keeps.
+pub const MAX_VALUE_BYTES: usize = 1024;
+/// The most parameter rows a record lists; the rest are counted.
+pub const MAX_PARAM_ROWS: usize = 32;
 
 /// Which part of an access a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,15 +156,54 @@ impl Record {
 
 /// `sql` cut to at most [`MAX_SQL_BYTES`] at a character boundary, marked when cut.
 pub fn cap_sql(sql: &str) -> String {
-    if sql.len() <= MAX_SQL_BYTES {
-        return sql.to_string();
+    cap(sql, MAX_SQL_BYTES)
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, marked when cut.
+fn cap(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
     }
     const MARK: &str = "… [cut]";
-    let mut end = MAX_SQL_BYTES - MARK.len();
-    while !sql.is_char_boundary(end) {
+    let mut end = max - MARK.len();
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}{MARK}", &sql[..end])
+    format!("{}{MARK}", &text[..end])
+}
+
+impl Record {
+    /// Bounds every field a caller fills from outside (statement, parameters, error), so
+    /// that no request can make a record, or the log, as large as it likes. The log applies
+    /// it to every record it writes.
+    pub fn capped(mut self) -> Self {
+        if let Some(sql) = &self.sql {
+            self.sql = Some(cap(sql, MAX_SQL_BYTES));
+        }
+        if let Some(error) = &self.error {
+            self.error = Some(cap(error, MAX_VALUE_BYTES));
+        }
+        if self.params.len() > MAX_PARAM_ROWS {
+            let more = self.params.len() - MAX_PARAM_ROWS;
+            self.params.truncate(MAX_PARAM_ROWS);
+            self.params.push(vec![format!("… and {more} more parameter rows")]);
+        }
+        for row in &mut self.params {
+            if row.len() > MAX_PARAM_ROWS {
+                let more = row.len() - MAX_PARAM_ROWS;
+                row.truncate(MAX_PARAM_ROWS);
+                row.push(format!("… and {more} more values"));
+            }
+            for value in row.iter_mut() {
+                *value = cap(value, MAX_VALUE_BYTES);
+            }
+        }
+        for object in &mut self.objects {
+            *object = cap(object, MAX_VALUE_BYTES);
+        }
+        self.principal = cap(&self.principal, MAX_VALUE_BYTES);
+        self
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +217,21 @@ mod tests {
         assert!(cut.len() <= MAX_SQL_BYTES, "{}", cut.len());
         assert!(cut.ends_with("… [cut]"));
         assert_eq!(cap_sql("SELECT 1"), "SELECT 1");
+    }
+
+    #[test]
+    fn records_are_bounded_whatever_the_caller_gives() {
+        let mut record = Record::new(Phase::Intent, "a", "tracer", "flight:DoGet", Decision::Allow, "r");
+        record.params = vec![vec!["x".repeat(2_000); 40]; 100];
+        record.error = Some("e".repeat(100_000));
+        record.sql = Some("s".repeat(100_000));
+        let line = serde_json::to_string(&record.capped()).unwrap();
+        // At most 32 rows of 33 values of 1 KiB, and the capped statement and error.
+        assert!(line.len() < 33 * 33 * 1024 + 16_384, "{}", line.len());
+        let record: Record = serde_json::from_str(&line).unwrap();
+        assert_eq!(record.params.len(), MAX_PARAM_ROWS + 1);
+        assert!(record.params[MAX_PARAM_ROWS][0].contains("68 more parameter rows"));
+        assert!(record.error.unwrap().len() <= MAX_VALUE_BYTES);
     }
 
     #[test]

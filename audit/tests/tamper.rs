@@ -325,3 +325,39 @@ fn records_appended_without_the_key_are_signed_by_the_next_process_that_holds_it
     assert!(report.ok(), "{:?}", report.findings);
     assert_eq!((report.records, report.unsigned_tail), (9, 0));
 }
+
+#[test]
+fn a_forged_huge_sequence_number_is_reported_not_walked() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = write_log(dir.path(), 3);
+    let first = &segments(dir.path())[0];
+    let mut records = lines(first);
+    let seq = format!("\"seq\":{}", 1);
+    assert!(records[1].contains(&seq));
+    records[1] = records[1].replacen(&seq, &format!("\"seq\":{}", u64::MAX), 1);
+    write_lines(first, &records);
+    let report = verify(dir.path(), &verifier(&signer), None).unwrap();
+    assert!(report.found(Tampering::Deleted), "{:?}", report.findings);
+}
+
+#[test]
+fn lines_a_crash_left_past_the_last_checkpoint_are_cut_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = write_log(dir.path(), 3);
+    let last = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    // Zeroes ending in a newline: what a file system can leave of a write a crash cut.
+    bytes.extend_from_slice(&[0u8; 40]);
+    bytes.push(b'\n');
+    std::fs::write(&last, bytes).unwrap();
+    let report = verify(dir.path(), &verifier(&signer), None).unwrap();
+    assert!(
+        report.found(Tampering::Edited),
+        "the verifier sees the garbage: {:?}",
+        report.findings
+    );
+    drop(AuditLog::open(dir.path(), SignerKey::parse(&signer).unwrap(), options()).unwrap());
+    let report = verify(dir.path(), &verifier(&signer), None).unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!(report.records, 9);
+}

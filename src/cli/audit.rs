@@ -46,6 +46,11 @@ enum AuditCommand {
         /// A checkpoint (a `.note` file) kept from earlier: the log must still extend it.
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
+        /// Records not covered by a checkpoint may be at most this old (a server signs one
+        /// every minute and at shutdown): older ones mean a server that died, or deleted
+        /// checkpoints, and fail the check.
+        #[arg(long, default_value = "1h", value_parser = super::durations::parse_duration)]
+        max_unsigned_age: std::time::Duration,
     },
 }
 
@@ -128,7 +133,12 @@ pub async fn run(store: Store, args: AuditArgs) -> Result<(), CliError> {
             super::print(format!("public key: {}", signer.verifier().encode()))?;
             Ok(())
         }
-        AuditCommand::Verify { key, dir, checkpoint } => {
+        AuditCommand::Verify {
+            key,
+            dir,
+            checkpoint,
+            max_unsigned_age,
+        } => {
             let dir = audit_dir(&store, dir.as_deref())?;
             let key_text = match std::fs::read_to_string(&key) {
                 Ok(text) => text,
@@ -160,11 +170,26 @@ pub async fn run(store: Store, args: AuditArgs) -> Result<(), CliError> {
                 latest.map_or(0, |c| c.size),
                 latest.map(|c| format!(", {}", c.time)).unwrap_or_default()
             ))?;
+            let mut stale = None;
             if report.unsigned_tail > 0 {
-                super::print(format!(
-                    "note: the last {} records are not yet covered by a checkpoint (the server signs one every N records or M seconds, and at shutdown)",
-                    report.unsigned_tail
-                ))?;
+                let since = report.unsigned_since.as_deref().unwrap_or("an unknown time");
+                let age = chrono::DateTime::parse_from_rfc3339(since)
+                    .ok()
+                    .and_then(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).to_std().ok());
+                if age.is_none_or(|age| age > max_unsigned_age) {
+                    stale = Some(format!(
+                        "the last {} records, from {since} on, are older than {} and not covered by any checkpoint: \
+                         a server that stopped without signing (start it again with its key), or checkpoints deleted \
+                         (compare with a checkpoint you kept: --checkpoint)",
+                        report.unsigned_tail,
+                        humantime_like(max_unsigned_age)
+                    ));
+                } else {
+                    super::print(format!(
+                        "note: the last {} records are not yet covered by a checkpoint (the server signs one every N records or M seconds, and at shutdown)",
+                        report.unsigned_tail
+                    ))?;
+                }
             }
             if report.open_intents > 0 {
                 super::print(format!(
@@ -177,17 +202,30 @@ pub async fn run(store: Store, args: AuditArgs) -> Result<(), CliError> {
                     "note: the last line is torn (the server stopped while writing it; it was never acknowledged)",
                 )?;
             }
-            if report.ok() {
+            if report.ok() && stale.is_none() {
                 super::print("ok: every record is in order and matches every signed checkpoint")?;
                 return Ok(());
+            }
+            if let Some(stale) = &stale {
+                super::print(format!("unsigned: {stale}"))?;
             }
             for finding in &report.findings {
                 super::print(format!("{}: {}", finding.kind, finding.message))?;
             }
             Err(CliError::Usage(format!(
                 "the audit log does not verify: {} problem(s) found",
-                report.findings.len()
+                report.findings.len() + usize::from(stale.is_some())
             )))
         }
+    }
+}
+
+/// `3600 s` as `1h`, `90 s` as `90s`: how a duration flag was probably written.
+fn humantime_like(duration: std::time::Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        s if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }
