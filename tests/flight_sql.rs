@@ -551,6 +551,13 @@ async fn rust_flight_sql_client() {
     let reset = find(&|r| r["sql"] == "RESET datafusion.runtime.memory_limit");
     assert_eq!(reset.len(), 1, "{reset:?}");
     assert_eq!(reset[0]["decision"], "deny");
+    // Planning a statement for its schema (GetFlightInfo) reveals what exists: recorded too,
+    // before the run's intent.
+    let phases: Vec<String> = find(&|r| r["sql"] == "SELECT 41 + 1")
+        .iter()
+        .map(|r| r["phase"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(phases, ["decision", "intent"]);
     // Metadata calls are accesses too.
     let listings = find(&|r| r["action"] == "flight:GetTables" && r["phase"] == "intent");
     let listed_by: Vec<&str> = listings.iter().map(|r| r["principal"].as_str().unwrap()).collect();

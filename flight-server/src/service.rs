@@ -364,6 +364,8 @@ impl FlightSqlServer {
         }
         let batches = futures::stream::iter(streams).flatten();
         let (cancel, cancelled) = tokio::sync::watch::channel(false);
+        // Keyed by login too: a statement ticket is its SQL, which another login could send.
+        let ticket = running_key(&session.id, &ticket);
         self.running.lock().map_err(internal)?.insert(ticket.clone(), cancel);
         let bytes = Arc::new(AtomicU64::new(0));
         let logged = LoggedStream {
@@ -410,9 +412,25 @@ impl FlightSqlServer {
         Ok(Response::new(Box::pin(flight)))
     }
 
-    /// The schema `sql` returns, without running it.
-    async fn result_schema(&self, session: &TokenSession, sql: &str) -> Result<Schema, Status> {
-        Ok(self.logical_plan(session, sql).await?.schema().as_arrow().clone())
+    /// Plans `sql` without running it, for a call that answers with its schemas only
+    /// (`GetFlightInfo`, `CreatePreparedStatement`): which still reveals what exists, so it
+    /// is recorded, as a decision, refused or not.
+    async fn plan_only(&self, caller: &Caller, action: &str, sql: &str) -> Result<LogicalPlan, Status> {
+        let plan = match self.logical_plan(&caller.session, sql).await {
+            Ok(plan) => plan,
+            Err(status) => return Err(self.refused(caller, action, Some(sql), status).await),
+        };
+        let mut record = caller
+            .record(
+                Phase::Decision,
+                action,
+                Decision::Allow,
+                "planned only: schemas answered",
+            )
+            .with_sql(sql);
+        record.objects = proxima_engine::access::objects_read(std::slice::from_ref(&plan));
+        self.audit(record).await?;
+        Ok(plan)
     }
 
     fn flight_info(
@@ -630,6 +648,15 @@ struct Outcome {
     started: Instant,
 }
 
+/// The key of a running query in the cancel registry: the login's id and the ticket.
+fn running_key(session: &str, ticket: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(session.len() + 1 + ticket.len());
+    key.extend_from_slice(session.as_bytes());
+    key.push(0);
+    key.extend_from_slice(ticket);
+    key
+}
+
 /// At most this much of a refused login's user name goes into the audit record.
 const MAX_AUDITED_NAME: usize = 64;
 
@@ -752,14 +779,10 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = self.caller(&request)?;
-        let schema = match self.result_schema(&caller.session, &query.query).await {
-            Ok(schema) => schema,
-            Err(status) => {
-                return Err(self
-                    .refused(&caller, "flight:GetFlightInfoStatement", Some(&query.query), status)
-                    .await);
-            }
-        };
+        let plan = self
+            .plan_only(&caller, "flight:GetFlightInfoStatement", &query.query)
+            .await?;
+        let schema = plan.schema().as_arrow().clone();
         let ticket = TicketStatementQuery {
             statement_handle: query.query.into_bytes().into(),
         };
@@ -786,14 +809,9 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let caller = self.caller(&request)?;
         let session = Arc::clone(&caller.session);
-        let plan = match self.logical_plan(&session, &query.query).await {
-            Ok(plan) => plan,
-            Err(status) => {
-                return Err(self
-                    .refused(&caller, "flight:CreatePreparedStatement", Some(&query.query), status)
-                    .await);
-            }
-        };
+        let plan = self
+            .plan_only(&caller, "flight:CreatePreparedStatement", &query.query)
+            .await?;
         let dataset_schema = plan.schema().as_arrow().clone();
         let parameter_schema = parameter_schema(&plan)?;
         let handle = uuid::Uuid::new_v4().to_string();
@@ -852,19 +870,10 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = self.caller(&request)?;
         let prepared = self.prepared(&caller.session, &query.prepared_statement_handle)?;
-        let schema = match self.result_schema(&caller.session, &prepared.sql).await {
-            Ok(schema) => schema,
-            Err(status) => {
-                return Err(self
-                    .refused(
-                        &caller,
-                        "flight:GetFlightInfoPreparedStatement",
-                        Some(&prepared.sql),
-                        status,
-                    )
-                    .await);
-            }
-        };
+        let plan = self
+            .plan_only(&caller, "flight:GetFlightInfoPreparedStatement", &prepared.sql)
+            .await?;
+        let schema = plan.schema().as_arrow().clone();
         let info = self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?;
         Ok(Response::new(info))
     }
@@ -918,17 +927,30 @@ impl FlightSqlService for FlightSqlServer {
         query: ActionCancelQueryRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCancelQueryResult, Status> {
-        self.session(request.metadata())?;
+        let caller = self.caller(&request)?;
         let info = FlightInfo::decode(query.info)
             .map_err(|e| Status::invalid_argument(format!("CancelQuery: the info is not a FlightInfo: {e}")))?;
-        let running = self.running.lock().map_err(internal)?;
         let mut found = false;
-        for ticket in info.endpoint.iter().filter_map(|e| e.ticket.as_ref()) {
-            if let Some(cancel) = running.get(ticket.ticket.as_ref()) {
-                let _ = cancel.send(true);
-                found = true;
+        {
+            let running = self.running.lock().map_err(internal)?;
+            for ticket in info.endpoint.iter().filter_map(|e| e.ticket.as_ref()) {
+                // Only this login's own queries.
+                if let Some(cancel) = running.get(&running_key(&caller.session.id, &ticket.ticket)) {
+                    let _ = cancel.send(true);
+                    found = true;
+                }
             }
         }
+        let mut record = caller.record(
+            Phase::Decision,
+            "flight:CancelQuery",
+            Decision::Allow,
+            "the login's own query",
+        );
+        if !found {
+            record.error = Some("no running query of this login for this FlightInfo".into());
+        }
+        self.audit(record).await?;
         if !found {
             return Err(Status::not_found("CancelQuery: no running query for this FlightInfo"));
         }
