@@ -29,18 +29,18 @@ OUT=$(mktemp)
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; rm -f "$OUT"' EXIT
 for _ in $(seq 100); do
-    grep -q "^user admin" "$OUT" && break
+    grep -q "^user tracer" "$OUT" && break
     sleep 0.1
 done
 URI=$(sed -n 's/^Flight SQL listening on \([^ ]*\).*/\1/p' "$OUT")
-PASSWORD=$(sed -n 's/^user admin, password \([^ ]*\).*/\1/p' "$OUT")
+PASSWORD=$(sed -n 's/^user tracer, password \([^ ]*\).*/\1/p' "$OUT")
 echo "server pid $SERVER at $URI; resident memory before the query: $(grep VmRSS /proc/$SERVER/status | awk '{print $2 / 1024 " MiB"}')"
 
 bench/.venv/bin/python - "$URI" "$PASSWORD" "$ROWS" <<'PY'
 import sys, time
 import adbc_driver_flightsql.dbapi as flight_sql
 uri, password, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
-with flight_sql.connect(uri, db_kwargs={"username": "admin", "password": password}) as conn:
+with flight_sql.connect(uri, db_kwargs={"username": "tracer", "password": password}) as conn:
     cur = conn.cursor()
     started = time.perf_counter()
     cur.execute(f"SELECT * FROM observations LIMIT {rows}")

@@ -89,7 +89,7 @@ echo "== $CASES cases through POST /v1/cases"
 bench/.venv/bin/python bench/live_clients.py cases "$URL" "tracy:live bench password" "$WORK/cases.txt" | tee "$WORK/cases_out.txt"
 echo "server trace time per case (proxima_trace_seconds): $(awk -v a="$trace_sum_before" -v b="$(metric proxima_trace_seconds_sum)" -v n="$CASES" 'BEGIN {printf "%.1f ms on average", (b - a) / n * 1000}')"
 echo "== the same devices through Flight SQL (ADBC)"
-bench/.venv/bin/python bench/live_clients.py flight "grpc://127.0.0.1:$FLIGHT_PORT" ann "live bench password" "$WORK/cases.txt" | tee "$WORK/flight_out.txt"
+bench/.venv/bin/python bench/live_clients.py flight "grpc://127.0.0.1:$FLIGHT_PORT" tracy "live bench password" "$WORK/cases.txt" | tee "$WORK/flight_out.txt"
 echo "days the lookups read whole during the traces: $(awk -v a="$scanned_before" -v b="$(metric proxima_lookup_days_scanned)" 'BEGIN {print b - a}')"
 wait $WRK
 wait $TRICKLE
