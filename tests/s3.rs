@@ -81,6 +81,11 @@ fn proxima(port: u16, args: &[&str]) -> Output {
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")
         .env("RUST_LOG", "error")
+        // An S3 store has no local folder for `proxima sql`'s audit log: it is given one.
+        .env(
+            "PROXIMA_AUDIT_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("s3-audit-{port}")),
+        )
         .output()
         .expect("proxima runs")
 }

@@ -263,9 +263,12 @@ async fn open_case(
         .await
         .map_err(|e| ApiError::internal("flushing acknowledged observations before the trace failed", e))?;
     let started = Instant::now();
+    // The trace is the service's own work on behalf of the report: the caller gets counts,
+    // never the contacts, so it runs in a full session rather than the caller's role's
+    // (a station that reports a fever sees no data). The call itself is audited.
     let ctx = state
         .factory
-        .session_for(principal)
+        .session()
         .await
         .map_err(|e| ApiError::internal("opening a tracing session failed", e))?;
     let sql = format!(
