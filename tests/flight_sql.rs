@@ -891,14 +891,14 @@ async fn without_users_file_loopback_only_with_a_generated_password() {
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut lines = Vec::new();
-        for _ in 0..7 {
+        for _ in 0..9 {
             let mut line = String::new();
             stdout.read_line(&mut line).unwrap();
             lines.push(line.trim_end().to_string());
         }
         assert!(lines[0].starts_with("REST listening on http://"), "{lines:?}");
         let address = lines[1].split("://").nth(1).unwrap().split_whitespace().next().unwrap();
-        let passwords: Vec<(&str, &str)> = lines[2..6]
+        let passwords: Vec<(&str, &str)> = lines[2..8]
             .iter()
             .map(|line| {
                 let rest = line.strip_prefix("user ").unwrap_or_else(|| panic!("{line}"));
@@ -907,17 +907,17 @@ async fn without_users_file_loopback_only_with_a_generated_password() {
             })
             .collect();
         let names: Vec<&str> = passwords.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, ["tracer", "analyst", "auditor", "admin"]);
-        let key = lines[6]
+        assert_eq!(names, ["tracer", "analyst", "auditor", "admin", "station", "ingest"]);
+        let key = lines[8]
             .split("(public key ")
             .nth(1)
             .and_then(|k| k.strip_suffix(')'))
-            .unwrap_or_else(|| panic!("{}", lines[6]))
+            .unwrap_or_else(|| panic!("{}", lines[8]))
             .to_string();
         assert!(
-            lines[6].contains("store.audit-key"),
+            lines[8].contains("store.audit-key"),
             "the key is kept beside the store: {}",
-            lines[6]
+            lines[8]
         );
         assert_eq!(public_key.get_or_insert(key.clone()), &key, "the same key on every run");
         let channel = Endpoint::from_shared(format!("http://{address}"))

@@ -44,6 +44,7 @@ impl Api {
             ("stan", Role::Station),
             ("gate", Role::Ingest),
             ("ann", Role::Analyst),
+            ("root", Role::Admin),
         ] {
             add_user(&users_file, name, role, PASSWORD).unwrap();
         }
@@ -453,6 +454,11 @@ async fn devices_uploads_and_every_refusal() {
         !records.iter().any(|r| r["action"] == "rest:POST /v1/observations"),
         "phones' own uploads are not staff accesses"
     );
+    // Administrators run the platform and touch no data: no data route takes them.
+    for route in ["/v1/cases", "/v1/temperature", "/v1/observations:bulk"] {
+        let (s, body) = api.post_json(route, &case, Some(&basic("root"))).await;
+        assert_error(s, &body, StatusCode::FORBIDDEN, "role admin");
+    }
 
     // Bulk uploads: NDJSON and Arrow IPC for role ingest only.
     let ndjson = format!(

@@ -62,8 +62,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PROXIMA_DEVICE_RATE", default_value_t = 120)]
     device_rate: u32,
     /// Users file (TOML; see `proxima user add`). Without it the server only listens on
-    /// loopback, with one user per role (tracer, analyst, auditor, admin) whose generated
-    /// passwords are printed at start.
+    /// loopback, with one user per role (tracer, analyst, auditor, admin, station, ingest)
+    /// whose generated passwords are printed at start.
     #[arg(long, env = "PROXIMA_USERS", value_name = "FILE")]
     users: Option<PathBuf>,
     /// TLS certificate chain (PEM); needs --tls-key.
@@ -109,9 +109,16 @@ pub struct ServeArgs {
     demo: bool,
 }
 
-/// The logins a loopback server without a users file makes for the run, one per role that
-/// uses SQL, printed in this order.
-const DEV_ROLES: [Role; 4] = [Role::Tracer, Role::Analyst, Role::Auditor, Role::Admin];
+/// The logins a loopback server without a users file makes for the run, one per role,
+/// printed in this order.
+const DEV_ROLES: [Role; 6] = [
+    Role::Tracer,
+    Role::Analyst,
+    Role::Auditor,
+    Role::Admin,
+    Role::Station,
+    Role::Ingest,
+];
 
 fn random_password() -> String {
     use rand::Rng;

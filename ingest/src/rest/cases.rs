@@ -214,7 +214,7 @@ impl AlertBook {
     responses(
         (status = 201, description = "Case opened and alerts issued", body = CaseOpened),
         (status = 401, description = "Missing or bad credentials", body = super::error::ErrorBody),
-        (status = 403, description = "Role is not tracer or admin", body = super::error::ErrorBody),
+        (status = 403, description = "Role is not tracer", body = super::error::ErrorBody),
         (status = 404, description = "No such device", body = super::error::ErrorBody),
         (status = 409, description = "The device is revoked", body = super::error::ErrorBody),
         (status = 422, description = "Invalid field", body = super::error::ErrorBody),
@@ -224,7 +224,7 @@ pub async fn report(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult<(StatusCode, Json<CaseOpened>)> {
-    let principal = state.staff(&headers, &[Role::Tracer, Role::Admin]).await?;
+    let principal = state.staff(&headers, &[Role::Tracer]).await?;
     require_json(&headers)?;
     let bytes = read_limited(&headers, body, state.options.max_body).await?;
     let request: ReportCase = typed(parse_json(&bytes)?, "body")?;
@@ -392,7 +392,7 @@ fn micros(values: impl IntoIterator<Item = DateTime<Utc>>) -> ArrayRef {
     responses(
         (status = 201, description = "Stored (and a case opened if feverish)", body = TemperatureStored),
         (status = 401, description = "Missing or bad credentials", body = super::error::ErrorBody),
-        (status = 403, description = "Role is not station or admin", body = super::error::ErrorBody),
+        (status = 403, description = "Role is not station", body = super::error::ErrorBody),
         (status = 404, description = "No such device", body = super::error::ErrorBody),
         (status = 422, description = "Invalid field", body = super::error::ErrorBody),
     ))]
@@ -401,7 +401,7 @@ pub async fn temperature(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult<(StatusCode, Json<TemperatureStored>)> {
-    let principal = state.staff(&headers, &[Role::Station, Role::Admin]).await?;
+    let principal = state.staff(&headers, &[Role::Station]).await?;
     require_json(&headers)?;
     let bytes = read_limited(&headers, body, state.options.max_body).await?;
     let reading: TemperatureIn = typed(parse_json(&bytes)?, "body")?;

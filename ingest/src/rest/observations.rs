@@ -366,7 +366,7 @@ async fn store_upload(
         (status = 200, description = "Stored durably", body = Accepted),
         (status = 400, description = "Malformed NDJSON or IPC, or an unknown field", body = super::error::ErrorBody),
         (status = 401, description = "Missing or bad credentials", body = super::error::ErrorBody),
-        (status = 403, description = "Role is not ingest or admin", body = super::error::ErrorBody),
+        (status = 403, description = "Role is not ingest", body = super::error::ErrorBody),
         (status = 413, description = "Too large or too many rows", body = super::error::ErrorBody),
         (status = 415, description = "Neither NDJSON nor Arrow IPC", body = super::error::ErrorBody),
         (status = 422, description = "An invalid row (line or row and field named)", body = super::error::ErrorBody),
@@ -376,7 +376,7 @@ pub async fn bulk(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult<Json<Accepted>> {
-    state.staff(&headers, &[Role::Ingest, Role::Admin]).await?;
+    state.staff(&headers, &[Role::Ingest]).await?;
     let media = media_type(&headers);
     if !matches!(media.as_deref(), Some(NDJSON) | Some(ARROW_STREAM)) {
         return Err(ApiError::unsupported_media(format!(
