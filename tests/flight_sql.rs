@@ -24,8 +24,7 @@ const ADMIN_PASSWORD: &str = "admin password 123";
 const STATION_PASSWORD: &str = "station password 1";
 const AUDITOR_PASSWORD: &str = "auditor password 1";
 /// Runs far longer than the tests' timeouts: a cross join of observations with itself.
-const LONG_QUERY: &str =
-    "SELECT count(*) FROM observations a CROSS JOIN observations b WHERE a.duration_s + b.duration_s = -1";
+const LONG_QUERY: &str = "SELECT count(*) FROM generate_series(1, 1000000000000) WHERE value = -1";
 
 /// A store with a small generated population, and a users file with a user of each role:
 /// made once, in this process, and shared by every test (each server gets its own WAL).
@@ -33,6 +32,11 @@ struct Fixture {
     dir: tempfile::TempDir,
     /// The public key of the audit signing key every server here uses.
     audit_public_key: String,
+    /// A confirmed case, reported at the fixture's making, of the device seen most: what
+    /// the tracer's purpose cites.
+    case_id: String,
+    /// That device.
+    case_device: String,
 }
 
 /// The shared fixture, generated on first use.
@@ -61,11 +65,11 @@ impl Fixture {
             .find_map(|l| l.strip_prefix("public key: "))
             .expect("proxima audit key prints the public key")
             .to_string();
-        let fixture = Self { dir, audit_public_key };
+        let store_dir = dir.path().join("store");
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async {
-            let store = proxima_engine::Store::local(&fixture.store()).unwrap();
-            let writer = proxima_storage::PartitionWriter::new(store, "test");
+        let (case_id, case_device) = runtime.block_on(async {
+            let store = proxima_engine::Store::local(&store_dir).unwrap();
+            let writer = proxima_storage::PartitionWriter::new(store.clone(), "test");
             let spec = proxima_ingest::synthetic::PopulationSpec {
                 devices: 2000,
                 days: 3,
@@ -76,7 +80,28 @@ impl Fixture {
             proxima_ingest::synthetic::generate(&writer, &spec, |_| {})
                 .await
                 .unwrap();
+            let factory =
+                proxima_engine::SessionFactory::new(store.clone(), proxima_engine::SessionOptions::default()).unwrap();
+            let seen = factory
+                .session()
+                .await
+                .unwrap()
+                .sql("SELECT observer FROM observations GROUP BY observer ORDER BY count(*) DESC, observer LIMIT 1")
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            let device = seen[0].column(0).as_string::<i32>().value(0).to_string();
+            (common::write_case(&store, &device).await, device)
         });
+        let fixture = Self {
+            dir,
+            audit_public_key,
+            case_id,
+            case_device,
+        };
+        assert_eq!(fixture.store(), store_dir);
         for (name, role, password) in [
             ("alice", proxima_engine::Role::Tracer, TRACER_PASSWORD),
             ("ann", proxima_engine::Role::Analyst, ANALYST_PASSWORD),
@@ -236,6 +261,44 @@ async fn rust_flight_sql_client() {
     let mut alice = client(&server).await;
     alice.handshake("alice", TRACER_PASSWORD).await.unwrap();
 
+    // A tracer reads nothing without a purpose, then only the case's rows.
+    let refused = failing_query(&mut alice, "SELECT count(*) FROM observations").await;
+    assert!(
+        refused.to_string().contains("reads only for a declared purpose"),
+        "{refused}"
+    );
+    let refused = alice
+        .execute_update("SET proxima.purpose = 'case:not-a-case'".into(), None)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("'case:<case_id>'"), "{refused}");
+    alice
+        .execute_update(format!("SET proxima.purpose = 'case:{}'", fixture.case_id), None)
+        .await
+        .unwrap();
+    let device = &fixture.case_device;
+    let reported = local_csv(
+        fixture,
+        &format!(
+            "SELECT CAST(reported_at AS VARCHAR) FROM cases WHERE case_id = '{}'",
+            fixture.case_id
+        ),
+    );
+    let involving = local_csv(
+        fixture,
+        &format!(
+            "WITH scope AS (SELECT '{device}' AS d UNION SELECT contact FROM trace_contacts('{device}', TIMESTAMP '{}')) \
+             SELECT count(*) FROM observations WHERE observer IN (SELECT d FROM scope) \
+             OR observed IN (SELECT mac FROM devices WHERE device_uuid IN (SELECT d FROM scope))",
+            reported[0]
+        ),
+    )[0]
+    .parse::<i64>()
+    .unwrap();
+    let everything = local_csv(fixture, "SELECT count(*) FROM observations")[0]
+        .parse::<i64>()
+        .unwrap();
+
     // Thousands of rows, streamed; the FlightInfo schema matches the data.
     let info = alice
         .execute("SELECT observer, observed_at FROM observations".into(), None)
@@ -245,8 +308,11 @@ async fn rust_flight_sql_client() {
     let batches = fetch(&mut alice, info).await;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let count = single_i64(&query(&mut alice, "SELECT count(*) FROM observations").await);
-    assert!(rows > 5_000, "{rows} rows");
+    assert!(rows > 1_000, "{rows} rows");
     assert_eq!(rows as i64, count);
+    // Exactly the rows of the case's device and contacts, counted independently on the files.
+    assert_eq!(count, involving);
+    assert!(count < everything, "{count} of {everything}");
     assert_eq!(batches[0].schema().fields(), announced.fields());
 
     // Malformed SQL: a clear error, and the server serves the next query.
@@ -283,12 +349,9 @@ async fn rust_flight_sql_client() {
     prepared.close().await.unwrap();
 
     // Prepare without parameters (what JDBC and ADBC do for plain queries).
-    let mut plain = alice
-        .prepare("SELECT count(*) FROM devices".into(), None)
-        .await
-        .unwrap();
+    let mut plain = alice.prepare("SELECT count(*) FROM cases".into(), None).await.unwrap();
     let info = plain.execute().await.unwrap();
-    assert_eq!(single_i64(&fetch(&mut alice, info).await), 2000);
+    assert_eq!(single_i64(&fetch(&mut alice, info).await), 1, "the purpose's case only");
     plain.close().await.unwrap();
 
     // SET lasts for the session; trace_contacts answers.
@@ -329,20 +392,24 @@ async fn rust_flight_sql_client() {
         let refused = alice.execute_update(sql.into(), None).await.unwrap_err();
         assert!(refused.to_string().contains(why), "{sql}: {refused}");
     }
-    let case = query(
-        &mut alice,
-        "SELECT observer, CAST(max(observed_at) AS VARCHAR) FROM observations GROUP BY observer ORDER BY observer LIMIT 1",
-    )
-    .await;
-    let (index, at) = (text(&case[0], 0, 0), text(&case[0], 1, 0));
     let traced = query(
         &mut alice,
-        &format!("SELECT count(*) FROM trace_contacts('{index}', '{at}') WHERE contact_order = 1"),
+        &format!("SELECT count(*) FROM trace_contacts('{device}', now()) WHERE contact_order = 1"),
+    )
+    .await;
+    assert!(single_i64(&traced) > 0, "the case's device has contacts");
+    let other = local_csv(
+        fixture,
+        &format!("SELECT device_uuid FROM devices WHERE device_uuid <> '{device}' LIMIT 1"),
+    );
+    let refused = failing_query(
+        &mut alice,
+        &format!("SELECT * FROM trace_contacts('{}', now())", other[0]),
     )
     .await;
     assert!(
-        single_i64(&traced) > 0,
-        "a device that reported a sighting has contacts"
+        refused.to_string().contains(&format!("is about device {device}")),
+        "{refused}"
     );
 
     // Metadata.
@@ -516,6 +583,11 @@ async fn rust_flight_sql_client() {
     // The prepared statement, with both parameter rows, the table it read, and its outcome.
     let intent = find(&|r| r["phase"] == "intent" && r["sql"].as_str().is_some_and(|s| s.contains("duration_s >= $1")));
     assert_eq!(intent.len(), 1, "{intent:?}");
+    assert_eq!(
+        intent[0]["purpose"],
+        format!("case:{}", fixture.case_id),
+        "the record names the case"
+    );
     assert_eq!(intent[0]["params"], serde_json::json!([["0"], ["1000000000"]]));
     assert_eq!(intent[0]["objects"], serde_json::json!(["observations"]));
     assert_eq!(intent[0]["principal"], "alice");
@@ -613,16 +685,16 @@ async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
         "--format",
         "csv",
     ];
-    let remote = |args: &[&str], password: &str| {
+    let remote = |args: &[&str], user: &str, password: &str| {
         Command::new(BIN)
             .args(args)
-            .args(["--connect", &format!("grpc://{}", server.address), "--user", "alice"])
+            .args(["--connect", &format!("grpc://{}", server.address), "--user", user])
             .env("PROXIMA_PASSWORD", password)
             .current_dir(fixture.dir.path())
             .output()
             .unwrap()
     };
-    // The same job, on the files and through the server as alice: the same rows.
+    // The same job, on the files and through the server as ann, an analyst: the same rows.
     let local = Command::new(BIN)
         .args(["--data", fixture.store().to_str().unwrap()])
         .args(job_args)
@@ -630,7 +702,7 @@ async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
         .output()
         .unwrap();
     assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
-    let through = remote(&job_args, TRACER_PASSWORD);
+    let through = remote(&job_args, "ann", ANALYST_PASSWORD);
     assert!(through.status.success(), "{}", String::from_utf8_lossy(&through.stderr));
     let lines = String::from_utf8_lossy(&local.stdout).lines().count();
     assert!(
@@ -656,17 +728,19 @@ async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
             "--format",
             "json",
         ],
+        "alice",
         TRACER_PASSWORD,
     );
     assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
     assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), r#"{"value":"72 hours"}"#);
 
     // Refusals: a wrong password, a statement the server refuses (named with its place).
-    let wrong = remote(&["sql", "-c", "SELECT 1"], "not her password");
+    let wrong = remote(&["sql", "-c", "SELECT 1"], "alice", "not her password");
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong user name or password"));
     let refused = remote(
         &["sql", "-c", "SELECT 1; RESET datafusion.runtime.memory_limit"],
+        "alice",
         TRACER_PASSWORD,
     );
     assert!(!refused.status.success());
@@ -676,18 +750,22 @@ async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
         "{stderr}"
     );
 
-    // The server audited the job under alice's name.
+    // The server audited the job under ann's name.
     let audit_dir = server.audit_dir.clone();
     server.stop();
     let records = audit_records(&audit_dir);
     let jobs: Vec<_> = records
         .iter()
-        .filter(|r| r["phase"] == "intent" && r["sql"].as_str().is_some_and(|s| s.contains("FROM encounters")))
+        .filter(|r| {
+            r["phase"] == "intent"
+                && r["sql"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("FROM daily_contacts_by_location"))
+        })
         .collect();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
-    assert_eq!(jobs[0]["principal"], "alice");
-    // Views are planned into what they read: the record names the tables.
-    assert_eq!(jobs[0]["objects"], serde_json::json!(["devices", "observations"]));
+    assert_eq!(jobs[0]["principal"], "ann");
+    assert_eq!(jobs[0]["objects"], serde_json::json!(["daily_contacts_by_location"]));
 }
 
 /// Runs `sql` on the fixture's files with the local CLI (a full session) and returns the
@@ -847,7 +925,8 @@ async fn query_timeout_stops_a_long_query() {
     let small = Server::start(fixture, &["--session-memory", "1MiB"]);
     let mut bob = client(&small).await;
     bob.handshake("alice", TRACER_PASSWORD).await.unwrap();
-    let join = "SELECT count(*) FROM observations a JOIN observations b ON a.observer = b.observer";
+    // A hash join keeps its build side in memory: 2 million rows are far over 1 MiB.
+    let join = "SELECT count(*) FROM generate_series(1, 2000000) a JOIN generate_series(1, 2000000) b USING (value)";
     let error = failing_query(&mut bob, join).await;
     assert!(error.to_string().contains("esources exhausted"), "{error}");
     assert_eq!(single_i64(&query(&mut bob, "SELECT 2::BIGINT").await), 2);
@@ -927,10 +1006,18 @@ async fn without_users_file_loopback_only_with_a_generated_password() {
             .unwrap();
         let mut tracer = FlightSqlServiceClient::new(channel);
         tracer.handshake("tracer", passwords[0].1).await.unwrap();
-        assert_eq!(
-            single_i64(&query(&mut tracer, "SELECT count(*) FROM devices").await),
-            2000
+        let refused = failing_query(&mut tracer, "SELECT count(*) FROM observations").await;
+        assert!(refused.to_string().contains("declared purpose"), "{refused}");
+        let mut analyst = FlightSqlServiceClient::new(
+            Endpoint::from_shared(format!("http://{address}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
         );
+        analyst.handshake("analyst", passwords[1].1).await.unwrap();
+        let cells = query(&mut analyst, "SELECT count(*) FROM daily_contacts_by_location").await;
+        assert!(single_i64(&cells) > 0);
         assert!(
             tracer.handshake("admin", "admin").await.is_err(),
             "no well-known password"
@@ -1029,7 +1116,7 @@ async fn tls_connection() {
     let mut alice = FlightSqlServiceClient::new(channel);
     alice.handshake("alice", TRACER_PASSWORD).await.unwrap();
     assert_eq!(
-        single_i64(&query(&mut alice, "SELECT count(*) FROM devices").await),
+        single_i64(&query(&mut alice, "SELECT count(*) FROM generate_series(1, 2000)").await),
         2000
     );
 
@@ -1085,6 +1172,8 @@ async fn adbc_python_client() {
         .env("PROXIMA_TLS_ROOT", pem)
         .env("PROXIMA_USER", "alice")
         .env("PROXIMA_PASSWORD", TRACER_PASSWORD)
+        .env("PROXIMA_PURPOSE", format!("case:{}", fixture.case_id))
+        .env("PROXIMA_CASE_DEVICE", &fixture.case_device)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -2,6 +2,9 @@
 //! network services build (`SessionFactory::session_for`) and the checks they make before
 //! anything runs (`Principal::check_statement`, `policy::check_plan`), on a real store.
 //!
+//! A tracer's cells run under a declared purpose (a case of the store); without one, every
+//! read of a tracer is refused.
+//!
 //! An allowed cell must run. A denied cell must fail exactly as the same query over a name
 //! that does not exist (the same words once the name is swapped back), leak no row, and the
 //! object must not be listed in `information_schema`.
@@ -9,6 +12,8 @@
 use arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
 use proxima_engine::{Principal, Role, SessionFactory, SessionOptions, Store};
+
+mod common;
 
 /// The objects a role may be given, with a call that uses each.
 fn objects(device: &str) -> Vec<(&'static str, String)> {
@@ -34,11 +39,18 @@ fn objects(device: &str) -> Vec<(&'static str, String)> {
     .collect()
 }
 
-/// What each role may read (tracers: everything but the audit, until their purpose-bound
-/// rows land).
+/// What each role may read (a tracer with a declared purpose: the case's rows).
 fn allowed(role: Role, object: &str) -> bool {
     match role {
-        Role::Tracer => object != "audit",
+        Role::Tracer => [
+            "observations",
+            "encounters",
+            "alerts",
+            "cases",
+            "trace_contacts",
+            "en_rpis",
+        ]
+        .contains(&object),
         Role::Analyst => object == "daily_contacts_by_location",
         Role::Auditor => object == "audit",
         _ => false,
@@ -100,6 +112,8 @@ async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
     let device = arrow::array::AsArray::as_string::<i32>(device[0].column(0))
         .value(0)
         .to_string();
+    let case_id = common::write_case(factory.store(), &device).await;
+    let purpose = format!("SET proxima.purpose = 'case:{case_id}'");
 
     let mut checked = 0;
     for role in [Role::Tracer, Role::Analyst, Role::Auditor, Role::Admin] {
@@ -113,6 +127,9 @@ async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
             for (shape, template) in SHAPES {
                 // A session per cell: views and prepared statements do not carry over.
                 let ctx = factory.session_for(&principal).await.unwrap();
+                if role == Role::Tracer {
+                    ctx.sql(&purpose).await.unwrap();
+                }
                 let result = run(&ctx, &principal, &template.replace("{o}", &call)).await;
                 if allowed(role, object) {
                     assert!(result.is_ok(), "{role} may {shape} {object}: {result:?}");
@@ -155,6 +172,22 @@ async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
         }
     }
     assert_eq!(checked, 4 * 10 * SHAPES.len());
+
+    // A tracer without a purpose reads nothing, though the names exist.
+    let tracer = Principal {
+        name: "matrix".into(),
+        role: Role::Tracer,
+    };
+    for (object, call) in objects(&device).into_iter().filter(|(o, _)| allowed(Role::Tracer, o)) {
+        if object == "en_rpis" {
+            continue; // computes identifiers from a key it is given: no data
+        }
+        let ctx = factory.session_for(&tracer).await.unwrap();
+        let error = run(&ctx, &tracer, &format!("SELECT count(*) FROM {call}"))
+            .await
+            .unwrap_err();
+        assert!(error.contains("reads only for a declared purpose"), "{object}: {error}");
+    }
 
     // SET of a forbidden key, for every role: refused, whatever the role.
     for role in [Role::Tracer, Role::Analyst, Role::Auditor, Role::Admin] {

@@ -20,6 +20,7 @@ pub mod lineage;
 pub mod memory;
 pub mod paths;
 pub mod policy;
+pub mod purpose;
 pub mod rules;
 pub mod schema;
 pub mod script;

@@ -41,9 +41,10 @@ const BUILTIN_TABLE_FUNCTIONS: [&str; 2] = ["generate_series", "range"];
 /// What one role's sessions hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoleCatalog {
-    /// Every table, view and function of Proxima (tracers, for now: their purpose-bound
-    /// rows come next; and the local CLI).
+    /// Every table, view and function of Proxima (the local CLI).
     Full,
+    /// The rows a declared purpose opens (tracers): see [`crate::purpose`].
+    Purpose,
     /// The aggregate views only, with small cells suppressed (analysts).
     Aggregates,
     /// The `audit` table only (auditors).
@@ -56,7 +57,7 @@ impl RoleCatalog {
     /// The catalog of `role`.
     pub fn of(role: Role) -> Self {
         match role {
-            Role::Tracer => RoleCatalog::Full,
+            Role::Tracer => RoleCatalog::Purpose,
             Role::Analyst => RoleCatalog::Aggregates,
             Role::Auditor => RoleCatalog::Audit,
             // Stations and gateways never get a session (their login is refused).

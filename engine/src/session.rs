@@ -25,6 +25,7 @@ use crate::index::IndexReader;
 use crate::memory::{SessionPool, global_pool};
 use crate::paths::Table;
 use crate::policy::{AccessRule, AggregateView, RoleCatalog};
+use crate::purpose::{GuardedTrace, PurposeResolver, ScopeRule, ScopedTable};
 use crate::schema::DAY;
 use crate::store::Store;
 use crate::table::DayPartitionedTable;
@@ -174,6 +175,7 @@ impl SessionFactory {
         let catalog = RoleCatalog::of(principal.role);
         let ctx = match catalog {
             RoleCatalog::Full => self.session().await?,
+            RoleCatalog::Purpose => self.tracer_session().await?,
             RoleCatalog::Aggregates => self.aggregate_session().await?,
             RoleCatalog::Audit => self.audit_session()?,
             RoleCatalog::Empty => self.empty_session()?,
@@ -186,6 +188,31 @@ impl SessionFactory {
         allowed.extend(state.table_functions().keys().cloned());
         ctx.add_analyzer_rule(Arc::new(AccessRule::new(principal.role, allowed)));
         tracing::debug!(user = %principal.name, role = %principal.role, ?catalog, "session built");
+        Ok(ctx)
+    }
+
+    /// A tracer's session: observations, encounters, alerts and cases as [`ScopedTable`]s
+    /// (the rows of the declared purpose's case, none without one), `trace_contacts` of that
+    /// case's device only, the GAEN and risk functions.
+    async fn tracer_session(&self) -> Result<SessionContext> {
+        let full = self.session().await?;
+        let resolver = Arc::new(PurposeResolver::new(self.session().await?));
+        let ctx = self.empty_session()?;
+        for (name, rule) in [
+            ("observations", ScopeRule::Observations),
+            ("encounters", ScopeRule::Encounters),
+            ("alerts", ScopeRule::Alerts),
+            ("cases", ScopeRule::Cases),
+        ] {
+            let plan = full.table(name).await?.into_unoptimized_plan();
+            let table = ScopedTable::new(plan, full.state(), rule, Arc::clone(&resolver));
+            ctx.register_table(name, Arc::new(table))?;
+        }
+        for function in proxima_udfs::scalar_functions() {
+            ctx.register_udf(function);
+        }
+        ctx.register_udtf("en_rpis", Arc::new(proxima_udfs::gaen::EnRpis));
+        ctx.register_udtf("trace_contacts", Arc::new(GuardedTrace::new(resolver)));
         Ok(ctx)
     }
 

@@ -174,10 +174,25 @@ impl FlightSqlServer {
         }
     }
 
-    /// The session and address of an authenticated request.
+    /// The session and address of an authenticated request. A purpose sent as the
+    /// `x-proxima-purpose` header is declared for the login, as `SET proxima.purpose` would.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let session = self.session(request.metadata())?;
+        if let Some(purpose) = request.metadata().get(PURPOSE_HEADER) {
+            let purpose = purpose
+                .to_str()
+                .map_err(|_| Status::invalid_argument("the x-proxima-purpose header is not text"))?;
+            let purpose = proxima_udfs::options::parse_purpose(purpose)
+                .map_err(|e| Status::invalid_argument(e.strip_backtrace()))?;
+            let state = session.ctx.state_ref();
+            let mut state = state.write();
+            let options = state.config_mut().options_mut();
+            options
+                .set("proxima.purpose", &purpose)
+                .map_err(|e| Status::invalid_argument(e.strip_backtrace()))?;
+        }
         Ok(Caller {
-            session: self.session(request.metadata())?,
+            session,
             client: request.remote_addr().map(|a| a.to_string()),
         })
     }
@@ -638,9 +653,23 @@ impl Caller {
         );
         record.client = self.client.clone();
         record.session = Some(self.session.id.clone());
+        let purpose = self
+            .session
+            .ctx
+            .state()
+            .config()
+            .options()
+            .extensions
+            .get::<proxima_udfs::ProximaOptions>()
+            .map(|o| o.purpose.clone())
+            .unwrap_or_default();
+        record.purpose = (!purpose.is_empty()).then_some(purpose);
         record
     }
 }
+
+/// The gRPC header a client may declare its purpose in, instead of `SET proxima.purpose`.
+const PURPOSE_HEADER: &str = "x-proxima-purpose";
 
 /// The `done` record of a metadata call, and when it started.
 struct Outcome {

@@ -5,6 +5,7 @@ use std::process::ChildStdout;
 
 /// Reads a server's standard output up to the first line starting with `prefix` and returns
 /// that line; fails if the server exits first.
+#[allow(dead_code)] // not every test binary that shares this module starts a server
 pub fn wait_for_line(stdout: &mut BufReader<ChildStdout>, prefix: &str) -> String {
     let mut line = String::new();
     while !line.starts_with(prefix) {
@@ -15,4 +16,36 @@ pub fn wait_for_line(stdout: &mut BufReader<ChildStdout>, prefix: &str) -> Strin
         );
     }
     line
+}
+
+/// Writes a confirmed case of `device`, reported now, straight into the store (as the REST
+/// service would on `POST /v1/cases`), and returns its id: what a tracer's purpose cites.
+#[allow(dead_code)] // not every test binary that shares this module opens a case
+pub async fn write_case(store: &proxima_engine::Store, device: &str) -> String {
+    use arrow::array::{Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+    use std::sync::Arc;
+    let case_id = uuid::Uuid::now_v7().to_string();
+    let now = chrono::Utc::now();
+    let table = proxima_engine::Table::Cases;
+    let batch = RecordBatch::try_new(
+        table.file_schema(),
+        vec![
+            Arc::new(StringArray::from(vec![case_id.clone()])),
+            Arc::new(StringArray::from(vec![device.to_string()])),
+            Arc::new(StringArray::from(vec!["confirmed"])),
+            Arc::new(TimestampMicrosecondArray::from(vec![now.timestamp_micros()]).with_timezone("UTC")),
+            Arc::new(StringArray::from(vec!["test"])),
+            Arc::new(Int32Array::from(vec![0])),
+            Arc::new(Int32Array::from(vec![0])),
+        ],
+    )
+    .unwrap();
+    let writer = proxima_storage::PartitionWriter::new(store.clone(), "test");
+    let mut transaction = writer.begin();
+    transaction
+        .write_file(table, Some(now.date_naive()), &[batch])
+        .await
+        .unwrap();
+    transaction.commit().await.unwrap();
+    case_id
 }

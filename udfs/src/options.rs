@@ -6,6 +6,7 @@
 //! | `proxima.trace.lookback` | `96 hours` | `trace_contacts`: the window of the first hop |
 //! | `proxima.risk.attenuation_thresholds` | `55,63` | `exposure_risk`: near ≤ first, medium ≤ second, far above (dB) |
 //! | `proxima.risk.weights` | `1.0,0.5,0.0` | `exposure_risk`: weights of near, medium and far |
+//! | `proxima.purpose` | empty | a tracer's declared purpose, `case:<case_id>`: what their reads are for |
 //!
 //! Written by hand rather than with `extensions_options!` so that
 //! [`ExtensionOptions::entries`] reports fully prefixed keys, which is what
@@ -28,6 +29,8 @@ pub struct ProximaOptions {
     pub attenuation_thresholds: [f64; 2],
     /// Weights of the near, medium and far buckets.
     pub weights: [f64; 3],
+    /// The declared purpose (`case:<case_id>`, the id lowercase), or empty.
+    pub purpose: String,
 }
 
 impl Default for ProximaOptions {
@@ -37,6 +40,7 @@ impl Default for ProximaOptions {
             lookback: Duration::from_secs(96 * 3600),
             attenuation_thresholds: [55.0, 63.0],
             weights: [1.0, 0.5, 0.0],
+            purpose: String::new(),
         }
     }
 }
@@ -45,6 +49,7 @@ const HIGH_WINDOW: &str = "trace.high_window";
 const LOOKBACK: &str = "trace.lookback";
 const THRESHOLDS: &str = "risk.attenuation_thresholds";
 const WEIGHTS: &str = "risk.weights";
+const PURPOSE: &str = "purpose";
 
 impl ConfigExtension for ProximaOptions {
     const PREFIX: &'static str = "proxima";
@@ -81,6 +86,27 @@ pub fn parse_window(key: &str, value: &str) -> Result<Duration> {
         return Err(config_error(key, value, "a duration between 1 second and 60 days"));
     }
     Ok(Duration::from_secs(seconds))
+}
+
+/// A purpose as `case:<case_id>` (the id a UUID, lowercased), or empty to clear it.
+pub fn parse_purpose(value: &str) -> Result<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    let id = value
+        .strip_prefix("case:")
+        .ok_or_else(|| config_error(PURPOSE, value, "a purpose: 'case:<case_id>'"))?
+        .to_ascii_lowercase();
+    let hex: Vec<usize> = id.split('-').map(str::len).collect();
+    if hex != [8, 4, 4, 4, 12] || !id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()) {
+        return Err(config_error(
+            PURPOSE,
+            value,
+            "a purpose: 'case:<case_id>', the id a UUID",
+        ));
+    }
+    Ok(format!("case:{id}"))
 }
 
 /// The longest tracing window: far beyond any public-health look-back (and beyond the 21
@@ -149,10 +175,11 @@ impl ExtensionOptions for ProximaOptions {
                 }
                 self.weights = weights;
             }
+            PURPOSE => self.purpose = parse_purpose(value)?,
             _ => {
                 return Err(DataFusionError::Configuration(format!(
                     "unknown setting 'proxima.{key}' (known: proxima.{HIGH_WINDOW}, proxima.{LOOKBACK}, \
-                     proxima.{THRESHOLDS}, proxima.{WEIGHTS})"
+                     proxima.{THRESHOLDS}, proxima.{WEIGHTS}, proxima.{PURPOSE})"
                 )));
             }
         }
@@ -185,6 +212,11 @@ impl ExtensionOptions for ProximaOptions {
                 WEIGHTS,
                 format_list(&self.weights),
                 "exposure_risk: weights of the near, medium and far buckets",
+            ),
+            entry(
+                PURPOSE,
+                self.purpose.clone(),
+                "a tracer's declared purpose, case:<case_id>: what their reads are for",
             ),
         ]
     }

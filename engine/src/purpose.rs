@@ -1,0 +1,330 @@
+//! A tracer's declared purpose, and the rows it opens.
+//!
+//! A tracer reads nothing until they declare what for: `SET proxima.purpose =
+//! 'case:<case_id>'`. The case must exist and be open (reported within
+//! `proxima.trace.lookback`). The purpose's **scope** is the case's device and every contact
+//! its trace finds (at the time of the report), with their MACs. A tracer's session holds
+//! [`ScopedTable`]s: opaque tables whose rows come from a full session's plan filtered to
+//! the scope (observations the scope's devices made or that heard their MACs, encounters
+//! with one of them on either side, their alerts, the case itself), and
+//! `trace_contacts` only of the case's device ([`GuardedTrace`]). The scope is resolved at
+//! the first read under a purpose and kept for the session ([`PurposeResolver`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableFunctionImpl, TableProvider};
+use datafusion::common::{ScalarValue, plan_err};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::expr_rewriter::unnormalize_col;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown, TableType, lit};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionContext, col};
+use proxima_udfs::ProximaOptions;
+
+/// What a refused read says when no purpose is declared.
+const NO_PURPOSE: &str = "a tracer reads only for a declared purpose: SET proxima.purpose = 'case:<case_id>'";
+
+/// The rows a purpose opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// The case.
+    pub case_id: String,
+    /// The case's device.
+    pub device: String,
+    /// The case's device and every contact its trace found.
+    pub devices: Vec<String>,
+    /// Their MACs.
+    pub macs: Vec<String>,
+}
+
+/// Resolves purposes against the store (through a full session no user plan reaches), and
+/// keeps what it resolved for the session.
+pub struct PurposeResolver {
+    full: SessionContext,
+    resolved: Mutex<HashMap<String, Arc<Scope>>>,
+}
+
+impl fmt::Debug for PurposeResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PurposeResolver").finish_non_exhaustive()
+    }
+}
+
+/// The non-null values of a text column (whatever its string type).
+fn texts(batches: &[arrow::array::RecordBatch], column: usize) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let values = arrow::compute::cast(batch.column(column), &arrow::datatypes::DataType::Utf8)?;
+        let values = values.as_string::<i32>();
+        out.extend(
+            (0..values.len())
+                .filter(|&i| values.is_valid(i))
+                .map(|i| values.value(i).to_string()),
+        );
+    }
+    Ok(out)
+}
+
+fn in_list(values: &[String]) -> Vec<Expr> {
+    values.iter().map(|v| lit(v.clone())).collect()
+}
+
+impl PurposeResolver {
+    /// A resolver reading through `full`, a session with every table.
+    pub fn new(full: SessionContext) -> Self {
+        Self {
+            full,
+            resolved: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The scope of the purpose declared in `session` (an error if none is, or if its case
+    /// does not exist or is closed).
+    pub async fn scope(&self, session: &dyn Session) -> Result<Arc<Scope>> {
+        let options = session
+            .config_options()
+            .extensions
+            .get::<ProximaOptions>()
+            .cloned()
+            .unwrap_or_default();
+        let Some(case_id) = options.purpose.strip_prefix("case:") else {
+            return plan_err!("{NO_PURPOSE}");
+        };
+        if let Some(scope) = self.resolved.lock().map_err(|_| poisoned())?.get(&options.purpose) {
+            return Ok(Arc::clone(scope));
+        }
+        let lookback =
+            chrono::Duration::from_std(options.lookback).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        // The id was checked to be a UUID when it was set, so it is safe in a literal.
+        let case = self
+            .full
+            .sql(&format!(
+                "SELECT device_uuid, CAST(reported_at AS VARCHAR) FROM cases WHERE case_id = '{case_id}'"
+            ))
+            .await?
+            .collect()
+            .await?;
+        let (devices, times) = (texts(&case, 0)?, texts(&case, 1)?);
+        let (device, reported_at) = match (devices.first(), times.first()) {
+            (Some(device), Some(at)) => (device.clone(), at.clone()),
+            _ => return plan_err!("purpose case:{case_id}: there is no such case"),
+        };
+        let reported = chrono::DateTime::parse_from_rfc3339(&reported_at)
+            .or_else(|_| chrono::DateTime::parse_from_rfc3339(&format!("{reported_at}Z")))
+            .map_err(|e| DataFusionError::Plan(format!("purpose case:{case_id}: its report time: {e}")))?;
+        if chrono::Utc::now() - reported.with_timezone(&chrono::Utc) > lookback {
+            return plan_err!(
+                "purpose case:{case_id}: the case was reported at {reported_at}, longer ago than proxima.trace.lookback: it is closed"
+            );
+        }
+        let contacts = self
+            .full
+            .sql(&format!(
+                "SELECT contact FROM trace_contacts('{device}', TIMESTAMP '{reported_at}')"
+            ))
+            .await?
+            .collect()
+            .await?;
+        let mut devices = vec![device.clone()];
+        devices.extend(texts(&contacts, 0)?);
+        devices.sort();
+        devices.dedup();
+        let listed: Vec<String> = devices.iter().map(|d| format!("'{d}'")).collect();
+        let macs = self
+            .full
+            .sql(&format!(
+                "SELECT mac FROM devices WHERE device_uuid IN ({})",
+                listed.join(", ")
+            ))
+            .await?
+            .collect()
+            .await?;
+        let scope = Arc::new(Scope {
+            case_id: case_id.to_string(),
+            device,
+            devices,
+            macs: texts(&macs, 0)?,
+        });
+        self.resolved
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(options.purpose.clone(), Arc::clone(&scope));
+        Ok(scope)
+    }
+}
+
+fn poisoned() -> DataFusionError {
+    DataFusionError::Internal("the purpose cache lock is poisoned".into())
+}
+
+/// Which rows of a table a scope opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeRule {
+    /// Observations a scope device made, or that heard a scope device's MAC.
+    Observations,
+    /// Encounters with a scope device on either side.
+    Encounters,
+    /// Alerts of the case, or to a scope device.
+    Alerts,
+    /// The case itself.
+    Cases,
+}
+
+impl ScopeRule {
+    fn filter(self, scope: &Scope) -> Expr {
+        let devices = in_list(&scope.devices);
+        match self {
+            ScopeRule::Observations => col("observer")
+                .in_list(devices, false)
+                .or(col("observed").in_list(in_list(&scope.macs), false)),
+            ScopeRule::Encounters => col("a")
+                .in_list(devices.clone(), false)
+                .or(col("b").in_list(devices, false)),
+            ScopeRule::Alerts => col("case_id")
+                .eq(lit(scope.case_id.clone()))
+                .or(col("device_uuid").in_list(devices, false)),
+            ScopeRule::Cases => col("case_id").eq(lit(scope.case_id.clone())),
+        }
+    }
+}
+
+/// A table a tracer reads: the full session's plan of it, filtered to the purpose's scope.
+pub struct ScopedTable {
+    plan: LogicalPlan,
+    schema: SchemaRef,
+    rule: ScopeRule,
+    planner: SessionState,
+    resolver: Arc<PurposeResolver>,
+}
+
+impl fmt::Debug for ScopedTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScopedTable")
+            .field("rule", &self.rule)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScopedTable {
+    /// The table of `plan` (made in the full session `planner`), scoped by `rule`.
+    pub fn new(plan: LogicalPlan, planner: SessionState, rule: ScopeRule, resolver: Arc<PurposeResolver>) -> Self {
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        Self {
+            plan,
+            schema,
+            rule,
+            planner,
+            resolver,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for ScopedTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Applied inside too (so a time window still prunes day folders) and again above.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let scope = self.resolver.scope(state).await?;
+        let mut builder = LogicalPlanBuilder::from(self.plan.clone()).filter(self.rule.filter(&scope))?;
+        if let Some(filter) = conjunction(filters.iter().cloned().map(unnormalize_col)) {
+            builder = builder.filter(filter)?;
+        }
+        if let Some(projection) = projection {
+            let columns: Vec<Expr> = projection.iter().map(|&i| col(self.schema.field(i).name())).collect();
+            builder = builder.project(columns)?;
+        }
+        if let Some(limit) = limit {
+            builder = builder.limit(0, Some(limit))?;
+        }
+        self.planner.create_physical_plan(&builder.build()?).await
+    }
+}
+
+/// `trace_contacts` for a tracer: only the device of their purpose's case.
+#[derive(Debug)]
+pub struct GuardedTrace {
+    resolver: Arc<PurposeResolver>,
+}
+
+impl GuardedTrace {
+    /// The guard, resolving purposes with `resolver`.
+    pub fn new(resolver: Arc<PurposeResolver>) -> Self {
+        Self { resolver }
+    }
+}
+
+impl TableFunctionImpl for GuardedTrace {
+    fn call_with_args(&self, args: datafusion::catalog::TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let index = match args.exprs().first() {
+            Some(Expr::Literal(ScalarValue::Utf8(Some(index)), _)) => index.to_ascii_lowercase(),
+            _ => return plan_err!("trace_contacts: for a tracer, argument 1 is the case device's UUID as text"),
+        };
+        let inner = proxima_udfs::trace::TraceContacts.call_with_args(args)?;
+        Ok(Arc::new(GuardedTraceTable {
+            inner,
+            index,
+            resolver: Arc::clone(&self.resolver),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct GuardedTraceTable {
+    inner: Arc<dyn TableProvider>,
+    index: String,
+    resolver: Arc<PurposeResolver>,
+}
+
+#[async_trait]
+impl TableProvider for GuardedTraceTable {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let scope = self.resolver.scope(state).await?;
+        if scope.device != self.index {
+            return plan_err!(
+                "trace_contacts: the purpose case:{} is about device {}, not {}",
+                scope.case_id,
+                scope.device,
+                self.index
+            );
+        }
+        self.inner.scan(state, projection, filters, limit).await
+    }
+}
