@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_proxima");
 
 fn proxima(store: &Path, args: &[&str]) -> Output {
@@ -19,21 +21,7 @@ fn proxima(store: &Path, args: &[&str]) -> Output {
 }
 
 fn records(store: &Path) -> Vec<serde_json::Value> {
-    let mut segments: Vec<_> = std::fs::read_dir(store.join("_audit/log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segments.sort();
-    segments
-        .iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    common::audit_records(&store.join("_audit"))
 }
 
 #[test]

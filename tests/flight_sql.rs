@@ -565,7 +565,7 @@ async fn rust_flight_sql_client() {
         !report.contains("not yet covered") && !report.contains("no outcome"),
         "{report}"
     );
-    let records = audit_records(&audit_dir);
+    let records = common::audit_records(&audit_dir);
     let find =
         |what: &dyn Fn(&serde_json::Value) -> bool| records.iter().filter(|r| what(r)).cloned().collect::<Vec<_>>();
     // Logins: two refused (a wrong password, an unknown user), both allowed ones.
@@ -646,25 +646,6 @@ async fn rust_flight_sql_client() {
     ] {
         assert!(!text.contains(secret), "{secret} is in the audit log");
     }
-}
-
-/// Every record of the audit log in `dir`, in order.
-fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segments.sort();
-    segments
-        .iter()
-        .flat_map(|path| {
-            std::fs::read_to_string(path)
-                .unwrap()
-                .lines()
-                .map(|line| serde_json::from_str(line).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -753,7 +734,7 @@ async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
     // The server audited the job under ann's name.
     let audit_dir = server.audit_dir.clone();
     server.stop();
-    let records = audit_records(&audit_dir);
+    let records = common::audit_records(&audit_dir);
     let jobs: Vec<_> = records
         .iter()
         .filter(|r| {

@@ -16,6 +16,8 @@ use proxima_storage::{Maintainer, MaintainerConfig, MaintenanceOptions, Maintena
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+mod common;
+
 const PASSWORD: &str = "correct horse battery";
 
 struct Api {
@@ -99,21 +101,7 @@ impl Api {
         self.audit.checkpoint().await.unwrap();
         let report = proxima_audit::verify(self.audit.dir(), &self.audit_key, None).unwrap();
         assert!(report.ok(), "{:?}", report.findings);
-        let mut segments: Vec<_> = std::fs::read_dir(self.audit.dir().join("log"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        segments.sort();
-        segments
-            .iter()
-            .flat_map(|p| {
-                std::fs::read_to_string(p)
-                    .unwrap()
-                    .lines()
-                    .map(|l| serde_json::from_str(l).unwrap())
-                    .collect::<Vec<Value>>()
-            })
-            .collect()
+        common::audit_records(self.audit.dir())
     }
 
     fn url(&self, path: &str) -> String {

@@ -183,19 +183,32 @@ impl TableProvider for AggregateView {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut builder = LogicalPlanBuilder::from(self.plan.clone());
         // Filters are applied above the scan (none is pushed down), so only the projection
         // and the limit narrow what is computed.
         debug_assert!(filters.is_empty());
-        if let Some(projection) = projection {
-            let columns: Vec<Expr> = projection.iter().map(|&i| col(self.schema.field(i).name())).collect();
-            builder = builder.project(columns)?;
-        }
-        if let Some(limit) = limit {
-            builder = builder.limit(0, Some(limit))?;
-        }
-        self.planner.create_physical_plan(&builder.build()?).await
+        let builder = LogicalPlanBuilder::from(self.plan.clone());
+        execute_narrowed(builder, &self.schema, projection, limit, &self.planner).await
     }
+}
+
+/// The execution plan of `builder` (a plan over a table of `schema`) narrowed to a scan's
+/// `projection` and `limit`, planned in `planner`: how the opaque tables of the policy
+/// ([`AggregateView`], [`crate::purpose::ScopedTable`]) answer a scan.
+pub(crate) async fn execute_narrowed(
+    mut builder: LogicalPlanBuilder,
+    schema: &SchemaRef,
+    projection: Option<&Vec<usize>>,
+    limit: Option<usize>,
+    planner: &SessionState,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    if let Some(projection) = projection {
+        let columns: Vec<Expr> = projection.iter().map(|&i| col(schema.field(i).name())).collect();
+        builder = builder.project(columns)?;
+    }
+    if let Some(limit) = limit {
+        builder = builder.limit(0, Some(limit))?;
+    }
+    planner.create_physical_plan(&builder.build()?).await
 }
 
 #[cfg(test)]

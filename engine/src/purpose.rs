@@ -253,14 +253,7 @@ impl TableProvider for ScopedTable {
         if let Some(filter) = conjunction(filters.iter().cloned().map(unnormalize_col)) {
             builder = builder.filter(filter)?;
         }
-        if let Some(projection) = projection {
-            let columns: Vec<Expr> = projection.iter().map(|&i| col(self.schema.field(i).name())).collect();
-            builder = builder.project(columns)?;
-        }
-        if let Some(limit) = limit {
-            builder = builder.limit(0, Some(limit))?;
-        }
-        self.planner.create_physical_plan(&builder.build()?).await
+        crate::policy::execute_narrowed(builder, &self.schema, projection, limit, &self.planner).await
     }
 }
 

@@ -49,3 +49,23 @@ pub async fn write_case(store: &proxima_engine::Store, device: &str) -> String {
     transaction.commit().await.unwrap();
     case_id
 }
+
+/// Every record of the audit log in `dir`, in order, as JSON.
+#[allow(dead_code)] // not every test binary that shares this module reads an audit log
+pub fn audit_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut segments: Vec<_> = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    segments
+        .iter()
+        .flat_map(|path| {
+            std::fs::read_to_string(path)
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
