@@ -411,6 +411,16 @@ async fn rust_flight_sql_client() {
         refused.to_string().contains(&format!("is about device {device}")),
         "{refused}"
     );
+    // Nor the case's device at an earlier time: other periods are outside the case.
+    let refused = failing_query(
+        &mut alice,
+        &format!("SELECT * FROM trace_contacts('{device}', now() - INTERVAL '7 days')"),
+    )
+    .await;
+    assert!(
+        refused.to_string().contains("trace it at that time or later"),
+        "{refused}"
+    );
 
     // Metadata.
     let info = alice.get_catalogs().await.unwrap();

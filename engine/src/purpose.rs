@@ -18,7 +18,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionImpl, TableProvider};
-use datafusion::common::{ScalarValue, plan_err};
+use datafusion::common::plan_err;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::expr_rewriter::unnormalize_col;
@@ -42,6 +42,8 @@ pub struct Scope {
     pub devices: Vec<String>,
     /// Their MACs.
     pub macs: Vec<String>,
+    /// When the case was reported, microseconds since the epoch (UTC).
+    pub reported_at: i64,
 }
 
 /// Resolves purposes against the store (through a full session no user plan reaches), and
@@ -151,6 +153,7 @@ impl PurposeResolver {
             device,
             devices,
             macs: texts(&macs, 0)?,
+            reported_at: reported.timestamp_micros(),
         });
         self.resolved
             .lock()
@@ -272,14 +275,10 @@ impl GuardedTrace {
 
 impl TableFunctionImpl for GuardedTrace {
     fn call_with_args(&self, args: datafusion::catalog::TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
-        let index = match args.exprs().first() {
-            Some(Expr::Literal(ScalarValue::Utf8(Some(index)), _)) => index.to_ascii_lowercase(),
-            _ => return plan_err!("trace_contacts: for a tracer, argument 1 is the case device's UUID as text"),
-        };
-        let inner = proxima_udfs::trace::TraceContacts.call_with_args(args)?;
+        let call = proxima_udfs::trace::TraceCall::parse(&args)?;
         Ok(Arc::new(GuardedTraceTable {
-            inner,
-            index,
+            inner: call.clone().into_table(),
+            call,
             resolver: Arc::clone(&self.resolver),
         }))
     }
@@ -288,7 +287,7 @@ impl TableFunctionImpl for GuardedTrace {
 #[derive(Debug)]
 struct GuardedTraceTable {
     inner: Arc<dyn TableProvider>,
-    index: String,
+    call: proxima_udfs::trace::TraceCall,
     resolver: Arc<PurposeResolver>,
 }
 
@@ -310,12 +309,23 @@ impl TableProvider for GuardedTraceTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let scope = self.resolver.scope(state).await?;
-        if scope.device != self.index {
+        if scope.device != self.call.index {
             return plan_err!(
                 "trace_contacts: the purpose case:{} is about device {}, not {}",
                 scope.case_id,
                 scope.device,
-                self.index
+                self.call.index
+            );
+        }
+        // From the report on (while the case is open), never earlier: an earlier time would
+        // trace contacts of other periods, outside the case.
+        if self.call.at < scope.reported_at {
+            return plan_err!(
+                "trace_contacts: the purpose case:{} was reported at {}; trace it at that time or later",
+                scope.case_id,
+                chrono::DateTime::from_timestamp_micros(scope.reported_at)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default()
             );
         }
         self.inner.scan(state, projection, filters, limit).await

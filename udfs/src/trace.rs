@@ -215,6 +215,34 @@ pub struct TraceContacts;
 
 impl TableFunctionImpl for TraceContacts {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        Ok(TraceCall::parse(&args)?.into_table())
+    }
+}
+
+/// The arguments of one `trace_contacts(…)` call, checked: what a caller that guards the
+/// function (a tracer's purpose) looks at before the trace runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceCall {
+    /// The index device, lowercase.
+    pub index: String,
+    /// When the index became a case, microseconds since the epoch (UTC).
+    pub at: i64,
+    /// How many levels of contacts.
+    pub max_order: u32,
+}
+
+impl TraceCall {
+    /// The relation the call stands for.
+    pub fn into_table(self) -> Arc<dyn TableProvider> {
+        Arc::new(ContactTraceTable {
+            index: self.index,
+            at: self.at,
+            max_order: self.max_order,
+        })
+    }
+
+    /// Folds and checks the call's arguments.
+    pub fn parse(args: &TableFunctionArgs) -> Result<Self> {
         let exprs = args.exprs();
         if !(2..=3).contains(&exprs.len()) {
             return plan_err!(
@@ -263,11 +291,11 @@ impl TableFunctionImpl for TraceContacts {
                 _ => return plan_err!("{NAME}: argument 3 (max_order) must be an integer between 1 and {MAX_ORDER}"),
             },
         };
-        Ok(Arc::new(ContactTraceTable {
+        Ok(Self {
             index: index.to_ascii_lowercase(),
             at,
             max_order: max_order as u32,
-        }))
+        })
     }
 }
 
