@@ -196,7 +196,8 @@ impl SessionFactory {
     /// case's device only, the GAEN and risk functions.
     async fn tracer_session(&self) -> Result<SessionContext> {
         let full = self.session().await?;
-        let resolver = Arc::new(PurposeResolver::new(self.session().await?));
+        // The same full session plans the scoped tables and resolves purposes.
+        let resolver = Arc::new(PurposeResolver::new(full.clone()));
         let ctx = self.empty_session()?;
         for (name, rule) in [
             ("observations", ScopeRule::Observations),

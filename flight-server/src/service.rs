@@ -248,22 +248,19 @@ impl FlightSqlServer {
         Ok(self.batch_response(batch?))
     }
 
-    /// The logical plan of `sql`, checked against the user's statement permissions.
-    /// Nothing runs: DDL and `SET` take effect only in [`Self::plan`].
+    /// The logical plan of `sql`, checked against the user's statement permissions, the
+    /// role's access rule and the settings it may change. Nothing runs: DDL and `SET` take
+    /// effect only in [`Self::run`].
     async fn logical_plan(&self, session: &TokenSession, sql: &str) -> Result<LogicalPlan, Status> {
-        let plan = session
-            .ctx
-            .state()
-            .create_logical_plan(sql)
-            .await
-            .map_err(query_status)?;
+        // One snapshot of the session's state for planning and every check.
+        let state = session.ctx.state();
+        let plan = state.create_logical_plan(sql).await.map_err(query_status)?;
         session
             .principal
             .check_statement(&plan)
             .map_err(Status::permission_denied)?;
         // The role's access rule, before anything runs (EXPLAIN and PREPARE included).
-        proxima_engine::policy::check_plan(&session.ctx.state(), &plan).map_err(query_status)?;
-        let state = session.ctx.state();
+        proxima_engine::policy::check_plan(&state, &plan).map_err(query_status)?;
         let current = state
             .config()
             .options()
@@ -653,10 +650,12 @@ impl Caller {
         );
         record.client = self.client.clone();
         record.session = Some(self.session.id.clone());
+        // Read in place: every record would otherwise copy the whole session state.
         let purpose = self
             .session
             .ctx
-            .state()
+            .state_ref()
+            .read()
             .config()
             .options()
             .extensions
