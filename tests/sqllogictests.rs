@@ -138,7 +138,13 @@ async fn fixture_store(dir: &Path, slt: &Path) -> Result<Store, Box<dyn std::err
 async fn run_file(path: &Path, complete: bool) -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let store = fixture_store(dir.path(), path).await?;
-    let factory = Arc::new(SessionFactory::new(store, SessionOptions::default())?);
+    let factory = Arc::new(SessionFactory::new(
+        store,
+        SessionOptions {
+            local_files: true,
+            ..SessionOptions::default()
+        },
+    )?);
     let mut runner = sqllogictest::Runner::new(move || {
         let factory = Arc::clone(&factory);
         async move {

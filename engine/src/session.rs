@@ -14,8 +14,10 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::memory_pool::MemoryPool;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
+use object_store::local::LocalFileSystem;
 
 use proxima_udfs::trace::EncounterLookupExtension;
 
@@ -51,9 +53,12 @@ pub const SCHEMA: &str = "public";
 /// The table auditors query.
 pub const AUDIT_TABLE: &str = "audit";
 
-/// The `audit` table: every segment of the log in `dir` (JSON lines), typed. Read at query
-/// time, so it shows every record written until then.
-fn audit_table(dir: &std::path::Path) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+/// The URL sessions know the audit log's segments by (the folder `<audit dir>/log`).
+const AUDIT_STORE_URL: &str = "proxima://audit";
+
+/// The `audit` table: every segment of the log (JSON lines, under [`AUDIT_STORE_URL`]),
+/// typed. Read at query time, so it shows every record written until then.
+fn audit_table() -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
     use arrow::datatypes::{Field, Schema, TimeUnit};
     let text = || DataType::Utf8;
     let list = |item: DataType| DataType::List(Arc::new(Field::new("item", item, true)));
@@ -82,12 +87,7 @@ fn audit_table(dir: &std::path::Path) -> Result<Arc<dyn datafusion::catalog::Tab
         Field::new("duration_ms", DataType::UInt64, true),
         Field::new("error", text(), true),
     ]);
-    let log = dir.join("log");
-    std::fs::create_dir_all(&log).map_err(|source| crate::Error::LocalStore {
-        path: log.clone(),
-        source,
-    })?;
-    let url = ListingTableUrl::parse(format!("{}/", log.display()))?;
+    let url = ListingTableUrl::parse(format!("{AUDIT_STORE_URL}/"))?;
     let options = ListingOptions::new(Arc::new(JsonFormat::default())).with_file_extension(".jsonl");
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
@@ -114,17 +114,38 @@ pub struct SessionOptions {
     /// The smallest number of distinct devices an aggregate cell may show (default
     /// [`DEFAULT_MIN_CELL`]); smaller cells are left out of the aggregates.
     pub min_cell: Option<u32>,
+    /// Whether sessions may name the machine's files as `file://` URLs (`COPY … TO`, external
+    /// tables): the local CLI's direct access. Off, a session's object stores are the store's
+    /// (prefixed with its root) and the audit log's, nothing else.
+    pub local_files: bool,
 }
 
-/// A runtime reading `store` whose queries take memory from `pool`.
-fn runtime(store: &Store, pool: Arc<dyn MemoryPool>) -> Result<Arc<RuntimeEnv>> {
+/// A runtime reading `store` whose queries take memory from `pool`. It knows the store,
+/// the audit log's folder ([`AUDIT_STORE_URL`], when there is one) and, only with
+/// [`SessionOptions::local_files`], the machine's files.
+fn runtime(store: &Store, pool: Arc<dyn MemoryPool>, options: &SessionOptions) -> Result<Arc<RuntimeEnv>> {
     // New files must be visible to the next query: no cached listings.
     let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
     let runtime = RuntimeEnvBuilder::new()
         .with_cache_manager(caches)
         .with_memory_pool(pool)
         .build_arc()?;
+    if !options.local_files {
+        // DataFusion registers the whole file system as `file://` by default.
+        runtime.deregister_object_store(ObjectStoreUrl::local_filesystem().as_ref())?;
+    }
     runtime.register_object_store(store.object_store_url().as_ref(), Arc::clone(store.reader()));
+    if let Some(dir) = &options.audit_dir {
+        let log = dir.join("log");
+        let local_error = |source| crate::Error::LocalStore {
+            path: log.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&log).map_err(local_error)?;
+        let prefixed =
+            LocalFileSystem::new_with_prefix(&log).map_err(|e| local_error(std::io::Error::other(e.to_string())))?;
+        runtime.register_object_store(ObjectStoreUrl::parse(AUDIT_STORE_URL)?.as_ref(), Arc::new(prefixed));
+    }
     Ok(runtime)
 }
 
@@ -144,7 +165,7 @@ impl SessionFactory {
     /// Creates a factory whose sessions read `store`.
     pub fn new(store: Store, options: SessionOptions) -> Result<Self> {
         let pool = global_pool(options.memory_limit);
-        let runtime = runtime(&store, Arc::clone(&pool))?;
+        let runtime = runtime(&store, Arc::clone(&pool), &options)?;
         Ok(Self {
             index: Arc::new(IndexReader::new(store.clone())),
             store,
@@ -220,8 +241,8 @@ impl SessionFactory {
     /// A session over the audit log only.
     fn audit_session(&self) -> Result<SessionContext> {
         let ctx = self.empty_session()?;
-        if let Some(dir) = &self.options.audit_dir {
-            ctx.register_table(AUDIT_TABLE, audit_table(dir)?)?;
+        if self.options.audit_dir.is_some() {
+            ctx.register_table(AUDIT_TABLE, audit_table()?)?;
         }
         Ok(ctx)
     }
@@ -277,7 +298,11 @@ impl SessionFactory {
         parquet.reorder_filters = true;
 
         let runtime = match self.options.session_memory_limit {
-            Some(limit) => runtime(&self.store, Arc::new(SessionPool::new(Arc::clone(&self.pool), limit)))?,
+            Some(limit) => runtime(
+                &self.store,
+                Arc::new(SessionPool::new(Arc::clone(&self.pool), limit)),
+                &self.options,
+            )?,
             None => Arc::clone(&self.runtime),
         };
         Ok(SessionContext::new_with_config_rt(config, runtime))
@@ -296,5 +321,50 @@ impl SessionFactory {
             Some(time_column) => Arc::new(DayPartitionedTable::new(listing, time_column)),
             None => Arc::new(listing),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The files sessions can name: the store's (from its root), and the machine's only for
+    /// the local CLI.
+    #[tokio::test]
+    async fn only_the_local_cli_names_the_machines_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside.csv");
+        std::fs::write(&outside, "secret\nvalue\n").unwrap();
+        let store = Store::local(&dir.path().join("store")).unwrap();
+        let read = |local_files: bool, location: String| {
+            let store = store.clone();
+            async move {
+                let options = SessionOptions {
+                    local_files,
+                    ..SessionOptions::default()
+                };
+                let ctx = SessionFactory::new(store, options).unwrap().session().await.unwrap();
+                let ddl = format!("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{location}'");
+                ctx.sql(&ddl).await?;
+                ctx.sql("SELECT * FROM t").await?.collect().await
+            }
+        };
+        let path = outside.display().to_string();
+        let rows = read(true, path.clone()).await.unwrap();
+        assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+
+        for location in [
+            path,
+            format!("file://{}", outside.display()),
+            format!("{}/../outside.csv", crate::store::LOCAL_STORE_URL),
+        ] {
+            let err = read(false, location.clone()).await.unwrap_err().to_string();
+            assert!(
+                // The URL `..` resolves within the store, where there is no such file.
+                err.contains("No suitable object store")
+                    || err.contains("No files found at proxima://store/outside.csv"),
+                "{location}: {err}"
+            );
+        }
     }
 }

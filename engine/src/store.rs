@@ -7,6 +7,11 @@
 //! [`ObjectStore`] and never special-cases the local disk, except
 //! [`Store::sync_local`], which makes local writes durable (object_store's
 //! local backend does not fsync).
+//!
+//! A local store is an object store *prefixed* with its folder, known to DataFusion as
+//! [`LOCAL_STORE_URL`]: no path it can name (`..` is not a path segment) lies outside
+//! the store's root, so a session that reaches it cannot read the users file, a TLS key
+//! or anything else on the machine.
 
 use std::collections::BTreeSet;
 use std::path::{Path as FsPath, PathBuf};
@@ -25,6 +30,10 @@ use url::Url;
 
 use crate::error::{Error, Result};
 use crate::paths::{DayPartition, Table};
+
+/// The URL sessions know a local store by: `proxima://store/observations/…` is
+/// `<root>/observations/…`.
+pub const LOCAL_STORE_URL: &str = "proxima://store";
 
 /// A store root: the object store, its URL for DataFusion, and the root path within it.
 #[derive(Debug, Clone)]
@@ -108,16 +117,16 @@ impl Store {
         };
         std::fs::create_dir_all(dir).map_err(local_error)?;
         let dir = std::fs::canonicalize(dir).map_err(local_error)?;
-        let root = Path::from_absolute_path(&dir).map_err(|e| Error::InvalidStore {
+        let prefixed = LocalFileSystem::new_with_prefix(&dir).map_err(|e| Error::InvalidStore {
             location: dir.display().to_string(),
             reason: e.to_string(),
         })?;
-        let object_store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
+        let object_store: Arc<dyn ObjectStore> = Arc::new(prefixed);
         Ok(Self {
             reader: reader_of(Arc::clone(&object_store)),
             object_store,
-            url: ObjectStoreUrl::local_filesystem(),
-            root,
+            url: ObjectStoreUrl::parse(LOCAL_STORE_URL)?,
+            root: Path::default(),
             display: dir.display().to_string(),
             local_root: Some(dir),
         })
@@ -237,12 +246,12 @@ impl Store {
     /// Makes files written through object_store durable on a local disk: fsyncs each
     /// file and the folders that hold them. A no-op for remote stores, whose PUT is durable.
     pub fn sync_local<'a>(&self, locations: impl IntoIterator<Item = &'a Path>) -> Result<()> {
-        if self.local_root.is_none() {
+        let Some(root) = &self.local_root else {
             return Ok(());
-        }
+        };
         let mut dirs = BTreeSet::new();
         for location in locations {
-            let file = PathBuf::from(format!("/{location}"));
+            let file = root.join(location.as_ref());
             sync_path(&file)?;
             if let Some(parent) = file.parent() {
                 dirs.insert(parent.to_path_buf());
@@ -250,7 +259,7 @@ impl Store {
         }
         for dir in dirs {
             sync_path(&dir)?;
-            if let Some(grandparent) = dir.parent() {
+            if let Some(grandparent) = dir.parent().filter(|g| g.starts_with(root)) {
                 sync_path(grandparent)?;
             }
         }
@@ -258,8 +267,7 @@ impl Store {
     }
 
     fn local_dir_of(&self, prefix: &Path) -> Option<PathBuf> {
-        self.local_root.as_ref()?;
-        Some(PathBuf::from(format!("/{prefix}")))
+        Some(self.local_root.as_ref()?.join(prefix.as_ref()))
     }
 }
 
@@ -299,13 +307,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().to_str().unwrap()).unwrap();
         let url = store.table_url(Table::Observations).unwrap();
-        assert!(url.as_str().starts_with("file:///"), "{url}");
-        assert!(url.as_str().ends_with("/observations/"), "{url}");
+        assert_eq!(url.as_str(), "proxima://store/observations/");
 
         let err = Store::open("ftp://host/x").unwrap_err().to_string();
         assert!(err.contains("unsupported scheme 'ftp'"), "{err}");
         let err = Store::open("s3:///prefix").unwrap_err().to_string();
         assert!(err.contains("needs a bucket"), "{err}");
         assert!(Store::open("memory://").is_ok());
+    }
+
+    /// The local store is prefixed with its folder: a path that climbs out of it names a
+    /// file inside it (or nothing), never the file beside it.
+    #[tokio::test]
+    async fn a_local_store_names_nothing_outside_its_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret.txt"), "outside").unwrap();
+        let store = Store::local(&dir.path().join("store")).unwrap();
+        std::fs::write(dir.path().join("store/inside.txt"), "inside").unwrap();
+        let os = store.object_store();
+
+        let inside = os.get(&Path::from("inside.txt")).await.unwrap().bytes().await.unwrap();
+        assert_eq!(&inside[..], b"inside");
+        // `..` is not a segment: parsing refuses it, and `from` encodes it as a name.
+        assert!(Path::parse("../secret.txt").is_err());
+        for path in [Path::from("../secret.txt"), Path::from_iter(["..", "secret.txt"])] {
+            let err = os.get(&path).await.unwrap_err();
+            assert!(matches!(err, object_store::Error::NotFound { .. }), "{path}: {err}");
+        }
+        // Listing the root lists the store only.
+        let listed: Vec<_> = os
+            .list(None)
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(listed, vec!["inside.txt".to_string()]);
     }
 }

@@ -214,7 +214,13 @@ pub async fn run_remote(args: SqlArgs) -> Result<(), CliError> {
 pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
     let (source, statements) = statements(&args)?;
     let audit = LocalAudit::open(&store, &args)?;
-    let factory = SessionFactory::new(store, SessionOptions::default())?;
+    let factory = SessionFactory::new(
+        store,
+        SessionOptions {
+            local_files: true,
+            ..SessionOptions::default()
+        },
+    )?;
     let ctx = factory.session().await?;
     let count = statements.len();
     for (i, statement) in statements.into_iter().enumerate() {
