@@ -10,6 +10,8 @@
 //!   RFC 6962 (the Certificate Transparency log format).
 //! - [`checkpoint`]: every N records or M seconds the log signs its size and tree head
 //!   with an Ed25519 key that the store never holds (C2SP signed notes).
+//! - [`retention`]: old records go a whole segment at a time; the tree's frontier at the
+//!   cut, vouched for by a signed checkpoint, lets the rest verify.
 //! - [`verify`]: recomputes the tree from the records on disk and checks it against every
 //!   checkpoint and against one an auditor kept (`proxima audit verify`).
 //!
@@ -20,6 +22,7 @@ pub mod checkpoint;
 pub mod log;
 pub mod merkle;
 pub mod record;
+pub mod retention;
 pub mod verify;
 
 use std::path::Path;
@@ -27,6 +30,7 @@ use std::path::Path;
 pub use checkpoint::{Checkpoint, SignerKey, VerifierKey};
 pub use log::{AuditLog, AuditLogOptions};
 pub use record::{Decision, Phase, Record};
+pub use retention::Pruned;
 pub use verify::{Report, Tampering, verify};
 
 /// What can go wrong with the audit log.

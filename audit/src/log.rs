@@ -15,9 +15,14 @@
 //! records or `checkpoint_interval` have passed, the thread signs a checkpoint of the
 //! tree (its size and head) with the signer key; and once more when the log is closed.
 //!
-//! Opening a log locks it (`<dir>/lock`: one writer process at a time), re-reads it (a torn last line, never answered, is cut off) and checks
-//! it against its latest checkpoint: a log that no longer matches what was signed is
-//! refused, so the server never signs over a tampered history.
+//! Before it starts a new segment the thread signs a checkpoint, so that retention
+//! ([`crate::retention`], [`AuditLog::prune`]) can delete whole old segments and still
+//! leave a log that verifies from the cut on.
+//!
+//! Opening a log locks it (`<dir>/lock`: one writer process at a time), re-reads it from
+//! its retention cut (a torn last line, never answered, is cut off) and checks it against
+//! its latest checkpoint: a log that no longer matches what was signed is refused, so the
+//! server never signs over a tampered history.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Write as _};
@@ -30,6 +35,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::{Checkpoint, SignerKey};
 use crate::merkle::{Frontier, leaf_hash};
 use crate::record::Record;
+use crate::retention::{Pruned, read_cut, write_cut};
 use crate::{Error, Result};
 
 /// The folder of record segments inside the audit folder.
@@ -108,7 +114,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Writes `text` to `path` durably: aside, synced, renamed, folder synced.
-fn write_durably(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_durably(path: &Path, text: &str) -> Result<()> {
     let dir = path.parent().expect("checkpoint paths have a folder");
     let tmp = path.with_extension("tmp");
     (|| {
@@ -149,9 +155,45 @@ fn complete_records(segment: &[u8], first: u64, signed: u64, path: &Path) -> usi
     offset
 }
 
+/// The time a record line says it was written, if it says.
+fn record_time(line: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
+    #[derive(serde::Deserialize)]
+    struct Time<'a> {
+        time: &'a str,
+    }
+    let time = serde_json::from_slice::<Time>(line).ok()?.time;
+    Some(chrono::DateTime::parse_from_rfc3339(time).ok()?.to_utc())
+}
+
+/// Checks that the frontier at the retention cut is the head a signed checkpoint signed.
+pub(crate) fn check_cut(dir: &Path, cut: &Frontier, verifier: &crate::VerifierKey) -> Result<()> {
+    let path = dir.join(CHECKPOINT_DIR).join(checkpoint_name(cut.size()));
+    let text = fs::read_to_string(&path).map_err(|e| {
+        Error::Tampered(format!(
+            "no signed checkpoint vouches for the retention cut at record {} ({}: {e})",
+            cut.size(),
+            path.display()
+        ))
+    })?;
+    let checkpoint = verifier
+        .open(&text)
+        .map_err(|e| Error::Tampered(format!("{}: {e}", path.display())))?;
+    if checkpoint.size != cut.size() || checkpoint.root != cut.root() {
+        return Err(Error::Tampered(format!(
+            "the retention cut at record {} does not match its signed checkpoint: run 'proxima audit verify'",
+            cut.size()
+        )));
+    }
+    Ok(())
+}
+
 enum Command {
     Append(Box<Record>, tokio::sync::oneshot::Sender<Result<u64>>),
     Checkpoint(tokio::sync::oneshot::Sender<Result<Checkpoint>>),
+    Prune(
+        chrono::DateTime<chrono::Utc>,
+        tokio::sync::oneshot::Sender<Result<Pruned>>,
+    ),
 }
 
 /// The audit log: cheap to clone, every clone appends to the same files. The writer
@@ -262,6 +304,17 @@ impl AuditLog {
         self.send(Command::Checkpoint(reply))?;
         answer.await.map_err(|_| Error::Closed)?
     }
+
+    /// Deletes the oldest segments whose every record was written before `before`, up to
+    /// the latest segment boundary that a signed checkpoint covers (see
+    /// [`crate::retention`]). The segment being written is never deleted, and a log opened
+    /// without the key is never cut. Fails, deleting nothing, if the records to delete no
+    /// longer match their checkpoint.
+    pub async fn prune(&self, before: chrono::DateTime<chrono::Utc>) -> Result<Pruned> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Command::Prune(before, reply))?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
 }
 
 /// The state of the writer thread.
@@ -270,6 +323,8 @@ struct Writer {
     /// None: records are appended, checkpoints are left to whoever holds the key.
     signer: Option<SignerKey>,
     options: AuditLogOptions,
+    /// The tree at the retention cut (empty if the log was never cut).
+    cut: Frontier,
     frontier: Frontier,
     /// The segment being appended to: its path, its file (none after a failure) and the
     /// length known to be synced.
@@ -323,9 +378,28 @@ impl Writer {
             }
             _ => None,
         };
-        let mut frontier = Frontier::new();
+        let cut = read_cut(dir)?;
+        if let (Some(signer), true) = (&signer, cut.size() > 0) {
+            check_cut(dir, &cut, &signer.verifier())?;
+        }
+        let mut segments = numbered_files(&dir.join(LOG_DIR), SEGMENT_SUFFIX)?;
+        let leftovers = segments.iter().take_while(|(first, _)| *first < cut.size()).count();
+        if leftovers > 0 {
+            // Left by a cut that stopped before deleting them: they end where the first
+            // segment the cut keeps begins, or the cut is not one retention made.
+            if segments.get(leftovers).is_none_or(|(first, _)| *first != cut.size()) {
+                return Err(Error::Tampered(format!(
+                    "no segment starts at the retention cut (record {}): run 'proxima audit verify'",
+                    cut.size()
+                )));
+            }
+            for (_, path) in segments.drain(..leftovers) {
+                fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            }
+            sync_dir(&dir.join(LOG_DIR))?;
+        }
+        let mut frontier = cut.clone();
         let mut root_at_latest = None;
-        let segments = numbered_files(&dir.join(LOG_DIR), SEGMENT_SUFFIX)?;
         let mut segment = None;
         for (i, (first, path)) in segments.iter().enumerate() {
             if *first != frontier.size() {
@@ -409,6 +483,7 @@ impl Writer {
             dir: dir.to_path_buf(),
             signer,
             options,
+            cut,
             frontier,
             segment,
             last_checkpoint,
@@ -443,11 +518,13 @@ impl Writer {
             };
             let mut appends = Vec::new();
             let mut checkpoints = Vec::new();
+            let mut prunes = Vec::new();
             let mut next = Some(first);
             while let Some(command) = next {
                 match command {
                     Command::Append(record, reply) => appends.push((*record, reply)),
                     Command::Checkpoint(reply) => checkpoints.push(reply),
+                    Command::Prune(before, reply) => prunes.push((before, reply)),
                 }
                 next = receiver.try_recv().ok();
             }
@@ -461,10 +538,91 @@ impl Writer {
                     .map(|()| self.last_checkpoint.clone());
                 let _ = reply.send(result);
             }
+            for (before, reply) in prunes {
+                let _ = reply.send(self.prune(before));
+            }
         }
         if let Err(e) = self.checkpoint_if(|w| w.frontier.size() > w.last_checkpoint.size) {
             tracing::error!(target: "proxima::audit", "the audit log's last checkpoint could not be written: {e}");
         }
+    }
+
+    /// [`AuditLog::prune`], on the thread that owns the files.
+    fn prune(&mut self, before: chrono::DateTime<chrono::Utc>) -> Result<Pruned> {
+        let Some(signer) = &self.signer else {
+            return Ok(Pruned::default());
+        };
+        let verifier = signer.verifier();
+        let segments = numbered_files(&self.dir.join(LOG_DIR), SEGMENT_SUFFIX)?;
+        let mut frontier = self.cut.clone();
+        let mut cut_after = None;
+        // The last segment is the one being written: never a candidate.
+        for (i, pair) in segments.windows(2).enumerate() {
+            let ((first, path), (next, _)) = (&pair[0], &pair[1]);
+            if *first != frontier.size() {
+                break;
+            }
+            let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+            let mut last = None;
+            for line in bytes.split_inclusive(|&b| b == b'\n') {
+                let Some(body) = line.strip_suffix(b"\n") else { break };
+                frontier.push(leaf_hash(body));
+                last = Some(body);
+            }
+            let old = last.and_then(record_time).is_some_and(|time| time < before);
+            if frontier.size() != *next || !old {
+                break;
+            }
+            let note = self.dir.join(CHECKPOINT_DIR).join(checkpoint_name(*next));
+            let text = match fs::read_to_string(&note) {
+                Ok(text) => text,
+                // Written before segments began at signed sizes: not a place to cut.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(&note, e)),
+            };
+            let checkpoint = verifier
+                .open(&text)
+                .map_err(|e| Error::Tampered(format!("{}: {e}", note.display())))?;
+            if checkpoint.root != frontier.root() {
+                return Err(Error::Tampered(format!(
+                    "records {}..{} no longer match their checkpoint, so none is deleted: run 'proxima audit verify'",
+                    self.cut.size(),
+                    next
+                )));
+            }
+            cut_after = Some((i, frontier.clone()));
+        }
+        let Some((last, cut)) = cut_after else {
+            return Ok(Pruned {
+                cut: self.cut.size(),
+                ..Pruned::default()
+            });
+        };
+        write_cut(&self.dir, &cut)?;
+        for (_, path) in &segments[..=last] {
+            fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+        }
+        sync_dir(&self.dir.join(LOG_DIR))?;
+        let checkpoints = self.dir.join(CHECKPOINT_DIR);
+        for (size, path) in numbered_files(&checkpoints, CHECKPOINT_SUFFIX)? {
+            if size < cut.size() {
+                fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+        sync_dir(&checkpoints)?;
+        let pruned = Pruned {
+            segments: last + 1,
+            records: cut.size() - self.cut.size(),
+            cut: cut.size(),
+        };
+        self.cut = cut;
+        tracing::info!(
+            target: "proxima::audit",
+            "audit retention deleted {} records in {} segment(s) written before {before}",
+            pruned.records,
+            pruned.segments
+        );
+        Ok(pruned)
     }
 
     fn checkpoint_when_due(&mut self) {
@@ -507,6 +665,10 @@ impl Writer {
             .as_ref()
             .is_none_or(|(_, _, len)| *len >= self.options.segment_bytes);
         if full {
+            // Each segment starts at a signed size, where retention may cut the log.
+            if let Err(e) = self.checkpoint_if(|w| w.frontier.size() > w.last_checkpoint.size) {
+                tracing::error!(target: "proxima::audit", "the checkpoint before a new segment could not be written: {e}");
+            }
             let dir = self.dir.join(LOG_DIR);
             let path = dir.join(segment_name(self.frontier.size()));
             let file = OpenOptions::new()

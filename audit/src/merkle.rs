@@ -83,6 +83,20 @@ impl Frontier {
         self.size
     }
 
+    /// `(leaves, head)` of each complete subtree, largest first.
+    pub fn subtrees(&self) -> &[(u64, Hash)] {
+        &self.subtrees
+    }
+
+    /// The frontier made of `subtrees` (as [`Self::subtrees`] returns them), or `None` if
+    /// they are not a frontier: sizes must be powers of two, strictly decreasing.
+    pub fn from_subtrees(subtrees: Vec<(u64, Hash)>) -> Option<Self> {
+        let shaped =
+            subtrees.iter().all(|(n, _)| n.is_power_of_two()) && subtrees.windows(2).all(|pair| pair[0].0 > pair[1].0);
+        let size = subtrees.iter().try_fold(0u64, |sum, (n, _)| sum.checked_add(*n))?;
+        shaped.then_some(Self { size, subtrees })
+    }
+
     /// Appends one leaf hash; equal-sized neighbours merge as a binary counter carries.
     pub fn push(&mut self, leaf: Hash) {
         let mut carry = (1u64, leaf);
@@ -491,6 +505,23 @@ mod tests {
             assert_eq!(frontier.size(), n as u64);
             assert_eq!(frontier.root(), root(&leaves[..n]), "size {n}");
         }
+    }
+
+    #[test]
+    fn a_frontier_rebuilt_from_its_subtrees_goes_on_as_before() {
+        let leaves = ct_leaves();
+        for cut in 0..leaves.len() {
+            let mut whole = Frontier::new();
+            leaves[..cut].iter().for_each(|l| whole.push(*l));
+            let mut rebuilt = Frontier::from_subtrees(whole.subtrees().to_vec()).unwrap();
+            assert_eq!(rebuilt, whole);
+            leaves[cut..].iter().for_each(|l| rebuilt.push(*l));
+            assert_eq!(rebuilt.root(), root(&leaves), "cut at {cut}");
+        }
+        let h = leaves[0];
+        assert!(Frontier::from_subtrees(vec![(3, h)]).is_none(), "not a power of two");
+        assert!(Frontier::from_subtrees(vec![(2, h), (4, h)]).is_none(), "increasing");
+        assert!(Frontier::from_subtrees(vec![(2, h), (2, h)]).is_none(), "repeated");
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! agree with each other, re-signed by whoever holds the key, but not with the checkpoint
 //! the auditor kept). Only records covered by a checkpoint are protected: the report says
 //! how many came after the last one.
+//!
+//! A log that retention cut starts from the frontier in `cut.json`, which must match the
+//! signed checkpoint at the cut; checkpoints before the cut are ignored, and a kept one
+//! from before it cannot be checked, which is reported as a truncation (see
+//! [`crate::retention`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,6 +24,7 @@ use crate::checkpoint::{Checkpoint, VerifierKey};
 use crate::log::{CHECKPOINT_DIR, LOG_DIR, numbered_files};
 use crate::merkle::{Frontier, Hash, consistency_proof, leaf_hash, verify_consistency};
 use crate::record::Phase;
+use crate::retention::{CUT_FILE, read_cut};
 
 /// A kind of damage the verifier reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +71,8 @@ pub struct Finding {
 pub struct Report {
     /// Records read.
     pub records: u64,
+    /// Records deleted by retention before the ones read (the first record's number).
+    pub cut: u64,
     /// Signed checkpoints that verified, by size.
     pub checkpoints: Vec<Checkpoint>,
     /// Records after the last verified checkpoint: not yet protected by a signature.
@@ -119,13 +127,27 @@ struct Line {
 /// auditor saved earlier (its text), if given.
 pub fn verify(dir: &Path, key: &VerifierKey, kept: Option<&str>) -> crate::Result<Report> {
     let mut report = Report::default();
-    let lines = read_lines(dir, &mut report)?;
+    let cut = match read_cut(dir) {
+        Ok(cut) => cut,
+        Err(e) => {
+            report.add(Tampering::Unreadable, e.to_string());
+            Frontier::new()
+        }
+    };
+    report.cut = cut.size();
+    let lines = read_lines(dir, cut.size(), &mut report)?;
     report.records = lines.len() as u64;
-    check_sequence(&lines, &mut report);
+    check_sequence(&lines, cut.size(), &mut report);
+    // Records in the tree, deleted ones included.
+    let total = cut.size() + lines.len() as u64;
 
     // Every checkpoint on disk, each checked on its own first.
     let mut checkpoints = Vec::new();
     for (size, path) in numbered_files(&dir.join(CHECKPOINT_DIR), ".note")? {
+        if size < cut.size() {
+            // Left by a cut that stopped before deleting it: its records are gone.
+            continue;
+        }
         let text = fs::read_to_string(&path).map_err(|e| crate::Error::io(&path, e))?;
         match key.open(&text) {
             Ok(checkpoint) if checkpoint.size == size => checkpoints.push(checkpoint),
@@ -154,8 +176,29 @@ pub fn verify(dir: &Path, key: &VerifierKey, kept: Option<&str>) -> crate::Resul
     let mut sizes: Vec<u64> = checkpoints.iter().chain(&kept).map(|c| c.size).collect();
     sizes.sort_unstable();
     sizes.dedup();
-    let heads = heads_at(&leaves, &sizes);
+    let heads = heads_at(&cut, &leaves, &sizes);
     let head_at = |size: u64| heads.iter().find(|(s, _)| *s == size).and_then(|(_, h)| *h);
+
+    if cut.size() > 0 {
+        match checkpoints.iter().find(|c| c.size == cut.size()) {
+            Some(checkpoint) if checkpoint.root == cut.root() => {}
+            Some(_) => report.add(
+                Tampering::Rewritten,
+                format!(
+                    "{}: the tree at the retention cut (record {}) is not the one its checkpoint signed",
+                    dir.join(CUT_FILE).display(),
+                    cut.size()
+                ),
+            ),
+            None => report.add(
+                Tampering::Unreadable,
+                format!(
+                    "no signed checkpoint vouches for the retention cut at record {}: its checkpoint was deleted",
+                    cut.size()
+                ),
+            ),
+        }
+    }
 
     // Sequence problems are the precise finding; a head mismatch they cause is reported
     // under the same kind, not as a separate edit.
@@ -165,17 +208,16 @@ pub fn verify(dir: &Path, key: &VerifierKey, kept: Option<&str>) -> crate::Resul
         .map(|f| f.kind)
         .find(|k| matches!(k, Tampering::Deleted | Tampering::Reordered));
     let mut matched: Vec<&Checkpoint> = Vec::new();
-    let mut previous_size = 0;
+    let mut previous_size = cut.size();
     for checkpoint in &checkpoints {
         match head_at(checkpoint.size) {
             None => report.add(
                 Tampering::Truncated,
                 format!(
-                    "the log holds {} records but the checkpoint of {} signed {}: the last {} are gone",
-                    leaves.len(),
+                    "the log holds {total} records but the checkpoint of {} signed {}: the last {} are gone",
                     checkpoint.time,
                     checkpoint.size,
-                    checkpoint.size - leaves.len() as u64
+                    checkpoint.size - total
                 ),
             ),
             Some(head) if head == checkpoint.root => matched.push(checkpoint),
@@ -191,7 +233,11 @@ pub fn verify(dir: &Path, key: &VerifierKey, kept: Option<&str>) -> crate::Resul
                         checkpoint.size,
                         checkpoint.time,
                         checkpoint.size,
-                        locate(&lines, previous_size, checkpoint.size)
+                        locate(
+                            &lines,
+                            previous_size.saturating_sub(cut.size()),
+                            checkpoint.size - cut.size()
+                        )
                     ),
                 )
             }
@@ -200,8 +246,10 @@ pub fn verify(dir: &Path, key: &VerifierKey, kept: Option<&str>) -> crate::Resul
     }
 
     // Successive checkpoints must extend each other: checked with a consistency proof
-    // built from the log, step by step as a remote auditor would.
-    for pair in matched.windows(2) {
+    // built from the log, step by step as a remote auditor would. After a retention cut the
+    // proofs would need hashes from before it; the checkpoints matched heads of one leaf
+    // sequence, which is what the proofs would show.
+    for pair in matched.windows(2).filter(|_| cut.size() == 0) {
         let (old, new) = (pair[0], pair[1]);
         let proof = consistency_proof(&leaves[..new.size as usize], old.size as usize).unwrap_or_default();
         if !verify_consistency(old.size, new.size, &old.root, &new.root, &proof) {
@@ -217,11 +265,19 @@ pub fn verify(dir: &Path, key: &VerifierKey, kept: Option<&str>) -> crate::Resul
 
     if let Some(kept) = &kept {
         match head_at(kept.size) {
+            None if kept.size < cut.size() => report.add(
+                Tampering::Truncated,
+                format!(
+                    "the checkpoint kept from {} (size {}) predates the retention cut at record {}: the records it signed were deleted, so it cannot be checked (keep a checkpoint newer than the audit retention)",
+                    kept.time,
+                    kept.size,
+                    cut.size()
+                ),
+            ),
             None => report.add(
                 Tampering::Truncated,
                 format!(
-                    "the log holds {} records but the kept checkpoint of {} signed {}",
-                    leaves.len(),
+                    "the log holds {total} records but the kept checkpoint of {} signed {}",
                     kept.time,
                     kept.size
                 ),
@@ -240,7 +296,7 @@ pub fn verify(dir: &Path, key: &VerifierKey, kept: Option<&str>) -> crate::Resul
                 ),
             ),
             Some(_) => {
-                if let Some(latest) = matched.last().filter(|c| c.size >= kept.size) {
+                if let Some(latest) = matched.last().filter(|c| c.size >= kept.size && cut.size() == 0) {
                     let proof = consistency_proof(&leaves[..latest.size as usize], kept.size as usize)
                         .unwrap_or_default();
                     if !verify_consistency(kept.size, latest.size, &kept.root, &latest.root, &proof) {
@@ -257,7 +313,7 @@ pub fn verify(dir: &Path, key: &VerifierKey, kept: Option<&str>) -> crate::Resul
         }
     }
 
-    report.unsigned_tail = leaves.len() as u64 - matched.last().map_or(0, |c| c.size.min(leaves.len() as u64));
+    report.unsigned_tail = total - matched.last().map_or(cut.size(), |c| c.size.clamp(cut.size(), total));
     report.unsigned_since = lines
         .get(leaves.len() - report.unsigned_tail as usize)
         .and_then(|line| line.head.as_ref())
@@ -266,18 +322,24 @@ pub fn verify(dir: &Path, key: &VerifierKey, kept: Option<&str>) -> crate::Resul
     Ok(report)
 }
 
-/// Reads every segment's lines in order; a line that is not a record is reported.
-fn read_lines(dir: &Path, report: &mut Report) -> crate::Result<Vec<Line>> {
+/// Reads every segment's lines in order, from record `cut` on; a line that is not a record
+/// is reported.
+fn read_lines(dir: &Path, cut: u64, report: &mut Report) -> crate::Result<Vec<Line>> {
     let mut lines = Vec::new();
-    let segments = numbered_files(&dir.join(LOG_DIR), ".jsonl")?;
+    let mut segments = numbered_files(&dir.join(LOG_DIR), ".jsonl")?;
+    // Segments before the cut are left by a cut that stopped before deleting them.
+    let leftovers = segments.iter().take_while(|(first, _)| *first < cut).count();
+    if segments.get(leftovers).is_none_or(|(first, _)| *first == cut) {
+        segments.drain(..leftovers);
+    }
     for (i, (first, path)) in segments.iter().enumerate() {
-        if *first != lines.len() as u64 {
+        if *first != cut + lines.len() as u64 {
             report.add(
                 Tampering::Deleted,
                 format!(
-                    "{} is named for record {first} but the segments before it hold {} records: records or a segment were removed",
+                    "{} is named for record {first} but the log before it holds {} records: records or a segment were removed",
                     path.display(),
-                    lines.len()
+                    cut + lines.len() as u64
                 ),
             );
         }
@@ -313,16 +375,17 @@ fn read_lines(dir: &Path, report: &mut Report) -> crate::Result<Vec<Line>> {
     Ok(lines)
 }
 
-/// Sequence numbers must count up from 0 with no gap; `done` records must name an
-/// earlier intent. A gap whose records appear later is a reordering, not a deletion.
-fn check_sequence(lines: &[Line], report: &mut Report) {
+/// Sequence numbers must count up from `cut` (0 if retention never cut the log) with no
+/// gap; `done` records must name an earlier intent (or one before the cut). A gap whose
+/// records appear later is a reordering, not a deletion.
+fn check_sequence(lines: &[Line], cut: u64, report: &mut Report) {
     const MAX: usize = 20;
     let present: std::collections::BTreeSet<u64> =
         lines.iter().filter_map(|l| l.head.as_ref()).map(|h| h.seq).collect();
     let mut seen = std::collections::HashSet::new();
     let mut findings = Vec::new();
     let mut intents = std::collections::HashSet::new();
-    let mut expected = 0u64;
+    let mut expected = cut;
     for line in lines {
         let Some(head) = &line.head else {
             expected = expected.saturating_add(1);
@@ -358,7 +421,7 @@ fn check_sequence(lines: &[Line], report: &mut Report) {
                 intents.insert(head.seq);
             }
             Phase::Done => {
-                if !head.intent.is_some_and(|i| intents.remove(&i)) {
+                if !head.intent.is_some_and(|i| i < cut || intents.remove(&i)) {
                     let kind = if head.intent.is_some_and(|i| present.contains(&i)) {
                         Tampering::Reordered
                     } else {
@@ -387,9 +450,10 @@ fn check_sequence(lines: &[Line], report: &mut Report) {
     report.open_intents = intents.len() as u64;
 }
 
-/// The tree head after each of `sizes` leaves (sorted), or `None` past the end.
-fn heads_at(leaves: &[Hash], sizes: &[u64]) -> Vec<(u64, Option<Hash>)> {
-    let mut frontier = Frontier::new();
+/// The tree head after each of `sizes` leaves (sorted), `leaves` following the tree at the
+/// retention cut; `None` past the end or before the cut.
+fn heads_at(cut: &Frontier, leaves: &[Hash], sizes: &[u64]) -> Vec<(u64, Option<Hash>)> {
+    let mut frontier = cut.clone();
     let mut heads = Vec::new();
     let mut leaves = leaves.iter();
     for &size in sizes {

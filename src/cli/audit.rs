@@ -163,9 +163,14 @@ pub async fn run(store: Store, args: AuditArgs) -> Result<(), CliError> {
                     .map_err(|e| CliError::Usage(e.to_string()))?;
             let latest = report.checkpoints.last();
             super::print(format!(
-                "{}: {} records, {} signed checkpoints (latest: size {}{})",
+                "{}: {} records{}, {} signed checkpoints (latest: size {}{})",
                 dir.display(),
                 report.records,
+                if report.cut > 0 {
+                    format!(" (the {} before them deleted by the audit retention)", report.cut)
+                } else {
+                    String::new()
+                },
                 report.checkpoints.len(),
                 latest.map_or(0, |c| c.size),
                 latest.map(|c| format!(", {}", c.time)).unwrap_or_default()

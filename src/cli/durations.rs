@@ -20,7 +20,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if number == 0 {
         return Err("a duration must be positive".into());
     }
-    Ok(Duration::from_secs(number * seconds))
+    let seconds = number
+        .checked_mul(seconds)
+        .ok_or_else(|| format!("'{text}' is too long a duration"))?;
+    Ok(Duration::from_secs(seconds))
 }
 
 /// Parses `1048576`, `512MiB`, `4GiB` (also MB/GB, read as powers of 1024).
@@ -57,6 +60,12 @@ mod tests {
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert!(parse_duration("1y").unwrap_err().contains("unknown unit 'y'"));
         assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_duration("400d").unwrap(), Duration::from_secs(400 * 86_400));
+        assert!(
+            parse_duration("18446744073709551615d")
+                .unwrap_err()
+                .contains("too long")
+        );
         assert_eq!(parse_bytes("4GiB").unwrap(), 4 << 30);
         assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
         assert!(parse_bytes("lots").is_err());

@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// …or this long after the last one, if records came since (10s, 1m).
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
     audit_checkpoint_interval: Duration,
+    /// How long audit records are kept, whatever the data's retention: hourly, whole
+    /// segments of older records are deleted, leaving a log that still verifies.
+    #[arg(long, env = "PROXIMA_AUDIT_RETENTION", default_value = "400d", value_parser = parse_duration)]
+    audit_retention: Duration,
     /// The smallest number of distinct devices a cell of an analyst's aggregate may show;
     /// smaller cells are left out.
     #[arg(long, env = "PROXIMA_MIN_CELL", default_value_t = proxima_engine::session::DEFAULT_MIN_CELL, value_parser = clap::value_parser!(u32).range(2..))]
@@ -398,12 +402,18 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         _ => None,
     };
     let maintenance = maintainer.spawn(when_stopped(stopped.clone()))?;
+    let audit_retention = tokio::spawn(audit_retention(
+        audit.clone(),
+        args.audit_retention,
+        when_stopped(stopped.clone()),
+    ));
     let flight = proxima_flight_server::serve(service, flight_listener, tls, when_stopped(stopped)).await;
     let rest_result = match rest_server {
         Some(server) => Some(server.await),
         None => None,
     };
     let _ = tokio::task::spawn_blocking(move || maintenance.join()).await;
+    let _ = audit_retention.await;
     flight.map_err(|e| CliError::Usage(e.to_string()))?;
     match rest_result {
         None | Some(Ok(Ok(()))) => {}
@@ -414,4 +424,32 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
     drop(audit);
     super::print("Proxima stopped")?;
     Ok(())
+}
+
+/// Deletes the audit records older than `keep`, now and every hour, until `stop`.
+async fn audit_retention(audit: proxima_audit::AuditLog, keep: Duration, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = hourly.tick() => {}
+        }
+        let before = chrono::Duration::from_std(keep)
+            .ok()
+            .and_then(|keep| chrono::Utc::now().checked_sub_signed(keep))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        match audit.prune(before).await {
+            Ok(pruned) if pruned.segments > 0 => tracing::info!(
+                target: "proxima::audit",
+                records = pruned.records,
+                segments = pruned.segments,
+                first_kept = pruned.cut,
+                "audit retention"
+            ),
+            Ok(_) => {}
+            // The records stay; the next hour tries again, and verify names the problem.
+            Err(e) => tracing::error!(target: "proxima::audit", "audit retention: {e}"),
+        }
+    }
 }
