@@ -741,6 +741,83 @@ async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
         "{stderr}"
     );
 
+    // The tracer job takes a case id; through the server it needs the case as purpose,
+    // and then finds what the files hold for that case.
+    let trace_job = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/jobs/trace_case.sql");
+    let case_param = format!("case_id={}", fixture.case_id);
+    let purpose = format!("case:{}", fixture.case_id);
+    let trace_args = [
+        "sql",
+        "-f",
+        trace_job.to_str().unwrap(),
+        "--param",
+        &case_param,
+        "--format",
+        "csv",
+    ];
+    let local = Command::new(BIN)
+        .args(["--data", fixture.store().to_str().unwrap()])
+        .args(trace_args)
+        .args(["--audit-dir", fixture.dir.path().join("audit-local").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    assert!(
+        String::from_utf8_lossy(&local.stdout).lines().count() > 1,
+        "the case has contacts"
+    );
+    let without = remote(&trace_args, "alice", TRACER_PASSWORD);
+    assert!(!without.status.success());
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("declared purpose"),
+        "{}",
+        String::from_utf8_lossy(&without.stderr)
+    );
+    let with: Vec<&str> = trace_args.iter().copied().chain(["--purpose", &purpose]).collect();
+    let traced = remote(&with, "alice", TRACER_PASSWORD);
+    assert!(traced.status.success(), "{}", String::from_utf8_lossy(&traced.stderr));
+    // The same contacts, encounters and durations; the summed risk (floating point, summed
+    // in parallel in whatever order) may differ in its last rounded digit.
+    let rows = |out: &[u8]| {
+        let mut rows: Vec<(String, f64)> = String::from_utf8_lossy(out)
+            .lines()
+            .map(|line| {
+                let (rest, risk) = line.rsplit_once(',').unwrap();
+                (rest.to_string(), risk.parse().unwrap_or(f64::NAN))
+            })
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    };
+    let (through, on_files) = (rows(&traced.stdout), rows(&local.stdout));
+    assert_eq!(through.len(), on_files.len());
+    for ((a, risk_a), (b, risk_b)) in through.iter().zip(&on_files) {
+        assert_eq!(a, b);
+        assert!(
+            a.starts_with("contact,") || (risk_a - risk_b).abs() < 0.15,
+            "{a}: {risk_a} / {risk_b}"
+        );
+    }
+    // Another case than the purpose's is no case at all for this login.
+    let other = format!("case_id={}", uuid::Uuid::now_v7());
+    let elsewhere: Vec<&str> = [
+        "sql",
+        "-f",
+        trace_job.to_str().unwrap(),
+        "--param",
+        &other,
+        "--purpose",
+        &purpose,
+    ]
+    .to_vec();
+    let refused = remote(&elsewhere, "alice", TRACER_PASSWORD);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("trace_case: there is no case"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
     // The server audited the job under ann's name.
     let audit_dir = server.audit_dir.clone();
     server.stop();
@@ -757,6 +834,13 @@ async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0]["principal"], "ann");
     assert_eq!(jobs[0]["objects"], serde_json::json!(["daily_contacts_by_location"]));
+    // …and the trace under alice's, citing the case.
+    let traces: Vec<_> = records
+        .iter()
+        .filter(|r| r["phase"] == "intent" && r["sql"].as_str().is_some_and(|s| s.contains("trace_case(")))
+        .collect();
+    assert!(traces.iter().all(|r| r["principal"] == "alice"), "{traces:?}");
+    assert!(traces.iter().any(|r| r["purpose"] == purpose.as_str()), "{traces:?}");
 }
 
 /// Runs `sql` on the fixture's files with the local CLI (a full session) and returns the

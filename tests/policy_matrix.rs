@@ -16,7 +16,7 @@ use proxima_engine::{Principal, Role, SessionFactory, SessionOptions, Store};
 mod common;
 
 /// The objects a role may be given, with a call that uses each.
-fn objects(device: &str) -> Vec<(&'static str, String)> {
+fn objects(device: &str, case_id: &str) -> Vec<(&'static str, String)> {
     [
         "observations",
         "devices",
@@ -31,6 +31,7 @@ fn objects(device: &str) -> Vec<(&'static str, String)> {
     .map(|name| (name, name.to_string()))
     .chain([
         ("trace_contacts", format!("trace_contacts('{device}', now())")),
+        ("trace_case", format!("trace_case('{case_id}')")),
         (
             "en_rpis",
             "en_rpis('75c734c6dd1a782de7a965da5eb93125', 2642976)".to_string(),
@@ -48,6 +49,7 @@ fn allowed(role: Role, object: &str) -> bool {
             "alerts",
             "cases",
             "trace_contacts",
+            "trace_case",
             "en_rpis",
         ]
         .contains(&object),
@@ -121,7 +123,7 @@ async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
             name: "matrix".into(),
             role,
         };
-        for (object, call) in objects(&device) {
+        for (object, call) in objects(&device, &case_id) {
             let twin_name = format!("{object}_nope");
             let twin_call = call.replacen(object, &twin_name, 1);
             for (shape, template) in SHAPES {
@@ -159,7 +161,7 @@ async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
             .await
             .unwrap();
             let rows: usize = listed.iter().map(|b| b.num_rows()).sum();
-            let table_functions = ["trace_contacts", "en_rpis"];
+            let table_functions = ["trace_contacts", "trace_case", "en_rpis"];
             if !table_functions.contains(&object) {
                 assert_eq!(
                     rows > 0,
@@ -171,14 +173,14 @@ async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
             }
         }
     }
-    assert_eq!(checked, 4 * 10 * SHAPES.len());
+    assert_eq!(checked, 4 * 11 * SHAPES.len());
 
     // A tracer without a purpose reads nothing, though the names exist.
     let tracer = Principal {
         name: "matrix".into(),
         role: Role::Tracer,
     };
-    for (object, call) in objects(&device).into_iter().filter(|(o, _)| allowed(Role::Tracer, o)) {
+    for (object, call) in objects(&device, &case_id).into_iter().filter(|(o, _)| allowed(Role::Tracer, o)) {
         if object == "en_rpis" {
             continue; // computes identifiers from a key it is given: no data
         }

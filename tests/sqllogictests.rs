@@ -132,7 +132,39 @@ async fn fixture_store(dir: &Path, slt: &Path) -> Result<Store, Box<dyn std::err
         .unwrap_or_else(|| root().join("sql/fixtures"));
     proxima_ingest::import::import(&writer, Table::Devices, &[fixtures.join("devices.csv")]).await?;
     proxima_ingest::import::import(&writer, Table::Observations, &[fixtures.join("observations.csv")]).await?;
+    let cases = fixtures.join("cases.csv");
+    if cases.exists() {
+        write_cases(&writer, &cases).await?;
+    }
     Ok(store)
+}
+
+/// Writes the cases of a CSV file (with the table's columns, `day` aside), each in its
+/// report's day: cases come from REST, which `proxima import` does not stand in for.
+async fn write_cases(writer: &PartitionWriter, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let table = Table::Cases;
+    let reader = arrow::csv::ReaderBuilder::new(table.file_schema())
+        .with_header(true)
+        .build(std::fs::File::open(path)?)?;
+    let mut transaction = writer.begin();
+    for batch in reader {
+        let batch = batch?;
+        let times = batch
+            .column_by_name("reported_at")
+            .ok_or("cases.csv: no reported_at")?
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+            .ok_or("cases.csv: reported_at is not a timestamp")?
+            .clone();
+        for row in 0..batch.num_rows() {
+            let day = chrono::DateTime::from_timestamp_micros(times.value(row))
+                .ok_or("cases.csv: a report time out of range")?
+                .date_naive();
+            transaction.write_file(table, Some(day), &[batch.slice(row, 1)]).await?;
+        }
+    }
+    transaction.commit().await?;
+    Ok(())
 }
 
 async fn run_file(path: &Path, complete: bool) -> Result<(), Box<dyn std::error::Error>> {

@@ -27,6 +27,7 @@ pub mod script;
 pub mod session;
 pub mod store;
 mod table;
+pub mod trace_case;
 pub mod users;
 
 pub use access::{Principal, Role};

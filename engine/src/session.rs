@@ -31,6 +31,7 @@ use crate::purpose::{GuardedTrace, PurposeResolver, ScopeRule, ScopedTable};
 use crate::schema::DAY;
 use crate::store::Store;
 use crate::table::DayPartitionedTable;
+use crate::trace_case::TraceCase;
 
 /// The views every full session gets, in creation order (each file is one `CREATE VIEW`).
 const VIEWS: &[(&str, &str)] = &[("encounters", include_str!("../../sql/views/encounters.sql"))];
@@ -214,7 +215,7 @@ impl SessionFactory {
 
     /// A tracer's session: observations, encounters, alerts and cases as [`ScopedTable`]s
     /// (the rows of the declared purpose's case, none without one), `trace_contacts` of that
-    /// case's device only, the GAEN and risk functions.
+    /// case's device only, `trace_case` of that case only, the GAEN and risk functions.
     async fn tracer_session(&self) -> Result<SessionContext> {
         let full = self.session().await?;
         // The same full session plans the scoped tables and resolves purposes.
@@ -235,6 +236,7 @@ impl SessionFactory {
         }
         ctx.register_udtf("en_rpis", Arc::new(proxima_udfs::gaen::EnRpis));
         ctx.register_udtf("trace_contacts", Arc::new(GuardedTrace::new(resolver)));
+        ctx.register_udtf("trace_case", Arc::new(TraceCase));
         Ok(ctx)
     }
 
@@ -266,6 +268,7 @@ impl SessionFactory {
             ctx.register_table(table.name(), self.table_provider(table)?)?;
         }
         proxima_udfs::register_all(&ctx)?;
+        ctx.register_udtf("trace_case", Arc::new(TraceCase));
         for (_name, sql) in VIEWS {
             ctx.sql(sql).await?;
         }

@@ -112,6 +112,12 @@ impl Client {
         Ok(Self { inner })
     }
 
+    /// Declares what the following calls are for (`case:<case_id>`), as the header
+    /// `x-proxima-purpose` on each of them.
+    pub fn set_purpose(&mut self, purpose: &str) {
+        self.inner.set_header("x-proxima-purpose", purpose);
+    }
+
     /// Sends `sql` and returns its schema and its batches as they arrive.
     pub async fn run(&mut self, sql: &str) -> Result<(SchemaRef, ResultStream), ClientError> {
         let info = self.inner.execute(sql.to_string(), None).await?;

@@ -50,6 +50,14 @@ pub struct SqlArgs {
     /// A CA certificate (PEM) to trust for grpc+tls:// besides the system's.
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
+    /// What the statements are for, `case:<case_id>`: a tracer reads nothing without it
+    /// (sent as x-proxima-purpose with --connect); every audit record names it.
+    #[arg(long, env = "PROXIMA_PURPOSE", value_name = "case:ID", value_parser = parse_purpose)]
+    purpose: Option<String>,
+}
+
+fn parse_purpose(text: &str) -> Result<String, String> {
+    proxima_udfs::options::parse_purpose(text).map_err(|e| e.to_string())
 }
 
 impl SqlArgs {
@@ -63,6 +71,7 @@ impl SqlArgs {
 /// under `local:<OS user>`.
 struct LocalAudit {
     log: AuditLog,
+    purpose: Option<String>,
     principal: String,
     params: Vec<String>,
 }
@@ -86,6 +95,7 @@ impl LocalAudit {
             .unwrap_or_else(|_| "unknown".into());
         Ok(Self {
             log,
+            purpose: args.purpose.clone(),
             principal: format!("local:{user}"),
             params: args
                 .params
@@ -108,6 +118,7 @@ impl LocalAudit {
         if !self.params.is_empty() {
             record.params = vec![self.params.clone()];
         }
+        record.purpose.clone_from(&self.purpose);
         record
     }
 
@@ -195,6 +206,9 @@ pub async fn run_remote(args: SqlArgs) -> Result<(), CliError> {
     let mut client = Client::connect(address, args.tls_ca.as_deref(), user, &password)
         .await
         .map_err(|e| CliError::Query(e.to_string()))?;
+    if let Some(purpose) = &args.purpose {
+        client.set_purpose(purpose);
+    }
     let count = statements.len();
     for (i, statement) in statements.into_iter().enumerate() {
         let (schema, stream) = client

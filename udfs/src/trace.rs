@@ -299,7 +299,18 @@ impl TraceCall {
     }
 }
 
-fn is_uuid(value: &str) -> bool {
+/// Folds argument `position` (from 1, called `name`) of a call to the table function
+/// `function` to a constant, or says it must be one: for functions that take their
+/// arguments as `trace_contacts` does.
+pub fn constant_argument(function: &str, args: &TableFunctionArgs, position: usize, name: &str) -> Result<ScalarValue> {
+    let Some(expr) = args.exprs().get(position - 1) else {
+        return plan_err!("{function}: argument {position} ({name}) is missing");
+    };
+    constant(function, position, name, expr, &simplifier(args.session()))
+}
+
+/// Whether `value` is a UUID written 8-4-4-4-12 in hex digits.
+pub fn is_uuid(value: &str) -> bool {
     value.len() == 36
         && value.char_indices().all(|(i, c)| match i {
             8 | 13 | 18 | 23 => c == '-',
