@@ -180,7 +180,10 @@ async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
         name: "matrix".into(),
         role: Role::Tracer,
     };
-    for (object, call) in objects(&device, &case_id).into_iter().filter(|(o, _)| allowed(Role::Tracer, o)) {
+    for (object, call) in objects(&device, &case_id)
+        .into_iter()
+        .filter(|(o, _)| allowed(Role::Tracer, o))
+    {
         if object == "en_rpis" {
             continue; // computes identifiers from a key it is given: no data
         }

@@ -647,6 +647,38 @@ async fn alert_lifecycle_from_case_to_expiry() {
     assert_eq!(alerts_of(&near).await.len(), 1);
     api.clock.advance(Duration::hours(2));
     assert!(alerts_of(&near).await.is_empty(), "expired after 48 hours");
+
+    // A report may cite the id the health authority gave the case: it is the report's
+    // purpose, and an id already used is refused, with nothing written.
+    let cited = "0F6B1C2A-3D4E-4F50-8A9B-0C1D2E3F4A5B";
+    let report = json!({"device_uuid": case.uuid, "status": "confirmed", "case_id": cited});
+    let (s, again) = api.post_json("/v1/cases", &report, Some(&basic("tracy"))).await;
+    assert_eq!(s, StatusCode::CREATED, "{again}");
+    assert_eq!(again["case_id"], cited.to_ascii_lowercase());
+    let alerts = api.count("SELECT count(*) FROM alerts").await;
+    let (s, body) = api.post_json("/v1/cases", &report, Some(&basic("tracy"))).await;
+    assert_error(s, &body, StatusCode::CONFLICT, "already exists");
+    let bad = json!({"device_uuid": case.uuid, "status": "confirmed", "case_id": "case-7"});
+    let (s, body) = api.post_json("/v1/cases", &bad, Some(&basic("tracy"))).await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "body.case_id");
+    let cited = cited.to_ascii_lowercase();
+    assert_eq!(
+        api.count(&format!("SELECT count(*) FROM cases WHERE case_id = '{cited}'"))
+            .await,
+        1
+    );
+    assert_eq!(api.count("SELECT count(*) FROM alerts").await, alerts);
+
+    // Each report's outcome names its case as the purpose.
+    let records = api.audit_records().await;
+    let purposes: Vec<&str> = records
+        .iter()
+        .filter(|r| r["action"] == "rest:POST /v1/cases" && r["phase"] == "done")
+        .map(|r| r["purpose"].as_str().unwrap_or("-"))
+        .collect();
+    let first = format!("case:{}", opened["case_id"].as_str().unwrap());
+    let second = format!("case:{cited}");
+    assert_eq!(purposes, [first.as_str(), &second, &second, "-"]);
 }
 
 #[tokio::test]

@@ -38,14 +38,22 @@ fn refuse(value: &str, expected: &'static str) -> IdError {
 
 /// Parses a device UUID and returns its canonical lowercase hyphenated form.
 pub fn device_uuid(value: &str) -> Result<String, IdError> {
-    const EXPECTED: &str = "a device UUID (8-4-4-4-12 hex digits)";
+    uuid(value, "a device UUID (8-4-4-4-12 hex digits)")
+}
+
+/// Parses a case id (a UUID) and returns its canonical lowercase hyphenated form.
+pub fn case_id(value: &str) -> Result<String, IdError> {
+    uuid(value, "a case id (a UUID: 8-4-4-4-12 hex digits)")
+}
+
+fn uuid(value: &str, expected: &'static str) -> Result<String, IdError> {
     let is_hyphenated = value.len() == 36
         && value.char_indices().all(|(i, c)| match i {
             8 | 13 | 18 | 23 => c == '-',
             _ => c.is_ascii_hexdigit(),
         });
     if !is_hyphenated {
-        return Err(refuse(value, EXPECTED));
+        return Err(refuse(value, expected));
     }
     Ok(value.to_ascii_lowercase())
 }

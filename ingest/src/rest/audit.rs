@@ -92,6 +92,19 @@ fn claimed_name(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
+/// Names what the call being served is for (`case:<case_id>`) in its outcome record, and
+/// the tables and functions it read: a case report cites the case it opens.
+pub(super) fn cite(purpose: String, objects: &[&str]) {
+    let _ = CALL.try_with(|call| {
+        if let Ok(mut pending) = call.pending.lock()
+            && let Some((done, _)) = pending.as_mut()
+        {
+            done.purpose = Some(purpose);
+            done.objects = objects.iter().map(|o| o.to_string()).collect();
+        }
+    });
+}
+
 /// Records the authentication outcome of a staff call: the intent (synced before the
 /// handler goes on) if the caller was let in, or a refusal: `principal` is who
 /// authenticated (if anyone), `refusal` why the call is refused (if it is).

@@ -59,6 +59,11 @@ pub struct ReportCase {
     pub status: CaseStatus,
     /// When the case was reported (RFC 3339; default: now). Contacts are traced back from it.
     pub reported_at: Option<String>,
+    /// The case's id, when the health authority's record of it already has one (a UUID;
+    /// default: a new one). It is the call's declared purpose: the audit record of the report
+    /// cites it, and tracers then read the case with `SET proxima.purpose = 'case:<case_id>'`.
+    /// An id that is already a case is refused (409).
+    pub case_id: Option<String>,
 }
 
 /// Alerts issued, by priority.
@@ -241,23 +246,66 @@ pub async fn report(
             reported_at.to_rfc3339()
         )));
     }
-    let opened = open_case(&state, &principal, &device, request.status, reported_at).await?;
+    let case_id = match &request.case_id {
+        Some(id) => Some(ids::case_id(id).map_err(|e| ApiError::invalid(format!("body.case_id: {e}")))?),
+        None => None,
+    };
+    let opened = open_case(&state, &principal, &device, request.status, reported_at, case_id).await?;
     Ok((StatusCode::CREATED, Json(opened)))
 }
 
-/// Opens a case: flush, trace, write the case and its alerts durably.
+/// A case id being opened: held from before the check that no case has it until the case
+/// is durable (or the report fails), so that two reports never open the same id.
+struct Opening<'a> {
+    state: &'a AppState,
+    case_id: String,
+}
+
+impl<'a> Opening<'a> {
+    fn claim(state: &'a AppState, case_id: &str) -> ApiResult<Self> {
+        let mut opening = state
+            .opening
+            .lock()
+            .map_err(|_| ApiError::internal("opening a case", "a poisoned lock"))?;
+        if !opening.insert(case_id.to_string()) {
+            return Err(ApiError::conflict(format!(
+                "case {case_id} is being reported by another request"
+            )));
+        }
+        Ok(Self {
+            state,
+            case_id: case_id.to_string(),
+        })
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut opening) = self.state.opening.lock() {
+            opening.remove(&self.case_id);
+        }
+    }
+}
+
+/// Opens a case (with `requested_id`, or a new id): flush, trace, write the case and its
+/// alerts durably.
 async fn open_case(
     state: &AppState,
     principal: &Principal,
     device: &str,
     status: CaseStatus,
     reported_at: DateTime<Utc>,
+    requested_id: Option<String>,
 ) -> ApiResult<CaseOpened> {
+    let case_id = requested_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    // The report's purpose is its case, whether or not it succeeds.
+    super::audit::cite(format!("case:{case_id}"), &["cases", "trace_contacts", "alerts"]);
     match state.registry.status(device) {
         None => return Err(ApiError::not_found(format!("no device {device}"))),
         Some(true) => return Err(ApiError::conflict(format!("device {device} is revoked"))),
         Some(false) => {}
     }
+    let _opening = Opening::claim(state, &case_id)?;
     state
         .flush()
         .await
@@ -271,6 +319,22 @@ async fn open_case(
         .session()
         .await
         .map_err(|e| ApiError::internal("opening a tracing session failed", e))?;
+    if requested_id.is_some() {
+        // Every case acknowledged before is in the store: the WAL was just flushed.
+        let existing = ctx
+            .sql(&format!("SELECT count(*) FROM cases WHERE case_id = '{case_id}'"))
+            .await
+            .map_err(|e| ApiError::internal("looking the case id up failed", e))?
+            .collect()
+            .await
+            .map_err(|e| ApiError::internal("looking the case id up failed", e))?;
+        let count = existing.first().map_or(0, |b| {
+            b.column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0)
+        });
+        if count > 0 {
+            return Err(ApiError::conflict(format!("case {case_id} already exists")));
+        }
+    }
     let sql = format!(
         "SELECT contact, priority, exposed_at FROM trace_contacts('{device}', TIMESTAMP '{}')",
         reported_at.to_rfc3339()
@@ -286,7 +350,6 @@ async fn open_case(
 
     let now = state.clock.now();
     let expires_at = now + state.options.alert_ttl;
-    let case_id = uuid::Uuid::now_v7().to_string();
     let mut counts = AlertCounts::default();
     let mut alerts = Vec::new();
     for batch in &contacts {
@@ -457,7 +520,7 @@ pub async fn temperature(
         )
         .await?;
     let case = if reading.celsius >= state.options.fever_threshold {
-        Some(open_case(&state, &principal, &device, CaseStatus::Suspected, measured_at).await?)
+        Some(open_case(&state, &principal, &device, CaseStatus::Suspected, measured_at, None).await?)
     } else {
         None
     };

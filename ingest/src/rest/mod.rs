@@ -140,6 +140,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Where staff calls are audited.
     pub audit: AuditLog,
+    /// Case ids being opened right now, so that two reports never open one id twice.
+    opening: std::sync::Mutex<std::collections::HashSet<String>>,
     ready: AtomicBool,
 }
 
@@ -254,6 +256,7 @@ impl RestService {
             idempotency,
             metrics,
             audit,
+            opening: std::sync::Mutex::default(),
             ready: AtomicBool::new(true),
         });
         maintainer.add_listener(Arc::new(AlertReloader(Arc::downgrade(&state))));
