@@ -272,6 +272,12 @@ async fn rust_flight_sql_client() {
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("'case:<case_id>'"), "{refused}");
+    // A well-formed id that is no case fails at the SET, not at the next read.
+    let refused = alice
+        .execute_update(format!("SET proxima.purpose = 'case:{}'", uuid::Uuid::now_v7()), None)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("there is no such case"), "{refused}");
     alice
         .execute_update(format!("SET proxima.purpose = 'case:{}'", fixture.case_id), None)
         .await

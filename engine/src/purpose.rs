@@ -163,6 +163,22 @@ impl PurposeResolver {
     }
 }
 
+/// Checks, before a tracer's `SET proxima.purpose = 'case:…'` takes effect, that the
+/// purpose resolves (the case exists and is open), so that a wrong id fails at the `SET`
+/// rather than at the next read. The check reads the session's `cases` in a copy of its
+/// state with the purpose set; the copy shares the session's tables, so the scope it
+/// resolves is kept for the reads that follow.
+pub async fn check_declared(state: &SessionState, purpose: &str) -> Result<()> {
+    let mut probe = state.clone();
+    probe.config_mut().options_mut().set("proxima.purpose", purpose)?;
+    SessionContext::new_with_state(probe)
+        .sql("SELECT count(*) FROM cases")
+        .await?
+        .collect()
+        .await?;
+    Ok(())
+}
+
 fn poisoned() -> DataFusionError {
     DataFusionError::Internal("the purpose cache lock is poisoned".into())
 }

@@ -38,7 +38,7 @@ use datafusion::common::ParamValues;
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{LogicalPlan, Statement};
 use datafusion::prelude::SessionContext;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
@@ -272,6 +272,16 @@ impl FlightSqlServer {
             .principal
             .check_settings(&plan, &current, self.factory.options().max_trace_window)
             .map_err(Status::permission_denied)?;
+        // A tracer's purpose must name an open case now, not at the next read.
+        if let LogicalPlan::Statement(Statement::SetVariable(set)) = &plan
+            && session.principal.role == proxima_engine::Role::Tracer
+            && set.variable.eq_ignore_ascii_case("proxima.purpose")
+            && !set.value.trim().is_empty()
+        {
+            proxima_engine::purpose::check_declared(&state, &set.value)
+                .await
+                .map_err(query_status)?;
+        }
         Ok(plan)
     }
 
