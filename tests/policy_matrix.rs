@@ -60,7 +60,7 @@ fn allowed(role: Role, object: &str) -> bool {
 }
 
 /// The query shapes, each with `{o}` where the object goes.
-const SHAPES: [(&str, &str); 8] = [
+const SHAPES: [(&str, &str); 9] = [
     ("plain", "SELECT count(*) FROM {o}"),
     ("join", "SELECT count(*) FROM {o} a CROSS JOIN (SELECT 1 AS one) b"),
     ("subquery", "SELECT 1 AS one WHERE EXISTS (SELECT 1 FROM {o})"),
@@ -69,6 +69,10 @@ const SHAPES: [(&str, &str); 8] = [
     ("explain", "EXPLAIN SELECT * FROM {o}"),
     ("view", "CREATE VIEW v_matrix AS SELECT * FROM {o}"),
     ("prepare", "PREPARE p_matrix AS SELECT * FROM {o}"),
+    (
+        "prepared with parameters",
+        "PREPARE p_params(BIGINT) AS SELECT count(*) FROM {o} WHERE $1 > 0",
+    ),
 ];
 
 /// Runs `sql` as a network service would: plan, check, then run.
