@@ -778,3 +778,82 @@ async fn registrations_never_leave_a_day_uncovered() {
     assert_eq!(found.edges.len(), 3, "{:?}", found.edges);
     assert!(found.edges.iter().all(|e| e.b == phone.uuid));
 }
+
+#[tokio::test]
+async fn phones_fetch_rotating_identifiers_only_the_key_links() {
+    use proxima_engine::ephemeral::{IdKeys, handle_of};
+    let keys = Arc::new(IdKeys::generate(Utc::now()));
+    let api = Api::start(RestOptions {
+        id_keys: Some(Arc::clone(&keys)),
+        ..RestOptions::default()
+    })
+    .await;
+    let phone = api.register("AA:00:00:00:00:E1").await;
+    let get = |query: &str, token: Option<&str>| {
+        let mut request = api.http.get(api.url(&format!("/v1/ephemeral-ids{query}")));
+        if let Some(token) = token {
+            request = request.header("authorization", bearer(token));
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), json_of(response).await)
+        }
+    };
+
+    let (s, body) = get("?count=4", Some(&phone.token)).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["epoch_seconds"], 900);
+    let ids = body["ids"].as_array().unwrap();
+    assert_eq!(ids.len(), 4);
+    // The first epoch holds now; each follows the last by 15 minutes.
+    let time = |v: &Value| v.as_str().unwrap().parse::<DateTime<Utc>>().unwrap();
+    let first = time(&ids[0]["valid_from"]);
+    assert!(first <= api.now() && api.now() < first + Duration::minutes(15));
+    assert_eq!(first.timestamp() % 900, 0);
+    let mut seen = std::collections::HashSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        let from = time(&id["valid_from"]);
+        assert_eq!(from, first + Duration::minutes(15 * i as i64));
+        assert_eq!(time(&id["valid_until"]), from + Duration::minutes(15));
+        let text = id["id"].as_str().unwrap();
+        assert!(
+            text.len() == 32 && text.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')),
+            "{text}"
+        );
+        assert!(seen.insert(text.to_string()), "identifiers repeat");
+        // Only the key links it back: to this phone, in this epoch.
+        let bytes: [u8; 16] = hex::decode(text).unwrap().try_into().unwrap();
+        let resolved = keys.resolve(&bytes).expect("the server's key resolves it");
+        assert_eq!(resolved.handle, handle_of(&phone.uuid).unwrap());
+        assert_eq!(i64::from(resolved.start_minute) * 60, from.timestamp());
+        assert_eq!(IdKeys::generate(Utc::now()).resolve(&bytes), None);
+    }
+    let (_, body) = get("", Some(&phone.token)).await;
+    assert_eq!(body["ids"].as_array().unwrap().len(), 96, "a day by default");
+
+    // Refusals: no token, a bad count, an unknown parameter.
+    let (s, body) = get("?count=4", None).await;
+    assert_error(s, &body, StatusCode::UNAUTHORIZED, "upload token");
+    for (query, detail) in [
+        ("?count=0", "query.count"),
+        ("?count=673", "query.count"),
+        ("?count=lots", "query.count"),
+        ("?every=1", "unknown parameter 'every'"),
+    ] {
+        let (s, body) = get(query, Some(&phone.token)).await;
+        assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, detail);
+    }
+
+    // A server without identifier keys issues none, and says why.
+    let plain = Api::start(RestOptions::default()).await;
+    let other = plain.register("AA:00:00:00:00:E2").await;
+    let response = plain
+        .http
+        .get(plain.url("/v1/ephemeral-ids"))
+        .header("authorization", bearer(&other.token))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert_error(status, &json_of(response).await, StatusCode::NOT_FOUND, "--id-key");
+}

@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod clock;
+pub mod ephemeral;
 pub mod error;
 pub mod ids;
 pub mod index;

@@ -67,16 +67,12 @@ pub fn audit_dir(store: &Store, dir: Option<&Path>) -> Result<PathBuf, CliError>
 
 /// Reads the signing key in `path`, refusing one kept inside the store it would protect.
 pub fn load_signer(store: &Store, path: &Path) -> Result<SignerKey, CliError> {
-    if let (Some(root), Ok(key)) = (store.local_root(), path.canonicalize())
-        && let Ok(root) = root.canonicalize()
-        && key.starts_with(&root)
-    {
-        return Err(CliError::Usage(format!(
-            "{}: the audit key must not be kept inside the store ({}): whoever can read the store could sign a rewritten log",
-            path.display(),
-            root.display()
-        )));
-    }
+    super::refuse_inside_store(
+        store,
+        path,
+        "audit key",
+        "whoever can read the store could sign a rewritten log",
+    )?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::Usage(format!("cannot read the audit key {}: {e}", path.display())))?;
     SignerKey::parse(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
@@ -85,16 +81,7 @@ pub fn load_signer(store: &Store, path: &Path) -> Result<SignerKey, CliError> {
 /// The signing key of a loopback server without a users file: kept beside the store (never
 /// in it), made on first use, so the same log is signed by the same key run after run.
 pub fn development_key(store: &Store, audit_dir: &Path) -> Result<(SignerKey, PathBuf), CliError> {
-    let path = match store.local_root() {
-        Some(root) => {
-            let name = root
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            root.with_file_name(format!("{name}.audit-key"))
-        }
-        None => audit_dir.with_extension("audit-key"),
-    };
+    let path = super::beside_store(store, "audit-key").unwrap_or_else(|| audit_dir.with_extension("audit-key"));
     if path.exists() {
         return Ok((load_signer(store, &path)?, path));
     }

@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod durations;
 mod generate;
+mod id_key;
 mod import;
 mod index;
 mod maintain;
@@ -51,6 +52,8 @@ enum Command {
     User(user::UserArgs),
     /// The audit log: make its signing key, verify it.
     Audit(audit::AuditArgs),
+    /// The keys of the rotating identifiers phones broadcast: make, rotate, list.
+    IdKey(id_key::IdKeyArgs),
     /// Measure: trace latency over the store (run in release).
     Bench(bench::BenchArgs),
 }
@@ -85,13 +88,14 @@ pub enum CliError {
 pub async fn run(args: Args) -> Result<(), CliError> {
     match args.command {
         Command::User(a) => return user::run(a).await,
+        Command::IdKey(a) => return id_key::run(a),
         // Through a server: no local store is opened (or created).
         Command::Sql(a) if a.is_remote() => return sql::run_remote(a).await,
         _ => {}
     }
     let store = Store::open(&args.data)?;
     match args.command {
-        Command::User(_) => Ok(()),
+        Command::User(_) | Command::IdKey(_) => Ok(()),
         Command::Serve(a) => serve::run(store, *a).await,
         Command::Demo(a) => demo::run(store, a).await,
         Command::Sql(a) => sql::run(store, a).await,
@@ -103,6 +107,33 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         Command::Bench(a) => bench::run(store, a).await,
         Command::Audit(a) => audit::run(store, a).await,
     }
+}
+
+/// Refuses a key file kept inside the local store it protects: `why` says what whoever
+/// reads the store's files could then do.
+pub fn refuse_inside_store(store: &Store, path: &std::path::Path, what: &str, why: &str) -> Result<(), CliError> {
+    if let (Some(root), Ok(key)) = (store.local_root(), path.canonicalize())
+        && let Ok(root) = root.canonicalize()
+        && key.starts_with(&root)
+    {
+        return Err(CliError::Usage(format!(
+            "{}: the {what} must not be kept inside the store ({}): {why}",
+            path.display(),
+            root.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A file beside a local store's folder, never in it: `<store>.<suffix>` (where a loopback
+/// server without a users file keeps the keys it makes).
+pub fn beside_store(store: &Store, suffix: &str) -> Option<std::path::PathBuf> {
+    let root = store.local_root()?;
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Some(root.with_file_name(format!("{name}.{suffix}")))
 }
 
 /// Prints a line on standard output, reporting failure (a closed pipe) instead of panicking.

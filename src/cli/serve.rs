@@ -100,6 +100,14 @@ pub struct ServeArgs {
     /// …or this long after the last one, if records came since (10s, 1m).
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
     audit_checkpoint_interval: Duration,
+    /// The keys that issue phones' rotating identifiers (`proxima id-key new` makes a file;
+    /// keep it out of the store). Without it, GET /v1/ephemeral-ids answers 404; without
+    /// --users (loopback only) a key file is made beside the store.
+    #[arg(long, env = "PROXIMA_ID_KEY", value_name = "FILE")]
+    id_key: Option<PathBuf>,
+    /// How long one rotating identifier is valid, in whole minutes (15m).
+    #[arg(long, env = "PROXIMA_EPOCH", default_value = "15m", value_parser = parse_duration)]
+    epoch: Duration,
     /// How long audit records are kept, whatever the data's retention: hourly, whole
     /// segments of older records are deleted, leaving a log that still verifies.
     #[arg(long, env = "PROXIMA_AUDIT_RETENTION", default_value = "400d", value_parser = parse_duration)]
@@ -231,6 +239,16 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
     if args.retention_days == 0 {
         return Err(CliError::Usage("--retention-days must be at least 1".into()));
     }
+    if !args.epoch.as_secs().is_multiple_of(60) || args.epoch.as_secs() > 86_400 {
+        return Err(CliError::Usage(
+            "--epoch must be a whole number of minutes, at most a day (15m)".into(),
+        ));
+    }
+    let id_keys = match (&args.id_key, &generated_password) {
+        (Some(path), _) => Some(super::id_key::load_outside(&store, path)?),
+        (None, Some(_)) => Some(super::id_key::development_keys(&store)?),
+        (None, None) => None,
+    };
     let audit_dir = super::audit::audit_dir(&store, args.audit_dir.as_deref())?;
     let (signer, development_key) = match (&args.audit_key, &generated_password) {
         (Some(path), _) => (super::audit::load_signer(&store, path)?, None),
@@ -319,6 +337,8 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
                     retention_days: args.retention_days,
                     device_rate_per_minute: args.device_rate,
                     token_ttl: args.token_ttl,
+                    id_keys: id_keys.map(std::sync::Arc::new),
+                    epoch: args.epoch,
                     ..RestOptions::default()
                 },
                 clock,

@@ -16,6 +16,7 @@ pub mod body;
 pub mod cases;
 pub mod devices;
 pub mod error;
+pub mod identifiers;
 pub mod limits;
 pub mod metrics;
 pub mod observations;
@@ -74,6 +75,10 @@ pub struct RestOptions {
     pub future_tolerance: chrono::Duration,
     /// How long a staff bearer token lasts.
     pub token_ttl: Duration,
+    /// The keys that issue phones' rotating identifiers (none: `/v1/ephemeral-ids` is 404).
+    pub id_keys: Option<Arc<proxima_engine::ephemeral::IdKeys>>,
+    /// How long one rotating identifier is valid (whole minutes).
+    pub epoch: Duration,
 }
 
 impl Default for RestOptions {
@@ -89,6 +94,8 @@ impl Default for RestOptions {
             device_rate_per_minute: 120,
             future_tolerance: chrono::Duration::minutes(5),
             token_ttl: Duration::from_secs(3600),
+            id_keys: None,
+            epoch: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -282,6 +289,7 @@ impl RestService {
             .route("/v1/cases", post(cases::report))
             .route("/v1/temperature", post(cases::temperature))
             .route("/v1/alerts", get(cases::alerts))
+            .route("/v1/ephemeral-ids", get(identifiers::issue))
             .route("/v1/auth/token", post(staff::token))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
@@ -419,6 +427,7 @@ impl utoipa::Modify for SecuritySchemes {
         devices::register, devices::revoke,
         observations::upload, observations::bulk,
         cases::report, cases::temperature, cases::alerts,
+        identifiers::issue,
         staff::token,
         healthz, readyz, metrics_text, openapi_json,
     ),

@@ -1,0 +1,436 @@
+//! Server-issued rotating identifiers: what a phone broadcasts instead of a static MAC.
+//!
+//! An identifier is 16 bytes (the size of a GAEN RPI, so it fits a BLE advertisement and
+//! the `observed` column as 32 hex digits) valid for one epoch. It is one AES-256 block
+//! under a server key of
+//!
+//! ```text
+//! device handle (8 bytes) ‖ epoch start, minutes since 1970 (4) ‖ key id (1) ‖ 0 0 0
+//! ```
+//!
+//! so only the key's holder can tell which device an identifier stands for, or that two
+//! identifiers belong to one device: each epoch's block is a different plaintext, and a
+//! block cipher maps it to unrelated bytes. Decrypting anything else (random bytes, an
+//! identifier with a bit flipped, one made under another key) gives a block whose key id
+//! and zero bytes do not check (32 bits) and whose handle names no device, so it resolves
+//! to nothing. The handle is the first 8 bytes of the device's UUID ([`handle_of`]).
+//!
+//! The keys live in one file (`--id-key`), JSON, readable by the server only: one current
+//! key that issues, and retired keys that still resolve what they issued until they are
+//! forgotten ([`IdKeys::forget_retired_before`]), after which their identifiers are
+//! unlinkable for good.
+
+use std::path::Path;
+
+use aes::Aes256;
+use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// An identifier as broadcast: 16 bytes.
+pub type EphemeralId = [u8; 16];
+
+/// What can go wrong with an identifier key file.
+#[derive(Debug, thiserror::Error)]
+pub enum IdKeyError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The file is not a key file.
+    #[error("{path}: not an identifier key file: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Every key id is in use.
+    #[error("all 255 key ids are in use: forget retired keys first")]
+    Full,
+}
+
+/// One key: its id (inside every identifier it issues), its 256 bits, and when it was made
+/// and retired.
+#[derive(Clone, Serialize, Deserialize)]
+struct IdKey {
+    id: u8,
+    #[serde(with = "key_base64")]
+    key: [u8; 32],
+    created: DateTime<Utc>,
+    retired: Option<DateTime<Utc>>,
+}
+
+mod key_base64 {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(key: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&BASE64.encode(key))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        BASE64
+            .decode(text)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| serde::de::Error::custom("a key is 32 bytes of base64"))
+    }
+}
+
+/// The identifier keys: the current one issues, every one resolves.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct IdKeys {
+    keys: Vec<IdKey>,
+}
+
+impl std::fmt::Debug for IdKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key bytes.
+        let ids: Vec<(u8, bool)> = self.keys.iter().map(|k| (k.id, k.retired.is_none())).collect();
+        f.debug_struct("IdKeys").field("ids (current)", &ids).finish()
+    }
+}
+
+/// What an identifier stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    /// The device's handle ([`handle_of`]).
+    pub handle: u64,
+    /// When the identifier's epoch starts, in minutes since 1970.
+    pub start_minute: u32,
+    /// The key that issued it.
+    pub key_id: u8,
+}
+
+impl Resolved {
+    /// Whether a sighting at `at` falls in the identifier's epoch of length `epoch`, give or
+    /// take `tolerance` (phones' clocks drift): outside it, the sighting is a replay.
+    pub fn valid_at(&self, at: DateTime<Utc>, epoch: std::time::Duration, tolerance: std::time::Duration) -> bool {
+        let start = i64::from(self.start_minute) * 60;
+        let at = at.timestamp();
+        let (epoch, tolerance) = (epoch.as_secs() as i64, tolerance.as_secs() as i64);
+        at >= start - tolerance && at < start + epoch + tolerance
+    }
+}
+
+/// The handle of a device in its identifiers: the first 8 bytes of its UUID (random bits;
+/// registration makes sure no two devices share one).
+pub fn handle_of(device_uuid: &str) -> Option<u64> {
+    let uuid = uuid::Uuid::parse_str(device_uuid).ok()?;
+    let bytes: [u8; 8] = uuid.as_bytes()[..8].try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// The start, in minutes since 1970, of the epoch of length `epoch` that holds `at`.
+pub fn epoch_start(at: DateTime<Utc>, epoch: std::time::Duration) -> u32 {
+    let length = epoch.as_secs().max(60) as i64;
+    let start = at.timestamp().div_euclid(length) * length;
+    u32::try_from(start / 60).unwrap_or(0)
+}
+
+fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    rand::fill(&mut key);
+    key
+}
+
+impl IdKeys {
+    /// A new file's keys: one current key, id 1.
+    pub fn generate(now: DateTime<Utc>) -> Self {
+        Self {
+            keys: vec![IdKey {
+                id: 1,
+                key: random_key(),
+                created: now,
+                retired: None,
+            }],
+        }
+    }
+
+    /// Reads a key file, checking it holds exactly one current key and distinct ids.
+    pub fn load(path: &Path) -> Result<Self, IdKeyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| IdKeyError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let invalid = |reason: String| IdKeyError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        };
+        let keys: Self = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let current = keys.keys.iter().filter(|k| k.retired.is_none()).count();
+        if current != 1 {
+            return Err(invalid(format!("{current} current keys (one is needed)")));
+        }
+        let mut ids: Vec<u8> = keys.keys.iter().map(|k| k.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != keys.keys.len() || ids.contains(&0) {
+            return Err(invalid("key ids must be distinct, from 1 to 255".into()));
+        }
+        Ok(keys)
+    }
+
+    /// Writes the keys to `path` (readable by its owner only), durably: aside, synced,
+    /// renamed.
+    pub fn save(&self, path: &Path) -> Result<(), IdKeyError> {
+        use std::io::Write as _;
+        let io = |source| IdKeyError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let text = serde_json::to_string_pretty(self).expect("keys always serialise");
+        let tmp = path.with_extension("tmp");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp).map_err(io)?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    fn current(&self) -> &IdKey {
+        self.keys
+            .iter()
+            .find(|k| k.retired.is_none())
+            .expect("loaded and built with one current key")
+    }
+
+    /// The current key's id.
+    pub fn current_id(&self) -> u8 {
+        self.current().id
+    }
+
+    /// One line per key, for people: its id, when it was made and retired (never its bytes).
+    pub fn summary(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .map(|k| match k.retired {
+                None => format!("key {}: current, made {}", k.id, k.created.to_rfc3339()),
+                Some(retired) => format!(
+                    "key {}: retired {} (made {}); resolves until forgotten",
+                    k.id,
+                    retired.to_rfc3339(),
+                    k.created.to_rfc3339()
+                ),
+            })
+            .collect()
+    }
+
+    /// Retires the current key and makes a new one current: identifiers issued from now on
+    /// use the new key, and those issued before still resolve.
+    pub fn rotate(&mut self, now: DateTime<Utc>) -> Result<u8, IdKeyError> {
+        let id = (1..=255u8)
+            .map(|i| self.current().id.wrapping_add(i))
+            .find(|id| *id != 0 && self.keys.iter().all(|k| k.id != *id))
+            .ok_or(IdKeyError::Full)?;
+        for key in &mut self.keys {
+            key.retired.get_or_insert(now);
+        }
+        self.keys.push(IdKey {
+            id,
+            key: random_key(),
+            created: now,
+            retired: None,
+        });
+        Ok(id)
+    }
+
+    /// Forgets the keys retired before `cutoff` (the retention period): what they issued no
+    /// longer resolves, to anyone. Returns how many were forgotten.
+    pub fn forget_retired_before(&mut self, cutoff: DateTime<Utc>) -> usize {
+        let before = self.keys.len();
+        self.keys.retain(|k| k.retired.is_none_or(|retired| retired >= cutoff));
+        before - self.keys.len()
+    }
+
+    /// The identifier of the device with `handle` for the epoch starting at `start_minute`,
+    /// under the current key.
+    pub fn issue(&self, handle: u64, start_minute: u32) -> EphemeralId {
+        let key = self.current();
+        let mut block = [0u8; 16];
+        block[..8].copy_from_slice(&handle.to_be_bytes());
+        block[8..12].copy_from_slice(&start_minute.to_be_bytes());
+        block[12] = key.id;
+        let mut block = block.into();
+        Aes256::new(&key.key.into()).encrypt_block(&mut block);
+        block.into()
+    }
+
+    /// What `id` stands for, if one of the keys issued it.
+    pub fn resolve(&self, id: &EphemeralId) -> Option<Resolved> {
+        self.keys.iter().find_map(|key| {
+            let mut block = (*id).into();
+            Aes256::new(&key.key.into()).decrypt_block(&mut block);
+            let block: [u8; 16] = block.into();
+            (block[12] == key.id && block[13..] == [0, 0, 0]).then(|| Resolved {
+                handle: u64::from_be_bytes(block[..8].try_into().expect("8 bytes")),
+                start_minute: u32::from_be_bytes(block[8..12].try_into().expect("4 bytes")),
+                key_id: key.id,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const EPOCH: Duration = Duration::from_secs(15 * 60);
+    const DEVICE: &str = "6f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b";
+
+    fn now() -> DateTime<Utc> {
+        "2026-12-02T12:07:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn an_identifier_resolves_to_its_device_and_epoch_only_with_the_key() {
+        let keys = IdKeys::generate(now());
+        let handle = handle_of(DEVICE).unwrap();
+        assert_eq!(handle, 0x6f1e_2d3c_4b5a_4978);
+        let start = epoch_start(now(), EPOCH);
+        assert_eq!(
+            i64::from(start) * 60,
+            "2026-12-02T12:00:00Z".parse::<DateTime<Utc>>().unwrap().timestamp()
+        );
+        let id = keys.issue(handle, start);
+        assert_eq!(
+            keys.resolve(&id),
+            Some(Resolved {
+                handle,
+                start_minute: start,
+                key_id: 1
+            })
+        );
+        // Another key (another server, or a key forgotten) resolves nothing.
+        assert_eq!(IdKeys::generate(now()).resolve(&id), None);
+    }
+
+    #[test]
+    fn identifiers_of_one_device_share_nothing_visible() {
+        let keys = IdKeys::generate(now());
+        let handle = handle_of(DEVICE).unwrap();
+        let start = epoch_start(now(), EPOCH);
+        let mut ids: Vec<EphemeralId> = (0..96).map(|i| keys.issue(handle, start + i * 15)).collect();
+        // Another device's identifier of the same epoch among them.
+        ids.push(keys.issue(handle_of("00000000-0000-4000-8000-000000000001").unwrap(), start));
+        let distinct: std::collections::HashSet<&EphemeralId> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        // No byte is the same in all of them: no common prefix, no visible field. (For
+        // random bytes, a position agreeing 96 times by chance has odds of 256^-96.)
+        for position in 0..16 {
+            assert!(
+                ids.iter().any(|id| id[position] != ids[0][position]),
+                "byte {position} is constant"
+            );
+        }
+    }
+
+    #[test]
+    fn random_and_tampered_identifiers_resolve_to_nothing() {
+        let keys = IdKeys::generate(now());
+        for _ in 0..10_000 {
+            let mut random = [0u8; 16];
+            rand::fill(&mut random);
+            assert_eq!(keys.resolve(&random), None);
+        }
+        let id = keys.issue(handle_of(DEVICE).unwrap(), epoch_start(now(), EPOCH));
+        for bit in 0..128 {
+            let mut tampered = id;
+            tampered[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(keys.resolve(&tampered), None, "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn a_sighting_outside_the_epoch_is_a_replay() {
+        let keys = IdKeys::generate(now());
+        let start = epoch_start(now(), EPOCH);
+        let resolved = keys.resolve(&keys.issue(7, start)).unwrap();
+        let at = |t: &str| t.parse::<DateTime<Utc>>().unwrap();
+        let tolerance = Duration::from_secs(60);
+        assert!(resolved.valid_at(at("2026-12-02T12:00:00Z"), EPOCH, tolerance));
+        assert!(resolved.valid_at(at("2026-12-02T12:14:59Z"), EPOCH, tolerance));
+        assert!(
+            resolved.valid_at(at("2026-12-02T11:59:00Z"), EPOCH, tolerance),
+            "a minute early: clock drift"
+        );
+        assert!(resolved.valid_at(at("2026-12-02T12:15:59Z"), EPOCH, tolerance));
+        assert!(!resolved.valid_at(at("2026-12-02T12:16:00Z"), EPOCH, tolerance));
+        assert!(!resolved.valid_at(at("2026-12-02T11:58:59Z"), EPOCH, tolerance));
+        assert!(
+            !resolved.valid_at(at("2026-12-03T12:05:00Z"), EPOCH, tolerance),
+            "a day later"
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_old_identifiers_until_their_key_is_forgotten() {
+        let mut keys = IdKeys::generate(now());
+        let handle = handle_of(DEVICE).unwrap();
+        let start = epoch_start(now(), EPOCH);
+        let old = keys.issue(handle, start);
+        assert_eq!(keys.rotate(now()).unwrap(), 2);
+        assert_eq!(keys.current_id(), 2);
+        let new = keys.issue(handle, start);
+        assert_ne!(old, new);
+        assert_eq!(keys.resolve(&old).map(|r| r.key_id), Some(1));
+        assert_eq!(keys.resolve(&new).map(|r| r.key_id), Some(2));
+
+        // Retired at now(): kept while the cutoff is earlier, forgotten once it passes.
+        assert_eq!(keys.forget_retired_before(now()), 0);
+        assert_eq!(keys.forget_retired_before(now() + chrono::Duration::seconds(1)), 1);
+        assert_eq!(keys.resolve(&old), None, "unlinkable for good");
+        assert_eq!(keys.resolve(&new).map(|r| r.handle), Some(handle));
+    }
+
+    #[test]
+    fn the_key_file_round_trips_and_refuses_what_is_not_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.key");
+        let mut keys = IdKeys::generate(now());
+        keys.rotate(now()).unwrap();
+        keys.save(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let loaded = IdKeys::load(&path).unwrap();
+        let id = keys.issue(9, 100);
+        assert_eq!(loaded.resolve(&id), keys.resolve(&id));
+        assert_eq!(loaded.issue(9, 100), id);
+        assert!(
+            !format!("{loaded:?}").contains(&BASE64.encode(keys.keys[0].key)),
+            "Debug shows no key"
+        );
+
+        for (text, why) in [
+            ("{}", "missing field"),
+            (r#"{"keys":[]}"#, "0 current keys"),
+            (
+                r#"{"keys":[{"id":1,"key":"AAAA","created":"2026-12-02T00:00:00Z","retired":null}]}"#,
+                "32 bytes",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = IdKeys::load(&path).unwrap_err().to_string();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+    }
+}
