@@ -857,3 +857,48 @@ async fn phones_fetch_rotating_identifiers_only_the_key_links() {
     let status = response.status();
     assert_error(status, &json_of(response).await, StatusCode::NOT_FOUND, "--id-key");
 }
+
+#[tokio::test]
+async fn one_address_cannot_mint_devices_at_will() {
+    let api = Api::start(RestOptions {
+        registration_rate_per_minute: 3,
+        ..RestOptions::default()
+    })
+    .await;
+    let first = api.register("AA:00:00:00:00:F1").await;
+    api.register("AA:00:00:00:00:F2").await;
+    api.register("AA:00:00:00:00:F3").await;
+    let register = |mac: &str| {
+        let body = json!({"mac": mac, "revocation_secret": "a long revocation secret"});
+        api.http
+            .post(api.url("/v1/devices"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    };
+    let response = register("AA:00:00:00:00:F4").send().await.unwrap();
+    let status = response.status();
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    // Three a minute: the next one in about 20 seconds.
+    assert!((1..=20).contains(&retry_after), "{retry_after}");
+    assert_error(
+        status,
+        &json_of(response).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "this address",
+    );
+    // Revocation shares the address's budget, and nothing was registered meanwhile.
+    let revoke = api
+        .http
+        .delete(api.url(&format!("/v1/devices/{}", first.uuid)))
+        .header("content-type", "application/json")
+        .body(json!({"revocation_secret": "a long revocation secret"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(api.count("SELECT count(*) FROM devices").await, 3);
+    assert_eq!(api.count("SELECT count(*) FROM revocations").await, 0);
+    // A device's own routes are not held back by its address's registrations.
+    let (s, body) = api.upload(&first, &json!([])).await;
+    assert_ne!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+}

@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// Requests a minute one device may make (0: no limit); beyond it, 429 with Retry-After.
     #[arg(long, env = "PROXIMA_DEVICE_RATE", default_value_t = 120)]
     device_rate: u32,
+    /// Registrations and revocations a minute per client address (an IPv6 client: per /64);
+    /// beyond it, 429 with Retry-After (0: no limit).
+    #[arg(long, env = "PROXIMA_REGISTRATION_RATE", default_value_t = 60)]
+    registration_rate: u32,
     /// Users file (TOML; see `proxima user add`). Without it the server only listens on
     /// loopback, with one user per role (tracer, analyst, auditor, admin, station, ingest)
     /// whose generated passwords are printed at start.
@@ -336,6 +340,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
                     fever_threshold: args.fever_threshold,
                     retention_days: args.retention_days,
                     device_rate_per_minute: args.device_rate,
+                    registration_rate_per_minute: args.registration_rate,
                     token_ttl: args.token_ttl,
                     id_keys: id_keys.map(std::sync::Arc::new),
                     epoch: args.epoch,

@@ -89,14 +89,14 @@ impl ApiError {
     }
 
     /// 429: the caller is over its rate limit; retry after `wait`.
-    pub fn rate_limited(wait: Duration) -> Self {
+    pub fn rate_limited(wait: Duration, from: &str) -> Self {
         let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
         Self {
             retry_after: Some(Duration::from_secs(seconds)),
             ..Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
-                format!("too many requests from this device; retry after {seconds} s"),
+                format!("too many requests from {from}; retry after {seconds} s"),
             )
         }
     }

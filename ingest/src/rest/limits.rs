@@ -1,7 +1,9 @@
-//! Per-device rate limits and idempotency keys.
+//! Rate limits and idempotency keys.
 //!
-//! Both are kept in memory per process. Rate limits are a token bucket per
-//! device (`--device-rate` requests a minute, bursts up to the same number).
+//! Both are kept in memory per process. Rate limits are `governor`'s keyed token
+//! buckets: per device on its own routes (`--device-rate` requests a minute, bursts up
+//! to the same number), per client address on registration and revocation
+//! (`--registration-rate`).
 //! An idempotency key is remembered for 24 hours with the answer first given,
 //! so that a phone retrying after a lost answer is acknowledged again
 //! without its observations being stored twice. Keys are also written, in the
@@ -11,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -21,44 +23,41 @@ pub const IDEMPOTENCY_WINDOW: chrono::Duration = chrono::Duration::hours(24);
 /// Entries kept before expired ones are swept.
 const SWEEP_AT: usize = 1 << 20;
 
-/// A token bucket per device.
-#[derive(Debug)]
+/// A token bucket per key (a device, or a client address): `governor`'s keyed limiter.
 pub struct RateLimiter {
-    per_minute: u32,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("keys", &self.limiter.as_ref().map_or(0, |l| l.len()))
+            .finish()
+    }
 }
 
 impl RateLimiter {
-    /// At most `per_minute` requests a minute per device (0: unlimited).
+    /// At most `per_minute` requests a minute per key, in bursts of as many (0: unlimited).
     pub fn new(per_minute: u32) -> Self {
         Self {
-            per_minute,
-            buckets: Mutex::new(HashMap::new()),
+            limiter: std::num::NonZeroU32::new(per_minute)
+                .map(|n| governor::RateLimiter::keyed(governor::Quota::per_minute(n))),
         }
     }
 
-    /// Takes one request from `device`'s bucket, or says how long to wait.
-    pub fn check(&self, device: &str) -> Result<(), Duration> {
-        if self.per_minute == 0 {
+    /// Takes one request from `key`'s bucket, or says how long to wait.
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
+        use governor::clock::Clock as _;
+        let Some(limiter) = &self.limiter else {
             return Ok(());
-        }
-        let capacity = f64::from(self.per_minute);
-        let per_second = capacity / 60.0;
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().expect("rate limiter lock is never poisoned");
-        if buckets.len() >= SWEEP_AT {
+        };
+        if limiter.len() >= SWEEP_AT {
             // Full buckets carry no information: drop them.
-            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * per_second < capacity);
+            limiter.retain_recent();
         }
-        let (tokens, at) = buckets.entry(device.to_string()).or_insert((capacity, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(capacity);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - *tokens) / per_second))
-        }
+        limiter
+            .check_key(&key.to_string())
+            .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
     }
 }
 

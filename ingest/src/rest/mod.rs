@@ -71,6 +71,9 @@ pub struct RestOptions {
     pub retention_days: u32,
     /// Requests a minute per device (0: unlimited).
     pub device_rate_per_minute: u32,
+    /// Registrations and revocations a minute per client address (an IPv6 client: per
+    /// /64), in bursts of as many (0: unlimited).
+    pub registration_rate_per_minute: u32,
     /// How far ahead of the server's clock a time may be.
     pub future_tolerance: chrono::Duration,
     /// How long a staff bearer token lasts.
@@ -92,6 +95,7 @@ impl Default for RestOptions {
             fever_threshold: 38.0,
             retention_days: 21,
             device_rate_per_minute: 120,
+            registration_rate_per_minute: 60,
             future_tolerance: chrono::Duration::minutes(5),
             token_ttl: Duration::from_secs(3600),
             id_keys: None,
@@ -141,6 +145,8 @@ pub struct Shared {
     pub staff_auth: StaffAuth,
     /// Per-device rate limits.
     pub limiter: RateLimiter,
+    /// Per-address limits on registration and revocation, the routes anyone may call.
+    pub registrations: RateLimiter,
     /// Idempotency keys.
     pub idempotency: IdempotencyCache,
     /// Metrics.
@@ -251,6 +257,7 @@ impl RestService {
         alerts.reload(&factory, clock.now(), options.alert_ttl).await?;
         let state = Arc::new(Shared {
             limiter: RateLimiter::new(options.device_rate_per_minute),
+            registrations: RateLimiter::new(options.registration_rate_per_minute),
             staff_auth: StaffAuth::new(users, options.token_ttl),
             options,
             clock,
@@ -282,8 +289,20 @@ impl RestService {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_text))
             .route("/openapi.json", get(openapi_json))
-            .route("/v1/devices", post(devices::register))
-            .route("/v1/devices/{uuid}", delete(devices::revoke))
+            .route(
+                "/v1/devices",
+                post(devices::register).route_layer(axum::middleware::from_fn_with_state(
+                    Arc::clone(&self.state),
+                    limit_by_address,
+                )),
+            )
+            .route(
+                "/v1/devices/{uuid}",
+                delete(devices::revoke).route_layer(axum::middleware::from_fn_with_state(
+                    Arc::clone(&self.state),
+                    limit_by_address,
+                )),
+            )
             .route("/v1/observations", post(observations::upload))
             .route("/v1/observations:bulk", post(observations::bulk))
             .route("/v1/cases", post(cases::report))
@@ -387,6 +406,37 @@ async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed("this route does not take that method; see /openapi.json")
 }
 
+/// Middleware on the routes anyone may call (registration, revocation): at most
+/// `--registration-rate` a minute per client address, so that one machine cannot mint
+/// throwaway devices or guess at revocations at will. An IPv6 client is limited per /64,
+/// the block one subscriber is usually given.
+async fn limit_by_address(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let address = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<server::ClientAddr>>()
+        .map(|axum::extract::ConnectInfo(server::ClientAddr(address))| address_key(address.ip()));
+    if let Some(address) = address
+        && let Err(wait) = state.registrations.check(&address)
+    {
+        return ApiError::rate_limited(wait, "this address").into_response();
+    }
+    next.run(request).await
+}
+
+/// The key a client address is limited under: the address, or an IPv6 address's /64.
+fn address_key(address: std::net::IpAddr) -> String {
+    match address {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -434,3 +484,26 @@ impl utoipa::Modify for SecuritySchemes {
     modifiers(&SecuritySchemes),
 )]
 pub struct ApiDoc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_limited_per_address_or_ipv6_block() {
+        let key = |a: &str| address_key(a.parse().unwrap());
+        assert_eq!(key("203.0.113.7"), "203.0.113.7");
+        assert_eq!(
+            key("::ffff:203.0.113.7"),
+            "203.0.113.7",
+            "a mapped IPv4 address is that address"
+        );
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(
+            key("2001:db8:1:2:bbbb:cccc:dddd:eeee"),
+            key("2001:db8:1:2::9"),
+            "one subscriber's /64"
+        );
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+    }
+}

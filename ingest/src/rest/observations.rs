@@ -220,7 +220,7 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: axu
         Err(e) => return e.into_response(),
     };
     if let Err(wait) = state.limiter.check(&device) {
-        return ApiError::rate_limited(wait).into_response();
+        return ApiError::rate_limited(wait, "this device").into_response();
     }
     let key = match headers.get("idempotency-key") {
         None => None,
