@@ -57,20 +57,36 @@ pub fn load_outside(store: &Store, path: &Path) -> Result<IdKeys, CliError> {
     IdKeys::load(path).map_err(usage)
 }
 
-/// The identifier keys of a loopback server without a users file: a file beside the store
-/// (never in it), made on first use, so identifiers issued in one run resolve in the next.
-pub fn development_keys(store: &Store) -> Result<IdKeys, CliError> {
-    let Some(path) = super::beside_store(store, "id-key") else {
-        return Err(CliError::Usage(
-            "the store is not on a local disk: give the identifier keys with --id-key FILE".into(),
-        ));
+/// The identifier keys a server issues with: the file `given` (`--id-key`), or for a
+/// loopback server without a users file (`development`) a file beside the store (never in
+/// it), made on first use so that identifiers issued in one run resolve in the next. Keys
+/// retired before `forget_before` are forgotten and the file is saved without them: their
+/// identifiers become unlinkable for good.
+pub fn for_server(
+    store: &Store,
+    given: Option<&Path>,
+    development: bool,
+    forget_before: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<IdKeys>, CliError> {
+    let path = match (given, development) {
+        (Some(path), _) => path.to_path_buf(),
+        (None, true) => super::beside_store(store, "id-key").ok_or_else(|| {
+            CliError::Usage("the store is not on a local disk: give the identifier keys with --id-key FILE".into())
+        })?,
+        (None, false) => return Ok(None),
     };
-    if path.exists() {
-        return load_outside(store, &path);
+    if given.is_none() && !path.exists() {
+        let keys = IdKeys::generate(chrono::Utc::now());
+        keys.save(&path).map_err(usage)?;
+        return Ok(Some(keys));
     }
-    let keys = IdKeys::generate(chrono::Utc::now());
-    keys.save(&path).map_err(usage)?;
-    Ok(keys)
+    let mut keys = load_outside(store, &path)?;
+    let forgotten = keys.forget_retired_before(forget_before);
+    if forgotten > 0 {
+        keys.save(&path).map_err(usage)?;
+        tracing::info!(target: "proxima::serve", forgotten, file = %path.display(), "retired identifier keys forgotten");
+    }
+    Ok(Some(keys))
 }
 
 /// Runs `proxima id-key`.
@@ -109,5 +125,50 @@ pub fn run(args: IdKeyArgs) -> Result<(), CliError> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, Utc};
+
+    #[test]
+    fn a_server_forgets_keys_retired_long_ago_and_never_reads_one_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::local(&dir.path().join("store")).unwrap();
+        let path = dir.path().join("ids.key");
+        let mut keys = IdKeys::generate(Utc::now() - Duration::days(90));
+        let old = keys.issue(7, 1000);
+        keys.rotate(Utc::now() - Duration::days(60)).unwrap();
+        keys.save(&path).unwrap();
+
+        // Retired 60 days ago: kept while the cutoff is older, forgotten after.
+        let kept = for_server(&store, Some(&path), false, Utc::now() - Duration::days(61))
+            .unwrap()
+            .unwrap();
+        assert!(kept.resolve(&old).is_some());
+        let served = for_server(&store, Some(&path), false, Utc::now() - Duration::days(30))
+            .unwrap()
+            .unwrap();
+        assert!(served.resolve(&old).is_none());
+        assert!(
+            IdKeys::load(&path).unwrap().resolve(&old).is_none(),
+            "the file forgot it too"
+        );
+        assert_eq!(served.current_id(), 2);
+
+        // None without a file or a development store; a development file beside the store.
+        assert!(for_server(&store, None, false, Utc::now()).unwrap().is_none());
+        let made = for_server(&store, None, true, Utc::now()).unwrap().unwrap();
+        let beside = dir.path().join("store.id-key");
+        assert_eq!(IdKeys::load(&beside).unwrap().issue(1, 2), made.issue(1, 2));
+
+        let inside = dir.path().join("store").join("ids.key");
+        keys.save(&inside).unwrap();
+        let err = for_server(&store, Some(&inside), false, Utc::now())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must not be kept inside the store"), "{err}");
     }
 }

@@ -248,11 +248,18 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             "--epoch must be a whole number of minutes, at most a day (15m)".into(),
         ));
     }
-    let id_keys = match (&args.id_key, &generated_password) {
-        (Some(path), _) => Some(super::id_key::load_outside(&store, path)?),
-        (None, Some(_)) => Some(super::id_key::development_keys(&store)?),
-        (None, None) => None,
-    };
+    // A retired key's identifiers were issued up to a week ahead, and their sightings are
+    // kept for the retention period: after both, nothing needs the key.
+    let forget_before = chrono::Utc::now()
+        - chrono::Duration::days(i64::from(args.retention_days))
+        - chrono::Duration::from_std(args.epoch * proxima_ingest::rest::identifiers::MAX_COUNT)
+            .unwrap_or(chrono::Duration::days(7));
+    let id_keys = super::id_key::for_server(
+        &store,
+        args.id_key.as_deref(),
+        generated_password.is_some(),
+        forget_before,
+    )?;
     let audit_dir = super::audit::audit_dir(&store, args.audit_dir.as_deref())?;
     let (signer, development_key) = match (&args.audit_key, &generated_password) {
         (Some(path), _) => (super::audit::load_signer(&store, path)?, None),
