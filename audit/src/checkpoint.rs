@@ -26,6 +26,7 @@ use crate::{Error, Result};
 const ED25519: u8 = 0x01;
 const SIGNATURE_PREFIX: &str = "\u{2014} ";
 const TIME_PREFIX: &str = "time ";
+const CUT_PREFIX: &str = "retention-cut ";
 
 /// The key that signs checkpoints (from `--audit-key FILE`).
 pub struct SignerKey {
@@ -242,18 +243,26 @@ pub struct Checkpoint {
     pub root: Hash,
     /// When the checkpoint was made, RFC 3339.
     pub time: String,
+    /// Set on the note that authorises a retention cut at `size` (extension line
+    /// `retention-cut <RFC 3339>`): the records before it, all written before that time,
+    /// were deleted. A plain checkpoint cannot stand in for one.
+    pub retention_cut: Option<String>,
 }
 
 impl Checkpoint {
     /// The unsigned text.
     pub fn body(&self) -> String {
-        format!(
+        let mut body = format!(
             "{}\n{}\n{}\n{TIME_PREFIX}{}\n",
             self.origin,
             self.size,
             BASE64.encode(self.root),
             self.time
-        )
+        );
+        if let Some(before) = &self.retention_cut {
+            body.push_str(&format!("{CUT_PREFIX}{before}\n"));
+        }
+        body
     }
 
     fn parse_body(body: &str) -> Result<Self> {
@@ -269,15 +278,19 @@ impl Checkpoint {
             .and_then(|l| BASE64.decode(l).ok())
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| bad("the third line is not a base64 SHA-256 head"))?;
-        let time = lines
-            .find_map(|l| l.strip_prefix(TIME_PREFIX))
-            .unwrap_or_default()
-            .to_string();
+        let extensions: Vec<&str> = lines.collect();
+        let extension = |prefix: &str| {
+            extensions
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix))
+                .map(str::to_string)
+        };
         Ok(Self {
             origin: origin.to_string(),
             size,
             root,
-            time,
+            time: extension(TIME_PREFIX).unwrap_or_default(),
+            retention_cut: extension(CUT_PREFIX),
         })
     }
 }
@@ -292,6 +305,7 @@ mod tests {
             size,
             root: crate::merkle::leaf_hash(b"x"),
             time: "2026-12-02T10:00:00Z".into(),
+            retention_cut: None,
         }
     }
 

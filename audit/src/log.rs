@@ -155,6 +155,22 @@ fn complete_records(segment: &[u8], first: u64, signed: u64, path: &Path) -> usi
     offset
 }
 
+/// The time of the last complete record of a segment, read from its tail only.
+fn last_record_time(path: &Path) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+    use std::io::{Seek as _, SeekFrom};
+    const TAIL: u64 = 1 << 20;
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let length = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(TAIL)))
+        .map_err(|e| Error::io(path, e))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).map_err(|e| Error::io(path, e))?;
+    // Records are capped well below a MiB; a longer last line reads as not old (kept).
+    let complete = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i);
+    let start = tail[..complete].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    Ok(record_time(&tail[start..complete]))
+}
+
 /// The time a record line says it was written, if it says.
 fn record_time(line: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
     #[derive(serde::Deserialize)]
@@ -163,28 +179,6 @@ fn record_time(line: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
     }
     let time = serde_json::from_slice::<Time>(line).ok()?.time;
     Some(chrono::DateTime::parse_from_rfc3339(time).ok()?.to_utc())
-}
-
-/// Checks that the frontier at the retention cut is the head a signed checkpoint signed.
-pub(crate) fn check_cut(dir: &Path, cut: &Frontier, verifier: &crate::VerifierKey) -> Result<()> {
-    let path = dir.join(CHECKPOINT_DIR).join(checkpoint_name(cut.size()));
-    let text = fs::read_to_string(&path).map_err(|e| {
-        Error::Tampered(format!(
-            "no signed checkpoint vouches for the retention cut at record {} ({}: {e})",
-            cut.size(),
-            path.display()
-        ))
-    })?;
-    let checkpoint = verifier
-        .open(&text)
-        .map_err(|e| Error::Tampered(format!("{}: {e}", path.display())))?;
-    if checkpoint.size != cut.size() || checkpoint.root != cut.root() {
-        return Err(Error::Tampered(format!(
-            "the retention cut at record {} does not match its signed checkpoint: run 'proxima audit verify'",
-            cut.size()
-        )));
-    }
-    Ok(())
 }
 
 enum Command {
@@ -379,8 +373,13 @@ impl Writer {
             _ => None,
         };
         let cut = read_cut(dir)?;
-        if let (Some(signer), true) = (&signer, cut.size() > 0) {
-            check_cut(dir, &cut, &signer.verifier())?;
+        if let Some(signer) = signer.as_ref().filter(|_| cut.size() > 0) {
+            cut.check(&signer.verifier()).map_err(|why| {
+                Error::Tampered(format!(
+                    "the retention cut at record {} is not authorised: {why}: run 'proxima audit verify'",
+                    cut.size()
+                ))
+            })?;
         }
         let mut segments = numbered_files(&dir.join(LOG_DIR), SEGMENT_SUFFIX)?;
         let leftovers = segments.iter().take_while(|(first, _)| *first < cut.size()).count();
@@ -394,10 +393,14 @@ impl Writer {
                 )));
             }
             for (_, path) in segments.drain(..leftovers) {
-                fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                // Only a writer that checked the cut's signature finishes it.
+                if signer.is_some() {
+                    fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                }
             }
             sync_dir(&dir.join(LOG_DIR))?;
         }
+        let cut = cut.frontier;
         let mut frontier = cut.clone();
         let mut root_at_latest = None;
         let mut segment = None;
@@ -477,6 +480,7 @@ impl Writer {
                 size: 0,
                 root: crate::merkle::empty_root(),
                 time: now,
+                retention_cut: None,
             },
         };
         let mut writer = Self {
@@ -562,6 +566,10 @@ impl Writer {
             if *first != frontier.size() {
                 break;
             }
+            // The first segment that is not old ends the search: read only its tail for that.
+            if last_record_time(path)?.is_none_or(|time| time >= before) {
+                break;
+            }
             let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
             let mut last = None;
             for line in bytes.split_inclusive(|&b| b == b'\n') {
@@ -598,7 +606,14 @@ impl Writer {
                 ..Pruned::default()
             });
         };
-        write_cut(&self.dir, &cut)?;
+        let note = signer.sign(&Checkpoint {
+            origin: signer.name().to_string(),
+            size: cut.size(),
+            root: cut.root(),
+            time: now_rfc3339(),
+            retention_cut: Some(before.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        });
+        write_cut(&self.dir, &cut, &note)?;
         for (_, path) in &segments[..=last] {
             fs::remove_file(path).map_err(|e| Error::io(path, e))?;
         }
@@ -649,6 +664,7 @@ impl Writer {
             size: self.frontier.size(),
             root: self.frontier.root(),
             time: now_rfc3339(),
+            retention_cut: None,
         };
         let path = self.dir.join(CHECKPOINT_DIR).join(checkpoint_name(checkpoint.size));
         write_durably(&path, &signer.sign(&checkpoint))?;

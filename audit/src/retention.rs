@@ -4,10 +4,13 @@
 //! The writer signs a checkpoint before it starts a new segment, so every segment starts
 //! at a tree size some signed checkpoint covers. The log is cut at such a boundary `K`:
 //! `<dir>/cut.json` keeps the tree's frontier at `K` (the heads of its complete subtrees,
-//! O(log K) hashes), whose head must equal the signed checkpoint of size `K`, which stays.
-//! The writer and the verifier then start from that frontier instead of the empty tree,
-//! so every record after the cut is still checked against every checkpoint after it, and
-//! nobody without the key can move the cut (a forged frontier matches no signature).
+//! O(log K) hashes) and a **cut note** signed with the log's key: a checkpoint of size `K`
+//! and that frontier's head, with the extension line `retention-cut <time>` (every record
+//! deleted was written before it). A plain checkpoint cannot stand in for it, so nobody
+//! without the key can cut the log: the frontier at any boundary can be computed from the
+//! records, but not signed. The writer and the verifier start from that frontier instead
+//! of the empty tree, so every record after the cut is still checked against every
+//! checkpoint after it.
 //!
 //! What a cut gives up: the records before it, and the consistency proofs that reach
 //! back before `K`. A checkpoint an auditor kept from before the cut can no longer be
@@ -48,14 +51,48 @@ struct CutFile {
     size: u64,
     /// The frontier at the cut: `[leaves, base64 head]`, largest subtree first.
     subtrees: Vec<(u64, String)>,
+    /// The signed note that authorises the cut.
+    note: String,
 }
 
-/// The frontier at the log's retention cut (the empty tree if it was never cut).
-pub(crate) fn read_cut(dir: &Path) -> Result<Frontier> {
+/// The log's retention cut: the tree's frontier there, and the signed note that authorises
+/// it (none if the log was never cut).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Cut {
+    pub frontier: Frontier,
+    pub note: Option<String>,
+}
+
+impl Cut {
+    /// Records before the cut.
+    pub fn size(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    /// Checks that the cut is authorised: its note carries the log key's signature, is a
+    /// retention-cut note, and names the frontier's size and head. Returns the note.
+    pub fn check(&self, verifier: &crate::VerifierKey) -> std::result::Result<crate::Checkpoint, String> {
+        let note = self.note.as_deref().ok_or("it carries no signed note")?;
+        let checkpoint = verifier.open(note).map_err(|e| format!("its note: {e}"))?;
+        if checkpoint.retention_cut.is_none() {
+            return Err("its note is a plain checkpoint, not a retention cut".into());
+        }
+        if checkpoint.size != self.size() || checkpoint.root != self.frontier.root() {
+            return Err(format!(
+                "its note signs a cut at record {} with another tree head",
+                checkpoint.size
+            ));
+        }
+        Ok(checkpoint)
+    }
+}
+
+/// The log's retention cut (the empty tree if it was never cut).
+pub(crate) fn read_cut(dir: &Path) -> Result<Cut> {
     let path = dir.join(CUT_FILE);
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Frontier::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Cut::default()),
         Err(e) => return Err(Error::io(&path, e)),
     };
     let bad = |why: String| Error::Tampered(format!("{}: {why}", path.display()));
@@ -78,11 +115,14 @@ pub(crate) fn read_cut(dir: &Path) -> Result<Frontier> {
             file.size
         )));
     }
-    Ok(frontier)
+    Ok(Cut {
+        frontier,
+        note: Some(file.note),
+    })
 }
 
-/// Writes the frontier at a new cut, durably.
-pub(crate) fn write_cut(dir: &Path, frontier: &Frontier) -> Result<()> {
+/// Writes the frontier at a new cut and the note that authorises it, durably.
+pub(crate) fn write_cut(dir: &Path, frontier: &Frontier, note: &str) -> Result<()> {
     let file = CutFile {
         size: frontier.size(),
         subtrees: frontier
@@ -90,6 +130,7 @@ pub(crate) fn write_cut(dir: &Path, frontier: &Frontier) -> Result<()> {
             .iter()
             .map(|(leaves, head)| (*leaves, BASE64.encode(head)))
             .collect(),
+        note: note.to_string(),
     };
     let text = serde_json::to_string_pretty(&file).expect("a cut always serialises");
     crate::log::write_durably(&dir.join(CUT_FILE), &text)
@@ -103,13 +144,14 @@ mod tests {
     #[test]
     fn a_cut_reads_back_as_written() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read_cut(dir.path()).unwrap(), Frontier::new());
+        assert_eq!(read_cut(dir.path()).unwrap(), Cut::default());
         let mut frontier = Frontier::new();
         for i in 0..13u8 {
             frontier.push(leaf_hash(&[i]));
         }
-        write_cut(dir.path(), &frontier).unwrap();
-        assert_eq!(read_cut(dir.path()).unwrap(), frontier);
+        write_cut(dir.path(), &frontier, "a note").unwrap();
+        let cut = read_cut(dir.path()).unwrap();
+        assert_eq!((cut.frontier, cut.note.as_deref()), (frontier, Some("a note")));
 
         let path = dir.path().join(CUT_FILE);
         let text = std::fs::read_to_string(&path).unwrap();

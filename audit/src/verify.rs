@@ -73,6 +73,8 @@ pub struct Report {
     pub records: u64,
     /// Records deleted by retention before the ones read (the first record's number).
     pub cut: u64,
+    /// The time before which those records were written, from the signed cut note.
+    pub cut_before: Option<String>,
     /// Signed checkpoints that verified, by size.
     pub checkpoints: Vec<Checkpoint>,
     /// Records after the last verified checkpoint: not yet protected by a signature.
@@ -128,7 +130,23 @@ struct Line {
 pub fn verify(dir: &Path, key: &VerifierKey, kept: Option<&str>) -> crate::Result<Report> {
     let mut report = Report::default();
     let cut = match read_cut(dir) {
-        Ok(cut) => cut,
+        Ok(cut) => {
+            if cut.size() > 0 {
+                match cut.check(key) {
+                    Ok(note) => report.cut_before = note.retention_cut,
+                    Err(why) => report.add(
+                        Tampering::Deleted,
+                        format!(
+                            "{}: the retention cut at record {} is not authorised ({why}): the {} records before it were deleted without the log's key",
+                            dir.join(CUT_FILE).display(),
+                            cut.size(),
+                            cut.size()
+                        ),
+                    ),
+                }
+            }
+            cut.frontier
+        }
         Err(e) => {
             report.add(Tampering::Unreadable, e.to_string());
             Frontier::new()
@@ -178,27 +196,6 @@ pub fn verify(dir: &Path, key: &VerifierKey, kept: Option<&str>) -> crate::Resul
     sizes.dedup();
     let heads = heads_at(&cut, &leaves, &sizes);
     let head_at = |size: u64| heads.iter().find(|(s, _)| *s == size).and_then(|(_, h)| *h);
-
-    if cut.size() > 0 {
-        match checkpoints.iter().find(|c| c.size == cut.size()) {
-            Some(checkpoint) if checkpoint.root == cut.root() => {}
-            Some(_) => report.add(
-                Tampering::Rewritten,
-                format!(
-                    "{}: the tree at the retention cut (record {}) is not the one its checkpoint signed",
-                    dir.join(CUT_FILE).display(),
-                    cut.size()
-                ),
-            ),
-            None => report.add(
-                Tampering::Unreadable,
-                format!(
-                    "no signed checkpoint vouches for the retention cut at record {}: its checkpoint was deleted",
-                    cut.size()
-                ),
-            ),
-        }
-    }
 
     // Sequence problems are the precise finding; a head mismatch they cause is reported
     // under the same kind, not as a separate edit.

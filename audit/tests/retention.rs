@@ -9,6 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::Utc;
 use proxima_audit::log::{CHECKPOINT_DIR, LOG_DIR};
+use proxima_audit::merkle::{Frontier, leaf_hash};
 use proxima_audit::retention::CUT_FILE;
 use proxima_audit::{AuditLog, AuditLogOptions, Decision, Phase, Record, SignerKey, Tampering, VerifierKey, verify};
 
@@ -150,6 +151,7 @@ fn a_cut_log_verifies_keeps_growing_and_deletes_only_old_files() {
     let report = verify(dir, &verifier(&f.signer), None).unwrap();
     assert!(report.ok(), "{:?}", report.findings);
     assert_eq!(report.cut, f.cut);
+    assert!(report.cut_before.is_some(), "the signed cut note says when");
     assert_eq!(report.records, f.total - f.cut);
     assert_eq!(report.unsigned_tail, 0);
     assert_eq!(report.open_intents, 0);
@@ -187,13 +189,13 @@ fn a_cut_log_verifies_keeps_growing_and_deletes_only_old_files() {
 }
 
 #[test]
-fn a_forged_or_unvouched_cut_is_caught() {
+fn a_forged_or_unauthorised_cut_is_caught() {
     let f = cut_log();
     let dir = f.dir.path();
     let path = dir.join(CUT_FILE);
     let original = fs::read_to_string(&path).unwrap();
 
-    // Another head at the cut: nobody without the key can move it.
+    // Another head at the cut: it no longer matches the cut's signed note.
     let mut cut: serde_json::Value = serde_json::from_str(&original).unwrap();
     let head = cut["subtrees"][0][1].as_str().unwrap().to_string();
     let mut bytes = BASE64.decode(&head).unwrap();
@@ -201,24 +203,66 @@ fn a_forged_or_unvouched_cut_is_caught() {
     cut["subtrees"][0][1] = BASE64.encode(bytes).into();
     fs::write(&path, cut.to_string()).unwrap();
     let report = verify(dir, &verifier(&f.signer), None).unwrap();
-    assert!(report.found(Tampering::Rewritten), "{:?}", report.findings);
+    assert!(report.found(Tampering::Deleted), "{:?}", report.findings);
     let err = AuditLog::open(dir, SignerKey::parse(&f.signer).unwrap(), options()).unwrap_err();
-    assert!(
-        err.to_string().contains("does not match its signed checkpoint"),
-        "{err}"
-    );
-
-    // The cut's checkpoint deleted.
+    assert!(err.to_string().contains("not authorised"), "{err}");
     fs::write(&path, &original).unwrap();
-    fs::remove_file(
+    assert!(verify(dir, &verifier(&f.signer), None).unwrap().ok());
+}
+
+/// Someone who can write the folder, but has no key, deletes old records and writes the
+/// cut retention would have written: the frontier at a boundary can be computed from the
+/// records, and the boundary's own checkpoint is signed, but it is not a cut note.
+#[test]
+fn a_cut_made_without_the_key_is_caught() {
+    let f = cut_log();
+    let dir = f.before_cut.path(); // the log before retention cut it
+    let segments = numbered(&dir.join(LOG_DIR));
+    let (boundary, _) = segments[2];
+    let mut frontier = Frontier::new();
+    for (first, path) in &segments[..2] {
+        assert!(*first < boundary);
+        for line in fs::read_to_string(path).unwrap().lines() {
+            frontier.push(leaf_hash(line.as_bytes()));
+        }
+    }
+    assert_eq!(frontier.size(), boundary);
+    let plain = fs::read_to_string(
         dir.join(CHECKPOINT_DIR)
-            .join(proxima_audit::log::checkpoint_name(f.cut)),
+            .join(proxima_audit::log::checkpoint_name(boundary)),
+    )
+    .unwrap();
+    let forged = serde_json::json!({
+        "size": boundary,
+        "subtrees": frontier.subtrees().iter().map(|(n, h)| serde_json::json!([n, BASE64.encode(h)])).collect::<Vec<_>>(),
+        "note": plain,
+    });
+    fs::write(dir.join(CUT_FILE), forged.to_string()).unwrap();
+    for (_, path) in &segments[..2] {
+        fs::remove_file(path).unwrap();
+    }
+    let report = verify(dir, &verifier(&f.signer), None).unwrap();
+    assert!(report.found(Tampering::Deleted), "{:?}", report.findings);
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|x| x.message.contains("plain checkpoint, not a retention cut")),
+        "{:?}",
+        report.findings
+    );
+    let err = AuditLog::open(dir, SignerKey::parse(&f.signer).unwrap(), options()).unwrap_err();
+    assert!(err.to_string().contains("not authorised"), "{err}");
+
+    // Without any note at all the cut file is not one.
+    fs::write(
+        dir.join(CUT_FILE),
+        serde_json::json!({"size": boundary, "subtrees": forged["subtrees"]}).to_string(),
     )
     .unwrap();
     let report = verify(dir, &verifier(&f.signer), None).unwrap();
-    assert!(report.found(Tampering::Unreadable), "{:?}", report.findings);
-    let err = AuditLog::open(dir, SignerKey::parse(&f.signer).unwrap(), options()).unwrap_err();
-    assert!(err.to_string().contains("no signed checkpoint vouches"), "{err}");
+    assert!(!report.ok(), "{:?}", report.findings);
+    assert!(AuditLog::open(dir, SignerKey::parse(&f.signer).unwrap(), options()).is_err());
 }
 
 /// A crash after `cut.json` was written but before the old files were deleted.

@@ -154,7 +154,11 @@ pub async fn run(store: Store, args: AuditArgs) -> Result<(), CliError> {
                 dir.display(),
                 report.records,
                 if report.cut > 0 {
-                    format!(" (the {} before them deleted by the audit retention)", report.cut)
+                    format!(
+                        " (the {} before them, written before {}, deleted by the audit retention)",
+                        report.cut,
+                        report.cut_before.as_deref().unwrap_or("an unknown time")
+                    )
                 } else {
                     String::new()
                 },
