@@ -135,6 +135,17 @@ pub fn epoch_start(at: DateTime<Utc>, epoch: std::time::Duration) -> u32 {
     u32::try_from(start / 60).unwrap_or(0)
 }
 
+/// One identifier under `key`.
+fn seal(key: &IdKey, handle: u64, start_minute: u32) -> EphemeralId {
+    let mut block = [0u8; 16];
+    block[..8].copy_from_slice(&handle.to_be_bytes());
+    block[8..12].copy_from_slice(&start_minute.to_be_bytes());
+    block[12] = key.id;
+    let mut block = block.into();
+    Aes256::new(&key.key.into()).encrypt_block(&mut block);
+    block.into()
+}
+
 fn random_key() -> [u8; 32] {
     let mut key = [0u8; 32];
     rand::fill(&mut key);
@@ -188,8 +199,14 @@ impl IdKeys {
         };
         let text = serde_json::to_string_pretty(self).expect("keys always serialise");
         let tmp = path.with_extension("tmp");
+        // A fresh file (never one left behind, or a link), so the mode below applies.
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(io(source)),
+        }
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(&tmp).map_err(io)?;
@@ -261,14 +278,27 @@ impl IdKeys {
     /// The identifier of the device with `handle` for the epoch starting at `start_minute`,
     /// under the current key.
     pub fn issue(&self, handle: u64, start_minute: u32) -> EphemeralId {
-        let key = self.current();
-        let mut block = [0u8; 16];
-        block[..8].copy_from_slice(&handle.to_be_bytes());
-        block[8..12].copy_from_slice(&start_minute.to_be_bytes());
-        block[12] = key.id;
-        let mut block = block.into();
-        Aes256::new(&key.key.into()).encrypt_block(&mut block);
-        block.into()
+        seal(self.current(), handle, start_minute)
+    }
+
+    /// Every identifier any of the keys would give the device with `handle` for the epochs
+    /// (of `epoch_minutes`) that start from `from_minute` up to `to_minute`, with each one's
+    /// epoch start: what to look up to find who heard that device in a window, without
+    /// storing which identifier belongs to whom.
+    pub fn identifiers_between(
+        &self,
+        handle: u64,
+        from_minute: u32,
+        to_minute: u32,
+        epoch_minutes: u32,
+    ) -> Vec<(EphemeralId, u32)> {
+        let step = epoch_minutes.max(1);
+        let first = from_minute - from_minute % step;
+        let starts: Vec<u32> = (first..=to_minute).step_by(step as usize).collect();
+        self.keys
+            .iter()
+            .flat_map(|key| starts.iter().map(move |&start| (seal(key, handle, start), start)))
+            .collect()
     }
 
     /// What `id` stands for, if one of the keys issued it.
@@ -397,6 +427,32 @@ mod tests {
         assert_eq!(keys.forget_retired_before(now() + chrono::Duration::seconds(1)), 1);
         assert_eq!(keys.resolve(&old), None, "unlinkable for good");
         assert_eq!(keys.resolve(&new).map(|r| r.handle), Some(handle));
+    }
+
+    #[test]
+    fn the_identifiers_of_a_window_are_all_those_issued_in_it_under_every_key() {
+        let mut keys = IdKeys::generate(now());
+        let handle = handle_of(DEVICE).unwrap();
+        let epoch_minutes = 15;
+        let first = epoch_start(now(), EPOCH);
+        let issued_before: Vec<EphemeralId> = (0..4).map(|i| keys.issue(handle, first + i * 15)).collect();
+        keys.rotate(now()).unwrap();
+        let issued_after: Vec<EphemeralId> = (0..4).map(|i| keys.issue(handle, first + i * 15)).collect();
+        // A window from inside the first epoch to the start of the fourth.
+        let window = keys.identifiers_between(handle, first + 7, first + 45, epoch_minutes);
+        assert_eq!(window.len(), 2 * 4, "4 epochs under 2 keys");
+        for (id, start) in &window {
+            let resolved = keys.resolve(id).unwrap();
+            assert_eq!((resolved.handle, resolved.start_minute), (handle, *start));
+        }
+        let ids: Vec<&EphemeralId> = window.iter().map(|(id, _)| id).collect();
+        for id in issued_before.iter().chain(&issued_after) {
+            assert!(ids.contains(&id));
+        }
+        assert!(
+            keys.identifiers_between(handle, first + 60, first + 59, epoch_minutes)
+                .is_empty()
+        );
     }
 
     #[test]

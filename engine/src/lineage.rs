@@ -53,12 +53,26 @@ pub fn is_marker(location: &Path) -> bool {
         .is_some_and(|name| name.starts_with(MARKER_PREFIX) && name.ends_with(MARKER_SUFFIX))
 }
 
-/// Reads a marker.
+/// Reads a marker. Every file a marker names is in the marker's own folder, and each name is
+/// read as that folder's file: markers written before local stores were prefixed with their
+/// root named files by absolute paths (`home/u/store/observations/day=…/part-….parquet`),
+/// and still name the same files.
 pub async fn read_marker(store: &dyn ObjectStore, location: &Path) -> Result<Marker> {
     let bytes = store.get(location).await?.bytes().await?;
-    serde_json::from_slice(&bytes).map_err(|e| object_store::Error::Generic {
+    let marker: Marker = serde_json::from_slice(&bytes).map_err(|e| object_store::Error::Generic {
         store: "lineage",
         source: format!("{location}: not a compaction marker: {e}").into(),
+    })?;
+    let parts: Vec<_> = location.parts().collect();
+    let folder: Path = parts[..parts.len().saturating_sub(1)].iter().cloned().collect();
+    let in_folder = |name: &str| match Path::from(name).filename() {
+        Some(file) => folder.clone().join(file).to_string(),
+        None => name.to_string(),
+    };
+    Ok(Marker {
+        merged: in_folder(&marker.merged),
+        replaces: marker.replaces.iter().map(|f| in_folder(f)).collect(),
+        transaction: marker.transaction,
     })
 }
 
@@ -234,6 +248,37 @@ mod tests {
             .unwrap();
         names.sort();
         names
+    }
+
+    /// A marker written when local stores named files by absolute paths still hides what it
+    /// replaced.
+    #[tokio::test]
+    async fn markers_naming_absolute_paths_name_the_files_of_their_folder() {
+        let raw: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let store = LineageStore::new(Arc::clone(&raw));
+        for file in ["a", "b", "m"] {
+            put(raw.as_ref(), &format!("t/day=1/{file}.parquet"), b"x").await;
+        }
+        let marker = Marker {
+            transaction: None,
+            merged: "home/u/store/t/day=1/m.parquet".into(),
+            replaces: vec![
+                "home/u/store/t/day=1/a.parquet".into(),
+                "home/u/store/t/day=1/b.parquet".into(),
+            ],
+        };
+        put(
+            raw.as_ref(),
+            "t/day=1/compaction-1.json",
+            &serde_json::to_vec(&marker).unwrap(),
+        )
+        .await;
+        let read = read_marker(raw.as_ref(), &Path::from("t/day=1/compaction-1.json"))
+            .await
+            .unwrap();
+        assert_eq!(read.merged, "t/day=1/m.parquet");
+        assert_eq!(read.replaces, ["t/day=1/a.parquet", "t/day=1/b.parquet"]);
+        assert_eq!(names(&store).await, ["t/day=1/m.parquet"]);
     }
 
     #[tokio::test]

@@ -28,6 +28,9 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionContext, col};
 use proxima_udfs::ProximaOptions;
 
+/// Purposes a session keeps resolved before it forgets them.
+const MAX_RESOLVED: usize = 16;
+
 /// What a refused read says when no purpose is declared.
 const NO_PURPOSE: &str = "a tracer reads only for a declared purpose: SET proxima.purpose = 'case:<case_id>'";
 
@@ -155,10 +158,12 @@ impl PurposeResolver {
             macs: texts(&macs, 0)?,
             reported_at: reported.timestamp_micros(),
         });
-        self.resolved
-            .lock()
-            .map_err(|_| poisoned())?
-            .insert(options.purpose.clone(), Arc::clone(&scope));
+        let mut resolved = self.resolved.lock().map_err(|_| poisoned())?;
+        // A login works a few cases at a time; one that tries many keeps the latest.
+        if resolved.len() >= MAX_RESOLVED {
+            resolved.clear();
+        }
+        resolved.insert(options.purpose.clone(), Arc::clone(&scope));
         Ok(scope)
     }
 }

@@ -164,6 +164,20 @@ impl Store {
         &self.root
     }
 
+    /// A store path read back from a file the store wrote (a staging manifest). Before
+    /// local stores were prefixed with their root, such paths were absolute
+    /// (`home/u/store/observations/…`): their root part is dropped, so they name the same
+    /// file today.
+    pub fn stored_path(&self, text: &str) -> Path {
+        if let Some(root) = &self.local_root
+            && let Ok(legacy) = Path::from_absolute_path(root)
+            && let Some(rest) = text.strip_prefix(legacy.as_ref()).and_then(|r| r.strip_prefix('/'))
+        {
+            return Path::from(rest);
+        }
+        Path::from(text)
+    }
+
     /// The local directory of the store, if it is on the local disk.
     pub fn local_root(&self) -> Option<&FsPath> {
         self.local_root.as_deref()
@@ -314,6 +328,32 @@ mod tests {
         let err = Store::open("s3:///prefix").unwrap_err().to_string();
         assert!(err.contains("needs a bucket"), "{err}");
         assert!(Store::open("memory://").is_ok());
+    }
+
+    /// Staging manifests written when local stores named files by absolute paths name the
+    /// same files today.
+    #[test]
+    fn paths_written_absolute_are_read_relative_to_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::local(dir.path()).unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let legacy = format!(
+            "{}/observations/day=2026-11-02/part-1.parquet",
+            Path::from_absolute_path(&root).unwrap()
+        );
+        assert_eq!(
+            store.stored_path(&legacy).as_ref(),
+            "observations/day=2026-11-02/part-1.parquet"
+        );
+        assert_eq!(
+            store.stored_path("_staging/t/a.parquet").as_ref(),
+            "_staging/t/a.parquet"
+        );
+        assert_eq!(
+            Store::in_memory().stored_path(&legacy).as_ref(),
+            legacy.as_str(),
+            "only a local store had absolute paths"
+        );
     }
 
     /// The local store is prefixed with its folder: a path that climbs out of it names a

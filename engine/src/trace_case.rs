@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, SchemaRef, TimestampMicrosecondType};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{ScalarValue, plan_err};
@@ -20,6 +20,8 @@ use datafusion::logical_expr::{Expr, LogicalPlanBuilder, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use proxima_udfs::trace::{constant_argument, is_uuid, output_schema};
+
+use crate::schema::timestamp_type;
 
 const NAME: &str = "trace_case";
 
@@ -92,19 +94,20 @@ impl TableProvider for CaseTraceTable {
             .await?
             .collect()
             .await?;
-        let mut found = case.iter().filter(|b| b.num_rows() > 0).flat_map(|batch| {
-            let devices = batch.column(0).as_string::<i32>().clone();
-            let times = batch.column(1).as_primitive::<TimestampMicrosecondType>().clone();
-            (0..batch.num_rows()).map(move |i| {
-                (
-                    devices.is_valid(i).then(|| devices.value(i).to_string()),
-                    times.is_valid(i).then(|| times.value(i)),
-                )
-            })
-        });
-        let (Some(device), Some(reported_at)) = found.next().unwrap_or_default() else {
+        let Some(batch) = case.iter().find(|b| b.num_rows() > 0) else {
             return plan_err!("{NAME}: there is no case {}", self.case_id);
         };
+        // Whatever string and time types the table gives (a view or cast may change them).
+        let devices = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
+        let times = arrow::compute::cast(batch.column(1), &timestamp_type())?;
+        let (devices, times) = (
+            devices.as_string::<i32>(),
+            times.as_primitive::<TimestampMicrosecondType>(),
+        );
+        if devices.is_null(0) || times.is_null(0) {
+            return plan_err!("{NAME}: the case {} has no device or report time", self.case_id);
+        }
+        let (device, reported_at) = (devices.value(0).to_string(), times.value(0));
         let mut args = vec![
             datafusion::logical_expr::lit(device),
             datafusion::logical_expr::lit(ScalarValue::TimestampMicrosecond(Some(reported_at), Some("UTC".into()))),

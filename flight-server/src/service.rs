@@ -272,16 +272,6 @@ impl FlightSqlServer {
             .principal
             .check_settings(&plan, &current, self.factory.options().max_trace_window)
             .map_err(Status::permission_denied)?;
-        // A tracer's purpose must name an open case now, not at the next read.
-        if let LogicalPlan::Statement(Statement::SetVariable(set)) = &plan
-            && session.principal.role == proxima_engine::Role::Tracer
-            && set.variable.eq_ignore_ascii_case("proxima.purpose")
-            && !set.value.trim().is_empty()
-        {
-            proxima_engine::purpose::check_declared(&state, &set.value)
-                .await
-                .map_err(query_status)?;
-        }
         Ok(plan)
     }
 
@@ -360,6 +350,15 @@ impl FlightSqlServer {
         };
         let mut frames = Vec::new();
         for plan in plans {
+            // A tracer's purpose must name an open case at the SET, not at the next read;
+            // checking reads the case, so only once the intent is durable.
+            if let Some(purpose) = declared_purpose(&session.principal, &plan)
+                && let Err(e) = proxima_engine::purpose::check_declared(&session.ctx.state(), purpose).await
+            {
+                let status = query_status(e);
+                finish(&mut done, &status);
+                return Err(status);
+            }
             match session.ctx.execute_logical_plan(plan).await {
                 Ok(df) => frames.push(df),
                 Err(e) => {
@@ -674,6 +673,20 @@ impl Caller {
             .unwrap_or_default();
         record.purpose = (!purpose.is_empty()).then_some(purpose);
         record
+    }
+}
+
+/// The purpose a tracer's `SET proxima.purpose = '…'` declares (not a reset to none).
+fn declared_purpose<'a>(principal: &proxima_engine::Principal, plan: &'a LogicalPlan) -> Option<&'a str> {
+    match plan {
+        LogicalPlan::Statement(Statement::SetVariable(set))
+            if principal.role == proxima_engine::Role::Tracer
+                && set.variable.eq_ignore_ascii_case("proxima.purpose")
+                && !set.value.trim().is_empty() =>
+        {
+            Some(&set.value)
+        }
+        _ => None,
     }
 }
 

@@ -250,10 +250,12 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
     }
     // A retired key's identifiers were issued up to a week ahead, and their sightings are
     // kept for the retention period: after both, nothing needs the key.
-    let forget_before = chrono::Utc::now()
-        - chrono::Duration::days(i64::from(args.retention_days))
-        - chrono::Duration::from_std(args.epoch * proxima_ingest::rest::identifiers::MAX_COUNT)
+    let kept = chrono::Duration::days(i64::from(args.retention_days))
+        + chrono::Duration::from_std(args.epoch * proxima_ingest::rest::identifiers::MAX_COUNT)
             .unwrap_or(chrono::Duration::days(7));
+    let forget_before = chrono::Utc::now()
+        .checked_sub_signed(kept)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
     let id_keys = super::id_key::for_server(
         &store,
         args.id_key.as_deref(),

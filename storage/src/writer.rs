@@ -270,7 +270,10 @@ impl Transaction {
 
     /// Where the files staged so far will be published.
     pub fn staged_targets(&self) -> Vec<Path> {
-        self.staged.iter().map(|f| Path::from(f.target.as_str())).collect()
+        self.staged
+            .iter()
+            .map(|f| self.writer.store.stored_path(&f.target))
+            .collect()
     }
 
     /// Publishes every staged file; after this returns they are durable and visible. An
@@ -332,7 +335,11 @@ impl Transaction {
     /// Makes the staged files durable, then records them in the manifest: the commit point.
     async fn write_manifest(&self) -> Result<()> {
         let store = &self.writer.store;
-        let staged_paths: Vec<Path> = self.staged.iter().map(|f| Path::from(f.staging.as_str())).collect();
+        let staged_paths: Vec<Path> = self
+            .staged
+            .iter()
+            .map(|f| self.writer.store.stored_path(&f.staging))
+            .collect();
         store.sync_local(&staged_paths)?;
         let manifest_path = self.prefix().join(MANIFEST);
         let manifest = serde_json::to_vec(&self.staged).map_err(|source| Error::Manifest {
@@ -368,8 +375,8 @@ async fn publish(store: &Store, staged: &[StagedFile]) -> Result<()> {
     let object_store: &Arc<dyn ObjectStore> = store.object_store();
     let mut targets = Vec::with_capacity(staged.len());
     for file in staged {
-        let from = Path::from(file.staging.as_str());
-        let to = Path::from(file.target.as_str());
+        let from = store.stored_path(&file.staging);
+        let to = store.stored_path(&file.target);
         match object_store.rename(&from, &to).await {
             Ok(()) => {}
             Err(object_store::Error::NotFound { .. }) if store.exists(&to).await? => {}

@@ -73,6 +73,9 @@ struct Devices {
     by_token: HashMap<[u8; 32], String>,
     /// MACs whose registration is being written.
     reserved: HashSet<String>,
+    /// The handles of every device's UUID (`proxima_engine::ephemeral::handle_of`), so that
+    /// no two devices' rotating identifiers are sealed with the same one.
+    handles: HashSet<u64>,
 }
 
 /// Registered devices, their credentials and revocations, in memory.
@@ -96,6 +99,7 @@ impl Registry {
             for (uuid, mac) in uuids.iter().zip(macs.iter()) {
                 let (Some(uuid), Some(mac)) = (uuid, mac) else { continue };
                 devices.by_mac.insert(mac.to_string(), uuid.to_string());
+                devices.handles.extend(proxima_engine::ephemeral::handle_of(uuid));
                 devices.devices.entry(uuid.to_string()).or_insert(Device {
                     secret_hash: None,
                     revoked: false,
@@ -130,6 +134,18 @@ impl Registry {
         Ok(Self {
             inner: RwLock::new(devices),
         })
+    }
+
+    /// A new random device UUID whose handle no other device has (a clash is a one in 2^60
+    /// chance per device, but it would make two devices' identifiers the same).
+    fn new_device_uuid(&self) -> String {
+        let mut devices = self.write();
+        loop {
+            let uuid = uuid::Uuid::new_v4();
+            if proxima_engine::ephemeral::handle_of(&uuid.to_string()).is_some_and(|h| devices.handles.insert(h)) {
+                return uuid.to_string();
+            }
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Devices> {
@@ -240,7 +256,7 @@ async fn write_registration(state: &AppState, mac: &str, secret: String) -> ApiR
         .await
         .map_err(|e| ApiError::internal("hashing the revocation secret failed", e))?
         .map_err(|e| ApiError::internal("hashing the revocation secret failed", e))?;
-    let uuid = uuid::Uuid::new_v4().to_string();
+    let uuid = state.registry.new_device_uuid();
     let token = random_token();
     let now = state.clock.now();
     let device = RecordBatch::try_new(schema::DEVICES.clone(), vec![text(&uuid), text(mac), timestamp(now)])
@@ -332,4 +348,21 @@ pub async fn revoke(
         device.revoked = true;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_devices_never_share_a_handle() {
+        let registry = Registry::default();
+        let uuids: Vec<String> = (0..1000).map(|_| registry.new_device_uuid()).collect();
+        let handles: HashSet<u64> = uuids
+            .iter()
+            .map(|u| proxima_engine::ephemeral::handle_of(u).unwrap())
+            .collect();
+        assert_eq!(handles.len(), uuids.len());
+        assert_eq!(registry.read().handles, handles, "each one claimed");
+    }
 }

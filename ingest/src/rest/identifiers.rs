@@ -90,6 +90,9 @@ pub async fn issue(
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<EphemeralIds>> {
     let device = state.device_of(&headers)?;
+    if let Err(wait) = state.limiter.check(&device) {
+        return Err(ApiError::rate_limited(wait, "this device"));
+    }
     let count = count_of(query.as_deref())?;
     let Some(keys) = &state.options.id_keys else {
         return Err(ApiError::not_found(

@@ -411,13 +411,16 @@ async fn method_not_allowed() -> ApiError {
 /// throwaway devices or guess at revocations at will. An IPv6 client is limited per /64,
 /// the block one subscriber is usually given.
 async fn limit_by_address(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    // Without the peer's address (a router served without connect info), every such
+    // client shares one budget: never none.
     let address = request
         .extensions()
         .get::<axum::extract::ConnectInfo<server::ClientAddr>>()
-        .map(|axum::extract::ConnectInfo(server::ClientAddr(address))| address_key(address.ip()));
-    if let Some(address) = address
-        && let Err(wait) = state.registrations.check(&address)
-    {
+        .map_or_else(
+            || "unknown".to_string(),
+            |axum::extract::ConnectInfo(server::ClientAddr(address))| address_key(address.ip()),
+        );
+    if let Err(wait) = state.registrations.check(&address) {
         return ApiError::rate_limited(wait, "this address").into_response();
     }
     next.run(request).await
