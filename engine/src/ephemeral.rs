@@ -13,7 +13,9 @@
 //! block cipher maps it to unrelated bytes. Decrypting anything else (random bytes, an
 //! identifier with a bit flipped, one made under another key) gives a block whose key id
 //! and zero bytes do not check (32 bits) and whose handle names no device, so it resolves
-//! to nothing. The handle is the first 8 bytes of the device's UUID ([`handle_of`]).
+//! to nothing. The handle is the first 8 bytes of the SHA-256 of the device's UUID
+//! ([`handle_of`]): spread evenly whatever the UUIDs look like (imported ones need not be
+//! random), and checked unique at registration and import.
 //!
 //! The keys live in one file (`--id-key`), JSON, readable by the server only: one current
 //! key that issues, and retired keys that still resolve what they issued until they are
@@ -120,12 +122,13 @@ impl Resolved {
     }
 }
 
-/// The handle of a device in its identifiers: the first 8 bytes of its UUID (random bits;
-/// registration makes sure no two devices share one).
+/// The handle of a device in its identifiers: the first 8 bytes of the SHA-256 of its
+/// UUID's 16 bytes (registration and import make sure no two devices share one).
 pub fn handle_of(device_uuid: &str) -> Option<u64> {
+    use sha2::Digest as _;
     let uuid = uuid::Uuid::parse_str(device_uuid).ok()?;
-    let bytes: [u8; 8] = uuid.as_bytes()[..8].try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
+    let digest = sha2::Sha256::digest(uuid.as_bytes());
+    Some(u64::from_be_bytes(digest[..8].try_into().ok()?))
 }
 
 /// The start, in minutes since 1970, of the epoch of length `epoch` that holds `at`.
@@ -332,7 +335,8 @@ mod tests {
     fn an_identifier_resolves_to_its_device_and_epoch_only_with_the_key() {
         let keys = IdKeys::generate(now());
         let handle = handle_of(DEVICE).unwrap();
-        assert_eq!(handle, 0x6f1e_2d3c_4b5a_4978);
+        // SHA-256 of the UUID's 16 bytes, computed apart (Python's hashlib).
+        assert_eq!(handle, 0x0f4d_7fbe_5e2f_0182);
         let start = epoch_start(now(), EPOCH);
         assert_eq!(
             i64::from(start) * 60,

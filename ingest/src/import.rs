@@ -234,6 +234,15 @@ impl Rows {
     }
 }
 
+/// The key, among an import's unique values, of a device's identifier handle
+/// (`proxima_engine::ephemeral::handle_of`): no two devices may share one, or their rotating
+/// identifiers would be the same.
+const HANDLE: usize = usize::MAX;
+
+fn handle_key(uuid: &str) -> Option<(usize, String)> {
+    proxima_engine::ephemeral::handle_of(uuid).map(|h| (HANDLE, format!("{h:016x}")))
+}
+
 /// Validated rows of an import, grouped by output file.
 struct Staged {
     table: Table,
@@ -291,10 +300,28 @@ impl Staged {
                 return Err(format!("{label} {v} is {first}"));
             }
         }
+        let handle = match (self.table, &values[0]) {
+            (Table::Devices, Value::Text(uuid)) => handle_key(uuid),
+            _ => None,
+        };
+        if let Some(key) = &handle
+            && let Some(first) = self.unique.get(key)
+        {
+            return Err(format!(
+                "device {} begins with the same 8 bytes as the device {first}: the two would broadcast the same rotating identifiers",
+                match &values[0] {
+                    Value::Text(v) => v.as_str(),
+                    _ => "",
+                }
+            ));
+        }
         for &i in &self.unique_columns {
             if let Value::Text(v) = &values[i] {
                 self.unique.insert((i, v.clone()), format!("already on {here}"));
             }
+        }
+        if let (Some(key), Value::Text(uuid)) = (handle, &values[0]) {
+            self.unique.insert(key, format!("{uuid} on {here}"));
         }
         let day = self.time_column.map(|i| match values[i] {
             Value::Micros(v) => v.div_euclid(MICROS_PER_DAY) as i32,
@@ -366,6 +393,9 @@ async fn existing_unique_values(writer: &PartitionWriter, table: Table) -> Resul
         for (uuid, mac) in uuids.iter().zip(macs.iter()) {
             let (Some(uuid), Some(mac)) = (uuid, mac) else { continue };
             existing.insert((0, uuid.to_string()), "already registered".to_string());
+            if let Some(key) = handle_key(uuid) {
+                existing.insert(key, format!("{uuid}, already registered"));
+            }
             existing.insert((1, mac.to_string()), format!("already registered to device {uuid}"));
         }
     }
@@ -545,4 +575,39 @@ fn read_parquet(file: &Path, staged: &mut Staged) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two devices whose handles clash cannot both be imported. (No two real UUIDs are known
+    /// to clash, so the earlier device's handle is given as already registered.)
+    #[test]
+    fn a_device_whose_handle_is_taken_is_refused() {
+        let uuid = "00000000-0000-4000-8000-00000000000a";
+        let mut existing = HashMap::new();
+        existing.insert(
+            handle_key(uuid).unwrap(),
+            "00000000-0000-4000-8000-0000000000ff, already registered".to_string(),
+        );
+        let mut staged = Staged::new(Table::Devices, existing);
+        let cells = |uuid: &'static str, mac: &'static str| vec![Cell::Text(uuid), Cell::Text(mac), Cell::Micros(0)];
+        let err = staged
+            .push(cells(uuid, "AA:00:00:00:00:0A"), "line 2 of d.csv")
+            .unwrap_err();
+        assert!(
+            err.contains("the same 8 bytes as the device 00000000-0000-4000-8000-0000000000ff, already registered"),
+            "{err}"
+        );
+        // Another device is fine, and its handle is then taken within the import.
+        let other = "00000000-0000-4000-8000-00000000000b";
+        staged
+            .push(cells(other, "AA:00:00:00:00:0B"), "line 3 of d.csv")
+            .unwrap();
+        assert_eq!(
+            staged.unique.get(&handle_key(other).unwrap()).map(String::as_str),
+            Some("00000000-0000-4000-8000-00000000000b on line 3 of d.csv")
+        );
+    }
 }

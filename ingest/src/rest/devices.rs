@@ -136,8 +136,8 @@ impl Registry {
         })
     }
 
-    /// A new random device UUID whose handle no other device has (a clash is a one in 2^60
-    /// chance per device, but it would make two devices' identifiers the same).
+    /// A new random device UUID whose handle no other device has (a clash is a one in 2^64
+    /// chance per pair of devices, but it would make two devices' identifiers the same).
     fn new_device_uuid(&self) -> String {
         let mut devices = self.write();
         loop {
