@@ -824,6 +824,22 @@ async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
         String::from_utf8_lossy(&refused.stderr)
     );
 
+    // A SQL prepared statement: its EXECUTE is audited with what the PREPARE reads.
+    let prepared = remote(
+        &[
+            "sql",
+            "-c",
+            "PREPARE busy(BIGINT) AS SELECT count(*) FROM daily_contacts_by_location WHERE devices > $1; EXECUTE busy(0)",
+        ],
+        "ann",
+        ANALYST_PASSWORD,
+    );
+    assert!(
+        prepared.status.success(),
+        "{}",
+        String::from_utf8_lossy(&prepared.stderr)
+    );
+
     // The server audited the job under ann's name.
     let audit_dir = server.audit_dir.clone();
     server.stop();
@@ -834,12 +850,21 @@ async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
             r["phase"] == "intent"
                 && r["sql"]
                     .as_str()
-                    .is_some_and(|s| s.contains("FROM daily_contacts_by_location"))
+                    .is_some_and(|s| s.contains("FROM daily_contacts_by_location") && !s.starts_with("PREPARE"))
         })
         .collect();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0]["principal"], "ann");
     assert_eq!(jobs[0]["objects"], serde_json::json!(["daily_contacts_by_location"]));
+    let executes: Vec<_> = records
+        .iter()
+        .filter(|r| r["phase"] == "intent" && r["sql"].as_str().is_some_and(|s| s.starts_with("EXECUTE busy")))
+        .collect();
+    assert_eq!(executes.len(), 1, "{executes:?}");
+    assert_eq!(
+        executes[0]["objects"],
+        serde_json::json!(["daily_contacts_by_location"])
+    );
     // …and the trace under alice's, citing the case.
     let traces: Vec<_> = records
         .iter()

@@ -78,6 +78,9 @@ struct TokenSession {
     ctx: SessionContext,
     expires: Instant,
     prepared: Mutex<HashMap<String, Prepared>>,
+    /// The tables and functions each SQL `PREPARE`d statement reads, by name: what the audit
+    /// record of its `EXECUTE` names.
+    statement_objects: Mutex<HashMap<String, Vec<String>>>,
 }
 
 /// A prepared statement: its SQL and the parameter rows bound to it.
@@ -331,6 +334,16 @@ impl FlightSqlServer {
             .map(|row| row.iter().map(ToString::to_string).collect())
             .collect();
         intent.objects = proxima_engine::access::objects_read(&plans);
+        // An EXECUTE reads what its PREPARE did.
+        for plan in &plans {
+            if let LogicalPlan::Statement(Statement::Execute(execute)) = plan
+                && let Some(objects) = session.statement_objects.lock().map_err(internal)?.get(&execute.name)
+            {
+                intent.objects.extend(objects.iter().cloned());
+            }
+        }
+        intent.objects.sort();
+        intent.objects.dedup();
         let seq = self.audit(intent.clone()).await?;
         let mut done = Some(intent.done(seq));
         let finish = |done: &mut Option<Record>, status: &Status| {
@@ -359,8 +372,25 @@ impl FlightSqlServer {
                 finish(&mut done, &status);
                 return Err(status);
             }
+            let named = match &plan {
+                LogicalPlan::Statement(Statement::Prepare(prepare)) => Some((
+                    prepare.name.clone(),
+                    Some(proxima_engine::access::objects_read(std::slice::from_ref(&plan))),
+                )),
+                LogicalPlan::Statement(Statement::Deallocate(deallocate)) => Some((deallocate.name.clone(), None)),
+                _ => None,
+            };
             match session.ctx.execute_logical_plan(plan).await {
-                Ok(df) => frames.push(df),
+                Ok(df) => {
+                    if let Some((name, objects)) = named {
+                        let mut statements = session.statement_objects.lock().map_err(internal)?;
+                        match objects {
+                            Some(objects) => statements.insert(name, objects),
+                            None => statements.remove(&name),
+                        };
+                    }
+                    frames.push(df)
+                }
                 Err(e) => {
                     let status = query_status(e);
                     finish(&mut done, &status);
@@ -809,6 +839,7 @@ impl FlightSqlService for FlightSqlServer {
                     ctx,
                     expires: now + self.options.token_ttl,
                     prepared: Mutex::new(HashMap::new()),
+                    statement_objects: Mutex::new(HashMap::new()),
                 }),
             );
         }
