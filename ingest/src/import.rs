@@ -308,7 +308,7 @@ impl Staged {
             && let Some(first) = self.unique.get(key)
         {
             return Err(format!(
-                "device {} begins with the same 8 bytes as the device {first}: the two would broadcast the same rotating identifiers",
+                "device {} has the same identifier handle (8 bytes of its UUID's SHA-256) as the device {first}: the two would broadcast the same rotating identifiers",
                 match &values[0] {
                     Value::Text(v) => v.as_str(),
                     _ => "",
@@ -597,7 +597,7 @@ mod tests {
             .push(cells(uuid, "AA:00:00:00:00:0A"), "line 2 of d.csv")
             .unwrap_err();
         assert!(
-            err.contains("the same 8 bytes as the device 00000000-0000-4000-8000-0000000000ff, already registered"),
+            err.contains("the same identifier handle (8 bytes of its UUID's SHA-256) as the device 00000000-0000-4000-8000-0000000000ff, already registered"),
             "{err}"
         );
         // Another device is fine, and its handle is then taken within the import.
