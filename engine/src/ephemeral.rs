@@ -284,6 +284,28 @@ impl IdKeys {
         seal(self.current(), handle, start_minute)
     }
 
+    /// The identifiers a device with `handle` broadcasts in the `count` epochs (of length
+    /// `epoch`, whole minutes) from the one holding `from` on, under the current key: each
+    /// with its epoch's start and end.
+    pub fn schedule(
+        &self,
+        handle: u64,
+        from: DateTime<Utc>,
+        count: u32,
+        epoch: std::time::Duration,
+    ) -> Vec<(EphemeralId, DateTime<Utc>, DateTime<Utc>)> {
+        let minutes = (epoch.as_secs() / 60).max(1);
+        let first = u64::from(epoch_start(from, epoch));
+        let at = |minute: u64| DateTime::<Utc>::from_timestamp((minute * 60) as i64, 0).unwrap_or_default();
+        (0..u64::from(count))
+            .map_while(|i| u32::try_from(first + i * minutes).ok())
+            .map(|start| {
+                let start64 = u64::from(start);
+                (self.issue(handle, start), at(start64), at(start64 + minutes))
+            })
+            .collect()
+    }
+
     /// Every identifier any of the keys would give the device with `handle` for the epochs
     /// (of `epoch_minutes`) that start from `from_minute` up to `to_minute`, with each one's
     /// epoch start: what to look up to find who heard that device in a window, without

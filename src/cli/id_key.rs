@@ -39,6 +39,25 @@ enum IdKeyCommand {
         #[arg(long, value_name = "FILE")]
         file: PathBuf,
     },
+    /// Print the identifiers a device broadcasts from a time on, as the server issues them
+    /// (for test fixtures and for checking a phone): `<32 hex digits> <from> <until>` a line.
+    Issue {
+        /// The key file.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// The device's UUID.
+        #[arg(long)]
+        device: String,
+        /// The first epoch is the one holding this time (RFC 3339).
+        #[arg(long)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// How many epochs.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        count: u32,
+        /// The length of an epoch, whole minutes (as the server's --epoch).
+        #[arg(long, default_value = "15m", value_parser = super::durations::parse_duration)]
+        epoch: std::time::Duration,
+    },
 }
 
 fn usage(e: impl std::fmt::Display) -> CliError {
@@ -117,6 +136,26 @@ pub fn run(args: IdKeyArgs) -> Result<(), CliError> {
                 "key {id} is current in {}; restart the server to issue with it",
                 file.display()
             ))
+        }
+        IdKeyCommand::Issue {
+            file,
+            device,
+            from,
+            count,
+            epoch,
+        } => {
+            if !epoch.as_secs().is_multiple_of(60) {
+                return Err(CliError::Usage("--epoch must be a whole number of minutes".into()));
+            }
+            let keys = IdKeys::load(&file).map_err(usage)?;
+            let handle = proxima_engine::ephemeral::handle_of(&device)
+                .ok_or_else(|| CliError::Usage(format!("--device: '{device}' is not a device UUID")))?;
+            let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            for (id, from, until) in keys.schedule(handle, from, count, epoch) {
+                let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                super::print(format!("{hex} {} {}", time(from), time(until)))?;
+            }
+            Ok(())
         }
         IdKeyCommand::List { file } => {
             let keys = IdKeys::load(&file).map_err(usage)?;

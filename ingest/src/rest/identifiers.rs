@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
-use proxima_engine::ephemeral::{epoch_start, handle_of};
+use proxima_engine::ephemeral::handle_of;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -67,10 +67,8 @@ fn count_of(query: Option<&str>) -> ApiResult<u32> {
     Ok(count.unwrap_or(DEFAULT_COUNT))
 }
 
-fn rfc3339(minute: i64) -> String {
-    DateTime::<Utc>::from_timestamp(minute * 60, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+fn rfc3339(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// `GET /v1/ephemeral-ids?count=N`: identifiers for the calling device, one per epoch from
@@ -101,21 +99,17 @@ pub async fn issue(
     };
     let handle = handle_of(&device).ok_or_else(|| ApiError::internal("issuing identifiers", "a device UUID"))?;
     let epoch = state.options.epoch;
-    let minutes = (epoch.as_secs() / 60).max(1);
-    let first = epoch_start(state.clock.now(), epoch);
-    let ids = (0..u64::from(count))
-        .map_while(|i| u32::try_from(u64::from(first) + i * minutes).ok())
-        .map(|start| {
-            let id = keys.issue(handle, start);
-            EphemeralIdOut {
-                id: hex::encode(id),
-                valid_from: rfc3339(i64::from(start)),
-                valid_until: rfc3339(i64::from(start) + minutes as i64),
-            }
+    let ids = keys
+        .schedule(handle, state.clock.now(), count, epoch)
+        .into_iter()
+        .map(|(id, from, until)| EphemeralIdOut {
+            id: hex::encode(id),
+            valid_from: rfc3339(from),
+            valid_until: rfc3339(until),
         })
         .collect();
     Ok(Json(EphemeralIds {
-        epoch_seconds: minutes * 60,
+        epoch_seconds: (epoch.as_secs() / 60).max(1) * 60,
         ids,
     }))
 }
