@@ -107,24 +107,14 @@ impl PurposeResolver {
         }
         let lookback =
             chrono::Duration::from_std(options.lookback).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        // The id was checked to be a UUID when it was set, so it is safe in a literal.
-        let case = self
-            .full
-            .sql(&format!(
-                "SELECT device_uuid, CAST(reported_at AS VARCHAR) FROM cases WHERE case_id = '{case_id}'"
-            ))
-            .await?
-            .collect()
-            .await?;
-        let (devices, times) = (texts(&case, 0)?, texts(&case, 1)?);
-        let (device, reported_at) = match (devices.first(), times.first()) {
-            (Some(device), Some(at)) => (device.clone(), at.clone()),
-            _ => return plan_err!("purpose case:{case_id}: there is no such case"),
+        // The id was checked to be a UUID when it was set.
+        let Some((device, reported_micros)) = find_case(&self.full, case_id).await? else {
+            return plan_err!("purpose case:{case_id}: there is no such case");
         };
-        let reported = chrono::DateTime::parse_from_rfc3339(&reported_at)
-            .or_else(|_| chrono::DateTime::parse_from_rfc3339(&format!("{reported_at}Z")))
-            .map_err(|e| DataFusionError::Plan(format!("purpose case:{case_id}: its report time: {e}")))?;
-        if chrono::Utc::now() - reported.with_timezone(&chrono::Utc) > lookback {
+        let reported = chrono::DateTime::from_timestamp_micros(reported_micros)
+            .ok_or_else(|| DataFusionError::Plan(format!("purpose case:{case_id}: its report time is out of range")))?;
+        let reported_at = reported.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        if chrono::Utc::now() - reported > lookback {
             return plan_err!(
                 "purpose case:{case_id}: the case was reported at {reported_at}, longer ago than proxima.trace.lookback: it is closed"
             );
@@ -182,6 +172,34 @@ pub async fn check_declared(state: &SessionState, purpose: &str) -> Result<()> {
         .collect()
         .await?;
     Ok(())
+}
+
+/// The device and report time (microseconds since the epoch, UTC) of the case `case_id`
+/// (a UUID, checked by the caller), read through `ctx`, so with that session's rights: a
+/// tracer's sees only their purpose's case. `None` if there is no such case.
+pub(crate) async fn find_case(ctx: &SessionContext, case_id: &str) -> Result<Option<(String, i64)>> {
+    use arrow::datatypes::{DataType, TimestampMicrosecondType};
+    let case = ctx
+        .sql(&format!(
+            "SELECT device_uuid, reported_at FROM cases WHERE case_id = '{case_id}'"
+        ))
+        .await?
+        .collect()
+        .await?;
+    let Some(batch) = case.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(None);
+    };
+    // Whatever string and time types the table gives (a view or cast may change them).
+    let devices = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
+    let times = arrow::compute::cast(batch.column(1), &crate::schema::timestamp_type())?;
+    let (devices, times) = (
+        devices.as_string::<i32>(),
+        times.as_primitive::<TimestampMicrosecondType>(),
+    );
+    if devices.is_null(0) || times.is_null(0) {
+        return Ok(None);
+    }
+    Ok(Some((devices.value(0).to_string(), times.value(0))))
 }
 
 fn poisoned() -> DataFusionError {

@@ -9,8 +9,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, SchemaRef, TimestampMicrosecondType};
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{ScalarValue, plan_err};
@@ -20,8 +19,6 @@ use datafusion::logical_expr::{Expr, LogicalPlanBuilder, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use proxima_udfs::trace::{constant_argument, is_uuid, output_schema};
-
-use crate::schema::timestamp_type;
 
 const NAME: &str = "trace_case";
 
@@ -85,29 +82,10 @@ impl TableProvider for CaseTraceTable {
         };
         // The caller's own session: its catalog and its policy decide what it may read.
         let ctx = SessionContext::new_with_state(state.clone());
-        // The id was checked to be a UUID, so it is safe in a literal.
-        let case = ctx
-            .sql(&format!(
-                "SELECT device_uuid, reported_at FROM cases WHERE case_id = '{}'",
-                self.case_id
-            ))
-            .await?
-            .collect()
-            .await?;
-        let Some(batch) = case.iter().find(|b| b.num_rows() > 0) else {
+        // The id was checked to be a UUID.
+        let Some((device, reported_at)) = crate::purpose::find_case(&ctx, &self.case_id).await? else {
             return plan_err!("{NAME}: there is no case {}", self.case_id);
         };
-        // Whatever string and time types the table gives (a view or cast may change them).
-        let devices = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
-        let times = arrow::compute::cast(batch.column(1), &timestamp_type())?;
-        let (devices, times) = (
-            devices.as_string::<i32>(),
-            times.as_primitive::<TimestampMicrosecondType>(),
-        );
-        if devices.is_null(0) || times.is_null(0) {
-            return plan_err!("{NAME}: the case {} has no device or report time", self.case_id);
-        }
-        let (device, reported_at) = (devices.value(0).to_string(), times.value(0));
         let mut args = vec![
             datafusion::logical_expr::lit(device),
             datafusion::logical_expr::lit(ScalarValue::TimestampMicrosecond(Some(reported_at), Some("UTC".into()))),
