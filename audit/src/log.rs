@@ -571,14 +571,11 @@ impl Writer {
                 break;
             }
             let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-            let mut last = None;
             for line in bytes.split_inclusive(|&b| b == b'\n') {
                 let Some(body) = line.strip_suffix(b"\n") else { break };
                 frontier.push(leaf_hash(body));
-                last = Some(body);
             }
-            let old = last.and_then(record_time).is_some_and(|time| time < before);
-            if frontier.size() != *next || !old {
+            if frontier.size() != *next {
                 break;
             }
             let note = self.dir.join(CHECKPOINT_DIR).join(checkpoint_name(*next));
