@@ -39,6 +39,11 @@ struct Device {
 
 impl Api {
     async fn start(options: RestOptions) -> Self {
+        Self::start_with(options, SessionOptions::default()).await
+    }
+
+    /// A server whose sessions are built with `sessions` (its identifier keys, say).
+    async fn start_with(options: RestOptions, sessions: SessionOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let users_file = dir.path().join("users.toml");
         for (name, role) in [
@@ -51,7 +56,7 @@ impl Api {
             add_user(&users_file, name, role, PASSWORD).unwrap();
         }
         let store = Store::local(&dir.path().join("store")).unwrap();
-        let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
+        let factory = SessionFactory::new(store.clone(), sessions).unwrap();
         let clock = Arc::new(ManualClock::new(Utc::now()));
         let signer = proxima_audit::SignerKey::generate("proxima.test/audit").unwrap();
         let audit_key = signer.verifier();
@@ -781,12 +786,16 @@ async fn registrations_never_leave_a_day_uncovered() {
 
 #[tokio::test]
 async fn phones_fetch_rotating_identifiers_only_the_key_links() {
-    use proxima_engine::ephemeral::{IdKeys, handle_of};
-    let keys = Arc::new(IdKeys::generate(Utc::now()));
-    let api = Api::start(RestOptions {
-        id_keys: Some(Arc::clone(&keys)),
-        ..RestOptions::default()
-    })
+    use proxima_engine::ephemeral::{DEFAULT_TOLERANCE, IdKeys, Identifiers, handle_of};
+    let keys = IdKeys::generate(Utc::now());
+    let identifiers = Identifiers::new(keys.clone(), std::time::Duration::from_secs(900), DEFAULT_TOLERANCE);
+    let api = Api::start_with(
+        RestOptions::default(),
+        SessionOptions {
+            identifiers: Some(Arc::new(identifiers)),
+            ..SessionOptions::default()
+        },
+    )
     .await;
     let phone = api.register("AA:00:00:00:00:E1").await;
     let get = |query: &str, token: Option<&str>| {
@@ -856,6 +865,148 @@ async fn phones_fetch_rotating_identifiers_only_the_key_links() {
         .unwrap();
     let status = response.status();
     assert_error(status, &json_of(response).await, StatusCode::NOT_FOUND, "--id-key");
+}
+
+/// A server with identifier keys (15-minute epochs, the default tolerance).
+async fn api_with_identifiers() -> Api {
+    use proxima_engine::ephemeral::{DEFAULT_TOLERANCE, IdKeys, Identifiers};
+    let keys = IdKeys::generate(Utc::now());
+    let identifiers = Identifiers::new(keys, std::time::Duration::from_secs(900), DEFAULT_TOLERANCE);
+    Api::start_with(
+        RestOptions::default(),
+        SessionOptions {
+            identifiers: Some(Arc::new(identifiers)),
+            ..SessionOptions::default()
+        },
+    )
+    .await
+}
+
+/// The identifiers a phone fetches: (id, valid from).
+async fn identifiers_of(api: &Api, phone: &Device, count: u32) -> Vec<(String, DateTime<Utc>)> {
+    let response = api
+        .http
+        .get(api.url(&format!("/v1/ephemeral-ids?count={count}")))
+        .header("authorization", bearer(&phone.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = json_of(response).await;
+    body["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| {
+            (
+                id["id"].as_str().unwrap().to_string(),
+                id["valid_from"].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Phones that broadcast rotating identifiers: a sighting in the identifier's epoch alerts
+/// its hearer, and the identifier's owner when the hearer is the case; a replay, a tampered
+/// or random identifier alerts no one; a squatter cannot take a victim's identifier.
+#[tokio::test]
+async fn sightings_of_rotating_identifiers_count_only_in_their_epoch() {
+    let api = api_with_identifiers().await;
+    let case = api.register("1D:00:00:00:00:01").await;
+    let near = api.register("1D:00:00:00:00:02").await; // heard the case's identifier
+    let victim = api.register("1D:00:00:00:00:03").await; // heard by the case
+    let replayer = api.register("1D:00:00:00:00:04").await;
+    let forger = api.register("1D:00:00:00:00:05").await;
+    let case_ids = identifiers_of(&api, &case, 2).await;
+    let victim_ids = identifiers_of(&api, &victim, 1).await;
+    let (case_id, epoch) = case_ids[0].clone();
+    assert!(epoch <= api.now() && api.now() < epoch + Duration::minutes(15));
+    let heard_at = api.now();
+
+    // In the epoch: near heard the case, the case heard the victim (and 16 bytes no key
+    // issued, from some other app).
+    let (s, body) = api.upload(&near, &json!([sighting(&case_id, heard_at, 300)])).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let heard_by_case = json!([
+        sighting(&victim_ids[0].0, heard_at, 300),
+        sighting("fedcba9876543210fedcba9876543210", heard_at, 300)
+    ]);
+    let (s, body) = api.upload(&case, &heard_by_case).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    // Forged: the case's identifier with one bit flipped, and 16 random bytes.
+    let mut tampered = hex::decode(&case_id).unwrap();
+    tampered[5] ^= 0x10;
+    let forged = [hex::encode(tampered), "0123456789abcdef0123456789abcdef".to_string()];
+    let (s, body) = api
+        .upload(
+            &forger,
+            &json!(forged.iter().map(|f| sighting(f, heard_at, 300)).collect::<Vec<_>>()),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "{body}: forged identifiers are not refused, only ignored"
+    );
+
+    // A squatter cannot register the victim's identifier as its address.
+    let (s, body) = api
+        .post_json(
+            "/v1/devices",
+            &json!({"mac": victim_ids[0].0, "revocation_secret": "a long revocation secret"}),
+            None,
+        )
+        .await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "body.mac");
+
+    // Two hours on, the case's first identifier is replayed: no longer its epoch.
+    api.clock.advance(Duration::hours(2));
+    let (s, body) = api
+        .upload(&replayer, &json!([sighting(&case_id, api.now(), 300)]))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+
+    let (s, opened) = api
+        .post_json(
+            "/v1/cases",
+            &json!({"device_uuid": case.uuid, "status": "confirmed"}),
+            Some(&basic("tracy")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{opened}");
+    assert_eq!(opened["alerts"], json!({"high": 2, "medium": 0}), "{opened}");
+    let alerts_of = |device: &Device| {
+        let request = api
+            .http
+            .get(api.url("/v1/alerts"))
+            .header("authorization", bearer(&device.token));
+        async move { json_of(request.send().await.unwrap()).await.as_array().unwrap().len() }
+    };
+    assert_eq!(alerts_of(&near).await, 1);
+    assert_eq!(alerts_of(&victim).await, 1, "the victim's identifier is the victim's");
+    assert_eq!(alerts_of(&replayer).await, 0, "a replay is no encounter");
+    assert_eq!(alerts_of(&forger).await, 0, "a forged identifier is no encounter");
+
+    // The refusals are counted for operators, never shown to phones.
+    let metrics = api
+        .http
+        .get(api.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = |reason: &str| {
+        let prefix = format!("proxima_lookup_identifiers_refused{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+            .parse::<i64>()
+            .unwrap()
+    };
+    assert!(gauge("replayed") >= 1 && gauge("unknown") >= 1, "{metrics}");
 }
 
 #[tokio::test]

@@ -7,6 +7,9 @@
 //! to the fixtures folder. Output paths and file names are normalised so
 //! plans are stable.
 //!
+//! A file whose fixtures folder holds `id.key` gets sessions that resolve rotating
+//! identifiers with it (15-minute epochs, the default tolerance).
+//!
 //! `cargo test --test sqllogictests -- --complete` rewrites the expected
 //! results (review the diff); other arguments select files by substring.
 
@@ -19,6 +22,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
+use proxima_engine::ephemeral::{DEFAULT_TOLERANCE, IdKeys, Identifiers};
 use proxima_engine::{SessionFactory, SessionOptions, Store, Table};
 use proxima_storage::PartitionWriter;
 use sqllogictest::{DBOutput, DefaultColumnType};
@@ -167,6 +171,21 @@ async fn write_cases(writer: &PartitionWriter, path: &Path) -> Result<(), Box<dy
     Ok(())
 }
 
+/// The identifier keys of a file's own fixtures (`id.key`, resolving 15-minute epochs with
+/// the default tolerance), if it has them.
+fn fixture_identifiers(slt: &Path) -> Result<Option<Arc<Identifiers>>, Box<dyn std::error::Error>> {
+    let Some(file) = slt
+        .file_stem()
+        .map(|stem| root().join("sql/fixtures").join(stem).join("id.key"))
+        .filter(|f| f.exists())
+    else {
+        return Ok(None);
+    };
+    let keys = IdKeys::load(&file)?;
+    let epoch = std::time::Duration::from_secs(15 * 60);
+    Ok(Some(Arc::new(Identifiers::new(keys, epoch, DEFAULT_TOLERANCE))))
+}
+
 async fn run_file(path: &Path, complete: bool) -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let store = fixture_store(dir.path(), path).await?;
@@ -174,6 +193,7 @@ async fn run_file(path: &Path, complete: bool) -> Result<(), Box<dyn std::error:
         store,
         SessionOptions {
             local_files: true,
+            identifiers: fixture_identifiers(path)?,
             ..SessionOptions::default()
         },
     )?);

@@ -125,10 +125,15 @@ impl Resolved {
 /// The handle of a device in its identifiers: the first 8 bytes of the SHA-256 of its
 /// UUID's 16 bytes (registration and import make sure no two devices share one).
 pub fn handle_of(device_uuid: &str) -> Option<u64> {
-    use sha2::Digest as _;
     let uuid = uuid::Uuid::parse_str(device_uuid).ok()?;
-    let digest = sha2::Sha256::digest(uuid.as_bytes());
-    Some(u64::from_be_bytes(digest[..8].try_into().ok()?))
+    Some(handle_of_bits(uuid.as_u128()))
+}
+
+/// [`handle_of`] for a UUID as its 128 bits.
+pub fn handle_of_bits(device: u128) -> u64 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(device.to_be_bytes());
+    u64::from_be_bytes(digest[..8].try_into().expect("SHA-256 has 32 bytes"))
 }
 
 /// The start, in minutes since 1970, of the epoch of length `epoch` that holds `at`.
@@ -339,6 +344,102 @@ impl IdKeys {
             })
         })
     }
+}
+
+/// How far a sighting may fall outside its identifier's epoch and still count, by default:
+/// phones' clocks drift, and a sighting is stamped by the hearing phone.
+pub const DEFAULT_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// What tracing resolves heard identifiers with: the keys, the epoch length and the
+/// tolerance. Identifiers are resolved when a sighting is read, never stored resolved, so
+/// forgetting a key makes what it issued unlinkable in the store as it stands.
+#[derive(Debug, Clone)]
+pub struct Identifiers {
+    keys: IdKeys,
+    epoch: std::time::Duration,
+    tolerance: std::time::Duration,
+}
+
+/// What a heard identifier turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// An identifier of the device with this handle, heard in its epoch.
+    Device(u64),
+    /// An identifier one of the keys issued, heard outside its epoch: a replay.
+    Replayed,
+    /// 16 bytes none of the keys issued: forged, tampered with, made under a forgotten or
+    /// foreign key, or some other identifier (a GAEN RPI).
+    Unknown,
+}
+
+impl Identifiers {
+    /// Resolves with `keys`, identifiers valid for `epoch` give or take `tolerance`.
+    pub fn new(keys: IdKeys, epoch: std::time::Duration, tolerance: std::time::Duration) -> Self {
+        Self {
+            keys,
+            epoch: epoch.max(std::time::Duration::from_secs(60)),
+            tolerance,
+        }
+    }
+
+    /// The keys.
+    pub fn keys(&self) -> &IdKeys {
+        &self.keys
+    }
+
+    /// The length of an epoch.
+    pub fn epoch(&self) -> std::time::Duration {
+        self.epoch
+    }
+
+    /// Whether a sighting at `at` (µs since 1970) falls in the epoch starting at
+    /// `start_minute`, within the tolerance.
+    pub fn in_epoch(&self, start_minute: u32, at: i64) -> bool {
+        let start = i64::from(start_minute) * 60_000_000;
+        let (epoch, tolerance) = (self.epoch.as_micros() as i64, self.tolerance.as_micros() as i64);
+        at >= start - tolerance && at < start + epoch + tolerance
+    }
+
+    /// What `observed` (as stored: 32 lowercase hex digits; `None` for anything else, a MAC)
+    /// heard at `at` (µs since 1970) stands for.
+    pub fn heard(&self, observed: &str, at: i64) -> Option<Heard> {
+        let id = parse_hex(observed)?;
+        Some(match self.keys.resolve(&id) {
+            Some(resolved) if self.in_epoch(resolved.start_minute, at) => Heard::Device(resolved.handle),
+            Some(_) => Heard::Replayed,
+            None => Heard::Unknown,
+        })
+    }
+
+    /// Every identifier (as stored: 32 lowercase hex digits) that a sighting from `from` to
+    /// `to` (µs since 1970) of the device with `handle` may carry, under every key, with its
+    /// epoch's start: what to look up to find who heard the device.
+    pub fn broadcast_between(&self, handle: u64, from: i64, to: i64) -> Vec<(String, u32)> {
+        let tolerance = self.tolerance.as_micros() as i64;
+        let epoch = self.epoch.as_micros() as i64;
+        let minute = |micros: i64| u32::try_from(micros.div_euclid(60_000_000).max(0)).unwrap_or(u32::MAX);
+        // An epoch counts if a sighting in it, give or take the tolerance, can fall in the window.
+        let first = minute(from.saturating_sub(tolerance).saturating_sub(epoch));
+        let last = minute(to.saturating_add(tolerance));
+        let epoch_minutes = u32::try_from(self.epoch.as_secs() / 60).unwrap_or(u32::MAX);
+        self.keys
+            .identifiers_between(handle, first, last, epoch_minutes)
+            .into_iter()
+            .map(|(id, start)| (hex(&id), start))
+            .collect()
+    }
+}
+
+/// 32 hex digits as 16 bytes; `None` for anything else.
+fn parse_hex(text: &str) -> Option<EphemeralId> {
+    let mut id = [0u8; 16];
+    hex::decode_to_slice(text, &mut id).ok()?;
+    Some(id)
+}
+
+/// 16 bytes as 32 lowercase hex digits (how an identifier is stored in `observed`).
+pub fn hex(id: &EphemeralId) -> String {
+    hex::encode(id)
 }
 
 #[cfg(test)]

@@ -13,6 +13,12 @@
 //! - who heard F: `observed_index` rows with `observed` among F's MACs, from
 //!   another device → `(device, observer)`.
 //!
+//! A rotating identifier (`crate::ephemeral`) is resolved when read, never stored
+//! resolved: what F heard is decrypted and counts if heard within its epoch; who heard F
+//! is looked up on every identifier the keys would have given F in the window, each match
+//! checked against its epoch. Replayed and unknown identifiers hear no one and are counted
+//! ([`LookupCounters`]).
+//!
 //! MACs are resolved to devices at lookup time from `devices`, through a
 //! directory loaded file by file (a registration adds a file, which is read
 //! once), so registering a device never invalidates anything: its earlier
@@ -51,6 +57,7 @@ use parquet::file::statistics::Statistics;
 use proxima_udfs::trace::{Edge, EncounterLookup, Lookup, LookupCounters};
 use tokio::task::JoinSet;
 
+use crate::ephemeral::{Heard, Identifiers};
 use crate::paths::{DayPartition, Table};
 use crate::schema::{date_from_epoch_days, epoch_days};
 use crate::store::Store;
@@ -107,6 +114,9 @@ struct Directory {
     mac_of: HashMap<u128, u64>,
     /// Every registered device (also one whose MAC is not canonical, which no sighting names).
     devices: HashSet<u128>,
+    /// Every registered device by its handle in rotating identifiers (unique: registration
+    /// and import refuse a clash).
+    by_handle: HashMap<u64, u128>,
 }
 
 impl Directory {
@@ -180,11 +190,15 @@ fn device_text(bits: u128) -> String {
 #[derive(Debug)]
 pub struct IndexReader {
     store: Store,
+    /// What resolves rotating identifiers (none: their sightings are no encounters).
+    identifiers: Option<Arc<Identifiers>>,
     footers: Mutex<HashMap<Path, Footer>>,
     directory: tokio::sync::RwLock<Directory>,
     rows: AtomicU64,
     bytes: Arc<AtomicU64>,
     scanned_days: AtomicU64,
+    replayed: AtomicU64,
+    unknown: AtomicU64,
 }
 
 /// How lookups search one row group of a file, decided once when its footer is read.
@@ -245,15 +259,19 @@ type DayFiles = Vec<(ObjectMeta, Footer)>;
 type Found = Vec<(String, String, i64)>;
 
 impl IndexReader {
-    /// A reader of `store`, with empty caches.
-    pub fn new(store: Store) -> Self {
+    /// A reader of `store` that resolves rotating identifiers with `identifiers`, with
+    /// empty caches.
+    pub fn new(store: Store, identifiers: Option<Arc<Identifiers>>) -> Self {
         Self {
             store,
+            identifiers,
             footers: Mutex::new(HashMap::new()),
             directory: tokio::sync::RwLock::default(),
             rows: AtomicU64::new(0),
             bytes: Arc::new(AtomicU64::new(0)),
             scanned_days: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+            unknown: AtomicU64::new(0),
         }
     }
 
@@ -263,6 +281,33 @@ impl IndexReader {
             rows: self.rows.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             scanned_days: self.scanned_days.load(Ordering::Relaxed),
+            replayed_identifiers: self.replayed.load(Ordering::Relaxed),
+            unknown_identifiers: self.unknown.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Calls `heard` with each registered device a sighting of `observed` at `at` (µs) hears:
+    /// those registered with that MAC, or the device a rotating identifier stands for if it
+    /// is heard in its epoch. A replayed or unknown identifier hears no one, and is counted
+    /// if `count` (a sighting by a device the lookup is about).
+    fn for_each_heard(&self, directory: &Directory, observed: &str, at: i64, count: bool, mut heard: impl FnMut(u128)) {
+        if let Some(mac) = mac_bits(observed) {
+            directory.devices_of(mac).for_each(heard);
+            return;
+        }
+        match self.identifiers.as_ref().and_then(|ids| ids.heard(observed, at)) {
+            Some(Heard::Device(handle)) => {
+                if let Some(&device) = directory.by_handle.get(&handle) {
+                    heard(device);
+                }
+            }
+            Some(Heard::Replayed) if count => {
+                self.replayed.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Heard::Unknown) if count => {
+                self.unknown.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
     }
 
@@ -349,6 +394,9 @@ impl IndexReader {
                         continue;
                     };
                     directory.devices.insert(device);
+                    directory
+                        .by_handle
+                        .insert(crate::ephemeral::handle_of_bits(device), device);
                     if let Some(mac) = mac.and_then(mac_bits) {
                         directory.insert(device, mac);
                     }
@@ -428,13 +476,13 @@ impl IndexReader {
                     if !(from..=to).contains(&t) {
                         continue;
                     }
-                    let Some(mac) = mac_bits(observed.value(i)) else {
-                        continue;
-                    };
                     let Some(by) = device_bits(observer.value(i)) else {
                         continue;
                     };
-                    for heard in directory.devices_of(mac) {
+                    let mut devices = Vec::new();
+                    let count = wanted.contains(&by);
+                    self.for_each_heard(&directory, observed.value(i), t, count, |d| devices.push(d));
+                    for heard in devices {
                         if heard == by {
                             continue;
                         }
@@ -576,19 +624,32 @@ impl EncounterLookup for IndexReader {
         sorted.sort_unstable();
         sorted.dedup();
         let devices: Arc<[String]> = sorted.into();
-        // The MACs of the devices, and the devices of each MAC.
-        let mut devices_of_mac: HashMap<String, Vec<String>> = HashMap::new();
+        // What others hear of the devices: their MACs, and the rotating identifiers they
+        // may have broadcast in the window (with each one's epoch); the devices of each.
+        let mut broadcasts: HashMap<String, Vec<(String, Option<u32>)>> = HashMap::new();
         {
             let directory = self.directory.read().await;
             for device in devices.iter() {
-                if let Some(mac) = device_bits(device).and_then(|d| directory.mac_of.get(&d)) {
-                    devices_of_mac.entry(mac_text(*mac)).or_default().push(device.clone());
+                let Some(bits) = device_bits(device) else { continue };
+                if let Some(mac) = directory.mac_of.get(&bits) {
+                    broadcasts
+                        .entry(mac_text(*mac))
+                        .or_default()
+                        .push((device.clone(), None));
+                }
+                if let Some(ids) = &self.identifiers
+                    && directory.devices.contains(&bits)
+                {
+                    let handle = crate::ephemeral::handle_of_bits(bits);
+                    for (id, start) in ids.broadcast_between(handle, from, to) {
+                        broadcasts.entry(id).or_default().push((device.clone(), Some(start)));
+                    }
                 }
             }
         }
-        let mut macs: Vec<String> = devices_of_mac.keys().cloned().collect();
-        macs.sort_unstable();
-        let macs: Arc<[String]> = macs.into();
+        let mut heard_keys: Vec<String> = broadcasts.keys().cloned().collect();
+        heard_keys.sort_unstable();
+        let heard_keys: Arc<[String]> = heard_keys.into();
 
         let days = (from.div_euclid(MICROS_PER_DAY)..=to.div_euclid(MICROS_PER_DAY))
             .filter_map(|day| i32::try_from(day).ok())
@@ -609,9 +670,9 @@ impl EncounterLookup for IndexReader {
             for (file, footer) in observations {
                 self.spawn_matching(&mut heard, file, footer, &devices, from, to);
             }
-            if !macs.is_empty() {
+            if !heard_keys.is_empty() {
                 for (file, footer) in companions {
-                    self.spawn_matching(&mut heard_by, file, footer, &macs, from, to);
+                    self.spawn_matching(&mut heard_by, file, footer, &heard_keys, from, to);
                 }
             }
         }
@@ -621,8 +682,7 @@ impl EncounterLookup for IndexReader {
             let directory = self.directory.read().await;
             // What the devices heard.
             for (observer, observed, at) in heard {
-                let Some(mac) = mac_bits(&observed) else { continue };
-                for device in directory.devices_of(mac) {
+                self.for_each_heard(&directory, &observed, at, true, |device| {
                     let device = device_text(device);
                     if device != observer {
                         found.edges.push(Edge {
@@ -631,12 +691,18 @@ impl EncounterLookup for IndexReader {
                             at,
                         });
                     }
-                }
+                });
             }
         }
-        // Who heard the devices.
+        // Who heard the devices: by MAC at any time, by identifier in its epoch.
         for (observed, observer, at) in heard_by {
-            for device in devices_of_mac.get(&observed).into_iter().flatten() {
+            for (device, epoch) in broadcasts.get(&observed).into_iter().flatten() {
+                if let (Some(start), Some(ids)) = (epoch, &self.identifiers)
+                    && !ids.in_epoch(*start, at)
+                {
+                    self.replayed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 if *device != observer {
                     found.edges.push(Edge {
                         a: device.clone(),

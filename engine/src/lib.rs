@@ -26,6 +26,7 @@ pub mod rules;
 pub mod schema;
 pub mod script;
 pub mod session;
+pub mod sighting;
 pub mod store;
 mod table;
 pub mod trace_case;

@@ -27,10 +27,11 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{TableReference, plan_err};
 use datafusion::error::Result;
-use datafusion::execution::SessionState;
+use datafusion::execution::{SendableRecordBatchStream, SessionState, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableType};
 use datafusion::optimizer::AnalyzerRule;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::prelude::col;
 
 use crate::access::Role;
@@ -208,7 +209,58 @@ pub(crate) async fn execute_narrowed(
     if let Some(limit) = limit {
         builder = builder.limit(0, Some(limit))?;
     }
-    planner.create_physical_plan(&builder.build()?).await
+    let plan = planner.create_physical_plan(&builder.build()?).await?;
+    Ok(Arc::new(Sealed(plan)))
+}
+
+/// A plan that `planner` has already optimised, shown to the session that scans the opaque
+/// table as one leaf: that session's physical optimiser must not rework it (optimising a
+/// plan twice breaks it: a hash join whose dynamic filter is built cannot be swapped), and
+/// its EXPLAIN shows the table, not what the table reads.
+#[derive(Debug)]
+struct Sealed(Arc<dyn ExecutionPlan>);
+
+impl DisplayAs for Sealed {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "SealedExec: a policy table's own plan")
+    }
+}
+
+impl ExecutionPlan for Sealed {
+    fn name(&self) -> &str {
+        "SealedExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.0.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            datafusion::common::internal_err!("SealedExec has no children")
+        }
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        self.0.execute(partition, context)
+    }
+
+    fn metrics(&self) -> Option<datafusion::physical_plan::metrics::MetricsSet> {
+        self.0.metrics()
+    }
 }
 
 #[cfg(test)]

@@ -119,6 +119,9 @@ pub struct SessionOptions {
     /// tables): the local CLI's direct access. Off, a session's object stores are the store's
     /// (prefixed with its root) and the audit log's, nothing else.
     pub local_files: bool,
+    /// What resolves phones' rotating identifiers (the server's `--id-key`): with none, no
+    /// sighting of an identifier is an encounter.
+    pub identifiers: Option<Arc<crate::ephemeral::Identifiers>>,
 }
 
 /// A runtime reading `store` whose queries take memory from `pool`. It knows the store,
@@ -168,7 +171,7 @@ impl SessionFactory {
         let pool = global_pool(options.memory_limit);
         let runtime = runtime(&store, Arc::clone(&pool), &options)?;
         Ok(Self {
-            index: Arc::new(IndexReader::new(store.clone())),
+            index: Arc::new(IndexReader::new(store.clone(), options.identifiers.clone())),
             store,
             runtime,
             pool,
@@ -268,6 +271,9 @@ impl SessionFactory {
             ctx.register_table(table.name(), self.table_provider(table)?)?;
         }
         proxima_udfs::register_all(&ctx)?;
+        for function in crate::sighting::functions(self.options.identifiers.clone()) {
+            ctx.register_udf(function);
+        }
         ctx.register_udtf("trace_case", Arc::new(TraceCase));
         for (_name, sql) in VIEWS {
             ctx.sql(sql).await?;

@@ -1,11 +1,13 @@
 //! `proxima id-key`: the keys that seal the rotating identifiers phones broadcast
-//! (`proxima_engine::ephemeral`): make a key file, rotate its key, list its keys.
+//! (`proxima_engine::ephemeral`): make a key file, rotate its key, list its keys; and the
+//! flags with which `serve` and `sql` resolve identifiers.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use proxima_engine::Store;
-use proxima_engine::ephemeral::IdKeys;
+use proxima_engine::ephemeral::{IdKeys, Identifiers};
 
 use super::CliError;
 
@@ -58,6 +60,62 @@ enum IdKeyCommand {
         #[arg(long, default_value = "15m", value_parser = super::durations::parse_duration)]
         epoch: std::time::Duration,
     },
+}
+
+/// The flags of rotating identifiers, shared by `serve` (which issues and resolves them) and
+/// `sql` (which resolves them in the `encounters` view and traces).
+#[derive(Debug, Args)]
+pub struct IdentifierArgs {
+    /// The keys that issue and resolve phones' rotating identifiers (`proxima id-key new`
+    /// makes a file; keep it out of the store).
+    #[arg(long, env = "PROXIMA_ID_KEY", value_name = "FILE")]
+    pub id_key: Option<PathBuf>,
+    /// How long one rotating identifier is valid, in whole minutes (15m).
+    #[arg(long, env = "PROXIMA_EPOCH", default_value = "15m", value_parser = super::durations::parse_duration)]
+    pub epoch: std::time::Duration,
+    /// How far outside its identifier's epoch a sighting may be and still count (phones'
+    /// clocks drift); further out it is a replay, no encounter.
+    #[arg(long, env = "PROXIMA_EPOCH_TOLERANCE", default_value = "2m", value_parser = super::durations::parse_duration)]
+    pub epoch_tolerance: std::time::Duration,
+}
+
+impl IdentifierArgs {
+    /// Refuses an epoch that is not whole minutes up to a day, or a tolerance beyond it.
+    pub fn check(&self) -> Result<(), CliError> {
+        if !self.epoch.as_secs().is_multiple_of(60) || self.epoch.as_secs() == 0 || self.epoch.as_secs() > 86_400 {
+            return Err(CliError::Usage(
+                "--epoch must be a whole number of minutes, at most a day (15m)".into(),
+            ));
+        }
+        if self.epoch_tolerance > self.epoch {
+            return Err(CliError::Usage(format!(
+                "--epoch-tolerance ({} s) must not exceed --epoch ({} s)",
+                self.epoch_tolerance.as_secs(),
+                self.epoch.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
+    /// What resolves identifiers with `keys` and these epochs.
+    pub fn resolving_with(&self, keys: IdKeys) -> Arc<Identifiers> {
+        Arc::new(Identifiers::new(keys, self.epoch, self.epoch_tolerance))
+    }
+
+    /// The identifiers a local `proxima sql` resolves: with `--id-key`, or the development
+    /// key file a loopback server keeps beside the store, if there is one; else none (no
+    /// sighting of an identifier is an encounter).
+    pub fn for_sql(&self, store: &Store) -> Result<Option<Arc<Identifiers>>, CliError> {
+        self.check()?;
+        let path = match &self.id_key {
+            Some(path) => path.clone(),
+            None => match super::beside_store(store, "id-key").filter(|p| p.exists()) {
+                Some(path) => path,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(self.resolving_with(load_outside(store, &path)?)))
+    }
 }
 
 fn usage(e: impl std::fmt::Display) -> CliError {

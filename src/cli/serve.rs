@@ -104,14 +104,11 @@ pub struct ServeArgs {
     /// …or this long after the last one, if records came since (10s, 1m).
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
     audit_checkpoint_interval: Duration,
-    /// The keys that issue phones' rotating identifiers (`proxima id-key new` makes a file;
-    /// keep it out of the store). Without it, GET /v1/ephemeral-ids answers 404; without
-    /// --users (loopback only) a key file is made beside the store.
-    #[arg(long, env = "PROXIMA_ID_KEY", value_name = "FILE")]
-    id_key: Option<PathBuf>,
-    /// How long one rotating identifier is valid, in whole minutes (15m).
-    #[arg(long, env = "PROXIMA_EPOCH", default_value = "15m", value_parser = parse_duration)]
-    epoch: Duration,
+    /// Rotating identifiers: the keys that issue and resolve them, and their epochs.
+    /// Without --id-key, GET /v1/ephemeral-ids answers 404; without --users (loopback only)
+    /// a key file is made beside the store.
+    #[command(flatten)]
+    identifiers: super::id_key::IdentifierArgs,
     /// How long audit records are kept, whatever the data's retention: hourly, whole
     /// segments of older records are deleted, leaving a log that still verifies.
     #[arg(long, env = "PROXIMA_AUDIT_RETENTION", default_value = "400d", value_parser = parse_duration)]
@@ -243,22 +240,18 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
     if args.retention_days == 0 {
         return Err(CliError::Usage("--retention-days must be at least 1".into()));
     }
-    if !args.epoch.as_secs().is_multiple_of(60) || args.epoch.as_secs() > 86_400 {
-        return Err(CliError::Usage(
-            "--epoch must be a whole number of minutes, at most a day (15m)".into(),
-        ));
-    }
+    args.identifiers.check()?;
     // A retired key's identifiers were issued up to a week ahead, and their sightings are
     // kept for the retention period: after both, nothing needs the key.
     let kept = chrono::Duration::days(i64::from(args.retention_days))
-        + chrono::Duration::from_std(args.epoch * proxima_ingest::rest::identifiers::MAX_COUNT)
+        + chrono::Duration::from_std(args.identifiers.epoch * proxima_ingest::rest::identifiers::MAX_COUNT)
             .unwrap_or(chrono::Duration::days(7));
     let forget_before = chrono::Utc::now()
         .checked_sub_signed(kept)
         .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
     let id_keys = super::id_key::for_server(
         &store,
-        args.id_key.as_deref(),
+        args.identifiers.id_key.as_deref(),
         generated_password.is_some(),
         forget_before,
     )?;
@@ -296,6 +289,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             max_trace_window: Some(Duration::from_secs(u64::from(args.retention_days) * 86_400)),
             audit_dir: Some(audit_dir.clone()),
             min_cell: Some(args.min_cell),
+            identifiers: id_keys.map(|keys| args.identifiers.resolving_with(keys)),
             ..SessionOptions::default()
         },
     )?;
@@ -351,8 +345,6 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
                     device_rate_per_minute: args.device_rate,
                     registration_rate_per_minute: args.registration_rate,
                     token_ttl: args.token_ttl,
-                    id_keys: id_keys.map(std::sync::Arc::new),
-                    epoch: args.epoch,
                     ..RestOptions::default()
                 },
                 clock,

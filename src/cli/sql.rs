@@ -54,6 +54,10 @@ pub struct SqlArgs {
     /// (sent as x-proxima-purpose with --connect); every audit record names it.
     #[arg(long, env = "PROXIMA_PURPOSE", value_name = "case:ID", value_parser = parse_purpose)]
     purpose: Option<String>,
+    /// Rotating identifiers: the keys that resolve them in `encounters` and traces (default:
+    /// the development key a loopback server keeps beside the store, if any), and their epochs.
+    #[command(flatten)]
+    identifiers: super::id_key::IdentifierArgs,
 }
 
 fn parse_purpose(text: &str) -> Result<String, String> {
@@ -228,10 +232,12 @@ pub async fn run_remote(args: SqlArgs) -> Result<(), CliError> {
 pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
     let (source, statements) = statements(&args)?;
     let audit = LocalAudit::open(&store, &args)?;
+    let identifiers = args.identifiers.for_sql(&store)?;
     let factory = SessionFactory::new(
         store,
         SessionOptions {
             local_files: true,
+            identifiers,
             ..SessionOptions::default()
         },
     )?;

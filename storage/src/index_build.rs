@@ -272,7 +272,7 @@ mod tests {
             .unwrap();
         transaction.commit().await.unwrap();
         let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
-        let reader = IndexReader::new(store.clone());
+        let reader = IndexReader::new(store.clone(), None);
         let (from, to) = (DAY_START, DAY_START + 86_400_000_000 - 1);
 
         // No build step: the observation file came with its companion.
@@ -344,5 +344,131 @@ mod tests {
         assert!(found.uncovered_days.is_empty());
         assert_eq!(sorted(found.edges), from_view(&factory, &keys).await);
         assert_eq!(store.list_files(Table::ObservedIndex).await.unwrap().len(), 1);
+    }
+
+    /// Rotating identifiers, by definition: device i hears device (7i + 1) mod N at minute i,
+    /// by its MAC, by an identifier of the epoch holding that minute (under a retired key or
+    /// the current one), by one of an hour earlier (a replay) or by 16 bytes no key issued.
+    /// The index, the day scan and the view find exactly the first three kinds.
+    #[tokio::test]
+    async fn identifiers_resolve_alike_in_the_index_the_day_scan_and_the_view() {
+        use proxima_engine::ephemeral::{self, IdKeys, Identifiers};
+        const N: usize = 600;
+        const EPOCH: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+        let made = chrono::DateTime::from_timestamp_micros(DAY_START).unwrap();
+        let mut keys = IdKeys::generate(made);
+        let retired = keys.clone();
+        keys.rotate(made).unwrap();
+        let id = |keys: &IdKeys, device: usize, at: i64| {
+            let at = chrono::DateTime::from_timestamp_micros(at).unwrap();
+            let handle = ephemeral::handle_of(&uuid(device)).unwrap();
+            ephemeral::hex(&keys.issue(handle, ephemeral::epoch_start(at, EPOCH)))
+        };
+        let mut rows = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..N {
+            let (heard, at) = ((7 * i + 1) % N, DAY_START + i as i64 * 60_000_000);
+            let observed = match i % 5 {
+                0 => mac(heard),
+                1 => id(&retired, heard, at),
+                2 => id(&keys, heard, at),
+                3 => id(&keys, heard, at - 3_600_000_000),
+                _ => format!(
+                    "{:032x}",
+                    (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+                ),
+            };
+            if i % 5 < 3 && i != heard {
+                expected.push((uuid(i), uuid(heard), at));
+            }
+            rows.push((uuid(i), observed, at));
+        }
+        let n = rows.len();
+        let batch = RecordBatch::try_new(
+            Table::Observations.file_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0.clone()))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.clone()))),
+                Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.2)).with_timezone("UTC")),
+                Arc::new(Int32Array::from(vec![60; n])),
+                Arc::new(arrow::array::PrimitiveArray::<Int16Type>::from(vec![None; n])),
+                Arc::new(arrow::array::PrimitiveArray::<Int16Type>::from(vec![None; n])),
+                Arc::new(StringArray::from(vec![None::<&str>; n])),
+            ],
+        )
+        .unwrap();
+        let store = Store::in_memory();
+        let writer = PartitionWriter::new(store.clone(), "test");
+        let day = proxima_engine::schema::date_from_epoch_days((DAY_START / 86_400_000_000) as i32);
+        let mut transaction = writer.begin();
+        let devices = RecordBatch::try_new(
+            Table::Devices.file_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values((0..N).map(uuid))),
+                Arc::new(StringArray::from_iter_values((0..N).map(mac))),
+                Arc::new(TimestampMicrosecondArray::from(vec![0; N]).with_timezone("UTC")),
+            ],
+        )
+        .unwrap();
+        transaction.write_file(Table::Devices, None, &[devices]).await.unwrap();
+        transaction
+            .write_file(Table::Observations, Some(day), &[batch])
+            .await
+            .unwrap();
+        transaction.commit().await.unwrap();
+        let identifiers = Some(Arc::new(Identifiers::new(keys, EPOCH, ephemeral::DEFAULT_TOLERANCE)));
+        let options = SessionOptions {
+            identifiers: identifiers.clone(),
+            ..SessionOptions::default()
+        };
+        let factory = SessionFactory::new(store.clone(), options).unwrap();
+        let reader = IndexReader::new(store.clone(), identifiers);
+        let (from, to) = (DAY_START, DAY_START + 86_400_000_000 - 1);
+
+        let mut wanted: Vec<String> = (0..N).step_by(7).map(uuid).collect();
+        wanted.sort();
+        let by_definition = sorted(
+            expected
+                .iter()
+                .flat_map(|(a, b, at)| [(a, b, at), (b, a, at)])
+                .filter(|(a, _, _)| wanted.contains(a))
+                .map(|(a, b, at)| Edge {
+                    a: a.clone(),
+                    b: b.clone(),
+                    at: *at,
+                })
+                .collect(),
+        );
+        assert!(by_definition.len() > 100, "{} edges", by_definition.len());
+        assert_eq!(from_view(&factory, &wanted).await, by_definition);
+        let found = reader.encounters(&wanted, from, to).await.unwrap();
+        assert!(found.uncovered_days.is_empty());
+        assert_eq!(sorted(found.edges), by_definition);
+        let counters = reader.counters();
+        assert!(
+            counters.replayed_identifiers > 0 && counters.unknown_identifiers > 0,
+            "{counters:?}"
+        );
+
+        // Without the keys, no identifier is anyone: only the MAC sightings remain.
+        let blind = IndexReader::new(store.clone(), None);
+        // (Sighting i is at minute i.)
+        let macs_only: Vec<Edge> = by_definition
+            .iter()
+            .filter(|e| ((e.at - DAY_START) / 60_000_000) % 5 == 0)
+            .cloned()
+            .collect();
+        assert_eq!(
+            sorted(blind.encounters(&wanted, from, to).await.unwrap().edges),
+            macs_only
+        );
+
+        // The day scan (no companions) finds the same.
+        for file in store.list_files(Table::ObservedIndex).await.unwrap() {
+            store.object_store().delete(&file).await.unwrap();
+        }
+        let found = reader.encounters(&wanted, from, to).await.unwrap();
+        assert_eq!(found.uncovered_days.len(), 1);
+        assert_eq!(sorted(found.edges), by_definition);
     }
 }

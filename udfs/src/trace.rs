@@ -143,6 +143,11 @@ pub struct LookupCounters {
     pub bytes: u64,
     /// Days the index did not cover, answered by reading the whole day.
     pub scanned_days: u64,
+    /// Sightings of a rotating identifier heard outside its epoch (replays), refused.
+    pub replayed_identifiers: u64,
+    /// Sightings of 16 bytes no identifier key issued (forged, tampered with, of a
+    /// forgotten or foreign key, or an RPI of no known key), refused.
+    pub unknown_identifiers: u64,
 }
 
 /// Where `trace_contacts` gets encounters (the same rows as the `encounters` view, found

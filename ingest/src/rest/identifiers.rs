@@ -92,14 +92,16 @@ pub async fn issue(
         return Err(ApiError::rate_limited(wait, "this device"));
     }
     let count = count_of(query.as_deref())?;
-    let Some(keys) = &state.options.id_keys else {
+    // The session factory's, so that what is issued is what tracing resolves.
+    let Some(identifiers) = &state.factory.options().identifiers else {
         return Err(ApiError::not_found(
             "this server issues no rotating identifiers (it was started without --id-key)",
         ));
     };
     let handle = handle_of(&device).ok_or_else(|| ApiError::internal("issuing identifiers", "a device UUID"))?;
-    let epoch = state.options.epoch;
-    let ids = keys
+    let epoch = identifiers.epoch();
+    let ids = identifiers
+        .keys()
         .schedule(handle, state.clock.now(), count, epoch)
         .into_iter()
         .map(|(id, from, until)| EphemeralIdOut {

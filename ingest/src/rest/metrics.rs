@@ -55,6 +55,17 @@ pub struct Metrics {
     pub lookup_days_scanned: Gauge,
     /// Rows tracing lookups decoded; set when rendered.
     pub lookup_rows_read: Gauge,
+    /// Sightings of rotating identifiers that tracing lookups refused, by reason
+    /// (`replayed`: heard outside the identifier's epoch; `unknown`: no key issued it); set
+    /// when rendered. Phones are never told.
+    pub lookup_identifiers_refused: Family<ReasonLabels, Gauge>,
+}
+
+/// Labels of `proxima_lookup_identifiers_refused`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `replayed` or `unknown`.
+    pub reason: String,
 }
 
 impl Metrics {
@@ -112,6 +123,13 @@ impl Metrics {
             "Rows tracing lookups decoded",
             lookup_rows_read.clone(),
         );
+        let lookup_identifiers_refused = Family::<ReasonLabels, Gauge>::default();
+        registry.register(
+            "lookup_identifiers_refused",
+            "Sightings of rotating identifiers tracing lookups refused: replayed (outside the identifier's epoch) or \
+             unknown (no key issued it); a sighting read by several lookups counts in each",
+            lookup_identifiers_refused.clone(),
+        );
         Self {
             registry,
             requests,
@@ -125,6 +143,7 @@ impl Metrics {
             trace_seconds,
             lookup_days_scanned,
             lookup_rows_read,
+            lookup_identifiers_refused,
         }
     }
 

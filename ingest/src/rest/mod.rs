@@ -78,10 +78,6 @@ pub struct RestOptions {
     pub future_tolerance: chrono::Duration,
     /// How long a staff bearer token lasts.
     pub token_ttl: Duration,
-    /// The keys that issue phones' rotating identifiers (none: `/v1/ephemeral-ids` is 404).
-    pub id_keys: Option<Arc<proxima_engine::ephemeral::IdKeys>>,
-    /// How long one rotating identifier is valid (whole minutes).
-    pub epoch: Duration,
 }
 
 impl Default for RestOptions {
@@ -98,8 +94,6 @@ impl Default for RestOptions {
             registration_rate_per_minute: 60,
             future_tolerance: chrono::Duration::minutes(5),
             token_ttl: Duration::from_secs(3600),
-            id_keys: None,
-            epoch: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -382,6 +376,16 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         .metrics
         .lookup_rows_read
         .set(i64::try_from(lookups.rows).unwrap_or(i64::MAX));
+    for (reason, count) in [
+        ("replayed", lookups.replayed_identifiers),
+        ("unknown", lookups.unknown_identifiers),
+    ] {
+        state
+            .metrics
+            .lookup_identifiers_refused
+            .get_or_create(&metrics::ReasonLabels { reason: reason.into() })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
     (
         [(
             header::CONTENT_TYPE,
