@@ -869,6 +869,11 @@ async fn phones_fetch_rotating_identifiers_only_the_key_links() {
 
 /// A server with identifier keys (15-minute epochs, the default tolerance).
 async fn api_with_identifiers() -> Api {
+    api_with_identifiers_and(false).await
+}
+
+/// A server with identifier keys and, if `require_mutual`, only mutual encounters.
+async fn api_with_identifiers_and(require_mutual: bool) -> Api {
     use proxima_engine::ephemeral::{DEFAULT_TOLERANCE, IdKeys, Identifiers};
     let keys = IdKeys::generate(Utc::now());
     let identifiers = Identifiers::new(keys, std::time::Duration::from_secs(900), DEFAULT_TOLERANCE);
@@ -876,10 +881,73 @@ async fn api_with_identifiers() -> Api {
         RestOptions::default(),
         SessionOptions {
             identifiers: Some(Arc::new(identifiers)),
+            require_mutual,
             ..SessionOptions::default()
         },
     )
     .await
+}
+
+/// A case, a friend it really met (each heard the other's identifier, two minutes apart) and
+/// two Sybil devices that uploaded one-sided sightings of the case (its identifier, its
+/// MAC): the alerts the case's report gives, and how many the Sybils received.
+async fn sybil_attack(require_mutual: bool) -> (Value, usize) {
+    let api = api_with_identifiers_and(require_mutual).await;
+    let case = api.register("5B:00:00:00:00:01").await;
+    let friend = api.register("5B:00:00:00:00:02").await;
+    let sybils = [
+        api.register("5B:00:00:00:00:03").await,
+        api.register("5B:00:00:00:00:04").await,
+    ];
+    let case_id = identifiers_of(&api, &case, 1).await[0].0.clone();
+    let friend_id = identifiers_of(&api, &friend, 1).await[0].0.clone();
+    let now = api.now();
+    for (device, heard, at) in [
+        (&case, &friend_id, now),
+        (&friend, &case_id, now - Duration::minutes(2)),
+        (&sybils[0], &case_id, now),
+        (&sybils[1], &case.mac, now),
+    ] {
+        let (s, body) = api.upload(device, &json!([sighting(heard, at, 300)])).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+    }
+    let (s, opened) = api
+        .post_json(
+            "/v1/cases",
+            &json!({"device_uuid": case.uuid, "status": "confirmed"}),
+            Some(&basic("tracy")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{opened}");
+    let mut received = 0;
+    for sybil in &sybils {
+        let response = api
+            .http
+            .get(api.url("/v1/alerts"))
+            .header("authorization", bearer(&sybil.token))
+            .send()
+            .await
+            .unwrap();
+        received += json_of(response).await.as_array().unwrap().len();
+    }
+    (opened["alerts"].clone(), received)
+}
+
+/// Without `require_mutual`, a device that claims to have heard a target learns from its
+/// alert that the target was reported; with it, one-sided sightings alert no one, and a
+/// real (mutual) contact still does.
+#[tokio::test]
+async fn one_sided_sightings_alert_no_one_under_require_mutual() {
+    let (alerts, received) = sybil_attack(false).await;
+    assert_eq!(
+        alerts,
+        json!({"high": 3, "medium": 0}),
+        "the attack works without the policy"
+    );
+    assert_eq!(received, 2);
+    let (alerts, received) = sybil_attack(true).await;
+    assert_eq!(alerts, json!({"high": 1, "medium": 0}), "only the friend");
+    assert_eq!(received, 0, "no Sybil learns anything");
 }
 
 /// The identifiers a phone fetches: (id, valid from).

@@ -491,6 +491,7 @@ impl IndexReader {
                                 a: observer.value(i).to_string(),
                                 b: device_text(heard),
                                 at: t,
+                                a_heard: true,
                             });
                         }
                         if wanted.contains(&heard) {
@@ -498,6 +499,7 @@ impl IndexReader {
                                 a: device_text(heard),
                                 b: observer.value(i).to_string(),
                                 at: t,
+                                a_heard: false,
                             });
                         }
                     }
@@ -689,6 +691,7 @@ impl EncounterLookup for IndexReader {
                             a: observer.clone(),
                             b: device,
                             at,
+                            a_heard: true,
                         });
                     }
                 });
@@ -708,6 +711,7 @@ impl EncounterLookup for IndexReader {
                         a: device.clone(),
                         b: observer.clone(),
                         at,
+                        a_heard: false,
                     });
                 }
             }

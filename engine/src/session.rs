@@ -122,6 +122,9 @@ pub struct SessionOptions {
     /// What resolves phones' rotating identifiers (the server's `--id-key`): with none, no
     /// sighting of an identifier is an encounter.
     pub identifiers: Option<Arc<crate::ephemeral::Identifiers>>,
+    /// Whether sessions start with `proxima.trace.require_mutual` on: an encounter counts
+    /// in traces only when both devices reported each other (`--require-mutual`).
+    pub require_mutual: bool,
 }
 
 /// A runtime reading `store` whose queries take memory from `pool`. It knows the store,
@@ -294,7 +297,10 @@ impl SessionFactory {
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG, SCHEMA)
-            .with_option_extension(proxima_udfs::ProximaOptions::default())
+            .with_option_extension(proxima_udfs::ProximaOptions {
+                require_mutual: self.options.require_mutual,
+                ..proxima_udfs::ProximaOptions::default()
+            })
             .with_extension(Arc::new(EncounterLookupExtension(
                 Arc::clone(&self.index) as Arc<dyn proxima_udfs::trace::EncounterLookup>
             )));

@@ -5,7 +5,8 @@
 -- within that identifier's epoch (`sighting_key` resolves it with the server's keys at
 -- read time; `device_handle` is the device's side of the join). Sightings of anything
 -- else (unknown MACs, replayed or forged identifiers, rolling proximity identifiers) and
--- of a device's own broadcast are ignored.
+-- of a device's own broadcast are ignored. `a_heard` says which side reported the sighting
+-- (true: a heard b), so that one can ask whether the other side reported it too.
 CREATE VIEW encounters AS
 WITH device_keys AS (
     SELECT device_uuid, mac AS key FROM devices
@@ -18,6 +19,6 @@ sightings AS (
     JOIN device_keys d ON sighting_key(o.observed, o.observed_at) = d.key
     WHERE d.device_uuid <> o.observer
 )
-SELECT observer AS a, heard AS b, observed_at AS at, duration_s, rssi, tx_power, location, day FROM sightings
+SELECT observer AS a, heard AS b, observed_at AS at, duration_s, rssi, tx_power, location, day, true AS a_heard FROM sightings
 UNION ALL
-SELECT heard AS a, observer AS b, observed_at AS at, duration_s, rssi, tx_power, location, day FROM sightings
+SELECT heard AS a, observer AS b, observed_at AS at, duration_s, rssi, tx_power, location, day, false AS a_heard FROM sightings

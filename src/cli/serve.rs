@@ -109,6 +109,11 @@ pub struct ServeArgs {
     /// a key file is made beside the store.
     #[command(flatten)]
     identifiers: super::id_key::IdentifierArgs,
+    /// Count an encounter in traces and alerts only when both devices reported each other
+    /// within proxima.trace.mutual_window (5 minutes): a phone that uploads one-sided,
+    /// made-up sightings alerts no one. Sessions start with proxima.trace.require_mutual on.
+    #[arg(long, env = "PROXIMA_REQUIRE_MUTUAL")]
+    require_mutual: bool,
     /// How long audit records are kept, whatever the data's retention: hourly, whole
     /// segments of older records are deleted, leaving a log that still verifies.
     #[arg(long, env = "PROXIMA_AUDIT_RETENTION", default_value = "400d", value_parser = parse_duration)]
@@ -290,6 +295,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             audit_dir: Some(audit_dir.clone()),
             min_cell: Some(args.min_cell),
             identifiers: id_keys.map(|keys| args.identifiers.resolving_with(keys)),
+            require_mutual: args.require_mutual,
             ..SessionOptions::default()
         },
     )?;

@@ -208,11 +208,12 @@ mod tests {
                         a: uuid(x),
                         b: uuid(y),
                         at,
+                        a_heard: x == a,
                     });
                 }
             }
         }
-        edges.sort_by(|x, y| (&x.a, x.at, &x.b).cmp(&(&y.a, y.at, &y.b)));
+        edges.sort_by(|x, y| (&x.a, x.at, &x.b, x.a_heard).cmp(&(&y.a, y.at, &y.b, y.a_heard)));
         edges
     }
 
@@ -223,7 +224,7 @@ mod tests {
         let ctx = factory.session().await.unwrap();
         let list = keys.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ");
         let batches = ctx
-            .sql(&format!("SELECT a, b, at FROM encounters WHERE a IN ({list})"))
+            .sql(&format!("SELECT a, b, at, a_heard FROM encounters WHERE a IN ({list})"))
             .await
             .unwrap()
             .collect()
@@ -233,11 +234,13 @@ mod tests {
         for batch in batches {
             let (a, b) = (batch.column(0).as_string::<i32>(), batch.column(1).as_string::<i32>());
             let at = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+            let a_heard = batch.column(3).as_boolean();
             for i in 0..batch.num_rows() {
                 edges.push(Edge {
                     a: a.value(i).to_string(),
                     b: b.value(i).to_string(),
                     at: at.value(i),
+                    a_heard: a_heard.value(i),
                 });
             }
         }
@@ -245,7 +248,7 @@ mod tests {
     }
 
     fn sorted(mut edges: Vec<Edge>) -> Vec<Edge> {
-        edges.sort_by(|x, y| (&x.a, x.at, &x.b).cmp(&(&y.a, y.at, &y.b)));
+        edges.sort_by(|x, y| (&x.a, x.at, &x.b, x.a_heard).cmp(&(&y.a, y.at, &y.b, y.a_heard)));
         edges
     }
 
@@ -430,12 +433,13 @@ mod tests {
         let by_definition = sorted(
             expected
                 .iter()
-                .flat_map(|(a, b, at)| [(a, b, at), (b, a, at)])
-                .filter(|(a, _, _)| wanted.contains(a))
-                .map(|(a, b, at)| Edge {
+                .flat_map(|(a, b, at)| [(a, b, at, true), (b, a, at, false)])
+                .filter(|(a, _, _, _)| wanted.contains(a))
+                .map(|(a, b, at, a_heard)| Edge {
                     a: a.clone(),
                     b: b.clone(),
                     at: *at,
+                    a_heard,
                 })
                 .collect(),
         );

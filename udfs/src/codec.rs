@@ -30,6 +30,8 @@ struct TraceNode {
     max_order: u32,
     high_window: i64,
     lookback: i64,
+    #[serde(default)]
+    mutual_window: Option<i64>,
     projection: Option<Vec<usize>>,
 }
 
@@ -52,6 +54,7 @@ impl PhysicalExtensionCodec for ContactTraceCodec {
             max_order: node.max_order,
             high_window: node.high_window,
             lookback: node.lookback,
+            mutual_window: node.mutual_window,
         };
         Ok(Arc::new(ContactTraceExec::new(request, node.projection)?))
     }
@@ -72,6 +75,7 @@ impl PhysicalExtensionCodec for ContactTraceCodec {
             max_order: request.max_order,
             high_window: request.high_window,
             lookback: request.lookback,
+            mutual_window: request.mutual_window,
             projection: exec.projection().map(<[usize]>::to_vec),
         };
         serde_json::to_writer(buf, &node).map_err(|e| DataFusionError::Internal(e.to_string()))
@@ -101,10 +105,11 @@ mod tests {
     struct Fixed(Vec<Edge>);
 
     fn fixed(t: i64) -> Fixed {
-        let edge = |a: &str, b: &str, at: i64| Edge {
+        let edge = |a: &str, b: &str, at: i64, a_heard: bool| Edge {
             a: format!("00000000-0000-4000-8000-0000000000{a}"),
             b: format!("00000000-0000-4000-8000-0000000000{b}"),
             at,
+            a_heard,
         };
         let mut edges = Vec::new();
         for (x, y, at) in [
@@ -112,8 +117,8 @@ mod tests {
             ("01", "0b", t - 60 * HOUR),
             ("0a", "0c", t - 10 * HOUR),
         ] {
-            edges.push(edge(x, y, at));
-            edges.push(edge(y, x, at));
+            edges.push(edge(x, y, at, true));
+            edges.push(edge(y, x, at, false));
         }
         Fixed(edges)
     }
@@ -160,6 +165,7 @@ mod tests {
             max_order: 2,
             high_window: 48 * HOUR,
             lookback: 96 * HOUR,
+            mutual_window: None,
         };
         let plan: Arc<dyn ExecutionPlan> =
             Arc::new(ContactTraceExec::new(request.clone(), Some(vec![0, 1, 2, 5])).unwrap());

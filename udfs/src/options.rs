@@ -6,6 +6,8 @@
 //! | `proxima.trace.lookback` | `96 hours` | `trace_contacts`: the window of the first hop |
 //! | `proxima.risk.attenuation_thresholds` | `55,63` | `exposure_risk`: near ≤ first, medium ≤ second, far above (dB) |
 //! | `proxima.risk.weights` | `1.0,0.5,0.0` | `exposure_risk`: weights of near, medium and far |
+//! | `proxima.trace.require_mutual` | `false` | `trace_contacts`: an encounter counts only if both devices reported each other |
+//! | `proxima.trace.mutual_window` | `5 minutes` | `trace_contacts`: how far apart the two reports of a mutual encounter may be |
 //! | `proxima.purpose` | empty | a tracer's declared purpose, `case:<case_id>`: what their reads are for |
 //!
 //! Written by hand rather than with `extensions_options!` so that
@@ -31,6 +33,12 @@ pub struct ProximaOptions {
     pub weights: [f64; 3],
     /// The declared purpose (`case:<case_id>`, the id lowercase), or empty.
     pub purpose: String,
+    /// Whether an encounter counts only when both devices reported each other within
+    /// `mutual_window` (so that one-sided, possibly forged, sightings alert no one).
+    pub require_mutual: bool,
+    /// How far apart two devices' reports of each other may be and still make one mutual
+    /// encounter.
+    pub mutual_window: Duration,
 }
 
 impl Default for ProximaOptions {
@@ -41,6 +49,8 @@ impl Default for ProximaOptions {
             attenuation_thresholds: [55.0, 63.0],
             weights: [1.0, 0.5, 0.0],
             purpose: String::new(),
+            require_mutual: false,
+            mutual_window: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -50,6 +60,8 @@ const LOOKBACK: &str = "trace.lookback";
 const THRESHOLDS: &str = "risk.attenuation_thresholds";
 const WEIGHTS: &str = "risk.weights";
 const PURPOSE: &str = "purpose";
+const REQUIRE_MUTUAL: &str = "trace.require_mutual";
+const MUTUAL_WINDOW: &str = "trace.mutual_window";
 
 impl ConfigExtension for ProximaOptions {
     const PREFIX: &'static str = "proxima";
@@ -176,10 +188,19 @@ impl ExtensionOptions for ProximaOptions {
                 self.weights = weights;
             }
             PURPOSE => self.purpose = parse_purpose(value)?,
+            REQUIRE_MUTUAL => {
+                self.require_mutual = match value.to_ascii_lowercase().as_str() {
+                    "true" | "on" => true,
+                    "false" | "off" => false,
+                    _ => return Err(config_error(key, value, "true or false")),
+                }
+            }
+            MUTUAL_WINDOW => self.mutual_window = parse_window(key, value)?,
             _ => {
                 return Err(DataFusionError::Configuration(format!(
                     "unknown setting 'proxima.{key}' (known: proxima.{HIGH_WINDOW}, proxima.{LOOKBACK}, \
-                     proxima.{THRESHOLDS}, proxima.{WEIGHTS}, proxima.{PURPOSE})"
+                     proxima.{THRESHOLDS}, proxima.{WEIGHTS}, proxima.{PURPOSE}, proxima.{REQUIRE_MUTUAL}, \
+                     proxima.{MUTUAL_WINDOW})"
                 )));
             }
         }
@@ -217,6 +238,16 @@ impl ExtensionOptions for ProximaOptions {
                 PURPOSE,
                 self.purpose.clone(),
                 "a tracer's declared purpose, case:<case_id>: what their reads are for",
+            ),
+            entry(
+                REQUIRE_MUTUAL,
+                self.require_mutual.to_string(),
+                "trace_contacts: count an encounter only if both devices reported each other",
+            ),
+            entry(
+                MUTUAL_WINDOW,
+                format_window(self.mutual_window),
+                "trace_contacts: how far apart the two reports of a mutual encounter may be",
             ),
         ]
     }

@@ -85,6 +85,9 @@ pub struct TraceRequest {
     pub high_window: i64,
     /// W_back in microseconds.
     pub lookback: i64,
+    /// With `proxima.trace.require_mutual`, the mutual window in microseconds: an encounter
+    /// counts only if both devices reported each other this close in time.
+    pub mutual_window: Option<i64>,
 }
 
 /// One traced contact.
@@ -122,6 +125,39 @@ pub struct Edge {
     pub b: String,
     /// When, µs.
     pub at: i64,
+    /// Whether `a` reported the sighting (`a` heard `b`); else `b` heard `a`.
+    pub a_heard: bool,
+}
+
+/// The encounters among `edges` that the other side corroborates: an edge stays if the
+/// same two devices have a sighting in the other direction at most `window` (µs) apart.
+/// One-sided sightings (a phone that claims to have heard another, which never heard it)
+/// are dropped.
+pub fn mutual(edges: Vec<Edge>, window: i64) -> Vec<Edge> {
+    // For each ordered pair and direction, the sorted times of its sightings.
+    let mut times: HashMap<(&str, &str, bool), Vec<i64>> = HashMap::new();
+    for edge in &edges {
+        times.entry((&edge.a, &edge.b, edge.a_heard)).or_default().push(edge.at);
+    }
+    for list in times.values_mut() {
+        list.sort_unstable();
+    }
+    let corroborated: Vec<bool> = edges
+        .iter()
+        .map(|edge| {
+            times
+                .get(&(edge.a.as_str(), edge.b.as_str(), !edge.a_heard))
+                .is_some_and(|other| {
+                    let first = other.partition_point(|&t| t < edge.at.saturating_sub(window));
+                    other.get(first).is_some_and(|&t| t <= edge.at.saturating_add(window))
+                })
+        })
+        .collect();
+    edges
+        .into_iter()
+        .zip(corroborated)
+        .filter_map(|(edge, keep)| keep.then_some(edge))
+        .collect()
 }
 
 /// What an [`EncounterLookup`] found.
@@ -361,6 +397,7 @@ impl TableProvider for ContactTraceTable {
             max_order: self.max_order,
             high_window: micros(options.high_window),
             lookback: micros(options.lookback),
+            mutual_window: options.require_mutual.then(|| micros(options.mutual_window)),
         };
         Ok(Arc::new(ContactTraceExec::new(request, projection.cloned())?))
     }
@@ -490,7 +527,17 @@ async fn trace(lookup: &dyn EncounterLookup, request: &TraceRequest) -> Result<V
         return exec_err!("{NAME}: unknown device '{}'", request.index);
     }
     let edges = |devices: Vec<String>, from: i64, to: i64| async move {
-        Ok::<_, datafusion::error::DataFusionError>(lookup.encounters(&devices, from, to).await?.edges)
+        let Some(window) = request.mutual_window else {
+            return Ok::<_, datafusion::error::DataFusionError>(lookup.encounters(&devices, from, to).await?.edges);
+        };
+        // The other side's report may fall just outside the window.
+        let wider = lookup
+            .encounters(&devices, from.saturating_sub(window), to.saturating_add(window))
+            .await?
+            .edges;
+        let mut edges = mutual(wider, window);
+        edges.retain(|e| (from..=to).contains(&e.at));
+        Ok(edges)
     };
     let first = edges(
         vec![request.index.clone()],
@@ -537,4 +584,42 @@ fn contacts_batch(request: &TraceRequest, contacts: &[Contact]) -> Result<Record
     ];
     debug_assert!(columns.iter().all(|c| c.null_count() == 0));
     Ok(RecordBatch::try_new(output_schema(), columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: i64 = 60_000_000;
+
+    fn edge(a: &str, b: &str, at: i64, a_heard: bool) -> Edge {
+        Edge {
+            a: a.into(),
+            b: b.into(),
+            at,
+            a_heard,
+        }
+    }
+
+    #[test]
+    fn only_sightings_the_other_side_reported_too_are_mutual() {
+        let edges = vec![
+            // a and b heard each other 4 minutes apart: both count.
+            edge("a", "b", 0, true),
+            edge("a", "b", 4 * MINUTE, false),
+            // a claims to have heard s; s never heard a (a forged, one-sided sighting).
+            edge("a", "s", 0, true),
+            // s claims to have heard a: one-sided again, whatever the time.
+            edge("a", "s", 10 * MINUTE, false),
+            // a and d heard each other 6 minutes apart: too far.
+            edge("a", "d", 0, true),
+            edge("a", "d", 6 * MINUTE, false),
+            // Exactly 5 minutes apart: inclusive.
+            edge("a", "e", 20 * MINUTE, false),
+            edge("a", "e", 25 * MINUTE, true),
+        ];
+        let kept = mutual(edges, 5 * MINUTE);
+        let pairs: Vec<(&str, i64)> = kept.iter().map(|e| (e.b.as_str(), e.at / MINUTE)).collect();
+        assert_eq!(pairs, [("b", 0), ("b", 4), ("e", 20), ("e", 25)]);
+    }
 }
