@@ -15,6 +15,9 @@ import threading
 import time
 import urllib.parse
 
+# A valid Ed25519 public key (RFC 8032, test 1): registration needs one, and no benchmark revokes.
+RFC8032_KEY = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+
 
 def connection(url):
     parsed = urllib.parse.urlparse(url)
@@ -29,7 +32,8 @@ def register(url, n, tokens_out, macs_out):
         if not hasattr(local, "conn"):
             local.conn = connection(url)
         mac = ":".join(f"{b:02X}" for b in (0x02, (i >> 32) & 255, (i >> 24) & 255, (i >> 16) & 255, (i >> 8) & 255, i & 255))
-        body = json.dumps({"mac": mac, "revocation_secret": f"bench secret {i:012d}"})
+        # The benchmark never revokes: every device gets the public key of RFC 8032's first test vector.
+        body = json.dumps({"mac": mac, "revocation_key": RFC8032_KEY})
         local.conn.request("POST", "/v1/devices", body, {"Content-Type": "application/json"})
         response = local.conn.getresponse()
         payload = json.loads(response.read())

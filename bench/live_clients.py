@@ -18,6 +18,9 @@ import sys
 import time
 import urllib.parse
 
+# A valid Ed25519 public key (RFC 8032, test 1): registration needs one, and no benchmark revokes.
+RFC8032_KEY = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+
 
 def percentiles(name, latencies):
     ordered = sorted(latencies)
@@ -39,7 +42,7 @@ def trickle(url, per_second, seconds, offset):
         tick = time.monotonic()
         for _ in range(per_second):
             mac = ":".join(f"{b:02X}" for b in (0x06, (i >> 32) & 255, (i >> 24) & 255, (i >> 16) & 255, (i >> 8) & 255, i & 255))
-            body = json.dumps({"mac": mac, "revocation_secret": f"live secret {i:012d}"})
+            body = json.dumps({"mac": mac, "revocation_key": RFC8032_KEY})
             conn.request("POST", "/v1/devices", body, {"Content-Type": "application/json"})
             response = conn.getresponse()
             response.read()

@@ -8,6 +8,7 @@ use arrow::array::{AsArray, Int64Array, RecordBatch, StringArray, TimestampMicro
 use arrow::datatypes::Int64Type;
 use arrow::ipc::writer::StreamWriter;
 use chrono::{DateTime, Duration, Utc};
+use ed25519_dalek::SigningKey;
 use proxima_engine::clock::ManualClock;
 use proxima_engine::users::add_user;
 use proxima_engine::{Role, SessionFactory, SessionOptions, Store, Users};
@@ -35,6 +36,23 @@ struct Device {
     uuid: String,
     token: String,
     mac: String,
+    /// The owner's key, which signs the device's revocation.
+    key: SigningKey,
+}
+
+/// A fresh owner's key.
+fn new_key() -> SigningKey {
+    SigningKey::from_bytes(&rand::random())
+}
+
+/// The body of `DELETE /v1/devices/{uuid}`: the revocation message signed by `key` at `at`.
+fn revocation(uuid: &str, key: &SigningKey, at: DateTime<Utc>) -> Value {
+    use ed25519_dalek::Signer as _;
+    let timestamp = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let message = proxima_ingest::rest::devices::revocation_message(uuid, &timestamp, &nonce);
+    let signature = hex::encode(key.sign(message.as_bytes()).to_bytes());
+    json!({"timestamp": timestamp, "nonce": nonce, "signature": signature})
 }
 
 impl Api {
@@ -129,19 +147,52 @@ impl Api {
     }
 
     async fn register(&self, mac: &str) -> Device {
+        let key = new_key();
+        let public = hex::encode(key.verifying_key().as_bytes());
         let (status, body) = self
-            .post_json(
-                "/v1/devices",
-                &json!({"mac": mac, "revocation_secret": "a long revocation secret"}),
-                None,
-            )
+            .post_json("/v1/devices", &json!({"mac": mac, "revocation_key": public}), None)
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         Device {
             uuid: body["device_uuid"].as_str().unwrap().to_string(),
             token: body["upload_token"].as_str().unwrap().to_string(),
             mac: mac.to_string(),
+            key,
         }
+    }
+
+    /// A tracer reports `device` as a confirmed case: the answer (`case_id`, `alerts`).
+    async fn report_case(&self, device: &Device) -> Value {
+        let case = json!({"device_uuid": device.uuid, "status": "confirmed"});
+        let (s, opened) = self.post_json("/v1/cases", &case, Some(&basic("tracy"))).await;
+        assert_eq!(s, StatusCode::CREATED, "{opened}");
+        opened
+    }
+
+    /// How many alerts `device` fetches.
+    async fn alert_count(&self, device: &Device) -> usize {
+        let response = self
+            .http
+            .get(self.url("/v1/alerts"))
+            .header("authorization", bearer(&device.token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        json_of(response).await.as_array().unwrap().len()
+    }
+
+    /// `DELETE /v1/devices/{uuid}` with `body`: the status and the body's text.
+    async fn revoke(&self, uuid: &str, body: &Value) -> (StatusCode, String) {
+        let response = self
+            .http
+            .delete(self.url(&format!("/v1/devices/{uuid}")))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
     }
 
     async fn upload(&self, device: &Device, observations: &Value) -> (StatusCode, Value) {
@@ -206,15 +257,32 @@ async fn devices_uploads_and_every_refusal() {
     // Registration refusals.
     let api_ref = &api;
     let register = |body: Value| async move { api_ref.post_json("/v1/devices", &body, None).await };
-    let (s, body) = register(json!({"mac": "AA:00:00:00:00:02", "revocation_secret": "another long secret"})).await;
+    let key = hex::encode(new_key().verifying_key().as_bytes());
+    let (s, body) = register(json!({"mac": "AA:00:00:00:00:02", "revocation_key": key})).await;
     assert_error(s, &body, StatusCode::CONFLICT, "already registered");
-    let (s, body) = register(json!({"mac": "not a mac", "revocation_secret": "a long revocation secret"})).await;
+    let (s, body) = register(json!({"mac": "not a mac", "revocation_key": key})).await;
     assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "body.mac");
-    let (s, body) = register(json!({"mac": "AA:00:00:00:00:09", "revocation_secret": "short"})).await;
-    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "at least 12");
+    for (bad, why) in [
+        ("abc", "not 64 hex digits"),
+        // y = 1 encodes the identity, a point of small order.
+        (
+            "0100000000000000000000000000000000000000000000000000000000000000",
+            "weak",
+        ),
+        // y = 2 is on no Edwards25519 point.
+        (
+            "0200000000000000000000000000000000000000000000000000000000000000",
+            "not an Ed25519 public key",
+        ),
+    ] {
+        let (s, body) = register(json!({"mac": "AA:00:00:00:00:09", "revocation_key": bad})).await;
+        assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "body.revocation_key");
+        assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, why);
+    }
     let (s, body) =
-        register(json!({"mac": "AA:00:00:00:00:09", "revocation_secret": "a long revocation secret", "name": "Bob"}))
-            .await;
+        register(json!({"mac": "AA:00:00:00:00:09", "revocation_secret": "a long revocation secret"})).await;
+    assert_error(s, &body, StatusCode::BAD_REQUEST, "unknown field `revocation_secret`");
+    let (s, body) = register(json!({"mac": "AA:00:00:00:00:09", "revocation_key": key, "name": "Bob"})).await;
     assert_error(s, &body, StatusCode::BAD_REQUEST, "unknown field `name`");
 
     // A good upload, then every refusal; the server keeps serving and stores nothing of them.
@@ -355,24 +423,69 @@ async fn devices_uploads_and_every_refusal() {
     // Other devices are not affected.
     assert_eq!(api.upload(&a, &one).await.0, StatusCode::OK);
 
-    // Revocation: wrong secret refused; then the token stops working.
-    let revoke = |secret: &'static str| {
+    // Revocation, signed by the owner's key. Whatever fails to revoke (a wrong key, an
+    // unknown device, a replay, a device already revoked) gets one and the same answer.
+    let refused = api.revoke(&b.uuid, &revocation(&b.uuid, &new_key(), now)).await;
+    assert_eq!(refused.0, StatusCode::NOT_FOUND, "{}", refused.1);
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert_eq!(api.revoke(&unknown, &revocation(&unknown, &b.key, now)).await, refused);
+    // Signed for another device: the message names the UUID.
+    assert_eq!(api.revoke(&b.uuid, &revocation(&a.uuid, &b.key, now)).await, refused);
+    // What says nothing about a device is a 422 naming the field.
+    for (body, detail) in [
+        (
+            revocation(&b.uuid, &b.key, now - Duration::minutes(6)),
+            "body.timestamp",
+        ),
+        (
+            revocation(&b.uuid, &b.key, now + Duration::minutes(6)),
+            "body.timestamp",
+        ),
+        (
+            json!({"timestamp": now.to_rfc3339(), "nonce": "00", "signature": "00"}),
+            "body.nonce",
+        ),
+        (
+            json!({"timestamp": now.to_rfc3339(), "nonce": "00".repeat(16), "signature": "zz"}),
+            "body.signature",
+        ),
+        (
+            json!({"timestamp": "yesterday", "nonce": "00".repeat(16), "signature": "00".repeat(64)}),
+            "body.timestamp",
+        ),
+        (
+            json!({"revocation_secret": "a long revocation secret"}),
+            "unknown field",
+        ),
+    ] {
+        let (s, text) = api.revoke(&b.uuid, &body).await;
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            s == StatusCode::UNPROCESSABLE_ENTITY || s == StatusCode::BAD_REQUEST,
+            "{s} {text}"
+        );
+        assert!(body["detail"].as_str().unwrap().contains(detail), "{text}");
+    }
+    let alerts_of_b = || {
         api.http
-            .delete(api.url(&format!("/v1/devices/{}", b.uuid)))
-            .header("content-type", "application/json")
-            .body(json!({"revocation_secret": secret}).to_string())
+            .get(api.url("/v1/alerts"))
+            .header("authorization", bearer(&b.token))
             .send()
     };
     assert_eq!(
-        revoke("not the secret at all").await.unwrap().status(),
-        StatusCode::UNAUTHORIZED
+        alerts_of_b().await.unwrap().status(),
+        StatusCode::OK,
+        "b is still active"
     );
-    assert_eq!(
-        revoke("a long revocation secret").await.unwrap().status(),
-        StatusCode::NO_CONTENT
-    );
+    // The owner revokes (within the 5 minutes' skew); the token stops working at once.
+    let signed = revocation(&b.uuid, &b.key, now - Duration::minutes(4));
+    assert_eq!(api.revoke(&b.uuid, &signed).await.0, StatusCode::NO_CONTENT);
     let (s, _) = api.upload(&b, &json!([sighting(&a.mac, now, 1)])).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(alerts_of_b().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    // The same request again, and a fresh one for the revoked device: the same refusal.
+    assert_eq!(api.revoke(&b.uuid, &signed).await, refused);
+    assert_eq!(api.revoke(&b.uuid, &revocation(&b.uuid, &b.key, now)).await, refused);
     assert_eq!(api.count("SELECT count(*) FROM revocations").await, 1);
 
     // Staff routes: credentials and roles.
@@ -584,15 +697,10 @@ async fn alert_lifecycle_from_case_to_expiry() {
         let (s, body) = api.upload(device, &json!([sighting(&heard.mac, at, 900)])).await;
         assert_eq!(s, StatusCode::OK, "{body}");
     }
-    let revoke = api
-        .http
-        .delete(api.url(&format!("/v1/devices/{}", revoked.uuid)))
-        .header("content-type", "application/json")
-        .body(json!({"revocation_secret": "a long revocation secret"}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(revoke.status(), StatusCode::NO_CONTENT);
+    let (status, _) = api
+        .revoke(&revoked.uuid, &revocation(&revoked.uuid, &revoked.key, now))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
 
     // The case is traced over everything acknowledged, without waiting for a flush.
     let (s, opened) = api
@@ -911,24 +1019,10 @@ async fn sybil_attack(require_mutual: bool) -> (Value, usize) {
         let (s, body) = api.upload(device, &json!([sighting(heard, at, 300)])).await;
         assert_eq!(s, StatusCode::OK, "{body}");
     }
-    let (s, opened) = api
-        .post_json(
-            "/v1/cases",
-            &json!({"device_uuid": case.uuid, "status": "confirmed"}),
-            Some(&basic("tracy")),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{opened}");
+    let opened = api.report_case(&case).await;
     let mut received = 0;
     for sybil in &sybils {
-        let response = api
-            .http
-            .get(api.url("/v1/alerts"))
-            .header("authorization", bearer(&sybil.token))
-            .send()
-            .await
-            .unwrap();
-        received += json_of(response).await.as_array().unwrap().len();
+        received += api.alert_count(sybil).await;
     }
     (opened["alerts"].clone(), received)
 }
@@ -1021,7 +1115,7 @@ async fn sightings_of_rotating_identifiers_count_only_in_their_epoch() {
     let (s, body) = api
         .post_json(
             "/v1/devices",
-            &json!({"mac": victim_ids[0].0, "revocation_secret": "a long revocation secret"}),
+            &json!({"mac": victim_ids[0].0, "revocation_key": hex::encode(new_key().verifying_key().as_bytes())}),
             None,
         )
         .await;
@@ -1034,22 +1128,9 @@ async fn sightings_of_rotating_identifiers_count_only_in_their_epoch() {
         .await;
     assert_eq!(s, StatusCode::OK, "{body}");
 
-    let (s, opened) = api
-        .post_json(
-            "/v1/cases",
-            &json!({"device_uuid": case.uuid, "status": "confirmed"}),
-            Some(&basic("tracy")),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{opened}");
+    let opened = api.report_case(&case).await;
     assert_eq!(opened["alerts"], json!({"high": 2, "medium": 0}), "{opened}");
-    let alerts_of = |device: &Device| {
-        let request = api
-            .http
-            .get(api.url("/v1/alerts"))
-            .header("authorization", bearer(&device.token));
-        async move { json_of(request.send().await.unwrap()).await.as_array().unwrap().len() }
-    };
+    let alerts_of = |device| api.alert_count(device);
     assert_eq!(alerts_of(&near).await, 1);
     assert_eq!(alerts_of(&victim).await, 1, "the victim's identifier is the victim's");
     assert_eq!(alerts_of(&replayer).await, 0, "a replay is no encounter");
@@ -1088,7 +1169,7 @@ async fn one_address_cannot_mint_devices_at_will() {
     api.register("AA:00:00:00:00:F2").await;
     api.register("AA:00:00:00:00:F3").await;
     let register = |mac: &str| {
-        let body = json!({"mac": mac, "revocation_secret": "a long revocation secret"});
+        let body = json!({"mac": mac, "revocation_key": hex::encode(new_key().verifying_key().as_bytes())});
         api.http
             .post(api.url("/v1/devices"))
             .header("content-type", "application/json")
@@ -1106,15 +1187,10 @@ async fn one_address_cannot_mint_devices_at_will() {
         "this address",
     );
     // Revocation shares the address's budget, and nothing was registered meanwhile.
-    let revoke = api
-        .http
-        .delete(api.url(&format!("/v1/devices/{}", first.uuid)))
-        .header("content-type", "application/json")
-        .body(json!({"revocation_secret": "a long revocation secret"}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(revoke.status(), StatusCode::TOO_MANY_REQUESTS);
+    let (status, _) = api
+        .revoke(&first.uuid, &revocation(&first.uuid, &first.key, api.now()))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(api.count("SELECT count(*) FROM devices").await, 3);
     assert_eq!(api.count("SELECT count(*) FROM revocations").await, 0);
     // A device's own routes are not held back by its address's registrations.

@@ -100,12 +100,14 @@ pub static REVOCATIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
 });
 
 /// Columns of `device_credentials` (not partitioned, not visible to SQL): the SHA-256 of a
-/// device's upload token and the argon2id hash of its revocation secret.
+/// device's upload token and its owner's Ed25519 public key (hex), which verifies the
+/// device's revocation (null in files written before revocation was signed, whose
+/// `secret_hash` column is no longer read).
 pub static DEVICE_CREDENTIALS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("device_uuid", DataType::Utf8, false),
         Field::new("token_sha256", DataType::Utf8, false),
-        Field::new("secret_hash", DataType::Utf8, false),
+        Field::new("revocation_key", DataType::Utf8, true),
         Field::new("registered_at", timestamp_type(), false),
     ]))
 });

@@ -1,22 +1,24 @@
-//! Devices: registration, upload tokens, revocation.
+//! Devices: registration, upload tokens, revocation by the owner's key.
 //!
-//! A device is a random UUID and a MAC, nothing else. Its revocation secret is
-//! kept only as an argon2id hash and its upload token only as a SHA-256 (the
-//! token is 256 random bits, so a fast hash is enough). The [`Registry`] holds
-//! them in memory for the token check of every upload; it is loaded from the
-//! store at start (after the WAL's replay was flushed) and updated after each
-//! durable registration or revocation.
+//! A device is a random UUID and a MAC, nothing else. Its upload token is kept only
+//! as a SHA-256 (the token is 256 random bits, so a fast hash is enough), and its
+//! owner's Ed25519 public key as given: the phone derives the key pair from the user's
+//! secret (or keeps it in its keystore), and revokes by signing
+//! [`revocation_message`], so the server holds nothing that could revoke a device and
+//! spends no memory-hard hashing on an unauthenticated route. The [`Registry`] holds
+//! them in memory for the token check of every upload; it is loaded from the store at
+//! start (after the WAL's replay was flushed) and updated after each durable
+//! registration or revocation.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use arrow::array::{AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{Array, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use proxima_engine::users::{hash_password, verify_password};
 use proxima_engine::{SessionFactory, Table, ids, schema};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -28,8 +30,8 @@ use super::error::{ApiError, ApiResult};
 use super::{AppState, read_table};
 use proxima_storage::wal::Entry;
 
-/// The shortest revocation secret accepted.
-pub const MIN_SECRET_LEN: usize = 12;
+/// How far a revocation's timestamp may be from the server's clock.
+pub const REVOCATION_SKEW: chrono::Duration = chrono::Duration::minutes(5);
 
 /// `POST /v1/devices` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -38,8 +40,10 @@ pub struct RegisterDevice {
     /// The device's Bluetooth MAC, `AA:BB:CC:DD:EE:FF`.
     #[schema(example = "AA:BB:CC:DD:EE:FF")]
     pub mac: String,
-    /// A secret of at least 12 characters that the phone keeps, to revoke the device later.
-    pub revocation_secret: String,
+    /// The owner's Ed25519 public key (64 hex digits), whose private key signs the device's
+    /// revocation. The server keeps only this key.
+    #[schema(example = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")]
+    pub revocation_key: String,
 }
 
 /// `POST /v1/devices` answer.
@@ -51,18 +55,40 @@ pub struct Registered {
     pub upload_token: String,
 }
 
-/// `DELETE /v1/devices/{uuid}` body.
+/// `DELETE /v1/devices/{uuid}` body: a signature, with the registration's key, of
+/// [`revocation_message`].
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeDevice {
-    /// The secret given at registration.
-    pub revocation_secret: String,
+    /// When the phone signed (RFC 3339), within 5 minutes of the server's clock.
+    #[schema(example = "2026-12-02T12:00:00Z")]
+    pub timestamp: String,
+    /// 16 random bytes (32 hex digits), new for each revocation.
+    pub nonce: String,
+    /// The Ed25519 signature (128 hex digits) of the revocation message.
+    pub signature: String,
+}
+
+/// What a phone signs to revoke `device_uuid` (canonical lowercase), with the request's
+/// `timestamp` and `nonce` exactly as sent: `proxima-revoke-v1`, the UUID, the timestamp
+/// and the nonce, one per line.
+pub fn revocation_message(device_uuid: &str, timestamp: &str, nonce: &str) -> String {
+    format!("proxima-revoke-v1\n{device_uuid}\n{timestamp}\n{nonce}")
+}
+
+/// The one answer to a revocation that does not revoke (an unknown device, a wrong or
+/// replayed signature, a device already revoked or without a key), so that the answer
+/// tells nothing about which.
+fn not_revoked() -> ApiError {
+    ApiError::not_found("no active device with this UUID whose key made this signature")
 }
 
 /// What the registry knows of one device.
 #[derive(Debug, Clone)]
 struct Device {
-    secret_hash: Option<String>,
+    /// The owner's public key; none for an imported device, or one registered before
+    /// revocation was signed (an admin revokes those).
+    revocation_key: Option<ed25519_dalek::VerifyingKey>,
     revoked: bool,
 }
 
@@ -73,6 +99,8 @@ struct Devices {
     by_token: HashMap<[u8; 32], String>,
     /// MACs whose registration is being written.
     reserved: HashSet<String>,
+    /// Devices whose revocation is being written.
+    revoking: HashSet<String>,
     /// The handles of every device's UUID (`proxima_engine::ephemeral::handle_of`), so that
     /// no two devices' rotating identifiers are sealed with the same one.
     handles: HashSet<u64>,
@@ -101,7 +129,7 @@ impl Registry {
                 devices.by_mac.insert(mac.to_string(), uuid.to_string());
                 devices.handles.extend(proxima_engine::ephemeral::handle_of(uuid));
                 devices.devices.entry(uuid.to_string()).or_insert(Device {
-                    secret_hash: None,
+                    revocation_key: None,
                     revoked: false,
                 });
             }
@@ -109,7 +137,7 @@ impl Registry {
         for batch in read_table(factory, Table::DeviceCredentials).await? {
             let uuids = batch.column(0).as_string::<i32>();
             let tokens = batch.column(1).as_string::<i32>();
-            let secrets = batch.column(2).as_string::<i32>();
+            let keys = batch.column(2).as_string::<i32>();
             for i in 0..batch.num_rows() {
                 let uuid = uuids.value(i).to_string();
                 let mut digest = [0u8; 32];
@@ -117,10 +145,12 @@ impl Registry {
                     devices.by_token.insert(digest, uuid.clone());
                 }
                 let device = devices.devices.entry(uuid).or_insert(Device {
-                    secret_hash: None,
+                    revocation_key: None,
                     revoked: false,
                 });
-                device.secret_hash = Some(secrets.value(i).to_string());
+                // Null for devices registered with a revocation secret (before signed
+                // revocation): they have no key.
+                device.revocation_key = (!keys.is_null(i)).then(|| parse_key(keys.value(i)).ok()).flatten();
             }
         }
         for batch in read_table(factory, Table::Revocations).await? {
@@ -185,6 +215,18 @@ impl Registry {
     }
 }
 
+/// An Ed25519 public key as 64 hex digits: a point on the curve, not of small order (a
+/// weak key would let signatures be forged).
+fn parse_key(text: &str) -> Result<ed25519_dalek::VerifyingKey, &'static str> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text, &mut bytes).map_err(|_| "not 64 hex digits")?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| "not an Ed25519 public key")?;
+    if key.is_weak() {
+        return Err("a weak Ed25519 key (of small order)");
+    }
+    Ok(key)
+}
+
 fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
@@ -207,7 +249,7 @@ fn timestamp(at: DateTime<Utc>) -> Arc<TimestampMicrosecondArray> {
         (status = 409, description = "The MAC is already registered", body = super::error::ErrorBody),
         (status = 413, description = "Body too large", body = super::error::ErrorBody),
         (status = 415, description = "Not JSON", body = super::error::ErrorBody),
-        (status = 422, description = "A bad MAC or a short secret", body = super::error::ErrorBody),
+        (status = 422, description = "A bad MAC or revocation key", body = super::error::ErrorBody),
     ))]
 pub async fn register(
     State(state): State<AppState>,
@@ -218,27 +260,24 @@ pub async fn register(
     let bytes = read_limited(&headers, body, state.options.max_body).await?;
     let request: RegisterDevice = typed(parse_json(&bytes)?, "body")?;
     let mac = ids::mac(&request.mac).map_err(|e| ApiError::invalid(format!("body.mac: {e}")))?;
-    if request.revocation_secret.chars().count() < MIN_SECRET_LEN {
-        return Err(ApiError::invalid(format!(
-            "body.revocation_secret: must be at least {MIN_SECRET_LEN} characters"
-        )));
-    }
+    let key =
+        parse_key(&request.revocation_key).map_err(|why| ApiError::invalid(format!("body.revocation_key: {why}")))?;
     {
         let mut devices = state.registry.write();
         if devices.by_mac.contains_key(&mac) || !devices.reserved.insert(mac.clone()) {
             return Err(ApiError::conflict(format!("body.mac: {mac} is already registered")));
         }
     }
-    let result = write_registration(&state, &mac, request.revocation_secret).await;
+    let result = write_registration(&state, &mac, &key).await;
     let mut devices = state.registry.write();
     devices.reserved.remove(&mac);
-    let (uuid, token, secret_hash) = result?;
+    let (uuid, token) = result?;
     devices.by_mac.insert(mac, uuid.clone());
     devices.by_token.insert(token_digest(&token), uuid.clone());
     devices.devices.insert(
         uuid.clone(),
         Device {
-            secret_hash: Some(secret_hash),
+            revocation_key: Some(key),
             revoked: false,
         },
     );
@@ -251,11 +290,11 @@ pub async fn register(
     ))
 }
 
-async fn write_registration(state: &AppState, mac: &str, secret: String) -> ApiResult<(String, String, String)> {
-    let secret_hash = tokio::task::spawn_blocking(move || hash_password(&secret))
-        .await
-        .map_err(|e| ApiError::internal("hashing the revocation secret failed", e))?
-        .map_err(|e| ApiError::internal("hashing the revocation secret failed", e))?;
+async fn write_registration(
+    state: &AppState,
+    mac: &str,
+    key: &ed25519_dalek::VerifyingKey,
+) -> ApiResult<(String, String)> {
     let uuid = state.registry.new_device_uuid();
     let token = random_token();
     let now = state.clock.now();
@@ -266,7 +305,7 @@ async fn write_registration(state: &AppState, mac: &str, secret: String) -> ApiR
         vec![
             text(&uuid),
             text(&hex::encode(token_digest(&token))),
-            text(&secret_hash),
+            text(&hex::encode(key.as_bytes())),
             timestamp(now),
         ],
     )
@@ -286,17 +325,19 @@ async fn write_registration(state: &AppState, mac: &str, secret: String) -> ApiR
             "registration",
         )
         .await?;
-    Ok((uuid, token, secret_hash))
+    Ok((uuid, token))
 }
 
-/// `DELETE /v1/devices/{uuid}`: revokes a device (its token stops working at once).
+/// `DELETE /v1/devices/{uuid}`: revokes a device (its token stops working at once), on a
+/// signature of [`revocation_message`] by the key given at registration.
 #[utoipa::path(delete, path = "/v1/devices/{uuid}", tag = "devices", request_body = RevokeDevice,
     params(("uuid" = String, Path, description = "The device UUID")),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, description = "Wrong revocation secret", body = super::error::ErrorBody),
-        (status = 404, description = "No such device", body = super::error::ErrorBody),
-        (status = 422, description = "Not a device UUID", body = super::error::ErrorBody),
+        (status = 404, description = "Not revoked: the same answer for an unknown device, a wrong or replayed \
+            signature, and a device already revoked or without a key", body = super::error::ErrorBody),
+        (status = 422, description = "Not a device UUID, a malformed field, or a timestamp more than 5 minutes \
+            from the server's clock", body = super::error::ErrorBody),
     ))]
 pub async fn revoke(
     State(state): State<AppState>,
@@ -308,33 +349,71 @@ pub async fn revoke(
     require_json(&headers)?;
     let bytes = read_limited(&headers, body, state.options.max_body).await?;
     let request: RevokeDevice = typed(parse_json(&bytes)?, "body")?;
-    let device = state
+    // What can be checked without the device, and says nothing about it.
+    let signed_at = DateTime::parse_from_rfc3339(&request.timestamp)
+        .map_err(|e| ApiError::invalid(format!("body.timestamp: '{}' is not RFC 3339: {e}", request.timestamp)))?
+        .with_timezone(&Utc);
+    let now = state.clock.now();
+    if (signed_at - now).abs() > REVOCATION_SKEW {
+        return Err(ApiError::invalid(format!(
+            "body.timestamp: {} is more than 5 minutes from the server's clock ({}); sign again",
+            request.timestamp,
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )));
+    }
+    let mut nonce = [0u8; 16];
+    hex::decode_to_slice(&request.nonce, &mut nonce).map_err(|_| ApiError::invalid("body.nonce: not 32 hex digits"))?;
+    let mut signature = [0u8; 64];
+    hex::decode_to_slice(&request.signature, &mut signature)
+        .map_err(|_| ApiError::invalid("body.signature: not 128 hex digits"))?;
+    let signature = ed25519_dalek::Signature::from_bytes(&signature);
+    let message = revocation_message(&uuid, &request.timestamp, &request.nonce);
+    // An active device's key, or a key nothing verifies with, so that every refusal takes
+    // as long as a wrong signature.
+    let key = state
         .registry
         .read()
         .devices
         .get(&uuid)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("no device {uuid}")))?;
-    let Some(hash) = device.secret_hash else {
-        return Err(ApiError::conflict(format!(
-            "device {uuid} was imported without a revocation secret; an admin revokes it"
-        )));
-    };
-    let secret = request.revocation_secret;
-    let matches = tokio::task::spawn_blocking(move || verify_password(&hash, &secret))
-        .await
-        .map_err(|e| ApiError::internal("checking the revocation secret failed", e))?;
-    if !matches {
-        return Err(ApiError::unauthorized("the revocation secret does not match"));
+        .filter(|d| !d.revoked)
+        .and_then(|d| d.revocation_key);
+    let verified = key
+        .unwrap_or_else(nobody)
+        .verify_strict(message.as_bytes(), &signature)
+        .is_ok();
+    if key.is_none() || !verified {
+        return Err(not_revoked());
     }
-    if device.revoked {
-        return Ok(StatusCode::NO_CONTENT);
+    // A signature is good once: the device it revokes is then revoked, and a replay (or a
+    // concurrent duplicate) gets the answer above.
+    {
+        let mut devices = state.registry.write();
+        let active = devices.devices.get(&uuid).is_some_and(|d| !d.revoked);
+        if !active || !devices.revoking.insert(uuid.clone()) {
+            return Err(not_revoked());
+        }
     }
-    let row = RecordBatch::try_new(
-        schema::REVOCATIONS.clone(),
-        vec![text(&uuid), timestamp(state.clock.now())],
-    )
-    .map_err(|e| ApiError::internal("building the revocation row failed", e))?;
+    let revoked = write_revocation(&state, &uuid, now).await;
+    let mut devices = state.registry.write();
+    devices.revoking.remove(&uuid);
+    revoked?;
+    if let Some(device) = devices.devices.get_mut(&uuid) {
+        device.revoked = true;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A valid public key no one holds the private key of (it is derived from a published
+/// seed, and nothing is ever signed with it): what a refused revocation verifies against.
+fn nobody() -> ed25519_dalek::VerifyingKey {
+    static NOBODY: std::sync::LazyLock<ed25519_dalek::VerifyingKey> =
+        std::sync::LazyLock::new(|| ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32]).verifying_key());
+    *NOBODY
+}
+
+async fn write_revocation(state: &AppState, uuid: &str, now: DateTime<Utc>) -> ApiResult<()> {
+    let row = RecordBatch::try_new(schema::REVOCATIONS.clone(), vec![text(uuid), timestamp(now)])
+        .map_err(|e| ApiError::internal("building the revocation row failed", e))?;
     state
         .make_durable(
             vec![Entry {
@@ -344,10 +423,7 @@ pub async fn revoke(
             "revocation",
         )
         .await?;
-    if let Some(device) = state.registry.write().devices.get_mut(&uuid) {
-        device.revoked = true;
-    }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 #[cfg(test)]
