@@ -1158,6 +1158,82 @@ async fn sightings_of_rotating_identifiers_count_only_in_their_epoch() {
     assert!(gauge("replayed") >= 1 && gauge("unknown") >= 1, "{metrics}");
 }
 
+/// With `--registration-work`, a registration carries a solved challenge, good once.
+#[tokio::test]
+async fn registration_costs_a_proof_of_work() {
+    use proxima_ingest::rest::challenge::{leading_zero_bits, solve};
+    let api = Api::start(RestOptions {
+        registration_work: 12,
+        ..RestOptions::default()
+    })
+    .await;
+    let challenge = || async {
+        let response = api.http.get(api.url("/v1/devices/challenge")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = json_of(response).await;
+        assert_eq!(body["difficulty"], 12);
+        let expires: DateTime<Utc> = body["expires_at"].as_str().unwrap().parse().unwrap();
+        assert!(expires > api.now() + Duration::minutes(9));
+        body["challenge"].as_str().unwrap().to_string()
+    };
+    let key = hex::encode(new_key().verifying_key().as_bytes());
+    let (api, key) = (&api, &key);
+    let register = |mac: &str, challenge: &str, nonce: &str| {
+        let body = json!({"mac": mac, "revocation_key": key, "challenge": challenge, "nonce": nonce});
+        async move { api.post_json("/v1/devices", &body, None).await }
+    };
+
+    let (s, body) = api
+        .post_json(
+            "/v1/devices",
+            &json!({"mac": "BC:00:00:00:00:01", "revocation_key": key}),
+            None,
+        )
+        .await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "proof of work of 12 bits");
+    let first = challenge().await;
+    let nonce = solve(&first, 12);
+    // Checked by hand: SHA-256(challenge ":" nonce) starts with 12 zero bits.
+    let hash = <sha2::Sha256 as sha2::Digest>::digest(format!("{first}:{nonce}").as_bytes());
+    assert_eq!((hash[0], hash[1] >> 4), (0, 0));
+    let unsolved = (0u64..)
+        .map(|n| n.to_string())
+        .find(|n| {
+            leading_zero_bits(&<sha2::Sha256 as sha2::Digest>::digest(
+                format!("{first}:{n}").as_bytes(),
+            )) < 12
+        })
+        .unwrap();
+    let (s, body) = register("BC:00:00:00:00:01", &first, &unsolved).await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "body.nonce");
+    let (s, body) = register("BC:00:00:00:00:01", &first, &nonce).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (s, body) = register("BC:00:00:00:00:02", &first, &nonce).await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "already used");
+    let forged = first.replacen(".12.", ".1.", 1);
+    let (s, body) = register("BC:00:00:00:00:02", &forged, "0").await;
+    assert_error(
+        s,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "not a challenge this server issued",
+    );
+    // Learning that a MAC is taken costs a solved challenge too, and uses it up.
+    let second = challenge().await;
+    let nonce = solve(&second, 12);
+    let (s, body) = register("BC:00:00:00:00:01", &second, &nonce).await;
+    assert_error(s, &body, StatusCode::CONFLICT, "already registered");
+    let (s, body) = register("BC:00:00:00:00:02", &second, &nonce).await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "already used");
+    // Ten minutes on, an unused challenge has expired.
+    let third = challenge().await;
+    let nonce = solve(&third, 12);
+    api.clock.advance(Duration::minutes(11));
+    let (s, body) = register("BC:00:00:00:00:02", &third, &nonce).await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "expired");
+    assert_eq!(api.count("SELECT count(*) FROM devices").await, 1);
+}
+
 #[tokio::test]
 async fn one_address_cannot_mint_devices_at_will() {
     let api = Api::start(RestOptions {

@@ -65,6 +65,12 @@ pub struct ServeArgs {
     /// beyond it, 429 with Retry-After (0: no limit).
     #[arg(long, env = "PROXIMA_REGISTRATION_RATE", default_value_t = 60)]
     registration_rate: u32,
+    /// The proof of work each registration carries, in bits: the phone hashes about
+    /// 2^BITS times (20: a few hundred milliseconds of a phone's CPU), so registering
+    /// 100,000 throwaway devices costs days of CPU. 0 asks for none.
+    #[arg(long, env = "PROXIMA_REGISTRATION_WORK", default_value_t = 20,
+          value_parser = clap::value_parser!(u8).range(0..=i64::from(proxima_ingest::rest::challenge::MAX_DIFFICULTY)))]
+    registration_work: u8,
     /// Users file (TOML; see `proxima user add`). Without it the server only listens on
     /// loopback, with one user per role (tracer, analyst, auditor, admin, station, ingest)
     /// whose generated passwords are printed at start.
@@ -350,6 +356,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
                     retention_days: args.retention_days,
                     device_rate_per_minute: args.device_rate,
                     registration_rate_per_minute: args.registration_rate,
+                    registration_work: args.registration_work,
                     token_ttl: args.token_ttl,
                     ..RestOptions::default()
                 },

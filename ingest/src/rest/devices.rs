@@ -44,6 +44,14 @@ pub struct RegisterDevice {
     /// revocation. The server keeps only this key.
     #[schema(example = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")]
     pub revocation_key: String,
+    /// A challenge from `GET /v1/devices/challenge` (needed unless the server asks for no
+    /// proof of work).
+    #[serde(default)]
+    pub challenge: Option<String>,
+    /// A nonce such that `SHA-256(challenge ":" nonce)` starts with the challenge's
+    /// difficulty in zero bits.
+    #[serde(default)]
+    pub nonce: Option<String>,
 }
 
 /// `POST /v1/devices` answer.
@@ -249,7 +257,8 @@ fn timestamp(at: DateTime<Utc>) -> Arc<TimestampMicrosecondArray> {
         (status = 409, description = "The MAC is already registered", body = super::error::ErrorBody),
         (status = 413, description = "Body too large", body = super::error::ErrorBody),
         (status = 415, description = "Not JSON", body = super::error::ErrorBody),
-        (status = 422, description = "A bad MAC or revocation key", body = super::error::ErrorBody),
+        (status = 422, description = "A bad MAC or revocation key, or a missing, expired, used or unsolved \
+            proof-of-work challenge", body = super::error::ErrorBody),
     ))]
 pub async fn register(
     State(state): State<AppState>,
@@ -262,6 +271,12 @@ pub async fn register(
     let mac = ids::mac(&request.mac).map_err(|e| ApiError::invalid(format!("body.mac: {e}")))?;
     let key =
         parse_key(&request.revocation_key).map_err(|why| ApiError::invalid(format!("body.revocation_key: {why}")))?;
+    // Before the MAC is looked up, so that even learning that a MAC is taken costs the work.
+    state.challenges.redeem(
+        request.challenge.as_deref(),
+        request.nonce.as_deref(),
+        state.clock.now(),
+    )?;
     {
         let mut devices = state.registry.write();
         if devices.by_mac.contains_key(&mac) || !devices.reserved.insert(mac.clone()) {

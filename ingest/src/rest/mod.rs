@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod body;
 pub mod cases;
+pub mod challenge;
 pub mod devices;
 pub mod error;
 pub mod identifiers;
@@ -78,6 +79,8 @@ pub struct RestOptions {
     pub future_tolerance: chrono::Duration,
     /// How long a staff bearer token lasts.
     pub token_ttl: Duration,
+    /// The proof of work a registration must carry, in bits (0: none; see `challenge`).
+    pub registration_work: u8,
 }
 
 impl Default for RestOptions {
@@ -94,6 +97,7 @@ impl Default for RestOptions {
             registration_rate_per_minute: 60,
             future_tolerance: chrono::Duration::minutes(5),
             token_ttl: Duration::from_secs(3600),
+            registration_work: 0,
         }
     }
 }
@@ -141,6 +145,8 @@ pub struct Shared {
     pub limiter: RateLimiter,
     /// Per-address limits on registration and revocation, the routes anyone may call.
     pub registrations: RateLimiter,
+    /// Registration's proof-of-work challenges.
+    pub challenges: challenge::Challenges,
     /// Idempotency keys.
     pub idempotency: IdempotencyCache,
     /// Metrics.
@@ -252,6 +258,7 @@ impl RestService {
         let state = Arc::new(Shared {
             limiter: RateLimiter::new(options.device_rate_per_minute),
             registrations: RateLimiter::new(options.registration_rate_per_minute),
+            challenges: challenge::Challenges::new(options.registration_work),
             staff_auth: StaffAuth::new(users, options.token_ttl),
             options,
             clock,
@@ -290,6 +297,7 @@ impl RestService {
                     limit_by_address,
                 )),
             )
+            .route("/v1/devices/challenge", get(challenge::issue))
             .route(
                 "/v1/devices/{uuid}",
                 delete(devices::revoke).route_layer(axum::middleware::from_fn_with_state(
@@ -481,7 +489,7 @@ impl utoipa::Modify for SecuritySchemes {
 #[openapi(
     info(title = "Proxima REST API", description = "Devices, observations, cases, temperature readings and alerts. Errors are JSON {error, detail}."),
     paths(
-        devices::register, devices::revoke,
+        devices::register, devices::revoke, challenge::issue,
         observations::upload, observations::bulk,
         cases::report, cases::temperature, cases::alerts,
         identifiers::issue,
