@@ -9,6 +9,7 @@ mod id_key;
 mod import;
 mod index;
 mod maintain;
+mod phone;
 mod retention;
 mod serve;
 mod sql;
@@ -54,6 +55,9 @@ enum Command {
     Audit(audit::AuditArgs),
     /// The keys of the rotating identifiers phones broadcast: make, rotate, list.
     IdKey(id_key::IdKeyArgs),
+    /// A reference phone over the REST API: register (with its proof of work), fetch
+    /// rotating identifiers, upload sightings, fetch alerts, revoke with the owner's key.
+    Phone(phone::PhoneArgs),
     /// Measure: trace latency over the store (run in release).
     Bench(bench::BenchArgs),
 }
@@ -89,13 +93,14 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     match args.command {
         Command::User(a) => return user::run(a).await,
         Command::IdKey(a) => return id_key::run(a),
+        Command::Phone(a) => return phone::run(a).await,
         // Through a server: no local store is opened (or created).
         Command::Sql(a) if a.is_remote() => return sql::run_remote(a).await,
         _ => {}
     }
     let store = Store::open(&args.data)?;
     match args.command {
-        Command::User(_) | Command::IdKey(_) => Ok(()),
+        Command::User(_) | Command::IdKey(_) | Command::Phone(_) => Ok(()),
         Command::Serve(a) => serve::run(store, *a).await,
         Command::Demo(a) => demo::run(store, a).await,
         Command::Sql(a) => sql::run(store, a).await,

@@ -1,0 +1,125 @@
+//! The reference phone (`proxima phone`) against the real `proxima serve` on loopback
+//! ports: the README's walkthrough, run. Two phones register (each solving the proof of
+//! work), one broadcasts rotating identifiers and the other hears the current one; a tracer
+//! reports the hearer as a case; the heard phone gets its alert, then revokes itself with
+//! its owner's key.
+
+mod common;
+
+use std::io::BufReader;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_proxima");
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `proxima phone --state <state> --api <api> <args>`: its standard output, or its
+/// error message.
+fn phone(state: &Path, api: &str, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(BIN)
+        .args(["phone", "--state", state.to_str().unwrap(), "--api", api])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
+    if output.status.success() {
+        Ok(text(&output.stdout))
+    } else {
+        Err(text(&output.stderr))
+    }
+}
+
+#[tokio::test]
+async fn a_phones_life_through_the_reference_phone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--data", dir.path().join("store").to_str().unwrap()])
+        .args(["serve", "--http", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
+        // A small proof of work: this build's SHA-256 is not optimised.
+        .args(["--registration-work", "10"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let _serve = Serve(child);
+    let rest = common::wait_for_line(&mut stdout, "REST listening on ");
+    let api = rest["REST listening on ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let tracer = common::wait_for_line(&mut stdout, "user tracer, password ");
+    let password = tracer["user tracer, password ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    let a_uuid = phone(&a, &api, &["register"]).unwrap();
+    let b_uuid = phone(&b, &api, &["register"]).unwrap();
+    assert_ne!(a_uuid, b_uuid);
+    assert!(
+        phone(&a, &api, &["register"]).unwrap_err().contains("exists"),
+        "a phone registers once"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the owner's key is in there");
+    }
+
+    // B fetches its identifiers and broadcasts the current one; A hears it.
+    let ids = phone(&b, &api, &["ids", "--count", "4"]).unwrap();
+    assert_eq!(ids.lines().count(), 4, "{ids}");
+    let current = phone(&b, &api, &["current-id"]).unwrap();
+    assert_eq!(current.len(), 32);
+    assert!(
+        ids.lines().any(|line| line.starts_with(&current)),
+        "{current} not in\n{ids}"
+    );
+    let uploaded = phone(&a, &api, &["upload", "--heard", &current]).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&uploaded).unwrap()["accepted"], 1);
+
+    // A tracer reports A: B is its high-priority contact, by the identifier A heard.
+    let http = reqwest::Client::new();
+    let answer = http
+        .post(format!("{api}/v1/cases"))
+        .basic_auth("tracer", Some(&password))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"device_uuid": a_uuid, "status": "confirmed"}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let opened: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(opened["alerts"]["high"], 1, "{opened}");
+    let alerts: Value = serde_json::from_str(&phone(&b, &api, &["alerts"]).unwrap()).unwrap();
+    assert_eq!(alerts.as_array().unwrap().len(), 1, "{alerts}");
+    assert_eq!(alerts[0]["priority"], "high");
+    assert_eq!(phone(&a, &api, &["alerts"]).unwrap(), "[]");
+
+    // B revokes itself with its owner's key: its token stops working; a second try is refused.
+    assert!(phone(&b, &api, &["revoke"]).unwrap().contains("revoked"));
+    let refused = phone(&b, &api, &["alerts"]).unwrap_err();
+    assert!(refused.contains("401"), "{refused}");
+    let again = phone(&b, &api, &["revoke"]).unwrap_err();
+    assert!(again.contains("404"), "{again}");
+}
