@@ -1158,6 +1158,100 @@ async fn sightings_of_rotating_identifiers_count_only_in_their_epoch() {
     assert!(gauge("replayed") >= 1 && gauge("unknown") >= 1, "{metrics}");
 }
 
+/// A GAEN phone registers its temporary exposure key; a sighting of one of the key's RPIs
+/// near its interval is an encounter (the key's owner is alerted when the hearer is a
+/// case); one far from it, or of a key nobody registered, is none.
+#[tokio::test]
+async fn rpis_of_registered_exposure_keys_are_encounters() {
+    use proxima_udfs::gaen::{rpi, rpik};
+    let api = Api::start(RestOptions::default()).await;
+    let case = api.register("6E:00:00:00:00:01").await;
+    let gaen = api.register("6E:00:00:00:00:02").await;
+    let stranger = api.register("6E:00:00:00:00:03").await;
+    let now = api.now();
+    // Yesterday's key, from midnight (GAEN's rolling start), 144 intervals.
+    let yesterday = (now - Duration::days(1))
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let start = yesterday.timestamp() / 600;
+    let tek: [u8; 16] = rand::random();
+    let api = &api;
+    let post = |device: &Device, body: Value| {
+        let token = bearer(&device.token);
+        async move { api.post_json("/v1/exposure-keys", &body, Some(&token)).await }
+    };
+    let (s, body) = post(
+        &gaen,
+        json!([{"key": hex::encode(tek), "rolling_start_interval_number": start}]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["accepted"], 1);
+
+    // The RPI of yesterday's 12:00 interval, heard at 12:05 by the case, and at 18:00 by the
+    // stranger (beyond GAEN's 2 hours' tolerance: a replay).
+    let noon = yesterday + Duration::hours(12);
+    let heard = hex::encode(rpi(&rpik(&tek), u32::try_from(noon.timestamp() / 600).unwrap()));
+    let (s, body) = api
+        .upload(&case, &json!([sighting(&heard, noon + Duration::minutes(5), 600)]))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = api
+        .upload(&stranger, &json!([sighting(&heard, noon + Duration::hours(6), 600)]))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let opened = api.report_case(&case).await;
+    assert_eq!(opened["alerts"], json!({"high": 1, "medium": 0}), "{opened}");
+    assert_eq!(api.alert_count(&gaen).await, 1, "the key's owner");
+    assert_eq!(api.alert_count(&stranger).await, 0, "a replayed RPI is no encounter");
+
+    // Refusals name the element and field; nothing is stored.
+    for (body, status, detail) in [
+        (json!([]), StatusCode::UNPROCESSABLE_ENTITY, "empty"),
+        (
+            json!([{"key": "xyz", "rolling_start_interval_number": start}]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "keys[0].key",
+        ),
+        (
+            json!([{"key": hex::encode(tek), "rolling_start_interval_number": start, "rolling_period": 145}]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "keys[0].rolling_period",
+        ),
+        (
+            json!([{"key": hex::encode(tek), "rolling_start_interval_number": start + 1000}]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "keys[0].rolling_start_interval_number",
+        ),
+        (
+            json!([{"key": hex::encode(tek), "rolling_start_interval_number": start - 144 * 30}]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the oldest data kept",
+        ),
+        (
+            json!([{"key": hex::encode(tek), "rolling_start_interval_number": start, "extra": 1}]),
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
+        (
+            Value::Array(vec![
+                json!({"key": hex::encode(tek), "rolling_start_interval_number": start});
+                15
+            ]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "at most 14",
+        ),
+    ] {
+        let (s, answer) = post(&gaen, body).await;
+        assert_error(s, &answer, status, detail);
+    }
+    let (s, body) = api.post_json("/v1/exposure-keys", &json!([]), None).await;
+    assert_error(s, &body, StatusCode::UNAUTHORIZED, "upload token");
+    assert_eq!(api.count("SELECT count(*) FROM exposure_keys").await, 1);
+}
+
 /// With `--registration-work`, a registration carries a solved challenge, good once.
 #[tokio::test]
 async fn registration_costs_a_proof_of_work() {

@@ -136,17 +136,19 @@ async fn fixture_store(dir: &Path, slt: &Path) -> Result<Store, Box<dyn std::err
         .unwrap_or_else(|| root().join("sql/fixtures"));
     proxima_ingest::import::import(&writer, Table::Devices, &[fixtures.join("devices.csv")]).await?;
     proxima_ingest::import::import(&writer, Table::Observations, &[fixtures.join("observations.csv")]).await?;
-    let cases = fixtures.join("cases.csv");
-    if cases.exists() {
-        write_cases(&writer, &cases).await?;
+    for table in [Table::Cases, Table::ExposureKeys] {
+        let file = fixtures.join(format!("{}.csv", table.name()));
+        if file.exists() {
+            write_rows(&writer, table, &file).await?;
+        }
     }
     Ok(store)
 }
 
-/// Writes the cases of a CSV file (with the table's columns, `day` aside), each in its
-/// report's day: cases come from REST, which `proxima import` does not stand in for.
-async fn write_cases(writer: &PartitionWriter, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let table = Table::Cases;
+/// Writes the rows of a CSV file (with the table's columns, `day` aside), each in its day:
+/// cases and exposure keys come from REST, which `proxima import` does not stand in for.
+async fn write_rows(writer: &PartitionWriter, table: Table, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let time_column = table.time_column().ok_or("a day-partitioned table")?;
     let reader = arrow::csv::ReaderBuilder::new(table.file_schema())
         .with_header(true)
         .build(std::fs::File::open(path)?)?;
@@ -154,15 +156,15 @@ async fn write_cases(writer: &PartitionWriter, path: &Path) -> Result<(), Box<dy
     for batch in reader {
         let batch = batch?;
         let times = batch
-            .column_by_name("reported_at")
-            .ok_or("cases.csv: no reported_at")?
+            .column_by_name(time_column)
+            .ok_or("no time column")?
             .as_any()
             .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
-            .ok_or("cases.csv: reported_at is not a timestamp")?
+            .ok_or("the time column is not a timestamp")?
             .clone();
         for row in 0..batch.num_rows() {
             let day = chrono::DateTime::from_timestamp_micros(times.value(row))
-                .ok_or("cases.csv: a report time out of range")?
+                .ok_or("a time out of range")?
                 .date_naive();
             transaction.write_file(table, Some(day), &[batch.slice(row, 1)]).await?;
         }

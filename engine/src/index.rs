@@ -146,6 +146,53 @@ impl Directory {
     }
 }
 
+/// How far from its 10-minute interval a GAEN rolling proximity identifier may be heard and
+/// still count (the Exposure Notification specification's matching tolerance: phones'
+/// clocks drift, and a phone rotates its RPI at randomised times).
+pub const RPI_TOLERANCE_MICROS: i64 = 2 * 3_600_000_000;
+const INTERVAL_MICROS: i64 = 600_000_000;
+
+/// The GAEN keys devices registered, and every rolling proximity identifier they derive,
+/// loaded file by file from `exposure_keys` (files are immutable).
+#[derive(Debug, Default)]
+struct Rpis {
+    files: HashSet<Path>,
+    /// Each identifier's devices (one, but for a key two devices registered) and interval.
+    by_rpi: HashMap<[u8; 16], Vec<(u128, u32)>>,
+    /// Each device's keys: (RPI key, first interval, intervals).
+    keys_of: HashMap<u128, Vec<([u8; 16], u32, u32)>>,
+}
+
+impl Rpis {
+    fn insert(&mut self, device: u128, tek: &[u8; 16], first: u32, period: u32) {
+        let rpik = proxima_udfs::gaen::rpik(tek);
+        for interval in first..first.saturating_add(period) {
+            let devices = self.by_rpi.entry(proxima_udfs::gaen::rpi(&rpik, interval)).or_default();
+            if !devices.contains(&(device, interval)) {
+                devices.push((device, interval));
+            }
+        }
+        self.keys_of.entry(device).or_default().push((rpik, first, period));
+    }
+}
+
+/// Whether a sighting at `at` (µs) of the RPI of `interval` counts.
+fn rpi_heard_in_time(interval: u32, at: i64) -> bool {
+    let start = i64::from(interval) * INTERVAL_MICROS;
+    at >= start - RPI_TOLERANCE_MICROS && at < start + INTERVAL_MICROS + RPI_TOLERANCE_MICROS
+}
+
+/// When a sighting of something a device broadcasts counts.
+#[derive(Debug, Clone, Copy)]
+enum Valid {
+    /// A MAC: always.
+    Always,
+    /// A rotating identifier: in the epoch starting at this minute (± the tolerance).
+    Epoch(u32),
+    /// A GAEN RPI: in this 10-minute interval (± [`RPI_TOLERANCE_MICROS`]).
+    Interval(u32),
+}
+
 /// A canonical MAC (`AA:BB:CC:DD:EE:FF`) as an integer; `None` for anything else (an RPI).
 fn mac_bits(text: &str) -> Option<u64> {
     let bytes = text.as_bytes();
@@ -194,6 +241,7 @@ pub struct IndexReader {
     identifiers: Option<Arc<Identifiers>>,
     footers: Mutex<HashMap<Path, Footer>>,
     directory: tokio::sync::RwLock<Directory>,
+    rpis: tokio::sync::RwLock<Rpis>,
     rows: AtomicU64,
     bytes: Arc<AtomicU64>,
     scanned_days: AtomicU64,
@@ -267,6 +315,7 @@ impl IndexReader {
             identifiers,
             footers: Mutex::new(HashMap::new()),
             directory: tokio::sync::RwLock::default(),
+            rpis: tokio::sync::RwLock::default(),
             rows: AtomicU64::new(0),
             bytes: Arc::new(AtomicU64::new(0)),
             scanned_days: AtomicU64::new(0),
@@ -287,10 +336,19 @@ impl IndexReader {
     }
 
     /// Calls `heard` with each registered device a sighting of `observed` at `at` (µs) hears:
-    /// those registered with that MAC, or the device a rotating identifier stands for if it
-    /// is heard in its epoch. A replayed or unknown identifier hears no one, and is counted
-    /// if `count` (a sighting by a device the lookup is about).
-    fn for_each_heard(&self, directory: &Directory, observed: &str, at: i64, count: bool, mut heard: impl FnMut(u128)) {
+    /// those registered with that MAC, the device a rotating identifier stands for if it is
+    /// heard in its epoch, or the device whose GAEN key derives an RPI heard near its
+    /// interval. A replayed or unknown identifier hears no one, and is counted if `count` (a
+    /// sighting by a device the lookup is about).
+    fn for_each_heard(
+        &self,
+        directory: &Directory,
+        rpis: &Rpis,
+        observed: &str,
+        at: i64,
+        count: bool,
+        mut heard: impl FnMut(u128),
+    ) {
         if let Some(mac) = mac_bits(observed) {
             directory.devices_of(mac).for_each(heard);
             return;
@@ -300,15 +358,97 @@ impl IndexReader {
                 if let Some(&device) = directory.by_handle.get(&handle) {
                     heard(device);
                 }
+                return;
             }
-            Some(Heard::Replayed) if count => {
-                self.replayed.fetch_add(1, Ordering::Relaxed);
+            Some(Heard::Replayed) => {
+                if count {
+                    self.replayed.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
             }
-            Some(Heard::Unknown) if count => {
-                self.unknown.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
+            // No key of ours issued it: a GAEN RPI, maybe.
+            Some(Heard::Unknown) | None => {}
         }
+        let mut id = [0u8; 16];
+        if hex::decode_to_slice(observed, &mut id).is_err() {
+            return;
+        }
+        let refused = match rpis.by_rpi.get(&id) {
+            Some(devices) => {
+                let mut any = false;
+                for &(device, interval) in devices {
+                    if rpi_heard_in_time(interval, at) {
+                        heard(device);
+                        any = true;
+                    }
+                }
+                (!any).then_some(&self.replayed)
+            }
+            None => Some(&self.unknown),
+        };
+        if let Some(counter) = refused.filter(|_| count) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads the `exposure_keys` files not read yet (all of them again if one that was read
+    /// is gone: retention or compaction).
+    async fn refresh_rpis(&self) -> DfResult<()> {
+        let listed: Vec<ObjectMeta> = self
+            .store
+            .reader()
+            .list(Some(&Table::ExposureKeys.prefix(self.store.root())))
+            .try_filter(|meta| futures::future::ready(meta.location.as_ref().ends_with(".parquet")))
+            .try_collect()
+            .await?;
+        let names: HashSet<&Path> = listed.iter().map(|m| &m.location).collect();
+        {
+            let rpis = self.rpis.read().await;
+            if rpis.files.len() == names.len() && rpis.files.iter().all(|f| names.contains(f)) {
+                return Ok(());
+            }
+        }
+        let mut rpis = self.rpis.write().await;
+        if rpis.files.iter().any(|f| !names.contains(f)) {
+            *rpis = Rpis::default();
+        }
+        for meta in &listed {
+            if rpis.files.contains(&meta.location) {
+                continue;
+            }
+            let batches: Vec<RecordBatch> =
+                ParquetRecordBatchStreamBuilder::new(self.reader(&meta.location, meta.size))
+                    .await?
+                    .build()?
+                    .try_collect()
+                    .await?;
+            for batch in batches {
+                let schema = batch.schema();
+                let uuids = text_column(&batch, schema.index_of("device_uuid")?, &meta.location)?;
+                let teks = text_column(&batch, schema.index_of("tek")?, &meta.location)?;
+                let starts = time_column(&batch, schema.index_of("valid_from")?, &meta.location)?;
+                let periods = batch
+                    .column(schema.index_of("rolling_period")?)
+                    .as_primitive_opt::<arrow::datatypes::Int32Type>()
+                    .ok_or_else(|| {
+                        DataFusionError::Execution(format!("{}: rolling_period is not Int32", meta.location))
+                    })?;
+                for i in 0..batch.num_rows() {
+                    let mut tek = [0u8; 16];
+                    let Some(device) = device_bits(uuids.value(i)) else {
+                        continue;
+                    };
+                    if hex::decode_to_slice(teks.value(i), &mut tek).is_err() {
+                        continue;
+                    }
+                    let first = u32::try_from(starts.value(i).div_euclid(INTERVAL_MICROS)).unwrap_or(0);
+                    let period = u32::try_from(periods.value(i)).unwrap_or(0).min(144);
+                    rpis.insert(device, &tek, first, period);
+                }
+            }
+            rpis.files.insert(meta.location.clone());
+        }
+        Ok(())
     }
 
     fn reader(&self, location: &Path, size: u64) -> CountingReader {
@@ -462,6 +602,7 @@ impl IndexReader {
     async fn scan_day(&self, files: &DayFiles, devices: &[String], from: i64, to: i64) -> DfResult<Vec<Edge>> {
         self.scanned_days.fetch_add(1, Ordering::Relaxed);
         let directory = self.directory.read().await;
+        let rpis = self.rpis.read().await;
         let wanted: HashSet<u128> = devices.iter().filter_map(|d| device_bits(d)).collect();
         let mut edges = Vec::new();
         for (file, footer) in files {
@@ -481,7 +622,7 @@ impl IndexReader {
                     };
                     let mut devices = Vec::new();
                     let count = wanted.contains(&by);
-                    self.for_each_heard(&directory, observed.value(i), t, count, |d| devices.push(d));
+                    self.for_each_heard(&directory, &rpis, observed.value(i), t, count, |d| devices.push(d));
                     for heard in devices {
                         if heard == by {
                             continue;
@@ -622,29 +763,48 @@ impl EncounterLookup for IndexReader {
             return Ok(found);
         }
         self.refresh_directory().await?;
+        self.refresh_rpis().await?;
         let mut sorted = devices.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
         let devices: Arc<[String]> = sorted.into();
-        // What others hear of the devices: their MACs, and the rotating identifiers they
-        // may have broadcast in the window (with each one's epoch); the devices of each.
-        let mut broadcasts: HashMap<String, Vec<(String, Option<u32>)>> = HashMap::new();
+        // What others hear of the devices: their MACs, the rotating identifiers they may have
+        // broadcast in the window (with each one's epoch) and the RPIs of their GAEN keys
+        // (with each one's interval); the devices of each.
+        let mut broadcasts: HashMap<String, Vec<(String, Valid)>> = HashMap::new();
         {
             let directory = self.directory.read().await;
+            let rpis = self.rpis.read().await;
             for device in devices.iter() {
                 let Some(bits) = device_bits(device) else { continue };
                 if let Some(mac) = directory.mac_of.get(&bits) {
                     broadcasts
                         .entry(mac_text(*mac))
                         .or_default()
-                        .push((device.clone(), None));
+                        .push((device.clone(), Valid::Always));
                 }
                 if let Some(ids) = &self.identifiers
                     && directory.devices.contains(&bits)
                 {
                     let handle = crate::ephemeral::handle_of_bits(bits);
                     for (id, start) in ids.broadcast_between(handle, from, to) {
-                        broadcasts.entry(id).or_default().push((device.clone(), Some(start)));
+                        broadcasts
+                            .entry(id)
+                            .or_default()
+                            .push((device.clone(), Valid::Epoch(start)));
+                    }
+                }
+                for &(rpik, first, period) in rpis.keys_of.get(&bits).into_iter().flatten() {
+                    for interval in first..first.saturating_add(period) {
+                        let start = i64::from(interval) * INTERVAL_MICROS;
+                        if start + INTERVAL_MICROS + RPI_TOLERANCE_MICROS < from || start - RPI_TOLERANCE_MICROS > to {
+                            continue;
+                        }
+                        let rpi = hex::encode(proxima_udfs::gaen::rpi(&rpik, interval));
+                        broadcasts
+                            .entry(rpi)
+                            .or_default()
+                            .push((device.clone(), Valid::Interval(interval)));
                     }
                 }
             }
@@ -682,9 +842,10 @@ impl EncounterLookup for IndexReader {
         let heard_by = join(heard_by).await?;
         {
             let directory = self.directory.read().await;
+            let rpis = self.rpis.read().await;
             // What the devices heard.
             for (observer, observed, at) in heard {
-                self.for_each_heard(&directory, &observed, at, true, |device| {
+                self.for_each_heard(&directory, &rpis, &observed, at, true, |device| {
                     let device = device_text(device);
                     if device != observer {
                         found.edges.push(Edge {
@@ -697,12 +858,16 @@ impl EncounterLookup for IndexReader {
                 });
             }
         }
-        // Who heard the devices: by MAC at any time, by identifier in its epoch.
+        // Who heard the devices: by MAC at any time, by identifier in its epoch, by RPI near
+        // its interval.
         for (observed, observer, at) in heard_by {
-            for (device, epoch) in broadcasts.get(&observed).into_iter().flatten() {
-                if let (Some(start), Some(ids)) = (epoch, &self.identifiers)
-                    && !ids.in_epoch(*start, at)
-                {
+            for (device, valid) in broadcasts.get(&observed).into_iter().flatten() {
+                let in_time = match valid {
+                    Valid::Always => true,
+                    Valid::Epoch(start) => self.identifiers.as_ref().is_some_and(|ids| ids.in_epoch(*start, at)),
+                    Valid::Interval(interval) => rpi_heard_in_time(*interval, at),
+                };
+                if !in_time {
                     self.replayed.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }

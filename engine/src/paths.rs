@@ -9,6 +9,7 @@
 //! <root>/observed_index/day=2026-11-29/part-<uuid v7>.parquet    (derived, written with observations)
 //! <root>/{cases,alerts,temperature_readings}/day=…/part-<uuid v7>.parquet
 //! <root>/{revocations,device_credentials}/part-<uuid v7>.parquet
+//! <root>/exposure_keys/day=…/part-<uuid v7>.parquet               (GAEN keys, by the day they start)
 //! <root>/_staging/<transaction>/...      (invisible to SQL; see proxima-ingest)
 //! ```
 //!
@@ -47,11 +48,14 @@ pub enum Table {
     /// Idempotency keys of uploads, so that a retry after a crash is not stored twice.
     /// Partitioned by the day used; not visible to SQL.
     UploadKeys,
+    /// GAEN temporary exposure keys phones registered, partitioned by the day each starts:
+    /// what links a rolling proximity identifier heard to the device that broadcast it.
+    ExposureKeys,
 }
 
 impl Table {
     /// Every table, in catalog order.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Observations,
         Table::Devices,
         Table::ObservedIndex,
@@ -61,6 +65,7 @@ impl Table {
         Table::Revocations,
         Table::DeviceCredentials,
         Table::UploadKeys,
+        Table::ExposureKeys,
     ];
 
     /// The SQL name of the table, which is also its folder name.
@@ -75,6 +80,7 @@ impl Table {
             Table::Revocations => "revocations",
             Table::DeviceCredentials => "device_credentials",
             Table::UploadKeys => "upload_keys",
+            Table::ExposureKeys => "exposure_keys",
         }
     }
 
@@ -97,6 +103,7 @@ impl Table {
             Table::Alerts => Some("issued_at"),
             Table::TemperatureReadings => Some("measured_at"),
             Table::UploadKeys => Some("used_at"),
+            Table::ExposureKeys => Some("valid_from"),
             Table::Devices | Table::Revocations | Table::DeviceCredentials => None,
         }
     }
@@ -113,7 +120,8 @@ impl Table {
             | Table::TemperatureReadings
             | Table::Revocations
             | Table::DeviceCredentials
-            | Table::UploadKeys => &["device_uuid"],
+            | Table::UploadKeys
+            | Table::ExposureKeys => &["device_uuid"],
         }
     }
 
@@ -129,6 +137,7 @@ impl Table {
             Table::Revocations => schema::REVOCATIONS.clone(),
             Table::DeviceCredentials => schema::DEVICE_CREDENTIALS.clone(),
             Table::UploadKeys => schema::UPLOAD_KEYS.clone(),
+            Table::ExposureKeys => schema::EXPOSURE_KEYS.clone(),
         }
     }
 

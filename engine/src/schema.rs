@@ -112,6 +112,19 @@ pub static DEVICE_CREDENTIALS: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// Columns of `exposure_keys`: a GAEN temporary exposure key a device registered (32 hex
+/// digits), when its first interval starts (its rolling start interval number × 10
+/// minutes) and how many 10-minute intervals it covers.
+pub static EXPOSURE_KEYS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("device_uuid", DataType::Utf8, false),
+        Field::new("tek", DataType::Utf8, false),
+        Field::new("valid_from", timestamp_type(), false),
+        Field::new("rolling_period", DataType::Int32, false),
+        Field::new("uploaded_at", timestamp_type(), false),
+    ]))
+});
+
 /// Columns of `upload_keys` (not visible to SQL): an upload's idempotency key and its answer.
 pub static UPLOAD_KEYS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![

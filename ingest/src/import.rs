@@ -90,7 +90,8 @@ fn columns(table: Table) -> Vec<ColumnSpec> {
         | Table::TemperatureReadings
         | Table::Revocations
         | Table::DeviceCredentials
-        | Table::UploadKeys => vec![],
+        | Table::UploadKeys
+        | Table::ExposureKeys => vec![],
         Table::Devices => vec![
             column("device_uuid", Kind::DeviceUuid, false),
             column("mac", Kind::Mac, false),

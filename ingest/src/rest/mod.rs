@@ -17,6 +17,7 @@ pub mod cases;
 pub mod challenge;
 pub mod devices;
 pub mod error;
+pub mod exposure_keys;
 pub mod identifiers;
 pub mod limits;
 pub mod metrics;
@@ -311,6 +312,7 @@ impl RestService {
             .route("/v1/temperature", post(cases::temperature))
             .route("/v1/alerts", get(cases::alerts))
             .route("/v1/ephemeral-ids", get(identifiers::issue))
+            .route("/v1/exposure-keys", post(exposure_keys::register))
             .route("/v1/auth/token", post(staff::token))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
@@ -492,7 +494,7 @@ impl utoipa::Modify for SecuritySchemes {
         devices::register, devices::revoke, challenge::issue,
         observations::upload, observations::bulk,
         cases::report, cases::temperature, cases::alerts,
-        identifiers::issue,
+        identifiers::issue, exposure_keys::register,
         staff::token,
         healthz, readyz, metrics_text, openapi_json,
     ),
