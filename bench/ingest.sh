@@ -49,7 +49,7 @@ if [ "${KEEP_DEVICES:-0}" != 1 ] || [ ! -s "$WORK/tokens.txt" ]; then
 fi
 [ -s "$WORK/audit.key" ] || "$PROXIMA_BIN" audit key --out "$WORK/audit.key" >/dev/null
 "$PROXIMA_BIN" --data "$WORK/store" serve --users "$WORK/users.toml" --audit-key "$WORK/audit.key" \
-    --http "127.0.0.1:$PORT" --flight 127.0.0.1:0 --device-rate "$DEVICE_RATE" --registration-rate 0 --registration-work 0 > "$WORK/serve.log" 2>&1 &
+    --http "127.0.0.1:$PORT" --flight 127.0.0.1:0 --device-rate "$DEVICE_RATE" --registration-rate 0 --registration-work 0 --accept-mac > "$WORK/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do

@@ -56,7 +56,7 @@ done
 rm -rf "$WORK/wal"
 [ -s "$WORK/audit.key" ] || $PROXIMA_BIN audit key --out "$WORK/audit.key" >/dev/null
 $PROXIMA serve --users "$WORK/users.toml" --audit-key "$WORK/audit.key" --http "127.0.0.1:$PORT" --flight "127.0.0.1:$FLIGHT_PORT" \
-    --wal-dir "$WORK/wal" --device-rate 0 --registration-rate 0 --registration-work 0 --flush-interval 10s > "$WORK/serve.log" 2>&1 &
+    --wal-dir "$WORK/wal" --device-rate 0 --registration-rate 0 --registration-work 0 --accept-mac --flush-interval 10s > "$WORK/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true' EXIT
 for _ in $(seq 600); do

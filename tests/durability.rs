@@ -46,8 +46,8 @@ fn serve(store: &std::path::Path) -> Serve {
             "--flush-interval",
             "1s",
         ])
-        // What is tested is durability: no proof of work at registration.
-        .args(["--device-rate", "0", "--registration-work", "0"])
+        // What is tested is durability: no proof of work at registration; phones of MACs.
+        .args(["--device-rate", "0", "--registration-work", "0", "--accept-mac"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

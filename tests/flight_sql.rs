@@ -695,7 +695,7 @@ async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
     let local = Command::new(BIN)
         .args(["--data", fixture.store().to_str().unwrap()])
         .args(job_args)
-        .args(["--audit-dir", fixture.dir.path().join("audit-local").to_str().unwrap()])
+        .args(["--audit-dir", &local_audit_dir(fixture)])
         .output()
         .unwrap();
     assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
@@ -764,7 +764,7 @@ async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
     let local = Command::new(BIN)
         .args(["--data", fixture.store().to_str().unwrap()])
         .args(trace_args)
-        .args(["--audit-dir", fixture.dir.path().join("audit-local").to_str().unwrap()])
+        .args(["--audit-dir", &local_audit_dir(fixture)])
         .output()
         .unwrap();
     assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
@@ -874,13 +874,20 @@ async fn sql_connect_runs_a_job_as_a_user_through_the_server() {
     assert!(traces.iter().any(|r| r["purpose"] == purpose.as_str()), "{traces:?}");
 }
 
+/// A fresh audit folder for one local `proxima sql` run: tests share the fixture and run at
+/// once, and an audit log is open to one process at a time.
+fn local_audit_dir(fixture: &Fixture) -> String {
+    let dir = fixture.dir.path().join(format!("audit-local-{}", uuid::Uuid::new_v4()));
+    dir.to_str().unwrap().to_string()
+}
+
 /// Runs `sql` on the fixture's files with the local CLI (a full session) and returns the
 /// CSV lines after the header.
 fn local_csv(fixture: &Fixture, sql: &str) -> Vec<String> {
     let out = Command::new(BIN)
         .args(["--data", fixture.store().to_str().unwrap()])
         .args(["sql", "--format", "csv", "-c", sql])
-        .args(["--audit-dir", fixture.dir.path().join("audit-local").to_str().unwrap()])
+        .args(["--audit-dir", &local_audit_dir(fixture)])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

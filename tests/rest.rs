@@ -213,6 +213,15 @@ impl Api {
     }
 }
 
+/// The REST options of a server that takes static MACs (`--accept-mac`), as most tests here
+/// register and hear devices by MAC.
+fn legacy() -> RestOptions {
+    RestOptions {
+        accept_mac: true,
+        ..RestOptions::default()
+    }
+}
+
 async fn json_of(response: reqwest::Response) -> Value {
     let text = response.text().await.unwrap();
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
@@ -246,7 +255,7 @@ async fn devices_uploads_and_every_refusal() {
     let api = Api::start(RestOptions {
         max_batch: 50,
         device_rate_per_minute: 60,
-        ..RestOptions::default()
+        ..legacy()
     })
     .await;
     let now = api.now();
@@ -679,7 +688,7 @@ async fn devices_uploads_and_every_refusal() {
 
 #[tokio::test]
 async fn alert_lifecycle_from_case_to_expiry() {
-    let api = Api::start(RestOptions::default()).await;
+    let api = Api::start(legacy()).await;
     let now = api.now();
     let case = api.register("CA:5E:00:00:00:01").await;
     let near = api.register("CA:5E:00:00:00:02").await; // met the case 3 hours ago: high
@@ -796,7 +805,7 @@ async fn alert_lifecycle_from_case_to_expiry() {
 
 #[tokio::test]
 async fn a_fever_reading_opens_a_suspected_case() {
-    let api = Api::start(RestOptions::default()).await;
+    let api = Api::start(legacy()).await;
     let now = api.now();
     let patient = api.register("FE:00:00:00:00:01").await;
     let contact = api.register("FE:00:00:00:00:02").await;
@@ -849,7 +858,7 @@ async fn a_fever_reading_opens_a_suspected_case() {
 async fn registrations_never_leave_a_day_uncovered() {
     use proxima_udfs::trace::EncounterLookup;
 
-    let api = Api::start(RestOptions::default()).await;
+    let api = Api::start(legacy()).await;
     let now = api.now();
     let phone = api.register("1C:00:00:00:00:01").await;
     // Sightings over three days of a MAC nobody has registered yet.
@@ -898,7 +907,7 @@ async fn phones_fetch_rotating_identifiers_only_the_key_links() {
     let keys = IdKeys::generate(Utc::now());
     let identifiers = Identifiers::new(keys.clone(), std::time::Duration::from_secs(900), DEFAULT_TOLERANCE);
     let api = Api::start_with(
-        RestOptions::default(),
+        legacy(),
         SessionOptions {
             identifiers: Some(Arc::new(identifiers)),
             ..SessionOptions::default()
@@ -962,7 +971,7 @@ async fn phones_fetch_rotating_identifiers_only_the_key_links() {
     }
 
     // A server without identifier keys issues none, and says why.
-    let plain = Api::start(RestOptions::default()).await;
+    let plain = Api::start(legacy()).await;
     let other = plain.register("AA:00:00:00:00:E2").await;
     let response = plain
         .http
@@ -982,11 +991,16 @@ async fn api_with_identifiers() -> Api {
 
 /// A server with identifier keys and, if `require_mutual`, only mutual encounters.
 async fn api_with_identifiers_and(require_mutual: bool) -> Api {
+    api_with_identifiers_and_options(require_mutual, legacy()).await
+}
+
+/// A server with identifier keys, `options` and, if `require_mutual`, only mutual encounters.
+async fn api_with_identifiers_and_options(require_mutual: bool, options: RestOptions) -> Api {
     use proxima_engine::ephemeral::{DEFAULT_TOLERANCE, IdKeys, Identifiers};
     let keys = IdKeys::generate(Utc::now());
     let identifiers = Identifiers::new(keys, std::time::Duration::from_secs(900), DEFAULT_TOLERANCE);
     Api::start_with(
-        RestOptions::default(),
+        options,
         SessionOptions {
             identifiers: Some(Arc::new(identifiers)),
             require_mutual,
@@ -1158,13 +1172,53 @@ async fn sightings_of_rotating_identifiers_count_only_in_their_epoch() {
     assert!(gauge("replayed") >= 1 && gauge("unknown") >= 1, "{metrics}");
 }
 
+/// A server started without `--accept-mac` (the default) takes no static MAC: not in a
+/// registration, not as what a phone heard; phones register without one and broadcast
+/// rotating identifiers, which count as encounters.
+#[tokio::test]
+async fn static_macs_are_refused_unless_accepted() {
+    let api = api_with_identifiers_and_options(false, RestOptions::default()).await;
+    let key = hex::encode(new_key().verifying_key().as_bytes());
+    let (s, body) = api
+        .post_json(
+            "/v1/devices",
+            &json!({"mac": "7A:00:00:00:00:01", "revocation_key": key}),
+            None,
+        )
+        .await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "--accept-mac");
+    let register = || async {
+        let key = new_key();
+        let body = json!({"revocation_key": hex::encode(key.verifying_key().as_bytes())});
+        let (s, body) = api.post_json("/v1/devices", &body, None).await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        Device {
+            uuid: body["device_uuid"].as_str().unwrap().to_string(),
+            token: body["upload_token"].as_str().unwrap().to_string(),
+            mac: String::new(),
+            key,
+        }
+    };
+    let (a, b) = (register().await, register().await);
+    let (s, body) = api
+        .upload(&a, &json!([sighting("7A:00:00:00:00:02", api.now(), 60)]))
+        .await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "observations[0].observed");
+    let b_id = identifiers_of(&api, &b, 1).await[0].0.clone();
+    let (s, body) = api.upload(&a, &json!([sighting(&b_id, api.now(), 60)])).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(api.report_case(&a).await["alerts"]["high"], 1);
+    assert_eq!(api.alert_count(&b).await, 1);
+    assert_eq!(api.count("SELECT count(*) FROM devices WHERE mac IS NULL").await, 2);
+}
+
 /// A GAEN phone registers its temporary exposure key; a sighting of one of the key's RPIs
 /// near its interval is an encounter (the key's owner is alerted when the hearer is a
 /// case); one far from it, or of a key nobody registered, is none.
 #[tokio::test]
 async fn rpis_of_registered_exposure_keys_are_encounters() {
     use proxima_udfs::gaen::{rpi, rpik};
-    let api = Api::start(RestOptions::default()).await;
+    let api = Api::start(legacy()).await;
     let case = api.register("6E:00:00:00:00:01").await;
     let gaen = api.register("6E:00:00:00:00:02").await;
     let stranger = api.register("6E:00:00:00:00:03").await;
@@ -1258,7 +1312,7 @@ async fn registration_costs_a_proof_of_work() {
     use proxima_ingest::rest::challenge::{leading_zero_bits, solve};
     let api = Api::start(RestOptions {
         registration_work: 12,
-        ..RestOptions::default()
+        ..legacy()
     })
     .await;
     let challenge = || async {
@@ -1332,7 +1386,7 @@ async fn registration_costs_a_proof_of_work() {
 async fn one_address_cannot_mint_devices_at_will() {
     let api = Api::start(RestOptions {
         registration_rate_per_minute: 3,
-        ..RestOptions::default()
+        ..legacy()
     })
     .await;
     let first = api.register("AA:00:00:00:00:F1").await;

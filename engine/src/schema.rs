@@ -37,7 +37,8 @@ pub static OBSERVATIONS_FILE: LazyLock<SchemaRef> = LazyLock::new(|| {
 pub static DEVICES: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("device_uuid", DataType::Utf8, false),
-        Field::new("mac", DataType::Utf8, false),
+        // Null for a phone that broadcasts only rotating identifiers or GAEN RPIs.
+        Field::new("mac", DataType::Utf8, true),
         Field::new("registered_at", timestamp_type(), false),
     ]))
 });

@@ -38,7 +38,8 @@ enum PhoneCommand {
     /// Make the owner's key, solve the server's proof-of-work challenge, register, and
     /// write the state file (which must not exist).
     Register {
-        /// The MAC to register (default: a random locally administered one).
+        /// A static MAC to register, for a legacy phone (the server must take them:
+        /// --accept-mac). Default: none; the phone broadcasts rotating identifiers.
         #[arg(long)]
         mac: Option<String>,
     },
@@ -78,7 +79,8 @@ struct State {
     api: String,
     device_uuid: String,
     upload_token: String,
-    mac: String,
+    #[serde(default)]
+    mac: Option<String>,
     /// The owner's Ed25519 private key (its 32-byte seed, hex).
     owner_key: String,
     #[serde(default)]
@@ -185,13 +187,6 @@ impl Api {
     }
 }
 
-/// A random locally administered, unicast MAC.
-fn random_mac() -> String {
-    let mut bytes: [u8; 6] = rand::random();
-    bytes[0] = (bytes[0] & 0xfc) | 0x02;
-    bytes.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
-}
-
 /// Runs `proxima phone`.
 pub async fn run(args: PhoneArgs) -> Result<(), CliError> {
     if let PhoneCommand::Register { mac } = &args.what {
@@ -291,12 +286,14 @@ async fn register(args: &PhoneArgs, mac: Option<String>) -> Result<(), CliError>
     let base = args.api.clone().unwrap_or_else(|| "http://127.0.0.1:8080".to_string());
     let api = Api::new(&base);
     let key = SigningKey::from_bytes(&rand::random());
-    let mac = mac.unwrap_or_else(random_mac);
     let challenge = api
         .call(reqwest::Method::GET, "/v1/devices/challenge", None, None)
         .await?;
     let difficulty = challenge["difficulty"].as_u64().unwrap_or(0);
-    let mut body = json!({"mac": mac, "revocation_key": hex::encode(key.verifying_key().as_bytes())});
+    let mut body = json!({"revocation_key": hex::encode(key.verifying_key().as_bytes())});
+    if let Some(mac) = &mac {
+        body["mac"] = json!(mac);
+    }
     if difficulty > 0 {
         let text = challenge["challenge"]
             .as_str()

@@ -115,6 +115,12 @@ pub struct ServeArgs {
     /// a key file is made beside the store.
     #[command(flatten)]
     identifiers: super::id_key::IdentifierArgs,
+    /// Let phones register and report static MACs (legacy phones; on with --demo). Off,
+    /// phones broadcast rotating identifiers (GET /v1/ephemeral-ids) or GAEN RPIs, and a
+    /// MAC in a registration or an upload is refused: a static MAC lets anyone with a
+    /// scanner follow a phone, and lets whoever registers a sniffed MAC take its alerts.
+    #[arg(long, env = "PROXIMA_ACCEPT_MAC")]
+    accept_mac: bool,
     /// Count an encounter in traces and alerts only when both devices reported each other
     /// within proxima.trace.mutual_window (5 minutes): a phone that uploads one-sided,
     /// made-up sightings alerts no one. Sessions start with proxima.trace.require_mutual on.
@@ -357,6 +363,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
                     device_rate_per_minute: args.device_rate,
                     registration_rate_per_minute: args.registration_rate,
                     registration_work: args.registration_work,
+                    accept_mac: args.accept_mac || args.demo,
                     token_ttl: args.token_ttl,
                     ..RestOptions::default()
                 },

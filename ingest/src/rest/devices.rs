@@ -37,9 +37,12 @@ pub const REVOCATION_SKEW: chrono::Duration = chrono::Duration::minutes(5);
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterDevice {
-    /// The device's Bluetooth MAC, `AA:BB:CC:DD:EE:FF`.
+    /// The device's static Bluetooth MAC, `AA:BB:CC:DD:EE:FF`: only for legacy phones, on a
+    /// server started with `--accept-mac` (a phone that broadcasts rotating identifiers or
+    /// GAEN RPIs sends none).
     #[schema(example = "AA:BB:CC:DD:EE:FF")]
-    pub mac: String,
+    #[serde(default)]
+    pub mac: Option<String>,
     /// The owner's Ed25519 public key (64 hex digits), whose private key signs the device's
     /// revocation. The server keeps only this key.
     #[schema(example = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")]
@@ -133,8 +136,10 @@ impl Registry {
             let uuids = batch.column(0).as_string::<i32>();
             let macs = batch.column(1).as_string::<i32>();
             for (uuid, mac) in uuids.iter().zip(macs.iter()) {
-                let (Some(uuid), Some(mac)) = (uuid, mac) else { continue };
-                devices.by_mac.insert(mac.to_string(), uuid.to_string());
+                let Some(uuid) = uuid else { continue };
+                if let Some(mac) = mac {
+                    devices.by_mac.insert(mac.to_string(), uuid.to_string());
+                }
                 devices.handles.extend(proxima_engine::ephemeral::handle_of(uuid));
                 devices.devices.entry(uuid.to_string()).or_insert(Device {
                     revocation_key: None,
@@ -268,7 +273,17 @@ pub async fn register(
     require_json(&headers)?;
     let bytes = read_limited(&headers, body, state.options.max_body).await?;
     let request: RegisterDevice = typed(parse_json(&bytes)?, "body")?;
-    let mac = ids::mac(&request.mac).map_err(|e| ApiError::invalid(format!("body.mac: {e}")))?;
+    let mac = match &request.mac {
+        None => None,
+        Some(_) if !state.options.accept_mac => {
+            return Err(ApiError::invalid(
+                "body.mac: this server takes no static MACs (anyone can follow and forge one): broadcast rotating \
+                 identifiers (GET /v1/ephemeral-ids) or GAEN RPIs, and register without a MAC; legacy phones need a \
+                 server started with --accept-mac",
+            ));
+        }
+        Some(mac) => Some(ids::mac(mac).map_err(|e| ApiError::invalid(format!("body.mac: {e}")))?),
+    };
     let key =
         parse_key(&request.revocation_key).map_err(|why| ApiError::invalid(format!("body.revocation_key: {why}")))?;
     // Before the MAC is looked up, so that even learning that a MAC is taken costs the work.
@@ -277,17 +292,21 @@ pub async fn register(
         request.nonce.as_deref(),
         state.clock.now(),
     )?;
-    {
+    if let Some(mac) = &mac {
         let mut devices = state.registry.write();
-        if devices.by_mac.contains_key(&mac) || !devices.reserved.insert(mac.clone()) {
+        if devices.by_mac.contains_key(mac) || !devices.reserved.insert(mac.clone()) {
             return Err(ApiError::conflict(format!("body.mac: {mac} is already registered")));
         }
     }
-    let result = write_registration(&state, &mac, &key).await;
+    let result = write_registration(&state, mac.as_deref(), &key).await;
     let mut devices = state.registry.write();
-    devices.reserved.remove(&mac);
+    if let Some(mac) = &mac {
+        devices.reserved.remove(mac);
+    }
     let (uuid, token) = result?;
-    devices.by_mac.insert(mac, uuid.clone());
+    if let Some(mac) = mac {
+        devices.by_mac.insert(mac, uuid.clone());
+    }
     devices.by_token.insert(token_digest(&token), uuid.clone());
     devices.devices.insert(
         uuid.clone(),
@@ -307,13 +326,14 @@ pub async fn register(
 
 async fn write_registration(
     state: &AppState,
-    mac: &str,
+    mac: Option<&str>,
     key: &ed25519_dalek::VerifyingKey,
 ) -> ApiResult<(String, String)> {
     let uuid = state.registry.new_device_uuid();
     let token = random_token();
     let now = state.clock.now();
-    let device = RecordBatch::try_new(schema::DEVICES.clone(), vec![text(&uuid), text(mac), timestamp(now)])
+    let mac = Arc::new(StringArray::from(vec![mac]));
+    let device = RecordBatch::try_new(schema::DEVICES.clone(), vec![text(&uuid), mac, timestamp(now)])
         .map_err(|e| ApiError::internal("building the device row failed", e))?;
     let credentials = RecordBatch::try_new(
         schema::DEVICE_CREDENTIALS.clone(),

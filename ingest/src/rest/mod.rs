@@ -82,6 +82,9 @@ pub struct RestOptions {
     pub token_ttl: Duration,
     /// The proof of work a registration must carry, in bits (0: none; see `challenge`).
     pub registration_work: u8,
+    /// Whether phones may register and report static MACs (`--accept-mac`: legacy phones;
+    /// off, only rotating identifiers and GAEN RPIs).
+    pub accept_mac: bool,
 }
 
 impl Default for RestOptions {
@@ -99,6 +102,7 @@ impl Default for RestOptions {
             future_tolerance: chrono::Duration::minutes(5),
             token_ttl: Duration::from_secs(3600),
             registration_work: 0,
+            accept_mac: false,
         }
     }
 }

@@ -118,6 +118,8 @@ struct Rows {
 struct Window {
     earliest: DateTime<Utc>,
     latest: DateTime<Utc>,
+    /// Whether a static MAC may be what was heard (`--accept-mac`: legacy phones).
+    accept_mac: bool,
 }
 
 impl Window {
@@ -127,6 +129,7 @@ impl Window {
         Self {
             earliest: first_kept.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc(),
             latest: now + state.options.future_tolerance,
+            accept_mac: state.options.accept_mac,
         }
     }
 }
@@ -146,6 +149,12 @@ impl Rows {
         location: Option<&str>,
     ) -> ApiResult<()> {
         let observed = ids::observed(observed).map_err(|e| ApiError::invalid(format!("{place}.observed: {e}")))?;
+        if !window.accept_mac && ids::mac(&observed).is_ok() {
+            return Err(ApiError::invalid(format!(
+                "{place}.observed: {observed} is a static MAC, which anyone can follow and forge; this server takes \
+                 rotating identifiers only (GET /v1/ephemeral-ids, or GAEN RPIs), unless started with --accept-mac"
+            )));
+        }
         if observed_at > window.latest {
             return Err(ApiError::invalid(format!(
                 "{place}.observed_at: {} is in the future (more than 5 minutes ahead of the server)",
