@@ -71,6 +71,7 @@ impl Fixture {
             let store = proxima_engine::Store::local(&store_dir).unwrap();
             let writer = proxima_storage::PartitionWriter::new(store.clone(), "test");
             let spec = proxima_ingest::synthetic::PopulationSpec {
+                broadcast: Default::default(),
                 devices: 2000,
                 days: 3,
                 contacts_per_day: 10,

@@ -32,6 +32,7 @@ async fn population(store: &Store, days: u32) -> (PartitionWriter, SessionFactor
     let writer = PartitionWriter::new(store.clone(), "test");
     let today = proxima_engine::store::today_utc();
     let spec = PopulationSpec {
+        broadcast: Default::default(),
         devices: 300,
         days,
         contacts_per_day: 5,

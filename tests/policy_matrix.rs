@@ -91,6 +91,7 @@ async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
     let store = Store::local(&dir.path().join("store")).unwrap();
     let writer = proxima_storage::PartitionWriter::new(store.clone(), "test");
     let spec = proxima_ingest::synthetic::PopulationSpec {
+        broadcast: Default::default(),
         devices: 200,
         days: 2,
         contacts_per_day: 5,

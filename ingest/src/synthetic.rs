@@ -8,6 +8,13 @@
 //! MACs. Durations and signal strengths follow the setting: long and strong
 //! at home, medium at work, short and weak in transit. The same seed and
 //! start day give the same population, byte for byte, whatever the thread count.
+//!
+//! What a phone broadcasts, and so what others record hearing, follows
+//! [`Broadcast`]: a static MAC, the server's rotating identifier of the sighting's
+//! epoch (sealed with the server's keys, as `GET /v1/ephemeral-ids` would have issued
+//! it), or the GAEN RPI of the sighting's 10-minute interval under the phone's key of
+//! the day (each key written to `exposure_keys`, as `POST /v1/exposure-keys` would),
+//! or a mix. Only the encoding differs: the same seed gives the same encounters.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,6 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow::array::{ArrayRef, Int16Array, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use chrono::{Datelike, Days, NaiveDate, Weekday};
+use proxima_engine::ephemeral::Identifiers;
 use proxima_engine::{Store, Table, ids};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -29,9 +37,33 @@ const SECONDS_PER_DAY: i64 = 86_400;
 /// Rows per record batch handed to the Parquet writer.
 const BATCH_ROWS: usize = 256 * 1024;
 
+/// What phones broadcast.
+#[derive(Debug, Clone, Default)]
+pub enum Broadcast {
+    /// A static MAC each (registered in `devices`).
+    #[default]
+    Mac,
+    /// The server's rotating identifiers, sealed with these keys (no MAC registered).
+    Ephemeral(Arc<Identifiers>),
+    /// GAEN RPIs of a key a day, registered in `exposure_keys` (no MAC registered).
+    Rpi,
+    /// Each of the three, by device: MAC, identifier, RPI, MAC, …
+    Mixed(Arc<Identifiers>),
+}
+
+/// How one device broadcasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Model {
+    Mac,
+    Ephemeral,
+    Rpi,
+}
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct PopulationSpec {
+    /// What phones broadcast.
+    pub broadcast: Broadcast,
     /// Number of devices.
     pub devices: u32,
     /// Number of days.
@@ -81,6 +113,11 @@ impl PopulationSpec {
 struct Population {
     uuids: Vec<String>,
     macs: Vec<String>,
+    /// How each device broadcasts.
+    models: Vec<Model>,
+    /// The keys rotating identifiers are sealed with (for [`Model::Ephemeral`]).
+    identifiers: Option<Arc<Identifiers>>,
+    seed: u64,
     /// tx_power each phone model advertises (None: the model does not say).
     tx_power: Vec<Option<i16>>,
     households: Vec<Vec<u32>>,
@@ -115,7 +152,7 @@ pub async fn generate(
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .min(spec.days as usize);
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<(u32, Vec<RecordBatch>)>(threads);
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<(u32, DayRows)>(threads);
     let next_day = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..threads {
@@ -143,12 +180,19 @@ pub async fn generate(
     let mut observations = 0u64;
     let mut write_next = 0u32;
     let mut write_result = Ok(());
-    while let Some((day, batches)) = receiver.recv().await {
-        pending.insert(day, batches);
-        while let Some(batches) = pending.remove(&write_next) {
+    while let Some((day, rows)) = receiver.recv().await {
+        pending.insert(day, rows);
+        while let Some(rows) = pending.remove(&write_next) {
             let date = spec.start + Days::new(u64::from(write_next));
-            observations += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-            write_result = transaction.write_file(Table::Observations, Some(date), &batches).await;
+            observations += rows.observations.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+            write_result = transaction
+                .write_file(Table::Observations, Some(date), &rows.observations)
+                .await;
+            if write_result.is_ok()
+                && let Some(keys) = rows.exposure_keys
+            {
+                write_result = transaction.write_file(Table::ExposureKeys, Some(date), &[keys]).await;
+            }
             if write_result.is_err() {
                 break;
             }
@@ -230,6 +274,17 @@ fn build_population(spec: &PopulationSpec) -> Population {
         .collect();
     const MODELS: [Option<i16>; 6] = [Some(-8), Some(-4), Some(0), Some(4), Some(8), None];
     let tx_power = (0..n).map(|_| MODELS[rng.random_range(0..MODELS.len())]).collect();
+    let (models, identifiers) = match &spec.broadcast {
+        Broadcast::Mac => (vec![Model::Mac; n], None),
+        Broadcast::Ephemeral(ids) => (vec![Model::Ephemeral; n], Some(Arc::clone(ids))),
+        Broadcast::Rpi => (vec![Model::Rpi; n], None),
+        Broadcast::Mixed(ids) => (
+            (0..n)
+                .map(|i| [Model::Mac, Model::Ephemeral, Model::Rpi][i % 3])
+                .collect(),
+            Some(Arc::clone(ids)),
+        ),
+    };
 
     let mut order: Vec<u32> = (0..spec.devices).collect();
     order.shuffle(&mut rng);
@@ -266,6 +321,9 @@ fn build_population(spec: &PopulationSpec) -> Population {
     Population {
         uuids,
         macs,
+        models,
+        identifiers,
+        seed: spec.seed,
         tx_power,
         households,
         household_home,
@@ -366,7 +424,27 @@ const TRANSIT: Setting = Setting {
     rssi: (-95, -65),
 };
 
-fn day_batches(population: &Population, spec: &PopulationSpec, day: u32) -> Result<Vec<RecordBatch>> {
+/// One day's rows: its observations, and the GAEN keys phones registered for it.
+#[derive(Debug, PartialEq)]
+struct DayRows {
+    observations: Vec<RecordBatch>,
+    exposure_keys: Option<RecordBatch>,
+}
+
+/// The temporary exposure key of device `device` on day `day` of the run: derived from the
+/// seed, so that the same seed gives the same keys.
+fn tek(seed: u64, device: u32, day: u32) -> [u8; 16] {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(b"proxima synthetic TEK");
+    hasher.update(seed.to_be_bytes());
+    hasher.update(device.to_be_bytes());
+    hasher.update(day.to_be_bytes());
+    let digest = hasher.finalize();
+    digest[..16].try_into().expect("SHA-256 has 32 bytes")
+}
+
+fn day_batches(population: &Population, spec: &PopulationSpec, day: u32) -> Result<DayRows> {
     let mut rng = rng_for(spec.seed, 1 + u64::from(day));
     let date = spec.start + Days::new(u64::from(day));
     let midnight = date
@@ -453,10 +531,56 @@ fn day_batches(population: &Population, spec: &PopulationSpec, day: u32) -> Resu
     sightings.sort_unstable_by_key(|s| (s.observer, s.at_s, s.observed));
     // Times must stay within the day, or the row would belong to another partition.
     let last_second = midnight + SECONDS_PER_DAY - 1;
-    sightings
+    // Today's key of each GAEN phone (the day's first interval on, 144 intervals).
+    let rpi_devices: Vec<u32> = (0..n)
+        .filter(|&d| population.models[d as usize] == Model::Rpi)
+        .collect();
+    let mut rpiks = vec![None; n as usize];
+    let mut teks = Vec::with_capacity(rpi_devices.len());
+    for &d in &rpi_devices {
+        let key = tek(population.seed, d, day);
+        rpiks[d as usize] = Some(proxima_udfs::gaen::rpik(&key));
+        teks.push(hex::encode(key));
+    }
+    let exposure_keys = (!rpi_devices.is_empty())
+        .then(|| exposure_keys_batch(population, &rpi_devices, teks, midnight))
+        .transpose()?;
+    let observations = sightings
         .chunks(BATCH_ROWS)
-        .map(|chunk| sightings_batch(population, chunk, last_second))
-        .collect()
+        .map(|chunk| {
+            sightings_batch(
+                population,
+                chunk,
+                last_second,
+                &rpiks,
+                matches!(spec.broadcast, Broadcast::Mac),
+            )
+        })
+        .collect::<Result<_>>()?;
+    Ok(DayRows {
+        observations,
+        exposure_keys,
+    })
+}
+
+fn exposure_keys_batch(
+    population: &Population,
+    devices: &[u32],
+    teks: Vec<String>,
+    midnight: i64,
+) -> Result<RecordBatch> {
+    let n = devices.len();
+    let micros = midnight * MICROS_PER_SECOND;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            devices.iter().map(|&d| population.uuids[d as usize].as_str()),
+        )),
+        Arc::new(StringArray::from(teks)),
+        Arc::new(TimestampMicrosecondArray::from(vec![micros; n]).with_timezone("UTC")),
+        Arc::new(Int32Array::from(vec![144; n])),
+        Arc::new(TimestampMicrosecondArray::from(vec![micros; n]).with_timezone("UTC")),
+    ];
+    Ok(RecordBatch::try_new(Table::ExposureKeys.file_schema(), columns)?)
 }
 
 /// A count with mean `mean`: its integer part plus one with the fractional part's probability.
@@ -465,7 +589,38 @@ fn draw_count(rng: &mut ChaCha8Rng, mean: f64) -> u32 {
     whole as u32 + u32::from(rng.random_bool((mean - whole).clamp(0.0, 1.0)))
 }
 
-fn sightings_batch(population: &Population, chunk: &[Sighting], last_second: i64) -> Result<RecordBatch> {
+/// What a phone that heard device `device` at `at_s` (unix seconds) recorded.
+fn broadcast_of(population: &Population, device: u32, at_s: i64, rpiks: &[Option<[u8; 16]>]) -> String {
+    let d = device as usize;
+    match population.models[d] {
+        Model::Mac => population.macs[d].clone(),
+        Model::Ephemeral => {
+            let ids = population
+                .identifiers
+                .as_ref()
+                .expect("identifier keys come with the model");
+            let at = chrono::DateTime::from_timestamp(at_s, 0).unwrap_or_default();
+            let handle = proxima_engine::ephemeral::handle_of(&population.uuids[d]).unwrap_or(0);
+            let id = ids
+                .keys()
+                .issue(handle, proxima_engine::ephemeral::epoch_start(at, ids.epoch()));
+            proxima_engine::ephemeral::hex(&id)
+        }
+        Model::Rpi => {
+            let rpik = rpiks[d].expect("every GAEN phone has a key of the day");
+            let interval = u32::try_from(at_s.div_euclid(600)).unwrap_or(0);
+            hex::encode(proxima_udfs::gaen::rpi(&rpik, interval))
+        }
+    }
+}
+
+fn sightings_batch(
+    population: &Population,
+    chunk: &[Sighting],
+    last_second: i64,
+    rpiks: &[Option<[u8; 16]>],
+    macs_only: bool,
+) -> Result<RecordBatch> {
     let observer: StringArray = chunk
         .iter()
         .map(|s| Some(population.uuids[s.observer as usize].as_str()))
@@ -474,8 +629,8 @@ fn sightings_batch(population: &Population, chunk: &[Sighting], last_second: i64
         .iter()
         .map(|s| {
             Some(if s.observed & UNKNOWN == 0 {
-                population.macs[s.observed as usize].clone()
-            } else {
+                broadcast_of(population, s.observed, s.at_s.min(last_second), rpiks)
+            } else if macs_only {
                 let v = s.observed & !UNKNOWN;
                 format!(
                     "02:00:{:02X}:{:02X}:{:02X}:{:02X}",
@@ -483,6 +638,12 @@ fn sightings_batch(population: &Population, chunk: &[Sighting], last_second: i64
                     (v >> 16) & 0xff,
                     (v >> 8) & 0xff,
                     v & 0xff
+                )
+            } else {
+                // Another app's identifier: 16 bytes no key of ours derives.
+                format!(
+                    "{:032x}",
+                    u128::from(s.observed & !UNKNOWN).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
                 )
             })
         })
@@ -511,7 +672,13 @@ fn sightings_batch(population: &Population, chunk: &[Sighting], last_second: i64
 
 fn devices_batch(population: &Population) -> Result<RecordBatch> {
     let uuids: StringArray = population.uuids.iter().map(|u| Some(u.as_str())).collect();
-    let macs: StringArray = population.macs.iter().map(|m| Some(m.as_str())).collect();
+    // Phones that broadcast identifiers or RPIs register no MAC.
+    let macs: StringArray = population
+        .macs
+        .iter()
+        .zip(&population.models)
+        .map(|(m, model)| (*model == Model::Mac).then_some(m.as_str()))
+        .collect();
     let registered =
         TimestampMicrosecondArray::from_iter_values(population.uuids.iter().map(|_| population.registered_at))
             .with_timezone("UTC");
@@ -532,6 +699,7 @@ mod tests {
     #[test]
     fn same_seed_same_population() {
         let spec = PopulationSpec {
+            broadcast: Default::default(),
             devices: 200,
             days: 2,
             contacts_per_day: 10,
@@ -545,11 +713,71 @@ mod tests {
         let day_a = day_batches(&a, &spec, 1).unwrap();
         let day_b = day_batches(&b, &spec, 1).unwrap();
         assert_eq!(day_a, day_b);
-        let rows: usize = day_a.iter().map(|b| b.num_rows()).sum();
+        let rows: usize = day_a.observations.iter().map(|b| b.num_rows()).sum();
         // About devices × contacts_per_day sightings a day (Monday: work too).
         assert!((1_400..=2_600).contains(&rows), "{rows} sightings");
         for uuid in &a.uuids {
             ids::device_uuid(uuid).unwrap();
         }
+    }
+
+    /// The encoding of what phones broadcast changes nothing else: the same seed gives the
+    /// same encounters whether phones broadcast MACs or a mix of MACs, rotating identifiers
+    /// and GAEN RPIs (resolved by the `encounters` view with the keys and exposure keys).
+    #[tokio::test]
+    async fn the_same_encounters_whatever_phones_broadcast() {
+        use proxima_engine::ephemeral::{DEFAULT_TOLERANCE, IdKeys};
+        use proxima_engine::{SessionFactory, SessionOptions};
+        let start = NaiveDate::from_ymd_opt(2026, 11, 2).unwrap();
+        let keys = IdKeys::generate(start.and_hms_opt(0, 0, 0).unwrap().and_utc());
+        let ids = Arc::new(Identifiers::new(
+            keys,
+            std::time::Duration::from_secs(900),
+            DEFAULT_TOLERANCE,
+        ));
+        let encounters = |broadcast: Broadcast| {
+            let ids = Arc::clone(&ids);
+            async move {
+                let store = Store::in_memory();
+                let spec = PopulationSpec {
+                    broadcast,
+                    devices: 120,
+                    days: 2,
+                    contacts_per_day: 8,
+                    seed: 11,
+                    start,
+                };
+                generate(&PartitionWriter::new(store.clone(), "test"), &spec, |_| {})
+                    .await
+                    .unwrap();
+                let options = SessionOptions {
+                    identifiers: Some(ids),
+                    ..SessionOptions::default()
+                };
+                let ctx = SessionFactory::new(store, options).unwrap().session().await.unwrap();
+                let sql = "SELECT a, b, at FROM encounters ORDER BY a, b, at";
+                let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+                let macs = ctx
+                    .sql("SELECT count(*) FROM devices WHERE mac IS NOT NULL")
+                    .await
+                    .unwrap()
+                    .collect()
+                    .await
+                    .unwrap();
+                (
+                    arrow::util::pretty::pretty_format_batches(&batches)
+                        .unwrap()
+                        .to_string(),
+                    macs,
+                )
+            }
+        };
+        let (by_mac, _) = encounters(Broadcast::Mac).await;
+        let (mixed, macs) = encounters(Broadcast::Mixed(Arc::clone(&ids))).await;
+        assert!(by_mac.lines().count() > 500, "{by_mac}");
+        assert_eq!(mixed, by_mac);
+        // One device in three keeps a MAC.
+        let macs = arrow::util::pretty::pretty_format_batches(&macs).unwrap().to_string();
+        assert!(macs.contains("| 40 "), "{macs}");
     }
 }

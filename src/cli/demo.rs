@@ -3,7 +3,7 @@
 
 use clap::Args;
 use proxima_engine::{SessionFactory, SessionOptions, Store};
-use proxima_ingest::synthetic::PopulationSpec;
+use proxima_ingest::synthetic::{Broadcast, PopulationSpec};
 
 use super::CliError;
 
@@ -21,6 +21,10 @@ pub struct DemoArgs {
     /// Days of observations, ending today.
     #[arg(long, default_value_t = DEMO_DAYS)]
     days: u32,
+    /// The keys the demo phones' rotating identifiers are sealed and resolved with (default:
+    /// the development key beside the store, made if missing, as a loopback server's).
+    #[command(flatten)]
+    keys: super::id_key::IdentifierArgs,
 }
 
 /// The sample queries, with what each shows.
@@ -40,6 +44,7 @@ const QUERIES: &[(&str, &str)] = &[
 
 /// Runs `proxima demo`.
 pub async fn run(store: Store, args: DemoArgs) -> Result<(), CliError> {
+    let identifiers = args.keys.development_or_given(&store)?;
     let has_data = super::generate::has_observations(&store).await;
     if has_data {
         super::print(format!(
@@ -48,6 +53,8 @@ pub async fn run(store: Store, args: DemoArgs) -> Result<(), CliError> {
     } else {
         let start = super::generate::start_ending_today(args.days)?;
         let spec = PopulationSpec {
+            // Phones broadcast rotating identifiers, as the server issues them.
+            broadcast: Broadcast::Ephemeral(std::sync::Arc::clone(&identifiers)),
             devices: args.devices,
             days: args.days,
             contacts_per_day: 10,
@@ -63,7 +70,13 @@ pub async fn run(store: Store, args: DemoArgs) -> Result<(), CliError> {
             started.elapsed().as_secs_f64()
         ))?;
     }
-    let factory = SessionFactory::new(store, SessionOptions::default())?;
+    let factory = SessionFactory::new(
+        store,
+        SessionOptions {
+            identifiers: Some(identifiers),
+            ..SessionOptions::default()
+        },
+    )?;
     let ctx = factory.session().await?;
     for (title, sql) in QUERIES {
         let query_error = |e: datafusion::error::DataFusionError| CliError::Query(e.to_string());

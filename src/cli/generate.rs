@@ -4,7 +4,7 @@ use chrono::{Days, NaiveDate};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use proxima_engine::Store;
-use proxima_ingest::synthetic::{GeneratedPopulation, PopulationSpec, generate};
+use proxima_ingest::synthetic::{Broadcast, GeneratedPopulation, PopulationSpec, generate};
 use proxima_storage::PartitionWriter;
 
 use super::CliError;
@@ -27,6 +27,28 @@ pub struct GenerateArgs {
     /// First day (UTC); default: so that the last day is today.
     #[arg(long, value_name = "YYYY-MM-DD")]
     start: Option<NaiveDate>,
+    /// What phones broadcast, and so what others hear: static MACs, the server's rotating
+    /// identifiers (sealed with --id-key, as the server issues them), GAEN RPIs (each
+    /// phone's daily key written to exposure_keys), or a mix (a third each).
+    #[arg(long, value_enum, default_value_t = Identifiers::Mac)]
+    identifiers: Identifiers,
+    /// The keys and epochs of rotating identifiers (default key: the development key beside
+    /// the store, made if missing, which a loopback `proxima serve` then uses too).
+    #[command(flatten)]
+    keys: super::id_key::IdentifierArgs,
+}
+
+/// `--identifiers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Identifiers {
+    /// Static MACs.
+    Mac,
+    /// The server's rotating identifiers.
+    Ephemeral,
+    /// GAEN rolling proximity identifiers.
+    Rpi,
+    /// A third of each.
+    Mixed,
 }
 
 /// Runs `proxima generate`.
@@ -35,7 +57,20 @@ pub async fn run(store: Store, args: GenerateArgs) -> Result<(), CliError> {
         Some(start) => start,
         None => start_ending_today(args.days)?,
     };
+    let broadcast = match args.identifiers {
+        Identifiers::Mac => Broadcast::Mac,
+        Identifiers::Rpi => Broadcast::Rpi,
+        model @ (Identifiers::Ephemeral | Identifiers::Mixed) => {
+            let keys = args.keys.development_or_given(&store)?;
+            if model == Identifiers::Ephemeral {
+                Broadcast::Ephemeral(keys)
+            } else {
+                Broadcast::Mixed(keys)
+            }
+        }
+    };
     let spec = PopulationSpec {
+        broadcast,
         devices: args.devices,
         days: args.days,
         contacts_per_day: args.contacts_per_day,

@@ -102,6 +102,20 @@ impl IdentifierArgs {
         Arc::new(Identifiers::new(keys, self.epoch, self.epoch_tolerance))
     }
 
+    /// The keys to seal identifiers with outside a server (`generate`, `demo`): `--id-key`,
+    /// or the development key file beside the store, made if missing.
+    pub fn development_or_given(&self, store: &Store) -> Result<Arc<Identifiers>, CliError> {
+        self.check()?;
+        let keys = for_server(
+            store,
+            self.id_key.as_deref(),
+            true,
+            chrono::DateTime::<chrono::Utc>::MIN_UTC,
+        )?
+        .ok_or_else(|| CliError::Usage("no identifier keys: give --id-key FILE".into()))?;
+        Ok(self.resolving_with(keys))
+    }
+
     /// The identifiers a local `proxima sql` resolves: with `--id-key`, or the development
     /// key file a loopback server keeps beside the store, if there is one; else none (no
     /// sighting of an identifier is an encounter).

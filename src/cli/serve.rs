@@ -9,7 +9,7 @@ use proxima_engine::clock::SystemClock;
 use proxima_engine::{Role, SessionFactory, SessionOptions, Store};
 use proxima_flight_server::{FlightSqlServer, ServiceOptions, TlsFiles, Users};
 use proxima_ingest::rest::{RestConfig, RestOptions, RestService};
-use proxima_ingest::synthetic::PopulationSpec;
+use proxima_ingest::synthetic::{Broadcast, PopulationSpec};
 use proxima_storage::{Maintainer, MaintainerConfig, MaintenanceOptions, MaintenanceStats};
 use tokio::sync::watch;
 
@@ -228,23 +228,6 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             (users, Some(logins))
         }
     };
-    if args.demo {
-        let has_data = super::generate::has_observations(&store).await;
-        if !has_data {
-            let spec = PopulationSpec {
-                devices: super::demo::DEMO_DEVICES,
-                days: super::demo::DEMO_DAYS,
-                contacts_per_day: 10,
-                seed: 42,
-                start: super::generate::start_ending_today(super::demo::DEMO_DAYS)?,
-            };
-            let population = super::generate::populate(&store, &spec).await?;
-            super::print(format!(
-                "generated the demo population: {} devices, {} observations",
-                population.devices, population.observations
-            ))?;
-        }
-    }
     if args.alert_ttl.as_secs() < 3600 {
         return Err(CliError::Usage("--alert-ttl must be at least one hour".into()));
     }
@@ -272,6 +255,30 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         generated_password.is_some(),
         forget_before,
     )?;
+    let identifiers = id_keys.map(|keys| args.identifiers.resolving_with(keys));
+    if args.demo {
+        let has_data = super::generate::has_observations(&store).await;
+        if !has_data {
+            // Phones broadcast rotating identifiers (a server without identifier keys: MACs).
+            let broadcast = match &identifiers {
+                Some(ids) => Broadcast::Ephemeral(std::sync::Arc::clone(ids)),
+                None => Broadcast::Mac,
+            };
+            let spec = PopulationSpec {
+                broadcast,
+                devices: super::demo::DEMO_DEVICES,
+                days: super::demo::DEMO_DAYS,
+                contacts_per_day: 10,
+                seed: 42,
+                start: super::generate::start_ending_today(super::demo::DEMO_DAYS)?,
+            };
+            let population = super::generate::populate(&store, &spec).await?;
+            super::print(format!(
+                "generated the demo population: {} devices, {} observations",
+                population.devices, population.observations
+            ))?;
+        }
+    }
     let audit_dir = super::audit::audit_dir(&store, args.audit_dir.as_deref())?;
     let (signer, development_key) = match (&args.audit_key, &generated_password) {
         (Some(path), _) => (super::audit::load_signer(&store, path)?, None),
@@ -306,7 +313,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             max_trace_window: Some(Duration::from_secs(u64::from(args.retention_days) * 86_400)),
             audit_dir: Some(audit_dir.clone()),
             min_cell: Some(args.min_cell),
-            identifiers: id_keys.map(|keys| args.identifiers.resolving_with(keys)),
+            identifiers,
             require_mutual: args.require_mutual,
             ..SessionOptions::default()
         },
