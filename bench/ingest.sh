@@ -2,16 +2,19 @@
 # Ingest benchmark: REST uploads and bulk Arrow IPC against a real `proxima serve`.
 #
 #   bench/ingest.sh            (DEVICES=100000 SECONDS_LOAD=60 CONNECTIONS=64 by default;
-#                               KEEP_DEVICES=1 reuses the last run's devices and store)
+#                               KEEP_DEVICES=1 reuses the last run's devices and store;
+#                               OBSERVED=ids: phones report hearing rotating identifiers)
 #
 # 1. builds proxima in release (or uses PROXIMA_BIN) and starts `proxima serve` on an
 #    empty store in target/bench-ingest, with a users file holding an `ingest` user;
-# 2. registers DEVICES devices through POST /v1/devices (8 concurrent clients);
+# 2. registers DEVICES devices through POST /v1/devices (8 concurrent clients; the server
+#    asks for no proof of work, which is the phone's cost, measured apart);
 # 3. runs wrk (Debian package `wrk`; installed with apt-get if missing) for
 #    SECONDS_LOAD seconds over CONNECTIONS keep-alive connections, each request one
-#    random device uploading 8 observations of random registered MACs
-#    (bench/ingest_upload.lua), and prints requests/s, observations/s and latency
-#    percentiles (load generator on the same 2 cores);
+#    random device uploading 8 observations of random registered MACs, or with
+#    OBSERVED=ids of the devices' current rotating identifiers (fetched once through
+#    GET /v1/ephemeral-ids) (bench/ingest_upload.lua), and prints requests/s,
+#    observations/s and latency percentiles (load generator on the same 2 cores);
 # 4. sends BULK_REQUESTS bulk requests of 1,000,000 rows as Arrow IPC and prints rows/s;
 # 5. stops the server (SIGTERM: final flush) and counts the stored observations.
 # BENCHMARKS.md records its output.
@@ -40,16 +43,16 @@ if [ -z "${PROXIMA_BIN:-}" ]; then
     PROXIMA_BIN=target/release/proxima
 fi
 
-# KEEP_DEVICES=1 reuses the devices (and store) of the previous run: registration is
-# argon2-bound and takes about 23 minutes for 100,000 devices on 2 cores.
+# KEEP_DEVICES=1 reuses the devices (and store) of the previous run.
 if [ "${KEEP_DEVICES:-0}" != 1 ] || [ ! -s "$WORK/tokens.txt" ]; then
     KEEP_DEVICES=0
     rm -rf "$WORK" && mkdir -p "$WORK"
     echo "bench password 0001" | "$PROXIMA_BIN" user add gate --role ingest --users "$WORK/users.toml" >/dev/null
 fi
 [ -s "$WORK/audit.key" ] || "$PROXIMA_BIN" audit key --out "$WORK/audit.key" >/dev/null
+[ -s "$WORK/id.key" ] || "$PROXIMA_BIN" id-key new --out "$WORK/id.key" >/dev/null
 "$PROXIMA_BIN" --data "$WORK/store" serve --users "$WORK/users.toml" --audit-key "$WORK/audit.key" \
-    --http "127.0.0.1:$PORT" --flight 127.0.0.1:0 --device-rate "$DEVICE_RATE" --registration-rate 0 --registration-work 0 --accept-mac > "$WORK/serve.log" 2>&1 &
+    --http "127.0.0.1:$PORT" --flight 127.0.0.1:0 --device-rate "$DEVICE_RATE" --registration-rate 0 --registration-work 0 --accept-mac --id-key "$WORK/id.key" > "$WORK/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
@@ -65,13 +68,18 @@ else
     bench/.venv/bin/python bench/ingest_clients.py register "$URL" "$DEVICES" "$WORK/tokens.txt" "$WORK/macs.txt"
 fi
 
-echo "== uploads: wrk, 2 threads, $CONNECTIONS connections, ${SECONDS_LOAD}s, 8 observations per request"
+HEARD="$WORK/macs.txt"
+if [ "${OBSERVED:-macs}" = ids ]; then
+    bench/.venv/bin/python bench/ingest_clients.py ids "$URL" "$WORK/tokens.txt" "$WORK/ids.txt"
+    HEARD="$WORK/ids.txt"
+fi
+echo "== uploads (${OBSERVED:-macs} heard): wrk, 2 threads, $CONNECTIONS connections, ${SECONDS_LOAD}s, 8 observations per request"
 cpu_seconds() { awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$1/stat"; }
 sys_seconds() { awk '{printf "%.1f", $15 / 100}' "/proc/$1/stat"; }
 accepted() { curl -s "$URL/metrics" | awk '/^proxima_observations_accepted_total/ {print $2}'; }
 before=$(cpu_seconds $SERVER); sys_before=$(sys_seconds $SERVER)
 accepted_before=$(accepted)
-TOKENS="$WORK/tokens.txt" MACS="$WORK/macs.txt" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_LOAD}s" --latency \
+TOKENS="$WORK/tokens.txt" MACS="$HEARD" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_LOAD}s" --latency \
     -s bench/ingest_upload.lua "$URL" | tee "$WORK/wrk.txt"
 echo "server CPU during the load: $(awk -v a="$before" -v b="$(cpu_seconds $SERVER)" -v s="$SECONDS_LOAD" 'BEGIN {printf "%.2f cores", (b - a) / s}'), of which kernel $(awk -v a="$sys_before" -v b="$(sys_seconds $SERVER)" -v s="$SECONDS_LOAD" 'BEGIN {printf "%.2f", (b - a) / s}')"
 echo "observations acknowledged per second (server's counter): $(awk -v a="$accepted_before" -v b="$(accepted)" -v s="$SECONDS_LOAD" 'BEGIN {printf "%.0f", (b - a) / s}')"

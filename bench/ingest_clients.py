@@ -1,6 +1,7 @@
 """Clients of bench/ingest.sh: device registration and bulk Arrow IPC uploads.
 
     python bench/ingest_clients.py register URL N TOKENS_OUT MACS_OUT
+    python bench/ingest_clients.py ids URL TOKENS_FILE IDS_OUT
     python bench/ingest_clients.py bulk URL USER:PASSWORD OBSERVERS_FILE ROWS REQUESTS
 
 Uses only the standard library and pyarrow; prints one summary line per run.
@@ -54,6 +55,30 @@ def register(url, n, tokens_out, macs_out):
     print(f"registered {n} devices in {elapsed:.1f} s ({n / elapsed:.0f}/s)")
 
 
+def ids(url, tokens_file, ids_out):
+    """Each device's current rotating identifier (GET /v1/ephemeral-ids?count=1), one a line."""
+    tokens = open(tokens_file).read().split()
+    local = threading.local()
+    started = time.monotonic()
+
+    def one(token):
+        if not hasattr(local, "conn"):
+            local.conn = connection(url)
+        local.conn.request("GET", "/v1/ephemeral-ids?count=1", headers={"Authorization": "Bearer " + token})
+        response = local.conn.getresponse()
+        payload = json.loads(response.read())
+        if response.status != 200:
+            raise RuntimeError(f"identifiers: {response.status} {payload}")
+        return payload["ids"][0]["id"]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(one, tokens, chunksize=64))
+    elapsed = time.monotonic() - started
+    with open(ids_out, "w") as out:
+        out.writelines(i + "\n" for i in results)
+    print(f"fetched the identifiers of {len(results)} devices in {elapsed:.1f} s ({len(results) / elapsed:.0f}/s)")
+
+
 def bulk(url, credentials, observers_file, rows, requests):
     import pyarrow as pa
     import pyarrow.ipc as ipc
@@ -100,6 +125,8 @@ if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "register":
         register(args[0], int(args[1]), args[2], args[3])
+    elif command == "ids":
+        ids(args[0], args[1], args[2])
     elif command == "bulk":
         bulk(args[0], args[1], args[2], int(args[3]), int(args[4]))
     else:

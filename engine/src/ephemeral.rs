@@ -400,6 +400,14 @@ impl Identifiers {
         at >= start - tolerance && at < start + epoch + tolerance
     }
 
+    /// When (µs since 1970, both ends inclusive) a sighting of the identifier of the epoch
+    /// starting at `start_minute` counts: the epoch, widened by the tolerance.
+    pub fn validity(&self, start_minute: u32) -> (i64, i64) {
+        let start = i64::from(start_minute) * 60_000_000;
+        let (epoch, tolerance) = (self.epoch.as_micros() as i64, self.tolerance.as_micros() as i64);
+        (start - tolerance, start + epoch + tolerance - 1)
+    }
+
     /// What `observed` (as stored: 32 lowercase hex digits; `None` for anything else, a MAC)
     /// heard at `at` (µs since 1970) stands for.
     pub fn heard(&self, observed: &str, at: i64) -> Option<Heard> {

@@ -809,9 +809,43 @@ impl EncounterLookup for IndexReader {
                 }
             }
         }
-        let mut heard_keys: Vec<String> = broadcasts.keys().cloned().collect();
-        heard_keys.sort_unstable();
-        let heard_keys: Arc<[String]> = heard_keys.into();
+        // Each key is looked up only in the days a sighting of it may fall in: a MAC in every
+        // day, an identifier or RPI in the day or two its validity spans (searching every key
+        // in every day's companions read several times the pages).
+        let (first_day, last_day) = (from.div_euclid(MICROS_PER_DAY), to.div_euclid(MICROS_PER_DAY));
+        let mut keys_of_day: HashMap<i64, Vec<String>> = HashMap::new();
+        for (key, owners) in &broadcasts {
+            let mut days: Vec<i64> = Vec::new();
+            for (_, valid) in owners {
+                let (lo, hi) = match valid {
+                    Valid::Always => (from, to),
+                    Valid::Epoch(start) => match &self.identifiers {
+                        Some(ids) => ids.validity(*start),
+                        None => continue,
+                    },
+                    Valid::Interval(interval) => {
+                        let start = i64::from(*interval) * INTERVAL_MICROS;
+                        (
+                            start - RPI_TOLERANCE_MICROS,
+                            start + INTERVAL_MICROS + RPI_TOLERANCE_MICROS,
+                        )
+                    }
+                };
+                days.extend(lo.div_euclid(MICROS_PER_DAY).max(first_day)..=hi.div_euclid(MICROS_PER_DAY).min(last_day));
+            }
+            days.sort_unstable();
+            days.dedup();
+            for day in days {
+                keys_of_day.entry(day).or_default().push(key.clone());
+            }
+        }
+        let keys_of_day: HashMap<i64, Arc<[String]>> = keys_of_day
+            .into_iter()
+            .map(|(day, mut keys)| {
+                keys.sort_unstable();
+                (day, keys.into())
+            })
+            .collect();
 
         let days = (from.div_euclid(MICROS_PER_DAY)..=to.div_euclid(MICROS_PER_DAY))
             .filter_map(|day| i32::try_from(day).ok())
@@ -832,9 +866,9 @@ impl EncounterLookup for IndexReader {
             for (file, footer) in observations {
                 self.spawn_matching(&mut heard, file, footer, &devices, from, to);
             }
-            if !heard_keys.is_empty() {
+            if let Some(keys) = keys_of_day.get(&i64::from(epoch_days(*day))) {
                 for (file, footer) in companions {
-                    self.spawn_matching(&mut heard_by, file, footer, &heard_keys, from, to);
+                    self.spawn_matching(&mut heard_by, file, footer, keys, from, to);
                 }
             }
         }

@@ -42,6 +42,10 @@ enum BenchCommand {
         /// Also write every contact found, as CSV, to this file (to compare with other engines).
         #[arg(long, value_name = "FILE")]
         contacts: Option<std::path::PathBuf>,
+        /// The keys that resolve rotating identifiers (default: the development key beside
+        /// the store, if any, as `proxima sql`).
+        #[command(flatten)]
+        identifiers: super::id_key::IdentifierArgs,
     },
 }
 
@@ -56,8 +60,16 @@ pub async fn run(store: Store, args: BenchArgs) -> Result<(), CliError> {
         depth,
         seed,
         contacts,
+        identifiers,
     } = args.what;
-    let factory = SessionFactory::new(store, SessionOptions::default())?;
+    let identifiers = identifiers.for_sql(&store)?;
+    let factory = SessionFactory::new(
+        store,
+        SessionOptions {
+            identifiers,
+            ..SessionOptions::default()
+        },
+    )?;
     let ctx = factory.session().await?;
     let batches = collect(&ctx, "SELECT max(observed_at) FROM observations").await?;
     let at = batches
