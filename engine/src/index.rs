@@ -391,38 +391,44 @@ impl IndexReader {
         }
     }
 
+    /// The live Parquet files of `table` (every day of it), as readers list them.
+    async fn table_files(&self, table: Table) -> DfResult<Vec<ObjectMeta>> {
+        Ok(self
+            .store
+            .reader()
+            .list(Some(&table.prefix(self.store.root())))
+            .try_filter(|meta| futures::future::ready(meta.location.as_ref().ends_with(".parquet")))
+            .try_collect()
+            .await?)
+    }
+
+    /// Every row of a file.
+    async fn read_whole(&self, meta: &ObjectMeta) -> DfResult<Vec<RecordBatch>> {
+        Ok(
+            ParquetRecordBatchStreamBuilder::new(self.reader(&meta.location, meta.size))
+                .await?
+                .build()?
+                .try_collect()
+                .await?,
+        )
+    }
+
     /// Reads the `exposure_keys` files not read yet (all of them again if one that was read
     /// is gone: retention or compaction).
     async fn refresh_rpis(&self) -> DfResult<()> {
-        let listed: Vec<ObjectMeta> = self
-            .store
-            .reader()
-            .list(Some(&Table::ExposureKeys.prefix(self.store.root())))
-            .try_filter(|meta| futures::future::ready(meta.location.as_ref().ends_with(".parquet")))
-            .try_collect()
-            .await?;
-        let names: HashSet<&Path> = listed.iter().map(|m| &m.location).collect();
-        {
-            let rpis = self.rpis.read().await;
-            if rpis.files.len() == names.len() && rpis.files.iter().all(|f| names.contains(f)) {
-                return Ok(());
-            }
+        let listed = self.table_files(Table::ExposureKeys).await?;
+        if same_files(&self.rpis.read().await.files, &listed) {
+            return Ok(());
         }
         let mut rpis = self.rpis.write().await;
-        if rpis.files.iter().any(|f| !names.contains(f)) {
+        if any_gone(&rpis.files, &listed) {
             *rpis = Rpis::default();
         }
         for meta in &listed {
             if rpis.files.contains(&meta.location) {
                 continue;
             }
-            let batches: Vec<RecordBatch> =
-                ParquetRecordBatchStreamBuilder::new(self.reader(&meta.location, meta.size))
-                    .await?
-                    .build()?
-                    .try_collect()
-                    .await?;
-            for batch in batches {
+            for batch in self.read_whole(meta).await? {
                 let schema = batch.schema();
                 let uuids = text_column(&batch, schema.index_of("device_uuid")?, &meta.location)?;
                 let teks = text_column(&batch, schema.index_of("tek")?, &meta.location)?;
@@ -497,35 +503,19 @@ impl IndexReader {
     /// Reads the devices files not read yet into the directory (all of them again if one
     /// that was read is gone: devices were erased or compacted away).
     async fn refresh_directory(&self) -> DfResult<()> {
-        let listed: Vec<ObjectMeta> = self
-            .store
-            .reader()
-            .list(Some(&Table::Devices.prefix(self.store.root())))
-            .try_filter(|meta| futures::future::ready(meta.location.as_ref().ends_with(".parquet")))
-            .try_collect()
-            .await?;
-        let names: HashSet<&Path> = listed.iter().map(|m| &m.location).collect();
-        {
-            let directory = self.directory.read().await;
-            if directory.files.len() == names.len() && directory.files.iter().all(|f| names.contains(f)) {
-                return Ok(());
-            }
+        let listed = self.table_files(Table::Devices).await?;
+        if same_files(&self.directory.read().await.files, &listed) {
+            return Ok(());
         }
         let mut directory = self.directory.write().await;
-        if directory.files.iter().any(|f| !names.contains(f)) {
+        if any_gone(&directory.files, &listed) {
             *directory = Directory::default();
         }
         for meta in &listed {
             if directory.files.contains(&meta.location) {
                 continue;
             }
-            let batches: Vec<RecordBatch> =
-                ParquetRecordBatchStreamBuilder::new(self.reader(&meta.location, meta.size))
-                    .await?
-                    .build()?
-                    .try_collect()
-                    .await?;
-            for batch in batches {
+            for batch in self.read_whole(meta).await? {
                 let schema = batch.schema();
                 let uuids = text_column(&batch, schema.index_of("device_uuid")?, &meta.location)?;
                 let macs = text_column(&batch, schema.index_of("mac")?, &meta.location)?;
@@ -664,6 +654,19 @@ impl IndexReader {
             self.day_files(Table::ObservedIndex, day)
         )
     }
+}
+
+/// Whether the files a directory was built from are exactly those `listed` (files are
+/// immutable: nothing new to read).
+fn same_files(read: &HashSet<Path>, listed: &[ObjectMeta]) -> bool {
+    read.len() == listed.len() && listed.iter().all(|m| read.contains(&m.location))
+}
+
+/// Whether a file a directory was built from is no longer listed (erased or compacted
+/// away): the directory is built afresh.
+fn any_gone(read: &HashSet<Path>, listed: &[ObjectMeta]) -> bool {
+    let names: HashSet<&Path> = listed.iter().map(|m| &m.location).collect();
+    read.iter().any(|f| !names.contains(f))
 }
 
 /// Whether a day's companions cover its observations: they hold as many rows, all in the
