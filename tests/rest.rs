@@ -1303,7 +1303,21 @@ async fn rpis_of_registered_exposure_keys_are_encounters() {
     }
     let (s, body) = api.post_json("/v1/exposure-keys", &json!([]), None).await;
     assert_error(s, &body, StatusCode::UNAUTHORIZED, "upload token");
-    assert_eq!(api.count("SELECT count(*) FROM exposure_keys").await, 1);
+    // A phone may register a second key for a day (after a reset), not a third: each key
+    // puts 144 RPIs into the server's memory.
+    let another = |n: u8| json!([{"key": hex::encode([n; 16]), "rolling_start_interval_number": start}]);
+    let (s, body) = post(&gaen, another(1)).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = post(&gaen, another(2)).await;
+    assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "at most 2 a day");
+    let (s, body) = post(&stranger, json!([{"key": hex::encode([3u8; 16]), "rolling_start_interval_number": start}, {"key": hex::encode([4u8; 16]), "rolling_start_interval_number": start}, {"key": hex::encode([5u8; 16]), "rolling_start_interval_number": start}])).await;
+    assert_error(
+        s,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "keys[2].rolling_start_interval_number",
+    );
+    assert_eq!(api.count("SELECT count(*) FROM exposure_keys").await, 2);
 }
 
 /// With `--registration-work`, a registration carries a solved challenge, good once.

@@ -24,6 +24,82 @@ use super::error::{ApiError, ApiResult};
 
 /// Keys one request may carry: GAEN phones upload at most 14 days of keys.
 pub const MAX_KEYS: usize = 14;
+/// Keys one device may register that start on one day: a GAEN phone makes one a day (and
+/// a new one if its user resets it). Every key makes 144 RPIs that tracing holds in memory,
+/// so without a bound one device could fill the server's memory.
+pub const MAX_KEYS_PER_DAY: u32 = 2;
+
+/// How many keys each device registered that start on each day (µs of the day's
+/// midnight), loaded from `exposure_keys` at start and kept as keys are registered.
+#[derive(Debug, Default)]
+pub struct KeyBook {
+    counts: std::sync::Mutex<std::collections::HashMap<(String, i64), u32>>,
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+impl KeyBook {
+    /// The counts of the keys in the store.
+    pub async fn load(factory: &proxima_engine::SessionFactory) -> crate::Result<Self> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::TimestampMicrosecondType;
+        let mut counts = std::collections::HashMap::new();
+        for batch in super::read_table(factory, Table::ExposureKeys).await? {
+            let devices = batch.column(0).as_string::<i32>();
+            let starts = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+            for i in 0..batch.num_rows() {
+                let day = starts.value(i).div_euclid(MICROS_PER_DAY);
+                *counts.entry((devices.value(i).to_string(), day)).or_default() += 1;
+            }
+        }
+        Ok(Self {
+            counts: std::sync::Mutex::new(counts),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, i64), u32>> {
+        self.counts.lock().expect("key book lock is never poisoned")
+    }
+
+    /// Counts `starts` (µs) as registered by `device`, unless that would pass
+    /// [`MAX_KEYS_PER_DAY`] on some day: then nothing is counted and the answer names the
+    /// first key over the bound. Days before `forget_before` (µs) are forgotten.
+    fn reserve(&self, device: &str, starts: &[i64], forget_before: i64) -> ApiResult<()> {
+        let mut counts = self.lock();
+        counts.retain(|(_, day), _| *day >= forget_before.div_euclid(MICROS_PER_DAY));
+        let mut wanted: std::collections::HashMap<i64, u32> = std::collections::HashMap::new();
+        for (i, start) in starts.iter().enumerate() {
+            let day = start.div_euclid(MICROS_PER_DAY);
+            let n = wanted.entry(day).or_default();
+            *n += 1;
+            let held = counts.get(&(device.to_string(), day)).copied().unwrap_or(0);
+            if held + *n > MAX_KEYS_PER_DAY {
+                return Err(ApiError::invalid(format!(
+                    "keys[{i}].rolling_start_interval_number: this device would have {} keys starting on {}; \
+                     at most {MAX_KEYS_PER_DAY} a day (a GAEN phone makes one)",
+                    held + *n,
+                    DateTime::<Utc>::from_timestamp_micros(day * MICROS_PER_DAY)
+                        .map(|d| d.date_naive().to_string())
+                        .unwrap_or_default()
+                )));
+            }
+        }
+        for (day, n) in wanted {
+            *counts.entry((device.to_string(), day)).or_default() += n;
+        }
+        Ok(())
+    }
+
+    /// Forgets keys [`KeyBook::reserve`] counted whose write failed.
+    fn release(&self, device: &str, starts: &[i64]) {
+        let mut counts = self.lock();
+        for start in starts {
+            if let Some(n) = counts.get_mut(&(device.to_string(), start.div_euclid(MICROS_PER_DAY))) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
 /// Seconds in one ENIntervalNumber.
 const INTERVAL_SECONDS: i64 = 600;
 /// A key covers at most a day of 10-minute intervals.
@@ -114,26 +190,80 @@ pub async fn register(
         starts.push(start.timestamp_micros());
         periods.push(period as i32);
     }
+    state
+        .exposure_keys
+        .reserve(&device, &starts, earliest.timestamp_micros())?;
     let n = teks.len();
     let batch = RecordBatch::try_new(
         schema::EXPOSURE_KEYS.clone(),
         vec![
             Arc::new(StringArray::from(vec![device.as_str(); n])),
             Arc::new(StringArray::from(teks)),
-            Arc::new(TimestampMicrosecondArray::from(starts).with_timezone("UTC")),
+            Arc::new(TimestampMicrosecondArray::from(starts.clone()).with_timezone("UTC")),
             Arc::new(Int32Array::from(periods)),
             Arc::new(TimestampMicrosecondArray::from(vec![now.timestamp_micros(); n]).with_timezone("UTC")),
         ],
     )
-    .map_err(|e| ApiError::internal("building the exposure key rows failed", e))?;
-    state
-        .make_durable(
-            vec![Entry {
-                table: Table::ExposureKeys,
-                batch,
-            }],
-            "exposure keys",
-        )
-        .await?;
+    .map_err(|e| ApiError::internal("building the exposure key rows failed", e));
+    let written = match batch {
+        Ok(batch) => {
+            state
+                .make_durable(
+                    vec![Entry {
+                        table: Table::ExposureKeys,
+                        batch,
+                    }],
+                    "exposure keys",
+                )
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
+        state.exposure_keys.release(&device, &starts);
+        return Err(e);
+    }
     Ok(Json(KeysAccepted { accepted: n }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proxima_engine::{SessionFactory, SessionOptions, Store};
+    use proxima_storage::PartitionWriter;
+
+    /// After a restart, the keys in the store still count against the daily bound.
+    #[tokio::test]
+    async fn the_daily_bound_survives_a_restart() {
+        let store = Store::in_memory();
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
+        let midnight = day.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_micros();
+        let device = "00000000-0000-4000-8000-000000000001";
+        let batch = RecordBatch::try_new(
+            schema::EXPOSURE_KEYS.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![device; 2])),
+                Arc::new(StringArray::from(vec!["00".repeat(16), "11".repeat(16)])),
+                Arc::new(TimestampMicrosecondArray::from(vec![midnight; 2]).with_timezone("UTC")),
+                Arc::new(Int32Array::from(vec![144; 2])),
+                Arc::new(TimestampMicrosecondArray::from(vec![midnight; 2]).with_timezone("UTC")),
+            ],
+        )
+        .unwrap();
+        let writer = PartitionWriter::new(store.clone(), "test");
+        let mut transaction = writer.begin();
+        transaction
+            .write_file(Table::ExposureKeys, Some(day), &[batch])
+            .await
+            .unwrap();
+        transaction.commit().await.unwrap();
+        let factory = SessionFactory::new(store, SessionOptions::default()).unwrap();
+        let book = KeyBook::load(&factory).await.unwrap();
+        let refused = book.reserve(device, &[midnight + 3_600_000_000], 0).unwrap_err();
+        assert!(format!("{refused:?}").contains("at most 2 a day"), "{refused:?}");
+        // Another day, and another device, are not held back.
+        book.reserve(device, &[midnight + MICROS_PER_DAY], 0).unwrap();
+        book.reserve("00000000-0000-4000-8000-000000000002", &[midnight], 0)
+            .unwrap();
+    }
 }

@@ -152,6 +152,8 @@ pub struct Shared {
     pub registrations: RateLimiter,
     /// Registration's proof-of-work challenges.
     pub challenges: challenge::Challenges,
+    /// GAEN keys registered per device and day (bounded).
+    pub exposure_keys: exposure_keys::KeyBook,
     /// Idempotency keys.
     pub idempotency: IdempotencyCache,
     /// Metrics.
@@ -258,12 +260,14 @@ impl RestService {
         let metrics = Metrics::new(maintainer.stats());
         let registry = Registry::load(&factory).await?;
         let idempotency = IdempotencyCache::load(&factory, clock.now()).await?;
+        let exposure_keys = exposure_keys::KeyBook::load(&factory).await?;
         let alerts = AlertBook::default();
         alerts.reload(&factory, clock.now(), options.alert_ttl).await?;
         let state = Arc::new(Shared {
             limiter: RateLimiter::new(options.device_rate_per_minute),
             registrations: RateLimiter::new(options.registration_rate_per_minute),
             challenges: challenge::Challenges::new(options.registration_work),
+            exposure_keys,
             staff_auth: StaffAuth::new(users, options.token_ttl),
             options,
             clock,
