@@ -438,8 +438,9 @@ pub async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A valid public key no one holds the private key of (it is derived from a published
-/// seed, and nothing is ever signed with it): what a refused revocation verifies against.
+/// A valid public key whose verdict is never used: a revocation of no active device with a
+/// key verifies against it only so that its refusal takes as long as a wrong signature's
+/// (the key's seed is in this source, so a signature by it proves nothing, and is refused).
 fn nobody() -> ed25519_dalek::VerifyingKey {
     static NOBODY: std::sync::LazyLock<ed25519_dalek::VerifyingKey> =
         std::sync::LazyLock::new(|| ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32]).verifying_key());
