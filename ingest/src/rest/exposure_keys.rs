@@ -100,10 +100,8 @@ impl KeyBook {
         }
     }
 }
-/// Seconds in one ENIntervalNumber.
-const INTERVAL_SECONDS: i64 = 600;
 /// A key covers at most a day of 10-minute intervals.
-const MAX_ROLLING_PERIOD: i64 = 144;
+const MAX_ROLLING_PERIOD: i64 = proxima_udfs::gaen::DEFAULT_ROLLING_PERIOD;
 
 /// One temporary exposure key.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -160,11 +158,8 @@ pub async fn register(
         )));
     }
     let now = state.clock.now();
-    let earliest = proxima_storage::retention::oldest_kept_day(now.date_naive(), state.options.retention_days)
-        .and_hms_opt(0, 0, 0)
-        .expect("midnight exists")
-        .and_utc();
-    let latest = now + state.options.future_tolerance;
+    let window = super::observations::Window::of(&state);
+    let (earliest, latest) = (window.earliest, window.latest);
     let (mut teks, mut starts, mut periods) = (Vec::new(), Vec::new(), Vec::new());
     for (i, key) in keys.iter().enumerate() {
         let tek = ids::rpi(&key.key).map_err(|_| ApiError::invalid(format!("keys[{i}].key: not 32 hex digits")))?;
@@ -176,7 +171,7 @@ pub async fn register(
         }
         let start = key
             .rolling_start_interval_number
-            .checked_mul(INTERVAL_SECONDS)
+            .checked_mul(proxima_udfs::gaen::INTERVAL_SECONDS)
             .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
             .filter(|s| *s >= earliest && *s <= latest)
             .ok_or_else(|| {

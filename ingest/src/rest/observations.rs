@@ -112,18 +112,18 @@ struct Rows {
     location: Vec<Option<String>>,
 }
 
-/// The time window an observation must fall in: not in the future (beyond a small skew),
-/// not older than the retention window.
+/// The time window an observation (or a GAEN key's start) must fall in: not in the future
+/// (beyond a small skew), not older than the retention window.
 #[derive(Debug, Clone, Copy)]
-struct Window {
-    earliest: DateTime<Utc>,
-    latest: DateTime<Utc>,
+pub(crate) struct Window {
+    pub(crate) earliest: DateTime<Utc>,
+    pub(crate) latest: DateTime<Utc>,
     /// Whether a static MAC may be what was heard (`--accept-mac`: legacy phones).
     accept_mac: bool,
 }
 
 impl Window {
-    fn of(state: &AppState) -> Self {
+    pub(crate) fn of(state: &AppState) -> Self {
         let now = state.clock.now();
         let first_kept = proxima_storage::retention::oldest_kept_day(now.date_naive(), state.options.retention_days);
         Self {
