@@ -150,7 +150,7 @@ impl Directory {
 /// still count (the Exposure Notification specification's matching tolerance: phones'
 /// clocks drift, and a phone rotates its RPI at randomised times).
 pub const RPI_TOLERANCE_MICROS: i64 = 2 * 3_600_000_000;
-const INTERVAL_MICROS: i64 = 600_000_000;
+const INTERVAL_MICROS: i64 = proxima_udfs::gaen::INTERVAL_SECONDS * 1_000_000;
 
 /// The GAEN keys devices registered, and every rolling proximity identifier they derive,
 /// loaded file by file from `exposure_keys` (files are immutable).
@@ -448,7 +448,9 @@ impl IndexReader {
                         continue;
                     }
                     let first = u32::try_from(starts.value(i).div_euclid(INTERVAL_MICROS)).unwrap_or(0);
-                    let period = u32::try_from(periods.value(i)).unwrap_or(0).min(144);
+                    let period = u32::try_from(periods.value(i))
+                        .unwrap_or(0)
+                        .min(proxima_udfs::gaen::DEFAULT_ROLLING_PERIOD as u32);
                     rpis.insert(device, &tek, first, period);
                 }
             }

@@ -577,7 +577,10 @@ fn exposure_keys_batch(
         )),
         Arc::new(StringArray::from(teks)),
         Arc::new(TimestampMicrosecondArray::from(vec![micros; n]).with_timezone("UTC")),
-        Arc::new(Int32Array::from(vec![144; n])),
+        Arc::new(Int32Array::from(vec![
+            proxima_udfs::gaen::DEFAULT_ROLLING_PERIOD as i32;
+            n
+        ])),
         Arc::new(TimestampMicrosecondArray::from(vec![micros; n]).with_timezone("UTC")),
     ];
     Ok(RecordBatch::try_new(Table::ExposureKeys.file_schema(), columns)?)
@@ -608,7 +611,7 @@ fn broadcast_of(population: &Population, device: u32, at_s: i64, rpiks: &[Option
         }
         Model::Rpi => {
             let rpik = rpiks[d].expect("every GAEN phone has a key of the day");
-            let interval = u32::try_from(at_s.div_euclid(600)).unwrap_or(0);
+            let interval = u32::try_from(at_s.div_euclid(proxima_udfs::gaen::INTERVAL_SECONDS)).unwrap_or(0);
             hex::encode(proxima_udfs::gaen::rpi(&rpik, interval))
         }
     }
