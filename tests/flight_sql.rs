@@ -1247,16 +1247,7 @@ async fn tls_connection() {
 
 /// The Python interpreter of the project's .venv, or of $PROXIMA_PYTHON, if it has ADBC.
 fn python_with_adbc() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("PROXIMA_PYTHON").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")),
-    ];
-    candidates.into_iter().flatten().find(|python| {
-        Command::new(python)
-            .args(["-c", "import adbc_driver_flightsql, pyarrow"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
+    common::python_with(&["adbc_driver_flightsql", "pyarrow"])
 }
 
 #[tokio::test]

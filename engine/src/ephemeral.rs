@@ -26,8 +26,6 @@ use std::path::Path;
 
 use aes::Aes256;
 use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -63,27 +61,10 @@ pub enum IdKeyError {
 #[derive(Clone, Serialize, Deserialize)]
 struct IdKey {
     id: u8,
-    #[serde(with = "key_base64")]
+    #[serde(with = "crate::keys::key_base64")]
     key: [u8; 32],
     created: DateTime<Utc>,
     retired: Option<DateTime<Utc>>,
-}
-
-mod key_base64 {
-    use super::*;
-
-    pub fn serialize<S: serde::Serializer>(key: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&BASE64.encode(key))
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let text = String::deserialize(d)?;
-        BASE64
-            .decode(text)
-            .ok()
-            .and_then(|bytes| bytes.try_into().ok())
-            .ok_or_else(|| serde::de::Error::custom("a key is 32 bytes of base64"))
-    }
 }
 
 /// The identifier keys: the current one issues, every one resolves.
@@ -154,19 +135,13 @@ fn seal(key: &IdKey, handle: u64, start_minute: u32) -> EphemeralId {
     block.into()
 }
 
-fn random_key() -> [u8; 32] {
-    let mut key = [0u8; 32];
-    rand::fill(&mut key);
-    key
-}
-
 impl IdKeys {
     /// A new file's keys: one current key, id 1.
     pub fn generate(now: DateTime<Utc>) -> Self {
         Self {
             keys: vec![IdKey {
                 id: 1,
-                key: random_key(),
+                key: crate::keys::random_key(),
                 created: now,
                 retired: None,
             }],
@@ -200,32 +175,11 @@ impl IdKeys {
     /// Writes the keys to `path` (readable by its owner only), durably: aside, synced,
     /// renamed.
     pub fn save(&self, path: &Path) -> Result<(), IdKeyError> {
-        use std::io::Write as _;
-        let io = |source| IdKeyError::Io {
+        let text = serde_json::to_string_pretty(self).expect("keys always serialise");
+        crate::keys::write_secret_file(path, text.as_bytes()).map_err(|source| IdKeyError::Io {
             path: path.display().to_string(),
             source,
-        };
-        let text = serde_json::to_string_pretty(self).expect("keys always serialise");
-        let tmp = path.with_extension("tmp");
-        // A fresh file (never one left behind, or a link), so the mode below applies.
-        match std::fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(io(source)),
-        }
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&tmp).map_err(io)?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
-        Ok(())
+        })
     }
 
     fn current(&self) -> &IdKey {
@@ -268,7 +222,7 @@ impl IdKeys {
         }
         self.keys.push(IdKey {
             id,
-            key: random_key(),
+            key: crate::keys::random_key(),
             created: now,
             retired: None,
         });
@@ -607,7 +561,10 @@ mod tests {
         assert_eq!(loaded.resolve(&id), keys.resolve(&id));
         assert_eq!(loaded.issue(9, 100), id);
         assert!(
-            !format!("{loaded:?}").contains(&BASE64.encode(keys.keys[0].key)),
+            !format!("{loaded:?}").contains(&base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                keys.keys[0].key
+            )),
             "Debug shows no key"
         );
 

@@ -24,6 +24,12 @@ pub enum Error {
     /// An object store operation failed.
     #[error(transparent)]
     ObjectStore(#[from] object_store::Error),
+    /// A key of encryption at rest is missing, wrong or damaged.
+    #[error("encryption at rest: {0}")]
+    Keys(String),
+    /// A Parquet operation failed.
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
     /// A DataFusion operation failed.
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),

@@ -50,6 +50,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector};
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::encryption::decrypt::FileDecryptionProperties;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader, RowGroupMetaData};
 use parquet::file::page_index::column_index::{ByteArrayColumnIndex, ColumnIndexMetaData};
 use parquet::file::page_index::offset_index::PageLocation;
@@ -88,6 +89,7 @@ pub async fn file_key_values(store: &Store, location: &Path) -> crate::Result<Ha
         location: location.clone(),
         size,
         bytes: Arc::default(),
+        decryption: store.decryption_properties(location).await?,
     };
     let metadata = reader
         .get_metadata(None)
@@ -405,7 +407,7 @@ impl IndexReader {
     /// Every row of a file.
     async fn read_whole(&self, meta: &ObjectMeta) -> DfResult<Vec<RecordBatch>> {
         Ok(
-            ParquetRecordBatchStreamBuilder::new(self.reader(&meta.location, meta.size))
+            ParquetRecordBatchStreamBuilder::new(self.reader(&meta.location, meta.size).await?)
                 .await?
                 .build()?
                 .try_collect()
@@ -459,12 +461,22 @@ impl IndexReader {
         Ok(())
     }
 
-    fn reader(&self, location: &Path, size: u64) -> CountingReader {
+    /// A reader of one file of the store, decrypting with the store's keys.
+    async fn reader(&self, location: &Path, size: u64) -> DfResult<CountingReader> {
+        let mut reader = self.pages_reader(location, size);
+        reader.decryption = self.store.decryption_properties(location).await.map_err(external)?;
+        Ok(reader)
+    }
+
+    /// A reader of the pages of a file whose footer was read already (the footer's
+    /// metadata holds what decrypts its pages).
+    fn pages_reader(&self, location: &Path, size: u64) -> CountingReader {
         CountingReader {
             store: Arc::clone(self.store.object_store()),
             location: location.clone(),
             size,
             bytes: Arc::clone(&self.bytes),
+            decryption: None,
         }
     }
 
@@ -474,7 +486,7 @@ impl IndexReader {
             return Ok(found.clone());
         }
         let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-        let metadata = ArrowReaderMetadata::load_async(&mut self.reader(location, size), options).await?;
+        let metadata = ArrowReaderMetadata::load_async(&mut self.reader(location, size).await?, options).await?;
         let footer = Footer::new(metadata);
         let mut footers = self.footers.lock().map_err(poisoned)?;
         if footers.len() >= FOOTER_CACHE_ENTRIES {
@@ -557,7 +569,7 @@ impl IndexReader {
             return;
         }
         self.rows.fetch_add(rows, Ordering::Relaxed);
-        let reader = self.reader(&file.location, file.size);
+        let reader = self.pages_reader(&file.location, file.size);
         let metadata = footer.metadata.clone();
         let keys = Arc::clone(keys);
         tasks.spawn(async move {
@@ -599,7 +611,7 @@ impl IndexReader {
         let mut edges = Vec::new();
         for (file, footer) in files {
             self.rows.fetch_add(footer.num_rows() as u64, Ordering::Relaxed);
-            let reader = self.reader(&file.location, file.size);
+            let reader = self.pages_reader(&file.location, file.size);
             for batch in read(reader, footer.metadata.clone(), |builder| builder).await? {
                 let observer = text_column(&batch, 0, &file.location)?;
                 let observed = text_column(&batch, 1, &file.location)?;
@@ -754,6 +766,10 @@ async fn join(mut tasks: JoinSet<DfResult<Found>>) -> DfResult<Found> {
         all.extend(found);
     }
     Ok(all)
+}
+
+fn external(e: crate::Error) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
 }
 
 fn poisoned<T>(_: T) -> DataFusionError {
@@ -1101,6 +1117,8 @@ struct CountingReader {
     location: Path,
     size: u64,
     bytes: Arc<AtomicU64>,
+    /// How the file decrypts (`None`: as is).
+    decryption: Option<Arc<FileDecryptionProperties>>,
 }
 
 impl AsyncFileReader for CountingReader {
@@ -1125,6 +1143,7 @@ impl AsyncFileReader for CountingReader {
             let size = self.size;
             let metadata = ParquetMetaDataReader::new()
                 .with_page_index_policy(policy)
+                .with_decryption_properties(self.decryption.clone())
                 .load_and_finish(&mut *self, size)
                 .await?;
             Ok(Arc::new(metadata))

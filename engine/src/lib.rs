@@ -13,10 +13,12 @@
 
 pub mod access;
 pub mod clock;
+pub mod encryption;
 pub mod ephemeral;
 pub mod error;
 pub mod ids;
 pub mod index;
+pub mod keys;
 pub mod lineage;
 pub mod memory;
 pub mod paths;

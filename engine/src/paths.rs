@@ -11,6 +11,7 @@
 //! <root>/{revocations,device_credentials}/part-<uuid v7>.parquet
 //! <root>/exposure_keys/day=…/part-<uuid v7>.parquet               (GAEN keys, by the day they start)
 //! <root>/_staging/<transaction>/...      (invisible to SQL; see proxima-ingest)
+//! <root>/_keys/<table>[/<day>].json      (each table-day's key-encryption key, wrapped; see crate::encryption)
 //! ```
 //!
 //! File names carry a fresh UUID v7, so several writers sharing one store
@@ -82,6 +83,11 @@ impl Table {
             Table::UploadKeys => "upload_keys",
             Table::ExposureKeys => "exposure_keys",
         }
+    }
+
+    /// The table whose folder name is `name`.
+    pub fn from_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.name() == name)
     }
 
     /// Whether SQL sessions see the table (credential hashes are for the REST service only).
@@ -200,6 +206,25 @@ pub fn new_data_file(root: &Path, table: Table, day: Option<NaiveDate>) -> Path 
     }
 }
 
+/// The table and day (for day-partitioned tables) a data file's location puts it in:
+/// `<root>/<table>/day=YYYY-MM-DD/<file>` or `<root>/<table>/<file>`; `None` for any
+/// location that is not a data file's place in the store.
+pub fn place_of(root: &Path, location: &Path) -> Option<(Table, Option<NaiveDate>)> {
+    let parts: Vec<_> = location.prefix_match(root)?.collect();
+    match parts.as_slice() {
+        [table, _file] => {
+            let table = Table::from_name(table.as_ref()).filter(|t| !t.is_day_partitioned())?;
+            Some((table, None))
+        }
+        [table, day, _file] => {
+            let table = Table::from_name(table.as_ref()).filter(|t| t.is_day_partitioned())?;
+            let day = DayPartition::parse_folder_name(table, day.as_ref())?;
+            Some((table, Some(day.day)))
+        }
+        _ => None,
+    }
+}
+
 /// When a data file named by [`new_data_file`] was named, in Unix seconds (its UUID v7);
 /// `None` for any other name.
 pub fn data_file_written_at(location: &Path) -> Option<u64> {
@@ -255,5 +280,27 @@ mod tests {
         assert!(written.abs_diff(now) <= 1, "{written} vs {now}");
         assert_eq!(data_file_written_at(&Path::from("r/devices/other.parquet")), None);
         assert_eq!(data_file_written_at(&Path::from("r/devices/part-x.parquet")), None);
+    }
+
+    #[test]
+    fn a_data_file_location_names_its_table_and_day() {
+        let root = Path::from("bucket/prefix");
+        let day = NaiveDate::from_ymd_opt(2026, 11, 29).unwrap();
+        for (table, day) in [(Table::Observations, Some(day)), (Table::Devices, None)] {
+            let file = new_data_file(&root, table, day);
+            assert_eq!(place_of(&root, &file), Some((table, day)));
+            // The same relative path under another root is not this store's.
+            assert_eq!(place_of(&Path::from("other"), &file), None);
+        }
+        for stray in [
+            "bucket/prefix/observations/part-x.parquet",
+            "bucket/prefix/devices/day=2026-11-29/part-x.parquet",
+            "bucket/prefix/observations/day=2026-1-5/part-x.parquet",
+            "bucket/prefix/nothing/part-x.parquet",
+            "bucket/prefix/_staging/t/0.parquet",
+            "bucket/prefix/observations/day=2026-11-29/deeper/part-x.parquet",
+        ] {
+            assert_eq!(place_of(&root, &Path::from(stray)), None, "{stray}");
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::DataType;
 use datafusion::catalog::view::ViewTable;
+use datafusion::common::config::TableParquetOptions;
 use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
@@ -142,6 +143,7 @@ fn runtime(store: &Store, pool: Arc<dyn MemoryPool>, options: &SessionOptions) -
         runtime.deregister_object_store(ObjectStoreUrl::local_filesystem().as_ref())?;
     }
     runtime.register_object_store(store.object_store_url().as_ref(), Arc::clone(store.reader()));
+    runtime.register_parquet_encryption_factory(crate::encryption::FACTORY_ID, store.decryption());
     if let Some(dir) = &options.audit_dir {
         let log = dir.join("log");
         let local_error = |source| crate::Error::LocalStore {
@@ -320,11 +322,19 @@ impl SessionFactory {
             )?,
             None => Arc::clone(&self.runtime),
         };
-        Ok(SessionContext::new_with_config_rt(config, runtime))
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        // Every Parquet file a session reads by URL (`read_parquet`, compaction) decrypts
+        // through the store's keys, as the tables below do.
+        ctx.state_ref().write().table_options_mut().parquet.crypto.factory_id =
+            Some(crate::encryption::FACTORY_ID.to_string());
+        Ok(ctx)
     }
 
     fn table_provider(&self, table: Table) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
-        let mut options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let mut parquet = TableParquetOptions::default();
+        parquet.crypto.factory_id = Some(crate::encryption::FACTORY_ID.to_string());
+        let format = ParquetFormat::default().with_options(parquet);
+        let mut options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
         if table.is_day_partitioned() {
             options = options.with_table_partition_cols(vec![(DAY.to_string(), DataType::Date32)]);
         }

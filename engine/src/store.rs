@@ -28,7 +28,11 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 
+use parquet::encryption::decrypt::FileDecryptionProperties;
+
+use crate::encryption::{Keyring, StoreDecryption};
 use crate::error::{Error, Result};
+use crate::keys::KeyProvider;
 use crate::paths::{DayPartition, Table};
 
 /// The URL sessions know a local store by: `proxima://store/observations/…` is
@@ -45,6 +49,9 @@ pub struct Store {
     root: Path,
     local_root: Option<PathBuf>,
     display: String,
+    /// The master keys and key-encryption keys, when the store was opened with a master
+    /// key: every file written is then encrypted (see [`crate::encryption`]).
+    keyring: Option<Arc<Keyring>>,
 }
 
 impl Store {
@@ -84,6 +91,7 @@ impl Store {
                     root,
                     local_root: None,
                     display: location.to_string(),
+                    keyring: None,
                 })
             }
             Ok(url) if url.scheme() == "memory" => Ok(Self::in_memory()),
@@ -106,6 +114,7 @@ impl Store {
             root: Path::default(),
             local_root: None,
             display: "memory://".into(),
+            keyring: None,
         }
     }
 
@@ -129,6 +138,7 @@ impl Store {
             root: Path::default(),
             display: dir.display().to_string(),
             local_root: Some(dir),
+            keyring: None,
         })
     }
 
@@ -136,10 +146,43 @@ impl Store {
     /// too, behind the lineage view): how tests put a failing store under the write side.
     pub fn wrapped(&self, wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>) -> Self {
         let object_store = wrap(Arc::clone(&self.object_store));
-        Self {
+        let store = Self {
             reader: reader_of(Arc::clone(&object_store)),
             object_store,
+            keyring: None,
             ..self.clone()
+        };
+        match &self.keyring {
+            Some(keyring) => store.with_keys(Arc::clone(keyring.provider())),
+            None => store,
+        }
+    }
+
+    /// The same store, opened with master keys: every file written from now on is
+    /// encrypted, and reads decrypt with them.
+    pub fn with_keys(self, provider: Arc<dyn KeyProvider>) -> Self {
+        let keyring = Keyring::new(provider, Arc::clone(&self.object_store), self.root.clone());
+        Self {
+            keyring: Some(Arc::new(keyring)),
+            ..self
+        }
+    }
+
+    /// The keyring, if the store was opened with master keys.
+    pub fn keyring(&self) -> Option<&Arc<Keyring>> {
+        self.keyring.as_ref()
+    }
+
+    /// How a session or reader decrypts this store's files.
+    pub fn decryption(&self) -> Arc<StoreDecryption> {
+        Arc::new(StoreDecryption::new(self.clone()))
+    }
+
+    /// The decryption properties of one of the store's files (`None`: read it as is).
+    pub async fn decryption_properties(&self, location: &Path) -> Result<Option<Arc<FileDecryptionProperties>>> {
+        match &self.keyring {
+            Some(keyring) => keyring.decryption_properties(location).await,
+            None => crate::encryption::without_key(&self.root, location),
         }
     }
 

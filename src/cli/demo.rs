@@ -46,6 +46,12 @@ const QUERIES: &[(&str, &str)] = &[
 pub async fn run(store: Store, args: DemoArgs) -> Result<(), CliError> {
     let identifiers = args.keys.development_or_given(&store)?;
     let has_data = super::generate::has_observations(&store).await;
+    // A new demo store is encrypted at rest, with a development key beside it.
+    let store = if has_data {
+        store
+    } else {
+        super::key::ensure_development_key(store)?
+    };
     if has_data {
         super::print(format!(
             "The store at {store} already holds observations: using them.\n"

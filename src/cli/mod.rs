@@ -8,6 +8,7 @@ mod generate;
 mod id_key;
 mod import;
 mod index;
+mod key;
 mod maintain;
 mod phone;
 mod retention;
@@ -25,6 +26,13 @@ pub struct Args {
     /// Store root: a local directory, file://…, s3://bucket/prefix (AWS_* variables), or memory://.
     #[arg(long, global = true, env = "PROXIMA_DATA", default_value = "./proxima-data")]
     data: String,
+
+    /// The master key file of encryption at rest (`proxima key init` makes one; keep it away
+    /// from whoever administers the store). Default: PROXIMA_MASTER_KEY (one key, base64),
+    /// else `<store>.master-key` beside a local store if it exists; without any, files are
+    /// written in the clear and encrypted ones cannot be read.
+    #[arg(long, global = true, env = "PROXIMA_MASTER_KEY_FILE", value_name = "FILE")]
+    master_key_file: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -53,6 +61,8 @@ enum Command {
     User(user::UserArgs),
     /// The audit log: make its signing key, verify it.
     Audit(audit::AuditArgs),
+    /// The master keys of encryption at rest: make, rotate, status, retire.
+    Key(key::KeyArgs),
     /// The keys of the rotating identifiers phones broadcast: make, rotate, list.
     IdKey(id_key::IdKeyArgs),
     /// A reference phone over the REST API: register (with its proof of work), fetch
@@ -99,8 +109,12 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         _ => {}
     }
     let store = Store::open(&args.data)?;
+    if let Command::Key(a) = args.command {
+        return key::run(store, args.master_key_file.as_deref(), a).await;
+    }
+    let store = key::open_with_keys(store, args.master_key_file.as_deref())?;
     match args.command {
-        Command::User(_) | Command::IdKey(_) | Command::Phone(_) => Ok(()),
+        Command::User(_) | Command::IdKey(_) | Command::Phone(_) | Command::Key(_) => Ok(()),
         Command::Serve(a) => serve::run(store, *a).await,
         Command::Demo(a) => demo::run(store, a).await,
         Command::Sql(a) => sql::run(store, a).await,

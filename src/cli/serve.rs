@@ -228,6 +228,21 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             (users, Some(logins))
         }
     };
+    let exposed = !proxima_flight_server::server::is_loopback(&args.flight)
+        || (!args.no_rest && !proxima_flight_server::server::is_loopback(&args.http));
+    let store = match store.keyring() {
+        Some(_) => store,
+        None if args.demo => super::key::ensure_development_key(store)?,
+        None if exposed => {
+            return Err(CliError::Usage(
+                "refusing to serve beyond loopback without a master key: the store would be written in the clear. \
+                 Make one with proxima key init --master-key-file FILE (keep it away from whoever administers the \
+                 store) and give it with --master-key-file FILE or PROXIMA_MASTER_KEY"
+                    .into(),
+            ));
+        }
+        None => store,
+    };
     if args.alert_ttl.as_secs() < 3600 {
         return Err(CliError::Usage("--alert-ttl must be at least one hour".into()));
     }

@@ -14,8 +14,9 @@ use arrow::compute::{SortColumn, filter_record_batch, lexsort_to_indices, take_r
 use arrow::datatypes::{DataType, TimestampMicrosecondType};
 use chrono::NaiveDate;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::encryption::encrypt::FileEncryptionProperties;
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use parquet::schema::types::ColumnPath;
 use proxima_engine::{PROXIMA_VERSION, Table, index, schema};
 
@@ -79,7 +80,13 @@ pub fn split_by_day(table: Table, batch: &RecordBatch) -> Result<Vec<(Option<Nai
 /// `observed_index` by `observed`) are laid out for it: small pages (1,024 rows) so that
 /// one device's rows are a page or two, and no dictionaries (a dictionary page would be
 /// read whole for every lookup).
-pub fn writer_properties(table: Table, writer: &str, rows: usize, extra: Vec<KeyValue>) -> WriterProperties {
+pub fn writer_properties(
+    table: Table,
+    writer: &str,
+    rows: usize,
+    extra: Vec<KeyValue>,
+    encryption: Option<Arc<FileEncryptionProperties>>,
+) -> WriterProperties {
     let mut metadata = vec![
         KeyValue::new("proxima.version".to_string(), PROXIMA_VERSION.to_string()),
         KeyValue::new("proxima.writer".to_string(), writer.to_string()),
@@ -112,6 +119,17 @@ pub fn writer_properties(table: Table, writer: &str, rows: usize, extra: Vec<Key
             .set_column_statistics_enabled(ColumnPath::from("observed"), EnabledStatistics::Page)
             .set_column_encoding(ColumnPath::from("observed_at"), Encoding::DELTA_BINARY_PACKED);
     }
+    let Some(encryption) = encryption else {
+        return with_bloom_filters(builder, table, rows).build();
+    };
+    // No bloom filters: parquet writes them unencrypted, and a filter would tell whoever
+    // can read the bucket whether a MAC or device is in a file (module docs of
+    // `proxima_engine::encryption`).
+    builder.with_file_encryption_properties(encryption).build()
+}
+
+/// Bloom filters on the table's lookup columns, sized for `rows`.
+fn with_bloom_filters(mut builder: WriterPropertiesBuilder, table: Table, rows: usize) -> WriterPropertiesBuilder {
     for column in table.lookup_columns() {
         let column = ColumnPath::from(*column);
         builder = builder
@@ -119,7 +137,7 @@ pub fn writer_properties(table: Table, writer: &str, rows: usize, extra: Vec<Key
             .set_column_bloom_filter_fpp(column.clone(), 0.01)
             .set_column_bloom_filter_max_ndv(column, rows.clamp(1, 1_000_000) as u64);
     }
-    builder.build()
+    builder
 }
 
 /// Rows per data page of files that tracing looks up by page index.

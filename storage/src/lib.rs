@@ -2,7 +2,8 @@
 //!
 //! Rows from any front door (REST, imports, the generator) reach the store
 //! through a [`PartitionWriter`] [`Transaction`], laid out by [`layout`]
-//! (sort order, one file per day, writer properties). The REST service's
+//! (sort order, one file per day, writer properties), encrypted under the
+//! table-day's key when the store has master keys ([`keys`]). The REST service's
 //! rows pass first through the write-ahead log ([`wal`]); the [`flush`]
 //! moves them into Parquet, recording WAL [`marks`] in each file so that a
 //! replay never stores a row twice. [`compaction`] merges a day's small
@@ -18,6 +19,7 @@ pub mod compaction;
 pub mod error;
 pub mod flush;
 pub mod index_build;
+pub mod keys;
 pub mod layout;
 pub mod maintainer;
 pub mod marks;

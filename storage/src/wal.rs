@@ -678,7 +678,7 @@ fn decode_entries(mut bytes: &[u8]) -> Option<Vec<Entry>> {
     for _ in 0..count {
         let name_len = take(1)?[0] as usize;
         let name = std::str::from_utf8(take(name_len)?).ok()?;
-        let table = Table::ALL.into_iter().find(|t| t.name() == name)?;
+        let table = Table::from_name(name)?;
         let ipc_len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
         let ipc = take(ipc_len)?;
         let reader = StreamReader::try_new(ipc, None).ok()?;

@@ -21,6 +21,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::AsyncArrowWriter;
 use parquet::file::metadata::KeyValue;
+use proxima_engine::encryption::Place;
 use proxima_engine::paths::{new_data_file, staging_prefix};
 use proxima_engine::{Store, Table};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::keys::file_encryption;
 use crate::layout::{conform, observed_index_rows, writer_properties};
 
 /// Parquet metadata key of an `observed_index` file: the observation file it was written with.
@@ -231,7 +233,8 @@ impl Transaction {
             .join(self.id.to_string())
             .join(format!("{}.parquet", self.staged.len()));
         let target = new_data_file(store.root(), table, day);
-        let props = writer_properties(table, self.writer.name, expected_rows, metadata);
+        let encryption = file_encryption(store, Place { table, day }).await?;
+        let props = writer_properties(table, self.writer.name, expected_rows, metadata, encryption);
         let sink = object_store::buffered::BufWriter::new(Arc::clone(store.object_store()), staging.clone());
         let mut writer = AsyncArrowWriter::try_new(sink, table.file_schema(), Some(props))?;
         let mut rows = 0u64;

@@ -69,3 +69,20 @@ pub fn audit_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// The Python interpreter of the project's .venv, or of $PROXIMA_PYTHON, if it can import
+/// every module of `modules`.
+#[allow(dead_code)] // not every test binary that shares this module runs Python
+pub fn python_with(modules: &[&str]) -> Option<std::path::PathBuf> {
+    let candidates = [
+        std::env::var_os("PROXIMA_PYTHON").map(std::path::PathBuf::from),
+        Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")),
+    ];
+    let imports = format!("import {}", modules.join(", "));
+    candidates.into_iter().flatten().find(|python| {
+        std::process::Command::new(python)
+            .args(["-c", &imports])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}

@@ -1,0 +1,162 @@
+//! The write side of encryption at rest: making each table-day's key-encryption key the
+//! first time a file of it is written, and rewrapping every KEK when the master key
+//! rotates (see `proxima_engine::encryption` for the hierarchy).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use parquet::encryption::encrypt::FileEncryptionProperties;
+use proxima_engine::Store;
+use proxima_engine::encryption::{Keyring, Place, StoredKek};
+use proxima_engine::keys::random_key;
+use tracing::info;
+
+use crate::error::Result;
+
+/// How a new file of `place` is encrypted, if the store was opened with a master key
+/// (`None`: it is written in the clear).
+pub async fn file_encryption(store: &Store, place: Place) -> Result<Option<Arc<FileEncryptionProperties>>> {
+    let Some(keyring) = store.keyring() else {
+        return Ok(None);
+    };
+    let kek = kek_for(store, keyring, place).await?;
+    Ok(Some(Keyring::encryption_properties(place, &kek)?))
+}
+
+/// The KEK of `place`: the stored one, or a new one stored now. Two writers racing to
+/// make it agree: the store keeps the first (a conditional put), the other reads it.
+async fn kek_for(store: &Store, keyring: &Keyring, place: Place) -> Result<[u8; 32]> {
+    let id = place.kek_id();
+    if let Some(kek) = keyring.kek(&id).await? {
+        return Ok(kek);
+    }
+    let kek = random_key();
+    let stored = keyring.wrap_kek(&id, &kek)?;
+    let location = keyring.kek_path(&id);
+    let create = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    match store
+        .object_store()
+        .put_opts(&location, PutPayload::from(stored.to_bytes()), create)
+        .await
+    {
+        Ok(_) => {
+            store.sync_local([&location])?;
+            info!(kek = %id, master_key = %stored.master_key_id, "new key-encryption key");
+            keyring.remember(&id, kek);
+            Ok(kek)
+        }
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(keyring
+            .kek(&id)
+            .await?
+            .expect("a key-encryption key the store reported as existing")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every stored KEK.
+async fn stored_keks(store: &Store, keyring: &Keyring) -> Result<Vec<(object_store::path::Path, StoredKek)>> {
+    let prefix = keyring.keys_prefix();
+    let listed: Vec<_> = store.object_store().list(Some(&prefix)).try_collect().await?;
+    let mut keks = Vec::with_capacity(listed.len());
+    for meta in listed {
+        let Some(id) = meta
+            .location
+            .prefix_match(&prefix)
+            .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"))
+            .and_then(|id| id.strip_suffix(".json").map(str::to_string))
+        else {
+            continue;
+        };
+        let bytes = store.object_store().get(&meta.location).await?.bytes().await?;
+        keks.push((meta.location.clone(), StoredKek::parse(&meta.location, &bytes, &id)?));
+    }
+    Ok(keks)
+}
+
+/// How many KEKs each master key wraps.
+pub async fn master_key_use(store: &Store, keyring: &Keyring) -> Result<BTreeMap<String, usize>> {
+    let mut uses = BTreeMap::new();
+    for (_, kek) in stored_keks(store, keyring).await? {
+        *uses.entry(kek.master_key_id).or_default() += 1;
+    }
+    Ok(uses)
+}
+
+/// Rewraps with the current master key every KEK another master key wraps; returns how
+/// many were rewrapped. Data files are not touched (their data keys are wrapped by the
+/// KEKs, which do not change). Interrupted, it is run again: every KEK is readable with
+/// either key meanwhile.
+pub async fn rewrap_all(store: &Store, keyring: &Keyring) -> Result<usize> {
+    let current = keyring.provider().current();
+    let mut rewrapped = 0;
+    for (location, stored) in stored_keks(store, keyring).await? {
+        if stored.master_key_id == current {
+            continue;
+        }
+        let kek = keyring.unwrap_kek(&stored)?;
+        let fresh = keyring.wrap_kek(&stored.id, &kek)?;
+        store
+            .object_store()
+            .put(&location, PutPayload::from(fresh.to_bytes()))
+            .await?;
+        store.sync_local([&location])?;
+        rewrapped += 1;
+    }
+    Ok(rewrapped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{NaiveDate, Utc};
+    use proxima_engine::Table;
+    use proxima_engine::keys::{KeyProvider, MasterKeys};
+
+    #[tokio::test]
+    async fn a_place_gets_one_kek_and_rotation_rewraps_it_without_changing_it() {
+        let mut masters = MasterKeys::generate(Utc::now());
+        let store = Store::in_memory().with_keys(Arc::new(masters.clone()));
+        let keyring = store.keyring().unwrap().clone();
+        let place = Place {
+            table: Table::Observations,
+            day: NaiveDate::from_ymd_opt(2026, 11, 29),
+        };
+        let first = kek_for(&store, &keyring, place).await.unwrap();
+        assert_eq!(kek_for(&store, &keyring, place).await.unwrap(), first);
+        // Another process (a fresh keyring) reads the same KEK rather than making its own.
+        let other = Store::in_memory().wrapped(|_| Arc::clone(store.object_store()));
+        let other = other.with_keys(Arc::new(masters.clone()));
+        assert_eq!(kek_for(&other, other.keyring().unwrap(), place).await.unwrap(), first);
+
+        let old = masters.current();
+        let new = masters.rotate(Utc::now());
+        let rotated = Store::in_memory()
+            .wrapped(|_| Arc::clone(store.object_store()))
+            .with_keys(Arc::new(masters.clone()));
+        let ring = rotated.keyring().unwrap();
+        assert_eq!(
+            master_key_use(&rotated, ring).await.unwrap(),
+            BTreeMap::from([(old.clone(), 1)])
+        );
+        assert_eq!(rewrap_all(&rotated, ring).await.unwrap(), 1);
+        assert_eq!(rewrap_all(&rotated, ring).await.unwrap(), 0);
+        assert_eq!(
+            master_key_use(&rotated, ring).await.unwrap(),
+            BTreeMap::from([(new, 1)])
+        );
+        // With the old key gone, the KEK still unwraps, to the same key.
+        masters.remove_retired(&old).unwrap();
+        let after = Store::in_memory()
+            .wrapped(|_| Arc::clone(store.object_store()))
+            .with_keys(Arc::new(masters));
+        assert_eq!(
+            after.keyring().unwrap().kek(&place.kek_id()).await.unwrap(),
+            Some(first)
+        );
+    }
+}

@@ -1,0 +1,511 @@
+//! Encryption at rest, end to end on real files: a store written with a master key answers
+//! exactly as the same population written in the clear (tables, the `encounters` view,
+//! traces through the encounter index, after a compaction), while no file of it holds a
+//! registered MAC, device UUID or identifier; missing, wrong and moved keys fail with
+//! errors that name the key; rotation keeps every file readable; the `proxima key`
+//! commands; and pyarrow reads a file through its Key Management Tools API.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::util::pretty::pretty_format_batches;
+use chrono::Utc;
+use proxima_engine::ephemeral::{IdKeys, Identifiers};
+use proxima_engine::keys::{KeyProvider, MasterKeys};
+use proxima_engine::{SessionFactory, SessionOptions, Store, Table};
+use proxima_ingest::synthetic::{Broadcast, PopulationSpec, generate};
+use proxima_storage::PartitionWriter;
+use proxima_storage::compaction::compact_due;
+
+const BIN: &str = env!("CARGO_BIN_EXE_proxima");
+
+fn identifiers() -> Arc<Identifiers> {
+    Arc::new(Identifiers::new(
+        IdKeys::generate(Utc::now()),
+        std::time::Duration::from_secs(15 * 60),
+        std::time::Duration::from_secs(120),
+    ))
+}
+
+/// The same population (MACs, rotating identifiers and GAEN RPIs, a third each) over the
+/// last three days, plus extra small files today that a compaction then merges.
+async fn populate(store: &Store, ids: &Arc<Identifiers>) -> SessionFactory {
+    let writer = PartitionWriter::new(store.clone(), "test");
+    let today = proxima_engine::store::today_utc();
+    let spec = PopulationSpec {
+        broadcast: Broadcast::Mixed(Arc::clone(ids)),
+        devices: 240,
+        days: 3,
+        contacts_per_day: 6,
+        seed: 11,
+        start: today - chrono::Days::new(2),
+    };
+    generate(&writer, &spec, |_| {}).await.unwrap();
+    let options = SessionOptions {
+        identifiers: Some(Arc::clone(ids)),
+        ..SessionOptions::default()
+    };
+    let factory = SessionFactory::new(store.clone(), options).unwrap();
+    let extra = rows(
+        &factory,
+        &format!(
+            "SELECT observer, observed, observed_at, duration_s, rssi, tx_power, location FROM observations \
+             WHERE day = DATE '{today}' ORDER BY observer, observed_at LIMIT 40"
+        ),
+    )
+    .await;
+    for _ in 0..proxima_storage::compaction::MIN_FILES {
+        let mut transaction = writer.begin();
+        transaction
+            .write_file(Table::Observations, Some(today), &extra)
+            .await
+            .unwrap();
+        transaction.commit().await.unwrap();
+    }
+    assert!(compact_due(&factory, &writer, Utc::now()).await.unwrap() >= 1);
+    factory
+}
+
+async fn rows(factory: &SessionFactory, sql: &str) -> Vec<RecordBatch> {
+    let ctx = factory.session().await.unwrap();
+    ctx.sql(sql).await.unwrap().collect().await.unwrap()
+}
+
+async fn text(factory: &SessionFactory, sql: &str) -> String {
+    pretty_format_batches(&rows(factory, sql).await).unwrap().to_string()
+}
+
+async fn query_error(factory: &SessionFactory, sql: &str) -> String {
+    let ctx = factory.session().await.unwrap();
+    match ctx.sql(sql).await {
+        Err(e) => e.to_string(),
+        Ok(frame) => frame.collect().await.expect_err("the query should fail").to_string(),
+    }
+}
+
+/// What is compared between the two stores: every table's content and traces.
+const CHECKS: &[&str] = &[
+    "SELECT count(*), sum(duration_s), min(observed_at), max(observed_at) FROM observations",
+    "SELECT day, count(*) FROM observations GROUP BY day ORDER BY day",
+    "SELECT * FROM devices ORDER BY device_uuid",
+    "SELECT count(*), count(DISTINCT a), sum(duration_s) FROM encounters",
+    "SELECT a, b, at FROM encounters ORDER BY a, b, at LIMIT 50",
+];
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The byte strings that identify someone: each device's UUID (text and its 16 bytes), each
+/// MAC, each exposure key, and some identifiers heard (rotating identifiers and RPIs).
+async fn secrets(factory: &SessionFactory) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let lines = text(
+        factory,
+        "SELECT device_uuid AS v FROM devices UNION ALL SELECT mac FROM devices WHERE mac IS NOT NULL",
+    )
+    .await;
+    for value in lines
+        .lines()
+        .filter_map(|l| l.strip_prefix("| "))
+        .map(|l| l.trim_end_matches(" |").trim())
+    {
+        if value == "v" {
+            continue;
+        }
+        out.push(value.as_bytes().to_vec());
+        if let Ok(uuid) = uuid::Uuid::parse_str(value) {
+            out.push(uuid.as_bytes().to_vec());
+        }
+    }
+    let heard = text(
+        factory,
+        "SELECT DISTINCT observed AS v FROM observations WHERE length(observed) = 32 ORDER BY v LIMIT 200",
+    )
+    .await;
+    for value in heard
+        .lines()
+        .filter_map(|l| l.strip_prefix("| "))
+        .map(|l| l.trim_end_matches(" |").trim())
+    {
+        if value != "v" {
+            out.push(value.as_bytes().to_vec());
+        }
+    }
+    assert!(out.len() > 600, "devices, MACs and identifiers: {}", out.len());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_store_answers_as_a_plaintext_one_and_holds_nothing_readable() {
+    let dirs = tempfile::tempdir().unwrap();
+    let ids = identifiers();
+    let plain = Store::local(&dirs.path().join("plain")).unwrap();
+    let masters = Arc::new(MasterKeys::generate(Utc::now()));
+    let sealed_root = dirs.path().join("sealed");
+    let sealed = Store::local(&sealed_root).unwrap().with_keys(masters.clone());
+    let plain = populate(&plain, &ids).await;
+    let sealed = populate(&sealed, &ids).await;
+
+    for sql in CHECKS {
+        assert_eq!(text(&sealed, sql).await, text(&plain, sql).await, "{sql}");
+    }
+    // Traces, through the encounter index (every day is covered), for a few devices.
+    let devices = text(&plain, "SELECT device_uuid FROM devices ORDER BY device_uuid LIMIT 6").await;
+    let now = Utc::now().to_rfc3339();
+    for device in devices
+        .lines()
+        .filter_map(|l| l.strip_prefix("| "))
+        .map(|l| l.trim_end_matches(" |").trim())
+    {
+        if device == "device_uuid" {
+            continue;
+        }
+        let sql = format!(
+            "SELECT contact, contact_order, priority, exposed_at FROM trace_contacts('{device}', TIMESTAMP '{now}') \
+             ORDER BY contact"
+        );
+        assert_eq!(text(&sealed, &sql).await, text(&plain, &sql).await, "{sql}");
+    }
+    let today = proxima_engine::store::today_utc();
+    assert!(sealed.index().is_covered(today).await.unwrap());
+
+    let secrets = secrets(&plain).await;
+    let plain_root = plain.store().local_root().unwrap().to_path_buf();
+    // The check finds what it looks for: in the plaintext store, compressed pages hide most
+    // values, but statistics and footers show some of each kind.
+    let plain_bytes: Vec<u8> = files_under(&plain_root)
+        .iter()
+        .flat_map(|f| std::fs::read(f).unwrap())
+        .collect();
+    for (kind, len) in [("UUIDs", 36), ("UUIDs as bytes", 16), ("MACs", 17), ("identifiers", 32)] {
+        let seen = secrets
+            .iter()
+            .filter(|s| s.len() == len && contains(&plain_bytes, s))
+            .count();
+        assert!(
+            seen > 0,
+            "no {kind} in the plaintext store: the search cannot find anything"
+        );
+    }
+
+    let files = files_under(&sealed_root);
+    let parquet: Vec<_> = files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    let tables: BTreeSet<String> = parquet
+        .iter()
+        .map(|f| {
+            f.strip_prefix(&sealed_root)
+                .unwrap()
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    for table in ["devices", "observations", "observed_index", "exposure_keys"] {
+        assert!(tables.contains(table), "{tables:?}");
+    }
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap();
+        if file.extension().is_some_and(|e| e == "parquet") {
+            assert_eq!(&bytes[..4], b"PARE", "{}", file.display());
+            assert_eq!(&bytes[bytes.len() - 4..], b"PARE", "{}", file.display());
+        }
+        for secret in &secrets {
+            assert!(
+                !contains(&bytes, secret),
+                "{} holds {}",
+                file.display(),
+                String::from_utf8_lossy(secret)
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_wrong_and_moved_keys_fail_clearly_and_rotation_keeps_every_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let ids = identifiers();
+    let mut masters = MasterKeys::generate(Utc::now());
+    let first = masters.current();
+    let store = Store::local(&root).unwrap().with_keys(Arc::new(masters.clone()));
+    let factory = populate(&store, &ids).await;
+    let count = "SELECT count(*) FROM observations";
+    let expected = text(&factory, count).await;
+    let session = |store: Store| {
+        SessionFactory::new(
+            store,
+            SessionOptions {
+                identifiers: Some(Arc::clone(&ids)),
+                ..SessionOptions::default()
+            },
+        )
+        .unwrap()
+    };
+
+    let keyless = session(Store::local(&root).unwrap());
+    let err = query_error(&keyless, count).await;
+    assert!(
+        err.contains("no master key was given") && err.contains("PROXIMA_MASTER_KEY"),
+        "{err}"
+    );
+    let stranger = session(
+        Store::local(&root)
+            .unwrap()
+            .with_keys(Arc::new(MasterKeys::generate(Utc::now()))),
+    );
+    let err = query_error(&stranger, count).await;
+    assert!(err.contains(&first) && err.contains("is not in"), "{err}");
+
+    // A file copied into another day's folder fails to decrypt there, and says why.
+    let today = proxima_engine::store::today_utc();
+    let yesterday = today.pred_opt().unwrap();
+    let folder = |day: chrono::NaiveDate| root.join(format!("observations/day={day}"));
+    let source = files_under(&folder(yesterday))
+        .into_iter()
+        .find(|f| f.extension().is_some_and(|e| e == "parquet"))
+        .unwrap();
+    let planted = folder(today).join("part-00000000-0000-7000-8000-000000000000.parquet");
+    std::fs::copy(&source, &planted).unwrap();
+    let err = query_error(
+        &factory,
+        &format!("SELECT count(*) FROM observations WHERE day = DATE '{today}'"),
+    )
+    .await;
+    assert!(
+        err.contains("lies where observations/") && err.contains("belongs"),
+        "{err}"
+    );
+    std::fs::remove_file(&planted).unwrap();
+    assert_eq!(text(&factory, count).await, expected);
+
+    // Rotation: a new current key, every KEK rewrapped, the old key removed: all readable.
+    let second = masters.rotate(Utc::now());
+    let rotated = Store::local(&root).unwrap().with_keys(Arc::new(masters.clone()));
+    let rewrapped = proxima_storage::keys::rewrap_all(&rotated, rotated.keyring().unwrap())
+        .await
+        .unwrap();
+    assert!(rewrapped >= 10, "a KEK per table and day: {rewrapped}");
+    masters.remove_retired(&first).unwrap();
+    assert_eq!(masters.ids(), vec![second]);
+    let after = session(Store::local(&root).unwrap().with_keys(Arc::new(masters)));
+    for sql in CHECKS {
+        assert_eq!(text(&after, sql).await, text(&factory, sql).await, "{sql}");
+    }
+}
+
+fn proxima(root: &Path, key: Option<&Path>, args: &[&str]) -> std::process::Output {
+    let mut command = Command::new(BIN);
+    command.args(["--data", root.to_str().unwrap()]).args(args);
+    command
+        .env_remove("PROXIMA_MASTER_KEY")
+        .env_remove("PROXIMA_MASTER_KEY_FILE");
+    if let Some(key) = key {
+        command.args(["--master-key-file", key.to_str().unwrap()]);
+    }
+    command.output().unwrap()
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn key_commands_and_a_server_that_will_not_serve_in_the_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let key = dir.path().join("master.key");
+    let init = stdout(&proxima(&root, Some(&key), &["key", "init"]));
+    assert!(init.contains("master key mk-"), "{init}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let again = proxima(&root, Some(&key), &["key", "init"]);
+    assert!(!again.status.success());
+    let inside = proxima(&root, Some(&root.join("master.key")), &["key", "init"]);
+    assert!(String::from_utf8_lossy(&inside.stderr).contains("must not be kept inside the store"));
+
+    stdout(&proxima(
+        &root,
+        Some(&key),
+        &["generate", "--devices", "40", "--days", "2"],
+    ));
+    let count = ["sql", "-c", "SELECT count(*) AS n FROM observations"];
+    let counted = stdout(&proxima(&root, Some(&key), &count));
+    assert!(
+        counted.lines().any(|l| l
+            .trim_matches(|c| c == '|' || c == ' ')
+            .parse::<u64>()
+            .is_ok_and(|n| n > 0)),
+        "{counted}"
+    );
+    let keyless = proxima(&root, None, &count);
+    assert!(!keyless.status.success());
+    assert!(
+        String::from_utf8_lossy(&keyless.stderr).contains("no master key was given"),
+        "{}",
+        String::from_utf8_lossy(&keyless.stderr)
+    );
+
+    let status = stdout(&proxima(&root, Some(&key), &["key", "status"]));
+    let first = status.split_whitespace().next().unwrap().to_string();
+    assert!(status.contains("current") && status.contains("wraps"), "{status}");
+    let refused = proxima(&root, Some(&key), &["key", "retire", &first]);
+    assert!(!refused.status.success());
+    let rotated = stdout(&proxima(&root, Some(&key), &["key", "rotate"]));
+    assert!(rotated.contains(&format!("({first} retired)")), "{rotated}");
+    let status = stdout(&proxima(&root, Some(&key), &["key", "status"]));
+    assert!(status.contains("wraps nothing: can be retired"), "{status}");
+    stdout(&proxima(&root, Some(&key), &["key", "retire", &first]));
+    assert_eq!(stdout(&proxima(&root, Some(&key), &count)), counted);
+
+    // The route for DuckDB: an export in the clear, to a place the analyst controls.
+    let export = dir.path().join("daily.parquet");
+    let copy = format!(
+        "COPY (SELECT day, count(*) AS n FROM observations GROUP BY day) TO '{}'",
+        export.display()
+    );
+    stdout(&proxima(&root, Some(&key), &["sql", "-c", &copy]));
+    let bytes = std::fs::read(&export).unwrap();
+    assert_eq!(&bytes[..4], b"PAR1");
+
+    // A server with real users, beyond loopback, but no master key: refused.
+    let users = dir.path().join("users.toml");
+    let mut add = Command::new(BIN)
+        .args([
+            "user",
+            "add",
+            "alice",
+            "--role",
+            "tracer",
+            "--users",
+            users.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        add.stdin
+            .take()
+            .unwrap()
+            .write_all(b"a long enough password\n")
+            .unwrap();
+    }
+    assert!(add.wait().unwrap().success());
+    let exposed = proxima(
+        &root,
+        None,
+        &[
+            "serve",
+            "--flight",
+            "0.0.0.0:0",
+            "--no-rest",
+            "--users",
+            users.to_str().unwrap(),
+        ],
+    );
+    assert!(!exposed.status.success());
+    assert!(
+        String::from_utf8_lossy(&exposed.stderr).contains("without a master key"),
+        "{}",
+        String::from_utf8_lossy(&exposed.stderr)
+    );
+}
+
+/// The Python interpreter of the project's .venv, or of $PROXIMA_PYTHON, with pyarrow and
+/// cryptography.
+fn python() -> Option<PathBuf> {
+    common::python_with(&["pyarrow.parquet.encryption", "cryptography"])
+}
+
+#[test]
+fn pyarrow_reads_a_file_with_the_master_key() {
+    let Some(python) = python() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install pyarrow and cryptography into .venv (see .ci/run)"
+        );
+        eprintln!("skipped: no Python with pyarrow and cryptography (run .ci/run, or set PROXIMA_PYTHON)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let key = dir.path().join("master.key");
+    stdout(&proxima(&root, Some(&key), &["key", "init"]));
+    stdout(&proxima(
+        &root,
+        Some(&key),
+        &["generate", "--devices", "30", "--days", "1"],
+    ));
+    let devices = stdout(&proxima(
+        &root,
+        Some(&key),
+        &["sql", "-c", "SELECT device_uuid FROM devices ORDER BY device_uuid"],
+    ));
+    let expected: Vec<&str> = devices
+        .lines()
+        .map(|l| l.trim_matches(|c| c == '|' || c == ' '))
+        .filter(|l| uuid::Uuid::parse_str(l).is_ok())
+        .collect();
+    assert_eq!(expected.len(), 30, "{devices}");
+    let file = files_under(&root.join("devices"))
+        .into_iter()
+        .find(|f| f.extension().is_some_and(|e| e == "parquet"))
+        .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/encryption/pyarrow_read.py");
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(&file)
+        .env("PROXIMA_STORE", &root)
+        .env("PROXIMA_MASTER_KEY_FILE", &key)
+        .output()
+        .unwrap();
+    let printed = stdout(&output);
+    let mut read: Vec<&str> = printed.lines().collect();
+    read.sort_unstable();
+    assert_eq!(read, expected);
+
+    // Without the master key pyarrow gets nothing.
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(&file)
+        .env("PROXIMA_STORE", &root)
+        .env("PROXIMA_MASTER_KEY_FILE", dir.path().join("no-such-file"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(!String::from_utf8_lossy(&output.stdout).contains(expected[0]));
+}
