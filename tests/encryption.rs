@@ -509,3 +509,113 @@ fn pyarrow_reads_a_file_with_the_master_key() {
     assert!(!output.status.success());
     assert!(!String::from_utf8_lossy(&output.stdout).contains(expected[0]));
 }
+
+/// A `proxima serve` child, killed (SIGKILL, as `kill -9`) when dropped.
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `proxima serve` on loopback with the master key, writing what it acknowledges to
+/// its WAL and flushing only at start; returns it and its REST address.
+fn serve(root: &Path, key: &Path) -> (Serve, String) {
+    use std::io::BufReader;
+    use std::process::Stdio;
+    let mut child = Command::new(BIN)
+        .args([
+            "--data",
+            root.to_str().unwrap(),
+            "--master-key-file",
+            key.to_str().unwrap(),
+        ])
+        .args(["serve", "--http", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
+        .args(["--registration-work", "10", "--flush-interval", "1h"])
+        .env("RUST_LOG", "warn")
+        .env_remove("PROXIMA_MASTER_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let serve = Serve(child);
+    let rest = common::wait_for_line(&mut stdout, "REST listening on ");
+    let api = rest["REST listening on ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    (serve, api)
+}
+
+fn phone(state: &Path, api: &str, args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .args(["phone", "--state", state.to_str().unwrap(), "--api", api])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    stdout(&output).trim().to_string()
+}
+
+#[test]
+fn what_phones_send_is_sealed_in_the_wal_and_the_store_and_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let key = dir.path().join("master.key");
+    stdout(&proxima(&root, Some(&key), &["key", "init"]));
+    let (server, api) = serve(&root, &key);
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    let a_uuid = phone(&a, &api, &["register"]);
+    let b_uuid = phone(&b, &api, &["register"]);
+    phone(&b, &api, &["ids", "--count", "4"]);
+    let heard = phone(&b, &api, &["current-id"]);
+    assert_eq!(heard.len(), 32);
+    phone(&a, &api, &["upload", "--heard", &heard]);
+    drop(server); // kill -9: the sighting is acknowledged, in the WAL only
+
+    let wal: Vec<_> = files_under(&root.join("_wal"))
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    assert!(!wal.is_empty());
+    let secrets = [a_uuid.as_str(), b_uuid.as_str(), heard.as_str()];
+    let check = |stage: &str| {
+        for file in files_under(&root) {
+            // The audit log is not encrypted (verifiers read it); it is checked apart.
+            if file.starts_with(root.join("_audit")) {
+                continue;
+            }
+            let bytes = std::fs::read(&file).unwrap();
+            for secret in secrets {
+                assert!(
+                    !contains(&bytes, secret.as_bytes()),
+                    "{stage}: {} holds {secret}",
+                    file.display()
+                );
+            }
+            if file.extension().is_some_and(|e| e == "wal") && !bytes.is_empty() {
+                assert!(bytes.starts_with(b"PXWE"), "{}", file.display());
+            }
+        }
+    };
+    check("after kill -9");
+    // The identifier keys the server made beside the store are sealed with the master key.
+    let id_key = std::fs::read_to_string(dir.path().join("store.id-key")).unwrap();
+    assert!(id_key.contains("proxima-sealed/1") && !id_key.contains("\"keys\""), "{id_key}");
+
+    // Restarted with the key, the server replays the sealed WAL into the store.
+    let (server, _) = serve(&root, &key);
+    drop(server);
+    let sql = format!("SELECT count(*) AS n FROM observations WHERE observer = '{a_uuid}' AND observed = '{heard}'");
+    let counted = stdout(&proxima(&root, Some(&key), &["sql", "-c", &sql]));
+    assert!(
+        counted.lines().any(|l| l.trim_matches(|c| c == '|' || c == ' ') == "1"),
+        "{counted}"
+    );
+    check("after replay");
+}

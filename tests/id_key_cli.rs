@@ -36,7 +36,7 @@ fn a_key_file_issues_identifiers_that_resolve_to_their_device_and_epoch() {
         "3",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let keys = IdKeys::load(std::path::Path::new(file)).unwrap();
+    let keys = IdKeys::load(std::path::Path::new(file), None).unwrap();
     let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)

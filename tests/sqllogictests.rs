@@ -183,7 +183,7 @@ fn fixture_identifiers(slt: &Path) -> Result<Option<Arc<Identifiers>>, Box<dyn s
     else {
         return Ok(None);
     };
-    let keys = IdKeys::load(&file)?;
+    let keys = IdKeys::load(&file, None)?;
     let epoch = std::time::Duration::from_secs(15 * 60);
     Ok(Some(Arc::new(Identifiers::new(keys, epoch, DEFAULT_TOLERANCE))))
 }

@@ -29,6 +29,8 @@ use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::keys::{KeyProvider, read_sealed_file, write_sealed_file};
+
 /// An identifier as broadcast: 16 bytes.
 pub type EphemeralId = [u8; 16];
 
@@ -148,12 +150,14 @@ impl IdKeys {
         }
     }
 
-    /// Reads a key file, checking it holds exactly one current key and distinct ids.
-    pub fn load(path: &Path) -> Result<Self, IdKeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| IdKeyError::Io {
+    /// Reads a key file (sealed with a master key, which `master` must hold, or as it is),
+    /// checking it holds exactly one current key and distinct ids.
+    pub fn load(path: &Path, master: Option<&dyn KeyProvider>) -> Result<Self, IdKeyError> {
+        let bytes = read_sealed_file(path, master).map_err(|e| IdKeyError::Invalid {
             path: path.display().to_string(),
-            source,
+            reason: e.to_string(),
         })?;
+        let text = String::from_utf8_lossy(&bytes);
         let invalid = |reason: String| IdKeyError::Invalid {
             path: path.display().to_string(),
             reason,
@@ -172,13 +176,14 @@ impl IdKeys {
         Ok(keys)
     }
 
-    /// Writes the keys to `path` (readable by its owner only), durably: aside, synced,
+    /// Writes the keys to `path` (readable by its owner only; sealed with the current master
+    /// key if `master` is given), durably: aside, synced,
     /// renamed.
-    pub fn save(&self, path: &Path) -> Result<(), IdKeyError> {
+    pub fn save(&self, path: &Path, master: Option<&dyn KeyProvider>) -> Result<(), IdKeyError> {
         let text = serde_json::to_string_pretty(self).expect("keys always serialise");
-        crate::keys::write_secret_file(path, text.as_bytes()).map_err(|source| IdKeyError::Io {
+        write_sealed_file(path, text.as_bytes(), master).map_err(|e| IdKeyError::Invalid {
             path: path.display().to_string(),
-            source,
+            reason: e.to_string(),
         })
     }
 
@@ -550,13 +555,13 @@ mod tests {
         let path = dir.path().join("ids.key");
         let mut keys = IdKeys::generate(now());
         keys.rotate(now()).unwrap();
-        keys.save(&path).unwrap();
+        keys.save(&path, None).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
             assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
-        let loaded = IdKeys::load(&path).unwrap();
+        let loaded = IdKeys::load(&path, None).unwrap();
         let id = keys.issue(9, 100);
         assert_eq!(loaded.resolve(&id), keys.resolve(&id));
         assert_eq!(loaded.issue(9, 100), id);
@@ -577,7 +582,7 @@ mod tests {
             ),
         ] {
             std::fs::write(&path, text).unwrap();
-            let err = IdKeys::load(&path).unwrap_err().to_string();
+            let err = IdKeys::load(&path, None).unwrap_err().to_string();
             assert!(err.contains(why), "{text}: {err}");
         }
     }

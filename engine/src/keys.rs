@@ -84,31 +84,45 @@ pub trait KeyProvider: fmt::Debug + Send + Sync {
     fn unwrap(&self, wrapped: &str, id: &str) -> Result<Vec<u8>, KeyError>;
 }
 
-/// Seals `plaintext` with a 256-bit key: `base64(nonce ‖ ciphertext ‖ tag)`, `aad` bound in.
+/// Seals `plaintext` with a 256-bit key: `base64(nonce ‖ ciphertext ‖ tag)`, `aad` bound in,
+/// under a random nonce.
 pub fn seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> String {
-    let sealing = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32 bytes is an AES-256 key"));
     let mut nonce = [0u8; NONCE_LEN];
     rand::fill(&mut nonce);
-    let mut out = plaintext.to_vec();
-    sealing
-        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out)
-        .expect("AES-GCM seals any buffer below 64 GiB");
     let mut framed = nonce.to_vec();
-    framed.extend_from_slice(&out);
+    framed.extend_from_slice(&seal_at(key, nonce, aad, plaintext));
     BASE64.encode(framed)
 }
 
 /// Opens what [`seal`] made; `None` if the key or `aad` differ or the bytes were altered.
 pub fn open(key: &[u8; 32], aad: &[u8], sealed: &str) -> Option<Vec<u8>> {
     let framed = BASE64.decode(sealed.trim()).ok()?;
-    if framed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+    let (nonce, body) = framed.split_at_checked(NONCE_LEN)?;
+    open_at(key, nonce.try_into().ok()?, aad, body)
+}
+
+/// AES-256-GCM of `plaintext` (ciphertext ‖ tag) under `nonce`, which the caller guarantees
+/// is never used twice with `key`.
+pub fn seal_at(key: &[u8; 32], nonce: [u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let sealing = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32 bytes is an AES-256 key"));
+    let mut out = plaintext.to_vec();
+    sealing
+        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out)
+        .expect("AES-GCM seals any buffer below 64 GiB");
+    out
+}
+
+/// Opens what [`seal_at`] made; `None` if the key, nonce or `aad` differ or the bytes were
+/// altered.
+pub fn open_at(key: &[u8; 32], nonce: [u8; NONCE_LEN], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < AES_256_GCM.tag_len() {
         return None;
     }
-    let (nonce, body) = framed.split_at(NONCE_LEN);
     let opening = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).ok()?);
-    let mut body = body.to_vec();
-    let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-    let plain = opening.open_in_place(nonce, Aad::from(aad), &mut body).ok()?;
+    let mut body = sealed.to_vec();
+    let plain = opening
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut body)
+        .ok()?;
     Some(plain.to_vec())
 }
 
@@ -340,6 +354,65 @@ impl KeyProvider for MasterKeys {
     }
 }
 
+/// A secret file sealed with a master key (what [`write_sealed_file`] writes given keys).
+#[derive(Serialize, Deserialize)]
+struct SealedFile {
+    format: String,
+    #[serde(rename = "masterKeyID")]
+    master_key_id: String,
+    sealed: String,
+}
+
+/// The `format` a sealed secret file declares.
+const SEALED_FORMAT: &str = "proxima-sealed/1";
+
+/// Writes a secret file (see [`write_secret_file`]), sealed with the current master key when
+/// `keys` are given, so that the file alone reveals nothing.
+pub fn write_sealed_file(path: &Path, bytes: &[u8], keys: Option<&dyn KeyProvider>) -> Result<(), KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let Some(keys) = keys else {
+        return write_secret_file(path, bytes).map_err(io);
+    };
+    let master_key_id = keys.current();
+    let sealed = SealedFile {
+        format: SEALED_FORMAT.into(),
+        sealed: keys.wrap(bytes, &master_key_id)?,
+        master_key_id,
+    };
+    let text = serde_json::to_vec_pretty(&sealed).expect("a sealed file always serialises");
+    write_secret_file(path, &text).map_err(io)
+}
+
+/// Reads a secret file: one that [`write_sealed_file`] sealed is opened with `keys` (an
+/// error names the master key it needs); any other is returned as it is.
+pub fn read_sealed_file(path: &Path, keys: Option<&dyn KeyProvider>) -> Result<Vec<u8>, KeyError> {
+    let bytes = std::fs::read(path).map_err(|source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let Ok(sealed) = serde_json::from_slice::<SealedFile>(&bytes) else {
+        return Ok(bytes);
+    };
+    if sealed.format != SEALED_FORMAT {
+        return Ok(bytes);
+    }
+    let keys = keys.ok_or_else(|| KeyError::Invalid {
+        source_name: path.display().to_string(),
+        reason: format!(
+            "sealed with master key {}, and no master key was given (--master-key-file FILE, or {MASTER_KEY_ENV})",
+            sealed.master_key_id
+        ),
+    })?;
+    keys.unwrap(&sealed.sealed, &sealed.master_key_id)
+        .map_err(|e| KeyError::Invalid {
+            source_name: path.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
 /// Writes a secret to `path` readable by its owner only, durably: aside, synced, renamed,
 /// folder synced. Never through a file or link left behind at the aside name.
 pub fn write_secret_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -418,6 +491,24 @@ mod tests {
         std::fs::write(&path, tampered.to_string()).unwrap();
         let err = MasterKeys::load(&path).unwrap_err().to_string();
         assert!(err.contains("does not match its id"), "{err}");
+    }
+
+    #[test]
+    fn a_sealed_secret_file_opens_only_with_its_master_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let keys = MasterKeys::generate(Utc::now());
+        write_sealed_file(&path, b"identifier keys", Some(&keys)).unwrap();
+        let on_disk = std::fs::read(&path).unwrap();
+        assert!(!on_disk.windows(10).any(|w| w == b"identifier"));
+        assert_eq!(read_sealed_file(&path, Some(&keys)).unwrap(), b"identifier keys");
+        let err = read_sealed_file(&path, None).unwrap_err().to_string();
+        assert!(err.contains(&keys.current()) && err.contains("no master key"), "{err}");
+        let stranger = MasterKeys::generate(Utc::now());
+        assert!(read_sealed_file(&path, Some(&stranger)).is_err());
+        // Without keys the file is written, and read, as it is.
+        write_sealed_file(&path, b"{\"plain\": 1}", None).unwrap();
+        assert_eq!(read_sealed_file(&path, Some(&keys)).unwrap(), b"{\"plain\": 1}");
     }
 
     #[test]

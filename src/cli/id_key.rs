@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use proxima_engine::Store;
 use proxima_engine::ephemeral::{IdKeys, Identifiers};
+use proxima_engine::keys::{KeyProvider, MasterKeys};
 
 use super::CliError;
 
@@ -145,7 +146,12 @@ pub fn load_outside(store: &Store, path: &Path) -> Result<IdKeys, CliError> {
         "identifier key",
         "whoever can read the store could link its identifiers to devices",
     )?;
-    IdKeys::load(path).map_err(usage)
+    IdKeys::load(path, master_of(store)).map_err(usage)
+}
+
+/// The master keys of `store`, which seal its identifier key files.
+fn master_of(store: &Store) -> Option<&dyn KeyProvider> {
+    store.keyring().map(|k| k.provider().as_ref())
 }
 
 /// The identifier keys a server issues with: the file `given` (`--id-key`), or for a
@@ -168,21 +174,22 @@ pub fn for_server(
     };
     if given.is_none() && !path.exists() {
         let keys = IdKeys::generate(chrono::Utc::now());
-        keys.save(&path).map_err(usage)?;
+        keys.save(&path, master_of(store)).map_err(usage)?;
         return Ok(Some(keys));
     }
     let mut keys = load_outside(store, &path)?;
     let forgotten = keys.forget_retired_before(forget_before);
     if forgotten > 0 {
-        keys.save(&path).map_err(usage)?;
+        keys.save(&path, master_of(store)).map_err(usage)?;
         tracing::info!(target: "proxima::serve", forgotten, file = %path.display(), "retired identifier keys forgotten");
     }
     Ok(Some(keys))
 }
 
-/// Runs `proxima id-key`.
-pub fn run(args: IdKeyArgs) -> Result<(), CliError> {
+/// Runs `proxima id-key`; key files are sealed with `master` when given.
+pub fn run(args: IdKeyArgs, master: Option<Arc<MasterKeys>>) -> Result<(), CliError> {
     let now = chrono::Utc::now();
+    let master = master.as_deref().map(|m| m as &dyn KeyProvider);
     match args.what {
         IdKeyCommand::New { out } => {
             if out.exists() {
@@ -193,7 +200,7 @@ pub fn run(args: IdKeyArgs) -> Result<(), CliError> {
                 )));
             }
             let keys = IdKeys::generate(now);
-            keys.save(&out).map_err(usage)?;
+            keys.save(&out, master).map_err(usage)?;
             super::print(format!(
                 "identifier key {} written to {} (keep it out of the store)",
                 keys.current_id(),
@@ -201,9 +208,9 @@ pub fn run(args: IdKeyArgs) -> Result<(), CliError> {
             ))
         }
         IdKeyCommand::Rotate { file } => {
-            let mut keys = IdKeys::load(&file).map_err(usage)?;
+            let mut keys = IdKeys::load(&file, master).map_err(usage)?;
             let id = keys.rotate(now).map_err(usage)?;
-            keys.save(&file).map_err(usage)?;
+            keys.save(&file, master).map_err(usage)?;
             super::print(format!(
                 "key {id} is current in {}; restart the server to issue with it",
                 file.display()
@@ -219,7 +226,7 @@ pub fn run(args: IdKeyArgs) -> Result<(), CliError> {
             if !epoch.as_secs().is_multiple_of(60) {
                 return Err(CliError::Usage("--epoch must be a whole number of minutes".into()));
             }
-            let keys = IdKeys::load(&file).map_err(usage)?;
+            let keys = IdKeys::load(&file, master).map_err(usage)?;
             let handle = proxima_engine::ephemeral::handle_of(&device)
                 .ok_or_else(|| CliError::Usage(format!("--device: '{device}' is not a device UUID")))?;
             let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -230,7 +237,7 @@ pub fn run(args: IdKeyArgs) -> Result<(), CliError> {
             Ok(())
         }
         IdKeyCommand::List { file } => {
-            let keys = IdKeys::load(&file).map_err(usage)?;
+            let keys = IdKeys::load(&file, master).map_err(usage)?;
             for key in keys.summary() {
                 super::print(key)?;
             }
@@ -252,7 +259,7 @@ mod tests {
         let mut keys = IdKeys::generate(Utc::now() - Duration::days(90));
         let old = keys.issue(7, 1000);
         keys.rotate(Utc::now() - Duration::days(60)).unwrap();
-        keys.save(&path).unwrap();
+        keys.save(&path, None).unwrap();
 
         // Retired 60 days ago: kept while the cutoff is older, forgotten after.
         let kept = for_server(&store, Some(&path), false, Utc::now() - Duration::days(61))
@@ -264,7 +271,7 @@ mod tests {
             .unwrap();
         assert!(served.resolve(&old).is_none());
         assert!(
-            IdKeys::load(&path).unwrap().resolve(&old).is_none(),
+            IdKeys::load(&path, None).unwrap().resolve(&old).is_none(),
             "the file forgot it too"
         );
         assert_eq!(served.current_id(), 2);
@@ -273,10 +280,10 @@ mod tests {
         assert!(for_server(&store, None, false, Utc::now()).unwrap().is_none());
         let made = for_server(&store, None, true, Utc::now()).unwrap().unwrap();
         let beside = dir.path().join("store.id-key");
-        assert_eq!(IdKeys::load(&beside).unwrap().issue(1, 2), made.issue(1, 2));
+        assert_eq!(IdKeys::load(&beside, None).unwrap().issue(1, 2), made.issue(1, 2));
 
         let inside = dir.path().join("store").join("ids.key");
-        keys.save(&inside).unwrap();
+        keys.save(&inside, None).unwrap();
         let err = for_server(&store, Some(&inside), false, Utc::now())
             .unwrap_err()
             .to_string();

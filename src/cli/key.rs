@@ -38,6 +38,18 @@ enum KeyCommand {
     },
 }
 
+/// The master keys given explicitly, for commands that open no store: `--master-key-file`,
+/// else `PROXIMA_MASTER_KEY`.
+pub fn given(file: Option<&Path>) -> Result<Option<Arc<MasterKeys>>, CliError> {
+    if let Some(path) = file {
+        return Ok(Some(Arc::new(MasterKeys::load(path).map_err(usage)?)));
+    }
+    match std::env::var(MASTER_KEY_ENV) {
+        Ok(value) => Ok(Some(Arc::new(MasterKeys::from_env(&value).map_err(usage)?))),
+        Err(_) => Ok(None),
+    }
+}
+
 /// The master keys a store is opened with: `--master-key-file`, else `PROXIMA_MASTER_KEY`,
 /// else the development key beside a local store (`<store>.master-key`) if there is one;
 /// `None` without any (the store's files are then neither written encrypted nor readable
@@ -46,8 +58,8 @@ pub fn provider(store: &Store, file: Option<&Path>) -> Result<Option<Arc<MasterK
     if let Some(path) = file {
         return Ok(Some(Arc::new(load_outside(store, path)?)));
     }
-    if let Ok(value) = std::env::var(MASTER_KEY_ENV) {
-        return Ok(Some(Arc::new(MasterKeys::from_env(&value).map_err(usage)?)));
+    if let Some(keys) = given(None)? {
+        return Ok(Some(keys));
     }
     match development_key(store) {
         Some(path) if path.exists() => Ok(Some(Arc::new(MasterKeys::load(&path).map_err(usage)?))),

@@ -102,7 +102,7 @@ pub enum CliError {
 pub async fn run(args: Args) -> Result<(), CliError> {
     match args.command {
         Command::User(a) => return user::run(a).await,
-        Command::IdKey(a) => return id_key::run(a),
+        Command::IdKey(a) => return id_key::run(a, key::given(args.master_key_file.as_deref())?),
         Command::Phone(a) => return phone::run(a).await,
         // Through a server: no local store is opened (or created).
         Command::Sql(a) if a.is_remote() => return sql::run_remote(a).await,

@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use chrono::NaiveDate;
 use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use parquet::encryption::encrypt::FileEncryptionProperties;
-use proxima_engine::Store;
 use proxima_engine::encryption::{Keyring, Place, StoredKek};
 use proxima_engine::keys::random_key;
+use proxima_engine::{Store, Table};
 use tracing::info;
 
 use crate::error::Result;
@@ -110,11 +111,36 @@ pub async fn rewrap_all(store: &Store, keyring: &Keyring) -> Result<usize> {
     Ok(rewrapped)
 }
 
+/// Deletes the key-encryption keys of `table`'s days before `oldest` (retention, once their
+/// day folders are gone): a copy of those days' files kept anywhere, a backup say, can then
+/// no longer be decrypted by anyone. Returns how many were deleted.
+pub async fn forget_keks_before(store: &Store, table: Table, oldest: NaiveDate) -> Result<usize> {
+    let Some(keyring) = store.keyring() else {
+        return Ok(0);
+    };
+    let prefix = keyring.keys_prefix().join(table.name());
+    let listed: Vec<_> = store.object_store().list(Some(&prefix)).try_collect().await?;
+    let mut forgotten = 0;
+    for meta in listed {
+        let day = meta
+            .location
+            .filename()
+            .and_then(|name| name.strip_suffix(".json"))
+            .and_then(|day| NaiveDate::parse_from_str(day, "%Y-%m-%d").ok());
+        if day.is_some_and(|day| day < oldest) {
+            match store.object_store().delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => forgotten += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(forgotten)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{NaiveDate, Utc};
-    use proxima_engine::Table;
+    use chrono::Utc;
     use proxima_engine::keys::{KeyProvider, MasterKeys};
 
     #[tokio::test]
@@ -157,6 +183,48 @@ mod tests {
         assert_eq!(
             after.keyring().unwrap().kek(&place.kek_id()).await.unwrap(),
             Some(first)
+        );
+    }
+
+    #[tokio::test]
+    async fn retention_forgets_the_keys_of_expired_days_only() {
+        let store = Store::in_memory().with_keys(Arc::new(MasterKeys::generate(Utc::now())));
+        let keyring = store.keyring().unwrap().clone();
+        let day = |d| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+        for (table, d) in [
+            (Table::Observations, 1),
+            (Table::Observations, 2),
+            (Table::Observations, 3),
+            (Table::Alerts, 1),
+        ] {
+            kek_for(
+                &store,
+                &keyring,
+                Place {
+                    table,
+                    day: Some(day(d)),
+                },
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(
+            forget_keks_before(&store, Table::Observations, day(3)).await.unwrap(),
+            2
+        );
+        let ids: Vec<String> = stored_keks(&store, &keyring)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, kek)| kek.id)
+            .collect();
+        assert_eq!(ids, vec!["alerts/2026-11-01", "observations/2026-11-03"]);
+        // A store without master keys has none to forget.
+        assert_eq!(
+            forget_keks_before(&Store::in_memory(), Table::Observations, day(3))
+                .await
+                .unwrap(),
+            0
         );
     }
 }

@@ -30,7 +30,7 @@ use crate::flush::{Flushed, Flusher};
 use crate::index_build;
 use crate::marks::committed_through;
 use crate::retention;
-use crate::wal::{Replayed, Wal, WalStats};
+use crate::wal::{OsFs, Replayed, Wal, WalStats};
 use crate::writer::PartitionWriter;
 
 /// How often the Maintainer runs each part of its work.
@@ -143,11 +143,13 @@ impl Maintainer {
         let mut replayed = Replayed::default();
         let flusher = match wal_dir {
             Some(dir) => {
-                let (wal, found) = Wal::open(&dir, stats.wal.clone(), |id, tables, oldest| {
+                let committed = |id, tables: Vec<_>, oldest| {
                     let store = store.clone();
                     async move { committed_through(&store, id, &tables, oldest).await }
-                })
-                .await?;
+                };
+                // A store with master keys keeps its WAL sealed with them too.
+                let keys = store.keyring().map(|k| Arc::clone(k.provider()));
+                let (wal, found) = Wal::open_with(Arc::new(OsFs), keys, &dir, stats.wal.clone(), committed).await?;
                 replayed = found;
                 Some(Flusher::new(wal, writer.clone()))
             }

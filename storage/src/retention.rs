@@ -39,7 +39,8 @@ pub async fn apply(store: &Store, today: NaiveDate, keep_days: u32) -> Result<Ve
     Ok(expired)
 }
 
-/// Deletes the day folders of one table older than the last `keep_days` days.
+/// Deletes the day folders of one table older than the last `keep_days` days, and their
+/// key-encryption keys.
 pub async fn apply_table(store: &Store, table: Table, today: NaiveDate, keep_days: u32) -> Result<Vec<ExpiredDay>> {
     let oldest = oldest_kept_day(today, keep_days);
     let mut expired = Vec::new();
@@ -54,6 +55,11 @@ pub async fn apply_table(store: &Store, table: Table, today: NaiveDate, keep_day
             files,
             bytes,
         });
+    }
+    // The keys of the expired days go too: no copy of their files can be read any more.
+    let keys = crate::keys::forget_keks_before(store, table, oldest).await?;
+    if keys > 0 {
+        info!(table = %table, keys, "retention deleted the key-encryption keys of expired days");
     }
     Ok(expired)
 }

@@ -27,6 +27,14 @@
 //! Frame layout: `len: u32 | crc32(body): u32 | body`, body = `seq: u64 |
 //! written_at_micros: i64 | entries: u32 | (table name: u8 len + bytes,
 //! ipc: u32 len + bytes)*`, all little-endian.
+//!
+//! A WAL opened with master keys ([`Wal::open_sealed`], a store's) seals its records: each
+//! segment starts with a header, `PXWE | len: u32 | JSON {format, masterKeyID, wrappedKey}`,
+//! that carries a random key of its own wrapped by the current master key, and each frame's
+//! body is `seq: u64 | AES-256-GCM(written_at_micros ‖ entries)` under that key, with the
+//! sequence number as both nonce and associated data. A segment key seals one segment only,
+//! and sequence numbers never repeat within a segment (a number reused after a crash goes
+//! into a new segment, under a new key), so no nonce is ever used twice with a key.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -41,6 +49,7 @@ use arrow::ipc::writer::StreamWriter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use proxima_engine::Table;
+use proxima_engine::keys::{KeyProvider, open_at, random_key, seal_at};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -49,6 +58,11 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 
 const SEGMENT_SUFFIX: &str = ".wal";
+/// The first bytes of a sealed segment (as a plaintext frame's length they would announce
+/// a record above 1 GiB, which no request carries).
+const SEALED_MAGIC: &[u8; 4] = b"PXWE";
+/// The `format` of a sealed segment's header.
+const SEGMENT_KEY_FORMAT: &str = "proxima-wal-key/1";
 const ID_FILE: &str = "wal.id";
 /// Records written by one thread between syncs at most (bounds a sync's latency).
 const MAX_GROUP: usize = 4096;
@@ -189,12 +203,29 @@ impl Wal {
         F: FnOnce(Uuid, Vec<Table>, i64) -> Fut,
         Fut: std::future::Future<Output = Result<u64>>,
     {
-        Self::open_with(Arc::new(OsFs), dir, stats, committed).await
+        Self::open_with(Arc::new(OsFs), None, dir, stats, committed).await
     }
 
-    /// [`Wal::open`] with segment files made by `fs` (tests inject failures through it).
+    /// [`Wal::open`], sealing every record with a key of its segment wrapped by master key
+    /// `keys` (see the module docs); segments it replays may be sealed or not.
+    pub async fn open_sealed<F, Fut>(
+        dir: &Path,
+        keys: Arc<dyn KeyProvider>,
+        stats: WalStats,
+        committed: F,
+    ) -> Result<(Self, Replayed)>
+    where
+        F: FnOnce(Uuid, Vec<Table>, i64) -> Fut,
+        Fut: std::future::Future<Output = Result<u64>>,
+    {
+        Self::open_with(Arc::new(OsFs), Some(keys), dir, stats, committed).await
+    }
+
+    /// [`Wal::open`] with segment files made by `fs` (tests inject failures through it),
+    /// sealed with `keys` if given.
     pub async fn open_with<F, Fut>(
         fs: Arc<dyn SegmentFs>,
+        keys: Option<Arc<dyn KeyProvider>>,
         dir: &Path,
         stats: WalStats,
         committed: F,
@@ -229,7 +260,7 @@ impl Wal {
         let mut replayed = Replayed::default();
         let last = segments.len().saturating_sub(1);
         for (i, (_, path)) in segments.iter().enumerate() {
-            let (mut found, torn) = read_segment(path, i == last)?;
+            let (mut found, torn) = read_segment(path, i == last, keys.as_deref())?;
             replayed.torn_bytes += torn;
             records.append(&mut found);
         }
@@ -269,6 +300,9 @@ impl Wal {
         let writer = WriterThread {
             _lock: lock,
             fs,
+            keys,
+            segment_key: None,
+            header: None,
             dir: dir.to_path_buf(),
             id,
             file: None,
@@ -331,6 +365,12 @@ struct WriterThread {
     /// Held for the thread's life: the WAL folder's lock.
     _lock: File,
     fs: Arc<dyn SegmentFs>,
+    /// The master keys, if records are sealed.
+    keys: Option<Arc<dyn KeyProvider>>,
+    /// The current segment's key, if records are sealed.
+    segment_key: Option<[u8; 32]>,
+    /// The current segment's header, until the first frame writes it.
+    header: Option<Vec<u8>>,
     dir: PathBuf,
     id: Uuid,
     file: Option<BufWriter<Box<dyn SegmentFile>>>,
@@ -444,6 +484,11 @@ impl WriterThread {
     fn write(&mut self, body_tail: &[u8]) -> Result<u64> {
         let seq = self.next_seq;
         if self.file.is_none() {
+            // The key first: if the master keys fail, no file is made.
+            let sealing = match &self.keys {
+                Some(keys) => Some(new_segment_key(keys.as_ref())?),
+                None => None,
+            };
             let path = self.dir.join(format!("{seq:020}{SEGMENT_SUFFIX}"));
             let file = self.fs.create(&path).map_err(|e| io_error(&path, e))?;
             // The new file's name must survive a crash as well as its contents.
@@ -458,16 +503,36 @@ impl WriterThread {
             self.current = Some(path);
             self.synced_len = 0;
             self.written_len = 0;
+            (self.segment_key, self.header) = match sealing {
+                Some((key, header)) => (Some(key), Some(header)),
+                None => (None, None),
+            };
         }
-        let mut body = Vec::with_capacity(16 + body_tail.len());
+        let written_at = chrono::Utc::now().timestamp_micros().to_le_bytes();
+        let mut body = Vec::with_capacity(16 + body_tail.len() + 16);
         body.extend_from_slice(&seq.to_le_bytes());
-        body.extend_from_slice(&chrono::Utc::now().timestamp_micros().to_le_bytes());
-        body.extend_from_slice(body_tail);
+        match &self.segment_key {
+            Some(key) => {
+                let mut plain = Vec::with_capacity(8 + body_tail.len());
+                plain.extend_from_slice(&written_at);
+                plain.extend_from_slice(body_tail);
+                body.extend_from_slice(&seal_at(key, nonce_of(seq), &seq.to_le_bytes(), &plain));
+            }
+            None => {
+                body.extend_from_slice(&written_at);
+                body.extend_from_slice(body_tail);
+            }
+        }
         let len = u32::try_from(body.len()).map_err(|_| Error::Wal("record larger than 4 GiB".into()))?;
         let file = self.file.as_mut().expect("opened above");
         let path = self.current.as_ref().expect("opened above");
         // Sequence numbers are never reused, even for a record that then fails.
         self.next_seq += 1;
+        if let Some(header) = self.header.take() {
+            file.write_all(&header).map_err(|e| io_error(path, e))?;
+            self.written_len += header.len() as u64;
+            self.stats.bytes.inc_by(header.len() as u64);
+        }
         file.write_all(&len.to_le_bytes())
             .and_then(|()| file.write_all(&crc32fast::hash(&body).to_le_bytes()))
             .and_then(|()| file.write_all(&body))
@@ -596,16 +661,34 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(segments)
 }
 
-/// Reads a segment's records; a damaged tail is tolerated only in the last segment.
-fn read_segment(path: &Path, is_last: bool) -> Result<(Vec<Record>, u64)> {
+/// Reads a segment's records; a damaged tail is tolerated only in the last segment. A
+/// sealed segment needs the master key its header names.
+fn read_segment(path: &Path, is_last: bool, keys: Option<&dyn KeyProvider>) -> Result<(Vec<Record>, u64)> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| io_error(path, e))?;
     let mut records = Vec::new();
     let mut offset = 0usize;
+    let mut key = None;
+    if bytes.starts_with(SEALED_MAGIC) {
+        match parse_segment_header(&bytes) {
+            Some((header, used)) => {
+                key = Some(segment_key(path, &header, keys)?);
+                offset = used;
+            }
+            // A header cut short: the segment's first record was never synced.
+            None if is_last => return Ok((records, bytes.len() as u64)),
+            None => {
+                return Err(Error::Wal(format!(
+                    "{}: damaged segment header; the server will not start until it is repaired or moved away",
+                    path.display()
+                )));
+            }
+        }
+    }
     while offset < bytes.len() {
-        let frame = parse_frame(&bytes[offset..]);
+        let frame = parse_frame(&bytes[offset..], key.as_ref());
         match frame {
             Some((record, used)) => {
                 records.push(record);
@@ -628,16 +711,25 @@ fn read_segment(path: &Path, is_last: bool) -> Result<(Vec<Record>, u64)> {
     Ok((records, 0))
 }
 
-fn parse_frame(bytes: &[u8]) -> Option<(Record, usize)> {
+fn parse_frame(bytes: &[u8], key: Option<&[u8; 32]>) -> Option<(Record, usize)> {
     let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
     let body = bytes.get(8..8 + len)?;
     if crc32fast::hash(body) != crc {
         return None;
     }
-    let seq = u64::from_le_bytes(body.get(0..8)?.try_into().ok()?);
-    let written_at_micros = i64::from_le_bytes(body.get(8..16)?.try_into().ok()?);
-    let entries = decode_entries(body.get(16..)?)?;
+    let seq_bytes = body.get(0..8)?;
+    let seq = u64::from_le_bytes(seq_bytes.try_into().ok()?);
+    let opened;
+    let rest = match key {
+        Some(key) => {
+            opened = open_at(key, nonce_of(seq), seq_bytes, body.get(8..)?)?;
+            &opened[..]
+        }
+        None => body.get(8..)?,
+    };
+    let written_at_micros = i64::from_le_bytes(rest.get(0..8)?.try_into().ok()?);
+    let entries = decode_entries(rest.get(8..)?)?;
     Some((
         Record {
             seq,
@@ -646,6 +738,66 @@ fn parse_frame(bytes: &[u8]) -> Option<(Record, usize)> {
         },
         8 + len,
     ))
+}
+
+/// A sealed segment's key, as its header carries it.
+#[derive(Debug, Serialize, Deserialize)]
+struct SegmentKeyHeader {
+    format: String,
+    #[serde(rename = "masterKeyID")]
+    master_key_id: String,
+    #[serde(rename = "wrappedKey")]
+    wrapped: String,
+}
+
+/// A new segment's key, and the header that carries it wrapped by the current master key.
+fn new_segment_key(keys: &dyn KeyProvider) -> Result<([u8; 32], Vec<u8>)> {
+    let key = random_key();
+    let master_key_id = keys.current();
+    let wrapped = keys
+        .wrap(&key, &master_key_id)
+        .map_err(|e| Error::Wal(format!("cannot seal a new segment: {e}")))?;
+    let json = serde_json::to_vec(&SegmentKeyHeader {
+        format: SEGMENT_KEY_FORMAT.into(),
+        master_key_id,
+        wrapped,
+    })
+    .expect("a segment header always serialises");
+    let mut header = SEALED_MAGIC.to_vec();
+    header.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    header.extend_from_slice(&json);
+    Ok((key, header))
+}
+
+/// A sealed segment's header and the bytes it takes; `None` if cut short or not one.
+fn parse_segment_header(bytes: &[u8]) -> Option<(SegmentKeyHeader, usize)> {
+    let len = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?) as usize;
+    let header: SegmentKeyHeader = serde_json::from_slice(bytes.get(8..8 + len)?).ok()?;
+    (header.format == SEGMENT_KEY_FORMAT).then_some((header, 8 + len))
+}
+
+/// Unwraps a sealed segment's key with the master key its header names.
+fn segment_key(path: &Path, header: &SegmentKeyHeader, keys: Option<&dyn KeyProvider>) -> Result<[u8; 32]> {
+    let keys = keys.ok_or_else(|| {
+        Error::Wal(format!(
+            "{}: the segment is sealed with master key {}, and no master key was given (--master-key-file FILE, \
+             or PROXIMA_MASTER_KEY)",
+            path.display(),
+            header.master_key_id
+        ))
+    })?;
+    let key = keys
+        .unwrap(&header.wrapped, &header.master_key_id)
+        .map_err(|e| Error::Wal(format!("{}: {e}", path.display())))?;
+    key.try_into()
+        .map_err(|_| Error::Wal(format!("{}: the segment key is not 32 bytes", path.display())))
+}
+
+/// The nonce of record `seq` in a sealed segment.
+fn nonce_of(seq: u64) -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&seq.to_le_bytes());
+    nonce
 }
 
 fn encode_entries(entries: &[Entry]) -> Result<Vec<u8>> {
@@ -747,6 +899,66 @@ mod tests {
         assert_eq!(rotation.buffer.rows, 6);
         assert_eq!(rotation.through, 6);
         assert_eq!(rotation.segments.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn sealed_segments_hold_no_row_in_the_clear_and_replay_only_with_the_master_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Arc<dyn KeyProvider> = Arc::new(proxima_engine::keys::MasterKeys::generate(chrono::Utc::now()));
+        let uuid = "6f1c2d3e-4a5b-4c6d-8e7f-901234567890";
+        let (wal, _) = Wal::open_sealed(dir.path(), Arc::clone(&keys), WalStats::default(), nothing_stored)
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            wal.append(vec![revocation(uuid)]).await.unwrap();
+        }
+        wal.rotate().await.unwrap();
+        wal.append(vec![revocation(uuid)]).await.unwrap();
+        drop(wal);
+        let segments = list_segments(dir.path()).unwrap();
+        assert_eq!(segments.len(), 2);
+        for (_, path) in &segments {
+            let bytes = fs::read(path).unwrap();
+            assert!(bytes.starts_with(SEALED_MAGIC));
+            assert!(!bytes.windows(uuid.len()).any(|w| w == uuid.as_bytes()));
+        }
+
+        let err = Wal::open(dir.path(), WalStats::default(), nothing_stored)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no master key was given") && err.contains(&keys.current()),
+            "{err}"
+        );
+        let stranger: Arc<dyn KeyProvider> = Arc::new(proxima_engine::keys::MasterKeys::generate(chrono::Utc::now()));
+        let err = Wal::open_sealed(dir.path(), stranger, WalStats::default(), nothing_stored)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&keys.current()), "{err}");
+
+        // A torn record at the end is dropped, as in a plaintext segment; a record altered
+        // in the middle (its CRC fixed up) is damage.
+        let (wal, replayed) = Wal::open_sealed(dir.path(), Arc::clone(&keys), WalStats::default(), nothing_stored)
+            .await
+            .unwrap();
+        assert_eq!((replayed.records, replayed.rows), (4, 4));
+        drop(wal);
+        let (_, first) = &segments[0];
+        let mut bytes = fs::read(first).unwrap();
+        let header = parse_segment_header(&bytes).unwrap().1;
+        let len = u32::from_le_bytes(bytes[header..header + 4].try_into().unwrap()) as usize;
+        let body = header + 8..header + 8 + len;
+        bytes[body.end - 1] ^= 1;
+        let crc = crc32fast::hash(&bytes[body.clone()]);
+        bytes[header + 4..header + 8].copy_from_slice(&crc.to_le_bytes());
+        fs::write(first, bytes).unwrap();
+        let err = Wal::open_sealed(dir.path(), keys, WalStats::default(), nothing_stored)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("damaged record"), "{err}");
     }
 
     #[tokio::test]
@@ -904,7 +1116,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let faults = FaultyFs::new();
         let fs: Arc<dyn SegmentFs> = Arc::new(Faulty(Arc::clone(&faults)));
-        let (wal, _) = Wal::open_with(fs, dir.path(), WalStats::default(), nothing_stored)
+        let (wal, _) = Wal::open_with(fs, None, dir.path(), WalStats::default(), nothing_stored)
             .await
             .unwrap();
         assert_eq!(wal.append(vec![revocation("before")]).await.unwrap(), 1);
@@ -931,7 +1143,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let faults = FaultyFs::new();
         let fs: Arc<dyn SegmentFs> = Arc::new(Faulty(Arc::clone(&faults)));
-        let (wal, _) = Wal::open_with(fs, dir.path(), WalStats::default(), nothing_stored)
+        let (wal, _) = Wal::open_with(fs, None, dir.path(), WalStats::default(), nothing_stored)
             .await
             .unwrap();
         wal.append(vec![revocation("first")]).await.unwrap();
