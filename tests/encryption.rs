@@ -303,6 +303,40 @@ async fn missing_wrong_and_moved_keys_fail_clearly_and_rotation_keeps_every_file
     std::fs::remove_file(&planted).unwrap();
     assert_eq!(text(&factory, count).await, expected);
 
+    // Rows written in the clear beside the encrypted files (by someone without the keys) are
+    // refused, by SQL and by the index lookups, never read as the store's.
+    let plain = Store::local(&root).unwrap();
+    let some = rows(&factory, &format!("SELECT observer, observed, observed_at, duration_s, rssi, tx_power, location FROM observations WHERE day = DATE '{today}' LIMIT 3")).await;
+    let writer = PartitionWriter::new(plain, "intruder");
+    let mut transaction = writer.begin();
+    transaction
+        .write_file(Table::Observations, Some(today), &some)
+        .await
+        .unwrap();
+    transaction.commit().await.unwrap();
+    eprintln!("expected {expected}");
+    let err = query_error(&factory, count).await;
+    assert!(err.contains("is not encrypted"), "{err}");
+    let device = text(&factory, "SELECT device_uuid FROM devices ORDER BY device_uuid LIMIT 1").await;
+    let device = device
+        .lines()
+        .nth(3)
+        .unwrap()
+        .trim_matches(|c| c == '|' || c == ' ')
+        .to_string();
+    let trace = format!(
+        "SELECT count(*) FROM trace_contacts('{device}', TIMESTAMP '{}')",
+        Utc::now().to_rfc3339()
+    );
+    let err = query_error(&factory, &trace).await;
+    assert!(err.contains("is not encrypted"), "{err}");
+    for file in files_under(&root) {
+        if file.extension().is_some_and(|e| e == "parquet") && std::fs::read(&file).unwrap().starts_with(b"PAR1") {
+            std::fs::remove_file(file).unwrap();
+        }
+    }
+    assert_eq!(text(&factory, count).await, expected);
+
     // Rotation: a new current key, every KEK rewrapped, the old key removed: all readable.
     let second = masters.rotate(Utc::now());
     let rotated = Store::local(&root).unwrap().with_keys(Arc::new(masters.clone()));
@@ -606,7 +640,10 @@ fn what_phones_send_is_sealed_in_the_wal_and_the_store_and_survives_kill_9() {
     check("after kill -9");
     // The identifier keys the server made beside the store are sealed with the master key.
     let id_key = std::fs::read_to_string(dir.path().join("store.id-key")).unwrap();
-    assert!(id_key.contains("proxima-sealed/1") && !id_key.contains("\"keys\""), "{id_key}");
+    assert!(
+        id_key.contains("proxima-sealed/1") && !id_key.contains("\"keys\""),
+        "{id_key}"
+    );
 
     // Restarted with the key, the server replays the sealed WAL into the store.
     let (server, _) = serve(&root, &key);

@@ -30,11 +30,17 @@ use std::sync::{Arc, RwLock};
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::common::config::EncryptionFactoryOptions;
 use datafusion::execution::parquet_encryption::EncryptionFactory;
+use futures::{StreamExt, TryStreamExt};
+use futures::stream::BoxStream;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+};
 use parquet::encryption::decrypt::{FileDecryptionProperties, KeyRetriever};
 use parquet::encryption::encrypt::FileEncryptionProperties;
 use parquet::errors::ParquetError;
@@ -372,6 +378,162 @@ pub fn without_key(root: &Path, location: &Path) -> Result<Option<Arc<FileDecryp
         keys::MASTER_KEY_ENV
     );
     Ok(Some(retrieving(location, Place { table, day }, Err(missing))?))
+}
+
+/// Why a file in the clear is refused in a store with master keys.
+pub fn refused_in_the_clear(location: &Path) -> String {
+    format!(
+        "{location} is not encrypted, and every file of a store with master keys must be: it was not written by \
+         Proxima with this store's keys (placed there by hand?), or before the store had a master key (export and \
+         import such data into an encrypted store)"
+    )
+}
+
+/// The readers' view of a store with master keys: a read that reaches the end of a Parquet
+/// file (where its footer, and its magic, lie) is refused unless the file is encrypted
+/// (`PARE`), so rows placed in the bucket by someone without the keys are never read as the
+/// store's. Everything else passes through.
+#[derive(Debug)]
+pub struct EncryptedOnly {
+    inner: Arc<dyn ObjectStore>,
+    /// The size of each Parquet file listed through this store, so that a ranged read (how
+    /// DataFusion reads footers) knows whether it reaches the end without asking the store.
+    sizes: Arc<std::sync::Mutex<HashMap<Path, u64>>>,
+}
+
+/// Sizes remembered at most (listings refill them).
+const SIZES_KEPT: usize = 1 << 16;
+
+impl EncryptedOnly {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            inner,
+            sizes: Arc::default(),
+        }
+    }
+
+    fn remember(sizes: &std::sync::Mutex<HashMap<Path, u64>>, meta: &ObjectMeta) {
+        if meta.location.as_ref().ends_with(".parquet") {
+            let mut sizes = sizes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if sizes.len() >= SIZES_KEPT {
+                sizes.clear();
+            }
+            sizes.insert(meta.location.clone(), meta.size);
+        }
+    }
+
+    async fn size_of(&self, location: &Path) -> object_store::Result<u64> {
+        let known = self
+            .sizes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(location)
+            .copied();
+        match known {
+            Some(size) => Ok(size),
+            None => Ok(self.inner.head(location).await?.size),
+        }
+    }
+}
+
+/// Refuses `bytes` read at the end of the Parquet file `location` unless they end in the
+/// encrypted footer's magic.
+fn check_end(location: &Path, bytes: &[u8]) -> object_store::Result<()> {
+    if bytes.ends_with(b"PARE") {
+        return Ok(());
+    }
+    Err(object_store::Error::Generic {
+        store: "proxima",
+        source: refused_in_the_clear(location).into(),
+    })
+}
+
+impl std::fmt::Display for EncryptedOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EncryptedOnly({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for EncryptedOnly {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        let head = options.head;
+        let result = self.inner.get_opts(location, options).await?;
+        if head || !location.as_ref().ends_with(".parquet") || result.range.end != result.meta.size {
+            return Ok(result);
+        }
+        let (meta, range, attributes) = (result.meta.clone(), result.range.clone(), result.attributes.clone());
+        let bytes = result.bytes().await?;
+        check_end(location, &bytes)?;
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(futures::stream::once(async move { Ok(bytes) }).boxed()),
+            meta,
+            range,
+            attributes,
+        })
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[std::ops::Range<u64>]) -> object_store::Result<Vec<Bytes>> {
+        let read = self.inner.get_ranges(location, ranges).await?;
+        if location.as_ref().ends_with(".parquet") && !ranges.is_empty() {
+            let size = self.size_of(location).await?;
+            for (range, bytes) in ranges.iter().zip(&read) {
+                if range.end == size {
+                    check_end(location, bytes)?;
+                }
+            }
+        }
+        Ok(read)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let sizes = Arc::clone(&self.sizes);
+        self.inner
+            .list(prefix)
+            .inspect_ok(move |meta| Self::remember(&sizes, meta))
+            .boxed()
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        let listing = self.inner.list_with_delimiter(prefix).await?;
+        for meta in &listing.objects {
+            Self::remember(&self.sizes, meta);
+        }
+        Ok(listing)
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> object_store::Result<()> {
+        self.inner.rename_opts(from, to, options).await
+    }
 }
 
 #[cfg(test)]

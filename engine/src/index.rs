@@ -90,6 +90,7 @@ pub async fn file_key_values(store: &Store, location: &Path) -> crate::Result<Ha
         size,
         bytes: Arc::default(),
         decryption: store.decryption_properties(location).await?,
+        encrypted_only: store.keyring().is_some(),
     };
     let metadata = reader
         .get_metadata(None)
@@ -465,6 +466,7 @@ impl IndexReader {
     async fn reader(&self, location: &Path, size: u64) -> DfResult<CountingReader> {
         let mut reader = self.pages_reader(location, size);
         reader.decryption = self.store.decryption_properties(location).await.map_err(external)?;
+        reader.encrypted_only = self.store.keyring().is_some();
         Ok(reader)
     }
 
@@ -477,6 +479,7 @@ impl IndexReader {
             size,
             bytes: Arc::clone(&self.bytes),
             decryption: None,
+            encrypted_only: false,
         }
     }
 
@@ -1119,12 +1122,25 @@ struct CountingReader {
     bytes: Arc<AtomicU64>,
     /// How the file decrypts (`None`: as is).
     decryption: Option<Arc<FileDecryptionProperties>>,
+    /// Whether the file must be encrypted (a store with master keys): a read of its end
+    /// that does not end in `PARE` is refused.
+    encrypted_only: bool,
 }
 
 impl AsyncFileReader for CountingReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         self.bytes.fetch_add(range.end - range.start, Ordering::Relaxed);
-        async move { Ok(self.store.get_range(&self.location, range).await?) }.boxed()
+        let check = self.encrypted_only && range.end == self.size;
+        async move {
+            let bytes = self.store.get_range(&self.location, range).await?;
+            if check && !bytes.ends_with(b"PARE") {
+                return Err(parquet::errors::ParquetError::General(
+                    crate::encryption::refused_in_the_clear(&self.location),
+                ));
+            }
+            Ok(bytes)
+        }
+        .boxed()
     }
 
     fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {

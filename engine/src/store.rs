@@ -30,7 +30,7 @@ use url::Url;
 
 use parquet::encryption::decrypt::FileDecryptionProperties;
 
-use crate::encryption::{Keyring, StoreDecryption};
+use crate::encryption::{EncryptedOnly, Keyring, StoreDecryption};
 use crate::error::{Error, Result};
 use crate::keys::KeyProvider;
 use crate::paths::{DayPartition, Table};
@@ -162,8 +162,12 @@ impl Store {
     /// encrypted, and reads decrypt with them.
     pub fn with_keys(self, provider: Arc<dyn KeyProvider>) -> Self {
         let keyring = Keyring::new(provider, Arc::clone(&self.object_store), self.root.clone());
+        // Readers refuse Parquet files in the clear: nothing placed in the bucket without
+        // the keys is read as the store's.
+        let encrypted_only: Arc<dyn ObjectStore> = Arc::new(EncryptedOnly::new(Arc::clone(&self.object_store)));
         Self {
             keyring: Some(Arc::new(keyring)),
+            reader: reader_of(encrypted_only),
             ..self
         }
     }

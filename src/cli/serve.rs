@@ -232,7 +232,10 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         || (!args.no_rest && !proxima_flight_server::server::is_loopback(&args.http));
     let store = match store.keyring() {
         Some(_) => store,
-        None if args.demo => super::key::ensure_development_key(store)?,
+        // A new demo store is encrypted (one that holds files in the clear stays so).
+        None if args.demo && !super::generate::has_observations(&store).await => {
+            super::key::ensure_development_key(store)?
+        }
         None if exposed => {
             return Err(CliError::Usage(
                 "refusing to serve beyond loopback without a master key: the store would be written in the clear. \
