@@ -305,16 +305,36 @@ async fn missing_wrong_and_moved_keys_fail_clearly_and_rotation_keeps_every_file
 
     // Rows written in the clear beside the encrypted files (by someone without the keys) are
     // refused, by SQL and by the index lookups, never read as the store's.
-    let plain = Store::local(&root).unwrap();
-    let some = rows(&factory, &format!("SELECT observer, observed, observed_at, duration_s, rssi, tx_power, location FROM observations WHERE day = DATE '{today}' LIMIT 3")).await;
-    let writer = PartitionWriter::new(plain, "intruder");
+    let some = rows(
+        &factory,
+        &format!(
+            "SELECT observer, observed, observed_at, duration_s, rssi, tx_power, location FROM observations \
+             WHERE day = DATE '{today}' LIMIT 3"
+        ),
+    )
+    .await;
+    // Through Proxima without the key: refused, the store being an encrypted one.
+    let writer = PartitionWriter::new(Store::local(&root).unwrap(), "intruder");
     let mut transaction = writer.begin();
-    transaction
+    let err = transaction
         .write_file(Table::Observations, Some(today), &some)
         .await
-        .unwrap();
-    transaction.commit().await.unwrap();
-    eprintln!("expected {expected}");
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is encrypted") && err.contains("master key"), "{err}");
+    drop(transaction);
+    // Written straight into the folder: refused when read.
+    let mut planted = Vec::new();
+    let mut parquet = parquet::arrow::ArrowWriter::try_new(&mut planted, some[0].schema(), None).unwrap();
+    for batch in &some {
+        parquet.write(batch).unwrap();
+    }
+    parquet.close().unwrap();
+    std::fs::write(
+        folder(today).join("part-00000000-0000-7000-8000-000000000001.parquet"),
+        planted,
+    )
+    .unwrap();
     let err = query_error(&factory, count).await;
     assert!(err.contains("is not encrypted"), "{err}");
     let device = text(&factory, "SELECT device_uuid FROM devices ORDER BY device_uuid LIMIT 1").await;
@@ -532,15 +552,22 @@ fn pyarrow_reads_a_file_with_the_master_key() {
     read.sort_unstable();
     assert_eq!(read, expected);
 
-    // Without the master key pyarrow gets nothing.
+    // With another master key (same id as the right one, so the lookup succeeds and the
+    // unwrapping is what fails), pyarrow gets nothing.
+    let right: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&key).unwrap()).unwrap();
+    let mut wrong = right.clone();
+    wrong["keys"][0]["key"] = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]).into();
+    let wrong_key = dir.path().join("wrong.key");
+    std::fs::write(&wrong_key, wrong.to_string()).unwrap();
     let output = Command::new(&python)
         .arg(&script)
         .arg(&file)
         .env("PROXIMA_STORE", &root)
-        .env("PROXIMA_MASTER_KEY_FILE", dir.path().join("no-such-file"))
+        .env("PROXIMA_MASTER_KEY_FILE", &wrong_key)
         .output()
         .unwrap();
     assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("InvalidTag"), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(!String::from_utf8_lossy(&output.stdout).contains(expected[0]));
 }
 
@@ -645,7 +672,26 @@ fn what_phones_send_is_sealed_in_the_wal_and_the_store_and_survives_kill_9() {
         "{id_key}"
     );
 
-    // Restarted with the key, the server replays the sealed WAL into the store.
+    // A rotation now: the old master key still seals the WAL segment, so it cannot be
+    // retired yet (that would lose the acknowledged sighting).
+    let status = stdout(&proxima(&root, Some(&key), &["key", "status"]));
+    let old = status.split_whitespace().next().unwrap().to_string();
+    let rotated = stdout(&proxima(&root, Some(&key), &["key", "rotate"]));
+    assert!(rotated.contains(&format!("({old} retired)")), "{rotated}");
+    let refused = proxima(&root, Some(&key), &["key", "retire", &old]);
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("WAL segments"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // Restarted with the key file, the server replays the sealed WAL into the store; then
+    // nothing needs the old key, which goes; the server still starts and reads everything.
+    let (server, _) = serve(&root, &key);
+    drop(server);
+    let status = stdout(&proxima(&root, Some(&key), &["key", "status"]));
+    assert!(status.contains("can be retired"), "{status}");
+    stdout(&proxima(&root, Some(&key), &["key", "retire", &old]));
     let (server, _) = serve(&root, &key);
     drop(server);
     let sql = format!("SELECT count(*) AS n FROM observations WHERE observer = '{a_uuid}' AND observed = '{heard}'");

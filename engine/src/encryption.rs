@@ -34,8 +34,8 @@ use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::common::config::EncryptionFactoryOptions;
 use datafusion::execution::parquet_encryption::EncryptionFactory;
-use futures::{StreamExt, TryStreamExt};
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
@@ -120,7 +120,6 @@ impl StoredKek {
 }
 
 /// The master keys, and the store's key-encryption keys as far as they were read.
-#[derive(Debug)]
 pub struct Keyring {
     provider: Arc<dyn KeyProvider>,
     store: Arc<dyn ObjectStore>,
@@ -129,7 +128,27 @@ pub struct Keyring {
     keks: RwLock<HashMap<String, [u8; 32]>>,
 }
 
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the unwrapped keys.
+        let cached = self.keks.read().map(|k| k.len()).unwrap_or(0);
+        f.debug_struct("Keyring")
+            .field("provider", &self.provider)
+            .field("root", &self.root)
+            .field("keks_cached", &cached)
+            .finish()
+    }
+}
+
 impl Keyring {
+    /// Forgets an unwrapped KEK (retention deleted it).
+    pub fn forget(&self, id: &str) {
+        self.keks
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(id);
+    }
+
     /// A keyring over the raw object store of a store rooted at `root`.
     pub fn new(provider: Arc<dyn KeyProvider>, store: Arc<dyn ObjectStore>, root: Path) -> Self {
         Self {

@@ -386,6 +386,14 @@ pub fn write_sealed_file(path: &Path, bytes: &[u8], keys: Option<&dyn KeyProvide
     write_secret_file(path, &text).map_err(io)
 }
 
+/// The master key a sealed secret file is sealed with; `None` for a file in the clear (or
+/// none at all).
+pub fn sealed_with(path: &Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let sealed: SealedFile = serde_json::from_slice(&bytes).ok()?;
+    (sealed.format == SEALED_FORMAT).then_some(sealed.master_key_id)
+}
+
 /// Reads a secret file: one that [`write_sealed_file`] sealed is opened with `keys` (an
 /// error names the master key it needs); any other is returned as it is.
 pub fn read_sealed_file(path: &Path, keys: Option<&dyn KeyProvider>) -> Result<Vec<u8>, KeyError> {

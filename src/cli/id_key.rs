@@ -179,7 +179,11 @@ pub fn for_server(
     }
     let mut keys = load_outside(store, &path)?;
     let forgotten = keys.forget_retired_before(forget_before);
-    if forgotten > 0 {
+    // Sealed again if it is in the clear, or sealed with a master key that is no longer the
+    // current one (after `proxima key rotate`), so that the old key can be retired.
+    let current = master_of(store).map(|m| m.current());
+    let reseal = current.is_some() && proxima_engine::keys::sealed_with(&path) != current;
+    if forgotten > 0 || reseal {
         keys.save(&path, master_of(store)).map_err(usage)?;
         tracing::info!(target: "proxima::serve", forgotten, file = %path.display(), "retired identifier keys forgotten");
     }

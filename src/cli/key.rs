@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use proxima_engine::Store;
+use proxima_engine::ephemeral::IdKeys;
 use proxima_engine::keys::{KeyProvider, MASTER_KEY_ENV, MasterKeys};
 
 use super::CliError;
@@ -101,6 +102,24 @@ pub fn ensure_development_key(store: Store) -> Result<Store, CliError> {
     Ok(store.with_keys(Arc::new(keys)))
 }
 
+/// How many keys each master key wraps in the store and beside it: the key-encryption keys,
+/// the segments of the local server's WAL (`<store>/_wal`), the identifier key file beside
+/// the store. (A server's `--wal-dir` or `--id-key` elsewhere is not seen: restart those
+/// servers after a rotation, which reseals and starts new segments, before retiring.)
+async fn master_key_use(store: &Store) -> Result<std::collections::BTreeMap<String, usize>, CliError> {
+    let keyring = store.keyring().expect("opened with keys");
+    let mut uses = proxima_storage::keys::master_key_use(store, keyring).await?;
+    if let Some(root) = store.local_root() {
+        for (id, n) in proxima_storage::wal::segment_master_keys(&root.join("_wal"))? {
+            *uses.entry(id).or_default() += n;
+        }
+    }
+    if let Some(id) = super::beside_store(store, "id-key").and_then(|p| proxima_engine::keys::sealed_with(&p)) {
+        *uses.entry(id).or_default() += 1;
+    }
+    Ok(uses)
+}
+
 fn load_outside(store: &Store, path: &Path) -> Result<MasterKeys, CliError> {
     super::refuse_inside_store(
         store,
@@ -158,9 +177,16 @@ pub async fn run(store: Store, file: Option<&Path>, args: KeyArgs) -> Result<(),
             // The file first: from here on both keys unwrap, so a rotation cut short is
             // simply run again.
             keys.save(&file).map_err(usage)?;
-            let store = store.with_keys(Arc::new(keys));
+            let keys = Arc::new(keys);
+            let store = store.with_keys(keys.clone());
             let keyring = store.keyring().expect("opened with keys");
             let rewrapped = proxima_storage::keys::rewrap_all(&store, keyring).await?;
+            // The identifier keys a loopback server keeps beside the store, sealed anew.
+            if let Some(id_key) = super::beside_store(&store, "id-key").filter(|p| p.exists()) {
+                let master = Some(keys.as_ref() as &dyn KeyProvider);
+                let ids = IdKeys::load(&id_key, master).map_err(usage)?;
+                ids.save(&id_key, master).map_err(usage)?;
+            }
             super::print(format!(
                 "master key {new} is current ({old} retired); {rewrapped} key-encryption keys rewrapped. Restart the \
                  servers of this store; once `proxima key status` shows {old} wraps nothing, `proxima key retire {old}`"
@@ -170,8 +196,7 @@ pub async fn run(store: Store, file: Option<&Path>, args: KeyArgs) -> Result<(),
             let keys = load_outside(&store, &file)?;
             let current = keys.current();
             let store = store.with_keys(Arc::new(keys.clone()));
-            let uses =
-                proxima_storage::keys::master_key_use(&store, store.keyring().expect("opened with keys")).await?;
+            let uses = master_key_use(&store).await?;
             for (id, created, retired) in keys.summary() {
                 let wraps = uses.get(&id).copied().unwrap_or(0);
                 let state = match retired {
@@ -180,13 +205,13 @@ pub async fn run(store: Store, file: Option<&Path>, args: KeyArgs) -> Result<(),
                     Some(at) => format!("retired {}; still needed", at.to_rfc3339()),
                 };
                 super::print(format!(
-                    "{id}  made {}  wraps {wraps} key-encryption keys  {state}",
+                    "{id}  made {}  wraps {wraps} keys (key-encryption keys, WAL segments, identifier key file)  {state}",
                     created.to_rfc3339()
                 ))?;
             }
             for (id, wraps) in uses.iter().filter(|(id, _)| !keys.ids().contains(id)) {
                 super::print(format!(
-                    "{id}  NOT IN {}: wraps {wraps} key-encryption keys that cannot be read",
+                    "{id}  NOT IN {}: wraps {wraps} keys that cannot be read",
                     file.display()
                 ))?;
             }
@@ -200,11 +225,11 @@ pub async fn run(store: Store, file: Option<&Path>, args: KeyArgs) -> Result<(),
         KeyCommand::Retire { id } => {
             let mut keys = load_outside(&store, &file)?;
             let store = store.with_keys(Arc::new(keys.clone()));
-            let uses =
-                proxima_storage::keys::master_key_use(&store, store.keyring().expect("opened with keys")).await?;
+            let uses = master_key_use(&store).await?;
             if let Some(wraps) = uses.get(&id) {
                 return Err(CliError::Usage(format!(
-                    "{id} still wraps {wraps} key-encryption keys of the store: run proxima key rotate first"
+                    "{id} still wraps {wraps} keys of the store (key-encryption keys, WAL segments, the identifier \
+                     key file): run proxima key rotate, restart the servers and let them flush, then retire"
                 )));
             }
             keys.remove_retired(&id).map_err(usage)?;

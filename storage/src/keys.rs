@@ -6,20 +6,35 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use parquet::encryption::encrypt::FileEncryptionProperties;
-use proxima_engine::encryption::{Keyring, Place, StoredKek};
+use proxima_engine::encryption::{KEYS_FOLDER, Keyring, Place, StoredKek};
 use proxima_engine::keys::random_key;
 use proxima_engine::{Store, Table};
 use tracing::info;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// How a new file of `place` is encrypted, if the store was opened with a master key
-/// (`None`: it is written in the clear).
+/// (`None`: it is written in the clear, unless the store is an encrypted one: that is
+/// refused, since its readers would refuse the file).
 pub async fn file_encryption(store: &Store, place: Place) -> Result<Option<Arc<FileEncryptionProperties>>> {
     let Some(keyring) = store.keyring() else {
+        let keys = store.root().clone().join(KEYS_FOLDER);
+        if store
+            .object_store()
+            .list(Some(&keys))
+            .next()
+            .await
+            .transpose()?
+            .is_some()
+        {
+            return Err(Error::Invalid(format!(
+                "{store} is encrypted (it holds key-encryption keys under {KEYS_FOLDER}/): give its master key \
+                 (--master-key-file FILE, or PROXIMA_MASTER_KEY) to write to it"
+            )));
+        }
         return Ok(None);
     };
     let kek = kek_for(store, keyring, place).await?;
@@ -51,10 +66,11 @@ async fn kek_for(store: &Store, keyring: &Keyring, place: Place) -> Result<[u8; 
             keyring.remember(&id, kek);
             Ok(kek)
         }
-        Err(object_store::Error::AlreadyExists { .. }) => Ok(keyring
-            .kek(&id)
-            .await?
-            .expect("a key-encryption key the store reported as existing")),
+        Err(object_store::Error::AlreadyExists { .. }) => keyring.kek(&id).await?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "key-encryption key {id} was made by another writer and deleted at once (retention?); write again"
+            ))
+        }),
         Err(e) => Err(e.into()),
     }
 }
@@ -113,12 +129,11 @@ pub async fn rewrap_all(store: &Store, keyring: &Keyring) -> Result<usize> {
 
 /// Deletes the key-encryption keys of `table`'s days before `oldest` (retention, once their
 /// day folders are gone): a copy of those days' files kept anywhere, a backup say, can then
-/// no longer be decrypted by anyone. Returns how many were deleted.
+/// no longer be decrypted with the store's keys once its own `_keys/` is gone too. Deleting
+/// needs no master key, so retention run without one shreds as well. Returns how many
+/// were deleted.
 pub async fn forget_keks_before(store: &Store, table: Table, oldest: NaiveDate) -> Result<usize> {
-    let Some(keyring) = store.keyring() else {
-        return Ok(0);
-    };
-    let prefix = keyring.keys_prefix().join(table.name());
+    let prefix = store.root().clone().join(KEYS_FOLDER).join(table.name());
     let listed: Vec<_> = store.object_store().list(Some(&prefix)).try_collect().await?;
     let mut forgotten = 0;
     for meta in listed {
@@ -127,7 +142,10 @@ pub async fn forget_keks_before(store: &Store, table: Table, oldest: NaiveDate) 
             .filename()
             .and_then(|name| name.strip_suffix(".json"))
             .and_then(|day| NaiveDate::parse_from_str(day, "%Y-%m-%d").ok());
-        if day.is_some_and(|day| day < oldest) {
+        if let Some(day) = day.filter(|day| *day < oldest) {
+            if let Some(keyring) = store.keyring() {
+                keyring.forget(&Place { table, day: Some(day) }.kek_id());
+            }
             match store.object_store().delete(&meta.location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => forgotten += 1,
                 Err(e) => return Err(e.into()),
@@ -219,12 +237,12 @@ mod tests {
             .map(|(_, kek)| kek.id)
             .collect();
         assert_eq!(ids, vec!["alerts/2026-11-01", "observations/2026-11-03"]);
-        // A store without master keys has none to forget.
+        // Retention run without the master key deletes them all the same.
+        let keyless = Store::in_memory().wrapped(|_| Arc::clone(store.object_store()));
         assert_eq!(
-            forget_keks_before(&Store::in_memory(), Table::Observations, day(3))
-                .await
-                .unwrap(),
-            0
+            forget_keks_before(&keyless, Table::Observations, day(4)).await.unwrap(),
+            1
         );
+        assert_eq!(stored_keks(&store, &keyring).await.unwrap().len(), 1);
     }
 }

@@ -677,8 +677,9 @@ fn read_segment(path: &Path, is_last: bool, keys: Option<&dyn KeyProvider>) -> R
                 key = Some(segment_key(path, &header, keys)?);
                 offset = used;
             }
-            // A header cut short: the segment's first record was never synced.
-            None if is_last => return Ok((records, bytes.len() as u64)),
+            // A header cut short (the segment's first record was never synced); a complete
+            // header that does not parse is damage.
+            None if is_last && header_cut_short(&bytes) => return Ok((records, bytes.len() as u64)),
             None => {
                 return Err(Error::Wal(format!(
                     "{}: damaged segment header; the server will not start until it is repaired or moved away",
@@ -687,19 +688,28 @@ fn read_segment(path: &Path, is_last: bool, keys: Option<&dyn KeyProvider>) -> R
             }
         }
     }
+    if keys.is_some() && key.is_none() && !bytes.is_empty() {
+        // A WAL sealed with master keys replays no record in the clear: one would be rows
+        // placed in the folder by someone without the keys.
+        return Err(Error::Wal(format!(
+            "{}: a segment in the clear in a write-ahead log sealed with master keys; if it was written before \
+             the store had a master key, start the server once without the key to flush it",
+            path.display()
+        )));
+    }
     while offset < bytes.len() {
         let frame = parse_frame(&bytes[offset..], key.as_ref());
         match frame {
-            Some((record, used)) => {
+            Ok(Some((record, used))) => {
                 records.push(record);
                 offset += used;
             }
-            None if is_last => {
+            Ok(None) if is_last => {
                 let torn = (bytes.len() - offset) as u64;
                 warn!(segment = %path.display(), offset, torn, "dropped a torn record at the end of the write-ahead log (it was never acknowledged)");
                 return Ok((records, torn));
             }
-            None => {
+            Ok(None) | Err(()) => {
                 return Err(Error::Wal(format!(
                     "{}: damaged record at byte {offset}; the segment is kept for inspection and the server \
                      will not start until it is repaired or moved away",
@@ -711,13 +721,26 @@ fn read_segment(path: &Path, is_last: bool, keys: Option<&dyn KeyProvider>) -> R
     Ok((records, 0))
 }
 
-fn parse_frame(bytes: &[u8], key: Option<&[u8; 32]>) -> Option<(Record, usize)> {
+/// A frame: `Ok(None)` if cut short or its CRC fails (a torn write at the end of the last
+/// segment), `Err` if complete and intact but not a record (a seal that does not open: the
+/// wrong key, or tampering), which is never taken for a torn write.
+fn parse_frame(bytes: &[u8], key: Option<&[u8; 32]>) -> Result<Option<(Record, usize)>, ()> {
+    let Some((len, crc, body)) = frame_body(bytes) else {
+        return Ok(None);
+    };
+    if crc32fast::hash(body) != crc {
+        return Ok(None);
+    }
+    decode_frame(body, key).map(|record| Some((record, 8 + len))).ok_or(())
+}
+
+fn frame_body(bytes: &[u8]) -> Option<(usize, u32, &[u8])> {
     let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
-    let body = bytes.get(8..8 + len)?;
-    if crc32fast::hash(body) != crc {
-        return None;
-    }
+    Some((len, crc, bytes.get(8..8 + len)?))
+}
+
+fn decode_frame(body: &[u8], key: Option<&[u8; 32]>) -> Option<Record> {
     let seq_bytes = body.get(0..8)?;
     let seq = u64::from_le_bytes(seq_bytes.try_into().ok()?);
     let opened;
@@ -730,14 +753,11 @@ fn parse_frame(bytes: &[u8], key: Option<&[u8; 32]>) -> Option<(Record, usize)> 
     };
     let written_at_micros = i64::from_le_bytes(rest.get(0..8)?.try_into().ok()?);
     let entries = decode_entries(rest.get(8..)?)?;
-    Some((
-        Record {
-            seq,
-            written_at_micros,
-            entries,
-        },
-        8 + len,
-    ))
+    Some(Record {
+        seq,
+        written_at_micros,
+        entries,
+    })
 }
 
 /// A sealed segment's key, as its header carries it.
@@ -767,6 +787,33 @@ fn new_segment_key(keys: &dyn KeyProvider) -> Result<([u8; 32], Vec<u8>)> {
     header.extend_from_slice(&(json.len() as u32).to_le_bytes());
     header.extend_from_slice(&json);
     Ok((key, header))
+}
+
+/// How many segments of the WAL in `dir` each master key seals (a key that seals any is
+/// still needed: `proxima key retire` asks). Empty if there is no such folder.
+pub fn segment_master_keys(dir: &Path) -> Result<BTreeMap<String, usize>> {
+    let mut uses = BTreeMap::new();
+    if !dir.exists() {
+        return Ok(uses);
+    }
+    for (_, path) in list_segments(dir)? {
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| io_error(&path, e))?;
+        if let Some((header, _)) = parse_segment_header(&bytes) {
+            *uses.entry(header.master_key_id).or_default() += 1;
+        }
+    }
+    Ok(uses)
+}
+
+/// Whether a sealed segment ends before its header does (a crash before its first sync).
+fn header_cut_short(bytes: &[u8]) -> bool {
+    match bytes.get(4..8) {
+        None => true,
+        Some(len) => bytes.len() < 8 + u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize,
+    }
 }
 
 /// A sealed segment's header and the bytes it takes; `None` if cut short or not one.
@@ -938,27 +985,45 @@ mod tests {
             .to_string();
         assert!(err.contains(&keys.current()), "{err}");
 
-        // A torn record at the end is dropped, as in a plaintext segment; a record altered
-        // in the middle (its CRC fixed up) is damage.
+        // A torn record at the end of the last segment is dropped, as in a plaintext one.
+        let (_, last) = &segments[1];
+        let intact = fs::read(last).unwrap();
+        let mut torn = intact.clone();
+        torn.extend_from_slice(&[200, 0, 0, 0, 1, 2]);
+        fs::write(last, &torn).unwrap();
         let (wal, replayed) = Wal::open_sealed(dir.path(), Arc::clone(&keys), WalStats::default(), nothing_stored)
             .await
             .unwrap();
-        assert_eq!((replayed.records, replayed.rows), (4, 4));
+        assert_eq!((replayed.records, replayed.rows, replayed.torn_bytes), (4, 4, 6));
         drop(wal);
-        let (_, first) = &segments[0];
-        let mut bytes = fs::read(first).unwrap();
+        // The last record altered, its CRC fixed up: the seal does not open. That is damage,
+        // not a torn write, even at the very end.
+        let mut bytes = intact;
         let header = parse_segment_header(&bytes).unwrap().1;
         let len = u32::from_le_bytes(bytes[header..header + 4].try_into().unwrap()) as usize;
         let body = header + 8..header + 8 + len;
         bytes[body.end - 1] ^= 1;
         let crc = crc32fast::hash(&bytes[body.clone()]);
         bytes[header + 4..header + 8].copy_from_slice(&crc.to_le_bytes());
-        fs::write(first, bytes).unwrap();
-        let err = Wal::open_sealed(dir.path(), keys, WalStats::default(), nothing_stored)
+        fs::write(last, bytes).unwrap();
+        let err = Wal::open_sealed(dir.path(), Arc::clone(&keys), WalStats::default(), nothing_stored)
             .await
             .unwrap_err()
             .to_string();
         assert!(err.contains("damaged record"), "{err}");
+
+        // A segment in the clear is refused by a sealed WAL: rows placed there without the keys.
+        let plain = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(plain.path(), WalStats::default(), nothing_stored)
+            .await
+            .unwrap();
+        wal.append(vec![revocation(uuid)]).await.unwrap();
+        drop(wal);
+        let err = Wal::open_sealed(plain.path(), keys, WalStats::default(), nothing_stored)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("in the clear"), "{err}");
     }
 
     #[tokio::test]
