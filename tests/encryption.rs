@@ -454,6 +454,16 @@ fn key_commands_and_a_server_that_will_not_serve_in_the_clear() {
     stdout(&proxima(&root, Some(&key), &["sql", "-c", &copy]));
     let bytes = std::fs::read(&export).unwrap();
     assert_eq!(&bytes[..4], b"PAR1");
+    // SQL does not write into the store: that would put a file in the clear among its files.
+    let into =
+        "COPY (SELECT * FROM observations LIMIT 1) TO 'proxima://store/observations/day=2026-01-01/part-x.parquet'";
+    let refused = proxima(&root, Some(&key), &["sql", "-c", into]);
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("does not write into an encrypted store"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 
     // A server with real users, beyond loopback, but no master key: refused.
     let users = dir.path().join("users.toml");
@@ -567,7 +577,11 @@ fn pyarrow_reads_a_file_with_the_master_key() {
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("InvalidTag"), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("InvalidTag"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(!String::from_utf8_lossy(&output.stdout).contains(expected[0]));
 }
 

@@ -369,8 +369,15 @@ impl EncryptionFactory for StoreDecryption {
         &self,
         _config: &EncryptionFactoryOptions,
         _schema: &SchemaRef,
-        _file_path: &Path,
+        file_path: &Path,
     ) -> datafusion::error::Result<Option<Arc<FileEncryptionProperties>>> {
+        // Only Proxima's writer writes an encrypted store's files (`COPY … TO` elsewhere, an
+        // export, is written in the clear, which is its point).
+        if self.store.keyring().is_some() && place_of(self.store.root(), file_path).is_some() {
+            return Err(datafusion::error::DataFusionError::Plan(format!(
+                "{file_path}: SQL does not write into an encrypted store (import the rows with proxima import)"
+            )));
+        }
         Ok(None)
     }
 

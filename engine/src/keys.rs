@@ -425,7 +425,10 @@ pub fn read_sealed_file(path: &Path, keys: Option<&dyn KeyProvider>) -> Result<V
 /// folder synced. Never through a file or link left behind at the aside name.
 pub fn write_secret_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
+    // `<name>.tmp`, beside: two secret files of one folder never share it.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     match std::fs::remove_file(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

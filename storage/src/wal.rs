@@ -32,7 +32,8 @@
 //! segment starts with a header, `PXWE | len: u32 | JSON {format, masterKeyID, wrappedKey}`,
 //! that carries a random key of its own wrapped by the current master key, and each frame's
 //! body is `seq: u64 | AES-256-GCM(written_at_micros ‖ entries)` under that key, with the
-//! sequence number as both nonce and associated data. A segment key seals one segment only,
+//! sequence number as nonce and the WAL's id and the sequence number as associated data;
+//! replay refuses sequence numbers that do not grow. A segment key seals one segment only,
 //! and sequence numbers never repeat within a segment (a number reused after a crash goes
 //! into a new segment, under a new key), so no nonce is ever used twice with a key.
 
@@ -260,7 +261,7 @@ impl Wal {
         let mut replayed = Replayed::default();
         let last = segments.len().saturating_sub(1);
         for (i, (_, path)) in segments.iter().enumerate() {
-            let (mut found, torn) = read_segment(path, i == last, keys.as_deref())?;
+            let (mut found, torn) = read_segment(path, i == last, keys.as_deref(), id)?;
             replayed.torn_bytes += torn;
             records.append(&mut found);
         }
@@ -270,6 +271,17 @@ impl Wal {
             // Numbering starts again at 1: under the old id, files of the store already
             // hold higher marks, and a replay would take new records for stored ones.
             id = write_wal_id(dir, Uuid::new_v4())?;
+        }
+        // Sequence numbers only grow: a record repeated or moved (by hand, in the folder)
+        // would otherwise be replayed twice or out of order.
+        if let Some(pair) = records.windows(2).find(|pair| pair[1].seq <= pair[0].seq) {
+            return Err(Error::Wal(format!(
+                "{}: record {} follows record {}: records were repeated or reordered; the server will not start \
+                 until the folder is repaired",
+                dir.display(),
+                pair[1].seq,
+                pair[0].seq
+            )));
         }
         if let Some(last) = records.last() {
             next_seq = last.seq + 1;
@@ -516,7 +528,7 @@ impl WriterThread {
                 let mut plain = Vec::with_capacity(8 + body_tail.len());
                 plain.extend_from_slice(&written_at);
                 plain.extend_from_slice(body_tail);
-                body.extend_from_slice(&seal_at(key, nonce_of(seq), &seq.to_le_bytes(), &plain));
+                body.extend_from_slice(&seal_at(key, nonce_of(seq), &record_aad(self.id, seq), &plain));
             }
             None => {
                 body.extend_from_slice(&written_at);
@@ -663,7 +675,12 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 
 /// Reads a segment's records; a damaged tail is tolerated only in the last segment. A
 /// sealed segment needs the master key its header names.
-fn read_segment(path: &Path, is_last: bool, keys: Option<&dyn KeyProvider>) -> Result<(Vec<Record>, u64)> {
+fn read_segment(
+    path: &Path,
+    is_last: bool,
+    keys: Option<&dyn KeyProvider>,
+    wal_id: Uuid,
+) -> Result<(Vec<Record>, u64)> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -698,7 +715,7 @@ fn read_segment(path: &Path, is_last: bool, keys: Option<&dyn KeyProvider>) -> R
         )));
     }
     while offset < bytes.len() {
-        let frame = parse_frame(&bytes[offset..], key.as_ref());
+        let frame = parse_frame(&bytes[offset..], key.as_ref().map(|k| (k, wal_id)));
         match frame {
             Ok(Some((record, used))) => {
                 records.push(record);
@@ -724,7 +741,7 @@ fn read_segment(path: &Path, is_last: bool, keys: Option<&dyn KeyProvider>) -> R
 /// A frame: `Ok(None)` if cut short or its CRC fails (a torn write at the end of the last
 /// segment), `Err` if complete and intact but not a record (a seal that does not open: the
 /// wrong key, or tampering), which is never taken for a torn write.
-fn parse_frame(bytes: &[u8], key: Option<&[u8; 32]>) -> Result<Option<(Record, usize)>, ()> {
+fn parse_frame(bytes: &[u8], key: Option<(&[u8; 32], Uuid)>) -> Result<Option<(Record, usize)>, ()> {
     let Some((len, crc, body)) = frame_body(bytes) else {
         return Ok(None);
     };
@@ -740,13 +757,14 @@ fn frame_body(bytes: &[u8]) -> Option<(usize, u32, &[u8])> {
     Some((len, crc, bytes.get(8..8 + len)?))
 }
 
-fn decode_frame(body: &[u8], key: Option<&[u8; 32]>) -> Option<Record> {
+fn decode_frame(body: &[u8], key: Option<(&[u8; 32], Uuid)>) -> Option<Record> {
     let seq_bytes = body.get(0..8)?;
     let seq = u64::from_le_bytes(seq_bytes.try_into().ok()?);
     let opened;
     let rest = match key {
         Some(key) => {
-            opened = open_at(key, nonce_of(seq), seq_bytes, body.get(8..)?)?;
+            let (key, wal_id) = key;
+            opened = open_at(key, nonce_of(seq), &record_aad(wal_id, seq), body.get(8..)?)?;
             &opened[..]
         }
         None => body.get(8..)?,
@@ -838,6 +856,15 @@ fn segment_key(path: &Path, header: &SegmentKeyHeader, keys: Option<&dyn KeyProv
         .map_err(|e| Error::Wal(format!("{}: {e}", path.display())))?;
     key.try_into()
         .map_err(|_| Error::Wal(format!("{}: the segment key is not 32 bytes", path.display())))
+}
+
+/// What a sealed record's seal binds besides its content: the WAL's id and the record's
+/// sequence number, so a record copied from another WAL, or to another place, does not open.
+fn record_aad(wal_id: Uuid, seq: u64) -> [u8; 24] {
+    let mut aad = [0u8; 24];
+    aad[..16].copy_from_slice(wal_id.as_bytes());
+    aad[16..].copy_from_slice(&seq.to_le_bytes());
+    aad
 }
 
 /// The nonce of record `seq` in a sealed segment.
@@ -1027,6 +1054,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_repeated_record_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path(), WalStats::default(), nothing_stored)
+            .await
+            .unwrap();
+        wal.append(vec![revocation("a")]).await.unwrap();
+        wal.append(vec![revocation("b")]).await.unwrap();
+        drop(wal);
+        let (_, segment) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let mut bytes = fs::read(&segment).unwrap();
+        let first = 8 + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+        let copy = bytes[..first].to_vec();
+        bytes.extend_from_slice(&copy);
+        fs::write(&segment, bytes).unwrap();
+        let err = Wal::open(dir.path(), WalStats::default(), nothing_stored)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("repeated or reordered"), "{err}");
+    }
+
+    #[tokio::test]
     async fn skips_records_the_store_already_holds() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(dir.path(), WalStats::default(), nothing_stored)
@@ -1165,8 +1214,10 @@ mod tests {
     }
 
     /// The revocation UUIDs a fresh open of `dir` replays, in order.
-    async fn replayed_uuids(dir: &Path) -> Vec<String> {
-        let (wal, _) = Wal::open(dir, WalStats::default(), nothing_stored).await.unwrap();
+    async fn replayed_uuids(dir: &Path, keys: Option<Arc<dyn KeyProvider>>) -> Vec<String> {
+        let (wal, _) = Wal::open_with(Arc::new(OsFs), keys, dir, WalStats::default(), nothing_stored)
+            .await
+            .unwrap();
         let rotation = wal.rotate().await.unwrap();
         let mut uuids = Vec::new();
         for batch in rotation.buffer.tables.get(&Table::Revocations).into_iter().flatten() {
@@ -1178,10 +1229,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_sync_is_never_retried_and_its_record_never_replayed() {
+        for keys in [None, Some(master_keys())] {
+            failed_sync(keys).await;
+        }
+    }
+
+    /// Master keys for the sealed variant of a test.
+    fn master_keys() -> Arc<dyn KeyProvider> {
+        Arc::new(proxima_engine::keys::MasterKeys::generate(chrono::Utc::now()))
+    }
+
+    async fn failed_sync(keys: Option<Arc<dyn KeyProvider>>) {
         let dir = tempfile::tempdir().unwrap();
         let faults = FaultyFs::new();
         let fs: Arc<dyn SegmentFs> = Arc::new(Faulty(Arc::clone(&faults)));
-        let (wal, _) = Wal::open_with(fs, None, dir.path(), WalStats::default(), nothing_stored)
+        let (wal, _) = Wal::open_with(fs, keys.clone(), dir.path(), WalStats::default(), nothing_stored)
             .await
             .unwrap();
         assert_eq!(wal.append(vec![revocation("before")]).await.unwrap(), 1);
@@ -1200,15 +1262,21 @@ mod tests {
         );
         drop((wal, rotation));
         // A crash now (the rotation's segments not deleted): the refused record is not replayed.
-        assert_eq!(replayed_uuids(dir.path()).await, ["before", "after", "later"]);
+        assert_eq!(replayed_uuids(dir.path(), keys).await, ["before", "after", "later"]);
     }
 
     #[tokio::test]
     async fn a_failed_write_leaves_no_damage_and_no_refused_record() {
+        for keys in [None, Some(master_keys())] {
+            failed_write(keys).await;
+        }
+    }
+
+    async fn failed_write(keys: Option<Arc<dyn KeyProvider>>) {
         let dir = tempfile::tempdir().unwrap();
         let faults = FaultyFs::new();
         let fs: Arc<dyn SegmentFs> = Arc::new(Faulty(Arc::clone(&faults)));
-        let (wal, _) = Wal::open_with(fs, None, dir.path(), WalStats::default(), nothing_stored)
+        let (wal, _) = Wal::open_with(fs, keys.clone(), dir.path(), WalStats::default(), nothing_stored)
             .await
             .unwrap();
         wal.append(vec![revocation("first")]).await.unwrap();
@@ -1224,6 +1292,6 @@ mod tests {
         drop(wal);
         // Before the fix the half frame sat in a closed segment: the next start refused to
         // run ("damaged record"), or replayed the refused record.
-        assert_eq!(replayed_uuids(dir.path()).await, ["first", "second"]);
+        assert_eq!(replayed_uuids(dir.path(), keys).await, ["first", "second"]);
     }
 }
