@@ -172,14 +172,32 @@ pub async fn compact(
         transaction.abort().await?;
         return Err(e);
     }
+    let replaces = files.iter().map(|f| f.location.to_string()).collect();
+    let Some(summary) = publish_replacing(store, transaction, prefix, replaces).await? else {
+        return Ok(false);
+    };
+    info!(table = %table, day = ?day, files = files.len(), rows = summary.rows, bytes = summary.bytes, "compacted");
+    Ok(true)
+}
+
+/// Publishes the one file `transaction` staged as the replacement of `replaces` (files of
+/// the folder `prefix`): a lineage marker first, then the commit, so that every listing
+/// shows either the old files or the new one. `None` (the transaction aborted) if nothing
+/// was staged. The replaced files are deleted by [`sweep`] after [`GRACE`].
+pub(crate) async fn publish_replacing(
+    store: &Store,
+    transaction: crate::writer::Transaction,
+    prefix: &Path,
+    replaces: Vec<String>,
+) -> Result<Option<crate::CommitSummary>> {
     let Some(merged) = transaction.staged_targets().pop() else {
         transaction.abort().await?;
-        return Ok(false);
+        return Ok(None);
     };
     let marker = Marker {
         transaction: Some(transaction.id().to_string()),
         merged: merged.to_string(),
-        replaces: files.iter().map(|f| f.location.to_string()).collect(),
+        replaces,
     };
     let marker_path = prefix
         .clone()
@@ -206,8 +224,12 @@ pub async fn compact(
             return Err(e);
         }
     };
-    info!(table = %table, day = ?day, files = files.len(), rows = summary.rows, bytes = summary.bytes, "compacted");
-    Ok(true)
+    Ok(Some(summary))
+}
+
+/// The live Parquet files of a folder, as readers see them.
+pub(crate) async fn live_in(store: &Store, prefix: &Path) -> Result<Vec<ObjectMeta>> {
+    Ok(folder(store, prefix).await?.live)
 }
 
 /// When a marker was written, from the UUID v7 in its name.

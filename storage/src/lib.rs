@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod compaction;
+pub mod erasure;
 pub mod error;
 pub mod flush;
 pub mod index_build;
