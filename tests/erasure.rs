@@ -11,7 +11,7 @@ use proxima_engine::keys::MasterKeys;
 use proxima_engine::{SessionFactory, SessionOptions, Store, Table};
 use proxima_ingest::synthetic::{PopulationSpec, generate};
 use proxima_storage::PartitionWriter;
-use proxima_storage::erasure::{Erased, erase_in_folder};
+use proxima_storage::erasure::{Erased, erase_everywhere};
 
 async fn text(factory: &SessionFactory, sql: &str) -> String {
     let ctx = factory.session().await.unwrap();
@@ -83,27 +83,9 @@ async fn an_erased_device_leaves_every_table_and_the_index_and_nothing_else_chan
         device: x.clone(),
         heard_as: BTreeSet::from([mac.clone()]),
     };
-    let (mut rows, mut rewritten) = (0, 0);
-    for table in Table::ALL {
-        let days: Vec<Option<chrono::NaiveDate>> = if table.is_day_partitioned() {
-            store
-                .list_days(table)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|d| Some(d.day))
-                .collect()
-        } else {
-            vec![None]
-        };
-        for day in days {
-            let done = erase_in_folder(&factory, &writer, table, day, &erased).await.unwrap();
-            if table == Table::Observations {
-                rows += done.rows;
-                rewritten += done.rewritten;
-            }
-        }
-    }
+    let done = erase_everywhere(&factory, &writer, &erased).await.unwrap();
+    let observations_done = done.iter().find(|(t, _)| *t == Table::Observations).unwrap().1;
+    let (rows, rewritten) = (observations_done.rows, observations_done.rewritten);
     assert_eq!(rows, of_x);
     assert!(
         rewritten >= 3,
@@ -140,4 +122,81 @@ async fn an_erased_device_leaves_every_table_and_the_index_and_nothing_else_chan
     .await;
     assert_eq!(after, contacts_before);
     assert!(!after.contains(&x));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_heard_by_rotating_identifiers_and_rpis_are_erased_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::local(dir.path()).unwrap();
+    let writer = PartitionWriter::new(store.clone(), "test");
+    let ids = Arc::new(proxima_engine::ephemeral::Identifiers::new(
+        proxima_engine::ephemeral::IdKeys::generate(Utc::now()),
+        std::time::Duration::from_secs(15 * 60),
+        std::time::Duration::from_secs(120),
+    ));
+    let today = proxima_engine::store::today_utc();
+    let spec = PopulationSpec {
+        broadcast: proxima_ingest::synthetic::Broadcast::Mixed(Arc::clone(&ids)),
+        devices: 150,
+        days: 2,
+        contacts_per_day: 8,
+        seed: 9,
+        start: today - chrono::Days::new(1),
+    };
+    generate(&writer, &spec, |_| {}).await.unwrap();
+    let options = SessionOptions {
+        identifiers: Some(ids),
+        ..SessionOptions::default()
+    };
+    let factory = SessionFactory::new(store.clone(), options).unwrap();
+    // One device of each kind, the most met of its kind (by the encounters view, which
+    // resolves all three): heard by its MAC, by the server's identifiers, by GAEN RPIs.
+    let mut victims = Vec::new();
+    for kind in [
+        "d.mac IS NOT NULL",
+        "d.mac IS NULL AND e.a NOT IN (SELECT device_uuid FROM exposure_keys)",
+        "e.a IN (SELECT device_uuid FROM exposure_keys)",
+    ] {
+        let victim = value(
+            &factory,
+            &format!(
+                "SELECT e.a FROM encounters e JOIN devices d ON e.a = d.device_uuid WHERE {kind} \
+                 GROUP BY e.a ORDER BY count(*) DESC, e.a LIMIT 1"
+            ),
+        )
+        .await;
+        let heard = value(
+            &factory,
+            &format!("SELECT count(*) FROM encounters WHERE b = '{victim}' AND a_heard"),
+        )
+        .await;
+        assert_ne!(heard, "0", "{kind}: others heard {victim}");
+        victims.push(victim);
+    }
+    let from = (Utc::now() - chrono::Duration::days(3)).timestamp_micros();
+    let to = Utc::now().timestamp_micros();
+    let list = victims.iter().map(|v| format!("'{v}'")).collect::<Vec<_>>().join(", ");
+    let others =
+        format!("SELECT a, b, at FROM encounters WHERE a NOT IN ({list}) AND b NOT IN ({list}) ORDER BY a, b, at");
+    let others_before = text(&factory, &others).await;
+    for victim in &victims {
+        let erased = Erased::of(&factory, victim, from, to).await.unwrap();
+        assert!(!erased.heard_as.is_empty(), "{victim}: a MAC, identifiers or RPIs");
+        erase_everywhere(&factory, &writer, &erased).await.unwrap();
+    }
+    let left = value(
+        &factory,
+        &format!("SELECT count(*) FROM encounters WHERE a IN ({list}) OR b IN ({list})"),
+    )
+    .await;
+    assert_eq!(left, "0");
+    assert_eq!(
+        value(
+            &factory,
+            &format!("SELECT count(*) FROM observations WHERE observer IN ({list})")
+        )
+        .await,
+        "0"
+    );
+    assert_eq!(text(&factory, &others).await, others_before);
 }

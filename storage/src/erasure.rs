@@ -1,7 +1,9 @@
 //! Erasure: a device's rows removed from the store, copy-on-write.
 //!
-//! This is the first piece of erasure on revocation (issue 13): given a device and every
-//! identifier it was heard by, [`erase_in_folder`] rewrites each file of a folder that holds
+//! This is the first piece of erasure on revocation (issue 13): [`Erased::of`] gathers a
+//! device and every identifier it was heard by (MAC, GAEN RPIs of its exposure keys, the
+//! rotating identifiers the keys would have issued it); [`erase_everywhere`] runs
+//! [`erase_in_folder`] on every folder of every table, which rewrites each file that holds
 //! one of its rows without them, through the lineage machinery compaction uses (a marker
 //! names the rewritten file and the file it replaces, so every listing shows one or the
 //! other, never both, never neither), and deletes a file all of whose rows go. Replaced
@@ -21,8 +23,11 @@ use proxima_engine::{DayPartition, SessionFactory, Table};
 use tracing::info;
 use uuid::Uuid;
 
+use arrow::array::AsArray;
+use proxima_engine::ephemeral::handle_of;
+
 use crate::compaction::{live_in, publish_replacing};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::marks::{WAL_KEY, encode_marks, marks_in};
 use crate::writer::PartitionWriter;
 
@@ -37,6 +42,41 @@ pub struct Erased {
 }
 
 impl Erased {
+    /// A device and every identifier it was heard by between `from` and `to` (Unix
+    /// microseconds; the store's retention window): its MAC, the RPIs of every exposure key
+    /// it registered, and every rotating identifier the session's keys would have issued it.
+    pub async fn of(factory: &SessionFactory, device: &str, from: i64, to: i64) -> Result<Self> {
+        let device = Uuid::parse_str(device)
+            .map_err(|_| Error::Invalid(format!("'{device}' is not a device UUID")))?
+            .hyphenated()
+            .to_string();
+        // `device` is a canonical UUID, safe inside a literal.
+        let sql = format!(
+            "SELECT mac AS id FROM devices WHERE device_uuid = '{device}' AND mac IS NOT NULL \
+             UNION ALL \
+             SELECT en_rpi(tek, interval_number) FROM ( \
+               SELECT tek, unnest(range(to_unixtime(valid_from) / 600, to_unixtime(valid_from) / 600 + rolling_period)) \
+                 AS interval_number \
+               FROM exposure_keys WHERE device_uuid = '{device}')"
+        );
+        let ctx = factory.session().await?;
+        let mut heard_as = BTreeSet::new();
+        for batch in ctx.sql(&sql).await?.collect().await? {
+            let column = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
+            let ids = column.as_string::<i32>();
+            heard_as.extend(ids.iter().flatten().map(str::to_string));
+        }
+        if let (Some(identifiers), Some(handle)) = (&factory.options().identifiers, handle_of(&device)) {
+            heard_as.extend(
+                identifiers
+                    .broadcast_between(handle, from, to)
+                    .into_iter()
+                    .map(|(id, _)| id),
+            );
+        }
+        Ok(Self { device, heard_as })
+    }
+
     /// The rows of `table` that name the device (`None`: the table holds no device).
     pub fn predicate(&self, table: Table) -> Option<Expr> {
         let heard = || col("observed").in_list(self.heard_as.iter().map(|id| lit(id.as_str())).collect(), false);
@@ -71,6 +111,40 @@ pub struct FolderErasure {
     pub deleted: usize,
     /// Rows removed.
     pub rows: u64,
+}
+
+/// Removes `erased`'s rows from every folder of every table; returns what was done per
+/// table (tables with nothing removed left out).
+pub async fn erase_everywhere(
+    factory: &SessionFactory,
+    writer: &PartitionWriter,
+    erased: &Erased,
+) -> Result<Vec<(Table, FolderErasure)>> {
+    let mut done = Vec::new();
+    for table in Table::ALL {
+        let days: Vec<Option<chrono::NaiveDate>> = if table.is_day_partitioned() {
+            factory
+                .store()
+                .list_days(table)
+                .await?
+                .into_iter()
+                .map(|d| Some(d.day))
+                .collect()
+        } else {
+            vec![None]
+        };
+        let mut total = FolderErasure::default();
+        for day in days {
+            let folder = erase_in_folder(factory, writer, table, day, erased).await?;
+            total.rewritten += folder.rewritten;
+            total.deleted += folder.deleted;
+            total.rows += folder.rows;
+        }
+        if total.rows > 0 {
+            done.push((table, total));
+        }
+    }
+    Ok(done)
 }
 
 /// Removes `erased`'s rows from the live files of `table`'s folder for `day` (the table's
