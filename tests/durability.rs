@@ -5,8 +5,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufReader;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,56 +14,33 @@ use arrow::datatypes::{Int32Type, Int64Type};
 use proxima_engine::{SessionFactory, SessionOptions, Store};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_proxima");
 const DEVICES: usize = 4;
 const PER_REQUEST: usize = 8;
 /// The `duration_s` tag of the keyed upload.
 const KEYED_SEQ: i32 = 1_000_000;
 
-struct Serve {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Serve {
-    /// A failed assertion must not leave a server running (it would hold the test's pipes).
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Serve = common::Server;
 
 fn serve(store: &std::path::Path) -> Serve {
-    let mut child = Command::new(BIN)
-        .args(["--data", store.to_str().unwrap()])
-        .args([
-            "serve",
-            "--flight",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--flush-interval",
-            "1s",
-        ])
-        // What is tested is durability: no proof of work at registration; phones of MACs.
-        .args(["--device-rate", "0", "--registration-work", "0", "--accept-mac"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let line = common::wait_for_line(&mut stdout, "REST listening on http://");
-    let address = line["REST listening on http://".len()..]
-        .split_whitespace()
-        .next()
-        .unwrap();
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    Serve {
-        child,
-        base: format!("http://{address}"),
-    }
+    // What is tested is durability: no proof of work at registration; phones of MACs.
+    let mut server = common::Server::start(&[
+        "--data",
+        store.to_str().unwrap(),
+        "serve",
+        "--flight",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--flush-interval",
+        "1s",
+        "--device-rate",
+        "0",
+        "--registration-work",
+        "0",
+        "--accept-mac",
+    ]);
+    server.drain();
+    server
 }
 
 const RFC8032_KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
@@ -130,7 +106,7 @@ async fn acknowledged_uploads_survive_kill_9_exactly_once() {
     let mut server = serve(&store_dir);
     let mut devices = Vec::new();
     for i in 0..DEVICES {
-        devices.push(register(&http, &server.base, i).await);
+        devices.push(register(&http, &server.api, i).await);
     }
     // A keyed upload acknowledged just before a kill: its retry after the restart must be
     // recognised (answered again, stored once).
@@ -148,12 +124,12 @@ async fn acknowledged_uploads_survive_kill_9_exactly_once() {
             .body(body)
             .send()
     };
-    let first = send_keyed(server.base.clone(), keyed()).await.unwrap();
+    let first = send_keyed(server.api.clone(), keyed()).await.unwrap();
     assert_eq!(first.status(), 200);
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     server = serve(&store_dir);
-    let retry = send_keyed(server.base.clone(), keyed()).await.unwrap();
+    let retry = send_keyed(server.api.clone(), keyed()).await.unwrap();
     assert_eq!(retry.status(), 200);
     assert_eq!(
         retry.headers()["idempotent-replayed"],
@@ -173,7 +149,7 @@ async fn acknowledged_uploads_survive_kill_9_exactly_once() {
             .enumerate()
             .map(|(i, (_, token))| {
                 tokio::spawn(upload_until_killed(
-                    server.base.clone(),
+                    server.api.clone(),
                     token.clone(),
                     Arc::clone(&next[i]),
                     Arc::clone(&acked[i]),

@@ -585,46 +585,27 @@ fn pyarrow_reads_a_file_with_the_master_key() {
     assert!(!String::from_utf8_lossy(&output.stdout).contains(expected[0]));
 }
 
-/// A `proxima serve` child, killed (SIGKILL, as `kill -9`) when dropped.
-struct Serve(std::process::Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `proxima serve` on loopback with the master key, writing what it acknowledges to
 /// its WAL and flushing only at start; returns it and its REST address.
-fn serve(root: &Path, key: &Path) -> (Serve, String) {
-    use std::io::BufReader;
-    use std::process::Stdio;
-    let mut child = Command::new(BIN)
-        .args([
-            "--data",
-            root.to_str().unwrap(),
-            "--master-key-file",
-            key.to_str().unwrap(),
-        ])
-        .args(["serve", "--http", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
-        .args(["--registration-work", "10", "--flush-interval", "1h"])
-        .env("RUST_LOG", "warn")
-        .env_remove("PROXIMA_MASTER_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let serve = Serve(child);
-    let rest = common::wait_for_line(&mut stdout, "REST listening on ");
-    let api = rest["REST listening on ".len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    (serve, api)
+fn serve(root: &Path, key: &Path) -> (common::Server, String) {
+    let mut server = common::Server::start(&[
+        "--data",
+        root.to_str().unwrap(),
+        "--master-key-file",
+        key.to_str().unwrap(),
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--flight",
+        "127.0.0.1:0",
+        "--registration-work",
+        "10",
+        "--flush-interval",
+        "1h",
+    ]);
+    server.drain();
+    let api = server.api.clone();
+    (server, api)
 }
 
 fn phone(state: &Path, api: &str, args: &[&str]) -> String {

@@ -6,22 +6,12 @@
 
 mod common;
 
-use std::io::BufReader;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_proxima");
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Runs `proxima phone --state <state> --api <api> <args>`: its standard output, or its
 /// error message.
@@ -43,31 +33,27 @@ fn phone(state: &Path, api: &str, args: &[&str]) -> Result<String, String> {
 #[tokio::test]
 async fn a_phones_life_through_the_reference_phone() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--data", dir.path().join("store").to_str().unwrap()])
-        .args(["serve", "--http", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
-        // A small proof of work: this build's SHA-256 is not optimised.
-        .args(["--registration-work", "10"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let _serve = Serve(child);
-    let rest = common::wait_for_line(&mut stdout, "REST listening on ");
-    let api = rest["REST listening on ".len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let tracer = common::wait_for_line(&mut stdout, "user tracer, password ");
+    let store = dir.path().join("store");
+    // A small proof of work: this build's SHA-256 is not optimised.
+    let mut server = common::Server::start(&[
+        "--data",
+        store.to_str().unwrap(),
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--flight",
+        "127.0.0.1:0",
+        "--registration-work",
+        "10",
+    ]);
+    let tracer = server.line("user tracer, password ");
     let password = tracer["user tracer, password ".len()..]
         .split_whitespace()
         .next()
         .unwrap()
         .to_string();
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    server.drain();
+    let api = server.api.clone();
 
     let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
     let a_uuid = phone(&a, &api, &["register"]).unwrap();

@@ -86,3 +86,65 @@ pub fn python_with(modules: &[&str]) -> Option<std::path::PathBuf> {
             .is_ok_and(|o| o.status.success())
     })
 }
+
+/// A `proxima serve` started by a test, its REST address read off its output; killed
+/// (SIGKILL, as `kill -9`) and reaped when dropped, so a failed assertion never leaves a
+/// server holding the test's pipes.
+#[allow(dead_code)] // not every test binary that shares this module starts a server
+pub struct Server {
+    /// The process.
+    pub child: std::process::Child,
+    /// `http://host:port` of its REST service.
+    pub api: String,
+    /// Its standard output after the REST line, until [`Server::drain`].
+    pub stdout: Option<BufReader<ChildStdout>>,
+}
+
+#[allow(dead_code)]
+impl Server {
+    /// Runs `proxima <args>` (a `serve` with a loopback `--http`; `PROXIMA_MASTER_KEY` of
+    /// the test's environment removed) and waits for its REST service.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env_remove("PROXIMA_MASTER_KEY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let server = |stdout| Self {
+            child,
+            api: String::new(),
+            stdout: Some(stdout),
+        };
+        let line = wait_for_line(&mut stdout, "REST listening on ");
+        let mut started = server(stdout);
+        started.api = line["REST listening on ".len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
+        started
+    }
+
+    /// Reads its output up to the first line starting with `prefix`.
+    pub fn line(&mut self, prefix: &str) -> String {
+        wait_for_line(self.stdout.as_mut().expect("not drained"), prefix)
+    }
+
+    /// Keeps draining its output, so it never blocks on a full pipe.
+    pub fn drain(&mut self) {
+        if let Some(mut stdout) = self.stdout.take() {
+            std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
