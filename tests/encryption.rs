@@ -115,41 +115,26 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// The byte strings that identify someone: each device's UUID (text and its 16 bytes), each
-/// MAC, each exposure key, and some identifiers heard (rotating identifiers and RPIs).
+/// MAC, and some identifiers heard (rotating identifiers and RPIs).
 async fn secrets(factory: &SessionFactory) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    let lines = text(
+    let identities = common::column(
         factory,
-        "SELECT device_uuid AS v FROM devices UNION ALL SELECT mac FROM devices WHERE mac IS NOT NULL",
+        "SELECT device_uuid FROM devices UNION ALL SELECT mac FROM devices WHERE mac IS NOT NULL",
     )
     .await;
-    for value in lines
-        .lines()
-        .filter_map(|l| l.strip_prefix("| "))
-        .map(|l| l.trim_end_matches(" |").trim())
-    {
-        if value == "v" {
-            continue;
-        }
-        out.push(value.as_bytes().to_vec());
-        if let Ok(uuid) = uuid::Uuid::parse_str(value) {
+    for value in identities {
+        if let Ok(uuid) = uuid::Uuid::parse_str(&value) {
             out.push(uuid.as_bytes().to_vec());
         }
+        out.push(value.into_bytes());
     }
-    let heard = text(
+    let heard = common::column(
         factory,
-        "SELECT DISTINCT observed AS v FROM observations WHERE length(observed) = 32 ORDER BY v LIMIT 200",
+        "SELECT DISTINCT observed FROM observations WHERE length(observed) = 32 ORDER BY observed LIMIT 200",
     )
     .await;
-    for value in heard
-        .lines()
-        .filter_map(|l| l.strip_prefix("| "))
-        .map(|l| l.trim_end_matches(" |").trim())
-    {
-        if value != "v" {
-            out.push(value.as_bytes().to_vec());
-        }
-    }
+    out.extend(heard.into_iter().map(String::into_bytes));
     assert!(out.len() > 600, "devices, MACs and identifiers: {}", out.len());
     out
 }
@@ -169,16 +154,10 @@ async fn an_encrypted_store_answers_as_a_plaintext_one_and_holds_nothing_readabl
         assert_eq!(text(&sealed, sql).await, text(&plain, sql).await, "{sql}");
     }
     // Traces, through the encounter index (every day is covered), for a few devices.
-    let devices = text(&plain, "SELECT device_uuid FROM devices ORDER BY device_uuid LIMIT 6").await;
+    let devices = common::column(&plain, "SELECT device_uuid FROM devices ORDER BY device_uuid LIMIT 6").await;
+    assert_eq!(devices.len(), 6);
     let now = Utc::now().to_rfc3339();
-    for device in devices
-        .lines()
-        .filter_map(|l| l.strip_prefix("| "))
-        .map(|l| l.trim_end_matches(" |").trim())
-    {
-        if device == "device_uuid" {
-            continue;
-        }
+    for device in devices {
         let sql = format!(
             "SELECT contact, contact_order, priority, exposed_at FROM trace_contacts('{device}', TIMESTAMP '{now}') \
              ORDER BY contact"
@@ -337,13 +316,9 @@ async fn missing_wrong_and_moved_keys_fail_clearly_and_rotation_keeps_every_file
     .unwrap();
     let err = query_error(&factory, count).await;
     assert!(err.contains("is not encrypted"), "{err}");
-    let device = text(&factory, "SELECT device_uuid FROM devices ORDER BY device_uuid LIMIT 1").await;
-    let device = device
-        .lines()
-        .nth(3)
-        .unwrap()
-        .trim_matches(|c| c == '|' || c == ' ')
-        .to_string();
+    let device = common::column(&factory, "SELECT device_uuid FROM devices ORDER BY device_uuid LIMIT 1")
+        .await
+        .remove(0);
     let trace = format!(
         "SELECT count(*) FROM trace_contacts('{device}', TIMESTAMP '{}')",
         Utc::now().to_rfc3339()

@@ -2,6 +2,8 @@
 //! one device's rows leave every table and the encounter index, while every other device's
 //! rows, encounters and direct contacts are exactly as before.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -21,12 +23,9 @@ async fn text(factory: &SessionFactory, sql: &str) -> String {
 
 /// The single value of a one-row, one-column answer.
 async fn value(factory: &SessionFactory, sql: &str) -> String {
-    let out = text(factory, sql).await;
-    out.lines()
-        .nth(3)
-        .unwrap()
-        .trim_matches(|c| c == '|' || c == ' ')
-        .to_string()
+    let mut values = common::column(factory, sql).await;
+    assert_eq!(values.len(), 1, "{sql}: {values:?}");
+    values.remove(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,10 +29,23 @@ use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{KeyProvider, read_sealed_file, write_sealed_file};
+use crate::keys::{KeyError, KeyProvider, read_sealed_file, write_sealed_file};
 
 /// An identifier as broadcast: 16 bytes.
 pub type EphemeralId = [u8; 16];
+
+/// An identifier key file's error from reading or writing it sealed: the operating system's
+/// as such, anything else (a master key missing or wrong) as the reason it is refused.
+fn key_file_error(path: &Path, e: KeyError) -> IdKeyError {
+    let path = path.display().to_string();
+    match e {
+        KeyError::Io { source, .. } => IdKeyError::Io { path, source },
+        other => IdKeyError::Invalid {
+            path,
+            reason: other.to_string(),
+        },
+    }
+}
 
 /// What can go wrong with an identifier key file.
 #[derive(Debug, thiserror::Error)]
@@ -153,10 +166,7 @@ impl IdKeys {
     /// Reads a key file (sealed with a master key, which `master` must hold, or as it is),
     /// checking it holds exactly one current key and distinct ids.
     pub fn load(path: &Path, master: Option<&dyn KeyProvider>) -> Result<Self, IdKeyError> {
-        let bytes = read_sealed_file(path, master).map_err(|e| IdKeyError::Invalid {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let bytes = read_sealed_file(path, master).map_err(|e| key_file_error(path, e))?;
         let text = String::from_utf8_lossy(&bytes);
         let invalid = |reason: String| IdKeyError::Invalid {
             path: path.display().to_string(),
@@ -181,10 +191,7 @@ impl IdKeys {
     /// renamed.
     pub fn save(&self, path: &Path, master: Option<&dyn KeyProvider>) -> Result<(), IdKeyError> {
         let text = serde_json::to_string_pretty(self).expect("keys always serialise");
-        write_sealed_file(path, text.as_bytes(), master).map_err(|e| IdKeyError::Invalid {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })
+        write_sealed_file(path, text.as_bytes(), master).map_err(|e| key_file_error(path, e))
     }
 
     fn current(&self) -> &IdKey {

@@ -230,12 +230,12 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
     };
     let exposed = !proxima_flight_server::server::is_loopback(&args.flight)
         || (!args.no_rest && !proxima_flight_server::server::is_loopback(&args.http));
+    // `--demo` on a store without observations: generate the population (below).
+    let new_demo = args.demo && !super::generate::has_observations(&store).await;
     let store = match store.keyring() {
         Some(_) => store,
         // A new demo store is encrypted (one that holds files in the clear stays so).
-        None if args.demo && !super::generate::has_observations(&store).await => {
-            super::key::ensure_development_key(store)?
-        }
+        None if new_demo => super::key::ensure_development_key(store)?,
         None if exposed => {
             return Err(CliError::Usage(
                 "refusing to serve beyond loopback without a master key: the store would be written in the clear. \
@@ -274,28 +274,25 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         forget_before,
     )?;
     let identifiers = id_keys.map(|keys| args.identifiers.resolving_with(keys));
-    if args.demo {
-        let has_data = super::generate::has_observations(&store).await;
-        if !has_data {
-            // Phones broadcast rotating identifiers (a server without identifier keys: MACs).
-            let broadcast = match &identifiers {
-                Some(ids) => Broadcast::Ephemeral(std::sync::Arc::clone(ids)),
-                None => Broadcast::Mac,
-            };
-            let spec = PopulationSpec {
-                broadcast,
-                devices: super::demo::DEMO_DEVICES,
-                days: super::demo::DEMO_DAYS,
-                contacts_per_day: 10,
-                seed: 42,
-                start: super::generate::start_ending_today(super::demo::DEMO_DAYS)?,
-            };
-            let population = super::generate::populate(&store, &spec).await?;
-            super::print(format!(
-                "generated the demo population: {} devices, {} observations",
-                population.devices, population.observations
-            ))?;
-        }
+    if new_demo {
+        // Phones broadcast rotating identifiers (a server without identifier keys: MACs).
+        let broadcast = match &identifiers {
+            Some(ids) => Broadcast::Ephemeral(std::sync::Arc::clone(ids)),
+            None => Broadcast::Mac,
+        };
+        let spec = PopulationSpec {
+            broadcast,
+            devices: super::demo::DEMO_DEVICES,
+            days: super::demo::DEMO_DAYS,
+            contacts_per_day: 10,
+            seed: 42,
+            start: super::generate::start_ending_today(super::demo::DEMO_DAYS)?,
+        };
+        let population = super::generate::populate(&store, &spec).await?;
+        super::print(format!(
+            "generated the demo population: {} devices, {} observations",
+            population.devices, population.observations
+        ))?;
     }
     let audit_dir = super::audit::audit_dir(&store, args.audit_dir.as_deref())?;
     let (signer, development_key) = match (&args.audit_key, &generated_password) {

@@ -167,8 +167,8 @@ pub async fn erase_in_folder(
     };
     let base = store.object_store_url().as_str().trim_end_matches('/').to_string();
     let schema = table.file_schema();
+    let ctx = factory.session().await?;
     for file in live_in(store, &prefix).await? {
-        let ctx = factory.session().await?;
         let url = format!("{base}/{}", file.location);
         let frame = ctx
             .read_parquet(url.as_str(), ParquetReadOptions::default().schema(&schema))

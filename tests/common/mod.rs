@@ -148,3 +148,16 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Column 0 of the answer to `sql` in a full session of `factory`, as text, a row each.
+#[allow(dead_code)] // not every test binary that shares this module queries in process
+pub async fn column(factory: &proxima_engine::SessionFactory, sql: &str) -> Vec<String> {
+    use arrow::array::AsArray;
+    let ctx = factory.session().await.unwrap();
+    let mut out = Vec::new();
+    for batch in ctx.sql(sql).await.unwrap().collect().await.unwrap() {
+        let text = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+        out.extend(text.as_string::<i32>().iter().map(|v| v.unwrap_or("NULL").to_string()));
+    }
+    out
+}
