@@ -20,7 +20,7 @@ use proxima_engine::keys::{KeyProvider, MasterKeys};
 use proxima_engine::{SessionFactory, SessionOptions, Store, Table};
 use proxima_ingest::synthetic::{Broadcast, PopulationSpec, generate};
 use proxima_storage::PartitionWriter;
-use proxima_storage::compaction::compact_due;
+use proxima_storage::compaction::{GRACE, compact_due};
 
 const BIN: &str = env!("CARGO_BIN_EXE_proxima");
 
@@ -67,7 +67,7 @@ async fn populate(store: &Store, ids: &Arc<Identifiers>) -> SessionFactory {
             .unwrap();
         transaction.commit().await.unwrap();
     }
-    assert!(compact_due(&factory, &writer, Utc::now()).await.unwrap() >= 1);
+    assert!(compact_due(&factory, &writer, Utc::now(), GRACE).await.unwrap() >= 1);
     factory
 }
 

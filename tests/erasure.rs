@@ -81,8 +81,9 @@ async fn an_erased_device_leaves_every_table_and_the_index_and_nothing_else_chan
     let erased = Erased {
         device: x.clone(),
         heard_as: BTreeSet::from([mac.clone()]),
+        pseudonym: proxima_storage::erasure::pseudonym(&[7; 32], &x),
     };
-    let done = erase_everywhere(&factory, &writer, &erased).await.unwrap();
+    let done = erase_everywhere(&factory, &writer, &erased, &Table::ALL).await.unwrap();
     let observations_done = done.iter().find(|(t, _)| *t == Table::Observations).unwrap().1;
     let (rows, rewritten) = (observations_done.rows, observations_done.rewritten);
     assert_eq!(rows, of_x);
@@ -179,9 +180,9 @@ async fn devices_heard_by_rotating_identifiers_and_rpis_are_erased_too() {
         format!("SELECT a, b, at FROM encounters WHERE a NOT IN ({list}) AND b NOT IN ({list}) ORDER BY a, b, at");
     let others_before = text(&factory, &others).await;
     for victim in &victims {
-        let erased = Erased::of(&factory, victim, from, to).await.unwrap();
+        let erased = Erased::of(&factory, &[7; 32], victim, from, to).await.unwrap();
         assert!(!erased.heard_as.is_empty(), "{victim}: a MAC, identifiers or RPIs");
-        erase_everywhere(&factory, &writer, &erased).await.unwrap();
+        erase_everywhere(&factory, &writer, &erased, &Table::ALL).await.unwrap();
     }
     let left = value(
         &factory,
@@ -198,4 +199,258 @@ async fn devices_heard_by_rotating_identifiers_and_rpis_are_erased_too() {
         "0"
     );
     assert_eq!(text(&factory, &others).await, others_before);
+}
+
+/// Runs `proxima <args>` with the test's master key file: (success, stdout, stderr).
+fn proxima(key: &std::path::Path, store: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
+        .args([
+            "--data",
+            store.to_str().unwrap(),
+            "--master-key-file",
+            key.to_str().unwrap(),
+        ])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("PROXIMA_MASTER_KEY")
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+/// `proxima phone --state <state> --api <api> <args>`: its standard output.
+fn phone(state: &std::path::Path, api: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
+        .args(["phone", "--state", state.to_str().unwrap(), "--api", api])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "phone {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// Polls `check` every 250 ms for up to a minute.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..240 {
+        if check() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    panic!("{what} did not happen within a minute");
+}
+
+/// The whole path, through the real server: a phone that met others and was reported as a
+/// case revokes itself; within one erasure round (`--erasure-interval 1s`) it is gone from
+/// every table, the index and its contact's trace, its case stays as a count, every other
+/// row is as before, `erasure status` lists the erasure by its keyed hash only, and
+/// `erasure verify` passes, then fails on a row planted by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_phone_is_erased_within_one_round_and_verify_proves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let key_file = dir.path().join("store.master-key");
+    let master = MasterKeys::generate(Utc::now());
+    master.save(&key_file).unwrap();
+    let store = Store::local(&root).unwrap().with_keys(Arc::new(master.clone()));
+    let today = proxima_engine::store::today_utc();
+    let spec = PopulationSpec {
+        broadcast: Default::default(),
+        devices: 60,
+        days: 2,
+        contacts_per_day: 6,
+        seed: 5,
+        start: today - chrono::Days::new(1),
+    };
+    generate(&PartitionWriter::new(store.clone(), "test"), &spec, |_| {})
+        .await
+        .unwrap();
+    let mut server = common::Server::start(&[
+        "--data",
+        root.to_str().unwrap(),
+        "--master-key-file",
+        key_file.to_str().unwrap(),
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--flight",
+        "127.0.0.1:0",
+        "--registration-work",
+        "8",
+        "--flush-interval",
+        "1s",
+        "--erasure-interval",
+        "1s",
+        "--sweep-grace",
+        "1s",
+        "--accept-mac",
+    ]);
+    let tracer = server.line("user tracer, password ");
+    let password = tracer["user tracer, password ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    server.drain();
+    let api = server.api.clone();
+
+    // V, the phone that will revoke, hears two registered devices by MAC; W hears V's
+    // rotating identifier and V hears W's.
+    let macs = common::column(
+        &SessionFactory::new(store.clone(), SessionOptions::default()).unwrap(),
+        "SELECT mac FROM devices ORDER BY device_uuid LIMIT 2",
+    )
+    .await;
+    let (v_state, w_state) = (dir.path().join("v.json"), dir.path().join("w.json"));
+    let v = phone(&v_state, &api, &["register"]);
+    let w = phone(&w_state, &api, &["register"]);
+    phone(&v_state, &api, &["ids", "--count", "2"]);
+    phone(&w_state, &api, &["ids", "--count", "2"]);
+    let v_id = phone(&v_state, &api, &["current-id"]);
+    let w_id = phone(&w_state, &api, &["current-id"]);
+    phone(
+        &v_state,
+        &api,
+        &["upload", "--heard", &macs[0], "--heard", &macs[1], "--heard", &w_id],
+    );
+    phone(&w_state, &api, &["upload", "--heard", &v_id]);
+    // A tracer reports V: the two devices it heard and W get alerts.
+    let answer = reqwest::Client::new()
+        .post(format!("{api}/v1/cases"))
+        .basic_auth("tracer", Some(&password))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"device_uuid": v, "status": "confirmed"}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let opened: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(opened["alerts"]["high"], 3, "{opened}");
+
+    // What every table holds before, read with the server's identifier key (the loopback
+    // server made it beside the store, sealed with the master key).
+    let ids = proxima_engine::ephemeral::IdKeys::load(&dir.path().join("store.id-key"), Some(&master)).unwrap();
+    let factory = SessionFactory::new(
+        store.clone(),
+        SessionOptions {
+            identifiers: Some(Arc::new(proxima_engine::ephemeral::Identifiers::new(
+                ids,
+                std::time::Duration::from_secs(15 * 60),
+                std::time::Duration::from_secs(120),
+            ))),
+            ..SessionOptions::default()
+        },
+    )
+    .unwrap();
+    let naming_v = [
+        format!("SELECT count(*) FROM observations WHERE observer = '{v}' OR observed = '{v_id}'"),
+        format!("SELECT count(*) FROM devices WHERE device_uuid = '{v}'"),
+        format!("SELECT count(*) FROM cases WHERE device_uuid = '{v}'"),
+        format!("SELECT count(*) FROM encounters WHERE a = '{v}' OR b = '{v}'"),
+    ];
+    let count_naming_v = || async {
+        let mut counts = Vec::new();
+        for sql in &naming_v {
+            counts.extend(common::column(&factory, sql).await);
+        }
+        counts
+    };
+    // The case and its alerts reach the store by the next flush (1s).
+    let mut before = count_naming_v().await;
+    for _ in 0..240 {
+        if before[2] == "1" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        before = count_naming_v().await;
+    }
+    assert_eq!(before[0], "4", "V's three sightings and W's of V");
+    assert!(before.iter().all(|n| n != "0"), "V's rows are there: {before:?}");
+    let others = format!(
+        "SELECT observer, observed, observed_at, duration_s FROM observations \
+         WHERE observer <> '{v}' AND observed <> '{v_id}' ORDER BY 1, 2, 3"
+    );
+    let others_before = text(&factory, &others).await;
+    assert!(others_before.lines().count() > 50, "{others_before}");
+    let encounters = format!("SELECT a, b, at FROM encounters WHERE a <> '{v}' AND b <> '{v}' ORDER BY 1, 2, 3");
+    let encounters_before = text(&factory, &encounters).await;
+    let cases_before = common::column(&factory, "SELECT count(*) FROM cases").await;
+    let now = Utc::now().to_rfc3339();
+    let traced = format!("SELECT contact FROM trace_contacts('{w}', TIMESTAMP '{now}', 1) ORDER BY contact");
+    assert!(text(&factory, &traced).await.contains(&v), "W's trace finds V before");
+
+    phone(&v_state, &api, &["revoke"]);
+    eventually("the erasure", || {
+        let (_, out, _) = proxima(&key_file, &root, &["erasure", "status"]);
+        out.contains("0 revoked device(s) waiting for erasure, 1 erased")
+    });
+    let (ok, status, _) = proxima(&key_file, &root, &["erasure", "status"]);
+    assert!(ok);
+    assert!(
+        !status.contains(&v),
+        "the record names V by its keyed hash only:\n{status}"
+    );
+    // V's three sightings and W's sighting of V's identifier.
+    assert!(status.contains("observations 4 rows"), "{status}");
+
+    let after = count_naming_v().await;
+    assert_eq!(after, ["0", "0", "0", "0"], "V is gone from every table and the view");
+    assert_eq!(text(&factory, &others).await, others_before);
+    assert_eq!(text(&factory, &encounters).await, encounters_before);
+    assert_eq!(
+        common::column(&factory, "SELECT count(*) FROM cases").await,
+        cases_before,
+        "the case stays, as a count"
+    );
+    assert!(
+        !text(&factory, &traced).await.contains(&v),
+        "W's trace no longer finds V"
+    );
+    assert_eq!(
+        common::column(
+            &factory,
+            &format!("SELECT count(*) FROM revocations WHERE device_uuid = '{v}'")
+        )
+        .await,
+        ["0"]
+    );
+    for day in store.list_days(Table::Observations).await.unwrap() {
+        assert!(factory.index().is_covered(day.day).await.unwrap(), "{day:?}");
+    }
+    // The replaced files go at the first tick after the grace (1s): then verify passes.
+    eventually("a passing verify", || {
+        proxima(&key_file, &root, &["erasure", "verify"]).0
+    });
+    let (_, verified, _) = proxima(&key_file, &root, &["erasure", "verify"]);
+    assert!(verified.starts_with("ok: 1 erasure(s) checked"), "{verified}");
+    drop(server);
+
+    // A row planted by hand (an import naming V as observer) is found, and named.
+    let planted = dir.path().join("planted.csv");
+    std::fs::write(
+        &planted,
+        format!(
+            "observer,observed,observed_at,duration_s,rssi,tx_power,location\n{v},{},{},60,-60,0,\n",
+            macs[0],
+            Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = proxima(&key_file, &root, &["import", "observations", planted.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = proxima(&key_file, &root, &["erasure", "verify"]);
+    assert!(!ok, "verify must fail:\n{out}");
+    assert!(
+        out.contains("1 row(s) of observations whose observer names erased device"),
+        "{out}"
+    );
+    assert!(err.contains("erasure does not hold"), "{err}");
 }

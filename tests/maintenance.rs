@@ -13,7 +13,7 @@ use chrono::NaiveDate;
 use proxima_engine::{DayPartition, SessionFactory, SessionOptions, Store, Table};
 use proxima_ingest::synthetic::{PopulationSpec, generate};
 use proxima_storage::PartitionWriter;
-use proxima_storage::compaction::{compact_due, live_files, sweep};
+use proxima_storage::compaction::{GRACE, compact_due, live_files, sweep};
 
 const BIN: &str = env!("CARGO_BIN_EXE_proxima");
 
@@ -92,7 +92,7 @@ async fn readers_count_every_row_once_while_a_day_is_compacted() {
             counts
         })
     };
-    let runs = compact_due(&factory, &writer, chrono::Utc::now()).await.unwrap();
+    let runs = compact_due(&factory, &writer, chrono::Utc::now(), GRACE).await.unwrap();
     let counts = counting.await.unwrap();
     assert!(runs >= 1, "today's ten files are due");
     assert!(
@@ -112,7 +112,7 @@ async fn readers_count_every_row_once_while_a_day_is_compacted() {
         table: Table::Observations,
         day: today,
     };
-    sweep(&store, &folder.prefix(store.root()), chrono::Utc::now())
+    sweep(&store, &folder.prefix(store.root()), chrono::Utc::now(), GRACE)
         .await
         .unwrap();
     assert_eq!(observations(&factory).await, before);
@@ -266,7 +266,7 @@ async fn a_trace_over_compacted_and_fresh_days_equals_the_view() {
     add_files(&writer, yesterday, &extra, 2).await;
     let extra = sample(&factory, today, 60).await;
     add_files(&writer, today, &extra, 3).await;
-    compact_due(&factory, &writer, chrono::Utc::now()).await.unwrap();
+    compact_due(&factory, &writer, chrono::Utc::now(), GRACE).await.unwrap();
     assert_eq!(
         live_files(&store, Table::Observations, yesterday).await.unwrap().len(),
         1
@@ -427,7 +427,11 @@ async fn companions_of_an_older_layout_are_rebuilt_not_trusted() {
 
     // Compaction leaves the older files alone (no error, nothing merged) ...
     let later = chrono::Utc::now() + chrono::Duration::minutes(11);
-    assert_eq!(compact_due(&fresh, &writer, later).await.unwrap(), 0, "nothing merged");
+    assert_eq!(
+        compact_due(&fresh, &writer, later, GRACE).await.unwrap(),
+        0,
+        "nothing merged"
+    );
     assert_eq!(
         live_files(&store, Table::ObservedIndex, yesterday).await.unwrap().len(),
         2

@@ -156,7 +156,7 @@ struct MasterKey {
 }
 
 /// 32-byte keys as base64 in key files.
-pub(crate) mod key_base64 {
+pub mod key_base64 {
     use super::*;
 
     /// Writes a key as base64.

@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod demo;
 mod durations;
+mod erasure;
 mod generate;
 mod id_key;
 mod import;
@@ -52,7 +53,8 @@ enum Command {
     Index(index::IndexArgs),
     /// Delete day folders older than the retention window.
     Retention(retention::RetentionArgs),
-    /// Keep the store in shape without serving: compaction, retention, index upkeep (and a
+    /// Keep the store in shape without serving: erasure of revoked devices, compaction,
+    /// retention, index upkeep (and a
     /// flush of a write-ahead log left behind), in a loop or once with --once.
     Maintain(maintain::MaintainArgs),
     /// Serve the store over Arrow Flight SQL (ADBC, JDBC, pyarrow.flight).
@@ -61,6 +63,8 @@ enum Command {
     User(user::UserArgs),
     /// The audit log: make its signing key, verify it.
     Audit(audit::AuditArgs),
+    /// Erasure of revoked devices: what is pending and done, and proof that it holds.
+    Erasure(erasure::ErasureArgs),
     /// The master keys of encryption at rest: make, rotate, status, retire.
     Key(key::KeyArgs),
     /// The keys of the rotating identifiers phones broadcast: make, rotate, list.
@@ -125,6 +129,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         Command::Maintain(a) => maintain::run(store, a).await,
         Command::Bench(a) => bench::run(store, a).await,
         Command::Audit(a) => audit::run(store, a).await,
+        Command::Erasure(a) => erasure::run(store, a).await,
     }
 }
 

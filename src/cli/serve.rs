@@ -58,6 +58,8 @@ pub struct ServeArgs {
     /// older observations are refused.
     #[arg(long, env = "PROXIMA_RETENTION_DAYS", default_value_t = 21)]
     retention_days: u32,
+    #[command(flatten)]
+    erasure: super::maintain::ErasureArgs,
     /// Requests a minute one device may make (0: no limit); beyond it, 429 with Retry-After.
     #[arg(long, env = "PROXIMA_DEVICE_RATE", default_value_t = 120)]
     device_rate: u32,
@@ -355,12 +357,12 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         factory: factory.clone(),
         wal_dir,
         clock: clock.clone(),
-        options: MaintenanceOptions {
+        options: args.erasure.apply(MaintenanceOptions {
             interval: args.flush_interval,
             retention_days: args.retention_days,
             alert_ttl,
             ..MaintenanceOptions::default()
-        },
+        })?,
         stats: MaintenanceStats::default(),
     })
     .await?;

@@ -78,9 +78,14 @@ async fn folder(store: &Store, prefix: &Path) -> Result<Folder> {
     })
 }
 
-/// Compacts what is due in the recent days of every table and sweeps old markers. Returns
-/// the compactions run.
-pub async fn compact_due(factory: &SessionFactory, writer: &PartitionWriter, now: DateTime<Utc>) -> Result<usize> {
+/// Compacts what is due in the recent days of every table and sweeps what compactions more
+/// than `grace` ago replaced ([`GRACE`] by default). Returns the compactions run.
+pub async fn compact_due(
+    factory: &SessionFactory,
+    writer: &PartitionWriter,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> Result<usize> {
     let store = factory.store();
     let today = now.date_naive();
     let first = today.checked_sub_days(Days::new(RECENT_DAYS)).unwrap_or(today);
@@ -100,7 +105,7 @@ pub async fn compact_due(factory: &SessionFactory, writer: &PartitionWriter, now
         for (day, prefix) in folders {
             // One listing serves both: a sweep deletes only files the listing already hides.
             let current = folder(store, &prefix).await?;
-            sweep_listed(writer, &current, now).await?;
+            sweep_listed(writer, &current, now, grace).await?;
             // Files a pending compaction (marker written, merged file not published, its
             // transaction not settled) may still replace are left to it: merging them again
             // would publish the same rows twice once it settles.
@@ -240,16 +245,17 @@ fn marker_written(location: &Path) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(secs as i64, nanos)
 }
 
-/// Deletes what compactions older than [`GRACE`] at `now` replaced, then their markers; and
-/// markers whose merged file never appeared, once their transaction is settled.
-pub async fn sweep(store: &Store, prefix: &Path, now: DateTime<Utc>) -> Result<()> {
+/// Deletes what compactions (and erasures) more than `grace` before `now` replaced, then
+/// their markers; and markers whose merged file never appeared, once their transaction is
+/// settled.
+pub async fn sweep(store: &Store, prefix: &Path, now: DateTime<Utc>, grace: Duration) -> Result<()> {
     let writer = PartitionWriter::new(store.clone(), "compaction");
-    sweep_listed(&writer, &folder(store, prefix).await?, now).await
+    sweep_listed(&writer, &folder(store, prefix).await?, now, grace).await
 }
 
-async fn sweep_listed(writer: &PartitionWriter, current: &Folder, now: DateTime<Utc>) -> Result<()> {
+async fn sweep_listed(writer: &PartitionWriter, current: &Folder, now: DateTime<Utc>, grace: Duration) -> Result<()> {
     let store = writer.store();
-    let grace = chrono::Duration::from_std(GRACE).expect("the grace period fits");
+    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     let abandoned_after = chrono::Duration::from_std(ABANDONED_AFTER).expect("the abandonment period fits");
     for (path, marker) in &current.markers {
         let Some(written) = marker_written(path) else { continue };
@@ -297,6 +303,28 @@ async fn sweep_listed(writer: &PartitionWriter, current: &Folder, now: DateTime<
         }
         if drop_marker {
             store.object_store().delete(path).await?;
+        }
+    }
+    Ok(())
+}
+
+/// [`sweep`]s every folder of every table (after an erasure, whose rewrites reach days
+/// compaction no longer looks at).
+pub async fn sweep_everywhere(store: &Store, now: DateTime<Utc>, grace: Duration) -> Result<()> {
+    let writer = PartitionWriter::new(store.clone(), "compaction");
+    for table in Table::ALL {
+        let prefixes: Vec<Path> = if table.is_day_partitioned() {
+            store
+                .list_days(table)
+                .await?
+                .into_iter()
+                .map(|p| p.prefix(store.root()))
+                .collect()
+        } else {
+            vec![table.prefix(store.root())]
+        };
+        for prefix in prefixes {
+            sweep_listed(&writer, &folder(store, &prefix).await?, now, grace).await?;
         }
     }
     Ok(())
@@ -374,13 +402,13 @@ mod tests {
         assert!(loser > winner);
         // The winner is past its grace period, the loser not yet.
         let now = loser + chrono::Duration::from_std(GRACE).unwrap() - chrono::Duration::milliseconds(1);
-        sweep(&store, &prefix, now).await.unwrap();
+        sweep(&store, &prefix, now, GRACE).await.unwrap();
         assert_eq!(stored(&store).await, 12, "the winner's marker must outlive its loser");
         // Later both are past it: one merged file is left, and the rows once.
-        sweep(&store, &prefix, now + chrono::Duration::minutes(1))
+        sweep(&store, &prefix, now + chrono::Duration::minutes(1), GRACE)
             .await
             .unwrap();
-        sweep(&store, &prefix, now + chrono::Duration::minutes(2))
+        sweep(&store, &prefix, now + chrono::Duration::minutes(2), GRACE)
             .await
             .unwrap();
         assert_eq!(stored(&store).await, 12);
@@ -404,12 +432,12 @@ mod tests {
         assert_eq!(stored(&store).await, 12);
         // Meanwhile no compaction takes the same files again (it would publish the rows a
         // second time once the first one settles).
-        let runs = compact_due(&factory, &writer, Utc::now()).await.unwrap();
+        let runs = compact_due(&factory, &writer, Utc::now(), GRACE).await.unwrap();
         assert_eq!(folder(&store, &prefix).await.unwrap().live.len(), 2);
         assert_eq!(runs, 1, "only the day's observed_index files were due");
         // Hours later the sweep finds the marker abandoned ...
         let later = Utc::now() + chrono::Duration::hours(3);
-        sweep(&store, &prefix, later).await.unwrap();
+        sweep(&store, &prefix, later, GRACE).await.unwrap();
         assert_eq!(stored(&store).await, 12);
         // ... and a recovery (any writer's start) rolls the transaction forward.
         writer.recover().await.unwrap();
@@ -418,7 +446,7 @@ mod tests {
             12,
             "the merged file must never show beside its sources"
         );
-        sweep(&store, &prefix, later).await.unwrap();
+        sweep(&store, &prefix, later, GRACE).await.unwrap();
         assert_eq!(stored(&store).await, 12);
         assert_eq!(folder(&store, &prefix).await.unwrap().live.len(), 1);
     }

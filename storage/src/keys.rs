@@ -41,10 +41,79 @@ pub async fn file_encryption(store: &Store, place: Place) -> Result<Option<Arc<F
     Ok(Some(Keyring::encryption_properties(place, &kek)?))
 }
 
-/// The KEK of `place`: the stored one, or a new one stored now. Two writers racing to
-/// make it agree: the store keeps the first (a conditional put), the other reads it.
+/// The KEK of `place` (see [`stored_key`]).
 async fn kek_for(store: &Store, keyring: &Keyring, place: Place) -> Result<[u8; 32]> {
-    let id = place.kek_id();
+    stored_key(store, keyring, &place.kek_id()).await
+}
+
+/// The id of the key erasure's keyed hashes are made with (`_keys/erasure-hash.json`): kept
+/// and rotated like a KEK, so only a holder of the master key can tell whether a given UUID
+/// was erased.
+const ERASURE_HASH_KEY: &str = "erasure-hash";
+/// Where a store without master keys keeps that key (in the clear, like all its data).
+const ERASURE_HASH_KEY_IN_THE_CLEAR: &str = "_erasure/hash-key.json";
+
+/// The key erasure's keyed hashes ([`crate::erasure::keyed_hash`]) are made with: in a store
+/// with master keys, a key wrapped like a KEK (rewrapped on rotation); in a store without,
+/// a random key kept in the clear beside the erasure records. Made on first use by a
+/// conditional put, so two processes agree.
+pub async fn erasure_hash_key(store: &Store) -> Result<[u8; 32]> {
+    if let Some(keyring) = store.keyring() {
+        return stored_key(store, keyring, ERASURE_HASH_KEY).await;
+    }
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct InTheClear {
+        format: String,
+        #[serde(with = "proxima_engine::keys::key_base64")]
+        key: [u8; 32],
+    }
+    const FORMAT: &str = "proxima-erasure-hash-key/1";
+    let location = store.root().clone().join(ERASURE_HASH_KEY_IN_THE_CLEAR);
+    let parse = |bytes: &[u8]| -> Result<[u8; 32]> {
+        let stored: InTheClear = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Invalid(format!("{location}: not an erasure hash key: {e}")))?;
+        if stored.format != FORMAT {
+            return Err(Error::Invalid(format!(
+                "{location}: format '{}' is not {FORMAT}",
+                stored.format
+            )));
+        }
+        Ok(stored.key)
+    };
+    match store.object_store().get(&location).await {
+        Ok(found) => return parse(&found.bytes().await?),
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let fresh = InTheClear {
+        format: FORMAT.into(),
+        key: random_key(),
+    };
+    let bytes = serde_json::to_vec(&fresh).expect("a key always serialises");
+    let create = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    match store
+        .object_store()
+        .put_opts(&location, PutPayload::from(bytes), create)
+        .await
+    {
+        Ok(_) => {
+            store.sync_local([&location])?;
+            Ok(fresh.key)
+        }
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            parse(&store.object_store().get(&location).await?.bytes().await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The key `id` kept under `_keys/`: the stored one, or a new one stored now. Two writers
+/// racing to make it agree: the store keeps the first (a conditional put), the other reads it.
+async fn stored_key(store: &Store, keyring: &Keyring, id: &str) -> Result<[u8; 32]> {
+    let id = id.to_string();
     if let Some(kek) = keyring.kek(&id).await? {
         return Ok(kek);
     }

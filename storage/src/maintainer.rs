@@ -3,7 +3,9 @@
 //! Every interval it flushes the write-ahead log (if this process has one),
 //! tells its listeners (the REST service reloads alerts), and compacts the
 //! recent days that are due; every hour it applies retention (alerts age
-//! off sooner) and builds the `observed_index` of days that have none. It
+//! off sooner) and builds the `observed_index` of days that have none; every
+//! `erasure_interval` it erases revoked devices (`crate::erasure`), and once
+//! the sweep grace has passed deletes the files the erasure replaced. It
 //! runs on a runtime of its own ([`Maintainer::spawn`]: one thread, so
 //! DataFusion work in a flush or an index build never starves request
 //! handlers), is started by `proxima serve` whether or not REST is enabled,
@@ -25,6 +27,7 @@ use proxima_engine::{SessionFactory, Table};
 use tracing::{info, warn};
 
 use crate::compaction;
+use crate::erasure;
 use crate::error::Result;
 use crate::flush::{Flushed, Flusher};
 use crate::index_build;
@@ -44,6 +47,11 @@ pub struct MaintenanceOptions {
     pub retention_days: u32,
     /// How long an alert is shown; its day folder goes once every alert in it expired.
     pub alert_ttl: chrono::Duration,
+    /// Revoked devices are erased this often.
+    pub erasure_interval: Duration,
+    /// How long a file replaced by compaction or erasure stays for queries that listed it
+    /// before it is deleted.
+    pub sweep_grace: Duration,
 }
 
 impl Default for MaintenanceOptions {
@@ -53,6 +61,8 @@ impl Default for MaintenanceOptions {
             housekeeping_interval: Duration::from_secs(3600),
             retention_days: 21,
             alert_ttl: chrono::Duration::hours(48),
+            erasure_interval: Duration::from_secs(3600),
+            sweep_grace: compaction::GRACE,
         }
     }
 }
@@ -103,6 +113,8 @@ pub struct Round {
     pub expired_days: usize,
     /// Days whose `observed_index` was built because they had none.
     pub indexes_rebuilt: usize,
+    /// Revoked devices erased.
+    pub erased: usize,
 }
 
 /// The write side's housekeeping, and the flusher of this process's WAL.
@@ -114,6 +126,8 @@ pub struct Maintainer {
     options: MaintenanceOptions,
     stats: MaintenanceStats,
     listeners: Mutex<Vec<Arc<dyn FlushListener>>>,
+    /// When the files the last erasure replaced may be deleted.
+    sweep_due: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 impl fmt::Debug for Maintainer {
@@ -163,6 +177,7 @@ impl Maintainer {
             options,
             stats,
             listeners: Mutex::default(),
+            sweep_due: Mutex::default(),
         };
         let flushed = maintainer.flush().await?;
         if replayed.records > 0 {
@@ -209,9 +224,42 @@ impl Maintainer {
         for listener in listeners {
             listener.flushed().await;
         }
-        let runs = compaction::compact_due(&self.factory, &self.writer, self.clock.now()).await?;
+        let now = self.clock.now();
+        let runs = compaction::compact_due(&self.factory, &self.writer, now, self.options.sweep_grace).await?;
         self.stats.compaction_runs.inc_by(runs as u64);
+        let due = *self.sweep_due.lock().expect("sweep lock is never poisoned");
+        if due.is_some_and(|due| now >= due) {
+            compaction::sweep_everywhere(self.factory.store(), now, self.options.sweep_grace).await?;
+            *self.sweep_due.lock().expect("sweep lock is never poisoned") = None;
+            info!(target: "proxima::erasure", "deleted the files the last erasure replaced");
+        }
         Ok((flushed, runs))
+    }
+
+    /// Erases every revoked device (after a flush, so the WAL holds nothing of it); the
+    /// files it replaced are deleted by the first [`Maintainer::tick`] after the sweep
+    /// grace. Returns how many devices were erased.
+    pub async fn erase_revoked(&self) -> Result<usize> {
+        self.flush().await?;
+        let now = self.clock.now();
+        let oldest = retention::oldest_kept_day(now.date_naive(), self.options.retention_days);
+        let from = oldest
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight exists")
+            .and_utc()
+            .timestamp_micros();
+        let records = erasure::erase_revoked(&self.factory, &self.writer, from, now.timestamp_micros(), now).await?;
+        if !records.is_empty() {
+            let grace = chrono::Duration::from_std(self.options.sweep_grace).unwrap_or(chrono::Duration::MAX);
+            *self.sweep_due.lock().expect("sweep lock is never poisoned") =
+                Some(now.checked_add_signed(grace).unwrap_or(now));
+            let listeners: Vec<Arc<dyn FlushListener>> =
+                self.listeners.lock().expect("listener lock is never poisoned").clone();
+            for listener in listeners {
+                listener.flushed().await;
+            }
+        }
+        Ok(records.len())
     }
 
     /// Retention (alerts age off after their TTL), then the `observed_index` of days
@@ -231,8 +279,11 @@ impl Maintainer {
         Ok((expired, rebuilt))
     }
 
-    /// One whole round: flush, compaction, retention, index upkeep (`proxima maintain --once`).
+    /// One whole round: erasure of revoked devices, flush, compaction (and the sweep of
+    /// what an erasure replaced, if its grace is over), retention, index upkeep (`proxima
+    /// maintain --once`).
     pub async fn run_once(&self) -> Result<Round> {
+        let erased = self.erase_revoked().await?;
         let (flushed, compactions) = self.tick().await?;
         let (expired_days, indexes_rebuilt) = self.housekeeping().await?;
         Ok(Round {
@@ -240,6 +291,7 @@ impl Maintainer {
             compactions,
             expired_days,
             indexes_rebuilt,
+            erased,
         })
     }
 
@@ -250,6 +302,8 @@ impl Maintainer {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut housekeeping = tokio::time::interval(self.options.housekeeping_interval);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut erasure = tokio::time::interval(self.options.erasure_interval);
+        erasure.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -262,6 +316,11 @@ impl Maintainer {
                 _ = housekeeping.tick() => {
                     if let Err(e) = self.housekeeping().await {
                         warn!(target: "proxima::serve", error = %e, "retention or index upkeep failed; will retry");
+                    }
+                }
+                _ = erasure.tick() => {
+                    if let Err(e) = self.erase_revoked().await {
+                        warn!(target: "proxima::erasure", error = %e, "erasure of revoked devices failed; will retry");
                     }
                 }
             }

@@ -826,6 +826,27 @@ pub fn segment_master_keys(dir: &Path) -> Result<BTreeMap<String, usize>> {
     Ok(uses)
 }
 
+/// The rows the WAL in `dir` holds, segment by segment (`proxima erasure verify` reads
+/// them). It takes no lock, so a running server's last segment may end in a record being
+/// written: that is skipped, as a replay would. Nothing if there is no such folder.
+pub fn read_entries(dir: &Path, keys: Option<&dyn KeyProvider>) -> Result<Vec<(PathBuf, Vec<Entry>)>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let segments = list_segments(dir)?;
+    if segments.is_empty() {
+        return Ok(Vec::new());
+    }
+    let id = wal_id(dir)?;
+    let last = segments.len() - 1;
+    let mut found = Vec::with_capacity(segments.len());
+    for (i, (_, path)) in segments.into_iter().enumerate() {
+        let (records, _) = read_segment(&path, i == last, keys, id)?;
+        found.push((path, records.into_iter().flat_map(|r| r.entries).collect()));
+    }
+    Ok(found)
+}
+
 /// Whether a sealed segment ends before its header does (a crash before its first sync).
 fn header_cut_short(bytes: &[u8]) -> bool {
     match bytes.get(4..8) {

@@ -1,19 +1,13 @@
-//! Erasure: a device's rows removed from the store, copy-on-write.
-//!
-//! This is the first piece of erasure on revocation (issue 13): [`Erased::of`] gathers a
-//! device and every identifier it was heard by (MAC, GAEN RPIs of its exposure keys, the
-//! rotating identifiers the keys would have issued it); [`erase_everywhere`] runs
-//! [`erase_in_folder`] on every folder of every table, which rewrites each file that holds
-//! one of its rows without them, through the lineage machinery compaction uses (a marker
-//! names the rewritten file and the file it replaces, so every listing shows one or the
-//! other, never both, never neither), and deletes a file all of whose rows go. Replaced
-//! files are deleted by [`crate::compaction::sweep`] after the grace period. Scheduling on
-//! revocation, the other tables' rules (cases kept as counts), `erasure status` and
-//! `verify`, and the lease between processes are not built yet.
+//! The copy-on-write rewrite: every file that holds one of a device's rows is rewritten
+//! without them (with its cases' device replaced by a pseudonym), through the lineage
+//! machinery compaction uses: a marker names the rewritten file and the file it replaces,
+//! so every listing shows one or the other, never both, never neither. A file all of whose
+//! rows go is deleted. Replaced files are deleted by [`crate::compaction::sweep`] after the
+//! grace period.
 
 use std::collections::BTreeSet;
 
-use datafusion::logical_expr::{Expr, col, lit, not};
+use datafusion::logical_expr::{Expr, col, lit, not, when};
 use datafusion::prelude::ParquetReadOptions;
 use datafusion::scalar::ScalarValue;
 use object_store::ObjectStoreExt;
@@ -39,13 +33,40 @@ pub struct Erased {
     pub device: String,
     /// Every identifier it was heard by, canonical.
     pub heard_as: BTreeSet<String>,
+    /// What its cases name instead of it ([`super::pseudonym`]): they stay as counts.
+    pub pseudonym: String,
+}
+
+/// What becomes of a table's rows that name the device.
+#[derive(Debug, Clone)]
+pub enum Rewrite {
+    /// They go.
+    Remove(Expr),
+    /// They stay, with `column` replaced by `with` where `matching` holds.
+    Replace {
+        /// The rows naming the device.
+        matching: Expr,
+        /// The column naming it.
+        column: &'static str,
+        /// What it names instead.
+        with: String,
+    },
+}
+
+impl Rewrite {
+    fn matching(&self) -> &Expr {
+        match self {
+            Rewrite::Remove(matching) | Rewrite::Replace { matching, .. } => matching,
+        }
+    }
 }
 
 impl Erased {
     /// A device and every identifier it was heard by between `from` and `to` (Unix
     /// microseconds; the store's retention window): its MAC, the RPIs of every exposure key
     /// it registered, and every rotating identifier the session's keys would have issued it.
-    pub async fn of(factory: &SessionFactory, device: &str, from: i64, to: i64) -> Result<Self> {
+    /// `hash_key` makes the pseudonym its cases will name ([`crate::keys::erasure_hash_key`]).
+    pub async fn of(factory: &SessionFactory, hash_key: &[u8; 32], device: &str, from: i64, to: i64) -> Result<Self> {
         let device = Uuid::parse_str(device)
             .map_err(|_| Error::Invalid(format!("'{device}' is not a device UUID")))?
             .hyphenated()
@@ -74,17 +95,25 @@ impl Erased {
                     .map(|(id, _)| id),
             );
         }
-        Ok(Self { device, heard_as })
+        let pseudonym = super::pseudonym(hash_key, &device);
+        Ok(Self {
+            device,
+            heard_as,
+            pseudonym,
+        })
     }
 
-    /// The rows of `table` that name the device (`None`: the table holds no device).
-    pub fn predicate(&self, table: Table) -> Option<Expr> {
+    /// What becomes of the rows of `table` that name the device.
+    pub fn rewrite(&self, table: Table) -> Rewrite {
         let heard = || col("observed").in_list(self.heard_as.iter().map(|id| lit(id.as_str())).collect(), false);
         let device = lit(self.device.as_str());
-        Some(match table {
+        Rewrite::Remove(match table {
             Table::Observations => col("observer").eq(device).or(heard()),
             Table::ObservedIndex => {
-                let bytes = Uuid::parse_str(&self.device).ok()?.as_bytes().to_vec();
+                let bytes = Uuid::parse_str(&self.device)
+                    .expect("Erased::of keeps a canonical UUID")
+                    .as_bytes()
+                    .to_vec();
                 col("observer")
                     .eq(lit(ScalarValue::FixedSizeBinary(16, Some(bytes))))
                     .or(heard())
@@ -96,32 +125,39 @@ impl Erased {
             | Table::DeviceCredentials
             | Table::UploadKeys
             | Table::ExposureKeys => col("device_uuid").eq(device),
-            // Cases are kept as counts without the device: not a removal (not built yet).
-            Table::Cases => return None,
+            // Public-health statistics survive, the person does not.
+            Table::Cases => {
+                return Rewrite::Replace {
+                    matching: col("device_uuid").eq(device),
+                    column: "device_uuid",
+                    with: self.pseudonym.clone(),
+                };
+            }
         })
     }
 }
 
 /// What [`erase_in_folder`] did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FolderErasure {
     /// Files rewritten without the device's rows.
     pub rewritten: usize,
     /// Files deleted (every row was the device's).
     pub deleted: usize,
-    /// Rows removed.
+    /// Rows removed (or, in `cases`, pseudonymised).
     pub rows: u64,
 }
 
-/// Removes `erased`'s rows from every folder of every table; returns what was done per
-/// table (tables with nothing removed left out).
+/// Rewrites `erased`'s rows in every folder of `tables`; returns what was done per table
+/// (tables with nothing rewritten left out).
 pub async fn erase_everywhere(
     factory: &SessionFactory,
     writer: &PartitionWriter,
     erased: &Erased,
+    tables: &[Table],
 ) -> Result<Vec<(Table, FolderErasure)>> {
     let mut done = Vec::new();
-    for table in Table::ALL {
+    for &table in tables {
         let days: Vec<Option<chrono::NaiveDate>> = if table.is_day_partitioned() {
             factory
                 .store()
@@ -147,7 +183,7 @@ pub async fn erase_everywhere(
     Ok(done)
 }
 
-/// Removes `erased`'s rows from the live files of `table`'s folder for `day` (the table's
+/// Rewrites `erased`'s rows in the live files of `table`'s folder for `day` (the table's
 /// folder for undated tables).
 pub async fn erase_in_folder(
     factory: &SessionFactory,
@@ -157,9 +193,7 @@ pub async fn erase_in_folder(
     erased: &Erased,
 ) -> Result<FolderErasure> {
     let mut done = FolderErasure::default();
-    let Some(predicate) = erased.predicate(table) else {
-        return Ok(done);
-    };
+    let rewrite = erased.rewrite(table);
     let store = factory.store();
     let prefix = match day {
         Some(day) => DayPartition { table, day }.prefix(store.root()),
@@ -173,7 +207,7 @@ pub async fn erase_in_folder(
         let frame = ctx
             .read_parquet(url.as_str(), ParquetReadOptions::default().schema(&schema))
             .await?;
-        let matching = frame.clone().filter(predicate.clone())?.count().await? as u64;
+        let matching = frame.clone().filter(rewrite.matching().clone())?.count().await? as u64;
         if matching == 0 {
             continue;
         }
@@ -182,11 +216,26 @@ pub async fn erase_in_folder(
         if let Some(time) = table.time_column() {
             keys.push(col(time).sort(true, false));
         }
-        let kept = frame
-            .filter(not(predicate.clone()))?
-            .sort(keys)?
-            .execute_stream()
-            .await?;
+        let kept = match &rewrite {
+            Rewrite::Remove(matching) => frame.filter(not(matching.clone()))?,
+            Rewrite::Replace { matching, column, with } => {
+                let columns: Vec<Expr> = schema
+                    .fields()
+                    .iter()
+                    .map(|field| {
+                        if field.name() == column {
+                            when(matching.clone(), lit(with.as_str()))
+                                .otherwise(col(*column))
+                                .map(|e| e.alias(*column))
+                        } else {
+                            Ok(col(field.name()))
+                        }
+                    })
+                    .collect::<std::result::Result<_, _>>()?;
+                frame.select(columns)?
+            }
+        };
+        let kept = kept.sort(keys)?.execute_stream().await?;
         // The rewritten file keeps its source's WAL marks, so a replay stores nothing twice.
         let marks = marks_in(file.location.as_ref(), &file_key_values(store, &file.location).await?)?;
         let metadata = vec![KeyValue::new(WAL_KEY.to_string(), encode_marks(&marks))];
@@ -206,7 +255,7 @@ pub async fn erase_in_folder(
         }
     }
     if done.rows > 0 {
-        info!(table = %table, day = ?day, rewritten = done.rewritten, deleted = done.deleted, rows = done.rows, "erased a device's rows");
+        info!(table = %table, day = ?day, rewritten = done.rewritten, deleted = done.deleted, rows = done.rows, "rewrote a device's rows");
     }
     Ok(done)
 }
