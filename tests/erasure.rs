@@ -83,7 +83,10 @@ async fn an_erased_device_leaves_every_table_and_the_index_and_nothing_else_chan
         heard_as: BTreeSet::from([mac.clone()]),
         pseudonym: proxima_storage::erasure::pseudonym(&[7; 32], &x),
     };
-    let done = erase_everywhere(&factory, &writer, &erased, &Table::ALL).await.unwrap();
+    let done = erase_everywhere(&factory, &writer, std::slice::from_ref(&erased), &Table::ALL)
+        .await
+        .unwrap()
+        .remove(0);
     let observations_done = done.iter().find(|(t, _)| *t == Table::Observations).unwrap().1;
     let (rows, rewritten) = (observations_done.rows, observations_done.rewritten);
     assert_eq!(rows, of_x);
@@ -179,10 +182,19 @@ async fn devices_heard_by_rotating_identifiers_and_rpis_are_erased_too() {
     let others =
         format!("SELECT a, b, at FROM encounters WHERE a NOT IN ({list}) AND b NOT IN ({list}) ORDER BY a, b, at");
     let others_before = text(&factory, &others).await;
+    // The three are erased together, in one pass over the store.
+    let mut erased = Vec::new();
     for victim in &victims {
-        let erased = Erased::of(&factory, &[7; 32], victim, from, to).await.unwrap();
-        assert!(!erased.heard_as.is_empty(), "{victim}: a MAC, identifiers or RPIs");
-        erase_everywhere(&factory, &writer, &erased, &Table::ALL).await.unwrap();
+        let one = Erased::of(&factory, &[7; 32], victim, from, to).await.unwrap();
+        assert!(!one.heard_as.is_empty(), "{victim}: a MAC, identifiers or RPIs");
+        erased.push(one);
+    }
+    let done = erase_everywhere(&factory, &writer, &erased, &Table::ALL).await.unwrap();
+    for (victim, tables) in victims.iter().zip(&done) {
+        assert!(
+            tables.iter().any(|(t, d)| *t == Table::Observations && d.rows > 0),
+            "{victim}: {tables:?}"
+        );
     }
     let left = value(
         &factory,
@@ -453,4 +465,167 @@ async fn a_revoked_phone_is_erased_within_one_round_and_verify_proves_it() {
         "{out}"
     );
     assert!(err.contains("erasure does not hold"), "{err}");
+}
+
+/// Each day's row count of `table`, by day.
+async fn rows_by_day(factory: &SessionFactory, table: &str, filter: &str) -> std::collections::BTreeMap<String, u64> {
+    let ctx = factory.session().await.unwrap();
+    let batches = ctx
+        .sql(&format!(
+            "SELECT CAST(day AS VARCHAR), count(*) FROM {table} WHERE {filter} GROUP BY day"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut counts = std::collections::BTreeMap::new();
+    for batch in batches {
+        use arrow::array::AsArray;
+        let days = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+        let days = days.as_string::<i32>();
+        let n = batch.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+        for i in 0..batch.num_rows() {
+            counts.insert(days.value(i).to_string(), n.value(i) as u64);
+        }
+    }
+    counts
+}
+
+/// `proxima maintain --once` killed with SIGKILL at ever later moments of an erasure: after
+/// every kill, each day shows either all its rows or all but the erased device's (never
+/// both a file and its rewrite, never neither), in the observations and in the index; the
+/// round that finally completes leaves exactly the others' rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_erasure_leaves_the_old_or_the_new_file_never_both_never_neither() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let key_file = dir.path().join("store.master-key");
+    let master = MasterKeys::generate(Utc::now());
+    master.save(&key_file).unwrap();
+    let store = Store::local(&root).unwrap().with_keys(Arc::new(master));
+    let writer = PartitionWriter::new(store.clone(), "test");
+    let today = proxima_engine::store::today_utc();
+    let spec = PopulationSpec {
+        broadcast: Default::default(),
+        devices: 300,
+        days: 6,
+        contacts_per_day: 8,
+        seed: 11,
+        start: today - chrono::Days::new(5),
+    };
+    generate(&writer, &spec, |_| {}).await.unwrap();
+    let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
+    let x = value(
+        &factory,
+        "SELECT a FROM encounters GROUP BY a ORDER BY count(*) DESC, a LIMIT 1",
+    )
+    .await;
+    let mac = value(&factory, &format!("SELECT mac FROM devices WHERE device_uuid = '{x}'")).await;
+    // X is revoked (as REST would store it).
+    let revocation = arrow::array::RecordBatch::try_new(
+        Table::Revocations.file_schema(),
+        vec![
+            Arc::new(arrow::array::StringArray::from(vec![x.clone()])),
+            Arc::new(
+                arrow::array::TimestampMicrosecondArray::from(vec![Utc::now().timestamp_micros()]).with_timezone("UTC"),
+            ),
+        ],
+    )
+    .unwrap();
+    let mut transaction = writer.begin();
+    transaction
+        .write_file(Table::Revocations, None, &[revocation])
+        .await
+        .unwrap();
+    transaction.commit().await.unwrap();
+
+    let everything = "true".to_string();
+    let of_x = format!("observer = '{x}' OR observed = '{mac}'");
+    let index_of_x = format!(
+        "encode(arrow_cast(observer, 'Binary'), 'hex') = '{}' OR observed = '{mac}'",
+        x.replace('-', "")
+    );
+    let before = rows_by_day(&factory, "observations", &everything).await;
+    let x_rows = rows_by_day(&factory, "observations", &of_x).await;
+    let index_before = rows_by_day(&factory, "observed_index", &everything).await;
+    let index_x_rows = rows_by_day(&factory, "observed_index", &index_of_x).await;
+    assert_eq!(x_rows.len(), 6, "X has rows on every day: {x_rows:?}");
+    assert_eq!(index_x_rows, x_rows, "the index mirrors the observations");
+
+    let check = |label: &str,
+                 now: &std::collections::BTreeMap<String, u64>,
+                 all: &std::collections::BTreeMap<String, u64>,
+                 gone: &std::collections::BTreeMap<String, u64>| {
+        let mut erased_days = 0;
+        for (day, &n) in all {
+            let k = gone.get(day).copied().unwrap_or(0);
+            let seen = now.get(day).copied().unwrap_or(0);
+            assert!(
+                seen == n || seen == n - k,
+                "{label} {day}: {seen} rows, expected {n} or {}",
+                n - k
+            );
+            erased_days += usize::from(seen == n - k && k > 0);
+        }
+        erased_days
+    };
+    let mut partial = 0;
+    let mut delay = std::time::Duration::from_millis(100);
+    let mut kills = 0;
+    loop {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
+            .args([
+                "--data",
+                root.to_str().unwrap(),
+                "--master-key-file",
+                key_file.to_str().unwrap(),
+            ])
+            .args(["maintain", "--once"])
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let finished = child.try_wait().unwrap();
+        if finished.is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        let status = child.wait().unwrap();
+        let now = rows_by_day(&factory, "observations", &everything).await;
+        let erased = check("observations", &now, &before, &x_rows);
+        let index_now = rows_by_day(&factory, "observed_index", &everything).await;
+        check("observed_index", &index_now, &index_before, &index_x_rows);
+        if erased > 0 && erased < x_rows.len() {
+            partial += 1;
+        }
+        if finished.is_some() {
+            assert!(status.success(), "the round that was not killed completes");
+            break;
+        }
+        assert!(kills < 200, "the erasure never completed");
+        delay += std::time::Duration::from_millis(40);
+    }
+    eprintln!("{kills} kills, {partial} of them mid-erasure");
+    assert!(
+        kills > 0 && partial > 0,
+        "some kill landed mid-erasure ({kills} kills, {partial} partial)"
+    );
+    let after = rows_by_day(&factory, "observations", &everything).await;
+    for (day, n) in &before {
+        assert_eq!(after[day], n - x_rows[day], "{day}");
+    }
+    assert_eq!(
+        value(&factory, &format!("SELECT count(*) FROM observations WHERE {of_x}")).await,
+        "0"
+    );
+    assert_eq!(
+        value(
+            &factory,
+            &format!("SELECT count(*) FROM revocations WHERE device_uuid = '{x}'")
+        )
+        .await,
+        "0"
+    );
 }

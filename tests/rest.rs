@@ -1135,8 +1135,17 @@ async fn sightings_of_rotating_identifiers_count_only_in_their_epoch() {
         .await;
     assert_error(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "body.mac");
 
-    // Two hours on, the case's first identifier is replayed: no longer its epoch.
-    api.clock.advance(Duration::hours(2));
+    // Later, the case's first identifier is replayed: no longer its epoch. Lookups read an
+    // identifier only in the days its epoch (± the tolerance) spans, so the replay is put
+    // on that day (a replay on a later day is no encounter either, but is not counted).
+    let valid_until =
+        epoch + Duration::minutes(15) + Duration::from_std(proxima_engine::ephemeral::DEFAULT_TOLERANCE).unwrap();
+    let next_midnight = (valid_until.date_naive() + chrono::Days::new(1))
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let replay_at = (valid_until + Duration::minutes(30)).min(next_midnight - Duration::seconds(1));
+    api.clock.advance(replay_at - api.now());
     let (s, body) = api
         .upload(&replayer, &json!([sighting(&case_id, api.now(), 300)]))
         .await;

@@ -2,11 +2,11 @@
 //!
 //! A revocation row in `revocations` is a pending erasure. [`erase_revoked`] (run by the
 //! Maintainer every `--erasure-interval`, after a flush so that the WAL holds nothing of
-//! the device) takes each in turn: [`Erased::of`] gathers the device and every identifier
-//! it was heard by, [`rewrite::erase_everywhere`] rewrites copy-on-write every file that
-//! holds one of its rows, table by table in [`ORDER`] (the tables the identifiers are read
-//! from last, so a crash part-way leaves them to the next attempt), then the erasure is
-//! recorded and, last, its revocation rows go. What is kept of it, in
+//! the devices) takes them all at once: [`Erased::of`] gathers each device and every
+//! identifier it was heard by, [`rewrite::erase_everywhere`] rewrites copy-on-write, once
+//! for them all, every file that holds one of their rows, table by table in [`ORDER`] (the
+//! tables the identifiers are read from last, so a crash part-way leaves them to the next
+//! attempt), then each erasure is recorded and, last, their revocation rows go. What is kept of it, in
 //! `_erasure/done/<hash>.json` ([`ErasureRecord`]), names the device and its identifiers
 //! only by keyed hashes ([`keyed_hash`], with a key only the master key unwraps in an
 //! encrypted store), so `proxima erasure status` can say what was rewritten and
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tracing::info;
 
-pub use rewrite::{Erased, FolderErasure, Rewrite, erase_everywhere, erase_in_folder};
+pub use rewrite::{Erased, FolderErasure, erase_everywhere, erase_in_folder};
 
 use crate::error::{Error, Result};
 use crate::writer::PartitionWriter;
@@ -219,16 +219,20 @@ pub async fn erase_revoked(
     }
     let store = factory.store();
     let key = crate::keys::erasure_hash_key(store).await?;
+    let mut erased = Vec::with_capacity(pending.len());
+    for p in &pending {
+        erased.push(Erased::of(factory, &key, &p.device, from, to).await?);
+    }
+    // One pass over the store for every pending device.
+    let done = erase_everywhere(factory, writer, &erased, &ORDER).await?;
     let mut records = Vec::with_capacity(pending.len());
-    for Pending { device, revoked_at } in pending {
-        let erased = Erased::of(factory, &key, &device, from, to).await?;
-        let tables = erase_everywhere(factory, writer, &erased, &ORDER).await?;
-        let device_hash = keyed_hash(&key, &erased.device);
+    for ((p, e), tables) in pending.iter().zip(&erased).zip(done) {
+        let device_hash = keyed_hash(&key, &e.device);
         let location = record_path(store, &device_hash);
         let mut record = ErasureRecord {
             format: RECORD_FORMAT.into(),
             device: device_hash,
-            revoked_at,
+            revoked_at: p.revoked_at,
             erased_at: now,
             tables: tables
                 .into_iter()
@@ -237,7 +241,7 @@ pub async fn erase_revoked(
                     done,
                 })
                 .collect(),
-            heard_as: erased.heard_as.iter().map(|id| keyed_hash(&key, id)).collect(),
+            heard_as: e.heard_as.iter().map(|id| keyed_hash(&key, id)).collect(),
         };
         // An earlier attempt that stopped after its record (before the revocation went)
         // did the rewriting: what it counted stays.
@@ -247,17 +251,17 @@ pub async fn erase_revoked(
         let bytes = serde_json::to_vec_pretty(&record).expect("a record always serialises");
         store.object_store().put(&location, PutPayload::from(bytes)).await?;
         store.sync_local([&location])?;
-        // Last: the revocation itself, which names the device and kept the erasure pending.
-        let revocations = erase_everywhere(factory, writer, &erased, &[Table::Revocations]).await?;
         info!(
             target: "proxima::erasure",
             device = %record.device,
-            rows = record.rows() + revocations.iter().map(|(_, d)| d.rows).sum::<u64>(),
+            rows = record.rows(),
             files = record.files(),
             "erased a revoked device"
         );
         records.push(record);
     }
+    // Last: the revocations themselves, which name the devices and kept them pending.
+    erase_everywhere(factory, writer, &erased, &[Table::Revocations]).await?;
     Ok(records)
 }
 

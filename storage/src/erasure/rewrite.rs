@@ -1,5 +1,7 @@
-//! The copy-on-write rewrite: every file that holds one of a device's rows is rewritten
-//! without them (with its cases' device replaced by a pseudonym), through the lineage
+//! The copy-on-write rewrite: every file that holds a row of one of the devices erased
+//! together is rewritten once without them (with their cases' device replaced by a
+//! pseudonym), so a round's cost is one pass over the affected files however many devices
+//! were revoked, through the lineage
 //! machinery compaction uses: a marker names the rewritten file and the file it replaces,
 //! so every listing shows one or the other, never both, never neither. A file all of whose
 //! rows go is deleted. Replaced files are deleted by [`crate::compaction::sweep`] after the
@@ -7,6 +9,8 @@
 
 use std::collections::BTreeSet;
 
+use arrow::datatypes::Int64Type;
+use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::logical_expr::{Expr, col, lit, not, when};
 use datafusion::prelude::ParquetReadOptions;
 use datafusion::scalar::ScalarValue;
@@ -35,30 +39,6 @@ pub struct Erased {
     pub heard_as: BTreeSet<String>,
     /// What its cases name instead of it ([`super::pseudonym`]): they stay as counts.
     pub pseudonym: String,
-}
-
-/// What becomes of a table's rows that name the device.
-#[derive(Debug, Clone)]
-pub enum Rewrite {
-    /// They go.
-    Remove(Expr),
-    /// They stay, with `column` replaced by `with` where `matching` holds.
-    Replace {
-        /// The rows naming the device.
-        matching: Expr,
-        /// The column naming it.
-        column: &'static str,
-        /// What it names instead.
-        with: String,
-    },
-}
-
-impl Rewrite {
-    fn matching(&self) -> &Expr {
-        match self {
-            Rewrite::Remove(matching) | Rewrite::Replace { matching, .. } => matching,
-        }
-    }
 }
 
 impl Erased {
@@ -103,38 +83,59 @@ impl Erased {
         })
     }
 
-    /// What becomes of the rows of `table` that name the device.
-    pub fn rewrite(&self, table: Table) -> Rewrite {
-        let heard = || col("observed").in_list(self.heard_as.iter().map(|id| lit(id.as_str())).collect(), false);
+    /// The rows of `table` that name the device (in `cases` they stay, pseudonymised).
+    pub fn matching(&self, table: Table) -> Expr {
         let device = lit(self.device.as_str());
-        Rewrite::Remove(match table {
-            Table::Observations => col("observer").eq(device).or(heard()),
-            Table::ObservedIndex => {
-                let bytes = Uuid::parse_str(&self.device)
-                    .expect("Erased::of keeps a canonical UUID")
-                    .as_bytes()
-                    .to_vec();
-                col("observer")
-                    .eq(lit(ScalarValue::FixedSizeBinary(16, Some(bytes))))
-                    .or(heard())
-            }
-            Table::Devices
-            | Table::Alerts
-            | Table::TemperatureReadings
-            | Table::Revocations
-            | Table::DeviceCredentials
-            | Table::UploadKeys
-            | Table::ExposureKeys => col("device_uuid").eq(device),
-            // Public-health statistics survive, the person does not.
-            Table::Cases => {
-                return Rewrite::Replace {
-                    matching: col("device_uuid").eq(device),
-                    column: "device_uuid",
-                    with: self.pseudonym.clone(),
-                };
-            }
-        })
+        match table {
+            Table::Observations => col("observer").eq(device).or(self.heard()),
+            Table::ObservedIndex => col("observer").eq(uuid_bytes(&self.device)).or(self.heard()),
+            _ => col("device_uuid").eq(device),
+        }
     }
+
+    fn heard(&self) -> Expr {
+        col("observed").in_list(self.heard_as.iter().map(|id| lit(id.as_str())).collect(), false)
+    }
+}
+
+/// A canonical UUID as the index's 16-byte `observer`.
+fn uuid_bytes(device: &str) -> Expr {
+    let bytes = Uuid::parse_str(device)
+        .expect("Erased::of keeps a canonical UUID")
+        .as_bytes()
+        .to_vec();
+    lit(ScalarValue::FixedSizeBinary(16, Some(bytes)))
+}
+
+/// The rows of `table` that name any of `erased`: one list lookup per column, however
+/// many devices are erased together.
+fn any_matching(erased: &[Erased], table: Table) -> Expr {
+    let devices = || erased.iter().map(|e| lit(e.device.as_str())).collect::<Vec<_>>();
+    let heard = || {
+        let ids: BTreeSet<&str> = erased
+            .iter()
+            .flat_map(|e| e.heard_as.iter().map(String::as_str))
+            .collect();
+        col("observed").in_list(ids.into_iter().map(lit).collect(), false)
+    };
+    match table {
+        Table::Observations => col("observer").in_list(devices(), false).or(heard()),
+        Table::ObservedIndex => col("observer")
+            .in_list(erased.iter().map(|e| uuid_bytes(&e.device)).collect(), false)
+            .or(heard()),
+        _ => col("device_uuid").in_list(devices(), false),
+    }
+}
+
+/// Which of `erased` a matching row names (its index; the first, if it names several).
+fn whose(erased: &[Erased], table: Table) -> Result<Expr> {
+    let mut cases = erased.iter().enumerate();
+    let (_, first) = cases.next().expect("a batch is never empty");
+    let mut expr = when(first.matching(table), lit(0i64));
+    for (i, e) in cases {
+        expr = expr.when(e.matching(table), lit(i as i64));
+    }
+    Ok(expr.end()?)
 }
 
 /// What [`erase_in_folder`] did.
@@ -148,15 +149,19 @@ pub struct FolderErasure {
     pub rows: u64,
 }
 
-/// Rewrites `erased`'s rows in every folder of `tables`; returns what was done per table
-/// (tables with nothing rewritten left out).
+/// Rewrites the rows of every device of `erased` in every folder of `tables`, each file
+/// once for them all; returns what was done for each device, per table (tables with
+/// nothing rewritten left out).
 pub async fn erase_everywhere(
     factory: &SessionFactory,
     writer: &PartitionWriter,
-    erased: &Erased,
+    erased: &[Erased],
     tables: &[Table],
-) -> Result<Vec<(Table, FolderErasure)>> {
-    let mut done = Vec::new();
+) -> Result<Vec<Vec<(Table, FolderErasure)>>> {
+    let mut done = vec![Vec::new(); erased.len()];
+    if erased.is_empty() {
+        return Ok(done);
+    }
     for &table in tables {
         let days: Vec<Option<chrono::NaiveDate>> = if table.is_day_partitioned() {
             factory
@@ -169,31 +174,40 @@ pub async fn erase_everywhere(
         } else {
             vec![None]
         };
-        let mut total = FolderErasure::default();
+        let mut totals = vec![FolderErasure::default(); erased.len()];
         for day in days {
             let folder = erase_in_folder(factory, writer, table, day, erased).await?;
-            total.rewritten += folder.rewritten;
-            total.deleted += folder.deleted;
-            total.rows += folder.rows;
+            for (total, done) in totals.iter_mut().zip(folder) {
+                total.rewritten += done.rewritten;
+                total.deleted += done.deleted;
+                total.rows += done.rows;
+            }
         }
-        if total.rows > 0 {
-            done.push((table, total));
+        for (done, total) in done.iter_mut().zip(totals) {
+            if total.rows > 0 {
+                done.push((table, total));
+            }
         }
     }
     Ok(done)
 }
 
-/// Rewrites `erased`'s rows in the live files of `table`'s folder for `day` (the table's
-/// folder for undated tables).
+/// Rewrites the rows of every device of `erased` in the live files of `table`'s folder for
+/// `day` (the table's folder for undated tables): each file that holds any of them once.
+/// Returns what was done for each device (a row that names two of them counts for the
+/// first).
 pub async fn erase_in_folder(
     factory: &SessionFactory,
     writer: &PartitionWriter,
     table: Table,
     day: Option<chrono::NaiveDate>,
-    erased: &Erased,
-) -> Result<FolderErasure> {
-    let mut done = FolderErasure::default();
-    let rewrite = erased.rewrite(table);
+    erased: &[Erased],
+) -> Result<Vec<FolderErasure>> {
+    let mut done = vec![FolderErasure::default(); erased.len()];
+    if erased.is_empty() {
+        return Ok(done);
+    }
+    let any = any_matching(erased, table);
     let store = factory.store();
     let prefix = match day {
         Some(day) => DayPartition { table, day }.prefix(store.root()),
@@ -207,33 +221,56 @@ pub async fn erase_in_folder(
         let frame = ctx
             .read_parquet(url.as_str(), ParquetReadOptions::default().schema(&schema))
             .await?;
-        let matching = frame.clone().filter(rewrite.matching().clone())?.count().await? as u64;
-        if matching == 0 {
+        let counted = frame
+            .clone()
+            .filter(any.clone())?
+            .aggregate(
+                vec![whose(erased, table)?.alias("whose")],
+                vec![count(lit(1)).alias("n")],
+            )?
+            .collect()
+            .await?;
+        let mut rows = vec![0u64; erased.len()];
+        for batch in &counted {
+            let whose = batch.column(0).as_primitive::<Int64Type>();
+            let n = batch.column(1).as_primitive::<Int64Type>();
+            for i in 0..batch.num_rows() {
+                if let Some(slot) = usize::try_from(whose.value(i)).ok().and_then(|w| rows.get_mut(w)) {
+                    *slot += n.value(i) as u64;
+                }
+            }
+        }
+        if rows.iter().all(|&n| n == 0) {
             continue;
         }
-        done.rows += matching;
         let mut keys = vec![col(table.lookup_columns()[0]).sort(true, false)];
         if let Some(time) = table.time_column() {
             keys.push(col(time).sort(true, false));
         }
-        let kept = match &rewrite {
-            Rewrite::Remove(matching) => frame.filter(not(matching.clone()))?,
-            Rewrite::Replace { matching, column, with } => {
-                let columns: Vec<Expr> = schema
-                    .fields()
-                    .iter()
-                    .map(|field| {
-                        if field.name() == column {
-                            when(matching.clone(), lit(with.as_str()))
-                                .otherwise(col(*column))
-                                .map(|e| e.alias(*column))
-                        } else {
-                            Ok(col(field.name()))
-                        }
-                    })
-                    .collect::<std::result::Result<_, _>>()?;
-                frame.select(columns)?
+        let kept = if table == Table::Cases {
+            // Public-health statistics survive, the person does not: each case keeps its
+            // row, naming its device's pseudonym.
+            let mut pseudonyms = erased.iter();
+            let first = pseudonyms.next().expect("a batch is never empty");
+            let mut replaced = when(first.matching(table), lit(first.pseudonym.as_str()));
+            for e in pseudonyms {
+                replaced = replaced.when(e.matching(table), lit(e.pseudonym.as_str()));
             }
+            let replaced = replaced.otherwise(col("device_uuid"))?.alias("device_uuid");
+            let columns: Vec<Expr> = schema
+                .fields()
+                .iter()
+                .map(|field| {
+                    if field.name() == "device_uuid" {
+                        replaced.clone()
+                    } else {
+                        col(field.name())
+                    }
+                })
+                .collect();
+            frame.select(columns)?
+        } else {
+            frame.filter(not(any.clone()))?
         };
         let kept = kept.sort(keys)?.execute_stream().await?;
         // The rewritten file keeps its source's WAL marks, so a replay stores nothing twice.
@@ -245,17 +282,20 @@ pub async fn erase_in_folder(
             transaction.abort().await?;
             return Err(e);
         }
-        match publish_replacing(store, transaction, &prefix, vec![file.location.to_string()]).await? {
-            Some(_) => done.rewritten += 1,
-            None => {
-                // Every row was the device's: nothing replaces the file.
-                store.object_store().delete(&file.location).await?;
+        let replaced = publish_replacing(store, transaction, &prefix, vec![file.location.to_string()]).await?;
+        if replaced.is_none() {
+            // Every row was an erased device's: nothing replaces the file.
+            store.object_store().delete(&file.location).await?;
+        }
+        for (done, rows) in done.iter_mut().zip(rows).filter(|(_, rows)| *rows > 0) {
+            done.rows += rows;
+            if replaced.is_some() {
+                done.rewritten += 1;
+            } else {
                 done.deleted += 1;
             }
         }
-    }
-    if done.rows > 0 {
-        info!(table = %table, day = ?day, rewritten = done.rewritten, deleted = done.deleted, rows = done.rows, "rewrote a device's rows");
+        info!(table = %table, day = ?day, file = %file.location, deleted = replaced.is_none(), "rewrote a file without erased devices' rows");
     }
     Ok(done)
 }
