@@ -522,23 +522,41 @@ async fn a_kill_during_erasure_leaves_the_old_or_the_new_file_never_both_never_n
     )
     .await;
     let mac = value(&factory, &format!("SELECT mac FROM devices WHERE device_uuid = '{x}'")).await;
-    // X is revoked (as REST would store it).
-    let revocation = arrow::array::RecordBatch::try_new(
-        Table::Revocations.file_schema(),
-        vec![
-            Arc::new(arrow::array::StringArray::from(vec![x.clone()])),
-            Arc::new(
-                arrow::array::TimestampMicrosecondArray::from(vec![Utc::now().timestamp_micros()]).with_timezone("UTC"),
-            ),
-        ],
-    )
-    .unwrap();
-    let mut transaction = writer.begin();
-    transaction
-        .write_file(Table::Revocations, None, &[revocation])
-        .await
-        .unwrap();
-    transaction.commit().await.unwrap();
+    // X (imported: it has no owner's key) is revoked by an operator, audited.
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
+            .args([
+                "--data",
+                root.to_str().unwrap(),
+                "--master-key-file",
+                key_file.to_str().unwrap(),
+            ])
+            .args(args)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (ok, out) = run(&["erasure", "revoke", &x]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["erasure", "revoke", &x]);
+    assert!(!ok && out.contains("revoked already"), "{out}");
+    let (ok, out) = run(&["erasure", "revoke", "00000000-0000-4000-8000-000000000000"]);
+    assert!(!ok && out.contains("no registered device"), "{out}");
+    let audit = common::audit_records(&root.join("_audit"));
+    let revocations: Vec<_> = audit.iter().filter(|r| r["action"] == "cli:erasure-revoke").collect();
+    assert_eq!(revocations.len(), 4, "intent, outcome and two refusals: {audit:?}");
+    assert!(
+        revocations
+            .iter()
+            .all(|r| r["purpose"].as_str().is_some_and(|p| p.starts_with("erasure:"))),
+        "{revocations:?}"
+    );
+    let text = serde_json::to_string(&audit).unwrap();
+    assert!(!text.contains(&x), "the audit log names X by its keyed hash only");
 
     let everything = "true".to_string();
     let of_x = format!("observer = '{x}' OR observed = '{mac}'");

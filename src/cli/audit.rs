@@ -225,3 +225,75 @@ fn humantime_like(duration: std::time::Duration) -> String {
         s => format!("{s}s"),
     }
 }
+
+/// The audit of a local command that reads or changes the store directly (`proxima sql`,
+/// `proxima erasure revoke`): recorded under `local:<OS user>`, signed if given the key.
+pub struct LocalAudit {
+    log: proxima_audit::AuditLog,
+    purpose: Option<String>,
+    principal: String,
+    params: Vec<String>,
+}
+
+impl LocalAudit {
+    /// Opens the audit log in `dir` (default: beside the store, see [`audit_dir`]).
+    pub fn open(
+        store: &Store,
+        dir: Option<&Path>,
+        key: Option<&Path>,
+        purpose: Option<String>,
+        params: Vec<String>,
+    ) -> Result<Self, CliError> {
+        let dir = audit_dir(store, dir)?;
+        let options = proxima_audit::AuditLogOptions::default();
+        let log = match key {
+            Some(key) => proxima_audit::AuditLog::open(&dir, load_signer(store, key)?, options),
+            None => proxima_audit::AuditLog::open_unsigned(&dir, options),
+        }
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "every statement is audited, and the audit log in {} cannot be opened: {e}",
+                dir.display()
+            ))
+        })?;
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        Ok(Self {
+            log,
+            purpose,
+            principal: format!("local:{user}"),
+            params,
+        })
+    }
+
+    /// A record of `action` by the local user.
+    pub fn record(
+        &self,
+        phase: proxima_audit::Phase,
+        decision: proxima_audit::Decision,
+        action: &str,
+    ) -> proxima_audit::Record {
+        let mut record = proxima_audit::Record::new(
+            phase,
+            self.principal.clone(),
+            "local",
+            action,
+            decision,
+            "whoever reads the store's files",
+        );
+        if !self.params.is_empty() {
+            record.params = vec![self.params.clone()];
+        }
+        record.purpose.clone_from(&self.purpose);
+        record
+    }
+
+    /// Appends `record` (synced before it returns).
+    pub async fn append(&self, record: proxima_audit::Record) -> Result<u64, CliError> {
+        self.log
+            .append(record)
+            .await
+            .map_err(|e| CliError::Usage(format!("nothing was done: {e}")))
+    }
+}

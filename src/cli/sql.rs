@@ -9,11 +9,12 @@ use arrow::datatypes::SchemaRef;
 use clap::{ArgGroup, Args, ValueEnum};
 use datafusion::sql::parser::Statement;
 use futures::StreamExt;
-use proxima_audit::{AuditLog, AuditLogOptions, Decision, Phase, Record};
+use proxima_audit::{Decision, Phase};
 use proxima_engine::{SessionFactory, SessionOptions, Store, script};
 use proxima_flight_server::client::{Client, ClientError};
 
 use super::CliError;
+use super::audit::LocalAudit;
 
 /// Arguments of `proxima sql`.
 #[derive(Debug, Args)]
@@ -68,69 +69,6 @@ impl SqlArgs {
     /// Whether the statements run through a server (`--connect`), with no local store.
     pub fn is_remote(&self) -> bool {
         self.connect.is_some()
-    }
-}
-
-/// The audit of a local `proxima sql` run: direct access to the store's files, recorded
-/// under `local:<OS user>`.
-struct LocalAudit {
-    log: AuditLog,
-    purpose: Option<String>,
-    principal: String,
-    params: Vec<String>,
-}
-
-impl LocalAudit {
-    fn open(store: &Store, args: &SqlArgs) -> Result<Self, CliError> {
-        let dir = super::audit::audit_dir(store, args.audit_dir.as_deref())?;
-        let options = AuditLogOptions::default();
-        let log = match &args.audit_key {
-            Some(key) => AuditLog::open(&dir, super::audit::load_signer(store, key)?, options),
-            None => AuditLog::open_unsigned(&dir, options),
-        }
-        .map_err(|e| {
-            CliError::Usage(format!(
-                "every statement is audited, and the audit log in {} cannot be opened: {e}",
-                dir.display()
-            ))
-        })?;
-        let user = std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "unknown".into());
-        Ok(Self {
-            log,
-            purpose: args.purpose.clone(),
-            principal: format!("local:{user}"),
-            params: args
-                .params
-                .iter()
-                .map(|(name, value)| format!("{name}={value}"))
-                .collect(),
-        })
-    }
-
-    fn record(&self, phase: Phase, decision: Decision, sql: &str) -> Record {
-        let mut record = Record::new(
-            phase,
-            self.principal.clone(),
-            "local",
-            "cli:sql",
-            decision,
-            "whoever reads the store's files",
-        )
-        .with_sql(sql);
-        if !self.params.is_empty() {
-            record.params = vec![self.params.clone()];
-        }
-        record.purpose.clone_from(&self.purpose);
-        record
-    }
-
-    async fn append(&self, record: Record) -> Result<u64, CliError> {
-        self.log
-            .append(record)
-            .await
-            .map_err(|e| CliError::Usage(format!("the statement was not run: {e}")))
     }
 }
 
@@ -231,7 +169,18 @@ pub async fn run_remote(args: SqlArgs) -> Result<(), CliError> {
 /// Runs `proxima sql` on the store's files.
 pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
     let (source, statements) = statements(&args)?;
-    let audit = LocalAudit::open(&store, &args)?;
+    let params = args
+        .params
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    let audit = LocalAudit::open(
+        &store,
+        args.audit_dir.as_deref(),
+        args.audit_key.as_deref(),
+        args.purpose.clone(),
+        params,
+    )?;
     let identifiers = args.identifiers.for_sql(&store)?;
     let factory = SessionFactory::new(
         store,
@@ -250,13 +199,13 @@ pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
         let plan = match ctx.state().statement_to_plan(statement).await {
             Ok(plan) => plan,
             Err(e) => {
-                let mut refused = audit.record(Phase::Decision, Decision::Deny, &sql);
+                let mut refused = audit.record(Phase::Decision, Decision::Deny, "cli:sql").with_sql(&sql);
                 refused.error = Some(e.to_string());
                 audit.append(refused).await?;
                 return Err(statement_error(e));
             }
         };
-        let mut intent = audit.record(Phase::Intent, Decision::Allow, &sql);
+        let mut intent = audit.record(Phase::Intent, Decision::Allow, "cli:sql").with_sql(&sql);
         intent.objects = proxima_engine::access::objects_read(std::slice::from_ref(&plan));
         let seq = audit.append(intent.clone()).await?;
         let started = std::time::Instant::now();

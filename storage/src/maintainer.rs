@@ -95,11 +95,14 @@ pub struct MaintainerConfig {
     pub stats: MaintenanceStats,
 }
 
-/// Told after every successful flush (the REST service reloads its alerts).
+/// Told after every successful flush (the REST service reloads its alerts) and erasure.
 #[async_trait]
 pub trait FlushListener: Send + Sync + fmt::Debug {
     /// Rows just became visible to SQL.
     async fn flushed(&self);
+
+    /// These devices were just erased from the store (the REST service forgets them).
+    async fn erased(&self, _devices: &[String]) {}
 }
 
 /// What one [`Maintainer::run_once`] did.
@@ -248,18 +251,21 @@ impl Maintainer {
             .expect("midnight exists")
             .and_utc()
             .timestamp_micros();
-        let records = erasure::erase_revoked(&self.factory, &self.writer, from, now.timestamp_micros(), now).await?;
-        if !records.is_empty() {
+        let erased = erasure::erase_revoked(&self.factory, &self.writer, from, now.timestamp_micros(), now).await?;
+        if !erased.is_empty() {
             let grace = chrono::Duration::from_std(self.options.sweep_grace).unwrap_or(chrono::Duration::MAX);
             *self.sweep_due.lock().expect("sweep lock is never poisoned") =
                 Some(now.checked_add_signed(grace).unwrap_or(now));
             let listeners: Vec<Arc<dyn FlushListener>> =
                 self.listeners.lock().expect("listener lock is never poisoned").clone();
+            let devices: Vec<String> = erased.into_iter().map(|(device, _)| device).collect();
             for listener in listeners {
+                listener.erased(&devices).await;
                 listener.flushed().await;
             }
+            return Ok(devices.len());
         }
-        Ok(records.len())
+        Ok(0)
     }
 
     /// Retention (alerts age off after their TTL), then the `observed_index` of days

@@ -191,6 +191,21 @@ impl Registry {
         }
     }
 
+    /// Forgets erased devices: their tokens, MACs and handles are no longer known, as after
+    /// a restart (their rows, credentials included, are gone from the store).
+    pub fn forget(&self, erased: &[String]) {
+        let erased: HashSet<&str> = erased.iter().map(String::as_str).collect();
+        let mut devices = self.write();
+        devices.devices.retain(|uuid, _| !erased.contains(uuid.as_str()));
+        devices.by_token.retain(|_, uuid| !erased.contains(uuid.as_str()));
+        devices.by_mac.retain(|_, uuid| !erased.contains(uuid.as_str()));
+        for uuid in &erased {
+            if let Some(handle) = proxima_engine::ephemeral::handle_of(uuid) {
+                devices.handles.remove(&handle);
+            }
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Devices> {
         self.inner.read().expect("registry lock is never poisoned")
     }

@@ -363,6 +363,12 @@ impl FlushListener for AlertReloader {
             warn!(target: "proxima::serve", error = %e, "reloading alerts failed");
         }
     }
+
+    async fn erased(&self, devices: &[String]) {
+        if let Some(state) = self.0.upgrade() {
+            state.registry.forget(devices);
+        }
+    }
 }
 
 /// `GET /healthz`: the process is up.

@@ -205,14 +205,15 @@ async fn read_record(store: &Store, location: &Path) -> Result<Option<ErasureRec
 
 /// Erases every revoked device whose erasure has not run (see the module's documentation);
 /// `from..to` (Unix microseconds) is the span of the store (its retention window), over
-/// which the device's rotating identifiers are derived. Returns the records written.
+/// which the device's rotating identifiers are derived. Returns each erased device with the
+/// record written (the UUID only in memory: the caller's caches forget it).
 pub async fn erase_revoked(
     factory: &SessionFactory,
     writer: &PartitionWriter,
     from: i64,
     to: i64,
     now: DateTime<Utc>,
-) -> Result<Vec<ErasureRecord>> {
+) -> Result<Vec<(String, ErasureRecord)>> {
     let pending = pending(factory).await?;
     if pending.is_empty() {
         return Ok(Vec::new());
@@ -258,7 +259,7 @@ pub async fn erase_revoked(
             files = record.files(),
             "erased a revoked device"
         );
-        records.push(record);
+        records.push((e.device.clone(), record));
     }
     // Last: the revocations themselves, which name the devices and kept them pending.
     erase_everywhere(factory, writer, &erased, &[Table::Revocations]).await?;
