@@ -14,6 +14,7 @@
 //! store no longer tells whose history it was. Cases stay, as counts: their device is
 //! replaced by a [`pseudonym`].
 
+pub mod lease;
 pub mod rewrite;
 pub mod verify;
 
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tracing::info;
 
+pub use lease::Lease;
 pub use rewrite::{Erased, FolderErasure, erase_everywhere, erase_in_folder};
 
 use crate::error::{Error, Result};
@@ -219,13 +221,33 @@ pub async fn erase_revoked(
         return Ok(Vec::new());
     }
     let store = factory.store();
+    // One eraser at a time among the processes sharing the store.
+    let holder = format!("pid {} ({})", std::process::id(), uuid::Uuid::new_v4());
+    let Some(lease) = Lease::acquire(store, &holder, Utc::now()).await? else {
+        return Ok(Vec::new());
+    };
+    let erased = erase_pending(factory, writer, &pending, from, to, now, &lease).await;
+    lease.release().await?;
+    erased
+}
+
+async fn erase_pending(
+    factory: &SessionFactory,
+    writer: &PartitionWriter,
+    pending: &[Pending],
+    from: i64,
+    to: i64,
+    now: DateTime<Utc>,
+    lease: &Lease,
+) -> Result<Vec<(String, ErasureRecord)>> {
+    let store = factory.store();
     let key = crate::keys::erasure_hash_key(store).await?;
     let mut erased = Vec::with_capacity(pending.len());
-    for p in &pending {
+    for p in pending {
         erased.push(Erased::of(factory, &key, &p.device, from, to).await?);
     }
     // One pass over the store for every pending device.
-    let done = erase_everywhere(factory, writer, &erased, &ORDER).await?;
+    let done = erase_everywhere(factory, writer, &erased, &ORDER, Some(lease)).await?;
     let mut records = Vec::with_capacity(pending.len());
     for ((p, e), tables) in pending.iter().zip(&erased).zip(done) {
         let device_hash = keyed_hash(&key, &e.device);
@@ -262,7 +284,8 @@ pub async fn erase_revoked(
         records.push((e.device.clone(), record));
     }
     // Last: the revocations themselves, which name the devices and kept them pending.
-    erase_everywhere(factory, writer, &erased, &[Table::Revocations]).await?;
+    lease.renew(Utc::now()).await?;
+    erase_everywhere(factory, writer, &erased, &[Table::Revocations], Some(lease)).await?;
     Ok(records)
 }
 

@@ -29,6 +29,8 @@ use crate::error::{Error, Result};
 use crate::marks::{WAL_KEY, encode_marks, marks_in};
 use crate::writer::PartitionWriter;
 
+use super::lease::Lease;
+
 /// One device to erase: its UUID and every identifier others heard it by (its MAC, the
 /// rotating identifiers and RPIs it broadcast).
 #[derive(Debug, Clone)]
@@ -157,6 +159,7 @@ pub async fn erase_everywhere(
     writer: &PartitionWriter,
     erased: &[Erased],
     tables: &[Table],
+    lease: Option<&Lease>,
 ) -> Result<Vec<Vec<(Table, FolderErasure)>>> {
     let mut done = vec![Vec::new(); erased.len()];
     if erased.is_empty() {
@@ -176,7 +179,7 @@ pub async fn erase_everywhere(
         };
         let mut totals = vec![FolderErasure::default(); erased.len()];
         for day in days {
-            let folder = erase_in_folder(factory, writer, table, day, erased).await?;
+            let folder = erase_in_folder(factory, writer, table, day, erased, lease).await?;
             for (total, done) in totals.iter_mut().zip(folder) {
                 total.rewritten += done.rewritten;
                 total.deleted += done.deleted;
@@ -195,13 +198,15 @@ pub async fn erase_everywhere(
 /// Rewrites the rows of every device of `erased` in the live files of `table`'s folder for
 /// `day` (the table's folder for undated tables): each file that holds any of them once.
 /// Returns what was done for each device (a row that names two of them counts for the
-/// first).
+/// first). With `lease`, it is renewed before each file is rewritten, and the work stops
+/// if another process took it over.
 pub async fn erase_in_folder(
     factory: &SessionFactory,
     writer: &PartitionWriter,
     table: Table,
     day: Option<chrono::NaiveDate>,
     erased: &[Erased],
+    lease: Option<&Lease>,
 ) -> Result<Vec<FolderErasure>> {
     let mut done = vec![FolderErasure::default(); erased.len()];
     if erased.is_empty() {
@@ -242,6 +247,9 @@ pub async fn erase_in_folder(
         }
         if rows.iter().all(|&n| n == 0) {
             continue;
+        }
+        if let Some(lease) = lease {
+            lease.renew(chrono::Utc::now()).await?;
         }
         let mut keys = vec![col(table.lookup_columns()[0]).sort(true, false)];
         if let Some(time) = table.time_column() {

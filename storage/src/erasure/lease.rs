@@ -1,0 +1,195 @@
+//! One eraser at a time among the processes that share a store.
+//!
+//! A lease is a generation file, `_erasure/lease/<generation>.json`, made by a conditional
+//! put (create only): of two processes that try to take the same generation, exactly one
+//! succeeds, on a local disk and on S3 alike. The newest generation is the lease; it names
+//! its holder and when it expires. A process takes the lease when the newest generation is
+//! released or expired, by making the next one (and deleting the older ones); its holder renews it (rewrites its
+//! own file) between files, and before each file checks that no newer generation was made
+//! (by a process that found it expired): if one was, it stops. Two erasers could then
+//! overlap by at most one file each, and the lineage markers resolve two rewrites of one
+//! file (one wins, the other is hidden); what the loser removed is removed again by the next
+//! round, since revocations go only after every table is done.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use proxima_engine::Store;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::ERASURE_FOLDER;
+use crate::error::{Error, Result};
+
+/// How long a lease lasts without renewal: longer than the rewrite of any one file.
+pub const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LeaseFile {
+    holder: String,
+    expires: DateTime<Utc>,
+}
+
+/// The erasure lease, held.
+#[derive(Debug)]
+pub struct Lease {
+    store: Store,
+    generation: u64,
+    holder: String,
+}
+
+fn folder(store: &Store) -> Path {
+    store.root().clone().join(ERASURE_FOLDER).join("lease")
+}
+
+fn location(store: &Store, generation: u64) -> Path {
+    folder(store).join(format!("{generation:020}.json"))
+}
+
+/// The newest generation and its file (`None` if there is none; the file `None` if it was
+/// deleted meanwhile).
+async fn newest(store: &Store) -> Result<Option<(u64, Option<LeaseFile>)>> {
+    let listed: Vec<_> = store.object_store().list(Some(&folder(store))).try_collect().await?;
+    let Some(generation) = listed
+        .iter()
+        .filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse::<u64>().ok())
+        .max()
+    else {
+        return Ok(None);
+    };
+    let at = location(store, generation);
+    let file = match store.object_store().get(&at).await {
+        Ok(found) => Some(
+            serde_json::from_slice(&found.bytes().await?)
+                .map_err(|e| Error::Invalid(format!("{at}: not an erasure lease: {e}")))?,
+        ),
+        Err(object_store::Error::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some((generation, file)))
+}
+
+impl Lease {
+    /// Takes the lease for `holder` (a name for logs: host and process), or `None` if
+    /// another process holds it and it has not expired at `now`.
+    pub async fn acquire(store: &Store, holder: &str, now: DateTime<Utc>) -> Result<Option<Self>> {
+        let next = match newest(store).await? {
+            None => 1,
+            Some((generation, Some(file))) if file.expires > now => {
+                info!(target: "proxima::erasure", holder = %file.holder, generation, "another process is erasing; not this round");
+                return Ok(None);
+            }
+            Some((generation, _)) => generation + 1,
+        };
+        let lease = Self {
+            store: store.clone(),
+            generation: next,
+            holder: holder.to_string(),
+        };
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match store
+            .object_store()
+            .put_opts(&location(store, next), lease.payload(now), create)
+            .await
+        {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        // Older generations are no one's any more.
+        for old in 1..next {
+            match store.object_store().delete(&location(store, old)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some(lease))
+    }
+
+    fn payload(&self, now: DateTime<Utc>) -> PutPayload {
+        let expires = now + chrono::Duration::from_std(LEASE_TTL).expect("the lease TTL fits");
+        let file = LeaseFile {
+            holder: self.holder.clone(),
+            expires,
+        };
+        PutPayload::from(serde_json::to_vec(&file).expect("a lease always serialises"))
+    }
+
+    /// Checks the lease is still this process's (no newer generation) and renews it until
+    /// `now` + [`LEASE_TTL`]; an error if another process took it over.
+    pub async fn renew(&self, now: DateTime<Utc>) -> Result<()> {
+        match newest(&self.store).await? {
+            Some((generation, _)) if generation == self.generation => {}
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "the erasure lease (generation {}) expired and another process took it over; this round stops \
+                     and the next one finishes the work",
+                    self.generation
+                )));
+            }
+        }
+        self.store
+            .object_store()
+            .put(&location(&self.store, self.generation), self.payload(now))
+            .await?;
+        Ok(())
+    }
+
+    /// Gives the lease up: its generation stays, expired, so generations only grow (a
+    /// process that held an old one can never take a new one for its own).
+    pub async fn release(self) -> Result<()> {
+        let file = LeaseFile {
+            holder: self.holder.clone(),
+            expires: DateTime::<Utc>::MIN_UTC,
+        };
+        self.store
+            .object_store()
+            .put(
+                &location(&self.store, self.generation),
+                PutPayload::from(serde_json::to_vec(&file).expect("a lease always serialises")),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_holder_at_a_time_and_an_expired_lease_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::local(dir.path()).unwrap();
+        let now = Utc::now();
+        let a = Lease::acquire(&store, "a", now).await.unwrap().expect("free");
+        assert!(Lease::acquire(&store, "b", now).await.unwrap().is_none(), "a holds it");
+        a.renew(now).await.unwrap();
+        // A stalls past its expiry: B takes the next generation, and A learns it lost.
+        let later = now + chrono::Duration::from_std(LEASE_TTL).unwrap() + chrono::Duration::seconds(1);
+        let b = Lease::acquire(&store, "b", later).await.unwrap().expect("expired");
+        assert_eq!(b.generation, a.generation + 1);
+        let lost = a.renew(later).await.unwrap_err().to_string();
+        assert!(lost.contains("took it over"), "{lost}");
+        // Released, it is free at once, and generations keep growing.
+        b.release().await.unwrap();
+        let c = Lease::acquire(&store, "c", later).await.unwrap().expect("released");
+        assert_eq!(c.generation, 3);
+    }
+
+    #[tokio::test]
+    async fn two_processes_racing_for_one_generation_get_one_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::local(dir.path()).unwrap();
+        let now = Utc::now();
+        let (x, y) = tokio::join!(Lease::acquire(&store, "x", now), Lease::acquire(&store, "y", now));
+        let held = [x.unwrap(), y.unwrap()].into_iter().flatten().count();
+        assert_eq!(held, 1);
+    }
+}
