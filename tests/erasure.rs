@@ -663,4 +663,10 @@ async fn a_kill_during_erasure_leaves_the_old_or_the_new_file_never_both_never_n
         .await,
         "0"
     );
+    // A later round deletes what the erasure replaced (grace 1s), and verify holds.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (ok, out) = run(&["maintain", "--once", "--sweep-grace", "1s"]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["erasure", "verify"]);
+    assert!(ok && out.starts_with("ok: 1 erasure(s) checked"), "{out}");
 }

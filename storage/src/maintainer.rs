@@ -268,8 +268,9 @@ impl Maintainer {
         Ok(0)
     }
 
-    /// Retention (alerts age off after their TTL), then the `observed_index` of days
-    /// written before it existed. Returns the days deleted and the indexes built.
+    /// Retention (alerts age off after their TTL), the `observed_index` of days written
+    /// before it existed, and the sweep of every folder (files replaced more than the
+    /// grace ago). Returns the days deleted and the indexes built.
     pub async fn housekeeping(&self) -> Result<(usize, usize)> {
         let store = self.factory.store();
         let today = self.clock.now().date_naive();
@@ -282,6 +283,9 @@ impl Maintainer {
             info!(target: "proxima::serve", days = expired, "retention deleted day folders");
         }
         let rebuilt = index_build::backfill_missing(&self.factory, &self.writer, self.clock.now()).await?;
+        // What an erasure replaced is deleted by the first tick after the grace; this also
+        // catches files replaced by a process that stopped before then.
+        compaction::sweep_everywhere(store, self.clock.now(), self.options.sweep_grace).await?;
         Ok((expired, rebuilt))
     }
 
