@@ -670,3 +670,108 @@ async fn a_kill_during_erasure_leaves_the_old_or_the_new_file_never_both_never_n
     let (ok, out) = run(&["erasure", "verify"]);
     assert!(ok && out.starts_with("ok: 1 erasure(s) checked"), "{out}");
 }
+
+/// Retention of devices: once retention deletes old days, a device registered before the
+/// window that no remaining observation names (as observer or by MAC) is removed with
+/// everything naming it; devices seen in the window, and new ones, stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_devices_no_observation_in_the_window_names() {
+    use proxima_storage::{Maintainer, MaintainerConfig, MaintenanceOptions, MaintenanceStats};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::local(dir.path()).unwrap();
+    let writer = PartitionWriter::new(store.clone(), "test");
+    let today = proxima_engine::store::today_utc();
+    let spec = PopulationSpec {
+        broadcast: Default::default(),
+        devices: 80,
+        days: 8,
+        contacts_per_day: 4,
+        seed: 21,
+        start: today - chrono::Days::new(7),
+    };
+    generate(&writer, &spec, |_| {}).await.unwrap();
+    // Two devices imported by hand: one registered 30 days ago and never seen, one today.
+    let (old, new) = (
+        "00000000-0000-4000-8000-0000000000aa",
+        "00000000-0000-4000-8000-0000000000bb",
+    );
+    let csv = dir.path().join("devices.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "device_uuid,mac,registered_at\n{old},0A:00:00:00:00:AA,{}\n{new},0A:00:00:00:00:BB,{}\n",
+            (Utc::now() - chrono::Duration::days(30)).to_rfc3339(),
+            Utc::now().to_rfc3339()
+        ),
+    )
+    .unwrap();
+    proxima_ingest::import::import(&writer, Table::Devices, &[csv])
+        .await
+        .unwrap();
+    let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
+    // Kept: every device some observation of the last 3 days names, and those registered
+    // since; the rest of the population, met only in older days, goes.
+    let oldest = today - chrono::Days::new(2);
+    let expected = common::column(
+        &factory,
+        &format!(
+            "SELECT device_uuid FROM devices WHERE registered_at >= TIMESTAMP '{oldest}T00:00:00Z' \
+             OR device_uuid IN (SELECT observer FROM observations WHERE day >= DATE '{oldest}') \
+             OR mac IN (SELECT observed FROM observations WHERE day >= DATE '{oldest}') ORDER BY 1"
+        ),
+    )
+    .await;
+    let all = common::column(&factory, "SELECT device_uuid FROM devices ORDER BY 1").await;
+    assert!(expected.contains(&new.to_string()) && !expected.contains(&old.to_string()));
+    assert!(
+        expected.len() > 60 && expected.len() < all.len(),
+        "{} of {}",
+        expected.len(),
+        all.len()
+    );
+
+    let (maintainer, _) = Maintainer::open(MaintainerConfig {
+        factory: factory.clone(),
+        wal_dir: None,
+        clock: Arc::new(proxima_engine::clock::SystemClock),
+        options: MaintenanceOptions {
+            retention_days: 3,
+            ..MaintenanceOptions::default()
+        },
+        stats: MaintenanceStats::default(),
+    })
+    .await
+    .unwrap();
+    let (expired_days, _) = maintainer.housekeeping().await.unwrap();
+    assert!(expired_days >= 5, "{expired_days}");
+    assert_eq!(
+        common::column(&factory, "SELECT device_uuid FROM devices ORDER BY 1").await,
+        expected
+    );
+    // Nothing of a removed device is left, credentials and exposure keys included.
+    let gone: Vec<&String> = all.iter().filter(|d| !expected.contains(d)).collect();
+    let list = gone.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", ");
+    for table in [
+        "observations",
+        "cases",
+        "alerts",
+        "temperature_readings",
+        "exposure_keys",
+        "revocations",
+    ] {
+        let column = if table == "observations" {
+            "observer"
+        } else {
+            "device_uuid"
+        };
+        assert_eq!(
+            value(
+                &factory,
+                &format!("SELECT count(*) FROM {table} WHERE {column} IN ({list})")
+            )
+            .await,
+            "0",
+            "{table}"
+        );
+    }
+}

@@ -281,6 +281,17 @@ impl Maintainer {
             .len();
         if expired > 0 {
             info!(target: "proxima::serve", days = expired, "retention deleted day folders");
+            // Devices no observation left in the window names go too.
+            let oldest = retention::oldest_kept_day(today, self.options.retention_days);
+            if let Some(devices) = erasure::expire_inactive(&self.factory, &self.writer, oldest).await?
+                && !devices.is_empty()
+            {
+                let listeners: Vec<Arc<dyn FlushListener>> =
+                    self.listeners.lock().expect("listener lock is never poisoned").clone();
+                for listener in listeners {
+                    listener.erased(&devices).await;
+                }
+            }
         }
         let rebuilt = index_build::backfill_missing(&self.factory, &self.writer, self.clock.now()).await?;
         // What an erasure replaced is deleted by the first tick after the grace; this also

@@ -289,6 +289,68 @@ async fn erase_pending(
     Ok(records)
 }
 
+/// Retention of devices: removes every device registered before `oldest` (the first day
+/// retention keeps) that no observation in the store names, as observer or by its MAC,
+/// with its credentials, exposure keys and any other row naming it (cases pseudonymised),
+/// so that nothing outlives its purpose. Run after retention deleted days, under the
+/// erasure lease. Returns the devices removed (`None` if another process holds the lease).
+///
+/// A phone that only broadcasts rotating identifiers or RPIs and uploaded nothing for the
+/// whole window is removed too, though others may have heard it: its sightings then name
+/// no device.
+pub async fn expire_inactive(
+    factory: &SessionFactory,
+    writer: &PartitionWriter,
+    oldest: chrono::NaiveDate,
+) -> Result<Option<Vec<String>>> {
+    let start = oldest.format("%Y-%m-%dT00:00:00Z");
+    let sql = format!(
+        "SELECT d.device_uuid, min(d.mac) FROM devices d \
+         WHERE d.registered_at < TIMESTAMP '{start}' \
+           AND d.device_uuid NOT IN (SELECT observer FROM observations) \
+           AND (d.mac IS NULL OR d.mac NOT IN (SELECT observed FROM observations)) \
+         GROUP BY d.device_uuid ORDER BY 1"
+    );
+    let ctx = factory.session().await?;
+    let mut inactive = Vec::new();
+    for batch in ctx.sql(&sql).await?.collect().await? {
+        use arrow::array::{Array, AsArray};
+        let devices = batch.column(0).as_string::<i32>();
+        let macs = batch.column(1).as_string::<i32>();
+        for i in 0..batch.num_rows() {
+            inactive.push((
+                devices.value(i).to_string(),
+                macs.is_valid(i).then(|| macs.value(i).to_string()),
+            ));
+        }
+    }
+    if inactive.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let store = factory.store();
+    let holder = format!("pid {} ({})", std::process::id(), uuid::Uuid::new_v4());
+    let Some(lease) = Lease::acquire(store, &holder, Utc::now()).await? else {
+        return Ok(None);
+    };
+    let key = crate::keys::erasure_hash_key(store).await?;
+    let erased: Vec<Erased> = inactive
+        .into_iter()
+        .map(|(device, mac): (String, Option<String>)| Erased {
+            pseudonym: pseudonym(&key, &device),
+            heard_as: mac.into_iter().collect(),
+            device,
+        })
+        .collect();
+    let mut tables = ORDER.to_vec();
+    tables.push(Table::Revocations);
+    let done = erase_everywhere(factory, writer, &erased, &tables, Some(&lease)).await;
+    lease.release().await?;
+    done?;
+    let devices: Vec<String> = erased.into_iter().map(|e| e.device).collect();
+    info!(target: "proxima::erasure", devices = devices.len(), "retention removed devices with no observation in the window");
+    Ok(Some(devices))
+}
+
 fn merge(record: &mut ErasureRecord, earlier: ErasureRecord) {
     record.revoked_at = record.revoked_at.min(earlier.revoked_at);
     record.heard_as.extend(earlier.heard_as);
