@@ -28,6 +28,17 @@ async fn value(factory: &SessionFactory, sql: &str) -> String {
     values.remove(0)
 }
 
+/// The device with the most encounters, and its MAC.
+async fn most_met(factory: &SessionFactory) -> (String, String) {
+    let x = value(
+        factory,
+        "SELECT a FROM encounters GROUP BY a ORDER BY count(*) DESC, a LIMIT 1",
+    )
+    .await;
+    let mac = value(factory, &format!("SELECT mac FROM devices WHERE device_uuid = '{x}'")).await;
+    (x, mac)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erased_device_leaves_every_table_and_the_index_and_nothing_else_changes() {
     let dir = tempfile::tempdir().unwrap();
@@ -48,12 +59,7 @@ async fn an_erased_device_leaves_every_table_and_the_index_and_nothing_else_chan
     let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
 
     // The device with the most encounters, and one of its contacts.
-    let x = value(
-        &factory,
-        "SELECT a FROM encounters GROUP BY a ORDER BY count(*) DESC, a LIMIT 1",
-    )
-    .await;
-    let mac = value(&factory, &format!("SELECT mac FROM devices WHERE device_uuid = '{x}'")).await;
+    let (x, mac) = most_met(&factory).await;
     let y = value(&factory, &format!("SELECT min(b) FROM encounters WHERE a = '{x}'")).await;
     let count = |sql: &str| {
         let factory = factory.clone();
@@ -305,12 +311,7 @@ async fn a_revoked_phone_is_erased_within_one_round_and_verify_proves_it() {
         "1s",
         "--accept-mac",
     ]);
-    let tracer = server.line("user tracer, password ");
-    let password = tracer["user tracer, password ".len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let password = server.password("tracer");
     server.drain();
     let api = server.api.clone();
 
@@ -335,18 +336,7 @@ async fn a_revoked_phone_is_erased_within_one_round_and_verify_proves_it() {
     );
     phone(&w_state, &api, &["upload", "--heard", &v_id]);
     // A tracer reports V: the two devices it heard and W get alerts.
-    let answer = reqwest::Client::new()
-        .post(format!("{api}/v1/cases"))
-        .basic_auth("tracer", Some(&password))
-        .header("content-type", "application/json")
-        .body(serde_json::json!({"device_uuid": v, "status": "confirmed"}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let opened: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let opened = common::report_case(&api, &password, &v).await;
     assert_eq!(opened["alerts"]["high"], 3, "{opened}");
 
     // What every table holds before, read with the server's identifier key (the loopback
@@ -518,29 +508,11 @@ async fn a_kill_during_erasure_leaves_the_old_or_the_new_file_never_both_never_n
     };
     generate(&writer, &spec, |_| {}).await.unwrap();
     let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
-    let x = value(
-        &factory,
-        "SELECT a FROM encounters GROUP BY a ORDER BY count(*) DESC, a LIMIT 1",
-    )
-    .await;
-    let mac = value(&factory, &format!("SELECT mac FROM devices WHERE device_uuid = '{x}'")).await;
+    let (x, mac) = most_met(&factory).await;
     // X (imported: it has no owner's key) is revoked by an operator, audited.
     let run = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
-            .args([
-                "--data",
-                root.to_str().unwrap(),
-                "--master-key-file",
-                key_file.to_str().unwrap(),
-            ])
-            .args(args)
-            .env("RUST_LOG", "error")
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr),
-        )
+        let (ok, out, err) = proxima(&key_file, &root, args);
+        (ok, format!("{out}\n{err}"))
     };
     let (ok, out) = run(&["erasure", "revoke", &x]);
     assert!(ok, "{out}");

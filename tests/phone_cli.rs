@@ -46,12 +46,7 @@ async fn a_phones_life_through_the_reference_phone() {
         "--registration-work",
         "10",
     ]);
-    let tracer = server.line("user tracer, password ");
-    let password = tracer["user tracer, password ".len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let password = server.password("tracer");
     server.drain();
     let api = server.api.clone();
 
@@ -83,19 +78,7 @@ async fn a_phones_life_through_the_reference_phone() {
     assert_eq!(serde_json::from_str::<Value>(&uploaded).unwrap()["accepted"], 1);
 
     // A tracer reports A: B is its high-priority contact, by the identifier A heard.
-    let http = reqwest::Client::new();
-    let answer = http
-        .post(format!("{api}/v1/cases"))
-        .basic_auth("tracer", Some(&password))
-        .header("content-type", "application/json")
-        .body(serde_json::json!({"device_uuid": a_uuid, "status": "confirmed"}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let opened: Value = serde_json::from_str(&answer).unwrap();
+    let opened = common::report_case(&api, &password, &a_uuid).await;
     assert_eq!(opened["alerts"]["high"], 1, "{opened}");
     let alerts: Value = serde_json::from_str(&phone(&b, &api, &["alerts"]).unwrap()).unwrap();
     assert_eq!(alerts.as_array().unwrap().len(), 1, "{alerts}");

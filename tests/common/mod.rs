@@ -134,6 +134,17 @@ impl Server {
         wait_for_line(self.stdout.as_mut().expect("not drained"), prefix)
     }
 
+    /// The one-run password a loopback server without a users file printed for `user`.
+    pub fn password(&mut self, user: &str) -> String {
+        let prefix = format!("user {user}, password ");
+        let line = self.line(&prefix);
+        line[prefix.len()..]
+            .split_whitespace()
+            .next()
+            .expect("a password follows")
+            .to_string()
+    }
+
     /// Keeps draining its output, so it never blocks on a full pipe.
     pub fn drain(&mut self) {
         if let Some(mut stdout) = self.stdout.take() {
@@ -160,4 +171,22 @@ pub async fn column(factory: &proxima_engine::SessionFactory, sql: &str) -> Vec<
         out.extend(text.as_string::<i32>().iter().map(|v| v.unwrap_or("NULL").to_string()));
     }
     out
+}
+
+/// `POST /v1/cases` as the tracer with `password`: a confirmed case for `device`; the
+/// answer as JSON.
+#[allow(dead_code)] // not every test binary that shares this module reports cases
+pub async fn report_case(api: &str, password: &str, device: &str) -> serde_json::Value {
+    let answer = reqwest::Client::new()
+        .post(format!("{api}/v1/cases"))
+        .basic_auth("tracer", Some(password))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"device_uuid": device, "status": "confirmed"}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"))
 }
