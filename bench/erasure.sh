@@ -28,24 +28,24 @@ if [ -z "${PROXIMA_BIN:-}" ]; then
 fi
 mkdir -p "$WORK"
 [ -f "$KEY" ] || "$PROXIMA_BIN" --master-key-file "$KEY" key init
-p() { "$PROXIMA_BIN" --data "$STORE" --master-key-file "$KEY" "$@"; }
+P=("$PROXIMA_BIN" --data "$STORE" --master-key-file "$KEY")
 if [ ! -d "$STORE/observations" ]; then
     echo "== generating $DEVICES devices x $DAYS days (encrypted)"
-    /usr/bin/time -f "generation: %e s, peak RSS %M KiB" p generate --devices "$DEVICES" --days "$DAYS"
+    /usr/bin/time -f "generation: %e s, peak RSS %M KiB" "${P[@]}" generate --devices "$DEVICES" --days "$DAYS"
 fi
 echo "== store: $(du -sh "$STORE" | cut -f1)"
 
 echo "== a round with nothing to erase"
-/usr/bin/time -f "baseline round: %e s, peak RSS %M KiB" p maintain --once --sweep-grace 1s
+/usr/bin/time -f "baseline round: %e s, peak RSS %M KiB" "${P[@]}" maintain --once --sweep-grace 1s
 
-device=$(p sql --format csv -c "SELECT device_uuid FROM devices WHERE device_uuid NOT IN (SELECT device_uuid FROM revocations) ORDER BY device_uuid LIMIT 1" | tail -1)
-rows=$(p sql --format csv -c "SELECT count(*) FROM observations o JOIN devices d ON d.device_uuid = '$device' WHERE o.observer = d.device_uuid OR o.observed = d.mac" | tail -1)
+device=$("${P[@]}" sql --format csv -c "SELECT device_uuid FROM devices WHERE device_uuid NOT IN (SELECT device_uuid FROM revocations) ORDER BY device_uuid LIMIT 1" | tail -1)
+rows=$("${P[@]}" sql --format csv -c "SELECT count(*) FROM observations o JOIN devices d ON d.device_uuid = '$device' WHERE o.observer = d.device_uuid OR o.observed = d.mac" | tail -1)
 echo "== erasing $device ($rows observation rows name it)"
-p erasure revoke "$device"
-/usr/bin/time -f "erasure round: %e s, peak RSS %M KiB" p maintain --once --sweep-grace 1s
-p erasure status | tail -1
+"${P[@]}" erasure revoke "$device"
+/usr/bin/time -f "erasure round: %e s, peak RSS %M KiB" "${P[@]}" maintain --once --sweep-grace 1s
+"${P[@]}" erasure status | tail -1
 
 echo "== verify"
 sleep 2
-p maintain --once --sweep-grace 1s >/dev/null # deletes the replaced files
-/usr/bin/time -f "verify: %e s, peak RSS %M KiB" p erasure verify
+"${P[@]}" maintain --once --sweep-grace 1s >/dev/null # deletes the replaced files
+/usr/bin/time -f "verify: %e s, peak RSS %M KiB" "${P[@]}" erasure verify
