@@ -747,3 +747,98 @@ async fn retention_removes_devices_no_observation_in_the_window_names() {
         );
     }
 }
+
+/// An administrator revokes, over REST, an imported device (which has no owner's key):
+/// only an admin may, only for a device without a key, once; the audit names the device by
+/// its keyed hash only; the next round erases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_revokes_an_imported_device_over_rest_and_the_round_erases_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = Store::local(&root).unwrap();
+    let spec = PopulationSpec {
+        broadcast: Default::default(),
+        devices: 30,
+        days: 1,
+        contacts_per_day: 4,
+        seed: 8,
+        start: proxima_engine::store::today_utc(),
+    };
+    generate(&PartitionWriter::new(store.clone(), "test"), &spec, |_| {})
+        .await
+        .unwrap();
+    let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
+    let (x, _) = most_met(&factory).await;
+    let mut server = common::Server::start(&[
+        "--data",
+        root.to_str().unwrap(),
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--flight",
+        "127.0.0.1:0",
+        "--registration-work",
+        "8",
+        "--erasure-interval",
+        "1s",
+    ]);
+    let tracer = server.password("tracer");
+    let admin = server.password("admin");
+    server.drain();
+    let api = server.api.clone();
+    let http = reqwest::Client::new();
+    let revoke = |uuid: &str, user: &'static str, password: &str| {
+        http.post(format!("{api}/v1/devices/{uuid}/revocation"))
+            .basic_auth(user, Some(password.to_string()))
+            .send()
+    };
+    assert_eq!(revoke(&x, "tracer", &tracer).await.unwrap().status(), 403);
+    let phone_state = dir.path().join("p.json");
+    let keyed = phone(&phone_state, &api, &["register"]);
+    let answer = revoke(&keyed, "admin", &admin).await.unwrap();
+    assert_eq!(
+        answer.status(),
+        409,
+        "a device with an owner's key is its owner's to revoke"
+    );
+    assert_eq!(
+        revoke("00000000-0000-4000-8000-000000000000", "admin", &admin)
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(revoke(&x, "admin", &admin).await.unwrap().status(), 204);
+    assert_eq!(revoke(&x, "admin", &admin).await.unwrap().status(), 409, "once");
+    eventually("the erasure", || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
+            .args(["--data", root.to_str().unwrap(), "erasure", "status"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).contains("0 revoked device(s) waiting for erasure, 1 erased")
+    });
+    assert_eq!(
+        common::column(
+            &factory,
+            &format!("SELECT count(*) FROM devices WHERE device_uuid = '{x}'")
+        )
+        .await,
+        ["0"]
+    );
+    drop(server);
+    let audit = common::audit_records(&root.join("_audit"));
+    let revocations: Vec<_> = audit
+        .iter()
+        .filter(|r| r["action"] == "rest:POST /v1/devices/{uuid}/revocation")
+        .collect();
+    assert!(
+        revocations
+            .iter()
+            .any(|r| r["principal"] == "admin" && r["purpose"].as_str().is_some_and(|p| p.starts_with("erasure:"))),
+        "{revocations:?}"
+    );
+    assert!(
+        !serde_json::to_string(&audit).unwrap().contains(&x),
+        "the audit log names X by its keyed hash only"
+    );
+}

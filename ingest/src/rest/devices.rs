@@ -19,7 +19,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use proxima_engine::{SessionFactory, Table, ids, schema};
+use proxima_engine::{Role, SessionFactory, Table, ids, schema};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -444,6 +444,64 @@ pub async fn revoke(
         }
     }
     let revoked = write_revocation(&state, &uuid, now).await;
+    let mut devices = state.registry.write();
+    devices.revoking.remove(&uuid);
+    revoked?;
+    if let Some(device) = devices.devices.get_mut(&uuid) {
+        device.revoked = true;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/devices/{uuid}/revocation`: an administrator revokes a device that has no
+/// owner's key to sign a revocation (imported), on the owner's behalf; the next erasure
+/// round erases it. The audit record names the device only by its erasure keyed hash
+/// (`erasure:<hash>`), and no refusal names it either.
+#[utoipa::path(post, path = "/v1/devices/{uuid}/revocation", tag = "devices",
+    params(("uuid" = String, Path, description = "The device UUID")),
+    security(("staff_basic" = []), ("staff_token" = [])),
+    responses(
+        (status = 204, description = "Revoked: erased by the next erasure round"),
+        (status = 401, description = "Missing or bad credentials", body = super::error::ErrorBody),
+        (status = 403, description = "Role is not admin", body = super::error::ErrorBody),
+        (status = 404, description = "No such device", body = super::error::ErrorBody),
+        (status = 409, description = "Revoked already, or the device has an owner's key (its owner revokes \
+            it with DELETE /v1/devices/{uuid})", body = super::error::ErrorBody),
+        (status = 422, description = "Not a device UUID", body = super::error::ErrorBody),
+    ))]
+pub async fn revoke_by_admin(
+    State(state): State<AppState>,
+    Path(uuid): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    state.staff(&headers, &[Role::Admin]).await?;
+    let uuid = ids::device_uuid(&uuid).map_err(|_| ApiError::invalid("path: not a device UUID"))?;
+    let key = proxima_storage::keys::erasure_hash_key(state.factory.store())
+        .await
+        .map_err(|e| ApiError::internal("reading the erasure hash key failed", e))?;
+    super::audit::cite(
+        format!("erasure:{}", proxima_storage::erasure::keyed_hash(&key, &uuid)),
+        &["revocations"],
+    );
+    {
+        let mut devices = state.registry.write();
+        let device = devices
+            .devices
+            .get(&uuid)
+            .ok_or_else(|| ApiError::not_found("no such device"))?;
+        if device.revoked || devices.revoking.contains(&uuid) {
+            return Err(ApiError::conflict(
+                "the device is revoked already and waits for erasure",
+            ));
+        }
+        if device.revocation_key.is_some() {
+            return Err(ApiError::conflict(
+                "the device has an owner's key: only its owner revokes it (DELETE /v1/devices/{uuid}, signed)",
+            ));
+        }
+        devices.revoking.insert(uuid.clone());
+    }
+    let revoked = write_revocation(&state, &uuid, state.clock.now()).await;
     let mut devices = state.registry.write();
     devices.revoking.remove(&uuid);
     revoked?;

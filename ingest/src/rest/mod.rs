@@ -307,6 +307,7 @@ impl RestService {
                 )),
             )
             .route("/v1/devices/challenge", get(challenge::issue))
+            .route("/v1/devices/{uuid}/revocation", post(devices::revoke_by_admin))
             .route(
                 "/v1/devices/{uuid}",
                 delete(devices::revoke).route_layer(axum::middleware::from_fn_with_state(
@@ -505,7 +506,7 @@ impl utoipa::Modify for SecuritySchemes {
 #[openapi(
     info(title = "Proxima REST API", description = "Devices, observations, cases, temperature readings and alerts. Errors are JSON {error, detail}."),
     paths(
-        devices::register, devices::revoke, challenge::issue,
+        devices::register, devices::revoke, devices::revoke_by_admin, challenge::issue,
         observations::upload, observations::bulk,
         cases::report, cases::temperature, cases::alerts,
         identifiers::issue, exposure_keys::register,
