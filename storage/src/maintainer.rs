@@ -253,9 +253,11 @@ impl Maintainer {
             .timestamp_micros();
         let erased = erasure::erase_revoked(&self.factory, &self.writer, from, now.timestamp_micros(), now).await?;
         if !erased.is_empty() {
+            // The grace counts from the round's last replacement, not its start.
+            let done = self.clock.now();
             let grace = chrono::Duration::from_std(self.options.sweep_grace).unwrap_or(chrono::Duration::MAX);
             *self.sweep_due.lock().expect("sweep lock is never poisoned") =
-                Some(now.checked_add_signed(grace).unwrap_or(now));
+                Some(done.checked_add_signed(grace).unwrap_or(done));
             let listeners: Vec<Arc<dyn FlushListener>> =
                 self.listeners.lock().expect("listener lock is never poisoned").clone();
             let devices: Vec<String> = erased.into_iter().map(|(device, _)| device).collect();
