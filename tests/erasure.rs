@@ -28,6 +28,17 @@ async fn value(factory: &SessionFactory, sql: &str) -> String {
     values.remove(0)
 }
 
+/// A store at `<dir>/store` with a new master key saved at `<dir>/store.master-key`:
+/// (root, key file, keys, store opened with them).
+fn encrypted_store(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, MasterKeys, Store) {
+    let root = dir.join("store");
+    let key_file = dir.join("store.master-key");
+    let master = MasterKeys::generate(Utc::now());
+    master.save(&key_file).unwrap();
+    let store = Store::local(&root).unwrap().with_keys(Arc::new(master.clone()));
+    (root, key_file, master, store)
+}
+
 /// The device with the most encounters, and its MAC.
 async fn most_met(factory: &SessionFactory) -> (String, String) {
     let x = value(
@@ -274,11 +285,7 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_phone_is_erased_within_one_round_and_verify_proves_it() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("store");
-    let key_file = dir.path().join("store.master-key");
-    let master = MasterKeys::generate(Utc::now());
-    master.save(&key_file).unwrap();
-    let store = Store::local(&root).unwrap().with_keys(Arc::new(master.clone()));
+    let (root, key_file, master, store) = encrypted_store(dir.path());
     let today = proxima_engine::store::today_utc();
     let spec = PopulationSpec {
         broadcast: Default::default(),
@@ -491,11 +498,7 @@ async fn rows_by_day(factory: &SessionFactory, table: &str, filter: &str) -> std
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_during_erasure_leaves_the_old_or_the_new_file_never_both_never_neither() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("store");
-    let key_file = dir.path().join("store.master-key");
-    let master = MasterKeys::generate(Utc::now());
-    master.save(&key_file).unwrap();
-    let store = Store::local(&root).unwrap().with_keys(Arc::new(master));
+    let (root, key_file, _, store) = encrypted_store(dir.path());
     let writer = PartitionWriter::new(store.clone(), "test");
     let today = proxima_engine::store::today_utc();
     let spec = PopulationSpec {

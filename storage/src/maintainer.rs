@@ -207,6 +207,11 @@ impl Maintainer {
             .push(listener);
     }
 
+    /// The listeners, copied out of their lock (they are told with it released).
+    fn listeners(&self) -> Vec<Arc<dyn FlushListener>> {
+        self.listeners.lock().expect("listener lock is never poisoned").clone()
+    }
+
     /// Writes everything the WAL acknowledged to the store (nothing without a WAL); after
     /// it returns, a query sees it. Every flush, periodic or before a trace, comes here.
     pub async fn flush(&self) -> Result<Flushed> {
@@ -222,8 +227,7 @@ impl Maintainer {
     /// Flushes, tells the listeners, and compacts what is due. Returns the compactions run.
     pub async fn tick(&self) -> Result<(Flushed, usize)> {
         let flushed = self.flush().await?;
-        let listeners: Vec<Arc<dyn FlushListener>> =
-            self.listeners.lock().expect("listener lock is never poisoned").clone();
+        let listeners = self.listeners();
         for listener in listeners {
             listener.flushed().await;
         }
@@ -258,8 +262,7 @@ impl Maintainer {
             let grace = chrono::Duration::from_std(self.options.sweep_grace).unwrap_or(chrono::Duration::MAX);
             *self.sweep_due.lock().expect("sweep lock is never poisoned") =
                 Some(done.checked_add_signed(grace).unwrap_or(done));
-            let listeners: Vec<Arc<dyn FlushListener>> =
-                self.listeners.lock().expect("listener lock is never poisoned").clone();
+            let listeners = self.listeners();
             let devices: Vec<String> = erased.into_iter().map(|(device, _)| device).collect();
             for listener in listeners {
                 listener.erased(&devices).await;
@@ -288,8 +291,7 @@ impl Maintainer {
             if let Some(devices) = erasure::expire_inactive(&self.factory, &self.writer, oldest).await?
                 && !devices.is_empty()
             {
-                let listeners: Vec<Arc<dyn FlushListener>> =
-                    self.listeners.lock().expect("listener lock is never poisoned").clone();
+                let listeners = self.listeners();
                 for listener in listeners {
                     listener.erased(&devices).await;
                 }

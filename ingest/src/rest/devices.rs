@@ -443,13 +443,7 @@ pub async fn revoke(
             return Err(not_revoked());
         }
     }
-    let revoked = write_revocation(&state, &uuid, now).await;
-    let mut devices = state.registry.write();
-    devices.revoking.remove(&uuid);
-    revoked?;
-    if let Some(device) = devices.devices.get_mut(&uuid) {
-        device.revoked = true;
-    }
+    write_revocation(&state, &uuid, now).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -501,13 +495,7 @@ pub async fn revoke_by_admin(
         }
         devices.revoking.insert(uuid.clone());
     }
-    let revoked = write_revocation(&state, &uuid, state.clock.now()).await;
-    let mut devices = state.registry.write();
-    devices.revoking.remove(&uuid);
-    revoked?;
-    if let Some(device) = devices.devices.get_mut(&uuid) {
-        device.revoked = true;
-    }
+    write_revocation(&state, &uuid, state.clock.now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -520,7 +508,20 @@ fn nobody() -> ed25519_dalek::VerifyingKey {
     *NOBODY
 }
 
+/// Makes the revocation of `uuid` (which the caller put in `revoking`) durable, then marks
+/// the device revoked; `revoking` is cleared either way.
 async fn write_revocation(state: &AppState, uuid: &str, now: DateTime<Utc>) -> ApiResult<()> {
+    let written = write_revocation_row(state, uuid, now).await;
+    let mut devices = state.registry.write();
+    devices.revoking.remove(uuid);
+    written?;
+    if let Some(device) = devices.devices.get_mut(uuid) {
+        device.revoked = true;
+    }
+    Ok(())
+}
+
+async fn write_revocation_row(state: &AppState, uuid: &str, now: DateTime<Utc>) -> ApiResult<()> {
     let row = RecordBatch::try_new(schema::REVOCATIONS.clone(), vec![text(uuid), timestamp(now)])
         .map_err(|e| ApiError::internal("building the revocation row failed", e))?;
     state

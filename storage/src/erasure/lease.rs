@@ -72,6 +72,11 @@ async fn newest(store: &Store) -> Result<Option<(u64, Option<LeaseFile>)>> {
     Ok(Some((generation, file)))
 }
 
+/// A holder name for this process, for logs and for whoever finds the lease file.
+pub fn this_process() -> String {
+    format!("pid {} ({})", std::process::id(), uuid::Uuid::new_v4())
+}
+
 impl Lease {
     /// Takes the lease for `holder` (a name for logs: host and process), or `None` if
     /// another process holds it and it has not expired at `now`.

@@ -222,8 +222,7 @@ pub async fn erase_revoked(
     }
     let store = factory.store();
     // One eraser at a time among the processes sharing the store.
-    let holder = format!("pid {} ({})", std::process::id(), uuid::Uuid::new_v4());
-    let Some(lease) = Lease::acquire(store, &holder, Utc::now()).await? else {
+    let Some(lease) = Lease::acquire(store, &lease::this_process(), Utc::now()).await? else {
         return Ok(Vec::new());
     };
     let erased = erase_pending(factory, writer, &pending, from, to, now, &lease).await;
@@ -328,8 +327,7 @@ pub async fn expire_inactive(
         return Ok(Some(Vec::new()));
     }
     let store = factory.store();
-    let holder = format!("pid {} ({})", std::process::id(), uuid::Uuid::new_v4());
-    let Some(lease) = Lease::acquire(store, &holder, Utc::now()).await? else {
+    let Some(lease) = Lease::acquire(store, &lease::this_process(), Utc::now()).await? else {
         return Ok(None);
     };
     let key = crate::keys::erasure_hash_key(store).await?;

@@ -20,6 +20,10 @@ use proxima_engine::{SessionFactory, Table};
 use super::{ErasureRecord, completed, keyed_hash};
 use crate::error::Result;
 
+/// The columns that can name a device: whether each holds the device itself (`observer`,
+/// `device_uuid`) or something it was heard by (`observed`).
+const NAMING: [(&str, bool); 3] = [("observer", true), ("device_uuid", true), ("observed", false)];
+
 /// A row of an erased device found in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -106,11 +110,19 @@ pub async fn verify(factory: &SessionFactory, wal_dirs: &[PathBuf]) -> Result<Re
             .await?;
         files.sort_by(|a, b| a.location.cmp(&b.location));
         let schema = table.file_schema();
+        let columns: Vec<&str> = NAMING
+            .iter()
+            .map(|(name, _)| *name)
+            .chain(table.time_column())
+            .filter(|name| schema.index_of(name).is_ok())
+            .collect();
         for file in files {
             let url = format!("{base}/{}", file.location);
+            // Only the columns that can name a device, and the time of a sighting.
             let batches = ctx
                 .read_parquet(url.as_str(), ParquetReadOptions::default().schema(&schema))
                 .await?
+                .select_columns(&columns)?
                 .collect()
                 .await?;
             report.files += 1;
@@ -150,7 +162,7 @@ fn check(erased: &Erased, table: Table, place: &str, replaced: bool, batches: &[
             .time_column()
             .and_then(|name| schema.index_of(name).ok())
             .and_then(|i| batch.column(i).as_primitive_opt::<TimestampMicrosecondType>().cloned());
-        for (column, is_device) in [("observer", true), ("device_uuid", true), ("observed", false)] {
+        for (column, is_device) in NAMING {
             let Ok(index) = schema.index_of(column) else { continue };
             let values = texts(batch.column(index).as_ref());
             for (row, value) in values.into_iter().enumerate() {
