@@ -785,10 +785,26 @@ async fn an_admin_revokes_an_imported_device_over_rest_and_the_round_erases_it()
         "--erasure-interval",
         "1s",
     ]);
+    let flight = server.line("Flight SQL listening on ")["Flight SQL listening on ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     let tracer = server.password("tracer");
     let admin = server.password("admin");
     server.drain();
     let api = server.api.clone();
+    // A tracer names X in a statement (upper case, and refused: no purpose declared).
+    let asked = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
+        .args(["sql", "--connect", &flight, "--user", "tracer", "-c"])
+        .arg(format!(
+            "SELECT count(*) FROM devices WHERE device_uuid = '{}'",
+            x.to_ascii_uppercase()
+        ))
+        .env("PROXIMA_PASSWORD", &tracer)
+        .output()
+        .unwrap();
+    assert!(!asked.status.success(), "a tracer reads nothing without a purpose");
     let http = reqwest::Client::new();
     let revoke = |uuid: &str, user: &'static str, password: &str| {
         http.post(format!("{api}/v1/devices/{uuid}/revocation"))
@@ -829,6 +845,13 @@ async fn an_admin_revokes_an_imported_device_over_rest_and_the_round_erases_it()
         ["0"]
     );
     drop(server);
+    // …and so does a local `proxima sql`, once the server is gone.
+    let local = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
+        .args(["--data", root.to_str().unwrap(), "sql", "-c"])
+        .arg(format!("SELECT count(*) AS n FROM devices WHERE device_uuid = '{x}'"))
+        .output()
+        .unwrap();
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
     let audit = common::audit_records(&root.join("_audit"));
     let revocations: Vec<_> = audit
         .iter()
@@ -840,8 +863,42 @@ async fn an_admin_revokes_an_imported_device_over_rest_and_the_round_erases_it()
             .any(|r| r["principal"] == "admin" && r["purpose"].as_str().is_some_and(|p| p.starts_with("erasure:"))),
         "{revocations:?}"
     );
+    let log = serde_json::to_string(&audit).unwrap().to_ascii_lowercase();
+    assert!(!log.contains(&x), "the audit log names X by its keyed hash only");
+    // That hash is the one X's erasure record is named by: whoever holds the store's hash
+    // key can still find who asked about X.
+    let records: Vec<String> = std::fs::read_dir(root.join("_erasure/done"))
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .trim_end_matches(".json")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let named = format!("uuid:{}", records[0]);
+    let hashed = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
+        .args([
+            "--data",
+            root.to_str().unwrap(),
+            "erasure",
+            "hash",
+            &x.to_ascii_uppercase(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&hashed.stdout).trim(), named);
+    let naming: Vec<_> = audit
+        .iter()
+        .filter(|r| r["sql"].as_str().is_some_and(|s| s.contains(&named)))
+        .collect();
     assert!(
-        !serde_json::to_string(&audit).unwrap().contains(&x),
-        "the audit log names X by its keyed hash only"
+        naming
+            .iter()
+            .any(|r| r["principal"] == "tracer" && r["decision"] == "deny"),
+        "{naming:?}"
     );
+    assert!(naming.iter().any(|r| r["action"] == "cli:sql"), "{naming:?}");
 }

@@ -22,6 +22,7 @@ pub mod checkpoint;
 pub mod log;
 pub mod merkle;
 pub mod record;
+pub mod redact;
 pub mod retention;
 pub mod verify;
 
@@ -30,6 +31,7 @@ use std::path::Path;
 pub use checkpoint::{Checkpoint, SignerKey, VerifierKey};
 pub use log::{AuditLog, AuditLogOptions};
 pub use record::{Decision, Phase, Record};
+pub use redact::Redactor;
 pub use retention::Pruned;
 pub use verify::{Report, Tampering, verify};
 

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::{Checkpoint, SignerKey};
 use crate::merkle::{Frontier, leaf_hash};
 use crate::record::Record;
+use crate::redact::Redactor;
 use crate::retention::{Pruned, read_cut, write_cut};
 use crate::{Error, Result};
 
@@ -55,6 +56,9 @@ pub struct AuditLogOptions {
     pub checkpoint_interval: Duration,
     /// Start a new segment file once the current one holds this many bytes.
     pub segment_bytes: u64,
+    /// Applied to every record's free text before it is written (see [`Redactor`]); none
+    /// keeps the text as given.
+    pub redactor: Option<Redactor>,
 }
 
 impl Default for AuditLogOptions {
@@ -63,6 +67,7 @@ impl Default for AuditLogOptions {
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(60),
             segment_bytes: 64 << 20,
+            redactor: None,
         }
     }
 }
@@ -720,7 +725,11 @@ impl Writer {
         let mut buffer = Vec::new();
         let mut leaves = Vec::with_capacity(appends.len());
         for (i, (record, _)) in appends.iter().enumerate() {
-            let mut record = record.clone().capped();
+            let mut record = match &self.options.redactor {
+                Some(redactor) => record.clone().redacted(redactor),
+                None => record.clone(),
+            }
+            .capped();
             record.seq = first + i as u64;
             record.time = time.clone();
             let start = buffer.len();

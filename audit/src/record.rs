@@ -206,6 +206,22 @@ impl Record {
     }
 }
 
+impl Record {
+    /// The record with `redactor` applied to every field a caller fills with free text: the
+    /// statement, parameter values, error and principal (a refused login's claimed name is
+    /// whatever the client sent). The purpose keeps its case id.
+    pub fn redacted(mut self, redactor: &crate::Redactor) -> Self {
+        self.sql = self.sql.map(|sql| redactor.apply(&sql));
+        self.error = self.error.map(|error| redactor.apply(&error));
+        for value in self.params.iter_mut().flatten() {
+            *value = redactor.apply(value);
+        }
+        self.principal = redactor.apply(&self.principal);
+        self.purpose = self.purpose.map(|purpose| redactor.apply(&purpose));
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

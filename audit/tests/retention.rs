@@ -19,6 +19,7 @@ fn options() -> AuditLogOptions {
         checkpoint_every: 1_000_000,
         checkpoint_interval: Duration::from_secs(3600),
         segment_bytes: 1024,
+        redactor: None,
     }
 }
 

@@ -15,6 +15,7 @@ fn options() -> AuditLogOptions {
         checkpoint_every: 8,
         checkpoint_interval: Duration::from_secs(3600),
         segment_bytes: 2048,
+        redactor: None,
     }
 }
 

@@ -226,6 +226,16 @@ fn humantime_like(duration: std::time::Duration) -> String {
     }
 }
 
+/// What every audit log the binary opens applies to its records: a device UUID is written
+/// as its keyed hash under the store's erasure hash key (the hash erasure records name a
+/// device by), so the log never holds a UUID that a revocation could not take out again.
+pub async fn redactor(store: &Store) -> Result<proxima_audit::Redactor, CliError> {
+    let key = proxima_storage::keys::erasure_hash_key(store).await?;
+    Ok(proxima_audit::Redactor::uuids(move |uuid| {
+        proxima_storage::erasure::keyed_hash(&key, uuid)
+    }))
+}
+
 /// The audit of a local command that reads or changes the store directly (`proxima sql`,
 /// `proxima erasure revoke`): recorded under `local:<OS user>`, signed if given the key.
 pub struct LocalAudit {
@@ -237,7 +247,7 @@ pub struct LocalAudit {
 
 impl LocalAudit {
     /// Opens the audit log in `dir` (default: beside the store, see [`audit_dir`]).
-    pub fn open(
+    pub async fn open(
         store: &Store,
         dir: Option<&Path>,
         key: Option<&Path>,
@@ -245,7 +255,10 @@ impl LocalAudit {
         params: Vec<String>,
     ) -> Result<Self, CliError> {
         let dir = audit_dir(store, dir)?;
-        let options = proxima_audit::AuditLogOptions::default();
+        let options = proxima_audit::AuditLogOptions {
+            redactor: Some(redactor(store).await?),
+            ..proxima_audit::AuditLogOptions::default()
+        };
         let log = match key {
             Some(key) => proxima_audit::AuditLog::open(&dir, load_signer(store, key)?, options),
             None => proxima_audit::AuditLog::open_unsigned(&dir, options),

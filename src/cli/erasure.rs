@@ -2,7 +2,8 @@
 //!
 //! `revoke` is an operator's revocation, for a device that has no owner's key to sign one
 //! (imported) or whose owner asked by another channel: audited, the device named in the
-//! audit record by its keyed hash only. `status` lists the revoked devices waiting for the next erasure round and the completed
+//! audit record by its keyed hash only. `hash` prints that keyed hash, the one the audit
+//! log names the device by wherever a statement wrote its UUID. `status` lists the revoked devices waiting for the next erasure round and the completed
 //! erasures, each by the keyed hash its record keeps, with what was rewritten; `verify`
 //! reads every Parquet file of the store and every segment of the write-ahead logs and
 //! exits 1 if any row names an erased device or, up to its erasure, one of its identifiers
@@ -43,6 +44,13 @@ enum ErasureCommand {
     /// List revoked devices waiting for erasure and completed erasures, with what each
     /// rewrote.
     Status,
+    /// Print the keyed hash the audit log and erasure records name a device by
+    /// (`uuid:<hash>`), to find who asked about it (needs the master key of a store that has
+    /// one).
+    Hash {
+        /// The device's UUID.
+        device: String,
+    },
     /// Read every file and write-ahead log segment of the store and exit 1 if any row names
     /// an erased device or one of its identifiers.
     Verify {
@@ -58,6 +66,13 @@ pub async fn run(store: Store, args: ErasureArgs) -> Result<(), CliError> {
     let factory = SessionFactory::new(store.clone(), SessionOptions::default())?;
     match args.what {
         ErasureCommand::Status => status(&factory).await,
+        ErasureCommand::Hash { device } => {
+            let device =
+                proxima_engine::ids::device_uuid(&device).map_err(|e| CliError::Usage(format!("{device}: {e}")))?;
+            let key = proxima_storage::keys::erasure_hash_key(&store).await?;
+            super::print(format!("uuid:{}", erasure::keyed_hash(&key, &device)))?;
+            Ok(())
+        }
         ErasureCommand::Revoke {
             device,
             audit_dir,
@@ -91,7 +106,7 @@ async fn revoke(
     // The audit names the device by the keyed hash its erasure record will carry, so the
     // log keeps no UUID the erasure removes from the store.
     let hash = erasure::keyed_hash(&proxima_storage::keys::erasure_hash_key(store).await?, &device);
-    let audit = LocalAudit::open(store, audit_dir, audit_key, Some(format!("erasure:{hash}")), Vec::new())?;
+    let audit = LocalAudit::open(store, audit_dir, audit_key, Some(format!("erasure:{hash}")), Vec::new()).await?;
     let ctx = factory.session().await?;
     // `device` is a canonical UUID, safe inside a literal.
     let known = count(

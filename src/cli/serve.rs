@@ -318,6 +318,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         proxima_audit::AuditLogOptions {
             checkpoint_every: args.audit_checkpoint_every,
             checkpoint_interval: args.audit_checkpoint_interval,
+            redactor: Some(super::audit::redactor(&store).await?),
             ..proxima_audit::AuditLogOptions::default()
         },
     )

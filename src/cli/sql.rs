@@ -180,7 +180,8 @@ pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
         args.audit_key.as_deref(),
         args.purpose.clone(),
         params,
-    )?;
+    )
+    .await?;
     let identifiers = args.identifiers.for_sql(&store)?;
     let factory = SessionFactory::new(
         store,

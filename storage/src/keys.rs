@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use parquet::encryption::encrypt::FileEncryptionProperties;
 use proxima_engine::encryption::{KEYS_FOLDER, Keyring, Place, StoredKek};
@@ -50,8 +51,15 @@ async fn kek_for(store: &Store, keyring: &Keyring, place: Place) -> Result<[u8; 
 /// and rotated like a KEK, so only a holder of the master key can tell whether a given UUID
 /// was erased.
 const ERASURE_HASH_KEY: &str = "erasure-hash";
-/// Where a store without master keys keeps that key (in the clear, like all its data).
-const ERASURE_HASH_KEY_IN_THE_CLEAR: &str = "_erasure/hash-key.json";
+/// Where a store without master keys keeps that key (in the clear, like all its data):
+/// `_erasure/hash-key.json`.
+fn erasure_hash_key_in_the_clear(store: &Store) -> Path {
+    store
+        .root()
+        .clone()
+        .join(crate::erasure::ERASURE_FOLDER)
+        .join("hash-key.json")
+}
 
 /// The key erasure's keyed hashes ([`crate::erasure::keyed_hash`]) are made with: in a store
 /// with master keys, a key wrapped like a KEK (rewrapped on rotation); in a store without,
@@ -68,7 +76,7 @@ pub async fn erasure_hash_key(store: &Store) -> Result<[u8; 32]> {
         key: [u8; 32],
     }
     const FORMAT: &str = "proxima-erasure-hash-key/1";
-    let location = store.root().clone().join(ERASURE_HASH_KEY_IN_THE_CLEAR);
+    let location = erasure_hash_key_in_the_clear(store);
     let parse = |bytes: &[u8]| -> Result<[u8; 32]> {
         let stored: InTheClear = serde_json::from_slice(bytes)
             .map_err(|e| Error::Invalid(format!("{location}: not an erasure hash key: {e}")))?;
@@ -82,6 +90,24 @@ pub async fn erasure_hash_key(store: &Store) -> Result<[u8; 32]> {
     };
     match store.object_store().get(&location).await {
         Ok(found) => return parse(&found.bytes().await?),
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // A store with master keys opened without one: making a key in the clear would give it
+    // a second hash key, and hashes that match nothing erasure records.
+    let sealed = store
+        .root()
+        .clone()
+        .join(KEYS_FOLDER)
+        .join(format!("{ERASURE_HASH_KEY}.json"));
+    match store.object_store().head(&sealed).await {
+        Ok(_) => {
+            return Err(Error::Invalid(format!(
+                "{sealed}: the store's erasure hash key is sealed with a master key, and no master key was \
+                 given (--master-key-file FILE, or {})",
+                proxima_engine::keys::MASTER_KEY_ENV
+            )));
+        }
         Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => return Err(e.into()),
     }
@@ -271,6 +297,43 @@ mod tests {
             after.keyring().unwrap().kek(&place.kek_id()).await.unwrap(),
             Some(first)
         );
+    }
+
+    #[tokio::test]
+    async fn the_erasure_hash_key_is_one_per_store_and_never_made_twice() {
+        let store = Store::in_memory().with_keys(Arc::new(MasterKeys::generate(Utc::now())));
+        let sealed = erasure_hash_key(&store).await.unwrap();
+        let again = Store::in_memory()
+            .wrapped(|_| Arc::clone(store.object_store()))
+            .with_keys(Arc::clone(store.keyring().unwrap().provider()));
+        assert_eq!(erasure_hash_key(&again).await.unwrap(), sealed);
+        // Opened without the master key, the store gets no second key in the clear.
+        let keyless = Store::in_memory().wrapped(|_| Arc::clone(store.object_store()));
+        let err = erasure_hash_key(&keyless).await.unwrap_err().to_string();
+        assert!(
+            err.contains("no master key was given") && err.contains("erasure hash key"),
+            "{err}"
+        );
+        assert!(
+            keyless
+                .object_store()
+                .head(&erasure_hash_key_in_the_clear(&keyless))
+                .await
+                .is_err()
+        );
+        // A store that never had master keys makes one in the clear, once.
+        let clear = Store::in_memory();
+        let key = erasure_hash_key(&clear).await.unwrap();
+        assert_eq!(erasure_hash_key(&clear).await.unwrap(), key);
+        let listed: Vec<String> = clear
+            .object_store()
+            .list(None)
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(listed, ["_erasure/hash-key.json"]);
+        assert_ne!(key, sealed);
     }
 
     #[tokio::test]
