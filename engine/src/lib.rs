@@ -30,14 +30,14 @@ pub mod script;
 pub mod session;
 pub mod sighting;
 pub mod store;
-mod table;
+pub mod table;
 pub mod trace_case;
 pub mod users;
 
 pub use access::{Principal, Role};
 pub use error::{Error, Result};
 pub use paths::{DayPartition, Table};
-pub use session::{SessionFactory, SessionOptions};
+pub use session::{Remote, SessionFactory, SessionOptions};
 pub use store::Store;
 pub use users::{Users, UsersError};
 

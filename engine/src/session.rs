@@ -13,10 +13,12 @@ use datafusion::common::config::TableParquetOptions;
 use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::execution::SessionState;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::local::LocalFileSystem;
 
@@ -31,7 +33,7 @@ use crate::policy::{AccessRule, AggregateView, RoleCatalog};
 use crate::purpose::{GuardedTrace, PurposeResolver, ScopeRule, ScopedTable};
 use crate::schema::DAY;
 use crate::store::Store;
-use crate::table::DayPartitionedTable;
+use crate::table::StoreTable;
 use crate::trace_case::TraceCase;
 
 /// The views every full session gets, in creation order (each file is one `CREATE VIEW`).
@@ -126,6 +128,17 @@ pub struct SessionOptions {
     /// Whether sessions start with `proxima.trace.require_mutual` on: an encounter counts
     /// in traces only when both devices reported each other (`--require-mutual`).
     pub require_mutual: bool,
+    /// Where sessions execute their queries: none, in this process; or on a cluster
+    /// (`proxima-cluster`'s Ballista client), planned here.
+    pub remote: Option<Arc<dyn Remote>>,
+}
+
+/// Execution elsewhere: turns a session's state, before anything is registered on it,
+/// into one that plans here and executes there. Everything a session gets afterwards
+/// (tables, views, functions, the access rule) is registered on the state it returns.
+pub trait Remote: std::fmt::Debug + Send + Sync {
+    /// The state that executes remotely.
+    fn upgrade(&self, state: SessionState) -> Result<SessionState>;
 }
 
 /// A runtime reading `store` whose queries take memory from `pool`. It knows the store,
@@ -197,6 +210,20 @@ impl SessionFactory {
     /// The encounter-index reader every session's `trace_contacts` uses.
     pub fn index(&self) -> &Arc<IndexReader> {
         &self.index
+    }
+
+    /// The runtime every session shares (without a per-session memory limit): the store's
+    /// object store and decryption, the audit log's folder.
+    pub fn runtime(&self) -> &Arc<RuntimeEnv> {
+        &self.runtime
+    }
+
+    /// Every scalar function of a full session: Proxima's (`proxima_udfs`) and the ones that
+    /// resolve sightings with this factory's identifier keys.
+    pub fn scalar_functions(&self) -> Vec<ScalarUDF> {
+        let mut functions = proxima_udfs::scalar_functions();
+        functions.extend(crate::sighting::functions(self.options.identifiers.clone()));
+        functions
     }
 
     /// The session of an authenticated user: the role's catalog only
@@ -275,9 +302,11 @@ impl SessionFactory {
         for table in Table::ALL.into_iter().filter(|t| t.is_sql_visible()) {
             ctx.register_table(table.name(), self.table_provider(table)?)?;
         }
-        proxima_udfs::register_all(&ctx)?;
-        for function in crate::sighting::functions(self.options.identifiers.clone()) {
+        for function in self.scalar_functions() {
             ctx.register_udf(function);
+        }
+        for (name, function) in proxima_udfs::table_functions() {
+            ctx.register_udtf(name, function);
         }
         ctx.register_udtf("trace_case", Arc::new(TraceCase));
         for (_name, sql) in VIEWS {
@@ -294,8 +323,9 @@ impl SessionFactory {
         Ok(ctx)
     }
 
-    /// A session with Proxima's settings and memory limits and nothing in its catalog.
-    fn empty_session(&self) -> Result<SessionContext> {
+    /// The settings every session starts with: Proxima's (`proxima.*`), the encounter
+    /// lookup `trace_contacts` runs with, Parquet filter pushdown.
+    pub fn session_config(&self) -> SessionConfig {
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG, SCHEMA)
@@ -313,7 +343,13 @@ impl SessionFactory {
         // PERF: evaluate filters while decoding, so lookups of a few devices skip most pages.
         parquet.pushdown_filters = true;
         parquet.reorder_filters = true;
+        config
+    }
 
+    /// A session with Proxima's settings and memory limits and nothing in its catalog
+    /// (executing remotely if the options say so).
+    fn empty_session(&self) -> Result<SessionContext> {
+        let config = self.session_config();
         let runtime = match self.options.session_memory_limit {
             Some(limit) => runtime(
                 &self.store,
@@ -322,7 +358,10 @@ impl SessionFactory {
             )?,
             None => Arc::clone(&self.runtime),
         };
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+        if let Some(remote) = &self.options.remote {
+            ctx = SessionContext::new_with_state(remote.upgrade(ctx.state())?);
+        }
         // Every Parquet file a session reads by URL (`read_parquet`, compaction) decrypts
         // through the store's keys, as the tables below do.
         ctx.state_ref().write().table_options_mut().parquet.crypto.factory_id =
@@ -330,7 +369,8 @@ impl SessionFactory {
         Ok(ctx)
     }
 
-    fn table_provider(&self, table: Table) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    /// The provider of one of the store's tables, as every session registers it.
+    pub fn table_provider(&self, table: Table) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
         let mut parquet = TableParquetOptions::default();
         parquet.crypto.factory_id = Some(crate::encryption::FACTORY_ID.to_string());
         let format = ParquetFormat::default().with_options(parquet);
@@ -341,11 +381,7 @@ impl SessionFactory {
         let config = ListingTableConfig::new(self.store.table_url(table)?)
             .with_listing_options(options)
             .with_schema(table.file_schema());
-        let listing = ListingTable::try_new(config)?;
-        Ok(match table.time_column() {
-            Some(time_column) => Arc::new(DayPartitionedTable::new(listing, time_column)),
-            None => Arc::new(listing),
-        })
+        Ok(Arc::new(StoreTable::new(table, ListingTable::try_new(config)?)))
     }
 }
 

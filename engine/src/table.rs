@@ -1,10 +1,13 @@
-//! The table provider of day-partitioned tables.
+//! The table provider of the store's tables.
 //!
 //! A `ListingTable` prunes day folders for predicates on `day` only. Users
 //! filter on the timestamp instead (`observed_at >= now() - INTERVAL '2 days'`),
-//! so [`DayPartitionedTable`] derives the matching `day` bounds from each
-//! comparison of the time column with a constant and hands both to the
-//! listing table: only the matching day folders are listed and read.
+//! so [`StoreTable`] derives the matching `day` bounds from each comparison of
+//! a day-partitioned table's time column with a constant and hands both to the
+//! listing table: only the matching day folders are listed and read. It also
+//! names the table it reads, which is all a cluster needs to rebuild it
+//! (`proxima-cluster`'s codec): a plain `ListingTable` would travel without
+//! its decryption settings.
 
 use std::sync::Arc;
 
@@ -18,20 +21,27 @@ use datafusion::error::Result;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType, col, lit};
 use datafusion::physical_plan::ExecutionPlan;
 
+use crate::paths::Table;
 use crate::schema::DAY;
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
-/// A Hive-style day-partitioned table whose `day` is the UTC date of `time_column`.
+/// One of the store's tables: a listing of its Parquet files; for a Hive-style
+/// day-partitioned table, `day` is the UTC date of its time column.
 #[derive(Debug)]
-pub(crate) struct DayPartitionedTable {
+pub struct StoreTable {
+    table: Table,
     inner: ListingTable,
-    time_column: &'static str,
 }
 
-impl DayPartitionedTable {
-    pub(crate) fn new(inner: ListingTable, time_column: &'static str) -> Self {
-        Self { inner, time_column }
+impl StoreTable {
+    pub(crate) fn new(table: Table, inner: ListingTable) -> Self {
+        Self { table, inner }
+    }
+
+    /// The table it reads.
+    pub fn table(&self) -> Table {
+        self.table
     }
 }
 
@@ -88,7 +98,7 @@ fn day_bound(op: Operator, day: i32) -> Option<Expr> {
 }
 
 #[async_trait]
-impl TableProvider for DayPartitionedTable {
+impl TableProvider for StoreTable {
     fn schema(&self) -> SchemaRef {
         self.inner.schema()
     }
@@ -109,7 +119,9 @@ impl TableProvider for DayPartitionedTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut all_filters = filters.to_vec();
-        all_filters.extend(filters.iter().flat_map(|f| day_bounds(self.time_column, f)));
+        if let Some(time_column) = self.table.time_column() {
+            all_filters.extend(filters.iter().flat_map(|f| day_bounds(time_column, f)));
+        }
         self.inner.scan(state, projection, &all_filters, limit).await
     }
 }

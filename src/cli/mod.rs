@@ -2,6 +2,7 @@
 
 mod audit;
 mod bench;
+mod cluster;
 mod demo;
 mod durations;
 mod erasure;
@@ -74,6 +75,11 @@ enum Command {
     Phone(phone::PhoneArgs),
     /// Measure: trace latency over the store (run in release).
     Bench(bench::BenchArgs),
+    /// Run a Ballista scheduler for the store: clients' queries (--ballista) are planned
+    /// into stages here and run on executors.
+    Scheduler(cluster::SchedulerArgs),
+    /// Run a Ballista executor for the store: it runs the stages its scheduler hands out.
+    Executor(cluster::ExecutorArgs),
 }
 
 /// Errors a subcommand reports; printed as `error: …` with a non-zero exit.
@@ -130,6 +136,8 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         Command::Bench(a) => bench::run(store, a).await,
         Command::Audit(a) => audit::run(store, a).await,
         Command::Erasure(a) => erasure::run(store, a).await,
+        Command::Scheduler(a) => cluster::scheduler(store, a).await,
+        Command::Executor(a) => cluster::executor(store, a).await,
     }
 }
 

@@ -48,6 +48,10 @@ pub struct SqlArgs {
     /// the terminal, or the first line of standard input.
     #[arg(long, env = "PROXIMA_USER", value_name = "NAME")]
     user: Option<String>,
+    /// Execute on a Ballista cluster (`proxima scheduler`, `proxima executor`): statements
+    /// are planned here, on the store's files, and run on the cluster.
+    #[arg(long, value_name = "df://HOST:PORT", conflicts_with = "connect")]
+    ballista: Option<String>,
     /// A CA certificate (PEM) to trust for grpc+tls:// besides the system's.
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
@@ -183,11 +187,18 @@ pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
     )
     .await?;
     let identifiers = args.identifiers.for_sql(&store)?;
+    let remote = match &args.ballista {
+        Some(url) => Some(std::sync::Arc::new(
+            proxima_cluster::client::Ballista::new(url).map_err(|e| CliError::Usage(format!("--ballista {e}")))?,
+        ) as std::sync::Arc<dyn proxima_engine::Remote>),
+        None => None,
+    };
     let factory = SessionFactory::new(
         store,
         SessionOptions {
             local_files: true,
             identifiers,
+            remote,
             ..SessionOptions::default()
         },
     )?;

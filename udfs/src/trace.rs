@@ -273,6 +273,16 @@ pub struct TraceCall {
 }
 
 impl TraceCall {
+    /// The call `table` stands for, if it is a `trace_contacts(…)` relation (what a
+    /// cluster's codec sends instead of the relation).
+    pub fn of(table: &dyn TableProvider) -> Option<Self> {
+        table.downcast_ref::<ContactTraceTable>().map(|t| Self {
+            index: t.index.clone(),
+            at: t.at,
+            max_order: t.max_order,
+        })
+    }
+
     /// The relation the call stands for.
     pub fn into_table(self) -> Arc<dyn TableProvider> {
         Arc::new(ContactTraceTable {

@@ -1,0 +1,77 @@
+//! `--ballista df://HOST:PORT`: sessions that plan here and execute on a cluster.
+//!
+//! [`Ballista`] is the [`Remote`] a [`proxima_engine::SessionFactory`] applies to each
+//! session's state before anything is registered on it (Ballista replaces a state's
+//! scalar functions with its own when it upgrades it), so tables, views, Proxima's
+//! functions and the access rule all land on the upgraded state: a query is planned, and
+//! checked, here, and its logical plan goes to the scheduler with Proxima's codecs.
+
+use std::sync::Arc;
+
+use ballista::prelude::SessionConfigExt;
+use ballista_core::config::BALLISTA_ADAPTIVE_PLANNER_ENABLED;
+use ballista_core::extension::SessionStateExt;
+use datafusion::execution::{SessionState, SessionStateBuilder};
+use proxima_engine::Remote;
+
+use crate::codec::{LogicalCodec, PhysicalCodec};
+
+/// A cluster's scheduler, as sessions reach it.
+#[derive(Debug, Clone)]
+pub struct Ballista {
+    /// `http://host:port` of the scheduler.
+    scheduler: String,
+    host: String,
+    port: u16,
+}
+
+impl Ballista {
+    /// The scheduler at `url` (`df://HOST:PORT`).
+    pub fn new(url: &str) -> Result<Self, crate::Error> {
+        let invalid = |why: &str| crate::Error::Url {
+            url: url.to_string(),
+            why: why.to_string(),
+        };
+        let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+        if parsed.scheme() != "df" {
+            return Err(invalid("the scheme must be df://"));
+        }
+        let host = parsed.host_str().ok_or_else(|| invalid("no host"))?;
+        let port = parsed.port().ok_or_else(|| invalid("no port"))?;
+        Ok(Self {
+            scheduler: format!("http://{host}:{port}"),
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// The scheduler's host and port.
+    pub fn host_and_port(&self) -> (&str, u16) {
+        (&self.host, self.port)
+    }
+
+    /// The scheduler's `http://host:port`.
+    pub fn scheduler(&self) -> &str {
+        &self.scheduler
+    }
+}
+
+impl Remote for Ballista {
+    fn upgrade(&self, state: SessionState) -> proxima_engine::Result<SessionState> {
+        let config = state
+            .config()
+            .clone()
+            .upgrade_for_ballista()
+            // Ballista 55's adaptive planner loses track of a stage whose task runs only
+            // part of a union over an empty table (the task's metrics no longer match the
+            // stage's, and the job never ends); the static planner runs it. A session may
+            // still SET it back on.
+            .set_bool(BALLISTA_ADAPTIVE_PLANNER_ENABLED, false)
+            .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::new(None)))
+            .with_ballista_physical_extension_codec(Arc::new(PhysicalCodec::default()));
+        let state = SessionStateBuilder::new_from_existing(state)
+            .with_config(config)
+            .build();
+        Ok(state.upgrade_for_ballista(self.scheduler.clone())?)
+    }
+}
