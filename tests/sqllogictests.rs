@@ -10,6 +10,15 @@
 //! A file whose fixtures folder holds `id.key` gets sessions that resolve rotating
 //! identifiers with it (15-minute epochs, the default tolerance).
 //!
+//! Each file also runs on a Ballista cluster: a `proxima scheduler` and two
+//! `proxima executor` processes on loopback over the same store, and every
+//! statement is run by a second session that executes there (`--ballista`).
+//! A query must return the same rows on the cluster as locally (in the same
+//! order when it has an `ORDER BY`), and a statement that fails locally must
+//! fail there too. EXPLAIN (plans differ by design) and statements that write
+//! the machine's files (`COPY`, external tables: the cluster has no access to
+//! them) run locally only. `--local` skips the cluster.
+//!
 //! `cargo test --test sqllogictests -- --complete` rewrites the expected
 //! results (review the diff); other arguments select files by substring.
 
@@ -29,6 +38,69 @@ use sqllogictest::{DBOutput, DefaultColumnType};
 
 struct ProximaDb {
     ctx: SessionContext,
+    /// The same session executing on the cluster, if the file runs on one.
+    cluster: Option<SessionContext>,
+    compared: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Whether a statement runs on the cluster too (see the module docs).
+fn runs_on_cluster(sql: &str) -> bool {
+    let head = sql.trim_start().to_ascii_uppercase();
+    !["EXPLAIN", "COPY", "CREATE EXTERNAL"]
+        .iter()
+        .any(|k| head.starts_with(k))
+}
+
+/// A statement's rows (none for a statement without a result), formatted.
+async fn rows_of(ctx: &SessionContext, sql: &str) -> Result<Option<Vec<Vec<String>>>, DataFusionError> {
+    let frame = ctx.sql(sql).await?;
+    if frame.schema().fields().is_empty() {
+        frame.collect().await?;
+        return Ok(None);
+    }
+    let mut rows = Vec::new();
+    for batch in &frame.collect().await? {
+        rows.extend(format_rows(batch)?);
+    }
+    Ok(Some(rows))
+}
+
+impl ProximaDb {
+    /// Runs `sql` on the cluster and compares with what it did locally (`local`).
+    async fn compare(
+        &self,
+        sql: &str,
+        local: &Result<Option<Vec<Vec<String>>>, String>,
+    ) -> Result<(), DataFusionError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        if !runs_on_cluster(sql) {
+            return Ok(());
+        }
+        let remote = rows_of(cluster, sql).await.map_err(|e| e.to_string());
+        let differs = |why: String| Err(DataFusionError::Execution(format!("on the cluster, {sql}\n{why}")));
+        match (local, remote) {
+            (Ok(Some(local)), Ok(Some(mut remote))) => {
+                if !sql.to_ascii_uppercase().contains("ORDER BY") {
+                    let mut local = local.clone();
+                    local.sort();
+                    remote.sort();
+                    if local != remote {
+                        return differs(format!("returned {remote:?}\nlocally {local:?}"));
+                    }
+                } else if *local != remote {
+                    return differs(format!("returned {remote:?}\nlocally {local:?}"));
+                }
+                self.compared.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            (Ok(None), Ok(None)) | (Err(_), Err(_)) => Ok(()),
+            (Ok(_), Err(e)) => differs(format!("failed: {e}")),
+            (Err(e), Ok(_)) => differs(format!("succeeded, but locally it failed: {e}")),
+            (Ok(_), Ok(_)) => differs("returned rows where locally there were none, or none where there were".into()),
+        }
+    }
 }
 
 #[async_trait]
@@ -37,6 +109,29 @@ impl sqllogictest::AsyncDB for ProximaDb {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, DataFusionError> {
+        let result = self.run_locally(sql).await;
+        let local = match &result {
+            Ok(DBOutput::Rows { rows, .. }) => Ok(Some(rows.clone())),
+            Ok(_) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        };
+        self.compare(sql, &local).await?;
+        result
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "proxima"
+    }
+
+    async fn sleep(duration: std::time::Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
+
+impl ProximaDb {
+    async fn run_locally(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, DataFusionError> {
         let frame = self.ctx.sql(sql).await?;
         let schema = frame.schema().inner().clone();
         let batches = frame.collect().await?;
@@ -49,16 +144,6 @@ impl sqllogictest::AsyncDB for ProximaDb {
             rows.extend(format_rows(batch)?);
         }
         Ok(DBOutput::Rows { types, rows })
-    }
-
-    async fn shutdown(&mut self) {}
-
-    fn engine_name(&self) -> &str {
-        "proxima"
-    }
-
-    async fn sleep(duration: std::time::Duration) {
-        tokio::time::sleep(duration).await;
     }
 }
 
@@ -188,25 +273,138 @@ fn fixture_identifiers(slt: &Path) -> Result<Option<Arc<Identifiers>>, Box<dyn s
     Ok(Some(Arc::new(Identifiers::new(keys, epoch, DEFAULT_TOLERANCE))))
 }
 
-async fn run_file(path: &Path, complete: bool) -> Result<(), Box<dyn std::error::Error>> {
+/// A scheduler and two executors, separate processes of the real binary on loopback,
+/// over one store; stopped (killed) when dropped.
+struct Cluster {
+    url: String,
+    children: Vec<std::process::Child>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A port free on loopback now.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Cluster {
+    /// Starts a cluster over the store in `store` (identifiers resolved with `id_key`),
+    /// its logs and work folders in `dir`.
+    fn start(store: &Path, id_key: Option<&Path>, dir: &Path) -> Result<Self, Box<dyn std::error::Error>> {
+        use std::io::BufRead as _;
+        let node = |args: &[String], log: &str| -> std::io::Result<std::process::Child> {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"));
+            command.arg("--data").arg(store).args(args);
+            if let Some(key) = id_key {
+                command.arg("--id-key").arg(key);
+            }
+            command
+                .env("RUST_LOG", "warn")
+                .env_remove("PROXIMA_MASTER_KEY")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::fs::File::create(dir.join(log))?)
+                .spawn()
+        };
+        let mut cluster = Self {
+            url: String::new(),
+            children: Vec::new(),
+        };
+        let mut scheduler = node(
+            &["scheduler".into(), "--listen".into(), "127.0.0.1:0".into()],
+            "scheduler.log",
+        )?;
+        let stdout = scheduler.stdout.take().ok_or("no scheduler output")?;
+        cluster.children.push(scheduler);
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        cluster.url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("df://"))
+            .ok_or_else(|| format!("the scheduler said {line:?}"))?
+            .to_string();
+        for n in 1..=2 {
+            let work = dir.join(format!("work{n}"));
+            let args = [
+                "executor".into(),
+                "--scheduler".into(),
+                cluster.url.clone(),
+                "--flight-port".into(),
+                free_port()?.to_string(),
+                "--grpc-port".into(),
+                free_port()?.to_string(),
+                "--slots".into(),
+                "2".into(),
+                "--memory".into(),
+                "1GiB".into(),
+                "--work-dir".into(),
+                work.display().to_string(),
+            ];
+            let mut executor = node(&args, &format!("executor{n}.log"))?;
+            let stdout = executor.stdout.take().ok_or("no executor output")?;
+            cluster.children.push(executor);
+            line.clear();
+            std::io::BufReader::new(stdout).read_line(&mut line)?;
+            if !line.starts_with("Ballista executor on") {
+                return Err(format!("executor {n} said {line:?}").into());
+            }
+        }
+        Ok(cluster)
+    }
+}
+
+async fn run_file(path: &Path, complete: bool, on_cluster: bool) -> Result<usize, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let store = fixture_store(dir.path(), path).await?;
+    let identifiers = fixture_identifiers(path)?;
     let factory = Arc::new(SessionFactory::new(
-        store,
+        store.clone(),
         SessionOptions {
             local_files: true,
-            identifiers: fixture_identifiers(path)?,
+            identifiers: identifiers.clone(),
             ..SessionOptions::default()
         },
     )?);
+    let nodes = tempfile::tempdir()?;
+    let (cluster, remote) = if on_cluster && !complete {
+        let id_key = path
+            .file_stem()
+            .map(|stem| root().join("sql/fixtures").join(stem).join("id.key"))
+            .filter(|f| f.exists());
+        let cluster = Cluster::start(dir.path(), id_key.as_deref(), nodes.path())?;
+        let remote = SessionFactory::new(
+            store,
+            SessionOptions {
+                local_files: true,
+                identifiers,
+                remote: Some(Arc::new(proxima_cluster::client::Ballista::new(&cluster.url)?)),
+                ..SessionOptions::default()
+            },
+        )?;
+        (Some(cluster), Some(Arc::new(remote)))
+    } else {
+        (None, None)
+    };
+    let compared = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&compared);
     let mut runner = sqllogictest::Runner::new(move || {
         let factory = Arc::clone(&factory);
+        let remote = remote.clone();
+        let compared = Arc::clone(&counter);
         async move {
-            let ctx = factory
-                .session()
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            Ok::<_, DataFusionError>(ProximaDb { ctx })
+            let external = |e| DataFusionError::External(Box::new(e));
+            let ctx = factory.session().await.map_err(external)?;
+            let cluster = match remote {
+                Some(remote) => Some(remote.session().await.map_err(external)?),
+                None => None,
+            };
+            Ok::<_, DataFusionError>(ProximaDb { ctx, cluster, compared })
         }
     });
     let proxima = format!(
@@ -224,14 +422,26 @@ async fn run_file(path: &Path, complete: bool) -> Result<(), Box<dyn std::error:
             .update_test_file(path, " ", validator, normalize, sqllogictest::default_column_validator)
             .await?;
     } else {
-        runner.run_file_async(path).await?;
+        let ran = runner.run_file_async(path).await;
+        if let (Err(_), Some(_)) = (&ran, &cluster) {
+            for log in ["scheduler.log", "executor1.log", "executor2.log"] {
+                let text = std::fs::read_to_string(nodes.path().join(log)).unwrap_or_default();
+                eprintln!(
+                    "--- {log}\n{}",
+                    text.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        ran?;
     }
-    Ok(())
+    drop(cluster);
+    Ok(compared.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let complete = args.iter().any(|a| a == "--complete");
+    let on_cluster = !args.iter().any(|a| a == "--local");
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("sql/tests"))
         .expect("sql/tests exists")
@@ -241,16 +451,17 @@ fn main() -> std::process::ExitCode {
         .collect();
     files.sort();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed, mut compared) = (0, 0, 0);
     for file in &files {
         let name = file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        match runtime.block_on(run_file(file, complete)) {
-            Ok(()) => {
-                println!("ok      {name}");
+        match runtime.block_on(run_file(file, complete, on_cluster)) {
+            Ok(same) => {
+                println!("ok      {name} ({same} statements with the same rows on the cluster)");
                 passed += 1;
+                compared += same;
             }
             Err(e) => {
                 println!("FAILED  {name}\n{e}\n");
@@ -258,7 +469,9 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
-    println!("sqllogictests: {passed} passed, {failed} failed");
+    println!(
+        "sqllogictests: {passed} passed, {failed} failed; {compared} statements returned the same rows on the cluster"
+    );
     if failed == 0 && !files.is_empty() {
         std::process::ExitCode::SUCCESS
     } else {

@@ -11,7 +11,13 @@ use std::sync::Arc;
 use ballista::prelude::SessionConfigExt;
 use ballista_core::config::BALLISTA_ADAPTIVE_PLANNER_ENABLED;
 use ballista_core::extension::SessionStateExt;
+use ballista_core::planner::BallistaQueryPlanner;
+use datafusion::catalog::Session;
+use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::protobuf::LogicalPlanNode;
 use proxima_engine::Remote;
 
 use crate::codec::{LogicalCodec, PhysicalCodec};
@@ -66,12 +72,46 @@ impl Remote for Ballista {
             // part of a union over an empty table (the task's metrics no longer match the
             // stage's, and the job never ends); the static planner runs it. A session may
             // still SET it back on.
-            .set_bool(BALLISTA_ADAPTIVE_PLANNER_ENABLED, false)
+            .set_bool(BALLISTA_ADAPTIVE_PLANNER_ENABLED, false);
+        let planner = Planner {
+            ballista: BallistaQueryPlanner::with_extension(
+                self.scheduler.clone(),
+                config.ballista_config(),
+                Arc::new(LogicalCodec::new(None)),
+            ),
+        };
+        let config = config
+            .with_ballista_query_planner(Arc::new(planner))
             .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::new(None)))
             .with_ballista_physical_extension_codec(Arc::new(PhysicalCodec::default()));
         let state = SessionStateBuilder::new_from_existing(state)
             .with_config(config)
             .build();
         Ok(state.upgrade_for_ballista(self.scheduler.clone())?)
+    }
+}
+
+/// Ballista's planner, after what must happen where the plan is made: a `trace_case(…)`
+/// reads its case through the caller's session
+/// ([`proxima_engine::trace_case::resolve_case_traces`]) and travels as the
+/// `trace_contacts(…)` it stands for.
+#[derive(Debug)]
+struct Planner {
+    ballista: BallistaQueryPlanner<LogicalPlanNode>,
+}
+
+#[async_trait::async_trait]
+impl QueryPlanner for Planner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session_state: &dyn Session,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if let Some(state) = session_state.as_any().downcast_ref::<SessionState>()
+            && let Some(resolved) = proxima_engine::trace_case::resolve_case_traces(logical_plan, state).await?
+        {
+            return self.ballista.create_physical_plan(&resolved, session_state).await;
+        }
+        self.ballista.create_physical_plan(logical_plan, session_state).await
     }
 }

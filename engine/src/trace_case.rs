@@ -12,10 +12,12 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
 use datafusion::common::{ScalarValue, plan_err};
+use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::error::Result;
 use datafusion::execution::SessionState;
-use datafusion::logical_expr::{Expr, LogicalPlanBuilder, TableType};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use proxima_udfs::trace::{constant_argument, is_uuid, output_schema};
@@ -80,7 +82,21 @@ impl TableProvider for CaseTraceTable {
         let Some(state) = state.as_any().downcast_ref::<SessionState>() else {
             return plan_err!("{NAME} runs only in a Proxima session");
         };
-        // The caller's own session: its catalog and its policy decide what it may read.
+        let trace = self.trace(state).await?;
+        // Named as the function it scans, which the caller's policy allows or refuses.
+        let builder = LogicalPlanBuilder::scan(
+            "trace_contacts",
+            datafusion::datasource::provider_as_source(trace),
+            None,
+        )?;
+        crate::policy::execute_narrowed(builder, &output_schema(), projection, limit, state).await
+    }
+}
+
+impl CaseTraceTable {
+    /// The `trace_contacts(…)` relation of the case, read through `state`: the caller's
+    /// own session, whose catalog and policy decide what it may read.
+    async fn trace(&self, state: &SessionState) -> Result<Arc<dyn TableProvider>> {
         let ctx = SessionContext::new_with_state(state.clone());
         // The id was checked to be a UUID.
         let Some((device, reported_at)) = crate::purpose::find_case(&ctx, &self.case_id).await? else {
@@ -93,19 +109,58 @@ impl TableProvider for CaseTraceTable {
         if let Some(order) = &self.max_order {
             args.push(datafusion::logical_expr::lit(order.clone()));
         }
-        let trace = state
+        state
             .table_functions()
             .get("trace_contacts")
             .ok_or_else(|| {
                 datafusion::error::DataFusionError::Plan(format!("{NAME}: trace_contacts is not available"))
             })?
-            .create_table_provider_with_args(TableFunctionArgs::new(&args, state))?;
-        // Named as the function it scans, which the caller's policy allows or refuses.
-        let builder = LogicalPlanBuilder::scan(
-            "trace_contacts",
-            datafusion::datasource::provider_as_source(trace),
-            None,
-        )?;
-        crate::policy::execute_narrowed(builder, &output_schema(), projection, limit, state).await
+            .create_table_provider_with_args(TableFunctionArgs::new(&args, state))
     }
+}
+
+/// `plan` with each `trace_case(…)` relation replaced by the `trace_contacts(…)` relation
+/// of its case, read through `state` (the caller's session, so its policy applies), or
+/// none if it has no such relation: what a session that executes elsewhere does before
+/// sending its plan, since the case is read, like any relation, where the plan is made.
+pub async fn resolve_case_traces(plan: &LogicalPlan, state: &SessionState) -> Result<Option<LogicalPlan>> {
+    let mut calls = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Ok(provider) = source_as_provider(&scan.source)
+            && let Some(call) = provider.downcast_ref::<CaseTraceTable>()
+        {
+            calls.push((call.case_id.clone(), call.max_order.clone()));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if calls.is_empty() {
+        return Ok(None);
+    }
+    let mut traces = Vec::new();
+    for (case_id, max_order) in calls {
+        let table = CaseTraceTable { case_id, max_order };
+        let trace = table.trace(state).await?;
+        traces.push((table, trace));
+    }
+    let replaced = plan.clone().transform_up_with_subqueries(|node| {
+        let LogicalPlan::TableScan(mut scan) = node else {
+            return Ok(Transformed::no(node));
+        };
+        let found = source_as_provider(&scan.source).ok().and_then(|provider| {
+            let call = provider.downcast_ref::<CaseTraceTable>()?;
+            traces
+                .iter()
+                .find(|(t, _)| t.case_id == call.case_id && t.max_order == call.max_order)
+                .map(|(_, trace)| Arc::clone(trace))
+        });
+        match found {
+            Some(trace) => {
+                scan.source = provider_as_source(trace);
+                Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+            }
+            None => Ok(Transformed::no(LogicalPlan::TableScan(scan))),
+        }
+    })?;
+    Ok(Some(replaced.data))
 }
