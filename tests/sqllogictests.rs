@@ -36,6 +36,8 @@ use proxima_engine::{SessionFactory, SessionOptions, Store, Table};
 use proxima_storage::PartitionWriter;
 use sqllogictest::{DBOutput, DefaultColumnType};
 
+mod common;
+
 struct ProximaDb {
     ctx: SessionContext,
     /// The same session executing on the cluster, if the file runs on one.
@@ -273,92 +275,6 @@ fn fixture_identifiers(slt: &Path) -> Result<Option<Arc<Identifiers>>, Box<dyn s
     Ok(Some(Arc::new(Identifiers::new(keys, epoch, DEFAULT_TOLERANCE))))
 }
 
-/// A scheduler and two executors, separate processes of the real binary on loopback,
-/// over one store; stopped (killed) when dropped.
-struct Cluster {
-    url: String,
-    children: Vec<std::process::Child>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A port free on loopback now.
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-impl Cluster {
-    /// Starts a cluster over the store in `store` (identifiers resolved with `id_key`),
-    /// its logs and work folders in `dir`.
-    fn start(store: &Path, id_key: Option<&Path>, dir: &Path) -> Result<Self, Box<dyn std::error::Error>> {
-        use std::io::BufRead as _;
-        let node = |args: &[String], log: &str| -> std::io::Result<std::process::Child> {
-            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"));
-            command.arg("--data").arg(store).args(args);
-            if let Some(key) = id_key {
-                command.arg("--id-key").arg(key);
-            }
-            command
-                .env("RUST_LOG", "warn")
-                .env_remove("PROXIMA_MASTER_KEY")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::fs::File::create(dir.join(log))?)
-                .spawn()
-        };
-        let mut cluster = Self {
-            url: String::new(),
-            children: Vec::new(),
-        };
-        let mut scheduler = node(
-            &["scheduler".into(), "--listen".into(), "127.0.0.1:0".into()],
-            "scheduler.log",
-        )?;
-        let stdout = scheduler.stdout.take().ok_or("no scheduler output")?;
-        cluster.children.push(scheduler);
-        let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line)?;
-        cluster.url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("df://"))
-            .ok_or_else(|| format!("the scheduler said {line:?}"))?
-            .to_string();
-        for n in 1..=2 {
-            let work = dir.join(format!("work{n}"));
-            let args = [
-                "executor".into(),
-                "--scheduler".into(),
-                cluster.url.clone(),
-                "--flight-port".into(),
-                free_port()?.to_string(),
-                "--grpc-port".into(),
-                free_port()?.to_string(),
-                "--slots".into(),
-                "2".into(),
-                "--memory".into(),
-                "1GiB".into(),
-                "--work-dir".into(),
-                work.display().to_string(),
-            ];
-            let mut executor = node(&args, &format!("executor{n}.log"))?;
-            let stdout = executor.stdout.take().ok_or("no executor output")?;
-            cluster.children.push(executor);
-            line.clear();
-            std::io::BufReader::new(stdout).read_line(&mut line)?;
-            if !line.starts_with("Ballista executor on") {
-                return Err(format!("executor {n} said {line:?}").into());
-            }
-        }
-        Ok(cluster)
-    }
-}
-
 async fn run_file(path: &Path, complete: bool, on_cluster: bool) -> Result<usize, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let store = fixture_store(dir.path(), path).await?;
@@ -377,7 +293,11 @@ async fn run_file(path: &Path, complete: bool, on_cluster: bool) -> Result<usize
             .file_stem()
             .map(|stem| root().join("sql/fixtures").join(stem).join("id.key"))
             .filter(|f| f.exists());
-        let cluster = Cluster::start(dir.path(), id_key.as_deref(), nodes.path())?;
+        let mut args = Vec::new();
+        if let Some(key) = &id_key {
+            args.extend(["--id-key".to_string(), key.display().to_string()]);
+        }
+        let cluster = common::Cluster::start(dir.path(), &args, 2, nodes.path())?;
         let remote = SessionFactory::new(
             store,
             SessionOptions {

@@ -190,3 +190,123 @@ pub async fn report_case(api: &str, password: &str, device: &str) -> serde_json:
         .unwrap();
     serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"))
 }
+
+/// A Ballista cluster of the real binary: a `proxima scheduler` and two `proxima executor`
+/// processes on loopback over one store; killed when dropped.
+#[allow(dead_code)] // not every test binary that shares this module starts a cluster
+pub struct Cluster {
+    /// `df://127.0.0.1:PORT` of the scheduler.
+    pub url: String,
+    /// Each executor's work folder (its stage output, `<job>/<stage>/<partition>`).
+    pub work_dirs: Vec<std::path::PathBuf>,
+    children: Vec<std::process::Child>,
+    /// Their standard outputs, kept open (a closed pipe would stop a node that prints).
+    outputs: Vec<BufReader<ChildStdout>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A port free on loopback now.
+#[allow(dead_code)]
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[allow(dead_code)]
+impl Cluster {
+    /// Starts a cluster over the store in `store`, every node given `args` too (keys), each
+    /// executor `slots` task slots; logs (`scheduler.log`, `executor<n>.log`) and work
+    /// folders in `dir`.
+    pub fn start(
+        store: &std::path::Path,
+        args: &[String],
+        slots: usize,
+        dir: &std::path::Path,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        Self::start_with(store, args, slots, dir, &[])
+    }
+
+    /// [`Self::start`], the scheduler alone given the environment variables `scheduler_env`.
+    pub fn start_with(
+        store: &std::path::Path,
+        args: &[String],
+        slots: usize,
+        dir: &std::path::Path,
+        scheduler_env: &[(&str, &std::path::Path)],
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let node =
+            |role: &[String], log: &str, env: &[(&str, &std::path::Path)]| -> std::io::Result<std::process::Child> {
+                let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"));
+                command.arg("--data").arg(store).args(role).args(args);
+                command.env_remove("PROXIMA_MASTER_KEY_FILE");
+                for (name, value) in env {
+                    command.env(name, value);
+                }
+                command
+                    .env("RUST_LOG", "warn")
+                    .env_remove("PROXIMA_MASTER_KEY")
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::fs::File::create(dir.join(log))?)
+                    .spawn()
+            };
+        let mut cluster = Self {
+            url: String::new(),
+            work_dirs: Vec::new(),
+            children: Vec::new(),
+            outputs: Vec::new(),
+        };
+        let mut scheduler = node(
+            &["scheduler".into(), "--listen".into(), "127.0.0.1:0".into()],
+            "scheduler.log",
+            scheduler_env,
+        )?;
+        let stdout = scheduler.stdout.take().ok_or("no scheduler output")?;
+        cluster.children.push(scheduler);
+        let mut line = String::new();
+        let mut stdout = BufReader::new(stdout);
+        stdout.read_line(&mut line)?;
+        cluster.outputs.push(stdout);
+        cluster.url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("df://"))
+            .ok_or_else(|| format!("the scheduler said {line:?}"))?
+            .to_string();
+        for n in 1..=2 {
+            let work = dir.join(format!("work{n}"));
+            cluster.work_dirs.push(work.clone());
+            let role = [
+                "executor".into(),
+                "--scheduler".into(),
+                cluster.url.clone(),
+                "--flight-port".into(),
+                free_port()?.to_string(),
+                "--grpc-port".into(),
+                free_port()?.to_string(),
+                "--slots".into(),
+                slots.to_string(),
+                "--memory".into(),
+                "1GiB".into(),
+                "--work-dir".into(),
+                work.display().to_string(),
+            ];
+            let mut executor = node(&role, &format!("executor{n}.log"), &[])?;
+            let stdout = executor.stdout.take().ok_or("no executor output")?;
+            cluster.children.push(executor);
+            line.clear();
+            let mut stdout = BufReader::new(stdout);
+            stdout.read_line(&mut line)?;
+            cluster.outputs.push(stdout);
+            if !line.starts_with("Ballista executor on") {
+                return Err(format!("executor {n} said {line:?}").into());
+            }
+        }
+        Ok(cluster)
+    }
+}

@@ -1,0 +1,120 @@
+//! Proxima on a Ballista cluster, beyond the golden suite (which `sqllogictests` also runs
+//! on one): an encrypted store read by a scheduler and two executors (separate processes
+//! on loopback) gives the same rows as locally, in at least two stages whose tasks ran on
+//! both executors; an executor without the master key fails the query, naming the key,
+//! rather than return anything.
+
+use std::path::Path;
+use std::process::Command;
+
+mod common;
+
+/// `proxima --data <store> --master-key-file <key> <args>`: success, stdout, stderr.
+fn proxima(store: &Path, key: Option<&Path>, args: &[&str]) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_proxima"));
+    command.arg("--data").arg(store);
+    if let Some(key) = key {
+        command.arg("--master-key-file").arg(key);
+    }
+    let output = command
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("PROXIMA_MASTER_KEY")
+        .env_remove("PROXIMA_MASTER_KEY_FILE")
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+/// An encrypted store of a small synthetic population over two days, and its key file.
+fn encrypted_store(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (store, key) = (dir.join("store"), dir.join("master.key"));
+    let (ok, _, err) = proxima(&store, Some(&key), &["key", "init"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = proxima(
+        &store,
+        Some(&key),
+        &["generate", "--devices", "400", "--days", "2", "--seed", "3"],
+    );
+    assert!(ok, "{err}");
+    (store, key)
+}
+
+/// The job folders (`<job>/<stage>/<partition>`) of an executor's work folder: job → stages.
+fn jobs(work: &Path) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    names(work)
+        .into_iter()
+        .map(|job| {
+            let stages = names(&work.join(&job)).into_iter().collect();
+            (job, stages)
+        })
+        .collect()
+}
+
+const QUERY: &str = "SELECT observer, count(*) AS sightings, count(DISTINCT observed) AS heard \
+                     FROM observations GROUP BY observer ORDER BY sightings DESC, observer LIMIT 50";
+
+#[test]
+fn an_encrypted_store_runs_on_two_executors_in_stages_with_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = encrypted_store(dir.path());
+    let nodes = dir.path().join("nodes");
+    std::fs::create_dir_all(&nodes).unwrap();
+    let key_arg = ["--master-key-file".to_string(), key.display().to_string()];
+    // One slot each, so that a stage of two or more tasks spreads over both.
+    let cluster = common::Cluster::start(&store, &key_arg, 1, &nodes).unwrap();
+
+    let (ok, local, err) = proxima(&store, Some(&key), &["sql", "--format", "csv", "-c", QUERY]);
+    assert!(ok, "{err}");
+    assert_eq!(local.lines().count(), 51, "{local}");
+    let (ok, remote, err) = proxima(
+        &store,
+        Some(&key),
+        &["sql", "--ballista", &cluster.url, "--format", "csv", "-c", QUERY],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(remote, local, "the same rows, in the same order");
+
+    // One job, whose stage output both executors wrote, in two stages or more.
+    let (first, second) = (jobs(&cluster.work_dirs[0]), jobs(&cluster.work_dirs[1]));
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(
+        first.keys().collect::<Vec<_>>(),
+        second.keys().collect::<Vec<_>>(),
+        "{first:?} {second:?}"
+    );
+    let stages: std::collections::BTreeSet<&String> = first.values().chain(second.values()).flatten().collect();
+    assert!(stages.len() >= 2, "stages {stages:?}");
+    assert!(first.values().all(|s| !s.is_empty()) && second.values().all(|s| !s.is_empty()));
+}
+
+#[test]
+fn an_executor_without_the_master_key_fails_the_query_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = encrypted_store(dir.path());
+    let nodes = dir.path().join("nodes");
+    std::fs::create_dir_all(&nodes).unwrap();
+    // The scheduler gets the key through its environment; the executors have none.
+    let cluster = common::Cluster::start_with(&store, &[], 1, &nodes, &[("PROXIMA_MASTER_KEY_FILE", &key)]).unwrap();
+    let (ok, out, err) = proxima(
+        &store,
+        Some(&key),
+        &["sql", "--ballista", &cluster.url, "--format", "csv", "-c", QUERY],
+    );
+    assert!(!ok, "no rows without the key: {out}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("the file is encrypted and no master key was given"),
+        "{err}"
+    );
+}
