@@ -118,3 +118,54 @@ fn an_executor_without_the_master_key_fails_the_query_naming_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn nodes_refuse_a_client_that_resolves_identifiers_with_other_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = encrypted_store(dir.path());
+    let id_key = dir.path().join("id.key");
+    let (ok, _, err) = proxima(
+        &store,
+        Some(&key),
+        &["id-key", "new", "--out", id_key.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    let nodes = dir.path().join("nodes");
+    std::fs::create_dir_all(&nodes).unwrap();
+    // The scheduler resolves identifiers with the key; the executors, started without it,
+    // would find fewer encounters.
+    let key_arg = ["--master-key-file".to_string(), key.display().to_string()];
+    let cluster = common::Cluster::start_with(&store, &key_arg, 1, &nodes, &[("PROXIMA_ID_KEY", &id_key)]).unwrap();
+    let query = "SELECT count(*) AS n FROM encounters";
+    let (ok, out, err) = proxima(
+        &store,
+        Some(&key),
+        &["sql", "--ballista", &cluster.url, "--format", "csv", "-c", query],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("the client runs Proxima") && err.contains("with no identifier keys, but this scheduler runs"),
+        "{err}"
+    );
+    let (ok, out, err) = proxima(
+        &store,
+        Some(&key),
+        &[
+            "sql",
+            "--ballista",
+            &cluster.url,
+            "--id-key",
+            id_key.to_str().unwrap(),
+            "--format",
+            "csv",
+            "-c",
+            query,
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("but this executor runs Proxima") && err.contains("with no identifier keys"),
+        "{err}"
+    );
+}

@@ -19,6 +19,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::protobuf::LogicalPlanNode;
 use proxima_engine::Remote;
+use proxima_engine::session::Node;
 
 use crate::codec::{LogicalCodec, PhysicalCodec};
 
@@ -64,9 +65,13 @@ impl Ballista {
 
 impl Remote for Ballista {
     fn upgrade(&self, state: SessionState) -> proxima_engine::Result<SessionState> {
-        let config = state
-            .config()
-            .clone()
+        let Some(node) = state.config().get_extension::<Node>() else {
+            return Err(datafusion::error::DataFusionError::Configuration(
+                "a session without its node: only a SessionFactory's sessions run on a cluster".into(),
+            )
+            .into());
+        };
+        let config = crate::node::with_node(state.config().clone(), node.0.clone())
             .upgrade_for_ballista()
             // Ballista 55's adaptive planner loses track of a stage whose task runs only
             // part of a union over an empty table (the task's metrics no longer match the

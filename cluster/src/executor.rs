@@ -70,6 +70,7 @@ pub fn config(factory: &SessionFactory, options: &ExecutorOptions) -> ExecutorPr
     let config_factory = factory.clone();
     let runtime = Arc::clone(factory.runtime());
     let decryption = factory.store().decryption();
+    let node = factory.node();
     ExecutorProcessConfig {
         bind_host: options.bind_host.clone(),
         external_host: Some(options.advertise_host.clone()),
@@ -84,7 +85,10 @@ pub fn config(factory: &SessionFactory, options: &ExecutorOptions) -> ExecutorPr
         executor_heartbeat_interval_seconds: 5,
         override_function_registry: Some(Arc::new(function_registry(factory))),
         override_config_producer: Some(Arc::new(move || crate::cluster_config(&config_factory))),
-        override_runtime_producer: Some(Arc::new(move |_: &SessionConfig| Ok(Arc::clone(&runtime)))),
+        override_runtime_producer: Some(Arc::new(move |config: &SessionConfig| {
+            crate::node::check(config, &node, "executor")?;
+            Ok(Arc::clone(&runtime))
+        })),
         override_logical_codec: Some(Arc::new(LogicalCodec::new(None))),
         override_physical_codec: Some(Arc::new(PhysicalCodec::default())),
         override_execution_engine: Some(Arc::new(DecryptingEngine {

@@ -11,6 +11,7 @@
 pub mod client;
 pub mod codec;
 pub mod executor;
+pub mod node;
 pub mod scheduler;
 
 use ballista::prelude::SessionConfigExt;
@@ -21,7 +22,7 @@ use proxima_engine::SessionFactory;
 /// client's are applied: a session's (`proxima.*` registered, so that the client's values
 /// arrive; the encounter lookup) and Ballista's.
 pub fn cluster_config(factory: &SessionFactory) -> SessionConfig {
-    factory.session_config().upgrade_for_ballista()
+    node::with_node(factory.session_config().upgrade_for_ballista(), factory.node())
 }
 
 /// What can go wrong starting a node.

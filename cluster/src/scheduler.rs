@@ -33,6 +33,7 @@ pub fn config(factory: &SessionFactory, address: SocketAddr, advertise_host: &st
         scheduling_policy: TaskSchedulingPolicy::PullStaged,
         override_config_producer: Some(Arc::new(move || crate::cluster_config(&producer_factory))),
         override_session_builder: Some(Arc::new(move |config: SessionConfig| {
+            crate::node::check(&config, &builder_factory.node(), "scheduler")?;
             let mut state = SessionStateBuilder::new()
                 .with_default_features()
                 .with_config(config)

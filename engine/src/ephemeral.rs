@@ -353,6 +353,22 @@ impl Identifiers {
         &self.keys
     }
 
+    /// A short digest of the keys, epoch and tolerance: two processes that print the same
+    /// one resolve every identifier alike (a cluster's nodes check they do). One-way: it
+    /// tells nothing of the keys.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(b"proxima identifier keys fingerprint\0");
+        for key in &self.keys.keys {
+            hash.update([key.id]);
+            hash.update(key.key);
+        }
+        hash.update(self.epoch.as_secs().to_le_bytes());
+        hash.update(self.tolerance.as_secs().to_le_bytes());
+        hex::encode(&hash.finalize()[..8])
+    }
+
     /// The length of an epoch.
     pub fn epoch(&self) -> std::time::Duration {
         self.epoch

@@ -133,6 +133,11 @@ pub struct SessionOptions {
     pub remote: Option<Arc<dyn Remote>>,
 }
 
+/// What a session's process runs ([`SessionFactory::node`]), kept in its config for a
+/// cluster client to send along.
+#[derive(Debug, Clone)]
+pub struct Node(pub String);
+
 /// Execution elsewhere: turns a session's state, before anything is registered on it,
 /// into one that plans here and executes there. Everything a session gets afterwards
 /// (tables, views, functions, the access rule) is registered on the state it returns.
@@ -210,6 +215,17 @@ impl SessionFactory {
     /// The encounter-index reader every session's `trace_contacts` uses.
     pub fn index(&self) -> &Arc<IndexReader> {
         &self.index
+    }
+
+    /// What this process runs, as far as a query's rows depend on it: Proxima's version and
+    /// the identifier keys' fingerprint. A cluster's nodes must all say the same (a node
+    /// with other keys would resolve other encounters, silently).
+    pub fn node(&self) -> String {
+        let identifiers = match &self.options.identifiers {
+            Some(identifiers) => format!("identifier keys {}", identifiers.fingerprint()),
+            None => "no identifier keys".to_string(),
+        };
+        format!("Proxima {} with {identifiers}", env!("CARGO_PKG_VERSION"))
     }
 
     /// The runtime every session shares (without a per-session memory limit): the store's
@@ -335,7 +351,8 @@ impl SessionFactory {
             })
             .with_extension(Arc::new(EncounterLookupExtension(
                 Arc::clone(&self.index) as Arc<dyn proxima_udfs::trace::EncounterLookup>
-            )));
+            )))
+            .with_extension(Arc::new(Node(self.node())));
         if let Some(partitions) = self.options.target_partitions {
             config = config.with_target_partitions(partitions);
         }
