@@ -41,26 +41,6 @@ fn encrypted_store(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (store, key)
 }
 
-/// The job folders (`<job>/<stage>/<partition>`) of an executor's work folder: job → stages.
-fn jobs(work: &Path) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
-    let names = |dir: &Path| -> Vec<String> {
-        std::fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    names(work)
-        .into_iter()
-        .map(|job| {
-            let stages = names(&work.join(&job)).into_iter().collect();
-            (job, stages)
-        })
-        .collect()
-}
-
 const QUERY: &str = "SELECT observer, count(*) AS sightings, count(DISTINCT observed) AS heard \
                      FROM observations GROUP BY observer ORDER BY sightings DESC, observer LIMIT 50";
 
@@ -85,17 +65,13 @@ fn an_encrypted_store_runs_on_two_executors_in_stages_with_the_same_rows() {
     assert!(ok, "{err}");
     assert_eq!(remote, local, "the same rows, in the same order");
 
-    // One job, whose stage output both executors wrote, in two stages or more.
-    let (first, second) = (jobs(&cluster.work_dirs[0]), jobs(&cluster.work_dirs[1]));
-    assert_eq!(first.len(), 1, "{first:?}");
-    assert_eq!(
-        first.keys().collect::<Vec<_>>(),
-        second.keys().collect::<Vec<_>>(),
-        "{first:?} {second:?}"
-    );
-    let stages: std::collections::BTreeSet<&String> = first.values().chain(second.values()).flatten().collect();
+    // One job, of two stages or more, whose tasks both executors ran (as their logs say).
+    let tasks = cluster.finished_tasks();
+    let jobs: std::collections::BTreeSet<&String> = tasks.iter().flatten().map(|(job, ..)| job).collect();
+    assert_eq!(jobs.len(), 1, "{tasks:?}");
+    let stages: std::collections::BTreeSet<&String> = tasks.iter().flatten().map(|(_, stage, _)| stage).collect();
     assert!(stages.len() >= 2, "stages {stages:?}");
-    assert!(first.values().all(|s| !s.is_empty()) && second.values().all(|s| !s.is_empty()));
+    assert!(tasks.iter().all(|ran| !ran.is_empty()), "{tasks:?}");
 }
 
 #[test]
@@ -105,7 +81,15 @@ fn an_executor_without_the_master_key_fails_the_query_naming_the_key() {
     let nodes = dir.path().join("nodes");
     std::fs::create_dir_all(&nodes).unwrap();
     // The scheduler gets the key through its environment; the executors have none.
-    let cluster = common::Cluster::start_with(&store, &[], 1, &nodes, &[("PROXIMA_MASTER_KEY_FILE", &key)]).unwrap();
+    let cluster = common::Cluster::start_with(
+        &store,
+        &[],
+        1,
+        &nodes,
+        &[],
+        &[("PROXIMA_MASTER_KEY_FILE", key.display().to_string())],
+    )
+    .unwrap();
     let (ok, out, err) = proxima(
         &store,
         Some(&key),
@@ -135,7 +119,15 @@ fn nodes_refuse_a_client_that_resolves_identifiers_with_other_keys() {
     // The scheduler resolves identifiers with the key; the executors, started without it,
     // would find fewer encounters.
     let key_arg = ["--master-key-file".to_string(), key.display().to_string()];
-    let cluster = common::Cluster::start_with(&store, &key_arg, 1, &nodes, &[("PROXIMA_ID_KEY", &id_key)]).unwrap();
+    let cluster = common::Cluster::start_with(
+        &store,
+        &key_arg,
+        1,
+        &nodes,
+        &[],
+        &[("PROXIMA_ID_KEY", id_key.display().to_string())],
+    )
+    .unwrap();
     let query = "SELECT count(*) AS n FROM encounters";
     let (ok, out, err) = proxima(
         &store,

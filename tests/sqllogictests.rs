@@ -19,6 +19,13 @@
 //! the machine's files (`COPY`, external tables: the cluster has no access to
 //! them) run locally only. `--local` skips the cluster.
 //!
+//! When the cluster runs and `moto_server` is installed (always under CI, where its absence
+//! fails the suite), every file's store is on S3: a bucket of moto on loopback, which the
+//! local session, `$PROXIMA`, the scheduler and the executors all reach through `s3://`.
+//! `$STORE_FILES` expands to a command that lists every file of the store, wherever it is,
+//! `$STORE_RM FOLDER` to one that removes a folder of it; `$SCRATCH` is a local folder of
+//! the file's own (exports, other stores).
+//!
 //! `cargo test --test sqllogictests -- --complete` rewrites the expected
 //! results (review the diff); other arguments select files by substring.
 
@@ -214,8 +221,8 @@ fn root() -> PathBuf {
 
 /// Fills a fresh store with the fixtures, through the real import path: those in
 /// `sql/fixtures/<name of the .slt file>/` if that folder exists, else `sql/fixtures/`.
-async fn fixture_store(dir: &Path, slt: &Path) -> Result<Store, Box<dyn std::error::Error>> {
-    let store = Store::local(dir)?;
+async fn fixture_store(location: &Location<'_>, slt: &Path) -> Result<Store, Box<dyn std::error::Error>> {
+    let store = location.open()?;
     let writer = PartitionWriter::new(store.clone(), "import");
     let own = slt.file_stem().map(|stem| root().join("sql/fixtures").join(stem));
     let fixtures = own
@@ -275,9 +282,91 @@ fn fixture_identifiers(slt: &Path) -> Result<Option<Arc<Identifiers>>, Box<dyn s
     Ok(Some(Arc::new(Identifiers::new(keys, epoch, DEFAULT_TOLERANCE))))
 }
 
-async fn run_file(path: &Path, complete: bool, on_cluster: bool) -> Result<usize, Box<dyn std::error::Error>> {
+/// Where a file's store is: a local folder, or a prefix of the moto bucket [`BUCKET`].
+enum Location<'a> {
+    Local(tempfile::TempDir),
+    S3 { moto: &'a common::Moto, prefix: String },
+}
+
+const BUCKET: &str = "golden";
+
+impl Location<'_> {
+    fn url(&self) -> String {
+        match self {
+            Self::Local(dir) => dir.path().display().to_string(),
+            Self::S3 { prefix, .. } => format!("s3://{BUCKET}/{prefix}"),
+        }
+    }
+
+    fn open(&self) -> proxima_engine::Result<Store> {
+        match self {
+            Self::Local(dir) => Store::local(dir.path()),
+            Self::S3 { moto, .. } => {
+                let options = moto.s3_options();
+                let options: Vec<(&str, &str)> = options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                Store::open_with(&self.url(), &options)
+            }
+        }
+    }
+
+    /// The environment a process needs to reach the store.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Local(_) => Vec::new(),
+            Self::S3 { moto, .. } => moto.env(),
+        }
+    }
+
+    /// A shell command printing the path of every file the store holds, one a line.
+    fn list_files(&self) -> String {
+        match self {
+            Self::Local(dir) => format!("find '{}' -type f", dir.path().display()),
+            Self::S3 { moto, prefix } => Self::s3_script(moto, prefix, r#"print(*keys(""), sep="\n")"#),
+        }
+    }
+
+    /// A shell command that removes the folder of the store its argument names (and fails if
+    /// there is none), as a crash or an operator could.
+    fn remove_folder(&self) -> String {
+        match self {
+            Self::Local(dir) => format!("sh -c 'rm -r \"$0/$1\"' '{}'", dir.path().display()),
+            Self::S3 { moto, prefix } => Self::s3_script(
+                moto,
+                prefix,
+                &r#"gone = keys(sys.argv[1] + "/"); [s3.delete_object(Bucket="BUCKET", Key=k) for k in gone]; sys.exit(0 if gone else 1)"#.replace("BUCKET", BUCKET),
+            ),
+        }
+    }
+
+    /// Python (moto's, which has boto3) running `body` with `s3` (a boto3 client of the
+    /// bucket's server) and `keys(under)`, the keys of the store's objects under a folder.
+    fn s3_script(moto: &common::Moto, prefix: &str, body: &str) -> String {
+        let head = r#"import sys, boto3; s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:PORT", aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"); keys = lambda under: [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="BUCKET", Prefix="PREFIX/" + under) for o in page.get("Contents", [])]; "#
+            .replace("PORT", &moto.port.to_string())
+            .replace("BUCKET", BUCKET)
+            .replace("PREFIX", prefix);
+        format!("'{}' -c '{head}{body}'", moto.python().display())
+    }
+}
+
+async fn run_file(
+    path: &Path,
+    complete: bool,
+    on_cluster: bool,
+    moto: Option<&common::Moto>,
+) -> Result<Ran, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let store = fixture_store(dir.path(), path).await?;
+    let location = match moto {
+        Some(moto) => Location::S3 {
+            moto,
+            prefix: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .ok_or("a file name")?,
+        },
+        None => Location::Local(tempfile::tempdir()?),
+    };
+    let store = fixture_store(&location, path).await?;
     let identifiers = fixture_identifiers(path)?;
     let factory = Arc::new(SessionFactory::new(
         store.clone(),
@@ -297,7 +386,7 @@ async fn run_file(path: &Path, complete: bool, on_cluster: bool) -> Result<usize
         if let Some(key) = &id_key {
             args.extend(["--id-key".to_string(), key.display().to_string()]);
         }
-        let cluster = common::Cluster::start(dir.path(), &args, 2, nodes.path())?;
+        let cluster = common::Cluster::start_with(location.url(), &args, 2, nodes.path(), &location.env(), &[])?;
         let remote = SessionFactory::new(
             store,
             SessionOptions {
@@ -327,13 +416,23 @@ async fn run_file(path: &Path, complete: bool, on_cluster: bool) -> Result<usize
             Ok::<_, DataFusionError>(ProximaDb { ctx, cluster, compared })
         }
     });
+    // A store on S3 has no folder beside it for `proxima sql`'s audit log.
     let proxima = format!(
-        "env RUST_LOG=error PROXIMA_DATA={} {}",
-        dir.path().display(),
+        "env RUST_LOG=error PROXIMA_DATA={} PROXIMA_AUDIT_DIR={} {} {}",
+        location.url(),
+        dir.path().join("audit").display(),
+        location
+            .env()
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join(" "),
         env!("CARGO_BIN_EXE_proxima")
     );
     runner.set_var("PROXIMA".into(), proxima);
-    runner.set_var("STORE_DIR".into(), dir.path().display().to_string());
+    runner.set_var("STORE_FILES".into(), location.list_files());
+    runner.set_var("STORE_RM".into(), location.remove_folder());
+    runner.set_var("SCRATCH".into(), dir.path().display().to_string());
     runner.set_var("FIXTURES".into(), root().join("sql/fixtures").display().to_string());
     runner.with_normalizer(normalize);
     runner.with_validator(validator);
@@ -354,8 +453,33 @@ async fn run_file(path: &Path, complete: bool, on_cluster: bool) -> Result<usize
         }
         ran?;
     }
-    drop(cluster);
-    Ok(compared.load(std::sync::atomic::Ordering::Relaxed))
+    let mut ran = Ran {
+        compared: compared.load(std::sync::atomic::Ordering::Relaxed),
+        ..Ran::default()
+    };
+    if let Some(cluster) = cluster {
+        let tasks = cluster.finished_tasks();
+        for (n, executor) in tasks.iter().enumerate().take(2) {
+            ran.tasks[n] = executor.len();
+        }
+        let mut stages = std::collections::BTreeMap::<&String, std::collections::BTreeSet<&String>>::new();
+        for (job, stage, _) in tasks.iter().flatten() {
+            stages.entry(job).or_default().insert(stage);
+        }
+        ran.most_stages = stages.values().map(|s| s.len()).max().unwrap_or(0);
+    }
+    Ok(ran)
+}
+
+/// What a file's run did on the cluster.
+#[derive(Default)]
+struct Ran {
+    /// Statements that returned the same rows there as locally.
+    compared: usize,
+    /// Tasks each executor finished.
+    tasks: [usize; 2],
+    /// The most stages of one job.
+    most_stages: usize,
 }
 
 fn main() -> std::process::ExitCode {
@@ -370,18 +494,36 @@ fn main() -> std::process::ExitCode {
         .filter(|p| filters.is_empty() || filters.iter().any(|f| p.to_string_lossy().contains(f.as_str())))
         .collect();
     files.sort();
+    let moto = if on_cluster && !complete {
+        common::Moto::start_or_skip("S3 stores for the golden suite")
+    } else {
+        None
+    };
+    match &moto {
+        Some(moto) => {
+            moto.create_bucket(BUCKET);
+            println!("stores on S3: s3://{BUCKET}/<file> on moto, 127.0.0.1:{}", moto.port);
+        }
+        None => println!("stores in local folders"),
+    }
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let (mut passed, mut failed, mut compared) = (0, 0, 0);
+    let (mut tasks, mut most_stages) = ([0, 0], 0);
     for file in &files {
         let name = file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        match runtime.block_on(run_file(file, complete, on_cluster)) {
-            Ok(same) => {
-                println!("ok      {name} ({same} statements with the same rows on the cluster)");
+        match runtime.block_on(run_file(file, complete, on_cluster, moto.as_ref())) {
+            Ok(ran) => {
+                println!(
+                    "ok      {name} ({} statements with the same rows on the cluster; tasks {} + {})",
+                    ran.compared, ran.tasks[0], ran.tasks[1]
+                );
                 passed += 1;
-                compared += same;
+                compared += ran.compared;
+                tasks = [tasks[0] + ran.tasks[0], tasks[1] + ran.tasks[1]];
+                most_stages = most_stages.max(ran.most_stages);
             }
             Err(e) => {
                 println!("FAILED  {name}\n{e}\n");
@@ -390,9 +532,16 @@ fn main() -> std::process::ExitCode {
         }
     }
     println!(
-        "sqllogictests: {passed} passed, {failed} failed; {compared} statements returned the same rows on the cluster"
+        "sqllogictests: {passed} passed, {failed} failed; {compared} statements returned the same rows on the cluster, \
+         whose executors ran {} and {} tasks, {most_stages} stages at most in one job",
+        tasks[0], tasks[1]
     );
-    if failed == 0 && !files.is_empty() {
+    // The cluster's work was spread: both executors ran tasks, and queries ran in stages.
+    let spread = !on_cluster || complete || (tasks[0] > 0 && tasks[1] > 0 && most_stages >= 2);
+    if !spread {
+        println!("FAILED  the cluster's work was not spread over both executors in stages");
+    }
+    if failed == 0 && spread && !files.is_empty() {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::FAILURE

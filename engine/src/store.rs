@@ -56,7 +56,17 @@ pub struct Store {
 
 impl Store {
     /// Opens a store from a location: a local path, `file://…`, `s3://bucket/prefix` or `memory://`.
+    ///
+    /// An S3 store takes its endpoint, region and credentials from the usual `AWS_*`
+    /// environment variables.
     pub fn open(location: &str) -> Result<Self> {
+        Self::open_with(location, &[])
+    }
+
+    /// [`Self::open`], an S3 store's settings (`object_store`'s names, such as
+    /// `aws_endpoint` or `allow_http`) given by `s3_options` over the environment's. Options
+    /// for a store that is not on S3 are refused.
+    pub fn open_with(location: &str, s3_options: &[(&str, &str)]) -> Result<Self> {
         let invalid = |reason: String| Error::InvalidStore {
             location: location.to_string(),
             reason,
@@ -71,18 +81,23 @@ impl Store {
                     .map_err(|()| invalid("not a local file URL".into()))?;
                 Self::local(&path)
             }
+            Ok(url) if url.scheme() != "s3" && !s3_options.is_empty() => {
+                Err(invalid("S3 options were given for a store that is not on S3".into()))
+            }
             Ok(url) if url.scheme() == "s3" => {
                 let bucket = url
                     .host_str()
                     .filter(|b| !b.is_empty())
                     .ok_or_else(|| invalid("an s3 URL needs a bucket: s3://bucket/prefix".into()))?
                     .to_string();
-                let s3: Arc<dyn ObjectStore> = Arc::new(
-                    AmazonS3Builder::from_env()
-                        .with_url(url.as_str())
-                        .build()
-                        .map_err(|e| invalid(e.to_string()))?,
-                );
+                let mut builder = AmazonS3Builder::from_env().with_url(url.as_str());
+                for (key, value) in s3_options {
+                    let key = key
+                        .parse()
+                        .map_err(|e: object_store::Error| invalid(format!("S3 option '{key}': {e}")))?;
+                    builder = builder.with_config(key, *value);
+                }
+                let s3: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|e| invalid(e.to_string()))?);
                 let root = Path::parse(url.path().trim_matches('/')).map_err(|e| invalid(e.to_string()))?;
                 Ok(Self {
                     reader: reader_of(Arc::clone(&s3)),
@@ -100,6 +115,7 @@ impl Store {
                 "unsupported scheme '{}' (use a local path, file://, s3:// or memory://)",
                 url.scheme()
             ))),
+            _ if !s3_options.is_empty() => Err(invalid("S3 options were given for a local store".into())),
             _ => Self::local(FsPath::new(location)),
         }
     }
@@ -375,6 +391,17 @@ mod tests {
         let err = Store::open("s3:///prefix").unwrap_err().to_string();
         assert!(err.contains("needs a bucket"), "{err}");
         assert!(Store::open("memory://").is_ok());
+
+        let endpoint = [("aws_endpoint", "http://127.0.0.1:9"), ("allow_http", "true")];
+        assert!(Store::open_with("s3://bucket/prefix", &endpoint).is_ok());
+        let err = Store::open_with("s3://bucket/prefix", &[("aws_endpiont", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("S3 option 'aws_endpiont'"), "{err}");
+        let err = Store::open_with(dir.path().to_str().unwrap(), &endpoint)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not on S3") || err.contains("local store"), "{err}");
     }
 
     /// Staging manifests written when local stores named files by absolute paths name the

@@ -197,8 +197,11 @@ pub async fn report_case(api: &str, password: &str, device: &str) -> serde_json:
 pub struct Cluster {
     /// `df://127.0.0.1:PORT` of the scheduler.
     pub url: String,
-    /// Each executor's work folder (its stage output, `<job>/<stage>/<partition>`).
+    /// Each executor's work folder (its stage output, `<job>/<stage>/<partition>` until the
+    /// job ends).
     pub work_dirs: Vec<std::path::PathBuf>,
+    /// Where the logs are.
+    dir: std::path::PathBuf,
     children: Vec<std::process::Child>,
     /// Their standard outputs, kept open (a closed pipe would stop a node that prints).
     outputs: Vec<BufReader<ChildStdout>>,
@@ -221,44 +224,47 @@ fn free_port() -> std::io::Result<u16> {
 
 #[allow(dead_code)]
 impl Cluster {
-    /// Starts a cluster over the store in `store`, every node given `args` too (keys), each
-    /// executor `slots` task slots; logs (`scheduler.log`, `executor<n>.log`) and work
-    /// folders in `dir`.
+    /// Starts a cluster over the store at `store` (a folder or URL), every node given `args`
+    /// too (keys), each executor `slots` task slots; logs (`scheduler.log`,
+    /// `executor<n>.log`) and work folders in `dir`.
     pub fn start(
-        store: &std::path::Path,
+        store: impl AsRef<std::ffi::OsStr>,
         args: &[String],
         slots: usize,
         dir: &std::path::Path,
     ) -> Result<Self, Box<dyn std::error::Error>> {
-        Self::start_with(store, args, slots, dir, &[])
+        Self::start_with(store, args, slots, dir, &[], &[])
     }
 
-    /// [`Self::start`], the scheduler alone given the environment variables `scheduler_env`.
+    /// [`Self::start`], every node given the environment variables `every_node` (an S3
+    /// store's), and the scheduler alone `scheduler_env` too.
     pub fn start_with(
-        store: &std::path::Path,
+        store: impl AsRef<std::ffi::OsStr>,
         args: &[String],
         slots: usize,
         dir: &std::path::Path,
-        scheduler_env: &[(&str, &std::path::Path)],
+        every_node: &[(&str, String)],
+        scheduler_env: &[(&str, String)],
     ) -> Result<Self, Box<dyn std::error::Error>> {
-        let node =
-            |role: &[String], log: &str, env: &[(&str, &std::path::Path)]| -> std::io::Result<std::process::Child> {
-                let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"));
-                command.arg("--data").arg(store).args(role).args(args);
-                command.env_remove("PROXIMA_MASTER_KEY_FILE");
-                for (name, value) in env {
-                    command.env(name, value);
-                }
-                command
-                    .env("RUST_LOG", "warn")
-                    .env_remove("PROXIMA_MASTER_KEY")
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::fs::File::create(dir.join(log))?)
-                    .spawn()
-            };
+        let node = |role: &[String], log: &str, env: &[(&str, String)]| -> std::io::Result<std::process::Child> {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"));
+            command.arg("--data").arg(store.as_ref()).args(role).args(args);
+            command.env_remove("PROXIMA_MASTER_KEY_FILE");
+            for (name, value) in every_node.iter().chain(env) {
+                command.env(name, value);
+            }
+            // Executors say which tasks they ran (`Finished task : [TID job/stage/partition]`).
+            command
+                .env("RUST_LOG", "warn,ballista_executor::execution_loop=info")
+                .env_remove("PROXIMA_MASTER_KEY")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::fs::File::create(dir.join(log))?)
+                .spawn()
+        };
         let mut cluster = Self {
             url: String::new(),
             work_dirs: Vec::new(),
+            dir: dir.to_path_buf(),
             children: Vec::new(),
             outputs: Vec::new(),
         };
@@ -308,5 +314,138 @@ impl Cluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// The tasks each executor has finished, as its log says: `(job, stage, partition)`.
+    pub fn finished_tasks(&self) -> Vec<Vec<(String, String, String)>> {
+        (1..=self.work_dirs.len())
+            .map(|n| {
+                let log = std::fs::read_to_string(self.dir.join(format!("executor{n}.log"))).unwrap_or_default();
+                log.lines()
+                    .filter_map(|line| line.split("Finished task : [TID ").nth(1))
+                    .filter_map(|tid| {
+                        let mut parts = tid.split(']').next()?.split('/');
+                        let (job, stage, partition) = (parts.next()?, parts.next()?, parts.next()?);
+                        Some((job.to_string(), stage.to_string(), partition.to_string()))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// An S3-compatible server (moto, from PyPI) on a loopback port, killed when dropped.
+///
+/// `moto_server` is looked up in `$MOTO_SERVER`, then in the project's `.venv`, then on
+/// `PATH` (`.ci/run` installs it into `.venv`).
+#[allow(dead_code)] // not every test binary that shares this module uses S3
+pub struct Moto {
+    child: std::process::Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[allow(dead_code)]
+impl Moto {
+    /// Starts moto, or returns `None` if `moto_server` is not installed, which fails the
+    /// test under CI (`CI` set): there, every test that needs S3 must run.
+    pub fn start_or_skip(test: &str) -> Option<Self> {
+        let Some(binary) = Self::find() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run {test}: moto_server not found (.ci/run installs it into .venv)"
+            );
+            eprintln!("{test}: skipped: moto_server not found (pip install 'moto[server]' or run .ci/run)");
+            return None;
+        };
+        let port = free_port().expect("a free port");
+        let child = std::process::Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let moto = Self { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while moto.request("GET", "/").is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not answer on port {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Some(moto)
+    }
+
+    fn find() -> Option<std::path::PathBuf> {
+        if let Some(path) = std::env::var_os("MOTO_SERVER") {
+            return Some(std::path::PathBuf::from(path));
+        }
+        let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+        let on_path = std::env::var_os("PATH")
+            .map(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|p| p.join("moto_server"))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        std::iter::once(venv).chain(on_path).find(|p| p.is_file())
+    }
+
+    /// The Python that runs moto (beside `moto_server`, with boto3), else `python3`.
+    pub fn python(&self) -> std::path::PathBuf {
+        Self::find()
+            .and_then(|moto| moto.parent().map(|bin| bin.join("python")))
+            .filter(|python| python.is_file())
+            .unwrap_or_else(|| "python3".into())
+    }
+
+    /// Sends one bodiless, unsigned HTTP request (moto takes them) and returns the whole
+    /// response.
+    pub fn request(&self, method: &str, path: &str) -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    }
+
+    /// Creates a bucket.
+    pub fn create_bucket(&self, bucket: &str) {
+        let response = self.request("PUT", &format!("/{bucket}")).expect("moto answers");
+        let status = response.lines().next().unwrap_or_default();
+        assert!(status.contains(" 200"), "creating bucket {bucket}: {status}");
+    }
+
+    /// The same settings as [`Self::env`], as `Store::open_with` takes them.
+    pub fn s3_options(&self) -> Vec<(String, String)> {
+        self.env()
+            .into_iter()
+            .map(|(name, value)| (name.to_ascii_lowercase(), value))
+            .collect()
+    }
+
+    /// The variables that point `proxima` (and `Store::open`) at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
     }
 }
