@@ -398,6 +398,11 @@ async fn a_revoked_phone_is_erased_within_one_round_and_verify_proves_it() {
     let traced = format!("SELECT contact FROM trace_contacts('{w}', TIMESTAMP '{now}', 1) ORDER BY contact");
     assert!(text(&factory, &traced).await.contains(&v), "W's trace finds V before");
 
+    let registry = proxima_storage::registry::SharedRegistry::open(&store).await.unwrap();
+    assert!(
+        registry.by_device(&v).await.unwrap().is_some(),
+        "V is in the shared registry"
+    );
     phone(&v_state, &api, &["revoke"]);
     eventually("the erasure", || {
         let (_, out, _) = proxima(&key_file, &root, &["erasure", "status"]);
@@ -433,6 +438,10 @@ async fn a_revoked_phone_is_erased_within_one_round_and_verify_proves_it() {
         .await,
         ["0"]
     );
+    // The shared registry, which serving nodes look devices up in, forgot V (and only V).
+    assert_eq!(registry.by_device(&v).await.unwrap(), None);
+    assert!(registry.revocation_names().await.unwrap().is_empty());
+    assert!(registry.by_device(&w).await.unwrap().is_some());
     for day in store.list_days(Table::Observations).await.unwrap() {
         assert!(factory.index().is_covered(day.day).await.unwrap(), "{day:?}");
     }

@@ -123,6 +123,11 @@ pub struct ServeArgs {
     /// scanner follow a phone, and lets whoever registers a sniffed MAC take its alerts.
     #[arg(long, env = "PROXIMA_ACCEPT_MAC")]
     accept_mac: bool,
+    /// How often this node reads the revocations that other `proxima serve` nodes on the
+    /// same store made (5s, 1m): the longest a device revoked on another node may still
+    /// upload here. Registrations made elsewhere are looked up at once.
+    #[arg(long, env = "PROXIMA_REGISTRY_REFRESH", default_value = "5s", value_parser = parse_duration)]
+    registry_refresh: std::time::Duration,
     /// Count an encounter in traces and alerts only when both devices reported each other
     /// within proxima.trace.mutual_window (5 minutes): a phone that uploads one-sided,
     /// made-up sightings alerts no one. Sessions start with proxima.trace.require_mutual on.
@@ -390,6 +395,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
                     registration_work: args.registration_work,
                     accept_mac: args.accept_mac || args.demo,
                     token_ttl: args.token_ttl,
+                    registry_refresh: args.registry_refresh,
                     ..RestOptions::default()
                 },
                 clock,

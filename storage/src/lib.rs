@@ -11,7 +11,8 @@
 //! days that lack it (every transaction writes it with the observations),
 //! [`retention`] deletes day folders, and the [`Maintainer`] runs all of
 //! that housekeeping in one loop on its own runtime, whether or not REST is
-//! enabled. Reading the store is `proxima-engine`'s business, not this
+//! enabled. The shared [`registry`] is what serving nodes on one store know of each
+//! other's registrations and revocations before they flush. Reading the store is `proxima-engine`'s business, not this
 //! crate's; accepting rows from the outside world is `proxima-ingest`'s.
 #![warn(missing_docs)]
 
@@ -24,6 +25,7 @@ pub mod keys;
 pub mod layout;
 pub mod maintainer;
 pub mod marks;
+pub mod registry;
 pub mod retention;
 #[cfg(test)]
 mod testing;

@@ -105,8 +105,14 @@ impl Server {
     /// Runs `proxima <args>` (a `serve` with a loopback `--http`; `PROXIMA_MASTER_KEY` of
     /// the test's environment removed) and waits for its REST service.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Self::start`] with more environment variables (an S3 store's).
+    pub fn start_with_env(args: &[&str], env: &[(&str, String)]) -> Self {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
             .env_remove("PROXIMA_MASTER_KEY")
             .stdout(std::process::Stdio::piped())

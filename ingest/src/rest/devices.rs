@@ -9,6 +9,13 @@
 //! them in memory for the token check of every upload; it is loaded from the store at
 //! start (after the WAL's replay was flushed) and updated after each durable
 //! registration or revocation.
+//!
+//! Serving nodes on one store share registrations and revocations through the store's
+//! [`SharedRegistry`], written before either is acknowledged: a MAC is claimed there by a
+//! conditional put (one device per MAC across nodes), a token this node does not know is
+//! looked up there (at most once per refresh while it stays unknown), and every
+//! `--registry-refresh` ([`Registry::refresh`]) each node reads the revocations made
+//! anywhere.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -28,6 +35,7 @@ use utoipa::ToSchema;
 use super::body::{parse_json, read_limited, require_json, typed};
 use super::error::{ApiError, ApiResult};
 use super::{AppState, read_table};
+use proxima_storage::registry::{DeviceEntry, SharedRegistry};
 use proxima_storage::wal::Entry;
 
 /// How far a revocation's timestamp may be from the server's clock.
@@ -117,10 +125,19 @@ struct Devices {
     handles: HashSet<u64>,
 }
 
+/// How many unknown tokens a node remembers between refreshes (beyond, it looks them up).
+const UNKNOWN_TOKENS: usize = 100_000;
+
 /// Registered devices, their credentials and revocations, in memory.
 #[derive(Debug, Default)]
 pub struct Registry {
     inner: RwLock<Devices>,
+    /// The store's shared registry (none in unit tests of this module).
+    shared: Option<SharedRegistry>,
+    /// Tokens looked up in the shared registry and not found, since the last refresh.
+    unknown_tokens: std::sync::Mutex<HashSet<[u8; 32]>>,
+    /// The revocation objects already read.
+    seen_revocations: std::sync::Mutex<HashSet<String>>,
 }
 
 /// The SHA-256 of an upload token.
@@ -129,7 +146,8 @@ pub fn token_digest(token: &str) -> [u8; 32] {
 }
 
 impl Registry {
-    /// Loads the devices, credentials and revocations stored in the store.
+    /// Loads the devices, credentials and revocations stored in the store, and those of the
+    /// shared registry's revocations made meanwhile by other nodes.
     pub async fn load(factory: &SessionFactory) -> crate::Result<Self> {
         let mut devices = Devices::default();
         for batch in read_table(factory, Table::Devices).await? {
@@ -174,9 +192,107 @@ impl Registry {
                 }
             }
         }
-        Ok(Self {
+        let registry = Self {
             inner: RwLock::new(devices),
-        })
+            shared: Some(SharedRegistry::open(factory.store()).await?),
+            ..Self::default()
+        };
+        registry.refresh().await?;
+        Ok(registry)
+    }
+
+    /// Reads the revocations other nodes made since the last refresh, and forgets the tokens
+    /// found unknown (they may have been registered since). Returns how many devices this
+    /// node learnt were revoked.
+    pub async fn refresh(&self) -> crate::Result<usize> {
+        let Some(shared) = &self.shared else { return Ok(0) };
+        self.unknown_tokens.lock().expect("never poisoned").clear();
+        let names = shared.revocation_names().await?;
+        let mut revoked = 0;
+        for name in names {
+            if self
+                .seen_revocations
+                .lock()
+                .expect("never poisoned")
+                .contains(name.as_ref())
+            {
+                continue;
+            }
+            if let Some(uuid) = shared.revoked_device(&name).await?
+                && let Some(device) = self.write().devices.get_mut(&uuid)
+                && !device.revoked
+            {
+                device.revoked = true;
+                revoked += 1;
+            }
+            self.seen_revocations
+                .lock()
+                .expect("never poisoned")
+                .insert(name.to_string());
+        }
+        Ok(revoked)
+    }
+
+    /// Learns a registration another node made, and whether it is revoked.
+    async fn learn(&self, shared: &SharedRegistry, entry: DeviceEntry) -> crate::Result<()> {
+        let revoked = shared.is_revoked(&entry.uuid).await?;
+        let mut digest = [0u8; 32];
+        let mut devices = self.write();
+        if hex::decode_to_slice(&entry.token_digest, &mut digest).is_ok() {
+            devices.by_token.insert(digest, entry.uuid.clone());
+        }
+        if let Some(mac) = entry.mac {
+            devices.by_mac.insert(mac, entry.uuid.clone());
+        }
+        devices
+            .handles
+            .extend(proxima_engine::ephemeral::handle_of(&entry.uuid));
+        let revocation_key = entry.revocation_key.as_deref().and_then(|k| parse_key(k).ok());
+        let device = devices.devices.entry(entry.uuid).or_insert(Device {
+            revocation_key,
+            revoked,
+        });
+        device.revoked |= revoked;
+        Ok(())
+    }
+
+    /// The device an upload token belongs to, if the device is registered and not revoked:
+    /// on this node, or else in the shared registry.
+    pub async fn authenticate(&self, token: &str) -> crate::Result<Option<String>> {
+        if let Some(uuid) = self.device_of_token(token) {
+            return Ok(Some(uuid));
+        }
+        let Some(shared) = &self.shared else { return Ok(None) };
+        let digest = token_digest(token);
+        if self.read().by_token.contains_key(&digest)
+            || self.unknown_tokens.lock().expect("never poisoned").contains(&digest)
+        {
+            return Ok(None);
+        }
+        match shared.by_token(&hex::encode(digest)).await? {
+            Some(entry) => self.learn(shared, entry).await?,
+            None => {
+                let mut unknown = self.unknown_tokens.lock().expect("never poisoned");
+                if unknown.len() < UNKNOWN_TOKENS {
+                    unknown.insert(digest);
+                }
+                return Ok(None);
+            }
+        }
+        Ok(self.device_of_token(token))
+    }
+
+    /// Makes sure this node knows `uuid` if any node registered it (its [`Self::status`]
+    /// is then the store's).
+    pub async fn resolve(&self, uuid: &str) -> crate::Result<()> {
+        let Some(shared) = &self.shared else { return Ok(()) };
+        if self.read().devices.contains_key(uuid) {
+            return Ok(());
+        }
+        if let Some(entry) = shared.by_device(uuid).await? {
+            self.learn(shared, entry).await?;
+        }
+        Ok(())
     }
 
     /// A new random device UUID whose handle no other device has (a clash is a one in 2^64
@@ -230,6 +346,11 @@ impl Registry {
     /// Whether `uuid` is registered and not revoked.
     pub fn is_active(&self, uuid: &str) -> bool {
         self.status(uuid) == Some(false)
+    }
+
+    /// The store's shared registry.
+    pub fn shared(&self) -> Option<&SharedRegistry> {
+        self.shared.as_ref()
     }
 
     /// Number of devices known.
@@ -347,6 +468,17 @@ async fn write_registration(
     let uuid = state.registry.new_device_uuid();
     let token = random_token();
     let now = state.clock.now();
+    // Shared before the rows are durable: once acknowledged, every node knows the device.
+    if let Some(shared) = state.registry.shared() {
+        let entry = DeviceEntry {
+            uuid: uuid.clone(),
+            token_digest: hex::encode(token_digest(&token)),
+            revocation_key: Some(hex::encode(key.as_bytes())),
+            mac: mac.map(str::to_string),
+            registered: now,
+        };
+        share_registration(shared, &entry).await?;
+    }
     let mac = Arc::new(StringArray::from(vec![mac]));
     let device = RecordBatch::try_new(schema::DEVICES.clone(), vec![text(&uuid), mac, timestamp(now)])
         .map_err(|e| ApiError::internal("building the device row failed", e))?;
@@ -376,6 +508,26 @@ async fn write_registration(
         )
         .await?;
     Ok((uuid, token))
+}
+
+/// Claims the registration's MAC in the shared registry (409 if another node registered it)
+/// and records the registration there.
+async fn share_registration(shared: &SharedRegistry, entry: &DeviceEntry) -> ApiResult<()> {
+    let unshared = |e| ApiError::internal("the registration could not be shared with the other nodes", e);
+    if let Some(mac) = &entry.mac
+        && !shared.claim_mac(mac, &entry.uuid).await.map_err(unshared)?
+    {
+        return Err(ApiError::conflict(format!("body.mac: {mac} is already registered")));
+    }
+    if let Err(e) = shared.register(entry).await {
+        if let Some(mac) = &entry.mac
+            && let Err(released) = shared.release_mac(mac).await
+        {
+            tracing::warn!(target: "proxima::http", %released, "a MAC claim could not be released");
+        }
+        return Err(unshared(e));
+    }
+    Ok(())
 }
 
 /// `DELETE /v1/devices/{uuid}`: revokes a device (its token stops working at once), on a
@@ -511,7 +663,19 @@ fn nobody() -> ed25519_dalek::VerifyingKey {
 /// Makes the revocation of `uuid` (which the caller put in `revoking`) durable, then marks
 /// the device revoked; `revoking` is cleared either way.
 async fn write_revocation(state: &AppState, uuid: &str, now: DateTime<Utc>) -> ApiResult<()> {
-    let written = write_revocation_row(state, uuid, now).await;
+    let written = async {
+        write_revocation_row(state, uuid, now).await?;
+        // Every node refuses the device within its refresh; until this succeeds, the
+        // revocation is not acknowledged (a retry writes the row again, which is harmless).
+        if let Some(shared) = state.registry.shared() {
+            shared
+                .revoke(uuid, now)
+                .await
+                .map_err(|e| ApiError::internal("the revocation could not be shared with the other nodes", e))?;
+        }
+        Ok::<_, ApiError>(())
+    }
+    .await;
     let mut devices = state.registry.write();
     devices.revoking.remove(uuid);
     written?;

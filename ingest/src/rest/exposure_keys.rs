@@ -141,7 +141,7 @@ pub async fn register(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult<Json<KeysAccepted>> {
-    let device = state.device_of(&headers)?;
+    let device = state.device_of(&headers).await?;
     if let Err(wait) = state.limiter.check(&device) {
         return Err(ApiError::rate_limited(wait, "this device"));
     }

@@ -87,7 +87,7 @@ pub async fn issue(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<EphemeralIds>> {
-    let device = state.device_of(&headers)?;
+    let device = state.device_of(&headers).await?;
     if let Err(wait) = state.limiter.check(&device) {
         return Err(ApiError::rate_limited(wait, "this device"));
     }

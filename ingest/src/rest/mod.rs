@@ -85,6 +85,10 @@ pub struct RestOptions {
     /// Whether phones may register and report static MACs (`--accept-mac`: legacy phones;
     /// off, only rotating identifiers and GAEN RPIs).
     pub accept_mac: bool,
+    /// How often this node reads the revocations other nodes on the store made (and
+    /// forgets which tokens it found unknown): the longest a device revoked elsewhere may
+    /// still upload here.
+    pub registry_refresh: Duration,
 }
 
 impl Default for RestOptions {
@@ -103,6 +107,7 @@ impl Default for RestOptions {
             token_ttl: Duration::from_secs(3600),
             registration_work: 0,
             accept_mac: false,
+            registry_refresh: Duration::from_secs(5),
         }
     }
 }
@@ -169,8 +174,9 @@ pub struct Shared {
 pub type AppState = Arc<Shared>;
 
 impl Shared {
-    /// The device of a request's upload token (401 if missing, unknown or revoked).
-    pub fn device_of(&self, headers: &HeaderMap) -> ApiResult<String> {
+    /// The device of a request's upload token (401 if missing, unknown or revoked), known
+    /// here or to the shared registry.
+    pub async fn device_of(&self, headers: &HeaderMap) -> ApiResult<String> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -178,7 +184,9 @@ impl Shared {
             .map(str::trim)
             .ok_or_else(|| ApiError::unauthorized("send the device's upload token as Authorization: Bearer <token>"))?;
         self.registry
-            .device_of_token(token)
+            .authenticate(token)
+            .await
+            .map_err(|e| ApiError::internal("the shared registry could not be read", e))?
             .ok_or_else(|| ApiError::unauthorized("the upload token is not valid (unknown, or the device is revoked)"))
     }
 
@@ -284,6 +292,7 @@ impl RestService {
             ready: AtomicBool::new(true),
         });
         maintainer.add_listener(Arc::new(AlertReloader(Arc::downgrade(&state))));
+        tokio::spawn(refresh_registry(Arc::downgrade(&state)));
         Ok(Self { state })
     }
 
@@ -344,6 +353,23 @@ impl RestService {
     /// From now on `/readyz` answers 503 (the server is stopping).
     pub fn set_stopping(&self) {
         self.state.ready.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Refreshes the registry from the shared one every `registry_refresh`, while the service
+/// lives.
+async fn refresh_registry(state: std::sync::Weak<Shared>) {
+    loop {
+        let Some(every) = state.upgrade().map(|s| s.options.registry_refresh) else {
+            return;
+        };
+        tokio::time::sleep(every).await;
+        let Some(state) = state.upgrade() else { return };
+        match state.registry.refresh().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(target: "proxima::serve", devices = n, "revoked on other nodes"),
+            Err(e) => warn!(target: "proxima::serve", error = %e, "refreshing the registry failed"),
+        }
     }
 }
 

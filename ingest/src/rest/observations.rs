@@ -224,7 +224,7 @@ impl Rows {
         (status = 429, description = "Over the device's rate limit (see Retry-After)", body = super::error::ErrorBody),
     ))]
 pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Body) -> Response {
-    let device = match state.device_of(&headers) {
+    let device = match state.device_of(&headers).await {
         Ok(device) => device,
         Err(e) => return e.into_response(),
     };

@@ -282,6 +282,12 @@ async fn erase_pending(
         );
         records.push((e.device.clone(), record));
     }
+    // The shared registry's entries, which every serving node looks devices up in.
+    let devices: Vec<String> = erased.iter().map(|e| e.device.clone()).collect();
+    crate::registry::SharedRegistry::open(store)
+        .await?
+        .forget(&devices)
+        .await?;
     // Last: the revocations themselves, which name the devices and kept them pending.
     lease.renew(Utc::now()).await?;
     erase_everywhere(factory, writer, &erased, &[Table::Revocations], Some(lease)).await?;
@@ -342,9 +348,17 @@ pub async fn expire_inactive(
     let mut tables = ORDER.to_vec();
     tables.push(Table::Revocations);
     let done = erase_everywhere(factory, writer, &erased, &tables, Some(&lease)).await;
-    lease.release().await?;
-    done?;
     let devices: Vec<String> = erased.into_iter().map(|e| e.device).collect();
+    let forgotten = match done {
+        Ok(_) => crate::registry::SharedRegistry::open(store)
+            .await?
+            .forget(&devices)
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    lease.release().await?;
+    forgotten?;
     info!(target: "proxima::erasure", devices = devices.len(), "retention removed devices with no observation in the window");
     Ok(Some(devices))
 }

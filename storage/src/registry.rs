@@ -1,0 +1,303 @@
+//! The device registry every serving node shares through the store.
+//!
+//! A device's registration, its upload token and its revocation are rows of the WAL (and
+//! then of `devices`, `device_credentials` and `revocations`), which only the node that took
+//! them sees until it flushes. So that any number of stateless `proxima serve` nodes on one
+//! store agree at once, each registration and revocation is also written, before it is
+//! acknowledged, as small objects under `_registry/`:
+//!
+//! - `mac/<name>`: the claim of a static MAC, made by a conditional put (create only), so
+//!   that of two nodes registering one MAC at once exactly one succeeds;
+//! - `device/<name>` and `token/<name>`: the registration, found by device (erasure needs
+//!   it) and by the SHA-256 of its upload token (a node that does not know a token looks
+//!   it up here);
+//! - `revoked/<name>`: a revocation, which every node lists every `--registry-refresh`.
+//!
+//! Names are keyed hashes (HMAC-SHA-256 under a key derived from the store's erasure hash
+//! key), so no name shows a UUID, a MAC or a token digest, and bodies are sealed
+//! (AES-256-GCM under another derived key, the object's path bound in): in a store with
+//! master keys nothing here is readable without them. Erasure deletes a device's objects
+//! ([`SharedRegistry::forget`]) with its rows.
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use hmac::{Hmac, KeyInit, Mac};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use proxima_engine::Store;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::error::{Error, Result};
+
+/// The folder of the shared registry.
+pub const REGISTRY_FOLDER: &str = "_registry";
+
+/// A registration, as the registry keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceEntry {
+    /// The device's UUID.
+    pub uuid: String,
+    /// The SHA-256 of its upload token, hex.
+    pub token_digest: String,
+    /// The owner's Ed25519 public key, hex (none for a device registered without one).
+    pub revocation_key: Option<String>,
+    /// Its static MAC, if it registered one.
+    pub mac: Option<String>,
+    /// When it registered.
+    pub registered: DateTime<Utc>,
+}
+
+/// A revocation, as the registry keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Revoked {
+    uuid: String,
+    at: DateTime<Utc>,
+}
+
+/// The MAC claim's body.
+#[derive(Debug, Serialize, Deserialize)]
+struct MacClaim {
+    uuid: String,
+}
+
+/// The shared registry of one store.
+#[derive(Debug, Clone)]
+pub struct SharedRegistry {
+    store: Store,
+    name_key: [u8; 32],
+    seal_key: [u8; 32],
+}
+
+/// A key derived from `key` for one use.
+fn derive(key: &[u8; 32], purpose: &str) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(b"proxima registry\0");
+    mac.update(purpose.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+impl SharedRegistry {
+    /// The registry of `store` (its keys derived from the store's erasure hash key, made on
+    /// first use).
+    pub async fn open(store: &Store) -> Result<Self> {
+        let key = crate::keys::erasure_hash_key(store).await?;
+        Ok(Self {
+            store: store.clone(),
+            name_key: derive(&key, "names"),
+            seal_key: derive(&key, "bodies"),
+        })
+    }
+
+    fn folder(&self, kind: &str) -> Path {
+        self.store.root().clone().join(REGISTRY_FOLDER).join(kind)
+    }
+
+    /// `_registry/<kind>/<keyed hash of text>`.
+    fn path(&self, kind: &str, text: &str) -> Path {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.name_key).expect("HMAC takes any key length");
+        mac.update(kind.as_bytes());
+        mac.update(b"\0");
+        mac.update(text.as_bytes());
+        self.folder(kind).join(hex::encode(&mac.finalize().into_bytes()[..16]))
+    }
+
+    /// Writes `body` sealed at `path`; with `create`, only if nothing is there (`false` if
+    /// something was).
+    async fn put(&self, path: &Path, body: &impl Serialize, create: bool) -> Result<bool> {
+        let json = serde_json::to_vec(body).map_err(|e| Error::Invalid(format!("registry entry: {e}")))?;
+        let sealed = proxima_engine::keys::seal(&self.seal_key, path.as_ref().as_bytes(), &json);
+        let mode = if create { PutMode::Create } else { PutMode::Overwrite };
+        let options = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .object_store()
+            .put_opts(path, PutPayload::from(sealed.into_bytes()), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) if create => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads and opens what [`Self::put`] wrote at `path`, if anything is there.
+    async fn get<T: for<'de> Deserialize<'de>>(&self, path: &Path) -> Result<Option<T>> {
+        let bytes = match self.store.object_store().get(path).await {
+            Ok(found) => found.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|_| Error::Invalid(format!("{path}: not sealed text")))?;
+        let json = proxima_engine::keys::open(&self.seal_key, path.as_ref().as_bytes(), text)
+            .ok_or_else(|| Error::Invalid(format!("{path}: cannot be opened with this store's registry key")))?;
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|e| Error::Invalid(format!("{path}: {e}")))
+    }
+
+    async fn delete(&self, path: &Path) -> Result<()> {
+        match self.store.object_store().delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Claims `mac` for device `uuid`: `false` if another device holds it.
+    pub async fn claim_mac(&self, mac: &str, uuid: &str) -> Result<bool> {
+        let claim = MacClaim { uuid: uuid.to_string() };
+        self.put(&self.path("mac", mac), &claim, true).await
+    }
+
+    /// Gives a MAC claim back (a registration that failed after claiming it).
+    pub async fn release_mac(&self, mac: &str) -> Result<()> {
+        self.delete(&self.path("mac", mac)).await
+    }
+
+    /// Records a registration (its MAC claimed first, if it has one).
+    pub async fn register(&self, entry: &DeviceEntry) -> Result<()> {
+        if !self.put(&self.path("device", &entry.uuid), entry, true).await? {
+            return Err(Error::Invalid(format!(
+                "a device with the new UUID {} is registered already",
+                entry.uuid
+            )));
+        }
+        self.put(&self.path("token", &entry.token_digest), entry, false).await?;
+        Ok(())
+    }
+
+    /// The registration whose upload token has this SHA-256 (hex), if any.
+    pub async fn by_token(&self, token_digest: &str) -> Result<Option<DeviceEntry>> {
+        self.get(&self.path("token", token_digest)).await
+    }
+
+    /// The registration of `uuid`, if any.
+    pub async fn by_device(&self, uuid: &str) -> Result<Option<DeviceEntry>> {
+        self.get(&self.path("device", uuid)).await
+    }
+
+    /// Records that `uuid` is revoked (again is no error).
+    pub async fn revoke(&self, uuid: &str, at: DateTime<Utc>) -> Result<()> {
+        let revoked = Revoked {
+            uuid: uuid.to_string(),
+            at,
+        };
+        self.put(&self.path("revoked", uuid), &revoked, true).await?;
+        Ok(())
+    }
+
+    /// Whether `uuid` is recorded as revoked.
+    pub async fn is_revoked(&self, uuid: &str) -> Result<bool> {
+        Ok(self.get::<Revoked>(&self.path("revoked", uuid)).await?.is_some())
+    }
+
+    /// The revocations recorded, as the names of their objects (cheap: one listing).
+    pub async fn revocation_names(&self) -> Result<Vec<Path>> {
+        let listed: Vec<_> = self
+            .store
+            .object_store()
+            .list(Some(&self.folder("revoked")))
+            .try_collect()
+            .await?;
+        Ok(listed.into_iter().map(|m| m.location).collect())
+    }
+
+    /// The device a revocation object names (`None` if it went meanwhile).
+    pub async fn revoked_device(&self, name: &Path) -> Result<Option<String>> {
+        Ok(self.get::<Revoked>(name).await?.map(|r| r.uuid))
+    }
+
+    /// Deletes everything the registry holds of these devices (erased or expired): their
+    /// registration, token, MAC claim and revocation. Returns how many were registered here.
+    pub async fn forget(&self, uuids: &[String]) -> Result<usize> {
+        let mut found = 0;
+        for uuid in uuids {
+            if let Some(entry) = self.by_device(uuid).await? {
+                found += 1;
+                self.delete(&self.path("token", &entry.token_digest)).await?;
+                if let Some(mac) = &entry.mac {
+                    self.delete(&self.path("mac", mac)).await?;
+                }
+            }
+            self.delete(&self.path("revoked", uuid)).await?;
+            self.delete(&self.path("device", uuid)).await?;
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(uuid: &str, mac: Option<&str>) -> DeviceEntry {
+        DeviceEntry {
+            uuid: uuid.into(),
+            token_digest: hex::encode([7u8; 32]),
+            revocation_key: None,
+            mac: mac.map(str::to_string),
+            registered: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn two_nodes_share_registrations_claims_and_revocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::local(dir.path()).unwrap();
+        let (one, two) = (
+            SharedRegistry::open(&store).await.unwrap(),
+            SharedRegistry::open(&store).await.unwrap(),
+        );
+        let device = "00000000-0000-4000-8000-000000000001";
+        let mac = "AA:00:00:00:00:01";
+        assert!(one.claim_mac(mac, device).await.unwrap());
+        assert!(!two.claim_mac(mac, "another").await.unwrap(), "one claim per MAC");
+        let registered = entry(device, Some(mac));
+        one.register(&registered).await.unwrap();
+        assert!(one.register(&registered).await.is_err(), "one registration per UUID");
+        assert_eq!(
+            two.by_token(&registered.token_digest).await.unwrap(),
+            Some(registered.clone())
+        );
+        assert_eq!(two.by_token(&hex::encode([8u8; 32])).await.unwrap(), None);
+        assert!(!two.is_revoked(device).await.unwrap());
+
+        one.revoke(device, Utc::now()).await.unwrap();
+        one.revoke(device, Utc::now()).await.unwrap();
+        let names = two.revocation_names().await.unwrap();
+        assert_eq!(names.len(), 1);
+        assert_eq!(two.revoked_device(&names[0]).await.unwrap().as_deref(), Some(device));
+        assert!(two.is_revoked(device).await.unwrap());
+
+        // Nothing on disk names the device, its MAC or its token digest.
+        let files: Vec<_> = walk(dir.path());
+        assert_eq!(files.len(), 5, "{files:?}"); // the hash key, device, token, mac, revoked
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap() + &file.display().to_string();
+            for secret in [device, mac, registered.token_digest.as_str()] {
+                assert!(!text.contains(secret), "{file:?} holds {secret}");
+            }
+        }
+
+        assert_eq!(two.forget(&[device.to_string()]).await.unwrap(), 1);
+        assert_eq!(one.by_token(&registered.token_digest).await.unwrap(), None);
+        assert!(one.revocation_names().await.unwrap().is_empty());
+        assert!(one.claim_mac(mac, "another").await.unwrap(), "the MAC is free again");
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path);
+            }
+        }
+        files
+    }
+}
