@@ -208,6 +208,12 @@ impl Registry {
         let Some(shared) = &self.shared else { return Ok(0) };
         self.unknown_tokens.lock().expect("never poisoned").clear();
         let names = shared.revocation_names().await?;
+        // Revocations erased since go from the store; what was seen of them goes too.
+        let listed: HashSet<String> = names.iter().map(|n| n.to_string()).collect();
+        self.seen_revocations
+            .lock()
+            .expect("never poisoned")
+            .retain(|name| listed.contains(name));
         let mut revoked = 0;
         for name in names {
             if self
