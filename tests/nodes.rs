@@ -2,14 +2,17 @@
 //! loopback), each with its own WAL, and phones (the reference phone, `proxima phone`)
 //! that register on one node and use the other. A MAC is registered once across both; a
 //! token works on the node that did not issue it at once; a node killed with SIGKILL and
-//! restarted loses and doubles nothing it acknowledged; a case reported on one node alerts
-//! a phone that fetches from the other; a device revoked on one node is refused by the
-//! other within `--registry-refresh`.
+//! restarted loses and doubles nothing it acknowledged; an upload acknowledged by one node
+//! and retried on the other with its idempotency key is stored once; a tracer's token from
+//! one node reports a case on the other, whose alert a phone fetches from the first; a
+//! device revoked on one node is refused by the other within `--registry-refresh`.
 //!
 //! Needs `moto_server` (see `common::Moto`): without it the test says so and passes, except
 //! under CI, where it fails.
 
 mod common;
+
+use base64::Engine as _;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -191,24 +194,88 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
     }
     phone_ok(&state("w"), &a.api, &["upload", "--heard", &v_id]);
 
+    // W's keyed upload is acknowledged by A; its retry on B is answered again, not stored.
+    let w_token = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(state("w")).unwrap()).unwrap()
+        ["upload_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let keyed = |api: &str| {
+        let at = |s: i64| (chrono::Utc::now() - chrono::Duration::seconds(s)).to_rfc3339();
+        let body = serde_json::json!([
+            {"observed": v_id, "observed_at": at(5), "duration_s": 60},
+            {"observed": v_id, "observed_at": at(4), "duration_s": 60},
+        ]);
+        reqwest::Client::new()
+            .post(format!("{api}/v1/observations"))
+            .bearer_auth(&w_token)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "retried-elsewhere")
+            .body(body.to_string())
+            .send()
+    };
+    let first = keyed(&a.api).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let retry = keyed(&b.api).await.unwrap();
+    assert_eq!(retry.status(), 200);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(retry.text().await.unwrap(), r#"{"accepted":2}"#);
+
     // Every acknowledged sighting is stored once, once each node has flushed.
     let factory = nodes.factory();
     let v_sightings = format!("SELECT count(*) FROM observations WHERE observer = '{v}'");
     rows_become(&factory, &v_sightings, &["6"]).await;
     assert_eq!(acked, 6);
     let w_sightings = format!("SELECT count(*) FROM observations WHERE observer = '{w}'");
-    rows_become(&factory, &w_sightings, &["1"]).await;
+    rows_become(&factory, &w_sightings, &["3"]).await;
     // No device twice, and the MAC once.
     let twice = "SELECT count(*) - count(DISTINCT device_uuid) FROM devices";
     assert_eq!(common::column(&factory, twice).await, ["0"]);
     let with_mac = format!("SELECT count(*) FROM devices WHERE mac = '{mac}'");
     assert_eq!(common::column(&factory, &with_mac).await, ["1"]);
 
-    // A case reported on A: V, its contact, fetches the alert from B.
-    let opened = common::report_case(&a.api, &password, &w).await;
+    // The tracer signs in on A and reports W on B with A's token; V, its contact, fetches
+    // the alert from A.
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!("{}/v1/auth/token", a.api))
+        .basic_auth("tracer", Some(&password))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|text| serde_json::from_str(&text).unwrap())
+        .unwrap();
+    let token = token["token"].as_str().unwrap();
+    let report = |token: String| {
+        http.post(format!("{}/v1/cases", b.api))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"device_uuid": w, "status": "confirmed"}).to_string())
+            .send()
+    };
+    // The same token with one bit of its signature flipped.
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let mut signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(signature)
+        .unwrap();
+    signature[0] ^= 1;
+    let forged = format!(
+        "{signed}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature)
+    );
+    assert_eq!(
+        report(forged).await.unwrap().status(),
+        401,
+        "a token must be A's signature"
+    );
+    let opened = report(token.to_string()).await.unwrap().text().await.unwrap();
+    let opened: serde_json::Value = serde_json::from_str(&opened).unwrap();
     assert_eq!(opened["alerts"]["high"], 1, "{opened}");
-    eventually("V's alert is served by B", || {
-        phone_ok(&state("v"), &b.api, &["alerts"]).contains("high")
+    eventually("V's alert is served by A", || {
+        phone_ok(&state("v"), &a.api, &["alerts"]).contains("high")
     });
 
     // V revokes on A: A refuses it at once, B within its refresh.

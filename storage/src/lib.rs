@@ -23,6 +23,7 @@ pub mod flush;
 pub mod index_build;
 pub mod keys;
 pub mod layout;
+pub mod lease;
 pub mod maintainer;
 pub mod marks;
 pub mod registry;

@@ -31,7 +31,9 @@ use crate::erasure;
 use crate::error::Result;
 use crate::flush::{Flushed, Flusher};
 use crate::index_build;
+use crate::lease::{self, Lease, Work};
 use crate::marks::committed_through;
+use crate::registry;
 use crate::retention;
 use crate::wal::{OsFs, Replayed, Wal, WalStats};
 use crate::writer::PartitionWriter;
@@ -232,7 +234,16 @@ impl Maintainer {
             listener.flushed().await;
         }
         let now = self.clock.now();
-        let runs = compaction::compact_due(&self.factory, &self.writer, now, self.options.sweep_grace).await?;
+        // One compactor at a time among the processes on the store.
+        let runs = match Lease::acquire_for(Work::Compaction, self.factory.store(), &lease::this_process(), now).await?
+        {
+            Some(held) => {
+                let runs = compaction::compact_due(&self.factory, &self.writer, now, self.options.sweep_grace).await;
+                held.release().await?;
+                runs?
+            }
+            None => 0,
+        };
         self.stats.compaction_runs.inc_by(runs as u64);
         let due = *self.sweep_due.lock().expect("sweep lock is never poisoned");
         if due.is_some_and(|due| now >= due) {
@@ -274,9 +285,22 @@ impl Maintainer {
     }
 
     /// Retention (alerts age off after their TTL), the `observed_index` of days written
-    /// before it existed, and the sweep of every folder (files replaced more than the
-    /// grace ago). Returns the days deleted and the indexes built.
+    /// before it existed, the sweep of every folder (files replaced more than the grace
+    /// ago) and of idempotency keys a day old. Returns the days deleted and the indexes built.
     pub async fn housekeeping(&self) -> Result<(usize, usize)> {
+        // One process at a time among those on the store; the others skip this round.
+        let store = self.factory.store();
+        let Some(held) =
+            Lease::acquire_for(Work::Housekeeping, store, &lease::this_process(), self.clock.now()).await?
+        else {
+            return Ok((0, 0));
+        };
+        let done = self.housekeeping_held().await;
+        held.release().await?;
+        done
+    }
+
+    async fn housekeeping_held(&self) -> Result<(usize, usize)> {
         let store = self.factory.store();
         let today = self.clock.now().date_naive();
         let mut expired = retention::apply(store, today, self.options.retention_days).await?.len();
@@ -301,6 +325,12 @@ impl Maintainer {
         // What an erasure replaced is deleted by the first tick after the grace; this also
         // catches files replaced by a process that stopped before then.
         compaction::sweep_everywhere(store, self.clock.now(), self.options.sweep_grace).await?;
+        // Idempotency keys past their window (an hour's margin for clocks).
+        let before = self.clock.now() - registry::UPLOAD_KEY_WINDOW - chrono::Duration::hours(1);
+        registry::SharedRegistry::open(store)
+            .await?
+            .sweep_upload_keys(before)
+            .await?;
         Ok((expired, rebuilt))
     }
 

@@ -11,13 +11,20 @@
 //! - `device/<name>` and `token/<name>`: the registration, found by device (erasure needs
 //!   it) and by the SHA-256 of its upload token (a node that does not know a token looks
 //!   it up here);
-//! - `revoked/<name>`: a revocation, which every node lists every `--registry-refresh`.
+//! - `revoked/<name>`: a revocation, which every node lists every `--registry-refresh`;
+//! - `upload-key/<name>`: an upload's idempotency key (per device), claimed by a
+//!   conditional put before the upload is stored and completed with its answer, so that a
+//!   retry on any node is answered again rather than stored twice. Claims are swept a day
+//!   after their last write ([`SharedRegistry::sweep_upload_keys`], hourly; on S3 a
+//!   lifecycle rule on the prefix does the same for free).
 //!
 //! Names are keyed hashes (HMAC-SHA-256 under a key derived from the store's erasure hash
 //! key), so no name shows a UUID, a MAC or a token digest, and bodies are sealed
 //! (AES-256-GCM under another derived key, the object's path bound in): in a store with
 //! master keys nothing here is readable without them. Erasure deletes a device's objects
-//! ([`SharedRegistry::forget`]) with its rows.
+//! ([`SharedRegistry::forget`]) with its rows. The same key also gives the one staff bearer
+//! tokens are signed with ([`SharedRegistry::staff_token_key`]), so that every node
+//! accepts a token any node issued.
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -55,6 +62,38 @@ struct Revoked {
     at: DateTime<Utc>,
 }
 
+/// An upload's idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum UploadKey {
+    /// A node is storing the upload (since `at`).
+    Pending { at: DateTime<Utc> },
+    /// The upload was stored: `accepted` observations.
+    Done { accepted: u64, at: DateTime<Utc> },
+}
+
+/// How long an upload's idempotency key is remembered.
+pub const UPLOAD_KEY_WINDOW: chrono::Duration = chrono::Duration::hours(24);
+
+/// How long a pending idempotency key holds off retries: a node storing an upload answers
+/// within seconds; a claim older than this belongs to a node that died or lost its store.
+pub const PENDING_KEY_TTL: chrono::Duration = chrono::Duration::minutes(2);
+
+/// What a node may do with an upload's idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// Claimed: store the upload, then [`SharedRegistry::complete_upload_key`].
+    Claimed,
+    /// Stored already, with this many observations accepted: answer so again.
+    Replay(u64),
+    /// Another node is storing it now.
+    InProgress,
+    /// Claimed by a node that never finished (it died, or could not store it): whether
+    /// the upload was stored is in the store's `upload_keys` if that node's log was
+    /// flushed. Check, then [`SharedRegistry::take_over_upload_key`] or complete it.
+    Abandoned,
+}
+
 /// The MAC claim's body.
 #[derive(Debug, Serialize, Deserialize)]
 struct MacClaim {
@@ -67,6 +106,7 @@ pub struct SharedRegistry {
     store: Store,
     name_key: [u8; 32],
     seal_key: [u8; 32],
+    token_key: [u8; 32],
 }
 
 /// A key derived from `key` for one use.
@@ -86,7 +126,13 @@ impl SharedRegistry {
             store: store.clone(),
             name_key: derive(&key, "names"),
             seal_key: derive(&key, "bodies"),
+            token_key: derive(&key, "staff tokens"),
         })
+    }
+
+    /// The key staff bearer tokens are signed with, the same on every node of the store.
+    pub fn staff_token_key(&self) -> [u8; 32] {
+        self.token_key
     }
 
     fn folder(&self, kind: &str) -> Path {
@@ -210,6 +256,75 @@ impl SharedRegistry {
         Ok(self.get::<Revoked>(name).await?.map(|r| r.uuid))
     }
 
+    fn upload_key_path(&self, device: &str, key: &str) -> Path {
+        self.path("upload-key", &format!("{device}\0{key}"))
+    }
+
+    /// Claims idempotency key `key` of `device` for an upload at `now`; a key completed more
+    /// than `window` ago is claimed anew.
+    pub async fn claim_upload_key(
+        &self,
+        device: &str,
+        key: &str,
+        now: DateTime<Utc>,
+        window: chrono::Duration,
+    ) -> Result<KeyClaim> {
+        let path = self.upload_key_path(device, key);
+        let pending = UploadKey::Pending { at: now };
+        // Twice at most: a claim released between the put and the read is claimed again.
+        for _ in 0..2 {
+            if self.put(&path, &pending, true).await? {
+                return Ok(KeyClaim::Claimed);
+            }
+            match self.get::<UploadKey>(&path).await? {
+                None => continue,
+                Some(UploadKey::Done { accepted, at }) if now - at < window => return Ok(KeyClaim::Replay(accepted)),
+                Some(UploadKey::Done { .. }) => {
+                    self.put(&path, &pending, false).await?;
+                    return Ok(KeyClaim::Claimed);
+                }
+                Some(UploadKey::Pending { at }) if now - at < PENDING_KEY_TTL => return Ok(KeyClaim::InProgress),
+                Some(UploadKey::Pending { .. }) => return Ok(KeyClaim::Abandoned),
+            }
+        }
+        Ok(KeyClaim::InProgress)
+    }
+
+    /// Claims an abandoned key (see [`KeyClaim::Abandoned`]).
+    pub async fn take_over_upload_key(&self, device: &str, key: &str, now: DateTime<Utc>) -> Result<()> {
+        let path = self.upload_key_path(device, key);
+        self.put(&path, &UploadKey::Pending { at: now }, false).await?;
+        Ok(())
+    }
+
+    /// Records that the upload of a claimed key was stored, with `accepted` observations.
+    pub async fn complete_upload_key(&self, device: &str, key: &str, accepted: u64, now: DateTime<Utc>) -> Result<()> {
+        let path = self.upload_key_path(device, key);
+        self.put(&path, &UploadKey::Done { accepted, at: now }, false).await?;
+        Ok(())
+    }
+
+    /// Gives a claimed key back: its upload failed and a retry may try again.
+    pub async fn release_upload_key(&self, device: &str, key: &str) -> Result<()> {
+        self.delete(&self.upload_key_path(device, key)).await
+    }
+
+    /// Deletes the idempotency keys last written before `before`; returns how many.
+    pub async fn sweep_upload_keys(&self, before: DateTime<Utc>) -> Result<usize> {
+        let listed: Vec<_> = self
+            .store
+            .object_store()
+            .list(Some(&self.folder("upload-key")))
+            .try_collect()
+            .await?;
+        let mut swept = 0;
+        for meta in listed.into_iter().filter(|m| m.last_modified < before) {
+            self.delete(&meta.location).await?;
+            swept += 1;
+        }
+        Ok(swept)
+    }
+
     /// Deletes everything the registry holds of these devices (erased or expired): their
     /// registration, token, MAC claim and revocation. Returns how many were registered here.
     pub async fn forget(&self, uuids: &[String]) -> Result<usize> {
@@ -286,6 +401,65 @@ mod tests {
         assert_eq!(one.by_token(&registered.token_digest).await.unwrap(), None);
         assert!(one.revocation_names().await.unwrap().is_empty());
         assert!(one.claim_mac(mac, "another").await.unwrap(), "the MAC is free again");
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_is_stored_once_across_nodes() {
+        let store = Store::in_memory();
+        let (one, two) = (
+            SharedRegistry::open(&store).await.unwrap(),
+            SharedRegistry::open(&store).await.unwrap(),
+        );
+        let (device, key, day) = ("d", "k", chrono::Duration::hours(24));
+        let now = Utc::now();
+        assert_eq!(
+            one.claim_upload_key(device, key, now, day).await.unwrap(),
+            KeyClaim::Claimed
+        );
+        assert_eq!(
+            two.claim_upload_key(device, key, now, day).await.unwrap(),
+            KeyClaim::InProgress
+        );
+        assert_eq!(
+            two.claim_upload_key("other device", key, now, day).await.unwrap(),
+            KeyClaim::Claimed,
+            "keys are per device"
+        );
+        one.complete_upload_key(device, key, 8, now).await.unwrap();
+        assert_eq!(
+            two.claim_upload_key(device, key, now, day).await.unwrap(),
+            KeyClaim::Replay(8)
+        );
+        let tomorrow = now + day + chrono::Duration::seconds(1);
+        assert_eq!(
+            two.claim_upload_key(device, key, tomorrow, day).await.unwrap(),
+            KeyClaim::Claimed
+        );
+
+        // A claim whose node never finished holds retries off for a while, then is abandoned.
+        assert_eq!(
+            one.claim_upload_key(device, "k2", now, day).await.unwrap(),
+            KeyClaim::Claimed
+        );
+        let later = now + PENDING_KEY_TTL + chrono::Duration::seconds(1);
+        assert_eq!(
+            two.claim_upload_key(device, "k2", later, day).await.unwrap(),
+            KeyClaim::Abandoned
+        );
+        two.take_over_upload_key(device, "k2", later).await.unwrap();
+        assert_eq!(
+            one.claim_upload_key(device, "k2", later, day).await.unwrap(),
+            KeyClaim::InProgress
+        );
+        // A released key is claimed again.
+        two.release_upload_key(device, "k2").await.unwrap();
+        assert_eq!(
+            one.claim_upload_key(device, "k2", later, day).await.unwrap(),
+            KeyClaim::Claimed
+        );
+
+        assert_eq!(one.sweep_upload_keys(Utc::now() - day).await.unwrap(), 0);
+        assert_eq!(one.sweep_upload_keys(Utc::now() + day).await.unwrap(), 3);
     }
 
     fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

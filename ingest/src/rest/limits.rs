@@ -1,6 +1,7 @@
 //! Rate limits and idempotency keys.
 //!
-//! Both are kept in memory per process. Rate limits are `governor`'s keyed token
+//! Both are kept in memory per process (idempotency keys also in the store's shared
+//! registry, so that they hold across serving nodes: `proxima_storage::registry`). Rate limits are `governor`'s keyed token
 //! buckets: per device on its own routes (`--device-rate` requests a minute, bursts up
 //! to the same number), per client address on registration and revocation
 //! (`--registration-rate`).
@@ -19,7 +20,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 
 /// How long an idempotency key is remembered.
-pub const IDEMPOTENCY_WINDOW: chrono::Duration = chrono::Duration::hours(24);
+pub const IDEMPOTENCY_WINDOW: chrono::Duration = proxima_storage::registry::UPLOAD_KEY_WINDOW;
 /// Entries kept before expired ones are swept.
 const SWEEP_AT: usize = 1 << 20;
 

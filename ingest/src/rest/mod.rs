@@ -52,6 +52,7 @@ pub use devices::Registry;
 pub use error::{ApiError, ApiResult};
 pub use limits::{Idempotency, IdempotencyCache, RateLimiter};
 pub use metrics::Metrics;
+use proxima_storage::registry::SharedRegistry;
 pub use staff::StaffAuth;
 
 /// Settings of the REST service (the `proxima serve --http` flags).
@@ -276,7 +277,14 @@ impl RestService {
             registrations: RateLimiter::new(options.registration_rate_per_minute),
             challenges: challenge::Challenges::new(options.registration_work),
             exposure_keys,
-            staff_auth: StaffAuth::new(users, options.token_ttl),
+            staff_auth: StaffAuth::new(
+                users,
+                options.token_ttl,
+                registry
+                    .shared()
+                    .map(SharedRegistry::staff_token_key)
+                    .unwrap_or_else(proxima_engine::keys::random_key),
+            ),
             options,
             clock,
             store,

@@ -26,6 +26,7 @@ use utoipa::ToSchema;
 use super::body::{media_type, parse_time, read_limited, require_json, typed, typed_body};
 use super::error::{ApiError, ApiResult};
 use super::{AppState, Idempotency};
+use proxima_storage::registry::KeyClaim;
 use proxima_storage::wal::Entry;
 
 /// Media type of NDJSON bulk uploads.
@@ -240,25 +241,31 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: axu
             }
         },
     };
+    let in_progress =
+        || ApiError::conflict("a request with this Idempotency-Key is still being processed").into_response();
     let claim = match &key {
         None => None,
         Some(key) => match state.idempotency.claim(&device, key, state.clock.now()) {
-            Idempotency::Replay(status, body) => {
-                let mut response = (status, body).into_response();
-                response.headers_mut().insert(
-                    axum::http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                response
-                    .headers_mut()
-                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
-                return response;
-            }
-            Idempotency::InProgress => {
-                return ApiError::conflict("a request with this Idempotency-Key is still being processed")
-                    .into_response();
-            }
-            Idempotency::Claimed => Some(key.clone()),
+            Idempotency::Replay(status, body) => return replayed(status, body),
+            Idempotency::InProgress => return in_progress(),
+            // This node's claim; now the other nodes'.
+            Idempotency::Claimed => match claim_shared(&state, &device, key).await {
+                Ok(OtherNodes::Go) => Some(key.clone()),
+                Ok(shared) => {
+                    state.idempotency.release(&device, key);
+                    return match shared {
+                        OtherNodes::Replay(accepted) => replayed(
+                            StatusCode::OK,
+                            serde_json::to_vec(&Accepted { accepted }).expect("serialisable"),
+                        ),
+                        _ => in_progress(),
+                    };
+                }
+                Err(e) => {
+                    state.idempotency.release(&device, key);
+                    return e.into_response();
+                }
+            },
         },
     };
     let result = store_upload(&state, &device, claim.as_deref(), &headers, body).await;
@@ -266,9 +273,17 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: axu
         (Ok(accepted), claim) => {
             let body = serde_json::to_vec(&accepted).expect("serialisable");
             if let Some(key) = claim {
+                let now = state.clock.now();
                 state
                     .idempotency
-                    .complete(&device, &key, StatusCode::OK, body.clone(), state.clock.now());
+                    .complete(&device, &key, StatusCode::OK, body.clone(), now);
+                // The rows are durable, so the answer is 200 whatever happens here: a claim
+                // left pending makes a retry elsewhere wait, then find the key stored.
+                if let Some(shared) = state.registry.shared()
+                    && let Err(e) = shared.complete_upload_key(&device, &key, accepted.accepted, now).await
+                {
+                    tracing::warn!(target: "proxima::http", error = %e, "an idempotency key could not be completed in the store");
+                }
             }
             (
                 StatusCode::OK,
@@ -280,10 +295,84 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: axu
         (Err(e), claim) => {
             if let Some(key) = claim {
                 state.idempotency.release(&device, &key);
+                if let Some(shared) = state.registry.shared()
+                    && let Err(e) = shared.release_upload_key(&device, &key).await
+                {
+                    tracing::warn!(target: "proxima::http", error = %e, "an idempotency key could not be released in the store");
+                }
             }
             e.into_response()
         }
     }
+}
+
+/// The answer given before to a request with the same idempotency key.
+fn replayed(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+/// What the other serving nodes say of an idempotency key this node claimed.
+enum OtherNodes {
+    Go,
+    Replay(u64),
+    InProgress,
+}
+
+/// Claims an idempotency key in the store's shared registry. A key a node claimed and never
+/// finished is looked for in `upload_keys` (that node's log flushed it if the upload was
+/// stored) and else taken over.
+async fn claim_shared(state: &AppState, device: &str, key: &str) -> ApiResult<OtherNodes> {
+    let Some(shared) = state.registry.shared() else {
+        return Ok(OtherNodes::Go);
+    };
+    let unshared = |e| ApiError::internal("the idempotency key could not be checked with the other nodes", e);
+    let now = state.clock.now();
+    match shared
+        .claim_upload_key(device, key, now, super::limits::IDEMPOTENCY_WINDOW)
+        .await
+        .map_err(unshared)?
+    {
+        KeyClaim::Claimed => Ok(OtherNodes::Go),
+        KeyClaim::Replay(accepted) => Ok(OtherNodes::Replay(accepted)),
+        KeyClaim::InProgress => Ok(OtherNodes::InProgress),
+        KeyClaim::Abandoned => {
+            if let Some(accepted) = stored_with_key(state, device, key).await? {
+                shared
+                    .complete_upload_key(device, key, accepted, now)
+                    .await
+                    .map_err(unshared)?;
+                return Ok(OtherNodes::Replay(accepted));
+            }
+            shared.take_over_upload_key(device, key, now).await.map_err(unshared)?;
+            Ok(OtherNodes::Go)
+        }
+    }
+}
+
+/// How many observations the upload stored with this key accepted, if the store holds it.
+async fn stored_with_key(state: &AppState, device: &str, key: &str) -> ApiResult<Option<u64>> {
+    let batches = super::read_table(&state.factory, Table::UploadKeys)
+        .await
+        .map_err(|e| ApiError::internal("the stored idempotency keys could not be read", e))?;
+    for batch in batches {
+        let devices = batch.column(0).as_string::<i32>();
+        let keys = batch.column(1).as_string::<i32>();
+        let accepted = batch.column(2).as_primitive::<arrow::datatypes::Int64Type>();
+        for i in 0..batch.num_rows() {
+            if devices.value(i) == device && keys.value(i) == key {
+                return Ok(Some(u64::try_from(accepted.value(i)).unwrap_or_default()));
+            }
+        }
+    }
+    Ok(None)
 }
 
 async fn store_upload(

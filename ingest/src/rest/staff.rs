@@ -3,29 +3,59 @@
 //! A staff call carries `Authorization: Basic` (checked against the argon2
 //! hash, on a blocking thread) or `Bearer` with a token from
 //! `POST /v1/auth/token`, which lasts `--token-ttl`.
+//!
+//! A token is signed, not remembered: `pxs1.<payload>.<HMAC-SHA-256>`, the payload the
+//! user, role and expiry (base64url JSON), under a key every serving node on the store
+//! derives from it (the shared registry's), so any node accepts a token another issued.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use base64::Engine as _;
+use hmac::{Hmac, KeyInit, Mac};
 use proxima_engine::{Principal, Role, Users};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 
-/// Staff users and their bearer tokens.
-#[derive(Debug)]
+/// Staff users and the key their bearer tokens are signed with.
 pub struct StaffAuth {
     users: Users,
     ttl: Duration,
-    tokens: Mutex<HashMap<String, (Principal, Instant)>>,
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for StaffAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaffAuth")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a token says.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    /// The user.
+    u: String,
+    /// The role's name.
+    r: String,
+    /// Expiry, Unix seconds.
+    e: u64,
+}
+
+const TOKEN_PREFIX: &str = "pxs1.";
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 /// Answer of `POST /v1/auth/token`.
@@ -38,13 +68,40 @@ pub struct StaffToken {
 }
 
 impl StaffAuth {
-    /// Staff auth over `users`; tokens last `ttl`.
-    pub fn new(users: Users, ttl: Duration) -> Self {
-        Self {
-            users,
-            ttl,
-            tokens: Mutex::new(HashMap::new()),
+    /// Staff auth over `users`; tokens last `ttl` and are signed with `key` (the same on
+    /// every node that must accept them).
+    pub fn new(users: Users, ttl: Duration, key: [u8; 32]) -> Self {
+        Self { users, ttl, key }
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC takes any key length")
+    }
+
+    /// The principal a token names, if this key signed it and it has not expired.
+    fn verify(&self, token: &str) -> ApiResult<Principal> {
+        let unknown = || ApiError::unauthorized("unknown bearer token");
+        let signed = token.strip_prefix(TOKEN_PREFIX).ok_or_else(unknown)?;
+        let (payload, signature) = signed.split_once('.').ok_or_else(unknown)?;
+        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| unknown())?;
+        let mut mac = self.mac();
+        mac.update(TOKEN_PREFIX.as_bytes());
+        mac.update(payload.as_bytes());
+        mac.verify_slice(&signature).map_err(|_| unknown())?;
+        let claims: Claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .ok_or_else(unknown)?;
+        if claims.e <= unix_now() {
+            return Err(ApiError::unauthorized(
+                "the token has expired; get a new one from POST /v1/auth/token",
+            ));
         }
+        let role = claims.r.parse().map_err(|_| unknown())?;
+        Ok(Principal { name: claims.u, role })
     }
 
     /// The principal of a request's credentials.
@@ -54,17 +111,7 @@ impl StaffAuth {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| ApiError::unauthorized("staff routes need Authorization: Basic or Bearer"))?;
         if let Some(token) = value.strip_prefix("Bearer ") {
-            let mut tokens = self.tokens.lock().expect("token lock is never poisoned");
-            return match tokens.get(token.trim()) {
-                Some((principal, expires)) if *expires > Instant::now() => Ok(principal.clone()),
-                Some(_) => {
-                    tokens.remove(token.trim());
-                    Err(ApiError::unauthorized(
-                        "the token has expired; get a new one from POST /v1/auth/token",
-                    ))
-                }
-                None => Err(ApiError::unauthorized("unknown bearer token")),
-            };
+            return self.verify(token.trim());
         }
         let Some(encoded) = value.strip_prefix("Basic ") else {
             return Err(ApiError::unauthorized("Authorization must be Basic or Bearer"));
@@ -88,15 +135,19 @@ impl StaffAuth {
 
     /// A new bearer token for `principal`.
     pub fn issue(&self, principal: Principal) -> StaffToken {
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let now = Instant::now();
-        let mut tokens = self.tokens.lock().expect("token lock is never poisoned");
-        tokens.retain(|_, (_, expires)| *expires > now);
-        tokens.insert(token.clone(), (principal, now + self.ttl));
+        let claims = Claims {
+            u: principal.name,
+            r: principal.role.name().to_string(),
+            e: unix_now() + self.ttl.as_secs(),
+        };
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&claims).expect("claims serialise"));
+        let mut mac = self.mac();
+        mac.update(TOKEN_PREFIX.as_bytes());
+        mac.update(payload.as_bytes());
+        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
         StaffToken {
-            token,
+            token: format!("{TOKEN_PREFIX}{payload}.{signature}"),
             expires_in: self.ttl.as_secs(),
         }
     }
@@ -127,4 +178,47 @@ pub fn require_role(principal: &Principal, roles: &[Role]) -> ApiResult<()> {
 pub async fn token(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<StaffToken>> {
     let principal = state.staff(&headers, &Role::ALL).await?;
     Ok(Json(state.staff_auth.issue(principal)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(key: u8, ttl: Duration) -> StaffAuth {
+        StaffAuth::new(Users::default(), ttl, [key; 32])
+    }
+
+    #[test]
+    fn a_token_signed_by_one_node_is_accepted_by_another_with_the_same_key_only() {
+        let alice = Principal {
+            name: "alice".into(),
+            role: Role::Tracer,
+        };
+        let issued = auth(1, Duration::from_secs(60)).issue(alice.clone());
+        let verified = auth(1, Duration::from_secs(60)).verify(&issued.token).unwrap();
+        assert_eq!((verified.name, verified.role), (alice.name.clone(), alice.role));
+        assert!(
+            auth(2, Duration::from_secs(60)).verify(&issued.token).is_err(),
+            "another store's key"
+        );
+
+        // Any change to the payload breaks the signature: no one makes themselves admin.
+        let (payload, signature) = issued.token[TOKEN_PREFIX.len()..].split_once('.').unwrap();
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        let forged = String::from_utf8(json).unwrap().replace("tracer", "admin");
+        let forged = format!(
+            "{TOKEN_PREFIX}{}.{signature}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged)
+        );
+        assert!(auth(1, Duration::from_secs(60)).verify(&forged).is_err());
+        for junk in ["", "pxs1.", "pxs1.a.b", "pxs1..", "x.y.z"] {
+            assert!(auth(1, Duration::from_secs(60)).verify(junk).is_err(), "{junk:?}");
+        }
+
+        let expired = auth(1, Duration::ZERO).issue(alice);
+        let err = auth(1, Duration::from_secs(60)).verify(&expired.token).unwrap_err();
+        assert!(format!("{err:?}").contains("expired"), "{err:?}");
+    }
 }

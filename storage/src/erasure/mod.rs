@@ -14,7 +14,6 @@
 //! store no longer tells whose history it was. Cases stay, as counts: their device is
 //! replaced by a [`pseudonym`].
 
-pub mod lease;
 pub mod rewrite;
 pub mod verify;
 
@@ -29,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tracing::info;
 
-pub use lease::Lease;
+pub use crate::lease::Lease;
 pub use rewrite::{Erased, FolderErasure, erase_everywhere, erase_in_folder};
 
 use crate::error::{Error, Result};
@@ -222,7 +221,7 @@ pub async fn erase_revoked(
     }
     let store = factory.store();
     // One eraser at a time among the processes sharing the store.
-    let Some(lease) = Lease::acquire(store, &lease::this_process(), Utc::now()).await? else {
+    let Some(lease) = Lease::acquire(store, &crate::lease::this_process(), Utc::now()).await? else {
         return Ok(Vec::new());
     };
     let erased = erase_pending(factory, writer, &pending, from, to, now, &lease).await;
@@ -333,7 +332,7 @@ pub async fn expire_inactive(
         return Ok(Some(Vec::new()));
     }
     let store = factory.store();
-    let Some(lease) = Lease::acquire(store, &lease::this_process(), Utc::now()).await? else {
+    let Some(lease) = Lease::acquire(store, &crate::lease::this_process(), Utc::now()).await? else {
         return Ok(None);
     };
     let key = crate::keys::erasure_hash_key(store).await?;

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::marks::{WAL_KEY, encode_marks, marks_in};
 use crate::writer::PartitionWriter;
 
-use super::lease::Lease;
+use crate::lease::Lease;
 
 /// One device to erase: its UUID and every identifier others heard it by (its MAC, the
 /// rotating identifiers and RPIs it broadcast).

@@ -1,6 +1,7 @@
-//! One eraser at a time among the processes that share a store.
+//! One process at a time on a piece of work ([`Work`]: erasure, compaction, housekeeping)
+//! among the processes that share a store, such as several `proxima serve` nodes.
 //!
-//! A lease is a generation file, `_erasure/lease/<generation>.json`, made by a conditional
+//! A lease is a generation file, `<folder of the work>/<generation>.json`, made by a conditional
 //! put (create only): of two processes that try to take the same generation, exactly one
 //! succeeds, on a local disk and on S3 alike. The newest generation is the lease; it names
 //! its holder and when it expires. A process takes the lease when the newest generation is
@@ -9,7 +10,9 @@
 //! (by a process that found it expired): if one was, it stops. Two erasers could then
 //! overlap by at most one file each, and the lineage markers resolve two rewrites of one
 //! file (one wins, the other is hidden); what the loser removed is removed again by the next
-//! round, since revocations go only after every table is done.
+//! round, since revocations go only after every table is done. Compaction is as safe
+//! without its lease (lineage markers) and retention's deletes are idempotent: their
+//! leases only keep two nodes from doing the same work twice.
 
 use std::time::Duration;
 
@@ -21,7 +24,6 @@ use proxima_engine::Store;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::ERASURE_FOLDER;
 use crate::error::{Error, Result};
 
 /// How long a lease lasts without renewal: longer than the rewrite of any one file.
@@ -33,26 +35,57 @@ struct LeaseFile {
     expires: DateTime<Utc>,
 }
 
-/// The erasure lease, held.
+/// The work a lease is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Erasure of revoked devices and of devices retention expires.
+    Erasure,
+    /// Compaction of recent days.
+    Compaction,
+    /// Retention, index upkeep and sweeps.
+    Housekeeping,
+}
+
+impl Work {
+    /// Its name, in logs and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Erasure => "erasure",
+            Self::Compaction => "compaction",
+            Self::Housekeeping => "housekeeping",
+        }
+    }
+
+    /// Its folder: the erasure lease where it always was, the others under `_leases/`.
+    fn folder(self, store: &Store) -> Path {
+        match self {
+            Self::Erasure => store.root().clone().join(crate::erasure::ERASURE_FOLDER).join("lease"),
+            other => store.root().clone().join("_leases").join(other.name()),
+        }
+    }
+}
+
+/// A lease, held.
 #[derive(Debug)]
 pub struct Lease {
     store: Store,
+    work: Work,
     generation: u64,
     holder: String,
 }
 
-fn folder(store: &Store) -> Path {
-    store.root().clone().join(ERASURE_FOLDER).join("lease")
-}
-
-fn location(store: &Store, generation: u64) -> Path {
-    folder(store).join(format!("{generation:020}.json"))
+fn location(store: &Store, work: Work, generation: u64) -> Path {
+    work.folder(store).join(format!("{generation:020}.json"))
 }
 
 /// The newest generation and its file (`None` if there is none; the file `None` if it was
 /// deleted meanwhile).
-async fn newest(store: &Store) -> Result<Option<(u64, Option<LeaseFile>)>> {
-    let listed: Vec<_> = store.object_store().list(Some(&folder(store))).try_collect().await?;
+async fn newest(store: &Store, work: Work) -> Result<Option<(u64, Option<LeaseFile>)>> {
+    let listed: Vec<_> = store
+        .object_store()
+        .list(Some(&work.folder(store)))
+        .try_collect()
+        .await?;
     let Some(generation) = listed
         .iter()
         .filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse::<u64>().ok())
@@ -60,11 +93,11 @@ async fn newest(store: &Store) -> Result<Option<(u64, Option<LeaseFile>)>> {
     else {
         return Ok(None);
     };
-    let at = location(store, generation);
+    let at = location(store, work, generation);
     let file = match store.object_store().get(&at).await {
         Ok(found) => Some(
             serde_json::from_slice(&found.bytes().await?)
-                .map_err(|e| Error::Invalid(format!("{at}: not an erasure lease: {e}")))?,
+                .map_err(|e| Error::Invalid(format!("{at}: not a lease: {e}")))?,
         ),
         Err(object_store::Error::NotFound { .. }) => None,
         Err(e) => return Err(e.into()),
@@ -78,19 +111,25 @@ pub fn this_process() -> String {
 }
 
 impl Lease {
-    /// Takes the lease for `holder` (a name for logs: host and process), or `None` if
-    /// another process holds it and it has not expired at `now`.
+    /// Takes the erasure lease (see [`Self::acquire_for`]).
     pub async fn acquire(store: &Store, holder: &str, now: DateTime<Utc>) -> Result<Option<Self>> {
-        let next = match newest(store).await? {
+        Self::acquire_for(Work::Erasure, store, holder, now).await
+    }
+
+    /// Takes the lease of `work` for `holder` (a name for logs: host and process), or
+    /// `None` if another process holds it and it has not expired at `now`.
+    pub async fn acquire_for(work: Work, store: &Store, holder: &str, now: DateTime<Utc>) -> Result<Option<Self>> {
+        let next = match newest(store, work).await? {
             None => 1,
             Some((generation, Some(file))) if file.expires > now => {
-                info!(target: "proxima::erasure", holder = %file.holder, generation, "another process is erasing; not this round");
+                info!(target: "proxima::lease", work = work.name(), holder = %file.holder, generation, "another process holds the lease; not this round");
                 return Ok(None);
             }
             Some((generation, _)) => generation + 1,
         };
         let lease = Self {
             store: store.clone(),
+            work,
             generation: next,
             holder: holder.to_string(),
         };
@@ -100,7 +139,7 @@ impl Lease {
         };
         match store
             .object_store()
-            .put_opts(&location(store, next), lease.payload(now), create)
+            .put_opts(&location(store, work, next), lease.payload(now), create)
             .await
         {
             Ok(_) => {}
@@ -109,7 +148,7 @@ impl Lease {
         }
         // Older generations are no one's any more.
         for old in 1..next {
-            match store.object_store().delete(&location(store, old)).await {
+            match store.object_store().delete(&location(store, work, old)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -129,19 +168,20 @@ impl Lease {
     /// Checks the lease is still this process's (no newer generation) and renews it until
     /// `now` + [`LEASE_TTL`]; an error if another process took it over.
     pub async fn renew(&self, now: DateTime<Utc>) -> Result<()> {
-        match newest(&self.store).await? {
+        match newest(&self.store, self.work).await? {
             Some((generation, _)) if generation == self.generation => {}
             _ => {
                 return Err(Error::Invalid(format!(
-                    "the erasure lease (generation {}) expired and another process took it over; this round stops \
+                    "the {} lease (generation {}) expired and another process took it over; this round stops \
                      and the next one finishes the work",
+                    self.work.name(),
                     self.generation
                 )));
             }
         }
         self.store
             .object_store()
-            .put(&location(&self.store, self.generation), self.payload(now))
+            .put(&location(&self.store, self.work, self.generation), self.payload(now))
             .await?;
         Ok(())
     }
@@ -156,7 +196,7 @@ impl Lease {
         self.store
             .object_store()
             .put(
-                &location(&self.store, self.generation),
+                &location(&self.store, self.work, self.generation),
                 PutPayload::from(serde_json::to_vec(&file).expect("a lease always serialises")),
             )
             .await?;
@@ -186,6 +226,28 @@ mod tests {
         b.release().await.unwrap();
         let c = Lease::acquire(&store, "c", later).await.unwrap().expect("released");
         assert_eq!(c.generation, 3);
+    }
+
+    #[tokio::test]
+    async fn leases_of_different_work_are_independent() {
+        let store = Store::in_memory();
+        let now = Utc::now();
+        let erasing = Lease::acquire(&store, "a", now).await.unwrap().expect("free");
+        let compacting = Lease::acquire_for(Work::Compaction, &store, "b", now).await.unwrap();
+        assert!(compacting.is_some(), "another work's lease is free");
+        assert!(
+            Lease::acquire_for(Work::Compaction, &store, "c", now)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            Lease::acquire_for(Work::Housekeeping, &store, "c", now)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        erasing.release().await.unwrap();
     }
 
     #[tokio::test]
