@@ -3,6 +3,7 @@
 //! rows, encounters and direct contacts are exactly as before.
 
 mod common;
+use common::{eventually, phone_ok as phone};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -248,33 +249,6 @@ fn proxima(key: &std::path::Path, store: &std::path::Path, args: &[&str]) -> (bo
         .unwrap();
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
     (output.status.success(), text(&output.stdout), text(&output.stderr))
-}
-
-/// `proxima phone --state <state> --api <api> <args>`: its standard output.
-fn phone(state: &std::path::Path, api: &str, args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
-        .args(["phone", "--state", state.to_str().unwrap(), "--api", api])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "phone {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-/// Polls `check` every 250 ms for up to a minute.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..240 {
-        if check() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
-    panic!("{what} did not happen within a minute");
 }
 
 /// The whole path, through the real server: a phone that met others and was reported as a

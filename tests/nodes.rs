@@ -11,6 +11,7 @@
 //! under CI, where it fails.
 
 mod common;
+use common::{eventually, phone, phone_ok};
 
 use base64::Engine as _;
 
@@ -98,36 +99,6 @@ impl Nodes<'_> {
     }
 }
 
-/// `proxima phone --state <state> --api <api> <args>`: success, stdout, stderr.
-fn phone(state: &Path, api: &str, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_proxima"))
-        .args(["phone", "--state", state.to_str().unwrap(), "--api", api])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
-    (output.status.success(), text(&output.stdout), text(&output.stderr))
-}
-
-/// [`phone`], which must succeed: its stdout.
-fn phone_ok(state: &Path, api: &str, args: &[&str]) -> String {
-    let (ok, out, err) = phone(state, api, args);
-    assert!(ok, "phone {args:?} on {api}: {err}");
-    out
-}
-
-/// Polls `check` every 250 ms for up to a minute.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..240 {
-        if check() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
-    panic!("{what} did not happen within a minute");
-}
-
 /// Polls `sql` until its first column is `expected`, for up to a minute.
 async fn rows_become(factory: &proxima_engine::SessionFactory, sql: &str, expected: &[&str]) {
     let mut last = Vec::new();
@@ -166,11 +137,8 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
     // One device per MAC across the nodes.
     let mac = "AA:00:00:00:00:01";
     phone_ok(&state("x"), &a.api, &["register", "--mac", mac]);
-    let (ok, _, err) = phone(&state("y"), &b.api, &["register", "--mac", mac]);
-    assert!(
-        !ok && err.contains("409") && err.contains("already registered"),
-        "{err}"
-    );
+    let err = phone(&state("y"), &b.api, &["register", "--mac", mac]).unwrap_err();
+    assert!(err.contains("409") && err.contains("already registered"), "{err}");
 
     // V registers on A and W on B; each fetches its identifiers from the other node.
     let v = phone_ok(&state("v"), &a.api, &["register"]);
@@ -280,18 +248,17 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
 
     // V revokes on A: A refuses it at once, B within its refresh.
     phone_ok(&state("v"), &a.api, &["revoke"]);
-    let (ok, _, err) = phone(&state("v"), &a.api, &["upload", "--heard", &w_id]);
-    assert!(!ok && err.contains("401"), "{err}");
+    let err = phone(&state("v"), &a.api, &["upload", "--heard", &w_id]).unwrap_err();
+    assert!(err.contains("401"), "{err}");
     eventually("B refuses the device revoked on A", || {
-        let (ok, _, err) = phone(&state("v"), &b.api, &["upload", "--heard", &w_id]);
-        !ok && err.contains("401")
+        phone(&state("v"), &b.api, &["upload", "--heard", &w_id]).is_err_and(|err| err.contains("401"))
     });
     // ... and a node started now refuses it too.
     drop(a);
     let mut restarted = nodes.serve("a");
     restarted.drain();
-    let (ok, _, err) = phone(&state("v"), &restarted.api, &["upload", "--heard", &w_id]);
-    assert!(!ok && err.contains("401"), "{err}");
+    let err = phone(&state("v"), &restarted.api, &["upload", "--heard", &w_id]).unwrap_err();
+    assert!(err.contains("401"), "{err}");
     // W, never revoked, still uploads on both.
     phone_ok(&state("w"), &restarted.api, &["upload", "--heard", &v_id]);
     phone_ok(&state("w"), &b.api, &["upload", "--heard", &v_id]);

@@ -5,30 +5,9 @@
 //! its owner's key.
 
 mod common;
-
-use std::path::Path;
-use std::process::Command;
+use common::phone;
 
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_proxima");
-
-/// Runs `proxima phone --state <state> --api <api> <args>`: its standard output, or its
-/// error message.
-fn phone(state: &Path, api: &str, args: &[&str]) -> Result<String, String> {
-    let output = Command::new(BIN)
-        .args(["phone", "--state", state.to_str().unwrap(), "--api", api])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
-    if output.status.success() {
-        Ok(text(&output.stdout))
-    } else {
-        Err(text(&output.stderr))
-    }
-}
 
 #[tokio::test]
 async fn a_phones_life_through_the_reference_phone() {

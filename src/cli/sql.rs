@@ -52,6 +52,10 @@ pub struct SqlArgs {
     /// are planned here, on the store's files, and run on the cluster.
     #[arg(long, value_name = "df://HOST:PORT", conflicts_with = "connect")]
     ballista: Option<String>,
+    /// Stop a statement that runs longer than this (30s, 10m): on a cluster, a job no
+    /// executor takes would otherwise wait for ever. Default: no limit.
+    #[arg(long, value_name = "DURATION", value_parser = super::durations::parse_duration, conflicts_with = "connect")]
+    timeout: Option<std::time::Duration>,
     /// A CA certificate (PEM) to trust for grpc+tls:// besides the system's.
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
@@ -222,7 +226,19 @@ pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
         let seq = audit.append(intent.clone()).await?;
         let started = std::time::Instant::now();
         let mut done = intent.done(seq);
-        let outcome = run_statement(&ctx, plan, i + 1 == count, args.format).await;
+        let running = run_statement(&ctx, plan, i + 1 == count, args.format);
+        let outcome = match args.timeout {
+            None => running.await,
+            Some(limit) => tokio::time::timeout(limit, running).await.unwrap_or_else(|_| {
+                let hint = if args.ballista.is_some() {
+                    " (on a cluster: are executors running and registered with the scheduler?)"
+                } else {
+                    ""
+                };
+                let stopped = format!("stopped after {limit:?} (--timeout){hint}");
+                Err(StatementError::Cli(self::statement_error(&source, i, count, stopped)))
+            }),
+        };
         done.duration_ms = Some(started.elapsed().as_millis() as u64);
         match &outcome {
             Ok(rows) => done.rows = Some(*rows),

@@ -98,7 +98,12 @@ pub enum KeyClaim {
 #[derive(Debug, Serialize, Deserialize)]
 struct MacClaim {
     uuid: String,
+    at: DateTime<Utc>,
 }
+
+/// How long a MAC claim whose registration never followed (its node died between the two)
+/// holds the MAC.
+pub const ORPHAN_CLAIM_TTL: chrono::Duration = chrono::Duration::minutes(1);
 
 /// The shared registry of one store.
 #[derive(Debug, Clone)]
@@ -192,10 +197,27 @@ impl SharedRegistry {
         }
     }
 
-    /// Claims `mac` for device `uuid`: `false` if another device holds it.
-    pub async fn claim_mac(&self, mac: &str, uuid: &str) -> Result<bool> {
-        let claim = MacClaim { uuid: uuid.to_string() };
-        self.put(&self.path("mac", mac), &claim, true).await
+    /// Claims `mac` for device `uuid` at `now`: `false` if another device holds it. A claim
+    /// whose device was never registered is taken over after [`ORPHAN_CLAIM_TTL`] (two
+    /// nodes taking the same orphan in the same instant could both succeed: that needs a
+    /// node's death mid-registration and then two registrations of its MAC at once).
+    pub async fn claim_mac(&self, mac: &str, uuid: &str, now: DateTime<Utc>) -> Result<bool> {
+        let path = self.path("mac", mac);
+        let claim = MacClaim {
+            uuid: uuid.to_string(),
+            at: now,
+        };
+        if self.put(&path, &claim, true).await? {
+            return Ok(true);
+        }
+        let Some(held) = self.get::<MacClaim>(&path).await? else {
+            // Released meanwhile: one more try.
+            return self.put(&path, &claim, true).await;
+        };
+        if now - held.at < ORPHAN_CLAIM_TTL || self.by_device(&held.uuid).await?.is_some() {
+            return Ok(false);
+        }
+        self.put(&path, &claim, false).await
     }
 
     /// Gives a MAC claim back (a registration that failed after claiming it).
@@ -368,8 +390,9 @@ mod tests {
         );
         let device = "00000000-0000-4000-8000-000000000001";
         let mac = "AA:00:00:00:00:01";
-        assert!(one.claim_mac(mac, device).await.unwrap());
-        assert!(!two.claim_mac(mac, "another").await.unwrap(), "one claim per MAC");
+        let now = Utc::now();
+        assert!(one.claim_mac(mac, device, now).await.unwrap());
+        assert!(!two.claim_mac(mac, "another", now).await.unwrap(), "one claim per MAC");
         let registered = entry(device, Some(mac));
         one.register(&registered).await.unwrap();
         assert!(one.register(&registered).await.is_err(), "one registration per UUID");
@@ -400,7 +423,22 @@ mod tests {
         assert_eq!(two.forget(&[device.to_string()]).await.unwrap(), 1);
         assert_eq!(one.by_token(&registered.token_digest).await.unwrap(), None);
         assert!(one.revocation_names().await.unwrap().is_empty());
-        assert!(one.claim_mac(mac, "another").await.unwrap(), "the MAC is free again");
+        assert!(
+            one.claim_mac(mac, "another", now).await.unwrap(),
+            "the MAC is free again"
+        );
+
+        // A claim whose registration never came (its node died) holds the MAC a minute.
+        let orphan = "AA:00:00:00:00:02";
+        assert!(one.claim_mac(orphan, "lost", now).await.unwrap());
+        assert!(!two.claim_mac(orphan, "d2", now).await.unwrap());
+        let later = now + ORPHAN_CLAIM_TTL + chrono::Duration::seconds(1);
+        assert!(two.claim_mac(orphan, "d2", later).await.unwrap(), "taken over");
+        // ... but a registered device's claim is kept for good.
+        let kept = entry("00000000-0000-4000-8000-000000000003", Some("AA:00:00:00:00:03"));
+        assert!(one.claim_mac("AA:00:00:00:00:03", &kept.uuid, now).await.unwrap());
+        one.register(&kept).await.unwrap();
+        assert!(!two.claim_mac("AA:00:00:00:00:03", "d4", later).await.unwrap());
     }
 
     #[tokio::test]

@@ -455,3 +455,39 @@ impl Moto {
         ]
     }
 }
+
+/// Runs `proxima phone --state <state> --api <api> <args>` (the reference phone): its
+/// standard output, or its error message.
+#[allow(dead_code)] // not every test binary that shares this module runs phones
+pub fn phone(state: &std::path::Path, api: &str, args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
+        .args(["phone", "--state", state.to_str().unwrap(), "--api", api])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
+    if output.status.success() {
+        Ok(text(&output.stdout))
+    } else {
+        Err(text(&output.stderr))
+    }
+}
+
+/// [`phone`], which must succeed: its standard output.
+#[allow(dead_code)]
+pub fn phone_ok(state: &std::path::Path, api: &str, args: &[&str]) -> String {
+    phone(state, api, args).unwrap_or_else(|err| panic!("phone {args:?} on {api}: {err}"))
+}
+
+/// Polls `check` every 250 ms for up to a minute.
+#[allow(dead_code)]
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..240 {
+        if check() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    panic!("{what} did not happen within a minute");
+}

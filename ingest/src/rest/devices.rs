@@ -521,7 +521,10 @@ async fn write_registration(
 async fn share_registration(shared: &SharedRegistry, entry: &DeviceEntry) -> ApiResult<()> {
     let unshared = |e| ApiError::internal("the registration could not be shared with the other nodes", e);
     if let Some(mac) = &entry.mac
-        && !shared.claim_mac(mac, &entry.uuid).await.map_err(unshared)?
+        && !shared
+            .claim_mac(mac, &entry.uuid, entry.registered)
+            .await
+            .map_err(unshared)?
     {
         return Err(ApiError::conflict(format!("body.mac: {mac} is already registered")));
     }
