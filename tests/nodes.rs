@@ -131,6 +131,7 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
     let password = a.password("tracer");
     a.drain();
     let mut b = nodes.serve("b");
+    let mut ingest_password = b.password("ingest");
     b.drain();
     let state = |name: &str| dir.path().join(format!("{name}.json"));
 
@@ -155,6 +156,8 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
             b.child.kill().unwrap();
             b.child.wait().unwrap();
             b = nodes.serve("b");
+            // A node without a users file makes new logins each start.
+            ingest_password = b.password("ingest");
             b.drain();
         }
         phone_ok(&state("v"), &b.api, &["upload", "--heard", &w_id]);
@@ -190,6 +193,32 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     assert_eq!(retry.text().await.unwrap(), r#"{"accepted":2}"#);
 
+    // A gateway's bulk upload on B names U, registered on A only (B has never seen it), and
+    // is taken; one naming a device no node registered is refused, naming it.
+    let u = phone_ok(&state("u"), &a.api, &["register"]);
+    let bulk = |observer: &str| {
+        let at = (chrono::Utc::now() - chrono::Duration::seconds(3)).to_rfc3339();
+        let line = serde_json::json!({"observer": observer, "observed": v_id, "observed_at": at, "duration_s": 60});
+        reqwest::Client::new()
+            .post(format!("{}/v1/observations:bulk", b.api))
+            .basic_auth("ingest", Some(&ingest_password))
+            .header("content-type", "application/x-ndjson")
+            .body(format!("{line}\n"))
+            .send()
+    };
+    let taken = bulk(&u).await.unwrap();
+    assert_eq!(taken.status(), 200, "{}", taken.text().await.unwrap());
+    let stranger = "00000000-0000-4000-8000-0000000000ff";
+    let refused = bulk(stranger).await.unwrap();
+    assert_eq!(refused.status(), 422);
+    let refused = refused.text().await.unwrap();
+    assert!(
+        refused.contains(&format!(
+            "line 1.observer: {stranger} is not a registered, unrevoked device"
+        )),
+        "{refused}"
+    );
+
     // Every acknowledged sighting is stored once, once each node has flushed.
     let factory = nodes.factory();
     let v_sightings = format!("SELECT count(*) FROM observations WHERE observer = '{v}'");
@@ -197,6 +226,8 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
     assert_eq!(acked, 6);
     let w_sightings = format!("SELECT count(*) FROM observations WHERE observer = '{w}'");
     rows_become(&factory, &w_sightings, &["3"]).await;
+    let u_sightings = format!("SELECT count(*) FROM observations WHERE observer = '{u}'");
+    rows_become(&factory, &u_sightings, &["1"]).await;
     // No device twice, and the MAC once.
     let twice = "SELECT count(*) - count(DISTINCT device_uuid) FROM devices";
     assert_eq!(common::column(&factory, twice).await, ["0"]);

@@ -91,6 +91,15 @@ enum Place {
     Row(usize),
 }
 
+impl Place {
+    /// Its position in the body, for ordering.
+    fn index(self) -> usize {
+        match self {
+            Place::Element(i) | Place::Line(i) | Place::Row(i) => i,
+        }
+    }
+}
+
 impl std::fmt::Display for Place {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -484,11 +493,16 @@ pub async fn bulk(
     }
     let bytes = read_limited(&headers, body, state.options.max_bulk_body).await?;
     let window = Window::of(&state);
+    let mut unknown = Unknown::default();
     let rows = if media.as_deref() == Some(NDJSON) {
-        bulk_ndjson(&state, &bytes, window)
+        bulk_ndjson(&state, &bytes, window, &mut unknown)
     } else {
-        bulk_arrow(&state, &bytes, window)
+        bulk_arrow(&state, &bytes, window, &mut unknown)
     };
+    // Parsing stops at its first error, so every unknown observer comes before it: an
+    // unknown one that stays unknown is the body's first error.
+    let resolved = unknown.resolve(&state).await;
+    let rows = resolved.and(rows);
     let rows = match rows {
         Ok(rows) => rows,
         Err(e) => {
@@ -521,17 +535,59 @@ fn check_rows(state: &AppState, rows: usize) -> ApiResult<()> {
     Ok(())
 }
 
-fn observer(state: &AppState, value: &str, place: Place) -> ApiResult<String> {
-    let uuid = ids::device_uuid(value).map_err(|e| ApiError::invalid(format!("{place}.observer: {e}")))?;
-    if !state.registry.is_active(&uuid) {
-        return Err(ApiError::invalid(format!(
+/// Observers a bulk request names that this node does not know, where each is first named:
+/// another node may have registered them ([`Unknown::resolve`]).
+#[derive(Default)]
+struct Unknown(std::collections::HashMap<String, Place>);
+
+/// Distinct unknown observers one bulk request may make a node look up in the store.
+const MAX_UNKNOWN_OBSERVERS: usize = 1_000;
+
+impl Unknown {
+    fn refusal(uuid: &str, place: Place) -> ApiError {
+        ApiError::invalid(format!(
             "{place}.observer: {uuid} is not a registered, unrevoked device"
-        )));
+        ))
+    }
+
+    /// Looks the unknown observers up in the shared registry; refuses the request at the
+    /// first (in the body) that is still unknown or revoked.
+    async fn resolve(self, state: &AppState) -> ApiResult<()> {
+        let mut unknown: Vec<(String, Place)> = self.0.into_iter().collect();
+        unknown.sort_by_key(|(_, place)| place.index());
+        if let Some((_, place)) = unknown.get(MAX_UNKNOWN_OBSERVERS) {
+            return Err(ApiError::invalid(format!(
+                "{place}.observer: more than {MAX_UNKNOWN_OBSERVERS} observers of one request are devices this \
+                 node has not seen; send them in smaller requests"
+            )));
+        }
+        for (uuid, place) in unknown {
+            state
+                .registry
+                .resolve(&uuid)
+                .await
+                .map_err(|e| ApiError::internal("the shared registry could not be read", e))?;
+            if !state.registry.is_active(&uuid) {
+                return Err(Self::refusal(&uuid, place));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn observer(state: &AppState, value: &str, place: Place, unknown: &mut Unknown) -> ApiResult<String> {
+    let uuid = ids::device_uuid(value).map_err(|e| ApiError::invalid(format!("{place}.observer: {e}")))?;
+    match state.registry.status(&uuid) {
+        Some(false) => {}
+        Some(true) => return Err(Unknown::refusal(&uuid, place)),
+        None => {
+            unknown.0.entry(uuid.clone()).or_insert(place);
+        }
     }
     Ok(uuid)
 }
 
-fn bulk_ndjson(state: &AppState, bytes: &[u8], window: Window) -> ApiResult<Rows> {
+fn bulk_ndjson(state: &AppState, bytes: &[u8], window: Window, unknown: &mut Unknown) -> ApiResult<Rows> {
     let mut rows = Rows::default();
     for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
         let place = Place::Line(i + 1);
@@ -542,7 +598,7 @@ fn bulk_ndjson(state: &AppState, bytes: &[u8], window: Window) -> ApiResult<Rows
         let value: serde_json::Value =
             serde_json::from_slice(line).map_err(|e| ApiError::malformed(format!("{place}: not valid JSON: {e}")))?;
         let o: BulkObservationIn = typed(value, &place.to_string())?;
-        let observer = observer(state, &o.observer, place)?;
+        let observer = observer(state, &o.observer, place, unknown)?;
         let observed_at = parse_time(&o.observed_at, &format!("{place}.observed_at"))?;
         rows.push(
             place,
@@ -562,7 +618,7 @@ fn bulk_ndjson(state: &AppState, bytes: &[u8], window: Window) -> ApiResult<Rows
     Ok(rows)
 }
 
-fn bulk_arrow(state: &AppState, bytes: &[u8], window: Window) -> ApiResult<Rows> {
+fn bulk_arrow(state: &AppState, bytes: &[u8], window: Window, unknown: &mut Unknown) -> ApiResult<Rows> {
     let reader = StreamReader::try_new(bytes, None)
         .map_err(|e| ApiError::malformed(format!("the body is not an Arrow IPC stream: {e}")))?;
     let schema = reader.schema();
@@ -628,7 +684,7 @@ fn bulk_arrow(state: &AppState, bytes: &[u8], window: Window) -> ApiResult<Rows>
             let observer = match known.get(observers.value(i)) {
                 Some(uuid) => uuid.clone(),
                 None => {
-                    let uuid = observer(state, observers.value(i), place)?;
+                    let uuid = observer(state, observers.value(i), place, unknown)?;
                     known.insert(observers.value(i), uuid.clone());
                     uuid
                 }
