@@ -23,7 +23,14 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // 16 MiB a worker thread, not tokio's 2 MiB: decoding and planning a deep plan recurse
+    // as deep as the plan (a Ballista scheduler given a tracer's scoped `encounters` view
+    // overflowed 2 MiB and died).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(16 << 20)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -11,6 +11,7 @@
 pub mod client;
 pub mod codec;
 pub mod executor;
+pub mod joins;
 pub mod node;
 pub mod scheduler;
 

@@ -38,6 +38,7 @@ pub fn config(factory: &SessionFactory, address: SocketAddr, advertise_host: &st
                 .with_default_features()
                 .with_config(config)
                 .with_runtime_env(Arc::clone(builder_factory.runtime()))
+                .with_physical_optimizer_rule(Arc::new(crate::joins::OneTaskForGlobalJoins))
                 .build();
             for function in builder_factory.scalar_functions() {
                 datafusion::execution::FunctionRegistry::register_udf(&mut state, Arc::new(function))?;
