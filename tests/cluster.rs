@@ -212,3 +212,95 @@ fn a_job_no_executor_takes_stops_at_the_timeout_with_a_clear_error() {
         "{err}"
     );
 }
+
+/// `proxima sql --connect <flight> --user <user>` with `password`: success, stdout, stderr.
+fn over_flight(flight: &str, user: &str, password: &str, sql: &str) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_proxima"))
+        .args(["sql", "--connect", flight, "--user", user, "--format", "csv", "-c", sql])
+        .env("PROXIMA_PASSWORD", password)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+/// A `proxima serve` on `store`, its Flight SQL address and the analyst's and auditor's
+/// passwords; with `--ballista` if `cluster` is given.
+fn serve(store: &Path, key: &Path, cluster: Option<&str>) -> (common::Server, String, String, String) {
+    let mut args = vec![
+        "--data",
+        store.to_str().unwrap(),
+        "--master-key-file",
+        key.to_str().unwrap(),
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--flight",
+        "127.0.0.1:0",
+    ];
+    if let Some(url) = cluster {
+        args.extend(["--ballista", url]);
+    }
+    let audit = store.with_file_name(format!("audit-{}", cluster.is_some()));
+    args.extend(["--audit-dir", audit.to_str().unwrap()]);
+    let wal = store.with_file_name(format!("wal-{}", cluster.is_some()));
+    args.extend(["--wal-dir", wal.to_str().unwrap()]);
+    let mut server = common::Server::start(&args);
+    let flight = server.line("Flight SQL listening on ")["Flight SQL listening on ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let analyst = server.password("analyst");
+    let auditor = server.password("auditor");
+    server.drain();
+    (server, flight, analyst, auditor)
+}
+
+/// `proxima serve --ballista`: an analyst's aggregate over Flight SQL is computed on the
+/// cluster (its executors run the tasks) and gives the rows a serve without a cluster
+/// gives; an auditor's query of the audit log, a local folder, runs on the serving node.
+#[test]
+fn serve_runs_flight_sql_on_the_cluster_under_the_same_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = encrypted_store(dir.path());
+    let nodes = dir.path().join("nodes");
+    std::fs::create_dir_all(&nodes).unwrap();
+    // The first serve makes the development identifier key beside the store, which every
+    // node of the cluster must resolve identifiers with too (or they refuse the queries).
+    let (_here, here, analyst_here, _) = serve(&store, &key, None);
+    let id_key = store.with_file_name("store.id-key");
+    assert!(id_key.exists(), "the development identifier key");
+    let node_args = [
+        "--master-key-file".to_string(),
+        key.display().to_string(),
+        "--id-key".to_string(),
+        id_key.display().to_string(),
+    ];
+    let cluster = common::Cluster::start(&store, &node_args, 2, &nodes).unwrap();
+    let (_there, there, analyst_there, auditor_there) = serve(&store, &key, Some(&cluster.url));
+
+    let aggregate = "SELECT * FROM daily_contacts_by_location ORDER BY day, area";
+    let (ok, local, err) = over_flight(&here, "analyst", &analyst_here, aggregate);
+    assert!(ok, "{err}");
+    assert!(local.lines().count() > 5, "{local}");
+    assert!(
+        cluster.finished_tasks().iter().all(Vec::is_empty),
+        "nothing ran there yet"
+    );
+    let (ok, remote, err) = over_flight(&there, "analyst", &analyst_there, aggregate);
+    assert!(ok, "{err}");
+    assert_eq!(remote, local);
+    assert!(
+        cluster.finished_tasks().iter().any(|ran| !ran.is_empty()),
+        "the aggregate ran on the executors"
+    );
+    // The analyst still reads only aggregates.
+    let (ok, _, err) = over_flight(&there, "analyst", &analyst_there, "SELECT count(*) FROM observations");
+    assert!(!ok && err.contains("observations"), "{err}");
+
+    let (ok, out, err) = over_flight(&there, "auditor", &auditor_there, "SELECT count(*) AS n FROM audit");
+    assert!(ok, "{err}");
+    assert_ne!(out, "n\n0", "the analyst's queries were audited: {out}");
+}

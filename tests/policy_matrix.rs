@@ -85,10 +85,10 @@ async fn run(ctx: &SessionContext, principal: &Principal, sql: &str) -> Result<V
     frame.collect().await.map_err(|e| e.strip_backtrace())
 }
 
-#[tokio::test]
-async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::local(&dir.path().join("store")).unwrap();
+/// A store of 200 synthetic devices over two days, a factory with an (empty) audit log, a
+/// device and a case of it: what the matrix runs on.
+async fn matrix_store(dir: &std::path::Path) -> (SessionFactory, String, String) {
+    let store = Store::local(&dir.join("store")).unwrap();
     let writer = proxima_storage::PartitionWriter::new(store.clone(), "test");
     let spec = proxima_ingest::synthetic::PopulationSpec {
         broadcast: Default::default(),
@@ -101,7 +101,7 @@ async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
     proxima_ingest::synthetic::generate(&writer, &spec, |_| {})
         .await
         .unwrap();
-    let audit_dir = dir.path().join("audit");
+    let audit_dir = dir.join("audit");
     std::fs::create_dir_all(audit_dir.join("log")).unwrap();
     let options = SessionOptions {
         audit_dir: Some(audit_dir),
@@ -120,6 +120,14 @@ async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
         .value(0)
         .to_string();
     let case_id = common::write_case(factory.store(), &device).await;
+    (factory, device, case_id)
+}
+
+#[tokio::test]
+async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (factory, device, case_id) = matrix_store(dir.path()).await;
+    let full = factory.session().await.unwrap();
     let purpose = format!("SET proxima.purpose = 'case:{case_id}'");
 
     let mut checked = 0;
@@ -215,4 +223,98 @@ async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
         assert!(principal.check_settings(&plan, &current, None).is_err(), "{role}");
     }
     drop(full);
+}
+
+/// Rows as sorted text, to compare results that may come in any order.
+fn sorted_rows(batches: &[RecordBatch]) -> Vec<String> {
+    // No rows is no rows, whether or not an empty batch carried the header.
+    if batches.iter().all(|b| b.num_rows() == 0) {
+        return Vec::new();
+    }
+    let text = arrow::util::pretty::pretty_format_batches(batches).unwrap().to_string();
+    let mut rows: Vec<String> = text.lines().map(str::to_string).collect();
+    rows.sort();
+    rows
+}
+
+/// The same policy where the plan runs on a Ballista cluster (a scheduler and two
+/// executors over the store): the caller's session resolves the policy's relations before
+/// the plan leaves, so every allowed cell returns the same rows as locally and every
+/// denied one fails with the same words; the audit log, a local folder, is read locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_every_role_reads_the_same_rows_and_is_refused_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let (factory, device, case_id) = matrix_store(dir.path()).await;
+    let nodes = tempfile::tempdir().unwrap();
+    let cluster = common::Cluster::start(dir.path().join("store"), &[], 2, nodes.path()).unwrap();
+    let remote = SessionFactory::new(
+        factory.store().clone(),
+        SessionOptions {
+            audit_dir: Some(dir.path().join("audit")),
+            remote: Some(std::sync::Arc::new(
+                proxima_cluster::client::Ballista::new(&cluster.url).unwrap(),
+            )),
+            ..SessionOptions::default()
+        },
+    )
+    .unwrap();
+    let purpose = format!("SET proxima.purpose = 'case:{case_id}'");
+    let data_shapes = &SHAPES[..5];
+    let mut compared = 0;
+    for role in [Role::Tracer, Role::Analyst, Role::Auditor, Role::Admin] {
+        let principal = Principal {
+            name: "matrix".into(),
+            role,
+        };
+        for (object, call) in objects(&device, &case_id) {
+            // Every shape where the role may read; the plain one where it may not.
+            let shapes = if allowed(role, object) {
+                data_shapes
+            } else {
+                &SHAPES[..1]
+            };
+            for (shape, template) in shapes {
+                let sql = template.replace("{o}", &call);
+                let (here, there) = (
+                    factory.session_for(&principal).await.unwrap(),
+                    remote.session_for(&principal).await.unwrap(),
+                );
+                if role == Role::Tracer {
+                    here.sql(&purpose).await.unwrap();
+                    there.sql(&purpose).await.unwrap();
+                }
+                let (local, on_cluster) = (run(&here, &principal, &sql).await, run(&there, &principal, &sql).await);
+                match (local, on_cluster) {
+                    (Ok(local), Ok(on_cluster)) => {
+                        assert_eq!(sorted_rows(&on_cluster), sorted_rows(&local), "{role} {shape} {object}");
+                    }
+                    (Err(local), Err(on_cluster)) => assert_eq!(on_cluster, local, "{role} {shape} {object}"),
+                    (local, on_cluster) => {
+                        panic!("{role} {shape} {object}: locally {local:?}, on the cluster {on_cluster:?}")
+                    }
+                }
+                compared += 1;
+            }
+        }
+    }
+    // The tracer's and analyst's relations ran there: the executors did work.
+    let tasks = cluster.finished_tasks();
+    assert!(tasks.iter().all(|ran| !ran.is_empty()), "{tasks:?}");
+    assert_eq!(compared, 9 * 5 + (4 * 11 - 9));
+    // A tracer's scope holds there too: a trace of another device than the case's is refused.
+    let tracer = Principal {
+        name: "matrix".into(),
+        role: Role::Tracer,
+    };
+    let there = remote.session_for(&tracer).await.unwrap();
+    there.sql(&purpose).await.unwrap();
+    let other = "00000000-0000-4000-8000-000000000999";
+    let refused = run(
+        &there,
+        &tracer,
+        &format!("SELECT * FROM trace_contacts('{other}', now())"),
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.contains("is about device"), "{refused}");
 }

@@ -17,6 +17,7 @@ use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion_proto::protobuf::LogicalPlanNode;
 use proxima_engine::Remote;
 use proxima_engine::session::Node;
@@ -96,10 +97,11 @@ impl Remote for Ballista {
     }
 }
 
-/// Ballista's planner, after what must happen where the plan is made: a `trace_case(…)`
-/// reads its case through the caller's session
-/// ([`proxima_engine::trace_case::resolve_case_traces`]) and travels as the
-/// `trace_contacts(…)` it stands for.
+/// Ballista's planner, after what must happen where the plan is made
+/// ([`proxima_engine::remote_plan`]): the policy's relations (analysts' aggregates,
+/// tracers' scoped tables and guarded traces) and `trace_case(…)` are resolved through the
+/// caller's session and travel as what they stand for; a plan that reads the audit log runs
+/// here.
 #[derive(Debug)]
 struct Planner {
     ballista: BallistaQueryPlanner<LogicalPlanNode>,
@@ -112,8 +114,14 @@ impl QueryPlanner for Planner {
         logical_plan: &LogicalPlan,
         session_state: &dyn Session,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        // The audit log is a folder of this machine: a plan reading it runs here.
+        if proxima_engine::remote_plan::reads_local_only(logical_plan) {
+            return DefaultPhysicalPlanner::default()
+                .create_physical_plan(logical_plan, session_state)
+                .await;
+        }
         if let Some(state) = session_state.as_any().downcast_ref::<SessionState>()
-            && let Some(resolved) = proxima_engine::trace_case::resolve_case_traces(logical_plan, state).await?
+            && let Some(resolved) = proxima_engine::remote_plan::resolve(logical_plan, state).await?
         {
             return self.ballista.create_physical_plan(&resolved, session_state).await;
         }

@@ -24,6 +24,7 @@ pub mod memory;
 pub mod paths;
 pub mod policy;
 pub mod purpose;
+pub mod remote_plan;
 pub mod rules;
 pub mod schema;
 pub mod script;

@@ -165,6 +165,11 @@ impl AggregateView {
         let schema = Arc::new(plan.schema().as_arrow().clone());
         Self { plan, schema, planner }
     }
+
+    /// Its plan, narrowed as `scan` asks: what stands for it in a plan sent elsewhere.
+    pub(crate) fn inline(&self, scan: &datafusion::logical_expr::TableScan) -> Result<LogicalPlan> {
+        crate::remote_plan::inline(LogicalPlanBuilder::from(self.plan.clone()), &self.schema, scan)
+    }
 }
 
 #[async_trait]

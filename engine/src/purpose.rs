@@ -268,6 +268,20 @@ impl ScopedTable {
     }
 }
 
+impl ScopedTable {
+    /// Its plan in the purpose's scope, narrowed as `scan` asks: what stands for it in a
+    /// plan sent elsewhere.
+    pub(crate) async fn inline(
+        &self,
+        scan: &datafusion::logical_expr::TableScan,
+        state: &dyn Session,
+    ) -> Result<LogicalPlan> {
+        let scope = self.resolver.scope(state).await?;
+        let builder = LogicalPlanBuilder::from(self.plan.clone()).filter(self.rule.filter(&scope))?;
+        crate::remote_plan::inline(builder, &self.schema, scan)
+    }
+}
+
 #[async_trait]
 impl TableProvider for ScopedTable {
     fn schema(&self) -> SchemaRef {
@@ -324,29 +338,22 @@ impl TableFunctionImpl for GuardedTrace {
 }
 
 #[derive(Debug)]
-struct GuardedTraceTable {
+pub(crate) struct GuardedTraceTable {
     inner: Arc<dyn TableProvider>,
     call: proxima_udfs::trace::TraceCall,
     resolver: Arc<PurposeResolver>,
 }
 
-#[async_trait]
-impl TableProvider for GuardedTraceTable {
-    fn schema(&self) -> SchemaRef {
-        self.inner.schema()
+impl GuardedTraceTable {
+    /// The trace it guards, once the guard let it through: what stands for it in a plan
+    /// sent elsewhere.
+    pub(crate) async fn checked(&self, state: &dyn Session) -> Result<Arc<dyn TableProvider>> {
+        self.check(state).await?;
+        Ok(Arc::clone(&self.inner))
     }
 
-    fn table_type(&self) -> TableType {
-        self.inner.table_type()
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    /// The guard: the purpose's case is about the traced device, traced from its report on.
+    async fn check(&self, state: &dyn Session) -> Result<()> {
         let scope = self.resolver.scope(state).await?;
         if scope.device != self.call.index {
             return plan_err!(
@@ -367,6 +374,28 @@ impl TableProvider for GuardedTraceTable {
                     .unwrap_or_default()
             );
         }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TableProvider for GuardedTraceTable {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.check(state).await?;
         self.inner.scan(state, projection, filters, limit).await
     }
 }

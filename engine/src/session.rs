@@ -58,7 +58,7 @@ pub const SCHEMA: &str = "public";
 pub const AUDIT_TABLE: &str = "audit";
 
 /// The URL sessions know the audit log's segments by (the folder `<audit dir>/log`).
-const AUDIT_STORE_URL: &str = "proxima://audit";
+pub(crate) const AUDIT_STORE_URL: &str = "proxima://audit";
 
 /// The `audit` table: every segment of the log (JSON lines, under [`AUDIT_STORE_URL`]),
 /// typed. Read at query time, so it shows every record written until then.

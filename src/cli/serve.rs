@@ -126,6 +126,12 @@ pub struct ServeArgs {
     /// How often this node reads the revocations that other `proxima serve` nodes on the
     /// same store made (5s, 1m): the longest a device revoked on another node may still
     /// upload here. Registrations made elsewhere are looked up at once.
+    /// Run Flight SQL's queries on a Ballista cluster (`proxima scheduler` at df://HOST:PORT
+    /// and its executors): planned here, where the access policy, purposes and audit apply
+    /// exactly as on one machine, executed there. REST's case traces, flushes and
+    /// maintenance stay on this node; auditors' queries of the audit log run here.
+    #[arg(long, env = "PROXIMA_BALLISTA", value_name = "df://HOST:PORT")]
+    ballista: Option<String>,
     #[arg(long, env = "PROXIMA_REGISTRY_REFRESH", default_value = "5s", value_parser = parse_duration)]
     registry_refresh: std::time::Duration,
     /// Count an encounter in traces and alerts only when both devices reported each other
@@ -328,19 +334,33 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         },
     )
     .map_err(|e| CliError::Usage(format!("the audit log in {}: {e}", audit_dir.display())))?;
-    let factory = SessionFactory::new(
-        store.clone(),
-        SessionOptions {
-            memory_limit: Some(args.memory),
-            session_memory_limit: Some(args.session_memory),
-            max_trace_window: Some(Duration::from_secs(u64::from(args.retention_days) * 86_400)),
-            audit_dir: Some(audit_dir.clone()),
-            min_cell: Some(args.min_cell),
-            identifiers,
-            require_mutual: args.require_mutual,
-            ..SessionOptions::default()
-        },
-    )?;
+    let session_options = SessionOptions {
+        memory_limit: Some(args.memory),
+        session_memory_limit: Some(args.session_memory),
+        max_trace_window: Some(Duration::from_secs(u64::from(args.retention_days) * 86_400)),
+        audit_dir: Some(audit_dir.clone()),
+        min_cell: Some(args.min_cell),
+        identifiers,
+        require_mutual: args.require_mutual,
+        ..SessionOptions::default()
+    };
+    let factory = SessionFactory::new(store.clone(), session_options.clone())?;
+    // Flight SQL's sessions, on the cluster if there is one (their own memory pool: they
+    // only plan here and stream the executors' results); everything else stays here.
+    let flight_factory = match &args.ballista {
+        Some(url) => {
+            let cluster =
+                proxima_cluster::client::Ballista::new(url).map_err(|e| CliError::Usage(format!("--ballista {e}")))?;
+            SessionFactory::new(
+                store.clone(),
+                SessionOptions {
+                    remote: Some(std::sync::Arc::new(cluster)),
+                    ..session_options
+                },
+            )?
+        }
+        None => factory.clone(),
+    };
     let wal_dir = match (&args.wal_dir, store.local_root()) {
         _ if args.no_rest => None,
         (Some(dir), _) => Some(dir.clone()),
@@ -408,7 +428,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         token_ttl: args.token_ttl,
         query_timeout: args.query_timeout,
     };
-    let service = FlightSqlServer::new(factory, users, audit.clone(), options)
+    let service = FlightSqlServer::new(flight_factory, users, audit.clone(), options)
         .map_err(|e| CliError::Usage(e.message().to_string()))?;
     let flight_listener = tokio::net::TcpListener::bind(args.flight)
         .await
