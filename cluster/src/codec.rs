@@ -12,8 +12,10 @@
 //!   `ContactTraceExec`, as its request ([`ContactTraceCodec`]);
 //! - a small in-memory table (what `en_rpis(…)` returns) travels as Arrow IPC.
 //!
-//! Anything else (a tracer's scoped tables, an analyst's aggregates, the audit log) is
-//! refused with an error that names it, rather than sent without its rules.
+//! Anything else is refused with an error that names it, rather than sent without its
+//! rules: the policy's relations (a tracer's scoped tables, an analyst's aggregates) never
+//! reach a codec, since the caller's session resolves them first
+//! (`proxima_engine::remote_plan`), and a query of the audit log runs where it is.
 
 use std::sync::Arc;
 
