@@ -318,3 +318,38 @@ async fn on_a_cluster_every_role_reads_the_same_rows_and_is_refused_the_same() {
     .unwrap_err();
     assert!(refused.contains("is about device"), "{refused}");
 }
+
+/// What is sent to a cluster keeps the caller's filters above the policy: after the
+/// cluster's optimiser, an analyst's filter still runs on the aggregate's rows, not on the
+/// observations under it (where it could fail on a suppressed cell's row and say so).
+#[tokio::test]
+async fn a_plan_sent_to_a_cluster_keeps_the_callers_filters_above_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (factory, _, _) = matrix_store(dir.path()).await;
+    let analyst = Principal {
+        name: "matrix".into(),
+        role: Role::Analyst,
+    };
+    let ctx = factory.session_for(&analyst).await.unwrap();
+    let sql = "SELECT * FROM daily_contacts_by_location WHERE area = 'zzzz'";
+    let plan = ctx.state().create_logical_plan(sql).await.unwrap();
+    let resolved = proxima_engine::remote_plan::resolve(&plan, &ctx.state())
+        .await
+        .unwrap()
+        .expect("the aggregate is replaced");
+    // Optimised as the scheduler would (a full session: the same rules).
+    let full = factory.session().await.unwrap();
+    let optimized = full.state().optimize(&resolved).unwrap();
+    let text = optimized.display_indent().to_string();
+    let line_of = |needle: &str| {
+        text.lines()
+            .position(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} in\n{text}"))
+    };
+    let (filter, barrier) = (line_of("zzzz"), line_of("proxima_policy_barrier"));
+    assert!(
+        filter < barrier,
+        "the caller's filter must stay above the barrier:\n{text}"
+    );
+    assert_eq!(text.matches("zzzz").count(), 1, "and nowhere below it:\n{text}");
+}

@@ -114,8 +114,10 @@ impl QueryPlanner for Planner {
         logical_plan: &LogicalPlan,
         session_state: &dyn Session,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        // The audit log is a folder of this machine: a plan reading it runs here.
-        if proxima_engine::remote_plan::reads_local_only(logical_plan) {
+        // The audit log is a folder of this machine: a plan reading it runs here; so does an
+        // EXPLAIN, which then shows the policy's relations sealed, as on one machine.
+        let explain = matches!(logical_plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
+        if explain || proxima_engine::remote_plan::reads_local_only(logical_plan) {
             return DefaultPhysicalPlanner::default()
                 .create_physical_plan(logical_plan, session_state)
                 .await;

@@ -13,11 +13,15 @@
 //!
 //! The access rule checked the plan when it was made (it is an analyzer rule), and the
 //! replacements are made after, from the policy's own plans: the caller's SQL can neither
-//! see nor widen them. A plan that reads the audit log is not sent at all
+//! see nor widen them. Each replacement ends in a [`PolicyBarrier`], which the cluster's
+//! optimiser pushes none of the caller's filters through: a filter run below it would see
+//! the rows the policy holds back (a suppressed cell's, another case's) and could tell of
+//! them through an error. A plan that reads the audit log is not sent at all
 //! ([`reads_local_only`]): the log is a folder of this machine.
 
 use std::sync::Arc;
 
+use arrow::datatypes::DataType;
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use datafusion::common::Column;
@@ -26,9 +30,13 @@ use datafusion::datasource::listing::ListingTable;
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::error::Result;
 use datafusion::execution::SessionState;
+use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::expr_rewriter::unnormalize_col;
 use datafusion::logical_expr::utils::conjunction;
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableScan};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, LogicalPlan, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    TableScan, Volatility,
+};
 
 use crate::policy::AggregateView;
 use crate::purpose::{GuardedTraceTable, ScopedTable};
@@ -59,7 +67,10 @@ pub async fn resolve(plan: &LogicalPlan, state: &SessionState) -> Result<Option<
     if scans.is_empty() {
         return Ok(traced);
     }
-    let mut replacements = Vec::with_capacity(scans.len());
+    // Keyed by the scan and its provider: scans compare equal whatever their sources (every
+    // `trace_contacts(…)` scan is named alike), and one provider may be scanned twice with
+    // other columns or filters.
+    let mut replacements: Vec<(TableScan, Arc<dyn TableProvider>, Replacement)> = Vec::with_capacity(scans.len());
     for (scan, provider) in scans {
         let replacement = if let Some(view) = provider.downcast_ref::<AggregateView>() {
             Replacement::Plan(view.inline(&scan)?)
@@ -70,15 +81,22 @@ pub async fn resolve(plan: &LogicalPlan, state: &SessionState) -> Result<Option<
         } else {
             continue;
         };
-        replacements.push((scan, replacement));
+        replacements.push((scan, provider, replacement));
     }
     let replaced = plan.clone().transform_up_with_subqueries(|node| {
         let LogicalPlan::TableScan(scan) = node else {
             return Ok(Transformed::no(node));
         };
-        match replacements.iter().find(|(s, _)| *s == scan) {
-            Some((_, Replacement::Plan(plan))) => Ok(Transformed::yes(plan.clone())),
-            Some((_, Replacement::Source(provider))) => {
+        let provider = source_as_provider(&scan.source).ok();
+        let found = provider.and_then(|p| {
+            replacements
+                .iter()
+                .find(|(s, r, _)| Arc::ptr_eq(r, &p) && *s == scan)
+                .map(|(_, _, replacement)| replacement)
+        });
+        match found {
+            Some(Replacement::Plan(plan)) => Ok(Transformed::yes(plan.clone())),
+            Some(Replacement::Source(provider)) => {
                 let mut scan = scan;
                 scan.source = provider_as_source(Arc::clone(provider));
                 Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
@@ -109,10 +127,54 @@ pub fn reads_local_only(plan: &LogicalPlan) -> bool {
     local
 }
 
-/// `builder`'s plan (of a relation of `schema`) narrowed as `scan` asks (its filters, the
-/// columns it reads, its limit) and named as the scan was, so that the plan above it reads
-/// the same columns.
+/// `proxima_policy_barrier(x)`: `x`, as a volatile function, so that no optimiser moves a
+/// filter that reads its result below it (see the module docs).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PolicyBarrier {
+    signature: Signature,
+}
+
+impl Default for PolicyBarrier {
+    fn default() -> Self {
+        Self {
+            signature: Signature::any(1, Volatility::Volatile),
+        }
+    }
+}
+
+impl ScalarUDFImpl for PolicyBarrier {
+    fn name(&self) -> &str {
+        "proxima_policy_barrier"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        arg_types
+            .first()
+            .cloned()
+            .ok_or_else(|| datafusion::error::DataFusionError::Plan("proxima_policy_barrier takes one value".into()))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        args.args.into_iter().next().ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal("proxima_policy_barrier without a value".into())
+        })
+    }
+}
+
+/// `builder`'s plan (of a relation of `schema`) behind a [`PolicyBarrier`], then narrowed as
+/// `scan` asks (its filters, the columns it reads, its limit) and named as the scan was, so
+/// that the plan above it reads the same columns.
 pub(crate) fn inline(mut builder: LogicalPlanBuilder, schema: &SchemaRef, scan: &TableScan) -> Result<LogicalPlan> {
+    let barrier = Arc::new(ScalarUDF::from(PolicyBarrier::default()));
+    let columns = schema.fields().iter().map(|field| {
+        let column = Expr::Column(Column::new_unqualified(field.name()));
+        Expr::ScalarFunction(ScalarFunction::new_udf(Arc::clone(&barrier), vec![column])).alias(field.name())
+    });
+    builder = builder.project(columns)?;
     if let Some(filter) = conjunction(scan.filters.iter().cloned().map(unnormalize_col)) {
         builder = builder.filter(filter)?;
     }

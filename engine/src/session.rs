@@ -239,6 +239,8 @@ impl SessionFactory {
     pub fn scalar_functions(&self) -> Vec<ScalarUDF> {
         let mut functions = proxima_udfs::scalar_functions();
         functions.extend(crate::sighting::functions(self.options.identifiers.clone()));
+        // What ends a policy relation's plan sent to a cluster (`remote_plan`).
+        functions.push(ScalarUDF::from(crate::remote_plan::PolicyBarrier::default()));
         functions
     }
 

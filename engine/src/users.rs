@@ -131,6 +131,11 @@ impl Users {
         self.users.is_empty()
     }
 
+    /// The role of user `name`, if there is such a user.
+    pub fn role_of(&self, name: &str) -> Option<Role> {
+        self.users.get(name).map(|user| user.role)
+    }
+
     /// The user, if `password` is theirs. Takes the same time whether or not the user exists.
     pub fn verify(&self, name: &str, password: &str) -> Option<Principal> {
         static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();

@@ -146,8 +146,18 @@ impl Lease {
             Err(object_store::Error::AlreadyExists { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
-        // Older generations are no one's any more.
-        for old in 1..next {
+        // Older generations are no one's any more: those still there (one, usually; not
+        // every number since the first, which would grow with every tick).
+        let listed: Vec<_> = store
+            .object_store()
+            .list(Some(&work.folder(store)))
+            .try_collect()
+            .await?;
+        let older = listed.iter().filter_map(|m| {
+            let generation = m.location.filename()?.strip_suffix(".json")?.parse::<u64>().ok()?;
+            (generation < next).then_some(generation)
+        });
+        for old in older {
             match store.object_store().delete(&location(store, work, old)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),

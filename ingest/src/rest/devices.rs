@@ -512,7 +512,19 @@ async fn write_registration(
             ],
             "registration",
         )
-        .await?;
+        .await
+        .inspect_err(|_| {
+            // Not acknowledged: what was shared goes (its MAC is free again), in the
+            // background, since the answer is an error either way.
+            if let Some(shared) = state.registry.shared().cloned() {
+                let uuid = uuid.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = shared.forget(std::slice::from_ref(&uuid)).await {
+                        tracing::warn!(target: "proxima::http", error = %e, "an unacknowledged registration stays in the shared registry");
+                    }
+                });
+            }
+        })?;
     Ok((uuid, token))
 }
 
@@ -579,6 +591,12 @@ pub async fn revoke(
         .map_err(|_| ApiError::invalid("body.signature: not 128 hex digits"))?;
     let signature = ed25519_dalek::Signature::from_bytes(&signature);
     let message = revocation_message(&uuid, &request.timestamp, &request.nonce);
+    // A device another node registered is learnt first.
+    state
+        .registry
+        .resolve(&uuid)
+        .await
+        .map_err(|e| ApiError::internal("the shared registry could not be read", e))?;
     // An active device's key, or a key nothing verifies with, so that every refusal takes
     // as long as a wrong signature.
     let key = state
@@ -638,6 +656,11 @@ pub async fn revoke_by_admin(
         format!("erasure:{}", proxima_storage::erasure::keyed_hash(&key, &uuid)),
         &["revocations"],
     );
+    state
+        .registry
+        .resolve(&uuid)
+        .await
+        .map_err(|e| ApiError::internal("the shared registry could not be read", e))?;
     {
         let mut devices = state.registry.write();
         let device = devices

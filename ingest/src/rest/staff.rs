@@ -101,6 +101,12 @@ impl StaffAuth {
             ));
         }
         let role = claims.r.parse().map_err(|_| unknown())?;
+        // A user removed, or given another role, since: the token no longer stands.
+        if self.users.role_of(&claims.u) != Some(role) {
+            return Err(ApiError::unauthorized(
+                "the token's user no longer has that role; get a new one from POST /v1/auth/token",
+            ));
+        }
         Ok(Principal { name: claims.u, role })
     }
 
@@ -185,7 +191,8 @@ mod tests {
     use super::*;
 
     fn auth(key: u8, ttl: Duration) -> StaffAuth {
-        StaffAuth::new(Users::default(), ttl, [key; 32])
+        let users = Users::generated(&[("alice", Role::Tracer, "correct horse battery")]).unwrap();
+        StaffAuth::new(users, ttl, [key; 32])
     }
 
     #[test]
@@ -216,6 +223,24 @@ mod tests {
         for junk in ["", "pxs1.", "pxs1.a.b", "pxs1..", "x.y.z"] {
             assert!(auth(1, Duration::from_secs(60)).verify(junk).is_err(), "{junk:?}");
         }
+
+        // A user who is gone, or has another role now, is refused though the token is good.
+        let bob = auth(1, Duration::from_secs(60)).issue(Principal {
+            name: "bob".into(),
+            role: Role::Tracer,
+        });
+        assert!(
+            auth(1, Duration::from_secs(60)).verify(&bob.token).is_err(),
+            "no such user"
+        );
+        let promoted = auth(1, Duration::from_secs(60)).issue(Principal {
+            name: "alice".into(),
+            role: Role::Admin,
+        });
+        assert!(
+            auth(1, Duration::from_secs(60)).verify(&promoted.token).is_err(),
+            "not her role"
+        );
 
         let expired = auth(1, Duration::ZERO).issue(alice);
         let err = auth(1, Duration::from_secs(60)).verify(&expired.token).unwrap_err();
