@@ -113,6 +113,10 @@ struct Device {
 
 #[derive(Debug, Default)]
 struct Devices {
+    /// Devices the shared registry says are revoked (by the name of their revocation
+    /// object), known here or not: a registration learnt later is checked against them
+    /// under this lock, so a refresh between its lookup and its insert loses nothing.
+    revoked_elsewhere: HashMap<String, String>,
     by_mac: HashMap<String, String>,
     devices: HashMap<String, Device>,
     by_token: HashMap<[u8; 32], String>,
@@ -136,8 +140,6 @@ pub struct Registry {
     shared: Option<SharedRegistry>,
     /// Tokens looked up in the shared registry and not found, since the last refresh.
     unknown_tokens: std::sync::Mutex<HashSet<[u8; 32]>>,
-    /// The revocation objects already read.
-    seen_revocations: std::sync::Mutex<HashSet<String>>,
 }
 
 /// The SHA-256 of an upload token.
@@ -210,31 +212,23 @@ impl Registry {
         let names = shared.revocation_names().await?;
         // Revocations erased since go from the store; what was seen of them goes too.
         let listed: HashSet<String> = names.iter().map(|n| n.to_string()).collect();
-        self.seen_revocations
-            .lock()
-            .expect("never poisoned")
-            .retain(|name| listed.contains(name));
+        self.write().revoked_elsewhere.retain(|name, _| listed.contains(name));
         let mut revoked = 0;
         for name in names {
-            if self
-                .seen_revocations
-                .lock()
-                .expect("never poisoned")
-                .contains(name.as_ref())
-            {
+            if self.read().revoked_elsewhere.contains_key(name.as_ref()) {
                 continue;
             }
-            if let Some(uuid) = shared.revoked_device(&name).await?
-                && let Some(device) = self.write().devices.get_mut(&uuid)
+            let Some(uuid) = shared.revoked_device(&name).await? else {
+                continue;
+            };
+            let mut devices = self.write();
+            if let Some(device) = devices.devices.get_mut(&uuid)
                 && !device.revoked
             {
                 device.revoked = true;
                 revoked += 1;
             }
-            self.seen_revocations
-                .lock()
-                .expect("never poisoned")
-                .insert(name.to_string());
+            devices.revoked_elsewhere.insert(name.to_string(), uuid);
         }
         Ok(revoked)
     }
@@ -254,6 +248,8 @@ impl Registry {
             .handles
             .extend(proxima_engine::ephemeral::handle_of(&entry.uuid));
         let revocation_key = entry.revocation_key.as_deref().and_then(|k| parse_key(k).ok());
+        // Revoked in the store when looked up, or by the time of this insert.
+        let revoked = revoked || devices.revoked_elsewhere.values().any(|uuid| *uuid == entry.uuid);
         let device = devices.devices.entry(entry.uuid).or_insert(Device {
             revocation_key,
             revoked,
