@@ -80,9 +80,7 @@ impl Nodes<'_> {
 
     /// A full session on the bucket, resolving identifiers with the nodes' key.
     fn factory(&self) -> proxima_engine::SessionFactory {
-        let options = self.moto.s3_options();
-        let options: Vec<(&str, &str)> = options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let store = proxima_engine::Store::open_with(&Self::url(), &options).unwrap();
+        let store = self.moto.open_store(&Self::url()).unwrap();
         let keys = proxima_engine::ephemeral::IdKeys::load(&self.id_key, None).unwrap();
         proxima_engine::SessionFactory::new(
             store,

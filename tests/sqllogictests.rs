@@ -301,11 +301,7 @@ impl Location<'_> {
     fn open(&self) -> proxima_engine::Result<Store> {
         match self {
             Self::Local(dir) => Store::local(dir.path()),
-            Self::S3 { moto, .. } => {
-                let options = moto.s3_options();
-                let options: Vec<(&str, &str)> = options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                Store::open_with(&self.url(), &options)
-            }
+            Self::S3 { moto, .. } => moto.open_store(&self.url()),
         }
     }
 

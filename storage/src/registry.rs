@@ -127,12 +127,17 @@ impl SharedRegistry {
     /// first use).
     pub async fn open(store: &Store) -> Result<Self> {
         let key = crate::keys::erasure_hash_key(store).await?;
-        Ok(Self {
+        Ok(Self::with_key(store, &key))
+    }
+
+    /// The registry of `store`, whose erasure hash key the caller has read already.
+    pub fn with_key(store: &Store, erasure_hash_key: &[u8; 32]) -> Self {
+        Self {
             store: store.clone(),
-            name_key: derive(&key, "names"),
-            seal_key: derive(&key, "bodies"),
-            token_key: derive(&key, "staff tokens"),
-        })
+            name_key: derive(erasure_hash_key, "names"),
+            seal_key: derive(erasure_hash_key, "bodies"),
+            token_key: derive(erasure_hash_key, "staff tokens"),
+        }
     }
 
     /// The key staff bearer tokens are signed with, the same on every node of the store.

@@ -436,12 +436,16 @@ impl Moto {
         assert!(status.contains(" 200"), "creating bucket {bucket}: {status}");
     }
 
-    /// The same settings as [`Self::env`], as `Store::open_with` takes them.
-    pub fn s3_options(&self) -> Vec<(String, String)> {
-        self.env()
+    /// The store at `url` (`s3://…`) on this server, opened in this process with the same
+    /// settings as [`Self::env`].
+    pub fn open_store(&self, url: &str) -> proxima_engine::Result<proxima_engine::Store> {
+        let options: Vec<(String, String)> = self
+            .env()
             .into_iter()
             .map(|(name, value)| (name.to_ascii_lowercase(), value))
-            .collect()
+            .collect();
+        let options: Vec<(&str, &str)> = options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        proxima_engine::Store::open_with(url, &options)
     }
 
     /// The variables that point `proxima` (and `Store::open`) at this server.

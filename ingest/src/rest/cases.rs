@@ -138,15 +138,6 @@ impl Alert {
     }
 }
 
-/// Makes this node know `device` if another node registered it.
-async fn resolve(state: &AppState, device: &str) -> ApiResult<()> {
-    state
-        .registry
-        .resolve(device)
-        .await
-        .map_err(|e| ApiError::internal("the shared registry could not be read", e))
-}
-
 fn priority_name(text: &str) -> &'static str {
     if text == "high" { "high" } else { "medium" }
 }
@@ -309,7 +300,7 @@ async fn open_case(
     let case_id = requested_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     // The report's purpose is its case, whether or not it succeeds.
     super::audit::cite(format!("case:{case_id}"), &["cases", "trace_contacts", "alerts"]);
-    resolve(state, device).await?;
+    state.resolve_device(device).await?;
     match state.registry.status(device) {
         None => return Err(ApiError::not_found(format!("no device {device}"))),
         Some(true) => return Err(ApiError::conflict(format!("device {device} is revoked"))),
@@ -368,7 +359,7 @@ async fn open_case(
         let exposed = batch.column(2).as_primitive::<TimestampMicrosecondType>();
         for i in 0..batch.num_rows() {
             let contact = who.value(i);
-            resolve(state, contact).await?;
+            state.resolve_device(contact).await?;
             if !state.registry.is_active(contact) {
                 continue;
             }
@@ -505,7 +496,7 @@ pub async fn temperature(
             "body.site: 1 to 64 letters, digits, '-', '_' or '.' (a site code, not a name or address)",
         ));
     }
-    resolve(&state, &device).await?;
+    state.resolve_device(&device).await?;
     match state.registry.status(&device) {
         None => return Err(ApiError::not_found(format!("no device {device}"))),
         Some(true) => return Err(ApiError::conflict(format!("device {device} is revoked"))),

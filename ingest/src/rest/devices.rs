@@ -588,11 +588,7 @@ pub async fn revoke(
     let signature = ed25519_dalek::Signature::from_bytes(&signature);
     let message = revocation_message(&uuid, &request.timestamp, &request.nonce);
     // A device another node registered is learnt first.
-    state
-        .registry
-        .resolve(&uuid)
-        .await
-        .map_err(|e| ApiError::internal("the shared registry could not be read", e))?;
+    state.resolve_device(&uuid).await?;
     // An active device's key, or a key nothing verifies with, so that every refusal takes
     // as long as a wrong signature.
     let key = state
@@ -652,11 +648,7 @@ pub async fn revoke_by_admin(
         format!("erasure:{}", proxima_storage::erasure::keyed_hash(&key, &uuid)),
         &["revocations"],
     );
-    state
-        .registry
-        .resolve(&uuid)
-        .await
-        .map_err(|e| ApiError::internal("the shared registry could not be read", e))?;
+    state.resolve_device(&uuid).await?;
     {
         let mut devices = state.registry.write();
         let device = devices

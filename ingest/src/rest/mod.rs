@@ -187,8 +187,14 @@ impl Shared {
         self.registry
             .authenticate(token)
             .await
-            .map_err(|e| ApiError::internal("the shared registry could not be read", e))?
+            .map_err(unreadable_registry)?
             .ok_or_else(|| ApiError::unauthorized("the upload token is not valid (unknown, or the device is revoked)"))
+    }
+
+    /// Makes this node know device `uuid` if another node on the store registered it (its
+    /// `registry.status` is then the store's).
+    pub async fn resolve_device(&self, uuid: &str) -> ApiResult<()> {
+        self.registry.resolve(uuid).await.map_err(unreadable_registry)
     }
 
     /// Appends rows to the WAL and waits for its sync: after this, a 2xx may be sent.
@@ -219,6 +225,11 @@ impl Shared {
         audit::record_staff(self, headers, authenticated.as_ref(), checked.as_ref().err()).await?;
         checked
     }
+}
+
+/// The error of a failed read of the store's shared registry.
+fn unreadable_registry(error: crate::Error) -> ApiError {
+    ApiError::internal("the shared registry could not be read", error)
 }
 
 /// The running REST service.

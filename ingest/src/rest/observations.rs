@@ -562,11 +562,7 @@ impl Unknown {
             )));
         }
         for (uuid, place) in unknown {
-            state
-                .registry
-                .resolve(&uuid)
-                .await
-                .map_err(|e| ApiError::internal("the shared registry could not be read", e))?;
+            state.resolve_device(&uuid).await?;
             if !state.registry.is_active(&uuid) {
                 return Err(Self::refusal(&uuid, place));
             }

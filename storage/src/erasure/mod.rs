@@ -283,8 +283,7 @@ async fn erase_pending(
     }
     // The shared registry's entries, which every serving node looks devices up in.
     let devices: Vec<String> = erased.iter().map(|e| e.device.clone()).collect();
-    crate::registry::SharedRegistry::open(store)
-        .await?
+    crate::registry::SharedRegistry::with_key(store, &key)
         .forget(&devices)
         .await?;
     // Last: the revocations themselves, which name the devices and kept them pending.
@@ -349,8 +348,7 @@ pub async fn expire_inactive(
     let done = erase_everywhere(factory, writer, &erased, &tables, Some(&lease)).await;
     let devices: Vec<String> = erased.into_iter().map(|e| e.device).collect();
     let forgotten = match done {
-        Ok(_) => crate::registry::SharedRegistry::open(store)
-            .await?
+        Ok(_) => crate::registry::SharedRegistry::with_key(store, &key)
             .forget(&devices)
             .await
             .map(|_| ()),
