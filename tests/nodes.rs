@@ -5,7 +5,10 @@
 //! restarted loses and doubles nothing it acknowledged; an upload acknowledged by one node
 //! and retried on the other with its idempotency key is stored once; a tracer's token from
 //! one node reports a case on the other, whose alert a phone fetches from the first; a
-//! device revoked on one node is refused by the other within `--registry-refresh`.
+//! device revoked on one node is refused by the other within `--registry-refresh`. The
+//! store is encrypted and keeps the identifier keys (`proxima id-key new --in-store`), so
+//! the nodes are given the master key and nothing else: the identifiers one node issues,
+//! the other resolves.
 //!
 //! Needs `moto_server` (see `common::Moto`): without it the test says so and passes, except
 //! under CI, where it fails.
@@ -23,7 +26,7 @@ const BUCKET: &str = "nodes";
 struct Nodes<'a> {
     moto: &'a common::Moto,
     dir: &'a Path,
-    id_key: std::path::PathBuf,
+    master_key: std::path::PathBuf,
 }
 
 impl Nodes<'_> {
@@ -35,6 +38,7 @@ impl Nodes<'_> {
     fn proxima(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_proxima"))
             .args(["--data", &Self::url()])
+            .args(["--master-key-file", self.master_key.to_str().unwrap()])
             .args(args)
             .envs(self.moto.env())
             .env("PROXIMA_AUDIT_DIR", self.dir.join("cli-audit"))
@@ -54,6 +58,8 @@ impl Nodes<'_> {
         let args = [
             "--data",
             &Self::url(),
+            "--master-key-file",
+            self.master_key.to_str().unwrap(),
             "serve",
             "--http",
             "127.0.0.1:0",
@@ -63,8 +69,6 @@ impl Nodes<'_> {
             wal.to_str().unwrap(),
             "--audit-dir",
             audit.to_str().unwrap(),
-            "--id-key",
-            self.id_key.to_str().unwrap(),
             "--flush-interval",
             "1s",
             "--registry-refresh",
@@ -78,10 +82,15 @@ impl Nodes<'_> {
         common::Server::start_with_env(&args, &self.moto.env())
     }
 
-    /// A full session on the bucket, resolving identifiers with the nodes' key.
-    fn factory(&self) -> proxima_engine::SessionFactory {
-        let store = self.moto.open_store(&Self::url()).unwrap();
-        let keys = proxima_engine::ephemeral::IdKeys::load(&self.id_key, None).unwrap();
+    /// A full session on the bucket, resolving identifiers with the keys it keeps.
+    async fn factory(&self) -> proxima_engine::SessionFactory {
+        let master = proxima_engine::keys::MasterKeys::load(&self.master_key).unwrap();
+        let store = self
+            .moto
+            .open_store(&Self::url())
+            .unwrap()
+            .with_keys(std::sync::Arc::new(master));
+        let keys = proxima_storage::id_keys::load(&store).await.unwrap().unwrap();
         proxima_engine::SessionFactory::new(
             store,
             proxima_engine::SessionOptions {
@@ -120,10 +129,31 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
     let nodes = Nodes {
         moto: &moto,
         dir: dir.path(),
-        id_key: dir.path().join("id.key"),
+        master_key: dir.path().join("master.key"),
     };
-    let made = nodes.proxima(&["id-key", "new", "--out", nodes.id_key.to_str().unwrap()]);
+    for step in [&["key", "init"][..], &["id-key", "new", "--in-store"]] {
+        let made = nodes.proxima(step);
+        assert!(
+            made.status.success(),
+            "{step:?}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+    // The keys are in the store, wrapped: a node given a key file as well is refused.
+    let file = dir.path().join("id.key");
+    let made = nodes.proxima(&["id-key", "new", "--out", file.to_str().unwrap()]);
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let both = nodes.proxima(&["sql", "--id-key", file.to_str().unwrap(), "-c", "SELECT 1"]);
+    let err = String::from_utf8_lossy(&both.stderr);
+    assert!(
+        !both.status.success() && err.contains("the store keeps its own identifier keys"),
+        "{err}"
+    );
+    let listed = nodes.proxima(&["id-key", "list", "--in-store"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).starts_with("key 1: current"),
+        "{listed:?}"
+    );
 
     let mut a = nodes.serve("a");
     let password = a.password("tracer");
@@ -218,7 +248,7 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
     );
 
     // Every acknowledged sighting is stored once, once each node has flushed.
-    let factory = nodes.factory();
+    let factory = nodes.factory().await;
     let v_sightings = format!("SELECT count(*) FROM observations WHERE observer = '{v}'");
     rows_become(&factory, &v_sightings, &["6"]).await;
     assert_eq!(acked, 6);

@@ -17,10 +17,12 @@
 //! ([`handle_of`]): spread evenly whatever the UUIDs look like (imported ones need not be
 //! random), and checked unique at registration and import.
 //!
-//! The keys live in one file (`--id-key`), JSON, readable by the server only: one current
-//! key that issues, and retired keys that still resolve what they issued until they are
-//! forgotten ([`IdKeys::forget_retired_before`]), after which their identifiers are
-//! unlinkable for good.
+//! The keys live in one file (`--id-key`), JSON, readable by the server only, or in a store
+//! with master keys, one wrapped key each under `_keys/identifiers/` (shared by every node;
+//! see `proxima_storage::id_keys`): one current key that issues, and retired keys that
+//! still resolve what they issued until they are forgotten
+//! ([`IdKeys::forget_retired_before`]), after which their identifiers are unlinkable for
+//! good.
 
 use std::path::Path;
 
@@ -163,6 +165,59 @@ impl IdKeys {
         }
     }
 
+    /// The keys a store keeps one object each (`_keys/identifiers/`), oldest first: each is
+    /// retired when the next was made, the newest is current. `None` for no keys, or ids
+    /// not distinct and from 1 to 255.
+    pub fn from_generations(keys: Vec<(u8, [u8; 32], DateTime<Utc>)>) -> Option<Self> {
+        let retired_at: Vec<Option<DateTime<Utc>>> = keys
+            .iter()
+            .skip(1)
+            .map(|(_, _, created)| Some(*created))
+            .chain([None])
+            .collect();
+        let keys = Self {
+            keys: keys
+                .into_iter()
+                .zip(retired_at)
+                .map(|((id, key, created), retired)| IdKey {
+                    id,
+                    key,
+                    created,
+                    retired,
+                })
+                .collect(),
+        };
+        (!keys.keys.is_empty() && keys.ids_valid()).then_some(keys)
+    }
+
+    /// Each key, oldest first: its id, bytes and when it was made (what a store keeps).
+    pub fn generations(&self) -> Vec<(u8, [u8; 32], DateTime<Utc>)> {
+        let mut keys: Vec<&IdKey> = self.keys.iter().collect();
+        // The current key last; retired ones in the order they were retired.
+        keys.sort_by_key(|k| (k.retired.is_none(), k.retired, k.created));
+        keys.into_iter().map(|k| (k.id, k.key, k.created)).collect()
+    }
+
+    /// The id a rotation gives the new key: the next one after the current that is free.
+    pub fn next_id(&self) -> Result<u8, IdKeyError> {
+        (1..=255u8)
+            .map(|i| self.current().id.wrapping_add(i))
+            .find(|id| *id != 0 && self.keys.iter().all(|k| k.id != *id))
+            .ok_or(IdKeyError::Full)
+    }
+
+    /// When each key was retired, by id (`None`: current).
+    pub fn retirements(&self) -> Vec<(u8, Option<DateTime<Utc>>)> {
+        self.keys.iter().map(|k| (k.id, k.retired)).collect()
+    }
+
+    fn ids_valid(&self) -> bool {
+        let mut ids: Vec<u8> = self.keys.iter().map(|k| k.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len() == self.keys.len() && !ids.contains(&0)
+    }
+
     /// Reads a key file (sealed with a master key, which `master` must hold, or as it is),
     /// checking it holds exactly one current key and distinct ids.
     pub fn load(path: &Path, master: Option<&dyn KeyProvider>) -> Result<Self, IdKeyError> {
@@ -177,10 +232,7 @@ impl IdKeys {
         if current != 1 {
             return Err(invalid(format!("{current} current keys (one is needed)")));
         }
-        let mut ids: Vec<u8> = keys.keys.iter().map(|k| k.id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        if ids.len() != keys.keys.len() || ids.contains(&0) {
+        if !keys.ids_valid() {
             return Err(invalid("key ids must be distinct, from 1 to 255".into()));
         }
         Ok(keys)
@@ -225,10 +277,7 @@ impl IdKeys {
     /// Retires the current key and makes a new one current: identifiers issued from now on
     /// use the new key, and those issued before still resolve.
     pub fn rotate(&mut self, now: DateTime<Utc>) -> Result<u8, IdKeyError> {
-        let id = (1..=255u8)
-            .map(|i| self.current().id.wrapping_add(i))
-            .find(|id| *id != 0 && self.keys.iter().all(|k| k.id != *id))
-            .ok_or(IdKeyError::Full)?;
+        let id = self.next_id()?;
         for key in &mut self.keys {
             key.retired.get_or_insert(now);
         }

@@ -62,7 +62,7 @@ pub async fn run(store: Store, args: BenchArgs) -> Result<(), CliError> {
         contacts,
         identifiers,
     } = args.what;
-    let identifiers = identifiers.for_sql(&store)?;
+    let identifiers = identifiers.for_sql(&store).await?;
     let factory = SessionFactory::new(
         store,
         SessionOptions {

@@ -63,8 +63,8 @@ pub struct ExecutorArgs {
     identifiers: super::id_key::IdentifierArgs,
 }
 
-fn factory(store: Store, identifiers: &super::id_key::IdentifierArgs) -> Result<SessionFactory, CliError> {
-    let identifiers = identifiers.for_sql(&store)?;
+async fn factory(store: Store, identifiers: &super::id_key::IdentifierArgs) -> Result<SessionFactory, CliError> {
+    let identifiers = identifiers.for_sql(&store).await?;
     Ok(SessionFactory::new(
         store,
         SessionOptions {
@@ -81,7 +81,7 @@ fn ballista(e: proxima_cluster::Error) -> CliError {
 /// Runs `proxima scheduler` until the process is stopped.
 pub async fn scheduler(store: Store, args: SchedulerArgs) -> Result<(), CliError> {
     let described = store.to_string();
-    let factory = factory(store, &args.identifiers)?;
+    let factory = factory(store, &args.identifiers).await?;
     let advertise = args.advertise.unwrap_or_else(|| args.listen.ip().to_string());
     let scheduler = proxima_cluster::scheduler::Scheduler::bind(&factory, args.listen, &advertise)
         .await
@@ -97,7 +97,7 @@ pub async fn scheduler(store: Store, args: SchedulerArgs) -> Result<(), CliError
 /// Runs `proxima executor` until it is stopped.
 pub async fn executor(store: Store, args: ExecutorArgs) -> Result<(), CliError> {
     let described = store.to_string();
-    let factory = factory(store, &args.identifiers)?;
+    let factory = factory(store, &args.identifiers).await?;
     let scheduler = proxima_cluster::client::Ballista::new(&args.scheduler).map_err(ballista)?;
     let (scheduler_host, scheduler_port) = scheduler.host_and_port();
     let options = proxima_cluster::executor::ExecutorOptions {

@@ -44,7 +44,7 @@ const QUERIES: &[(&str, &str)] = &[
 
 /// Runs `proxima demo`.
 pub async fn run(store: Store, args: DemoArgs) -> Result<(), CliError> {
-    let identifiers = args.keys.development_or_given(&store)?;
+    let identifiers = args.keys.development_or_given(&store).await?;
     let has_data = super::generate::has_observations(&store).await;
     // A new demo store is encrypted at rest, with a development key beside it.
     let store = if has_data {

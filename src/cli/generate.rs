@@ -61,7 +61,7 @@ pub async fn run(store: Store, args: GenerateArgs) -> Result<(), CliError> {
         Identifiers::Mac => Broadcast::Mac,
         Identifiers::Rpi => Broadcast::Rpi,
         model @ (Identifiers::Ephemeral | Identifiers::Mixed) => {
-            let keys = args.keys.development_or_given(&store)?;
+            let keys = args.keys.development_or_given(&store).await?;
             if model == Identifiers::Ephemeral {
                 Broadcast::Ephemeral(keys)
             } else {

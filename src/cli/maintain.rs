@@ -75,7 +75,7 @@ impl ErasureArgs {
 pub async fn run(store: Store, args: MaintainArgs) -> Result<(), CliError> {
     let alert_ttl =
         chrono::Duration::from_std(args.alert_ttl).map_err(|_| CliError::Usage("--alert-ttl is too long".into()))?;
-    let identifiers = args.identifiers.for_sql(&store)?;
+    let identifiers = args.identifiers.for_sql(&store).await?;
     let factory = SessionFactory::new(
         store.clone(),
         SessionOptions {

@@ -112,7 +112,7 @@ pub enum CliError {
 pub async fn run(args: Args) -> Result<(), CliError> {
     match args.command {
         Command::User(a) => return user::run(a).await,
-        Command::IdKey(a) => return id_key::run(a, key::given(args.master_key_file.as_deref())?),
+        Command::IdKey(a) if !a.in_store() => return id_key::run(a, key::given(args.master_key_file.as_deref())?),
         Command::Phone(a) => return phone::run(a).await,
         // Through a server: no local store is opened (or created).
         Command::Sql(a) if a.is_remote() => return sql::run_remote(a).await,
@@ -124,7 +124,8 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     }
     let store = key::open_with_keys(store, args.master_key_file.as_deref())?;
     match args.command {
-        Command::User(_) | Command::IdKey(_) | Command::Phone(_) | Command::Key(_) => Ok(()),
+        Command::User(_) | Command::Phone(_) | Command::Key(_) => Ok(()),
+        Command::IdKey(a) => id_key::run_in_store(store, a).await,
         Command::Serve(a) => serve::run(store, *a).await,
         Command::Demo(a) => demo::run(store, a).await,
         Command::Sql(a) => sql::run(store, a).await,

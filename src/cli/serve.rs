@@ -285,7 +285,8 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         args.identifiers.id_key.as_deref(),
         generated_password.is_some(),
         forget_before,
-    )?;
+    )
+    .await?;
     let identifiers = id_keys.map(|keys| args.identifiers.resolving_with(keys));
     if new_demo {
         // Phones broadcast rotating identifiers (a server without identifier keys: MACs).

@@ -190,7 +190,7 @@ pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
         params,
     )
     .await?;
-    let identifiers = args.identifiers.for_sql(&store)?;
+    let identifiers = args.identifiers.for_sql(&store).await?;
     let remote = match &args.ballista {
         Some(url) => Some(std::sync::Arc::new(
             proxima_cluster::client::Ballista::new(url).map_err(|e| CliError::Usage(format!("--ballista {e}")))?,

@@ -20,6 +20,7 @@ pub mod compaction;
 pub mod erasure;
 pub mod error;
 pub mod flush;
+pub mod id_keys;
 pub mod index_build;
 pub mod keys;
 pub mod layout;
