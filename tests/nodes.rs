@@ -165,7 +165,7 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
 
     // One device per MAC across the nodes.
     let mac = "AA:00:00:00:00:01";
-    phone_ok(&state("x"), &a.api, &["register", "--mac", mac]);
+    let x = phone_ok(&state("x"), &a.api, &["register", "--mac", mac]);
     let err = phone(&state("y"), &b.api, &["register", "--mac", mac]).unwrap_err();
     assert!(err.contains("409") && err.contains("already registered"), "{err}");
 
@@ -262,6 +262,20 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
     let with_mac = format!("SELECT count(*) FROM devices WHERE mac = '{mac}'");
     assert_eq!(common::column(&factory, &with_mac).await, ["1"]);
 
+    // X, registered on A, uploads on B (which learns it); then another process's retention
+    // removes X (here only its registry part, through the registry as retention does): both
+    // nodes, which hold X in memory, refuse it within their refresh.
+    phone_ok(&state("x"), &b.api, &["upload", "--heard", &w_id]);
+    let registry = proxima_storage::registry::SharedRegistry::open(factory.store())
+        .await
+        .unwrap();
+    assert_eq!(registry.forget(std::slice::from_ref(&x)).await.unwrap(), 1);
+    for node in [&a, &b] {
+        eventually("a removed device is refused by every node", || {
+            phone(&state("x"), &node.api, &["upload", "--heard", &w_id]).is_err_and(|err| err.contains("401"))
+        });
+    }
+
     // The tracer signs in on A and reports W on B with A's token; V, its contact, fetches
     // the alert from A.
     let http = reqwest::Client::new();
@@ -321,4 +335,26 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
     // W, never revoked, still uploads on both.
     phone_ok(&state("w"), &restarted.api, &["upload", "--heard", &v_id]);
     phone_ok(&state("w"), &b.api, &["upload", "--heard", &v_id]);
+
+    // The store goes away: a node that cannot read the revocations made elsewhere says it
+    // is not ready (3 refreshes + 10 s), so a load balancer stops sending it phones.
+    let ready = || async {
+        let response = reqwest::get(format!("{}/readyz", b.api)).await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(ready().await.0, 200);
+    moto.kill();
+    let cut_off = std::time::Instant::now();
+    let (status, body) = loop {
+        let (status, body) = ready().await;
+        if status == 503 || cut_off.elapsed() > std::time::Duration::from_secs(60) {
+            break (status, body);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("shared registry has not been read for over 13 s"),
+        "{body}"
+    );
 }

@@ -327,10 +327,10 @@ impl Maintainer {
         compaction::sweep_everywhere(store, self.clock.now(), self.options.sweep_grace).await?;
         // Idempotency keys past their window (an hour's margin for clocks).
         let before = self.clock.now() - registry::UPLOAD_KEY_WINDOW - chrono::Duration::hours(1);
-        registry::SharedRegistry::open(store)
-            .await?
-            .sweep_upload_keys(before)
-            .await?;
+        let shared = registry::SharedRegistry::open(store).await?;
+        shared.sweep_upload_keys(before).await?;
+        // Tombstones of forgotten devices, read by every node long before.
+        shared.sweep_gone(self.clock.now() - registry::GONE_KEPT).await?;
         Ok((expired, rebuilt))
     }
 

@@ -16,7 +16,10 @@
 //!   conditional put before the upload is stored and completed with its answer, so that a
 //!   retry on any node is answered again rather than stored twice. Claims are swept a day
 //!   after their last write ([`SharedRegistry::sweep_upload_keys`], hourly; on S3 a
-//!   lifecycle rule on the prefix does the same for free).
+//!   lifecycle rule on the prefix does the same for free);
+//! - `gone/<name>`: the tombstone of a device erasure or retention removed, written before
+//!   its other objects are deleted, so that every node forgets what it holds of the device
+//!   in memory at its next refresh; swept a day later.
 //!
 //! Names are keyed hashes (HMAC-SHA-256 under a key derived from the store's erasure hash
 //! key), so no name shows a UUID, a MAC or a token digest, and bodies are sealed
@@ -55,7 +58,7 @@ pub struct DeviceEntry {
     pub registered: DateTime<Utc>,
 }
 
-/// A revocation, as the registry keeps it.
+/// A revocation (or a tombstone), as the registry keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Revoked {
     uuid: String,
@@ -104,6 +107,10 @@ struct MacClaim {
 /// How long a MAC claim whose registration never followed (its node died between the two)
 /// holds the MAC.
 pub const ORPHAN_CLAIM_TTL: chrono::Duration = chrono::Duration::minutes(1);
+
+/// How long the tombstone of a forgotten device stays for the nodes to read (they read
+/// them every `--registry-refresh`, and report not ready long before this without).
+pub const GONE_KEPT: chrono::Duration = chrono::Duration::days(1);
 
 /// The shared registry of one store.
 #[derive(Debug, Clone)]
@@ -269,13 +276,7 @@ impl SharedRegistry {
 
     /// The revocations recorded, as the names of their objects (cheap: one listing).
     pub async fn revocation_names(&self) -> Result<Vec<Path>> {
-        let listed: Vec<_> = self
-            .store
-            .object_store()
-            .list(Some(&self.folder("revoked")))
-            .try_collect()
-            .await?;
-        Ok(listed.into_iter().map(|m| m.location).collect())
+        self.names("revoked").await
     }
 
     /// The device a revocation object names (`None` if it went meanwhile).
@@ -336,12 +337,42 @@ impl SharedRegistry {
         self.delete(&self.upload_key_path(device, key)).await
     }
 
-    /// Deletes the idempotency keys last written before `before`; returns how many.
-    pub async fn sweep_upload_keys(&self, before: DateTime<Utc>) -> Result<usize> {
+    /// The devices forgotten (erased or expired) as the names of their tombstones (one
+    /// listing).
+    pub async fn gone_names(&self) -> Result<Vec<Path>> {
+        self.names("gone").await
+    }
+
+    /// The device a tombstone names (`None` if it was swept meanwhile).
+    pub async fn gone_device(&self, name: &Path) -> Result<Option<String>> {
+        Ok(self.get::<Revoked>(name).await?.map(|r| r.uuid))
+    }
+
+    async fn names(&self, kind: &str) -> Result<Vec<Path>> {
         let listed: Vec<_> = self
             .store
             .object_store()
-            .list(Some(&self.folder("upload-key")))
+            .list(Some(&self.folder(kind)))
+            .try_collect()
+            .await?;
+        Ok(listed.into_iter().map(|m| m.location).collect())
+    }
+
+    /// Deletes the idempotency keys last written before `before`; returns how many.
+    pub async fn sweep_upload_keys(&self, before: DateTime<Utc>) -> Result<usize> {
+        self.sweep("upload-key", before).await
+    }
+
+    /// Deletes the tombstones of devices forgotten before `before`; returns how many.
+    pub async fn sweep_gone(&self, before: DateTime<Utc>) -> Result<usize> {
+        self.sweep("gone", before).await
+    }
+
+    async fn sweep(&self, kind: &str, before: DateTime<Utc>) -> Result<usize> {
+        let listed: Vec<_> = self
+            .store
+            .object_store()
+            .list(Some(&self.folder(kind)))
             .try_collect()
             .await?;
         let mut swept = 0;
@@ -353,8 +384,18 @@ impl SharedRegistry {
     }
 
     /// Deletes everything the registry holds of these devices (erased or expired): their
-    /// registration, token, MAC claim and revocation. Returns how many were registered here.
+    /// registration, token, MAC claim and revocation, after a tombstone under `gone/` that
+    /// tells every other node to forget what it holds of them in memory (at its next
+    /// refresh; swept after [`GONE_KEPT`]). Returns how many were registered here.
     pub async fn forget(&self, uuids: &[String]) -> Result<usize> {
+        let now = Utc::now();
+        for uuid in uuids {
+            let gone = Revoked {
+                uuid: uuid.clone(),
+                at: now,
+            };
+            self.put(&self.path("gone", uuid), &gone, false).await?;
+        }
         let mut found = 0;
         for uuid in uuids {
             if let Some(entry) = self.by_device(uuid).await? {

@@ -390,6 +390,15 @@ impl Moto {
         Some(moto)
     }
 
+    /// Kills the server with SIGKILL (the store becomes unreachable).
+    pub fn kill(&self) {
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
+
     fn find() -> Option<std::path::PathBuf> {
         if let Some(path) = std::env::var_os("MOTO_SERVER") {
             return Some(std::path::PathBuf::from(path));

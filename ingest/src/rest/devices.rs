@@ -117,6 +117,9 @@ struct Devices {
     /// object), known here or not: a registration learnt later is checked against them
     /// under this lock, so a refresh between its lookup and its insert loses nothing.
     revoked_elsewhere: HashMap<String, String>,
+    /// Devices the shared registry says were forgotten (erased, or removed by retention),
+    /// by the name of their tombstone: forgotten here too, and never learnt again.
+    gone: HashMap<String, String>,
     by_mac: HashMap<String, String>,
     devices: HashMap<String, Device>,
     by_token: HashMap<[u8; 32], String>,
@@ -140,6 +143,8 @@ pub struct Registry {
     shared: Option<SharedRegistry>,
     /// Tokens looked up in the shared registry and not found, since the last refresh.
     unknown_tokens: std::sync::Mutex<HashSet<[u8; 32]>>,
+    /// When the last refresh from the shared registry succeeded.
+    refreshed: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// The SHA-256 of an upload token.
@@ -203,12 +208,41 @@ impl Registry {
         Ok(registry)
     }
 
-    /// Reads the revocations other nodes made since the last refresh, and forgets the tokens
-    /// found unknown (they may have been registered since). Returns how many devices this
-    /// node learnt were revoked.
+    /// Reads the revocations other nodes made since the last refresh and the devices
+    /// another node's erasure or retention removed (forgotten here too), and forgets the
+    /// tokens found unknown (they may have been registered since). Returns how many devices
+    /// this node learnt were revoked.
     pub async fn refresh(&self) -> crate::Result<usize> {
         let Some(shared) = &self.shared else { return Ok(0) };
         self.unknown_tokens.lock().expect("never poisoned").clear();
+        let names = shared.gone_names().await?;
+        let listed: HashSet<String> = names.iter().map(|n| n.to_string()).collect();
+        self.write().gone.retain(|name, _| listed.contains(name));
+        for name in names {
+            if self.read().gone.contains_key(name.as_ref()) {
+                continue;
+            }
+            let Some(uuid) = shared.gone_device(&name).await? else {
+                continue;
+            };
+            self.forget(std::slice::from_ref(&uuid));
+            self.write().gone.insert(name.to_string(), uuid);
+        }
+        let revoked = self.refresh_revocations(shared).await?;
+        *self.refreshed.lock().expect("never poisoned") = Some(std::time::Instant::now());
+        Ok(revoked)
+    }
+
+    /// How long ago the shared registry was last read in full (`None` without one): past a
+    /// few refreshes, revocations made on other nodes may be missed here.
+    pub fn since_refresh(&self) -> Option<std::time::Duration> {
+        self.shared.as_ref()?;
+        let refreshed = *self.refreshed.lock().expect("never poisoned");
+        Some(refreshed.map_or(std::time::Duration::MAX, |at| at.elapsed()))
+    }
+
+    /// Marks the devices other nodes revoked; returns how many this node did not know were.
+    async fn refresh_revocations(&self, shared: &SharedRegistry) -> crate::Result<usize> {
         let names = shared.revocation_names().await?;
         // Revocations erased since go from the store; what was seen of them goes too.
         let listed: HashSet<String> = names.iter().map(|n| n.to_string()).collect();
@@ -238,6 +272,10 @@ impl Registry {
         let revoked = shared.is_revoked(&entry.uuid).await?;
         let mut digest = [0u8; 32];
         let mut devices = self.write();
+        // Removed since the lookup: nothing to learn.
+        if devices.gone.values().any(|uuid| *uuid == entry.uuid) {
+            return Ok(());
+        }
         if hex::decode_to_slice(&entry.token_digest, &mut digest).is_ok() {
             devices.by_token.insert(digest, entry.uuid.clone());
         }

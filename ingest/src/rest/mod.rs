@@ -423,14 +423,29 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: the service takes requests (not while starting or stopping).
+/// How long a node may go without reading the shared registry before it reports itself
+/// not ready: three refreshes and 10 seconds (one slow listing is no outage).
+fn registry_stale_after(refresh: Duration) -> Duration {
+    refresh * 3 + Duration::from_secs(10)
+}
+
+/// `GET /readyz`: the service takes requests (not while starting or stopping, nor while it
+/// cannot read the revocations other nodes made).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready"), (status = 503, description = "Starting or stopping", body = error::ErrorBody)))]
+    responses((status = 200, description = "Ready"), (status = 503, description = "Starting or stopping, or the store's shared registry unreadable", body = error::ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::SeqCst) {
-        "ready".into_response()
-    } else {
-        ApiError::unavailable("the server is stopping").into_response()
+    if !state.ready.load(Ordering::SeqCst) {
+        return ApiError::unavailable("the server is stopping").into_response();
+    }
+    let stale_after = registry_stale_after(state.options.registry_refresh);
+    match state.registry.since_refresh() {
+        Some(since) if since > stale_after => ApiError::unavailable(format!(
+            "the store's shared registry has not been read for over {} s: devices revoked on other nodes may \
+             not be refused here",
+            stale_after.as_secs()
+        ))
+        .into_response(),
+        _ => "ready".into_response(),
     }
 }
 
