@@ -112,6 +112,10 @@ pub const ORPHAN_CLAIM_TTL: chrono::Duration = chrono::Duration::minutes(1);
 /// them every `--registry-refresh`, and report not ready long before this without).
 pub const GONE_KEPT: chrono::Duration = chrono::Duration::days(1);
 
+/// The length of an upload token's tag ([`SharedRegistry::upload_token_tag`]): 64 bits,
+/// so a made-up token passes one time in 2^64.
+pub const UPLOAD_TAG_LEN: usize = 8;
+
 /// The shared registry of one store.
 #[derive(Debug, Clone)]
 pub struct SharedRegistry {
@@ -119,6 +123,7 @@ pub struct SharedRegistry {
     name_key: [u8; 32],
     seal_key: [u8; 32],
     token_key: [u8; 32],
+    upload_tag_key: [u8; 32],
 }
 
 /// A key derived from `key` for one use.
@@ -144,7 +149,30 @@ impl SharedRegistry {
             name_key: derive(erasure_hash_key, "names"),
             seal_key: derive(erasure_hash_key, "bodies"),
             token_key: derive(erasure_hash_key, "staff tokens"),
+            upload_tag_key: derive(erasure_hash_key, "upload token tags"),
         }
+    }
+
+    fn upload_tag_mac(&self, body: &[u8]) -> Hmac<Sha256> {
+        let mut mac =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(&self.upload_tag_key).expect("HMAC takes any key length");
+        mac.update(body);
+        mac
+    }
+
+    /// The tag an upload token's random `body` carries (8 bytes of an HMAC under a key every
+    /// node of the store derives), so that a node tells a token some node issued from a
+    /// made-up one before it looks it up in the store.
+    pub fn upload_token_tag(&self, body: &[u8]) -> [u8; UPLOAD_TAG_LEN] {
+        let digest = self.upload_tag_mac(body).finalize().into_bytes();
+        let mut tag = [0u8; UPLOAD_TAG_LEN];
+        tag.copy_from_slice(&digest[..UPLOAD_TAG_LEN]);
+        tag
+    }
+
+    /// Whether `tag` is [`Self::upload_token_tag`] of `body` (in constant time).
+    pub fn upload_token_tag_valid(&self, body: &[u8], tag: &[u8]) -> bool {
+        tag.len() == UPLOAD_TAG_LEN && self.upload_tag_mac(body).verify_truncated_left(tag).is_ok()
     }
 
     /// The key staff bearer tokens are signed with, the same on every node of the store.

@@ -35,7 +35,7 @@ use utoipa::ToSchema;
 use super::body::{parse_json, read_limited, require_json, typed};
 use super::error::{ApiError, ApiResult};
 use super::{AppState, read_table};
-use proxima_storage::registry::{DeviceEntry, SharedRegistry};
+use proxima_storage::registry::{DeviceEntry, SharedRegistry, UPLOAD_TAG_LEN};
 use proxima_storage::wal::Entry;
 
 /// How far a revocation's timestamp may be from the server's clock.
@@ -303,6 +303,11 @@ impl Registry {
             return Ok(Some(uuid));
         }
         let Some(shared) = &self.shared else { return Ok(None) };
+        // A token no node issued costs no lookup: tokens carry a tag only the store's nodes
+        // can make (those issued before tags were known at start, from the tables).
+        if !tagged(shared, token) {
+            return Ok(None);
+        }
         let digest = token_digest(token);
         if self.read().by_token.contains_key(&digest)
             || self.unknown_tokens.lock().expect("never poisoned").contains(&digest)
@@ -416,10 +421,28 @@ fn parse_key(text: &str) -> Result<ed25519_dalek::VerifyingKey, &'static str> {
     Ok(key)
 }
 
-fn random_token() -> String {
+/// A new upload token: 32 bytes, base64url. With a shared registry, 24 random bytes (192
+/// bits) and their tag ([`SharedRegistry::upload_token_tag`]), which any node checks before
+/// it looks a token it does not know up in the store; without one, 32 random bytes.
+fn new_token(shared: Option<&SharedRegistry>) -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
+    if let Some(shared) = shared {
+        let (body, tag) = bytes.split_at_mut(32 - UPLOAD_TAG_LEN);
+        tag.copy_from_slice(&shared.upload_token_tag(body));
+    }
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether `token` carries a valid tag: only then can another node have issued it.
+fn tagged(shared: &SharedRegistry, token: &str) -> bool {
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token) else {
+        return false;
+    };
+    bytes.len() == 32 && {
+        let (body, tag) = bytes.split_at(32 - UPLOAD_TAG_LEN);
+        shared.upload_token_tag_valid(body, tag)
+    }
 }
 
 fn text(value: &str) -> Arc<StringArray> {
@@ -506,7 +529,7 @@ async fn write_registration(
     key: &ed25519_dalek::VerifyingKey,
 ) -> ApiResult<(String, String)> {
     let uuid = state.registry.new_device_uuid();
-    let token = random_token();
+    let token = new_token(state.registry.shared());
     let now = state.clock.now();
     // Shared before the rows are durable: once acknowledged, every node knows the device.
     if let Some(shared) = state.registry.shared() {
@@ -772,5 +795,47 @@ mod tests {
             .collect();
         assert_eq!(handles.len(), uuids.len());
         assert_eq!(registry.read().handles, handles, "each one claimed");
+    }
+
+    #[tokio::test]
+    async fn a_token_no_node_issued_is_never_looked_up_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = proxima_engine::Store::local(dir.path()).unwrap();
+        let shared = SharedRegistry::with_key(&store, &[7; 32]);
+        let registry = Registry {
+            shared: Some(shared.clone()),
+            ..Registry::default()
+        };
+        let tagged_token = new_token(Some(&shared));
+        let untagged = new_token(None);
+        assert!(tagged(&shared, &tagged_token));
+        assert!(!tagged(&shared, &untagged));
+        // One bit flipped, or a tag under another store's key: refused.
+        let mut bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&tagged_token)
+            .unwrap();
+        bytes[0] ^= 1;
+        let flipped = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes);
+        assert!(!tagged(&shared, &flipped));
+        assert!(!tagged(&SharedRegistry::with_key(&store, &[8; 32]), &tagged_token));
+        assert!(!tagged(&shared, "not base64 at all!"));
+
+        // Both registered in the store by "another node": the tagged one is found there; the
+        // untagged one is not even looked up.
+        for (i, token) in [&tagged_token, &untagged].into_iter().enumerate() {
+            let entry = DeviceEntry {
+                uuid: format!("00000000-0000-4000-8000-00000000000{i}"),
+                token_digest: hex::encode(token_digest(token)),
+                revocation_key: None,
+                mac: None,
+                registered: Utc::now(),
+            };
+            shared.register(&entry).await.unwrap();
+        }
+        assert_eq!(
+            registry.authenticate(&tagged_token).await.unwrap().as_deref(),
+            Some("00000000-0000-4000-8000-000000000000")
+        );
+        assert_eq!(registry.authenticate(&untagged).await.unwrap(), None);
     }
 }
