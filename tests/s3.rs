@@ -1,6 +1,7 @@
 //! The store on S3: the real `proxima` binary against an S3-compatible server
 //! (moto, from PyPI) on a loopback port. Imports, queries, a refused import and
-//! retention must behave exactly as on the local disk.
+//! retention must behave exactly as on the local disk; the shared registry's takeovers
+//! are conditional puts there.
 //!
 //! `moto_server` is looked up in `$MOTO_SERVER`, then on `PATH` (`.ci/run`
 //! installs it into `.venv`). Without it the test says so and passes, except
@@ -120,4 +121,38 @@ fn the_store_works_on_s3() {
         "{retention}"
     );
     assert_eq!(days(&moto), "day,n\n2026-11-04,3\n2026-11-05,1\n");
+}
+
+/// Two nodes that both find an upload's idempotency key abandoned on S3: exactly one takes
+/// it over (a put conditional on the ETag each read), the other is told it is in progress.
+#[tokio::test]
+async fn an_abandoned_claim_is_taken_over_by_one_node_on_s3() {
+    use proxima_storage::registry::{KeyClaim, PENDING_KEY_TTL, SharedRegistry};
+    let Some(moto) = common::Moto::start_or_skip("the S3 takeover test") else {
+        return;
+    };
+    moto.create_bucket("takeover");
+    let store = moto.open_store("s3://takeover/store").unwrap();
+    let (one, two) = (
+        SharedRegistry::open(&store).await.unwrap(),
+        SharedRegistry::open(&store).await.unwrap(),
+    );
+    let (now, day) = (chrono::Utc::now(), chrono::Duration::hours(24));
+    assert_eq!(
+        one.claim_upload_key("d", "k", now, day).await.unwrap(),
+        KeyClaim::Claimed
+    );
+    let later = now + PENDING_KEY_TTL + chrono::Duration::seconds(1);
+    let (KeyClaim::Abandoned(seen_by_one), KeyClaim::Abandoned(seen_by_two)) = (
+        one.claim_upload_key("d", "k", later, day).await.unwrap(),
+        two.claim_upload_key("d", "k", later, day).await.unwrap(),
+    ) else {
+        panic!("both find the claim abandoned")
+    };
+    assert!(two.take_over_upload_key("d", "k", later, &seen_by_two).await.unwrap());
+    assert!(!one.take_over_upload_key("d", "k", later, &seen_by_one).await.unwrap());
+    assert_eq!(
+        one.claim_upload_key("d", "k", later, day).await.unwrap(),
+        KeyClaim::InProgress
+    );
 }

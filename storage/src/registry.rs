@@ -33,7 +33,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use hmac::{Hmac, KeyInit, Mac};
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use proxima_engine::Store;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -83,7 +83,7 @@ pub const UPLOAD_KEY_WINDOW: chrono::Duration = chrono::Duration::hours(24);
 pub const PENDING_KEY_TTL: chrono::Duration = chrono::Duration::minutes(2);
 
 /// What a node may do with an upload's idempotency key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyClaim {
     /// Claimed: store the upload, then [`SharedRegistry::complete_upload_key`].
     Claimed,
@@ -94,7 +94,22 @@ pub enum KeyClaim {
     /// Claimed by a node that never finished (it died, or could not store it): whether
     /// the upload was stored is in the store's `upload_keys` if that node's log was
     /// flushed. Check, then [`SharedRegistry::take_over_upload_key`] or complete it.
-    Abandoned,
+    Abandoned(Seen),
+}
+
+/// The version of a registry object a node read, so that it replaces exactly that one (a
+/// conditional put on its ETag): of two nodes taking the same abandoned claim over, one
+/// succeeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen(Option<String>, Option<String>);
+
+impl Seen {
+    fn version(&self) -> UpdateVersion {
+        UpdateVersion {
+            e_tag: self.0.clone(),
+            version: self.1.clone(),
+        }
+    }
 }
 
 /// The MAC claim's body.
@@ -215,10 +230,40 @@ impl SharedRegistry {
         }
     }
 
+    /// Replaces the version `seen` of `path` with `body`: `false` if it changed since (a
+    /// conditional put on its ETag). A store that cannot put conditionally (a local disk:
+    /// nodes sharing one are on one machine) overwrites.
+    async fn replace(&self, path: &Path, body: &impl Serialize, seen: &Seen) -> Result<bool> {
+        let json = serde_json::to_vec(body).map_err(|e| Error::Invalid(format!("registry entry: {e}")))?;
+        let sealed = proxima_engine::keys::seal(&self.seal_key, path.as_ref().as_bytes(), &json);
+        let payload = PutPayload::from(sealed.into_bytes());
+        let update = PutOptions {
+            mode: PutMode::Update(seen.version()),
+            ..PutOptions::default()
+        };
+        match self.store.object_store().put_opts(path, payload.clone(), update).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => Ok(false),
+            Err(object_store::Error::NotImplemented { .. }) => {
+                self.store.object_store().put(path, payload).await?;
+                Ok(true)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Reads and opens what [`Self::put`] wrote at `path`, if anything is there.
     async fn get<T: for<'de> Deserialize<'de>>(&self, path: &Path) -> Result<Option<T>> {
-        let bytes = match self.store.object_store().get(path).await {
-            Ok(found) => found.bytes().await?,
+        Ok(self.get_seen(path).await?.map(|(body, _)| body))
+    }
+
+    /// [`Self::get`], with the version read (for [`Self::replace`]).
+    async fn get_seen<T: for<'de> Deserialize<'de>>(&self, path: &Path) -> Result<Option<(T, Seen)>> {
+        let (bytes, seen) = match self.store.object_store().get(path).await {
+            Ok(found) => {
+                let seen = Seen(found.meta.e_tag.clone(), found.meta.version.clone());
+                (found.bytes().await?, seen)
+            }
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
@@ -226,7 +271,7 @@ impl SharedRegistry {
         let json = proxima_engine::keys::open(&self.seal_key, path.as_ref().as_bytes(), text)
             .ok_or_else(|| Error::Invalid(format!("{path}: cannot be opened with this store's registry key")))?;
         serde_json::from_slice(&json)
-            .map(Some)
+            .map(|body| Some((body, seen)))
             .map_err(|e| Error::Invalid(format!("{path}: {e}")))
     }
 
@@ -250,14 +295,15 @@ impl SharedRegistry {
         if self.put(&path, &claim, true).await? {
             return Ok(true);
         }
-        let Some(held) = self.get::<MacClaim>(&path).await? else {
+        let Some((held, seen)) = self.get_seen::<MacClaim>(&path).await? else {
             // Released meanwhile: one more try.
             return self.put(&path, &claim, true).await;
         };
         if now - held.at < ORPHAN_CLAIM_TTL || self.by_device(&held.uuid).await?.is_some() {
             return Ok(false);
         }
-        self.put(&path, &claim, false).await
+        // The orphan claim as read, not whatever another node put there since.
+        self.replace(&path, &claim, &seen).await
     }
 
     /// Gives a MAC claim back (a registration that failed after claiming it).
@@ -332,25 +378,30 @@ impl SharedRegistry {
             if self.put(&path, &pending, true).await? {
                 return Ok(KeyClaim::Claimed);
             }
-            match self.get::<UploadKey>(&path).await? {
+            match self.get_seen::<UploadKey>(&path).await? {
                 None => continue,
-                Some(UploadKey::Done { accepted, at }) if now - at < window => return Ok(KeyClaim::Replay(accepted)),
-                Some(UploadKey::Done { .. }) => {
-                    self.put(&path, &pending, false).await?;
-                    return Ok(KeyClaim::Claimed);
+                Some((UploadKey::Done { accepted, at }, _)) if now - at < window => {
+                    return Ok(KeyClaim::Replay(accepted));
                 }
-                Some(UploadKey::Pending { at }) if now - at < PENDING_KEY_TTL => return Ok(KeyClaim::InProgress),
-                Some(UploadKey::Pending { .. }) => return Ok(KeyClaim::Abandoned),
+                Some((UploadKey::Done { .. }, seen)) => {
+                    if self.replace(&path, &pending, &seen).await? {
+                        return Ok(KeyClaim::Claimed);
+                    }
+                    // Another node claimed it anew first.
+                    return Ok(KeyClaim::InProgress);
+                }
+                Some((UploadKey::Pending { at }, _)) if now - at < PENDING_KEY_TTL => return Ok(KeyClaim::InProgress),
+                Some((UploadKey::Pending { .. }, seen)) => return Ok(KeyClaim::Abandoned(seen)),
             }
         }
         Ok(KeyClaim::InProgress)
     }
 
-    /// Claims an abandoned key (see [`KeyClaim::Abandoned`]).
-    pub async fn take_over_upload_key(&self, device: &str, key: &str, now: DateTime<Utc>) -> Result<()> {
+    /// Claims an abandoned key (see [`KeyClaim::Abandoned`]) as it was `seen`: `false` if
+    /// another node took it over first.
+    pub async fn take_over_upload_key(&self, device: &str, key: &str, now: DateTime<Utc>, seen: &Seen) -> Result<bool> {
         let path = self.upload_key_path(device, key);
-        self.put(&path, &UploadKey::Pending { at: now }, false).await?;
-        Ok(())
+        self.replace(&path, &UploadKey::Pending { at: now }, seen).await
     }
 
     /// Records that the upload of a claimed key was stored, with `accepted` observations.
@@ -554,11 +605,20 @@ mod tests {
             KeyClaim::Claimed
         );
         let later = now + PENDING_KEY_TTL + chrono::Duration::seconds(1);
-        assert_eq!(
-            two.claim_upload_key(device, "k2", later, day).await.unwrap(),
-            KeyClaim::Abandoned
+        let KeyClaim::Abandoned(seen) = two.claim_upload_key(device, "k2", later, day).await.unwrap() else {
+            panic!("abandoned")
+        };
+        // Both nodes find it abandoned; exactly one takes it over (a conditional put on
+        // the version each read).
+        let KeyClaim::Abandoned(seen_by_one) = one.claim_upload_key(device, "k2", later, day).await.unwrap() else {
+            panic!("abandoned")
+        };
+        assert!(two.take_over_upload_key(device, "k2", later, &seen).await.unwrap());
+        assert!(
+            !one.take_over_upload_key(device, "k2", later, &seen_by_one)
+                .await
+                .unwrap()
         );
-        two.take_over_upload_key(device, "k2", later).await.unwrap();
         assert_eq!(
             one.claim_upload_key(device, "k2", later, day).await.unwrap(),
             KeyClaim::InProgress

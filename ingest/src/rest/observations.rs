@@ -352,7 +352,7 @@ async fn claim_shared(state: &AppState, device: &str, key: &str) -> ApiResult<Ot
         KeyClaim::Claimed => Ok(OtherNodes::Go),
         KeyClaim::Replay(accepted) => Ok(OtherNodes::Replay(accepted)),
         KeyClaim::InProgress => Ok(OtherNodes::InProgress),
-        KeyClaim::Abandoned => {
+        KeyClaim::Abandoned(seen) => {
             if let Some(accepted) = stored_with_key(state, device, key).await? {
                 shared
                     .complete_upload_key(device, key, accepted, now)
@@ -360,8 +360,16 @@ async fn claim_shared(state: &AppState, device: &str, key: &str) -> ApiResult<Ot
                     .map_err(unshared)?;
                 return Ok(OtherNodes::Replay(accepted));
             }
-            shared.take_over_upload_key(device, key, now).await.map_err(unshared)?;
-            Ok(OtherNodes::Go)
+            if shared
+                .take_over_upload_key(device, key, now, &seen)
+                .await
+                .map_err(unshared)?
+            {
+                Ok(OtherNodes::Go)
+            } else {
+                // Another node took it over first and is storing it now.
+                Ok(OtherNodes::InProgress)
+            }
         }
     }
 }
@@ -561,8 +569,11 @@ impl Unknown {
                  node has not seen; send them in smaller requests"
             )));
         }
+        // Looked up 16 at a time (each is a request to the store), judged in body order.
+        for chunk in unknown.chunks(16) {
+            futures::future::try_join_all(chunk.iter().map(|(uuid, _)| state.resolve_device(uuid))).await?;
+        }
         for (uuid, place) in unknown {
-            state.resolve_device(&uuid).await?;
             if !state.registry.is_active(&uuid) {
                 return Err(Self::refusal(&uuid, place));
             }
