@@ -224,7 +224,7 @@ impl Drop for Cluster {
 
 /// A port free on loopback now.
 #[allow(dead_code)]
-fn free_port() -> std::io::Result<u16> {
+pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
