@@ -168,28 +168,7 @@ fn a_job_no_executor_takes_stops_at_the_timeout_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let (store, key) = encrypted_store(dir.path());
     // A scheduler alone: nothing will ever run the job.
-    let mut scheduler = Command::new(env!("CARGO_BIN_EXE_proxima"))
-        .arg("--data")
-        .arg(&store)
-        .arg("--master-key-file")
-        .arg(&key)
-        .args(["scheduler", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(scheduler.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("df://"))
-        .unwrap()
-        .to_string();
+    let (mut scheduler, url) = scheduler_alone(&store, &key);
     let (ok, out, err) = proxima(
         &store,
         Some(&key),

@@ -43,6 +43,7 @@ use datafusion::prelude::SessionContext;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use proxima_audit::{AuditLog, Decision, Phase, Record};
+use proxima_engine::login::{LoginGuard, LoginLimits, LoginRefused};
 use proxima_engine::{Principal, SessionFactory};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
@@ -59,6 +60,8 @@ pub struct ServiceOptions {
     pub token_ttl: Duration,
     /// How long one query may run before it is stopped.
     pub query_timeout: Duration,
+    /// Every password login goes through this (shared with the REST service).
+    pub logins: Arc<LoginGuard>,
 }
 
 impl Default for ServiceOptions {
@@ -66,6 +69,7 @@ impl Default for ServiceOptions {
         Self {
             token_ttl: Duration::from_secs(3600),
             query_timeout: Duration::from_secs(600),
+            logins: Arc::new(LoginGuard::new(LoginLimits::default())),
         }
     }
 }
@@ -793,13 +797,27 @@ impl FlightSqlService for FlightSqlServer {
                 return Err(status);
             }
         };
-        let users = self.users.clone();
-        let checked_user = user.clone();
-        let principal = tokio::task::spawn_blocking(move || users.verify(&checked_user, &password))
-            .await
-            .map_err(internal)?;
+        let address = request.remote_addr().map(|a| a.ip());
+        let principal = match self.options.logins.verify(&self.users, address, &user, &password).await {
+            Ok(principal) => principal,
+            Err(refused) => {
+                let name: String = user.chars().take(MAX_AUDITED_NAME).collect();
+                warn!(target: "proxima::auth", user = name, client = ?client, %refused, "login not checked");
+                let mut record = login(&name, "", Decision::Deny, "login limits");
+                record.error = Some(refused.to_string());
+                self.audit(record).await?;
+                let mut status = match refused {
+                    LoginRefused::Throttled { .. } => Status::resource_exhausted(refused.to_string()),
+                    LoginRefused::Busy => Status::unavailable(refused.to_string()),
+                };
+                if let Ok(value) = refused.retry_after().as_secs().to_string().parse() {
+                    status.metadata_mut().insert("retry-after", value);
+                }
+                return Err(status);
+            }
+        };
         let Some(principal) = principal else {
-            warn!(target: "proxima::auth", user, "login refused");
+            warn!(target: "proxima::auth", user, client = ?client, "login refused: wrong user name or password");
             let name: String = user.chars().take(MAX_AUDITED_NAME).collect();
             let mut record = login(&name, "", Decision::Deny, "password");
             record.error = Some("wrong user name or password".into());

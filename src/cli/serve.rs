@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use proxima_engine::clock::SystemClock;
+use proxima_engine::login::{LoginGuard, LoginLimits};
 use proxima_engine::{Role, SessionFactory, SessionOptions, Store};
 use proxima_flight_server::{FlightSqlServer, ServiceOptions, TlsFiles, Users};
 use proxima_ingest::rest::{RestConfig, RestOptions, RestService};
@@ -67,6 +68,21 @@ pub struct ServeArgs {
     /// beyond it, 429 with Retry-After (0: no limit).
     #[arg(long, env = "PROXIMA_REGISTRATION_RATE", default_value_t = 60)]
     registration_rate: u32,
+    /// Failed staff password logins (REST Basic credentials, the Flight SQL handshake) a
+    /// minute per client address (an IPv6 client: per /64), in bursts of as many; beyond,
+    /// every login from it gets 429 (REST) or RESOURCE_EXHAUSTED (Flight SQL) with
+    /// Retry-After, before any password is hashed, until the budget refills. Right
+    /// passwords spend nothing (0: no limit).
+    #[arg(long, env = "PROXIMA_LOGIN_RATE", default_value_t = 10)]
+    login_rate: u32,
+    /// Failed staff password logins a minute per user name, whatever the address; beyond,
+    /// that user's logins are refused likewise (0: no limit).
+    #[arg(long, env = "PROXIMA_LOGIN_USER_RATE", default_value_t = 30)]
+    login_user_rate: u32,
+    /// Password hashes (argon2, 19 MiB each) running at once; a login beyond is answered
+    /// 503 (UNAVAILABLE) with Retry-After, never queued. Default: the number of cores.
+    #[arg(long, env = "PROXIMA_LOGIN_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    login_concurrency: Option<u32>,
     /// The proof of work each registration carries, in bits: the phone hashes about
     /// 2^BITS times (20: a few hundred milliseconds of a phone's CPU), so registering
     /// 100,000 throwaway devices costs days of CPU. 0 asks for none.
@@ -394,6 +410,14 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
     })
     .await?;
     let maintainer = std::sync::Arc::new(maintainer);
+    // One guard for both services: a client's login attempts count once, wherever made.
+    let logins = std::sync::Arc::new(LoginGuard::new(LoginLimits {
+        per_address: args.login_rate,
+        per_user: args.login_user_rate,
+        concurrent: args
+            .login_concurrency
+            .map_or_else(|| LoginLimits::default().concurrent, |n| n as usize),
+    }));
     let rest = if args.no_rest {
         None
     } else {
@@ -417,6 +441,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
                     accept_mac: args.accept_mac || args.demo,
                     token_ttl: args.token_ttl,
                     registry_refresh: args.registry_refresh,
+                    logins: std::sync::Arc::clone(&logins),
                     ..RestOptions::default()
                 },
                 clock,
@@ -428,6 +453,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
     let options = ServiceOptions {
         token_ttl: args.token_ttl,
         query_timeout: args.query_timeout,
+        logins,
     };
     let service = FlightSqlServer::new(flight_factory, users, audit.clone(), options)
         .map_err(|e| CliError::Usage(e.message().to_string()))?;

@@ -255,7 +255,7 @@ mod tests {
 
         // Nothing on disk holds a key's bytes in the clear.
         let key_bytes = made.generations()[0].1;
-        let files = walkdir(dir.path());
+        let files = crate::testing::files_under(dir.path());
         assert!(!files.is_empty());
         for entry in files {
             let content = std::fs::read(&entry).unwrap();
@@ -289,18 +289,5 @@ mod tests {
         assert!(err.contains("sealed with a master key"), "{err}");
         let err = create(&bare, &made).await.unwrap_err().to_string();
         assert!(err.contains("only under a master key"), "{err}");
-    }
-
-    fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                files.extend(walkdir(&path));
-            } else {
-                files.push(path);
-            }
-        }
-        files
     }
 }

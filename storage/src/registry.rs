@@ -428,13 +428,16 @@ impl SharedRegistry {
     }
 
     async fn names(&self, kind: &str) -> Result<Vec<Path>> {
-        let listed: Vec<_> = self
+        Ok(self.listed(kind).await?.into_iter().map(|m| m.location).collect())
+    }
+
+    async fn listed(&self, kind: &str) -> Result<Vec<object_store::ObjectMeta>> {
+        Ok(self
             .store
             .object_store()
             .list(Some(&self.folder(kind)))
             .try_collect()
-            .await?;
-        Ok(listed.into_iter().map(|m| m.location).collect())
+            .await?)
     }
 
     /// Deletes the idempotency keys last written before `before`; returns how many.
@@ -448,12 +451,7 @@ impl SharedRegistry {
     }
 
     async fn sweep(&self, kind: &str, before: DateTime<Utc>) -> Result<usize> {
-        let listed: Vec<_> = self
-            .store
-            .object_store()
-            .list(Some(&self.folder(kind)))
-            .try_collect()
-            .await?;
+        let listed = self.listed(kind).await?;
         let mut swept = 0;
         for meta in listed.into_iter().filter(|m| m.last_modified < before) {
             self.delete(&meta.location).await?;
@@ -536,7 +534,7 @@ mod tests {
         assert!(two.is_revoked(device).await.unwrap());
 
         // Nothing on disk names the device, its MAC or its token digest.
-        let files: Vec<_> = walk(dir.path());
+        let files: Vec<_> = crate::testing::files_under(dir.path());
         assert_eq!(files.len(), 5, "{files:?}"); // the hash key, device, token, mac, revoked
         for file in &files {
             let text = std::fs::read_to_string(file).unwrap() + &file.display().to_string();
@@ -632,18 +630,5 @@ mod tests {
 
         assert_eq!(one.sweep_upload_keys(Utc::now() - day).await.unwrap(), 0);
         assert_eq!(one.sweep_upload_keys(Utc::now() + day).await.unwrap(), 3);
-    }
-
-    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                files.extend(walk(&path));
-            } else {
-                files.push(path);
-            }
-        }
-        files
     }
 }

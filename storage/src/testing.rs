@@ -210,3 +210,17 @@ pub fn failing_store() -> (proxima_engine::Store, Arc<FailingStore>) {
     let store = proxima_engine::Store::in_memory().wrapped(|_| failing.clone());
     (store, failing)
 }
+
+/// Every file under `dir`, however deep.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

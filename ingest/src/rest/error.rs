@@ -106,6 +106,19 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
     }
 
+    /// A login refused before its password was checked: 429 (too many attempts) or 503
+    /// (every hash slot busy), with Retry-After either way.
+    pub fn login_refused(refused: &proxima_engine::login::LoginRefused) -> Self {
+        let (status, code) = match refused {
+            proxima_engine::login::LoginRefused::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            proxima_engine::login::LoginRefused::Busy => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        };
+        Self {
+            retry_after: Some(refused.retry_after()),
+            ..Self::new(status, code, refused.to_string())
+        }
+    }
+
     /// 500: a failure of the server, logged with its cause; the client sees no internals.
     pub fn internal(context: &str, error: impl std::fmt::Display) -> Self {
         tracing::error!(target: "proxima::http", %error, "{context}");

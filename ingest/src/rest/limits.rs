@@ -1,6 +1,7 @@
 //! Rate limits and idempotency keys.
 //!
-//! Both are kept in memory per process (idempotency keys also in the store's shared
+//! Both are kept in memory per process (rate limits are `proxima_engine::limits`, shared
+//! with the Flight SQL service's logins) (idempotency keys also in the store's shared
 //! registry, so that they hold across serving nodes: `proxima_storage::registry`). Rate limits are `governor`'s keyed token
 //! buckets: per device on its own routes (`--device-rate` requests a minute, bursts up
 //! to the same number), per client address on registration and revocation
@@ -14,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -24,43 +24,7 @@ pub const IDEMPOTENCY_WINDOW: chrono::Duration = proxima_storage::registry::UPLO
 /// Entries kept before expired ones are swept.
 const SWEEP_AT: usize = 1 << 20;
 
-/// A token bucket per key (a device, or a client address): `governor`'s keyed limiter.
-pub struct RateLimiter {
-    limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
-}
-
-impl std::fmt::Debug for RateLimiter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimiter")
-            .field("keys", &self.limiter.as_ref().map_or(0, |l| l.len()))
-            .finish()
-    }
-}
-
-impl RateLimiter {
-    /// At most `per_minute` requests a minute per key, in bursts of as many (0: unlimited).
-    pub fn new(per_minute: u32) -> Self {
-        Self {
-            limiter: std::num::NonZeroU32::new(per_minute)
-                .map(|n| governor::RateLimiter::keyed(governor::Quota::per_minute(n))),
-        }
-    }
-
-    /// Takes one request from `key`'s bucket, or says how long to wait.
-    pub fn check(&self, key: &str) -> Result<(), Duration> {
-        use governor::clock::Clock as _;
-        let Some(limiter) = &self.limiter else {
-            return Ok(());
-        };
-        if limiter.len() >= SWEEP_AT {
-            // Full buckets carry no information: drop them.
-            limiter.retain_recent();
-        }
-        limiter
-            .check_key(&key.to_string())
-            .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
-    }
-}
+pub use proxima_engine::limits::RateLimiter;
 
 /// What a request with an idempotency key should do.
 #[derive(Debug)]
@@ -153,20 +117,6 @@ impl IdempotencyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_refuse_beyond_the_rate() {
-        let limiter = RateLimiter::new(3);
-        assert!(limiter.check("a").is_ok());
-        assert!(limiter.check("a").is_ok());
-        assert!(limiter.check("a").is_ok());
-        let wait = limiter.check("a").unwrap_err();
-        assert!(
-            wait > Duration::from_secs(15) && wait <= Duration::from_secs(20),
-            "{wait:?}"
-        );
-        assert!(limiter.check("b").is_ok(), "devices have their own buckets");
-    }
 
     #[test]
     fn keys_replay_within_the_window() {

@@ -59,6 +59,16 @@ pub struct Metrics {
     /// (`replayed`: heard outside the identifier's epoch; `unknown`: no key issued it); set
     /// when rendered. Phones are never told.
     pub lookup_identifiers_refused: Family<ReasonLabels, Gauge>,
+    /// Staff password logins since start, REST and Flight SQL together, by outcome (`ok`,
+    /// `wrong`, `throttled`, `busy`); set when rendered.
+    pub logins: Family<OutcomeLabels, Gauge>,
+}
+
+/// Labels of `proxima_logins`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ok`, `wrong` (user name or password), `throttled` (too many failures), `busy`.
+    pub outcome: String,
 }
 
 /// Labels of `proxima_lookup_identifiers_refused`.
@@ -130,7 +140,15 @@ impl Metrics {
              unknown (no key issued it); a sighting read by several lookups counts in each",
             lookup_identifiers_refused.clone(),
         );
+        let logins = Family::<OutcomeLabels, Gauge>::default();
+        registry.register(
+            "logins",
+            "Staff password logins since start (REST and Flight SQL) by outcome: ok, wrong (user name or password), \
+             throttled (refused unchecked after too many failures), busy (every password check slot taken)",
+            logins.clone(),
+        );
         Self {
+            logins,
             registry,
             requests,
             observations_accepted,

@@ -39,6 +39,8 @@ use axum::{Json, Router};
 use datafusion::prelude::ParquetReadOptions;
 use proxima_audit::AuditLog;
 use proxima_engine::clock::Clock;
+use proxima_engine::limits::address_key;
+use proxima_engine::login::{LoginGuard, LoginLimits};
 use proxima_engine::{Principal, Role, SessionFactory, Store, Table, Users};
 use proxima_storage::Maintainer;
 use proxima_storage::flush::Flushed;
@@ -90,6 +92,8 @@ pub struct RestOptions {
     /// forgets which tokens it found unknown): the longest a device revoked elsewhere may
     /// still upload here.
     pub registry_refresh: Duration,
+    /// Every password login goes through this (shared with the Flight SQL service).
+    pub logins: Arc<LoginGuard>,
 }
 
 impl Default for RestOptions {
@@ -109,6 +113,7 @@ impl Default for RestOptions {
             registration_work: 0,
             accept_mac: false,
             registry_refresh: Duration::from_secs(5),
+            logins: Arc::new(LoginGuard::new(LoginLimits::default())),
         }
     }
 }
@@ -215,7 +220,7 @@ impl Shared {
     /// way the call is audited: a refusal as a decision, an admitted call as an intent that
     /// is synced before this returns (503 if it cannot be).
     pub async fn staff(&self, headers: &HeaderMap, roles: &[Role]) -> ApiResult<Principal> {
-        let (authenticated, checked) = match self.staff_auth.principal(headers).await {
+        let (authenticated, checked) = match self.staff_auth.principal(headers, client_address()).await {
             Ok(principal) => {
                 let checked = staff::require_role(&principal, roles).map(|()| principal.clone());
                 (Some(principal), checked)
@@ -295,6 +300,7 @@ impl RestService {
                     .shared()
                     .map(SharedRegistry::staff_token_key)
                     .unwrap_or_else(proxima_engine::keys::random_key),
+                Arc::clone(&options.logins),
             ),
             options,
             clock,
@@ -361,6 +367,7 @@ impl RestService {
                 Arc::clone(&self.state),
                 count_requests,
             ))
+            .layer(axum::middleware::from_fn(remember_client))
             .with_state(Arc::clone(&self.state))
     }
 
@@ -452,6 +459,21 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// `GET /metrics`: Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text exposition")))]
 async fn metrics_text(State(state): State<AppState>) -> Response {
+    let logins = state.options.logins.counts();
+    for (outcome, count) in [
+        ("ok", &logins.succeeded),
+        ("wrong", &logins.failed),
+        ("throttled", &logins.throttled),
+        ("busy", &logins.busy),
+    ] {
+        state
+            .metrics
+            .logins
+            .get_or_create(&metrics::OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .set(i64::try_from(count.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    }
     let lookups = state.factory.index().counters();
     state
         .metrics
@@ -515,18 +537,24 @@ async fn limit_by_address(State(state): State<AppState>, request: Request, next:
     next.run(request).await
 }
 
-/// The key a client address is limited under: the address, or an IPv6 address's /64.
-fn address_key(address: std::net::IpAddr) -> String {
-    match address {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
-    }
+tokio::task_local! {
+    /// The peer address of the request being handled (set by [`remember_client`]).
+    static CLIENT: Option<std::net::IpAddr>;
+}
+
+/// Middleware on every route: keeps the peer's address for the request's handler, so that
+/// its login is limited per address ([`client_address`]).
+async fn remember_client(request: Request, next: Next) -> Response {
+    let address = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<server::ClientAddr>>()
+        .map(|axum::extract::ConnectInfo(server::ClientAddr(address))| address.ip());
+    CLIENT.scope(address, next.run(request)).await
+}
+
+/// The peer address of the request being handled, if known.
+fn client_address() -> Option<std::net::IpAddr> {
+    CLIENT.try_with(|address| *address).ok().flatten()
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -576,26 +604,3 @@ impl utoipa::Modify for SecuritySchemes {
     modifiers(&SecuritySchemes),
 )]
 pub struct ApiDoc;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clients_are_limited_per_address_or_ipv6_block() {
-        let key = |a: &str| address_key(a.parse().unwrap());
-        assert_eq!(key("203.0.113.7"), "203.0.113.7");
-        assert_eq!(
-            key("::ffff:203.0.113.7"),
-            "203.0.113.7",
-            "a mapped IPv4 address is that address"
-        );
-        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
-        assert_eq!(
-            key("2001:db8:1:2:bbbb:cccc:dddd:eeee"),
-            key("2001:db8:1:2::9"),
-            "one subscriber's /64"
-        );
-        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
-    }
-}

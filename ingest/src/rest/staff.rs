@@ -1,13 +1,15 @@
 //! Staff authentication for REST: the users file shared with Flight SQL.
 //!
 //! A staff call carries `Authorization: Basic` (checked against the argon2
-//! hash, on a blocking thread) or `Bearer` with a token from
+//! hash, on a blocking thread, through the process's `LoginGuard`: rate limits per client
+//! address and per user, a bounded number of hashes at once) or `Bearer` with a token from
 //! `POST /v1/auth/token`, which lasts `--token-ttl`.
 //!
 //! A token is signed, not remembered: `pxs1.<payload>.<HMAC-SHA-256>`, the payload the
 //! user, role and expiry (base64url JSON), under a key every serving node on the store
 //! derives from it (the shared registry's), so any node accepts a token another issued.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -15,9 +17,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
+use proxima_engine::login::LoginGuard;
 use proxima_engine::{Principal, Role, Users};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use tracing::warn;
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -28,6 +32,7 @@ pub struct StaffAuth {
     users: Users,
     ttl: Duration,
     key: [u8; 32],
+    logins: Arc<LoginGuard>,
 }
 
 impl std::fmt::Debug for StaffAuth {
@@ -70,8 +75,14 @@ pub struct StaffToken {
 impl StaffAuth {
     /// Staff auth over `users`; tokens last `ttl` and are signed with `key` (the same on
     /// every node that must accept them).
-    pub fn new(users: Users, ttl: Duration, key: [u8; 32]) -> Self {
-        Self { users, ttl, key }
+    /// Passwords are checked through `logins` (rate limits, bounded hashing).
+    pub fn new(users: Users, ttl: Duration, key: [u8; 32], logins: Arc<LoginGuard>) -> Self {
+        Self {
+            users,
+            ttl,
+            key,
+            logins,
+        }
     }
 
     fn mac(&self) -> Hmac<Sha256> {
@@ -110,8 +121,8 @@ impl StaffAuth {
         Ok(Principal { name: claims.u, role })
     }
 
-    /// The principal of a request's credentials.
-    pub async fn principal(&self, headers: &HeaderMap) -> ApiResult<Principal> {
+    /// The principal of a request's credentials, sent from `client`.
+    pub async fn principal(&self, headers: &HeaderMap, client: Option<std::net::IpAddr>) -> ApiResult<Principal> {
         let value = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -131,12 +142,19 @@ impl StaffAuth {
         let (name, password) = decoded
             .split_once(':')
             .ok_or_else(|| ApiError::unauthorized("Basic credentials are not user:password"))?;
-        let users = self.users.clone();
-        let (name, password) = (name.to_string(), password.to_string());
-        let principal = tokio::task::spawn_blocking(move || users.verify(&name, &password))
-            .await
-            .map_err(|e| ApiError::internal("checking the password failed", e))?;
-        principal.ok_or_else(|| ApiError::unauthorized("wrong user name or password"))
+        let client_text = client.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let user: String = name.chars().take(64).collect();
+        match self.logins.verify(&self.users, client, name, password).await {
+            Ok(Some(principal)) => Ok(principal),
+            Ok(None) => {
+                warn!(target: "proxima::auth", user, client = %client_text, "REST login refused: wrong user name or password");
+                Err(ApiError::unauthorized("wrong user name or password"))
+            }
+            Err(refused) => {
+                warn!(target: "proxima::auth", user, client = %client_text, %refused, "REST login not checked");
+                Err(ApiError::login_refused(&refused))
+            }
+        }
     }
 
     /// A new bearer token for `principal`.
@@ -180,6 +198,8 @@ pub fn require_role(principal: &Principal, roles: &[Role]) -> ApiResult<()> {
     responses(
         (status = 200, description = "A bearer token", body = StaffToken),
         (status = 401, description = "Wrong credentials", body = super::error::ErrorBody),
+        (status = 429, description = "Too many login attempts from this address or for this user (Retry-After)", body = super::error::ErrorBody),
+        (status = 503, description = "Every password check slot is busy (Retry-After)", body = super::error::ErrorBody),
     ))]
 pub async fn token(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<StaffToken>> {
     let principal = state.staff(&headers, &Role::ALL).await?;
@@ -192,7 +212,7 @@ mod tests {
 
     fn auth(key: u8, ttl: Duration) -> StaffAuth {
         let users = Users::generated(&[("alice", Role::Tracer, "correct horse battery")]).unwrap();
-        StaffAuth::new(users, ttl, [key; 32])
+        StaffAuth::new(users, ttl, [key; 32], Arc::new(LoginGuard::new(Default::default())))
     }
 
     #[test]
