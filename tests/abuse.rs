@@ -136,3 +136,150 @@ async fn a_burst_of_wrong_passwords_is_refused_unchecked_and_others_still_log_in
     );
     assert_eq!(count("busy"), by_status.get(&503).copied().unwrap_or(0));
 }
+
+/// A process's peak resident memory so far (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arrow_ipc_bomb_is_refused_without_the_memory_it_asks_for() {
+    use arrow::array::{RecordBatch, StringArray};
+    use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut server = common::Server::start(&[
+        "--data",
+        store.to_str().unwrap(),
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--flight",
+        "127.0.0.1:0",
+    ]);
+    let password = server.password("ingest");
+    server.drain();
+
+    // One row whose observer is 512 MiB of 'a': ZSTD makes it a few kilobytes, which a
+    // reader would decompress into 512 MiB before looking at it.
+    const DECOMPRESSED: usize = 512 << 20;
+    let bomb = {
+        let huge = "a".repeat(DECOMPRESSED);
+        let batch = RecordBatch::try_from_iter([(
+            "observer",
+            Arc::new(StringArray::from(vec![huge.as_str()])) as arrow::array::ArrayRef,
+        )])
+        .unwrap();
+        let options = IpcWriteOptions::default()
+            .try_with_compression(Some(arrow::ipc::CompressionType::ZSTD))
+            .unwrap();
+        let mut bytes = Vec::new();
+        let mut writer = StreamWriter::try_new_with_options(&mut bytes, &batch.schema(), options).unwrap();
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+        bytes
+    };
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+
+    let before = peak_rss(server.child.id());
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/observations:bulk", server.api))
+        .basic_auth("ingest", Some(&password))
+        .header("content-type", "application/vnd.apache.arrow.stream")
+        .body(bomb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("compressed Arrow IPC buffers"), "{body}");
+    // The server's peak memory grew by far less than what the bomb asked for.
+    let grown = peak_rss(server.child.id()).saturating_sub(before);
+    assert!(grown < 64 << 20, "peak RSS grew by {} MiB", grown >> 20);
+    let health = reqwest::get(format!("{}/healthz", server.api)).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_bodies_beyond_the_slots_are_refused_not_buffered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut server = common::Server::start(&[
+        "--data",
+        store.to_str().unwrap(),
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--flight",
+        "127.0.0.1:0",
+        "--bulk-concurrency",
+        "1",
+    ]);
+    let password = server.password("ingest");
+    server.drain();
+    let url = format!("{}/v1/observations:bulk", server.api);
+    let http = reqwest::Client::new();
+
+    // A slow client holds the only slot: its body arrives a piece at a time.
+    let (pieces, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let slow = tokio::spawn({
+        let (http, url, password) = (http.clone(), url.clone(), password.clone());
+        async move {
+            http.post(url)
+                .basic_auth("ingest", Some(password))
+                .header("content-type", "application/x-ndjson")
+                .body(reqwest::Body::wrap_stream(tokio_stream_of(rx)))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    pieces.send(Ok(b"{\"observer\": ".to_vec())).await.unwrap();
+    // Another bulk request meanwhile: refused at once, told when to come back.
+    let mut refused = None;
+    for _ in 0..100 {
+        let response = http
+            .post(&url)
+            .basic_auth("ingest", Some(&password))
+            .header("content-type", "application/x-ndjson")
+            .body("{}\n")
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 503 {
+            refused = Some(response);
+            break;
+        }
+        // The slow request has not reached its slot yet.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let refused = refused.expect("a second bulk request is refused while the slot is held");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert!(refused.text().await.unwrap().contains("--bulk-concurrency"));
+    // The slow one finishes (its body is not a valid row: 422), and the slot is free again.
+    pieces.send(Ok(b"1}\n".to_vec())).await.unwrap();
+    drop(pieces);
+    assert_eq!(slow.await.unwrap(), 422);
+    let after = http
+        .post(&url)
+        .basic_auth("ingest", Some(&password))
+        .header("content-type", "application/x-ndjson")
+        .body("{}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(after.status(), 503);
+}
+
+/// A stream of the pieces sent on `rx`.
+fn tokio_stream_of(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

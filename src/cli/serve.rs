@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// Most rows in one bulk request.
     #[arg(long, env = "PROXIMA_MAX_BULK_ROWS", default_value_t = 1_000_000)]
     max_bulk_rows: usize,
+    /// Bulk requests read and decoded at once (each body up to --max-bulk-body); beyond,
+    /// 503 with Retry-After, never a queue of bodies in memory.
+    #[arg(long, env = "PROXIMA_BULK_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    bulk_concurrency: u32,
     /// How long an alert is shown to its device (48h).
     #[arg(long, env = "PROXIMA_ALERT_TTL", default_value = "48h", value_parser = parse_duration)]
     alert_ttl: Duration,
@@ -430,6 +434,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
                 options: RestOptions {
                     max_body: args.max_body,
                     max_bulk_body: args.max_bulk_body,
+                    bulk_concurrency: args.bulk_concurrency as usize,
                     max_batch: args.max_batch,
                     max_bulk_rows: args.max_bulk_rows,
                     alert_ttl,

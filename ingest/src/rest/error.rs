@@ -106,6 +106,14 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
     }
 
+    /// 503 with `Retry-After: 1`: a bounded resource is busy; the client should come back.
+    pub fn busy(detail: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(Duration::from_secs(1)),
+            ..Self::unavailable(detail)
+        }
+    }
+
     /// A login refused before its password was checked: 429 (too many attempts) or 503
     /// (every hash slot busy), with Retry-After either way.
     pub fn login_refused(refused: &proxima_engine::login::LoginRefused) -> Self {

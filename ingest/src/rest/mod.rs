@@ -94,6 +94,9 @@ pub struct RestOptions {
     pub registry_refresh: Duration,
     /// Every password login goes through this (shared with the Flight SQL service).
     pub logins: Arc<LoginGuard>,
+    /// Bulk requests whose bodies are read and decoded at once (each up to
+    /// `max_bulk_body`); beyond, 503 with Retry-After.
+    pub bulk_concurrency: usize,
 }
 
 impl Default for RestOptions {
@@ -114,6 +117,7 @@ impl Default for RestOptions {
             accept_mac: false,
             registry_refresh: Duration::from_secs(5),
             logins: Arc::new(LoginGuard::new(LoginLimits::default())),
+            bulk_concurrency: 2,
         }
     }
 }
@@ -142,6 +146,8 @@ pub struct RestConfig {
 pub struct Shared {
     /// Settings.
     pub options: RestOptions,
+    /// The slots of bulk requests being read and decoded (`bulk_concurrency`).
+    pub bulk_slots: Arc<tokio::sync::Semaphore>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
     /// The store.
@@ -289,6 +295,7 @@ impl RestService {
         let alerts = AlertBook::default();
         alerts.reload(&factory, clock.now(), options.alert_ttl).await?;
         let state = Arc::new(Shared {
+            bulk_slots: Arc::new(tokio::sync::Semaphore::new(options.bulk_concurrency.max(1))),
             limiter: RateLimiter::new(options.device_rate_per_minute),
             registrations: RateLimiter::new(options.registration_rate_per_minute),
             challenges: challenge::Challenges::new(options.registration_work),

@@ -483,8 +483,9 @@ async fn store_upload(
         (status = 401, description = "Missing or bad credentials", body = super::error::ErrorBody),
         (status = 403, description = "Role is not ingest", body = super::error::ErrorBody),
         (status = 413, description = "Too large or too many rows", body = super::error::ErrorBody),
-        (status = 415, description = "Neither NDJSON nor Arrow IPC", body = super::error::ErrorBody),
+        (status = 415, description = "Neither NDJSON nor Arrow IPC, or compressed Arrow IPC buffers", body = super::error::ErrorBody),
         (status = 422, description = "An invalid row (line or row and field named)", body = super::error::ErrorBody),
+        (status = 503, description = "Every bulk upload slot busy (Retry-After)", body = super::error::ErrorBody),
     ))]
 pub async fn bulk(
     State(state): State<AppState>,
@@ -492,6 +493,13 @@ pub async fn bulk(
     body: axum::body::Body,
 ) -> ApiResult<Json<Accepted>> {
     state.staff(&headers, &[Role::Ingest]).await?;
+    // Each body may be hundreds of MiB: only so many are read at once, the rest told to
+    // come back (never queued in memory).
+    let Ok(_slot) = Arc::clone(&state.bulk_slots).try_acquire_owned() else {
+        return Err(ApiError::busy(
+            "every bulk upload slot is busy (--bulk-concurrency); retry shortly",
+        ));
+    };
     let media = media_type(&headers);
     if !matches!(media.as_deref(), Some(NDJSON) | Some(ARROW_STREAM)) {
         return Err(ApiError::unsupported_media(format!(
@@ -625,7 +633,65 @@ fn bulk_ndjson(state: &AppState, bytes: &[u8], window: Window, unknown: &mut Unk
     Ok(rows)
 }
 
+/// Walks an Arrow IPC stream's messages without decoding them, so that nothing is allocated
+/// on the sender's word: refuses compressed buffers (LZ4 or ZSTD: each states its own
+/// decompressed length, which the reader would allocate before checking it, so a few bytes
+/// could ask for gigabytes) and more rows than `max_rows` in all. Framing errors are left
+/// to the reader, which names them.
+fn vet_ipc_stream(bytes: &[u8], max_rows: usize) -> ApiResult<()> {
+    use arrow::ipc::MessageHeader;
+    let word = |at: usize| -> Option<i32> { Some(i32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?)) };
+    let (mut offset, mut rows) = (0usize, 0u64);
+    while let Some(mut length) = word(offset) {
+        offset += 4;
+        if length == -1 {
+            // The continuation marker before each message's length.
+            let Some(after) = word(offset) else { break };
+            length = after;
+            offset += 4;
+        }
+        let Ok(length) = usize::try_from(length) else { break };
+        if length == 0 {
+            break; // end of stream
+        }
+        let Some(metadata) = offset.checked_add(length).and_then(|end| bytes.get(offset..end)) else {
+            break;
+        };
+        let Ok(message) = arrow::ipc::root_as_message(metadata) else { break };
+        let compressed = match message.header_type() {
+            MessageHeader::RecordBatch => message.header_as_record_batch().map(|batch| {
+                rows = rows.saturating_add(u64::try_from(batch.length()).unwrap_or(u64::MAX));
+                batch.compression().is_some()
+            }),
+            MessageHeader::DictionaryBatch => message
+                .header_as_dictionary_batch()
+                .and_then(|dictionary| dictionary.data())
+                .map(|batch| batch.compression().is_some()),
+            _ => None,
+        };
+        if compressed == Some(true) {
+            return Err(ApiError::unsupported_media(
+                "compressed Arrow IPC buffers (LZ4, ZSTD) are not accepted: send the stream uncompressed",
+            ));
+        }
+        if rows > max_rows as u64 {
+            return Err(ApiError::too_large(format!(
+                "more than {max_rows} rows in one bulk request (--max-bulk-rows)"
+            )));
+        }
+        let Some(next) = usize::try_from(message.bodyLength())
+            .ok()
+            .and_then(|body| offset.checked_add(length)?.checked_add(body))
+        else {
+            break;
+        };
+        offset = next;
+    }
+    Ok(())
+}
+
 fn bulk_arrow(state: &AppState, bytes: &[u8], window: Window, unknown: &mut Unknown) -> ApiResult<Rows> {
+    vet_ipc_stream(bytes, state.options.max_bulk_rows)?;
     let reader = StreamReader::try_new(bytes, None)
         .map_err(|e| ApiError::malformed(format!("the body is not an Arrow IPC stream: {e}")))?;
     let schema = reader.schema();
@@ -719,4 +785,48 @@ fn bulk_arrow(state: &AppState, bytes: &[u8], window: Window, unknown: &mut Unkn
         return Err(ApiError::invalid("body: no observations"));
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::ipc::CompressionType;
+    use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+
+    fn stream(rows: usize, batches: usize, compression: Option<CompressionType>) -> Vec<u8> {
+        let batch = RecordBatch::try_from_iter([(
+            "duration_s",
+            Arc::new(Int64Array::from(vec![7; rows])) as ArrayRef,
+        )])
+        .unwrap();
+        let options = IpcWriteOptions::default().try_with_compression(compression).unwrap();
+        let mut bytes = Vec::new();
+        let mut writer = StreamWriter::try_new_with_options(&mut bytes, &batch.schema(), options).unwrap();
+        for _ in 0..batches {
+            writer.write(&batch).unwrap();
+        }
+        writer.finish().unwrap();
+        bytes
+    }
+
+    #[test]
+    fn compressed_or_oversized_ipc_streams_are_refused_before_decoding() {
+        vet_ipc_stream(&stream(100, 3, None), 300).unwrap();
+        for compression in [CompressionType::LZ4_FRAME, CompressionType::ZSTD] {
+            let err = vet_ipc_stream(&stream(100, 1, Some(compression)), 300).unwrap_err();
+            assert_eq!(err.status(), axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+            assert!(err.detail().contains("compressed Arrow IPC"), "{}", err.detail());
+        }
+        // The rows counted from the messages' headers, before any batch is decoded.
+        let err = vet_ipc_stream(&stream(100, 4, None), 300).unwrap_err();
+        assert_eq!(err.status(), axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+        // Garbage and truncations are left to the reader (which names them), never a panic.
+        let whole = stream(100, 2, None);
+        for cut in 0..whole.len() {
+            let _ = vet_ipc_stream(&whole[..cut], 300);
+        }
+        let _ = vet_ipc_stream(b"not arrow", 300);
+        let _ = vet_ipc_stream(&[0xff; 64], 300);
+    }
 }
