@@ -482,6 +482,49 @@ fn key_commands_and_a_server_that_will_not_serve_in_the_clear() {
         "{}",
         String::from_utf8_lossy(&exposed.stderr)
     );
+
+    // With a master key, beyond loopback, without TLS: refused, unless told it is meant.
+    let plain = proxima(
+        &root,
+        Some(&key),
+        &[
+            "serve",
+            "--flight",
+            "0.0.0.0:0",
+            "--no-rest",
+            "--users",
+            users.to_str().unwrap(),
+        ],
+    );
+    assert!(!plain.status.success());
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        stderr.contains("refusing to serve beyond loopback in plain text") && stderr.contains("--tls-cert"),
+        "{stderr}"
+    );
+    let audit_key = dir.path().join("audit.key");
+    stdout(&proxima(&root, None, &["audit", "key", "--out", audit_key.to_str().unwrap()]));
+    let mut meant = Command::new(BIN)
+        .args(["--data", root.to_str().unwrap(), "--master-key-file", key.to_str().unwrap()])
+        .args(["serve", "--flight", "0.0.0.0:0", "--no-rest", "--insecure-plaintext", "--users"])
+        .arg(&users)
+        .arg("--audit-key")
+        .arg(&audit_key)
+        .arg("--audit-dir")
+        .arg(dir.path().join("audit"))
+        .env_remove("PROXIMA_MASTER_KEY")
+        .env_remove("PROXIMA_MASTER_KEY_FILE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(meant.stdout.take().unwrap());
+    common::wait_for_line(&mut out, "Flight SQL listening on grpc://");
+    meant.kill().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut meant.stderr.take().unwrap(), &mut stderr).unwrap();
+    meant.wait().unwrap();
+    assert!(stderr.contains("warning: serving in plain text beyond loopback"), "{stderr}");
 }
 
 /// The Python interpreter of the project's .venv, or of $PROXIMA_PYTHON, with pyarrow and

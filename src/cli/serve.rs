@@ -104,6 +104,12 @@ pub struct ServeArgs {
     /// TLS private key (PEM); needs --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve in plain text on an address beyond loopback (without --tls-cert): only behind
+    /// a proxy that terminates TLS on the same host or a private link. Without it such a
+    /// server refuses to start, since passwords, bearer and upload tokens would cross the
+    /// network readable. Logged loudly at start.
+    #[arg(long, env = "PROXIMA_INSECURE_PLAINTEXT", conflicts_with = "tls_cert")]
+    insecure_plaintext: bool,
     /// How long a login token stays valid: seconds, or with a unit (90s, 30m, 1h).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     token_ttl: Duration,
@@ -279,6 +285,16 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         }
         None => store,
     };
+    if exposed && args.tls_cert.is_none() {
+        if !args.insecure_plaintext {
+            return Err(CliError::Usage(
+                "refusing to serve beyond loopback in plain text: passwords, bearer and upload tokens would cross \
+                 the network readable. Give --tls-cert FILE --tls-key FILE, or, behind a proxy that terminates \
+                 TLS, --insecure-plaintext"
+                    .into(),
+            ));
+        }
+    }
     if args.alert_ttl.as_secs() < 3600 {
         return Err(CliError::Usage("--alert-ttl must be at least one hour".into()));
     }
@@ -481,6 +497,17 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
     } else {
         ("grpc", "http")
     };
+    if exposed && tls.is_none() {
+        tracing::warn!(
+            target: "proxima::serve",
+            "SERVING IN PLAIN TEXT beyond loopback (--insecure-plaintext): credentials cross the network readable \
+             unless a proxy in front terminates TLS"
+        );
+        eprintln!(
+            "warning: serving in plain text beyond loopback (--insecure-plaintext): credentials cross the network \
+             readable unless a proxy in front terminates TLS"
+        );
+    }
     if let Some(listener) = &http_listener {
         super::print(format!(
             "REST listening on {http}://{} (OpenAPI at /openapi.json)",
