@@ -503,10 +503,26 @@ fn key_commands_and_a_server_that_will_not_serve_in_the_clear() {
         "{stderr}"
     );
     let audit_key = dir.path().join("audit.key");
-    stdout(&proxima(&root, None, &["audit", "key", "--out", audit_key.to_str().unwrap()]));
+    stdout(&proxima(
+        &root,
+        None,
+        &["audit", "key", "--out", audit_key.to_str().unwrap()],
+    ));
     let mut meant = Command::new(BIN)
-        .args(["--data", root.to_str().unwrap(), "--master-key-file", key.to_str().unwrap()])
-        .args(["serve", "--flight", "0.0.0.0:0", "--no-rest", "--insecure-plaintext", "--users"])
+        .args([
+            "--data",
+            root.to_str().unwrap(),
+            "--master-key-file",
+            key.to_str().unwrap(),
+        ])
+        .args([
+            "serve",
+            "--flight",
+            "0.0.0.0:0",
+            "--no-rest",
+            "--insecure-plaintext",
+            "--users",
+        ])
         .arg(&users)
         .arg("--audit-key")
         .arg(&audit_key)
@@ -524,7 +540,10 @@ fn key_commands_and_a_server_that_will_not_serve_in_the_clear() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut meant.stderr.take().unwrap(), &mut stderr).unwrap();
     meant.wait().unwrap();
-    assert!(stderr.contains("warning: serving in plain text beyond loopback"), "{stderr}");
+    assert!(
+        stderr.contains("warning: serving in plain text beyond loopback"),
+        "{stderr}"
+    );
 }
 
 /// The Python interpreter of the project's .venv, or of $PROXIMA_PYTHON, with pyarrow and

@@ -285,15 +285,13 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         }
         None => store,
     };
-    if exposed && args.tls_cert.is_none() {
-        if !args.insecure_plaintext {
-            return Err(CliError::Usage(
-                "refusing to serve beyond loopback in plain text: passwords, bearer and upload tokens would cross \
-                 the network readable. Give --tls-cert FILE --tls-key FILE, or, behind a proxy that terminates \
-                 TLS, --insecure-plaintext"
-                    .into(),
-            ));
-        }
+    if exposed && args.tls_cert.is_none() && !args.insecure_plaintext {
+        return Err(CliError::Usage(
+            "refusing to serve beyond loopback in plain text: passwords, bearer and upload tokens would cross the \
+             network readable. Give --tls-cert FILE --tls-key FILE, or, behind a proxy that terminates TLS, \
+             --insecure-plaintext"
+                .into(),
+        ));
     }
     if args.alert_ttl.as_secs() < 3600 {
         return Err(CliError::Usage("--alert-ttl must be at least one hour".into()));

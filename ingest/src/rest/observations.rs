@@ -640,7 +640,8 @@ fn bulk_ndjson(state: &AppState, bytes: &[u8], window: Window, unknown: &mut Unk
 /// to the reader, which names them.
 fn vet_ipc_stream(bytes: &[u8], max_rows: usize) -> ApiResult<()> {
     use arrow::ipc::MessageHeader;
-    let word = |at: usize| -> Option<i32> { Some(i32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?)) };
+    let word =
+        |at: usize| -> Option<i32> { Some(i32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?)) };
     let (mut offset, mut rows) = (0usize, 0u64);
     while let Some(mut length) = word(offset) {
         offset += 4;
@@ -657,7 +658,9 @@ fn vet_ipc_stream(bytes: &[u8], max_rows: usize) -> ApiResult<()> {
         let Some(metadata) = offset.checked_add(length).and_then(|end| bytes.get(offset..end)) else {
             break;
         };
-        let Ok(message) = arrow::ipc::root_as_message(metadata) else { break };
+        let Ok(message) = arrow::ipc::root_as_message(metadata) else {
+            break;
+        };
         let compressed = match message.header_type() {
             MessageHeader::RecordBatch => message.header_as_record_batch().map(|batch| {
                 rows = rows.saturating_add(u64::try_from(batch.length()).unwrap_or(u64::MAX));
@@ -795,11 +798,8 @@ mod tests {
     use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 
     fn stream(rows: usize, batches: usize, compression: Option<CompressionType>) -> Vec<u8> {
-        let batch = RecordBatch::try_from_iter([(
-            "duration_s",
-            Arc::new(Int64Array::from(vec![7; rows])) as ArrayRef,
-        )])
-        .unwrap();
+        let batch = RecordBatch::try_from_iter([("duration_s", Arc::new(Int64Array::from(vec![7; rows])) as ArrayRef)])
+            .unwrap();
         let options = IpcWriteOptions::default().try_with_compression(compression).unwrap();
         let mut bytes = Vec::new();
         let mut writer = StreamWriter::try_new_with_options(&mut bytes, &batch.schema(), options).unwrap();
