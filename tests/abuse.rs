@@ -283,3 +283,42 @@ fn tokio_stream_of(
 ) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_do_not_become_metric_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut server = common::Server::start(&[
+        "--data",
+        store.to_str().unwrap(),
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--flight",
+        "127.0.0.1:0",
+    ]);
+    server.drain();
+    let http = reqwest::Client::new();
+    for i in 0..50 {
+        let method = reqwest::Method::from_bytes(format!("MADEUP{i}").as_bytes()).unwrap();
+        let response = http
+            .request(method, format!("{}/v1/alerts", server.api))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405);
+    }
+    let metrics = http
+        .get(format!("{}/metrics", server.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("MADEUP"), "{metrics}");
+    assert!(
+        metrics.contains(r#"proxima_http_requests_total{route="/v1/alerts",method="other",status="405"} 50"#),
+        "{metrics}"
+    );
+}

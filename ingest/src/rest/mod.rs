@@ -564,13 +564,25 @@ fn client_address() -> Option<std::net::IpAddr> {
     CLIENT.try_with(|address| *address).ok().flatten()
 }
 
+/// A request's method as a metric label: the standard ones by name, any other as `other`
+/// (a method is any token a client makes up, and every label value is kept for good).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE", "CONNECT",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|name| *name == method.as_str())
+        .unwrap_or("other")
+}
+
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_string();
-    let method = request.method().to_string();
+    let method = method_label(request.method()).to_string();
     let response = next.run(request).await;
     state
         .metrics
