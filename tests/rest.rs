@@ -683,7 +683,21 @@ async fn devices_uploads_and_every_refusal() {
     }
     let missing = get("/v2/nothing").await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
-    assert!(json_of(missing).await["detail"].is_string());
+    // Errors are RFC 9457 problems.
+    assert_eq!(missing.headers()["content-type"], "application/problem+json");
+    let problem = json_of(missing).await;
+    assert!(problem["detail"].is_string());
+    assert_eq!(problem["status"], 404);
+    assert_eq!(problem["title"], "Not Found");
+    assert_eq!(
+        problem["type"],
+        format!("urn:proxima:problem:{}", problem["error"].as_str().unwrap())
+    );
+    let refusal = &openapi["paths"]["/v1/observations"]["post"]["responses"]["422"]["content"];
+    assert!(
+        refusal["application/problem+json"]["schema"].is_object(),
+        "the spec says so too: {refusal}"
+    );
 }
 
 #[tokio::test]

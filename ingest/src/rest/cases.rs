@@ -218,11 +218,11 @@ impl AlertBook {
     security(("staff_basic" = []), ("staff_token" = [])),
     responses(
         (status = 201, description = "Case opened and alerts issued", body = CaseOpened),
-        (status = 401, description = "Missing or bad credentials", body = super::error::ErrorBody),
-        (status = 403, description = "Role is not tracer", body = super::error::ErrorBody),
-        (status = 404, description = "No such device", body = super::error::ErrorBody),
-        (status = 409, description = "The device is revoked", body = super::error::ErrorBody),
-        (status = 422, description = "Invalid field", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or bad credentials", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 403, description = "Role is not tracer", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such device", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 409, description = "The device is revoked", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
 pub async fn report(
     State(state): State<AppState>,
@@ -456,10 +456,10 @@ fn micros(values: impl IntoIterator<Item = DateTime<Utc>>) -> ArrayRef {
     security(("staff_basic" = []), ("staff_token" = [])),
     responses(
         (status = 201, description = "Stored (and a case opened if feverish)", body = TemperatureStored),
-        (status = 401, description = "Missing or bad credentials", body = super::error::ErrorBody),
-        (status = 403, description = "Role is not station", body = super::error::ErrorBody),
-        (status = 404, description = "No such device", body = super::error::ErrorBody),
-        (status = 422, description = "Invalid field", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or bad credentials", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 403, description = "Role is not station", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such device", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
 pub async fn temperature(
     State(state): State<AppState>,
@@ -535,7 +535,7 @@ pub async fn temperature(
     security(("upload_token" = [])),
     responses(
         (status = 200, description = "This device's unexpired alerts, newest first", body = Vec<AlertOut>),
-        (status = 401, description = "Missing or bad upload token", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or bad upload token", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
 pub async fn alerts(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Vec<AlertOut>>> {
     let device = state.device_of(&headers).await?;

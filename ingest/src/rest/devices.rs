@@ -457,12 +457,12 @@ fn timestamp(at: DateTime<Utc>) -> Arc<TimestampMicrosecondArray> {
 #[utoipa::path(post, path = "/v1/devices", tag = "devices", request_body = RegisterDevice,
     responses(
         (status = 201, description = "Registered", body = Registered),
-        (status = 400, description = "Malformed JSON or an unknown field", body = super::error::ErrorBody),
-        (status = 409, description = "The MAC is already registered", body = super::error::ErrorBody),
-        (status = 413, description = "Body too large", body = super::error::ErrorBody),
-        (status = 415, description = "Not JSON", body = super::error::ErrorBody),
+        (status = 400, description = "Malformed JSON or an unknown field", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 409, description = "The MAC is already registered", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = super::error::ErrorBody, content_type = "application/problem+json"),
         (status = 422, description = "A bad MAC or revocation key, or a missing, expired, used or unsolved \
-            proof-of-work challenge", body = super::error::ErrorBody),
+            proof-of-work challenge", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
 pub async fn register(
     State(state): State<AppState>,
@@ -615,9 +615,9 @@ async fn share_registration(shared: &SharedRegistry, entry: &DeviceEntry) -> Api
     responses(
         (status = 204, description = "Revoked"),
         (status = 404, description = "Not revoked: the same answer for an unknown device, a wrong or replayed \
-            signature, and a device already revoked or without a key", body = super::error::ErrorBody),
+            signature, and a device already revoked or without a key", body = super::error::ErrorBody, content_type = "application/problem+json"),
         (status = 422, description = "Not a device UUID, a malformed field, or a timestamp more than 5 minutes \
-            from the server's clock", body = super::error::ErrorBody),
+            from the server's clock", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
 pub async fn revoke(
     State(state): State<AppState>,
@@ -688,12 +688,12 @@ pub async fn revoke(
     security(("staff_basic" = []), ("staff_token" = [])),
     responses(
         (status = 204, description = "Revoked: erased by the next erasure round"),
-        (status = 401, description = "Missing or bad credentials", body = super::error::ErrorBody),
-        (status = 403, description = "Role is not admin", body = super::error::ErrorBody),
-        (status = 404, description = "No such device", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or bad credentials", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 403, description = "Role is not admin", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such device", body = super::error::ErrorBody, content_type = "application/problem+json"),
         (status = 409, description = "Revoked already, or the device has an owner's key (its owner revokes \
-            it with DELETE /v1/devices/{uuid})", body = super::error::ErrorBody),
-        (status = 422, description = "Not a device UUID", body = super::error::ErrorBody),
+            it with DELETE /v1/devices/{uuid})", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 422, description = "Not a device UUID", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
 pub async fn revoke_by_admin(
     State(state): State<AppState>,

@@ -1,4 +1,5 @@
-//! The REST error: every refusal is a JSON `{"error", "detail"}` with its status.
+//! The REST error: every refusal is an RFC 9457 problem (`application/problem+json`:
+//! `type`, `title`, `status`, `detail`, and Proxima's stable `error` code).
 //!
 //! Handlers return [`ApiError`]; this is the one place where errors become HTTP
 //! responses, so codes and shapes cannot drift between routes.
@@ -10,14 +11,24 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-/// The body of every error response.
+/// The body of every error response: an RFC 9457 problem details object.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// A stable, machine-readable code (`malformed_json`, `invalid_field`, …).
-    pub error: &'static str,
+    /// The problem type, a URI naming the code: `urn:proxima:problem:<error>`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// The status's reason phrase (`Unprocessable Entity`, …).
+    pub title: &'static str,
+    /// The HTTP status code, as sent.
+    pub status: u16,
     /// What was wrong and where: which field, which element, why.
     pub detail: String,
+    /// A stable, machine-readable code (`malformed_json`, `invalid_field`, …).
+    pub error: &'static str,
 }
+
+/// The media type of error bodies (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// A refused request.
 #[derive(Debug)]
@@ -151,10 +162,16 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            error: self.code,
+            problem_type: format!("urn:proxima:problem:{}", self.code),
+            title: self.status.canonical_reason().unwrap_or("Error"),
+            status: self.status.as_u16(),
             detail: self.detail,
+            error: self.code,
         };
         let mut response = (self.status, axum::Json(body)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(wait) = self.retry_after {
             response.headers_mut().insert(
                 header::RETRY_AFTER,

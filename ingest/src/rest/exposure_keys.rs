@@ -130,11 +130,11 @@ pub struct KeysAccepted {
     security(("upload_token" = [])),
     responses(
         (status = 200, description = "Stored durably", body = KeysAccepted),
-        (status = 400, description = "Malformed JSON or an unknown field", body = super::error::ErrorBody),
-        (status = 401, description = "Missing or bad upload token", body = super::error::ErrorBody),
-        (status = 413, description = "More than 14 keys", body = super::error::ErrorBody),
-        (status = 422, description = "An invalid key (index and field named)", body = super::error::ErrorBody),
-        (status = 429, description = "Over the device's rate limit (see Retry-After)", body = super::error::ErrorBody),
+        (status = 400, description = "Malformed JSON or an unknown field", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or bad upload token", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 413, description = "More than 14 keys", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 422, description = "An invalid key (index and field named)", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 429, description = "Over the device's rate limit (see Retry-After)", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
 pub async fn register(
     State(state): State<AppState>,

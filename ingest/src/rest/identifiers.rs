@@ -78,9 +78,9 @@ fn rfc3339(time: DateTime<Utc>) -> String {
     params(("count" = Option<u32>, Query, description = "How many epochs ahead (1 to 672; default 96)")),
     responses(
         (status = 200, description = "Identifiers to broadcast, one per epoch", body = EphemeralIds),
-        (status = 401, description = "Missing or bad upload token", body = super::error::ErrorBody),
-        (status = 404, description = "This server issues no identifiers (no --id-key)", body = super::error::ErrorBody),
-        (status = 422, description = "Invalid count", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or bad upload token", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 404, description = "This server issues no identifiers (no --id-key)", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid count", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
 pub async fn issue(
     State(state): State<AppState>,

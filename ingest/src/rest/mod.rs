@@ -446,7 +446,7 @@ fn registry_stale_after(refresh: Duration) -> Duration {
 /// `GET /readyz`: the service takes requests (not while starting or stopping, nor while it
 /// cannot read the revocations other nodes made).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready"), (status = 503, description = "Starting or stopping, or the store's shared registry unreadable", body = error::ErrorBody)))]
+    responses((status = 200, description = "Ready"), (status = 503, description = "Starting or stopping, or the store's shared registry unreadable", body = error::ErrorBody, content_type = "application/problem+json")))]
 async fn readyz(State(state): State<AppState>) -> Response {
     if !state.ready.load(Ordering::SeqCst) {
         return ApiError::unavailable("the server is stopping").into_response();

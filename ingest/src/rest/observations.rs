@@ -225,13 +225,13 @@ impl Rows {
     security(("upload_token" = [])),
     responses(
         (status = 200, description = "Stored durably", body = Accepted),
-        (status = 400, description = "Malformed JSON or an unknown field", body = super::error::ErrorBody),
-        (status = 401, description = "Missing or bad upload token", body = super::error::ErrorBody),
-        (status = 409, description = "A request with this Idempotency-Key is still running", body = super::error::ErrorBody),
-        (status = 413, description = "Body over --max-body or more than --max-batch elements", body = super::error::ErrorBody),
-        (status = 415, description = "Not JSON", body = super::error::ErrorBody),
-        (status = 422, description = "An invalid element (index and field named)", body = super::error::ErrorBody),
-        (status = 429, description = "Over the device's rate limit (see Retry-After)", body = super::error::ErrorBody),
+        (status = 400, description = "Malformed JSON or an unknown field", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or bad upload token", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is still running", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body over --max-body or more than --max-batch elements", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 422, description = "An invalid element (index and field named)", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 429, description = "Over the device's rate limit (see Retry-After)", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
 pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let device = match state.device_of(&headers).await {
@@ -479,13 +479,13 @@ async fn store_upload(
     security(("staff_basic" = []), ("staff_token" = [])),
     responses(
         (status = 200, description = "Stored durably", body = Accepted),
-        (status = 400, description = "Malformed NDJSON or IPC, or an unknown field", body = super::error::ErrorBody),
-        (status = 401, description = "Missing or bad credentials", body = super::error::ErrorBody),
-        (status = 403, description = "Role is not ingest", body = super::error::ErrorBody),
-        (status = 413, description = "Too large or too many rows", body = super::error::ErrorBody),
-        (status = 415, description = "Neither NDJSON nor Arrow IPC, or compressed Arrow IPC buffers", body = super::error::ErrorBody),
-        (status = 422, description = "An invalid row (line or row and field named)", body = super::error::ErrorBody),
-        (status = 503, description = "Every bulk upload slot busy (Retry-After)", body = super::error::ErrorBody),
+        (status = 400, description = "Malformed NDJSON or IPC, or an unknown field", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or bad credentials", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 403, description = "Role is not ingest", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 413, description = "Too large or too many rows", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 415, description = "Neither NDJSON nor Arrow IPC, or compressed Arrow IPC buffers", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 422, description = "An invalid row (line or row and field named)", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 503, description = "Every bulk upload slot busy (Retry-After)", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
 pub async fn bulk(
     State(state): State<AppState>,

@@ -197,9 +197,9 @@ pub fn require_role(principal: &Principal, roles: &[Role]) -> ApiResult<()> {
     security(("staff_basic" = [])),
     responses(
         (status = 200, description = "A bearer token", body = StaffToken),
-        (status = 401, description = "Wrong credentials", body = super::error::ErrorBody),
-        (status = 429, description = "Too many login attempts from this address or for this user (Retry-After)", body = super::error::ErrorBody),
-        (status = 503, description = "Every password check slot is busy (Retry-After)", body = super::error::ErrorBody),
+        (status = 401, description = "Wrong credentials", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many login attempts from this address or for this user (Retry-After)", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 503, description = "Every password check slot is busy (Retry-After)", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
 pub async fn token(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<StaffToken>> {
     let principal = state.staff(&headers, &Role::ALL).await?;
