@@ -1286,3 +1286,69 @@ async fn adbc_python_client() {
     assert!(output.status.success(), "ADBC client failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("adbc: all checks passed"), "{stdout}");
 }
+
+/// The SQL info values BI tools read, each checked against what the engine does on the same
+/// server (not against a copy of the value).
+#[tokio::test]
+async fn sql_info_says_what_the_engine_does() {
+    use arrow_flight::sql::SqlInfo;
+    let fixture = fixture();
+    let server = Server::start(fixture, &[]);
+    let mut alice = client(&server).await;
+    alice.handshake("alice", TRACER_PASSWORD).await.unwrap();
+    let wanted = [
+        SqlInfo::SqlNullOrdering,
+        SqlInfo::SqlIdentifierCase,
+        SqlInfo::SqlQuotedIdentifierCase,
+        SqlInfo::SqlKeywords,
+        SqlInfo::FlightSqlServerReadOnly,
+    ];
+    let info = alice.get_sql_info(wanted.to_vec()).await.unwrap();
+    let batches = fetch(&mut alice, info).await;
+    let mut values = std::collections::HashMap::new();
+    for batch in &batches {
+        let names = batch.column(0).as_primitive::<arrow::datatypes::UInt32Type>();
+        for row in 0..batch.num_rows() {
+            let value = arrow::util::display::array_value_to_string(batch.column(1), row).unwrap();
+            values.insert(names.value(row), value);
+        }
+    }
+    let value = |info: SqlInfo| values.get(&(info as u32)).cloned().unwrap_or_default();
+
+    // Nulls: ascending they come last, descending first: "sorted high" (0 in FlightSql.proto).
+    let sorted = |order: &str| format!("SELECT x FROM (VALUES (1), (NULL), (2)) AS t(x) ORDER BY x {order}");
+    let ascending = query(&mut alice, &sorted("ASC")).await;
+    assert!(ascending[0].column(0).is_null(2), "NULL last ascending");
+    let descending = query(&mut alice, &sorted("DESC")).await;
+    assert!(descending[0].column(0).is_null(0), "NULL first descending");
+    assert_eq!(value(SqlInfo::SqlNullOrdering), "{int32_bitmask=0}");
+
+    // Unquoted identifiers fold to lower case (SQL_CASE_SENSITIVITY_LOWERCASE = 3); quoted
+    // ones keep theirs.
+    let folded = query(&mut alice, r#"SELECT 1 AS MixedCase, 2 AS "Quoted""#).await;
+    let schema = folded[0].schema();
+    assert_eq!(schema.field(0).name(), "mixedcase");
+    assert_eq!(schema.field(1).name(), "Quoted");
+    assert_eq!(value(SqlInfo::SqlIdentifierCase), "{int32_bitmask=3}");
+    // Quoted ones match exactly, which the proto's enum cannot say: unknown (0).
+    assert_eq!(value(SqlInfo::SqlQuotedIdentifierCase), "{int32_bitmask=0}");
+
+    // Keywords: the parser's, so SELECT is one and a word it does not reserve is not.
+    let listed = value(SqlInfo::SqlKeywords);
+    let keywords: Vec<&str> = listed
+        .trim_start_matches("{string_list=[")
+        .trim_end_matches("]}")
+        .split(", ")
+        .collect();
+    for keyword in ["SELECT", "WHERE", "VIEW", "RECURSIVE"] {
+        assert!(keywords.contains(&keyword), "{listed}");
+    }
+    assert!(!keywords.contains(&"OBSERVATIONS"), "{listed}");
+
+    // Read only: no statement writes data, whoever sends it.
+    assert_eq!(value(SqlInfo::FlightSqlServerReadOnly), "{bool_value=true}");
+    let refused = alice
+        .execute("INSERT INTO observations SELECT * FROM observations".into(), None)
+        .await;
+    assert!(refused.is_err(), "an INSERT is refused");
+}

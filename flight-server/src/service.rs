@@ -1263,11 +1263,16 @@ fn sql_info() -> Result<SqlInfoData, FlightError> {
     builder.append(SqlInfo::SqlDdlCatalog, false);
     builder.append(SqlInfo::SqlDdlSchema, false);
     builder.append(SqlInfo::SqlDdlTable, false);
-    builder.append(SqlInfo::SqlIdentifierCase, 1i32); // case-insensitive (folded to lower)
+    // Values of FlightSql.proto's enums, each checked against what DataFusion does by
+    // `tests/flight_sql.rs::sql_info_says_what_the_engine_does`.
+    // SqlSupportedCaseSensitivity: unquoted identifiers are folded to lower case.
+    builder.append(SqlInfo::SqlIdentifierCase, 3i32); // SQL_CASE_SENSITIVITY_LOWERCASE
     builder.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
-    builder.append(SqlInfo::SqlQuotedIdentifierCase, 0i32); // case-sensitive
+    // Quoted identifiers keep their case and match exactly: the enum has no value for that.
+    builder.append(SqlInfo::SqlQuotedIdentifierCase, 0i32); // SQL_CASE_SENSITIVITY_UNKNOWN
     builder.append(SqlInfo::SqlAllTablesAreSelectable, true);
-    builder.append(SqlInfo::SqlNullOrdering, 2i32); // nulls sorted at the end
+    // SqlNullOrdering: NULL sorts after every value ascending, before them descending.
+    builder.append(SqlInfo::SqlNullOrdering, 0i32); // SQL_NULLS_SORTED_HIGH
     builder.append(SqlInfo::SqlSupportsColumnAliasing, true);
     builder.append(SqlInfo::SqlNullPlusNullIsNull, true);
     builder.append(SqlInfo::SqlSupportsTableCorrelationNames, true);
@@ -1281,7 +1286,8 @@ fn sql_info() -> Result<SqlInfoData, FlightError> {
     builder.append(SqlInfo::SqlProcedureTerm, "procedure");
     builder.append(SqlInfo::SqlCatalogAtStart, true);
     builder.append(SqlInfo::SqlTransactionsSupported, false);
-    builder.append(SqlInfo::SqlKeywords, &[] as &[&str]);
+    // The SQL parser's own keywords (DataFusion's dialect is sqlparser's generic one).
+    builder.append(SqlInfo::SqlKeywords, datafusion::sql::sqlparser::keywords::ALL_KEYWORDS);
     builder.append(
         SqlInfo::SqlNumericFunctions,
         &["abs", "ceil", "floor", "round", "power", "sqrt", "ln", "log"] as &[&str],
