@@ -60,6 +60,8 @@ for _ in $(seq 100); do
     sleep 0.2
 done
 URL="http://127.0.0.1:$PORT"
+# The operations routes (/metrics) listen on the port after --http's.
+OPS="http://127.0.0.1:$((PORT + 1))"
 
 if [ "$KEEP_DEVICES" = 1 ]; then
     echo "== reusing $(wc -l < "$WORK/tokens.txt") registered devices"
@@ -76,7 +78,7 @@ fi
 echo "== uploads (${OBSERVED:-macs} heard): wrk, 2 threads, $CONNECTIONS connections, ${SECONDS_LOAD}s, 8 observations per request"
 cpu_seconds() { awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$1/stat"; }
 sys_seconds() { awk '{printf "%.1f", $15 / 100}' "/proc/$1/stat"; }
-accepted() { curl -s "$URL/metrics" | awk '/^proxima_observations_accepted_total/ {print $2}'; }
+accepted() { curl -s "$OPS/metrics" | awk '/^proxima_observations_accepted_total/ {print $2}'; }
 before=$(cpu_seconds $SERVER); sys_before=$(sys_seconds $SERVER)
 accepted_before=$(accepted)
 TOKENS="$WORK/tokens.txt" MACS="$HEARD" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_LOAD}s" --latency \
@@ -90,7 +92,7 @@ echo "== bulk: $BULK_REQUESTS requests of 1,000,000 rows (Arrow IPC)"
 bench/.venv/bin/python bench/ingest_clients.py bulk "$URL" "gate:bench password 0001" "$WORK/tokens.txt.uuids" 1000000 "$BULK_REQUESTS"
 
 echo "== metrics"
-curl -s "$URL/metrics" | grep -E '^proxima_(observations_accepted_total|wal_sync_seconds_(sum|count)|files_flushed_total|rows_flushed_total)' || true
+curl -s "$OPS/metrics" | grep -E '^proxima_(observations_accepted_total|wal_sync_seconds_(sum|count)|files_flushed_total|rows_flushed_total)' || true
 kill -TERM $SERVER
 wait $SERVER || true
 trap - EXIT

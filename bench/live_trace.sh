@@ -64,7 +64,9 @@ for _ in $(seq 600); do
     sleep 0.5
 done
 URL="http://127.0.0.1:$PORT"
-metric() { curl -s "$URL/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+# The operations routes (/metrics) listen on the port after --http's.
+OPS="http://127.0.0.1:$((PORT + 1))"
+metric() { curl -s "$OPS/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 
 echo "== registering 2,000 phones for the uploads"
 bench/.venv/bin/python bench/ingest_clients.py register "$URL" 2000 "$WORK/tokens.txt" "$WORK/phone_macs.txt"

@@ -113,7 +113,7 @@ async fn a_burst_of_wrong_passwords_is_refused_unchecked_and_others_still_log_in
 
     // Every outcome is counted, as the metrics show.
     let metrics = other
-        .get(format!("{}/metrics", server.api))
+        .get(format!("{}/metrics", server.ops))
         .send()
         .await
         .unwrap()
@@ -200,7 +200,7 @@ async fn an_arrow_ipc_bomb_is_refused_without_the_memory_it_asks_for() {
     // The server's peak memory grew by far less than what the bomb asked for.
     let grown = peak_rss(server.child.id()).saturating_sub(before);
     assert!(grown < 64 << 20, "peak RSS grew by {} MiB", grown >> 20);
-    let health = reqwest::get(format!("{}/healthz", server.api)).await.unwrap();
+    let health = reqwest::get(format!("{}/healthz", server.ops)).await.unwrap();
     assert_eq!(health.status(), 200);
 }
 
@@ -309,7 +309,7 @@ async fn made_up_methods_do_not_become_metric_labels() {
         assert_eq!(response.status(), 405);
     }
     let metrics = http
-        .get(format!("{}/metrics", server.api))
+        .get(format!("{}/metrics", server.ops))
         .send()
         .await
         .unwrap()

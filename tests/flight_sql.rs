@@ -1084,12 +1084,14 @@ async fn without_users_file_loopback_only_with_a_generated_password() {
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut lines = Vec::new();
-        for _ in 0..9 {
+        for _ in 0..10 {
             let mut line = String::new();
             stdout.read_line(&mut line).unwrap();
             lines.push(line.trim_end().to_string());
         }
         assert!(lines[0].starts_with("REST listening on http://"), "{lines:?}");
+        assert!(lines[1].starts_with("operations on http://127.0.0.1:"), "{lines:?}");
+        let lines = [&lines[..1], &lines[2..]].concat();
         let address = lines[1].split("://").nth(1).unwrap().split_whitespace().next().unwrap();
         let passwords: Vec<(&str, &str)> = lines[2..8]
             .iter()

@@ -339,7 +339,7 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
     // The store goes away: a node that cannot read the revocations made elsewhere says it
     // is not ready (3 refreshes + 10 s), so a load balancer stops sending it phones.
     let ready = || async {
-        let response = reqwest::get(format!("{}/readyz", b.api)).await.unwrap();
+        let response = reqwest::get(format!("{}/readyz", b.ops)).await.unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
     };
     assert_eq!(ready().await.0, 200);

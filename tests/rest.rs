@@ -23,6 +23,8 @@ const PASSWORD: &str = "correct horse battery";
 
 struct Api {
     base: String,
+    /// The operations routes' base (`/metrics`, `/healthz`, `/readyz`: their own port).
+    ops: String,
     http: reqwest::Client,
     clock: Arc<ManualClock>,
     service: RestService,
@@ -107,8 +109,17 @@ impl Api {
             None,
             std::future::pending(),
         ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ops = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(proxima_ingest::rest::server::serve(
+            service.operations_router(),
+            listener,
+            None,
+            std::future::pending(),
+        ));
         Self {
             base,
+            ops,
             http: reqwest::Client::new(),
             clock,
             service,
@@ -652,9 +663,14 @@ async fn devices_uploads_and_every_refusal() {
 
     // Operations: health, readiness, metrics, the OpenAPI document, unknown routes.
     let get = |path: &str| api.http.get(api.url(path)).send();
-    assert_eq!(get("/healthz").await.unwrap().status(), StatusCode::OK);
-    assert_eq!(get("/readyz").await.unwrap().status(), StatusCode::OK);
-    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    let ops = |path: &str| api.http.get(format!("{}{path}", api.ops)).send();
+    assert_eq!(ops("/healthz").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(ops("/readyz").await.unwrap().status(), StatusCode::OK);
+    let metrics = ops("/metrics").await.unwrap().text().await.unwrap();
+    // Not on the phones' port: a polling phone learns nothing of the service's counts.
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(get(path).await.unwrap().status(), StatusCode::NOT_FOUND, "{path}");
+    }
     for needle in [
         "proxima_http_requests_total{route=\"/v1/observations\",method=\"POST\",status=\"422\"}",
         "proxima_observations_accepted_total",
@@ -1176,7 +1192,7 @@ async fn sightings_of_rotating_identifiers_count_only_in_their_epoch() {
     // The refusals are counted for operators, never shown to phones.
     let metrics = api
         .http
-        .get(api.url("/metrics"))
+        .get(format!("{}/metrics", api.ops))
         .send()
         .await
         .unwrap()

@@ -26,6 +26,11 @@ pub struct ServeArgs {
     /// Address of the REST service: device registration, uploads, cases, alerts (port 0 picks a free port).
     #[arg(long, env = "PROXIMA_HTTP", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// Address of the operations routes (/metrics, /healthz, /readyz), kept off the phones'
+    /// port. Default: loopback, the port after --http's (127.0.0.1:8081; a free port when
+    /// --http's is 0).
+    #[arg(long, env = "PROXIMA_ADMIN_HTTP")]
+    admin_http: Option<SocketAddr>,
     /// Serve Flight SQL only: no REST service and no write-ahead log. The maintenance loop
     /// (compaction, retention, index upkeep) still runs.
     #[arg(long, env = "PROXIMA_NO_REST")]
@@ -267,8 +272,17 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             (users, Some(logins))
         }
     };
+    let admin_http = args.admin_http.unwrap_or_else(|| {
+        let port = match args.http.port() {
+            0 => 0,
+            port => port.checked_add(1).unwrap_or(0),
+        };
+        SocketAddr::from(([127, 0, 0, 1], port))
+    });
     let exposed = !proxima_flight_server::server::is_loopback(&args.flight)
-        || (!args.no_rest && !proxima_flight_server::server::is_loopback(&args.http));
+        || (!args.no_rest
+            && (!proxima_flight_server::server::is_loopback(&args.http)
+                || !proxima_flight_server::server::is_loopback(&admin_http)));
     // `--demo` on a store without observations: generate the population (below).
     let new_demo = args.demo && !super::generate::has_observations(&store).await;
     let store = match store.keyring() {
@@ -487,6 +501,14 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         ),
         None => None,
     };
+    let admin_listener = match &rest {
+        Some(_) => Some(tokio::net::TcpListener::bind(admin_http).await.map_err(|e| {
+            CliError::Usage(format!(
+                "cannot listen on {admin_http} (--admin-http, the operations routes): {e}"
+            ))
+        })?),
+        None => None,
+    };
     let flight_address = flight_listener.local_addr()?;
     // Before anything says "listening": a signal from then on stops the server cleanly.
     let signals = shutdown_signal();
@@ -509,6 +531,12 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
     if let Some(listener) = &http_listener {
         super::print(format!(
             "REST listening on {http}://{} (OpenAPI at /openapi.json)",
+            listener.local_addr()?
+        ))?;
+    }
+    if let Some(listener) = &admin_listener {
+        super::print(format!(
+            "operations on {http}://{} (/metrics, /healthz, /readyz)",
             listener.local_addr()?
         ))?;
     }
@@ -546,6 +574,15 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             let _ = stop.send(true);
         });
     }
+    let admin_server = match (&rest, admin_listener) {
+        (Some(rest), Some(listener)) => Some(tokio::spawn(proxima_ingest::rest::server::serve(
+            rest.operations_router(),
+            listener,
+            http_tls.clone(),
+            when_stopped(stopped.clone()),
+        ))),
+        _ => None,
+    };
     let rest_server = match (rest, http_listener) {
         (Some(rest), Some(listener)) => Some(tokio::spawn(proxima_ingest::rest::server::serve(
             rest.router(),
@@ -566,6 +603,11 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         Some(server) => Some(server.await),
         None => None,
     };
+    if let Some(server) = admin_server
+        && let Ok(Err(e)) = server.await
+    {
+        tracing::warn!(target: "proxima::serve", error = %e, "the operations server failed");
+    }
     let _ = tokio::task::spawn_blocking(move || maintenance.join()).await;
     let _ = audit_retention.await;
     flight.map_err(|e| CliError::Usage(e.to_string()))?;

@@ -96,6 +96,8 @@ pub struct Server {
     pub child: std::process::Child,
     /// `http://host:port` of its REST service.
     pub api: String,
+    /// `http://host:port` of its operations routes (`/metrics`, `/healthz`, `/readyz`).
+    pub ops: String,
     /// Its standard output after the REST line, until [`Server::drain`].
     pub stdout: Option<BufReader<ChildStdout>>,
 }
@@ -123,15 +125,15 @@ impl Server {
         let server = |stdout| Self {
             child,
             api: String::new(),
+            ops: String::new(),
             stdout: Some(stdout),
         };
         let line = wait_for_line(&mut stdout, "REST listening on ");
+        let ops = wait_for_line(&mut stdout, "operations on ");
         let mut started = server(stdout);
-        started.api = line["REST listening on ".len()..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
+        let address = |line: &str, prefix: &str| line[prefix.len()..].split_whitespace().next().unwrap().to_string();
+        started.api = address(&line, "REST listening on ");
+        started.ops = address(&ops, "operations on ");
         started
     }
 

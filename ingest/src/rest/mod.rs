@@ -334,11 +334,22 @@ impl RestService {
     }
 
     /// The routes.
-    pub fn router(&self) -> Router {
+    /// The operations routes (`/healthz`, `/readyz`, `/metrics`), served on their own port
+    /// (`serve --admin-http`, loopback by default), never on the phones' one: a polling
+    /// phone must not learn how many alerts a case produced.
+    pub fn operations_router(&self) -> Router {
         Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_text))
+            .fallback(not_found)
+            .with_state(Arc::clone(&self.state))
+    }
+
+    /// The routes of phones, stations, gateways and tracers (and `/openapi.json`, which
+    /// describes them).
+    pub fn router(&self) -> Router {
+        Router::new()
             .route("/openapi.json", get(openapi_json))
             .route(
                 "/v1/devices",
@@ -432,7 +443,6 @@ impl FlushListener for AlertReloader {
 }
 
 /// `GET /healthz`: the process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Up")))]
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -445,8 +455,6 @@ fn registry_stale_after(refresh: Duration) -> Duration {
 
 /// `GET /readyz`: the service takes requests (not while starting or stopping, nor while it
 /// cannot read the revocations other nodes made).
-#[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready"), (status = 503, description = "Starting or stopping, or the store's shared registry unreadable", body = error::ErrorBody, content_type = "application/problem+json")))]
 async fn readyz(State(state): State<AppState>) -> Response {
     if !state.ready.load(Ordering::SeqCst) {
         return ApiError::unavailable("the server is stopping").into_response();
@@ -464,7 +472,6 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text exposition")))]
 async fn metrics_text(State(state): State<AppState>) -> Response {
     let logins = state.options.logins.counts();
     for (outcome, count) in [
@@ -618,7 +625,7 @@ impl utoipa::Modify for SecuritySchemes {
         cases::report, cases::temperature, cases::alerts,
         identifiers::issue, exposure_keys::register,
         staff::token,
-        healthz, readyz, metrics_text, openapi_json,
+        openapi_json,
     ),
     modifiers(&SecuritySchemes),
 )]
