@@ -118,6 +118,11 @@ pub struct ServeArgs {
     /// How long a login token stays valid: seconds, or with a unit (90s, 30m, 1h).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     token_ttl: Duration,
+    /// Longest a staff login lasts after its password was checked: a REST bearer token
+    /// traded for a new one keeps its login's time, so renewals stop here (Flight SQL
+    /// tokens are never renewed: they last --token-ttl).
+    #[arg(long, env = "PROXIMA_TOKEN_MAX_AGE", default_value = "12h", value_parser = parse_duration)]
+    token_max_age: Duration,
     /// Longest a query may run before it is stopped (90s, 10m, 1h).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     query_timeout: Duration,
@@ -473,6 +478,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
                     registration_work: args.registration_work,
                     accept_mac: args.accept_mac || args.demo,
                     token_ttl: args.token_ttl,
+                    token_max_age: args.token_max_age,
                     registry_refresh: args.registry_refresh,
                     logins: std::sync::Arc::clone(&logins),
                     ..RestOptions::default()

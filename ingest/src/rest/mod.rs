@@ -83,6 +83,9 @@ pub struct RestOptions {
     pub future_tolerance: chrono::Duration,
     /// How long a staff bearer token lasts.
     pub token_ttl: Duration,
+    /// How long after its password was checked a login's staff tokens may last, renewals
+    /// (a bearer token traded for a new one) included.
+    pub token_max_age: Duration,
     /// The proof of work a registration must carry, in bits (0: none; see `challenge`).
     pub registration_work: u8,
     /// Whether phones may register and report static MACs (`--accept-mac`: legacy phones;
@@ -113,6 +116,7 @@ impl Default for RestOptions {
             registration_rate_per_minute: 60,
             future_tolerance: chrono::Duration::minutes(5),
             token_ttl: Duration::from_secs(3600),
+            token_max_age: Duration::from_secs(12 * 3600),
             registration_work: 0,
             accept_mac: false,
             registry_refresh: Duration::from_secs(5),
@@ -303,6 +307,7 @@ impl RestService {
             staff_auth: StaffAuth::new(
                 users,
                 options.token_ttl,
+                options.token_max_age,
                 registry
                     .shared()
                     .map(SharedRegistry::staff_token_key)

@@ -31,6 +31,9 @@ use super::error::{ApiError, ApiResult};
 pub struct StaffAuth {
     users: Users,
     ttl: Duration,
+    /// How long after its password was checked a login's tokens may last, renewals
+    /// included.
+    max_age: Duration,
     key: [u8; 32],
     logins: Arc<LoginGuard>,
 }
@@ -52,6 +55,10 @@ struct Claims {
     r: String,
     /// Expiry, Unix seconds.
     e: u64,
+    /// When the password was checked, Unix seconds: a token traded for a new one keeps it,
+    /// so no chain of renewals outlives the login by more than the maximum age.
+    #[serde(default)]
+    a: u64,
 }
 
 const TOKEN_PREFIX: &str = "pxs1.";
@@ -73,16 +80,30 @@ pub struct StaffToken {
 }
 
 impl StaffAuth {
-    /// Staff auth over `users`; tokens last `ttl` and are signed with `key` (the same on
-    /// every node that must accept them).
-    /// Passwords are checked through `logins` (rate limits, bounded hashing).
-    pub fn new(users: Users, ttl: Duration, key: [u8; 32], logins: Arc<LoginGuard>) -> Self {
+    /// Staff auth over `users`; tokens last `ttl`, renewals included no longer than
+    /// `max_age` after the password was checked, and are signed with `key` (the same on
+    /// every node that must accept them). Passwords are checked through `logins` (rate
+    /// limits, bounded hashing).
+    pub fn new(users: Users, ttl: Duration, max_age: Duration, key: [u8; 32], logins: Arc<LoginGuard>) -> Self {
         Self {
             users,
             ttl,
+            max_age,
             key,
             logins,
         }
+    }
+
+    /// When the login behind a request's credentials checked its password: now for Basic
+    /// credentials, the token's for a bearer token (call after [`Self::principal`] accepted
+    /// them).
+    pub fn login_time(&self, headers: &HeaderMap) -> u64 {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|token| self.claims(token.trim()).ok())
+            .map_or_else(unix_now, |claims| claims.a)
     }
 
     fn mac(&self) -> Hmac<Sha256> {
@@ -91,6 +112,22 @@ impl StaffAuth {
 
     /// The principal a token names, if this key signed it and it has not expired.
     fn verify(&self, token: &str) -> ApiResult<Principal> {
+        let claims = self.claims(token)?;
+        let role = claims
+            .r
+            .parse()
+            .map_err(|_| ApiError::unauthorized("unknown bearer token"))?;
+        // A user removed, or given another role, since: the token no longer stands.
+        if self.users.role_of(&claims.u) != Some(role) {
+            return Err(ApiError::unauthorized(
+                "the token's user no longer has that role; get a new one from POST /v1/auth/token",
+            ));
+        }
+        Ok(Principal { name: claims.u, role })
+    }
+
+    /// What a token says, if this key signed it and neither it nor its login has expired.
+    fn claims(&self, token: &str) -> ApiResult<Claims> {
         let unknown = || ApiError::unauthorized("unknown bearer token");
         let signed = token.strip_prefix(TOKEN_PREFIX).ok_or_else(unknown)?;
         let (payload, signature) = signed.split_once('.').ok_or_else(unknown)?;
@@ -106,19 +143,18 @@ impl StaffAuth {
             .ok()
             .and_then(|json| serde_json::from_slice(&json).ok())
             .ok_or_else(unknown)?;
-        if claims.e <= unix_now() {
+        let now = unix_now();
+        if claims.e <= now {
             return Err(ApiError::unauthorized(
                 "the token has expired; get a new one from POST /v1/auth/token",
             ));
         }
-        let role = claims.r.parse().map_err(|_| unknown())?;
-        // A user removed, or given another role, since: the token no longer stands.
-        if self.users.role_of(&claims.u) != Some(role) {
+        if claims.a.saturating_add(self.max_age.as_secs()) <= now {
             return Err(ApiError::unauthorized(
-                "the token's user no longer has that role; get a new one from POST /v1/auth/token",
+                "the login has reached its maximum age (--token-max-age); sign in with your password again",
             ));
         }
-        Ok(Principal { name: claims.u, role })
+        Ok(claims)
     }
 
     /// The principal of a request's credentials, sent from `client`.
@@ -157,12 +193,16 @@ impl StaffAuth {
         }
     }
 
-    /// A new bearer token for `principal`.
-    pub fn issue(&self, principal: Principal) -> StaffToken {
+    /// A new bearer token for `principal`, whose password was checked at `login` (Unix
+    /// seconds): it lasts the token lifetime, but never past the login's maximum age.
+    pub fn issue(&self, principal: Principal, login: u64) -> StaffToken {
+        let now = unix_now();
+        let expires = (now + self.ttl.as_secs()).min(login.saturating_add(self.max_age.as_secs()));
         let claims = Claims {
             u: principal.name,
             r: principal.role.name().to_string(),
-            e: unix_now() + self.ttl.as_secs(),
+            e: expires,
+            a: login,
         };
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(serde_json::to_vec(&claims).expect("claims serialise"));
@@ -172,7 +212,7 @@ impl StaffAuth {
         let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
         StaffToken {
             token: format!("{TOKEN_PREFIX}{payload}.{signature}"),
-            expires_in: self.ttl.as_secs(),
+            expires_in: expires.saturating_sub(now),
         }
     }
 }
@@ -203,7 +243,8 @@ pub fn require_role(principal: &Principal, roles: &[Role]) -> ApiResult<()> {
     ))]
 pub async fn token(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<StaffToken>> {
     let principal = state.staff(&headers, &Role::ALL).await?;
-    Ok(Json(state.staff_auth.issue(principal)))
+    let login = state.staff_auth.login_time(&headers);
+    Ok(Json(state.staff_auth.issue(principal, login)))
 }
 
 #[cfg(test)]
@@ -212,7 +253,14 @@ mod tests {
 
     fn auth(key: u8, ttl: Duration) -> StaffAuth {
         let users = Users::generated(&[("alice", Role::Tracer, "correct horse battery")]).unwrap();
-        StaffAuth::new(users, ttl, [key; 32], Arc::new(LoginGuard::new(Default::default())))
+        let max_age = Duration::from_secs(12 * 3600);
+        StaffAuth::new(
+            users,
+            ttl,
+            max_age,
+            [key; 32],
+            Arc::new(LoginGuard::new(Default::default())),
+        )
     }
 
     #[test]
@@ -221,7 +269,7 @@ mod tests {
             name: "alice".into(),
             role: Role::Tracer,
         };
-        let issued = auth(1, Duration::from_secs(60)).issue(alice.clone());
+        let issued = auth(1, Duration::from_secs(60)).issue(alice.clone(), unix_now());
         let verified = auth(1, Duration::from_secs(60)).verify(&issued.token).unwrap();
         assert_eq!((verified.name, verified.role), (alice.name.clone(), alice.role));
         assert!(
@@ -245,25 +293,61 @@ mod tests {
         }
 
         // A user who is gone, or has another role now, is refused though the token is good.
-        let bob = auth(1, Duration::from_secs(60)).issue(Principal {
-            name: "bob".into(),
-            role: Role::Tracer,
-        });
+        let bob = auth(1, Duration::from_secs(60)).issue(
+            Principal {
+                name: "bob".into(),
+                role: Role::Tracer,
+            },
+            unix_now(),
+        );
         assert!(
             auth(1, Duration::from_secs(60)).verify(&bob.token).is_err(),
             "no such user"
         );
-        let promoted = auth(1, Duration::from_secs(60)).issue(Principal {
-            name: "alice".into(),
-            role: Role::Admin,
-        });
+        let promoted = auth(1, Duration::from_secs(60)).issue(
+            Principal {
+                name: "alice".into(),
+                role: Role::Admin,
+            },
+            unix_now(),
+        );
         assert!(
             auth(1, Duration::from_secs(60)).verify(&promoted.token).is_err(),
             "not her role"
         );
 
-        let expired = auth(1, Duration::ZERO).issue(alice);
+        let expired = auth(1, Duration::ZERO).issue(alice.clone(), unix_now());
         let err = auth(1, Duration::from_secs(60)).verify(&expired.token).unwrap_err();
         assert!(format!("{err:?}").contains("expired"), "{err:?}");
+    }
+
+    #[test]
+    fn renewals_never_outlive_the_logins_maximum_age() {
+        let alice = Principal {
+            name: "alice".into(),
+            role: Role::Tracer,
+        };
+        let auth = auth(1, Duration::from_secs(3600));
+        // A login 11 h 30 min ago (maximum age 12 h): a renewal lasts 30 minutes, not an hour.
+        let login = unix_now() - 11 * 3600 - 1800;
+        let renewed = auth.issue(alice.clone(), login);
+        assert!((1798..=1800).contains(&renewed.expires_in), "{}", renewed.expires_in);
+        let bearer: HeaderMap = [(
+            header::AUTHORIZATION,
+            format!("Bearer {}", renewed.token).parse().unwrap(),
+        )]
+        .into_iter()
+        .collect();
+        assert_eq!(auth.login_time(&bearer), login, "a renewal keeps the login's time");
+        // A login past its maximum age: its tokens are refused, whatever their expiry says.
+        let stale = auth.issue(alice, unix_now() - 13 * 3600);
+        let err = auth.verify(&stale.token).unwrap_err();
+        assert!(
+            format!("{err:?}").contains("expired") || format!("{err:?}").contains("maximum age"),
+            "{err:?}"
+        );
+        let before = unix_now();
+        let basic = auth.login_time(&HeaderMap::new());
+        assert!((before..=unix_now()).contains(&basic), "Basic: now");
     }
 }
