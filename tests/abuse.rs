@@ -5,6 +5,22 @@
 
 mod common;
 
+/// `proxima serve` on loopback over a new store in `dir`, with `extra` flags.
+fn serve(dir: &std::path::Path, extra: &[&str]) -> common::Server {
+    let store = dir.join("store");
+    let mut args = vec![
+        "--data",
+        store.to_str().unwrap(),
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--flight",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    common::Server::start(&args)
+}
+
 use std::collections::BTreeMap;
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
@@ -14,22 +30,17 @@ use tonic::transport::Endpoint;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_wrong_passwords_is_refused_unchecked_and_others_still_log_in() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let mut server = common::Server::start(&[
-        "--data",
-        store.to_str().unwrap(),
-        "serve",
-        "--http",
-        "127.0.0.1:0",
-        "--flight",
-        "127.0.0.1:0",
-        "--login-rate",
-        "10",
-        "--login-user-rate",
-        "100000",
-        "--login-concurrency",
-        "2",
-    ]);
+    let mut server = serve(
+        dir.path(),
+        &[
+            "--login-rate",
+            "10",
+            "--login-user-rate",
+            "100000",
+            "--login-concurrency",
+            "2",
+        ],
+    );
     let flight = server.line("Flight SQL listening on ");
     let flight = flight["Flight SQL listening on grpc://".len()..]
         .split_whitespace()
@@ -151,16 +162,7 @@ async fn an_arrow_ipc_bomb_is_refused_without_the_memory_it_asks_for() {
     use std::sync::Arc;
 
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let mut server = common::Server::start(&[
-        "--data",
-        store.to_str().unwrap(),
-        "serve",
-        "--http",
-        "127.0.0.1:0",
-        "--flight",
-        "127.0.0.1:0",
-    ]);
+    let mut server = serve(dir.path(), &[]);
     let password = server.password("ingest");
     server.drain();
 
@@ -207,18 +209,7 @@ async fn an_arrow_ipc_bomb_is_refused_without_the_memory_it_asks_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_bodies_beyond_the_slots_are_refused_not_buffered() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let mut server = common::Server::start(&[
-        "--data",
-        store.to_str().unwrap(),
-        "serve",
-        "--http",
-        "127.0.0.1:0",
-        "--flight",
-        "127.0.0.1:0",
-        "--bulk-concurrency",
-        "1",
-    ]);
+    let mut server = serve(dir.path(), &["--bulk-concurrency", "1"]);
     let password = server.password("ingest");
     server.drain();
     let url = format!("{}/v1/observations:bulk", server.api);
@@ -287,16 +278,7 @@ fn tokio_stream_of(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_methods_do_not_become_metric_labels() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let mut server = common::Server::start(&[
-        "--data",
-        store.to_str().unwrap(),
-        "serve",
-        "--http",
-        "127.0.0.1:0",
-        "--flight",
-        "127.0.0.1:0",
-    ]);
+    let mut server = serve(dir.path(), &[]);
     server.drain();
     let http = reqwest::Client::new();
     for i in 0..50 {
