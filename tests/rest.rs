@@ -680,6 +680,7 @@ async fn devices_uploads_and_every_refusal() {
         "proxima_trace_seconds_count",
         // Every day the traces above read was covered by the observed index.
         "proxima_lookup_days_scanned 0",
+        &format!("proxima_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
     ] {
         assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
     }

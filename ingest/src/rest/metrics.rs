@@ -64,6 +64,13 @@ pub struct Metrics {
     pub logins: Family<OutcomeLabels, Gauge>,
 }
 
+/// Labels of `proxima_build_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// Proxima's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+}
+
 /// Labels of `proxima_logins`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -139,6 +146,19 @@ impl Metrics {
             "Sightings of rotating identifiers tracing lookups refused: replayed (outside the identifier's epoch) or \
              unknown (no key issued it); a sighting read by several lookups counts in each",
             lookup_identifiers_refused.clone(),
+        );
+        // `proxima_build_info{version} 1`: which version each node runs, for dashboards
+        // and alerts on a mixed fleet.
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabels {
+                version: proxima_engine::PROXIMA_VERSION.to_string(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The Proxima version this process runs (always 1)",
+            build_info,
         );
         let logins = Family::<OutcomeLabels, Gauge>::default();
         registry.register(
