@@ -198,8 +198,16 @@ impl IdentifierArgs {
 /// sources of keys: nodes given the file would resolve differently from those that are
 /// not).
 async fn in_store(store: &Store, given: Option<&Path>) -> Result<Option<IdKeys>, CliError> {
-    if !id_keys::present(store).await? {
+    if !keeps_keys(store, given).await? {
         return Ok(None);
+    }
+    Ok(id_keys::load(store).await?)
+}
+
+/// Whether the store keeps identifier keys (a listing only); refused beside `--id-key`.
+async fn keeps_keys(store: &Store, given: Option<&Path>) -> Result<bool, CliError> {
+    if !id_keys::present(store).await? {
+        return Ok(false);
     }
     if let Some(path) = given {
         return Err(CliError::Usage(format!(
@@ -208,7 +216,7 @@ async fn in_store(store: &Store, given: Option<&Path>) -> Result<Option<IdKeys>,
             path.display()
         )));
     }
-    Ok(id_keys::load(store).await?)
+    Ok(true)
 }
 
 fn usage(e: impl std::fmt::Display) -> CliError {
@@ -244,7 +252,8 @@ pub async fn for_server(
     development: bool,
     forget_before: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<IdKeys>, CliError> {
-    if in_store(store, given).await?.is_some() {
+    // Read once, after the retired keys are forgotten.
+    if keeps_keys(store, given).await? {
         let forgotten = id_keys::forget_retired_before(store, forget_before).await?;
         if forgotten > 0 {
             tracing::info!(target: "proxima::serve", forgotten, "retired identifier keys forgotten from the store");

@@ -131,8 +131,12 @@ async fn put(
     wrapped.created = created;
     let location = keyring.kek_path(&kek);
     // The generation is what must be unique: a key of that generation under another id
-    // (a rotation elsewhere that chose differently) counts as taken too.
-    let taken = stored(store, keyring).await?.iter().any(|k| k.generation == generation);
+    // (a rotation elsewhere that chose differently) counts as taken too. Names suffice.
+    let listed: Vec<_> = store.object_store().list(Some(&folder(store))).try_collect().await?;
+    let taken = listed
+        .iter()
+        .filter_map(|meta| parse_name(meta.location.filename().unwrap_or_default()))
+        .any(|(listed, _)| listed == generation);
     if taken {
         return Ok(false);
     }
