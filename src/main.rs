@@ -19,10 +19,13 @@ fn main() -> ExitCode {
     let args = cli::Args::parse();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("warn,proxima::query=info,proxima::auth=info,proxima::serve=info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        cli::LogFormat::Text => logs.init(),
+        cli::LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
     // 16 MiB a worker thread, not tokio's 2 MiB: decoding and planning a deep plan recurse
     // as deep as the plan (a Ballista scheduler given a tracer's scoped `encounters` view
     // overflowed 2 MiB and died).

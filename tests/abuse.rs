@@ -304,3 +304,82 @@ async fn made_up_methods_do_not_become_metric_labels() {
         "{metrics}"
     );
 }
+
+/// With `--log-format json` every line is one JSON object, and every line logged for a
+/// request carries its request id, which the answer's `x-request-id` header returns: the
+/// client's own if plausible; one that could forge a log field is replaced. Each route's
+/// latency is a histogram on the operations port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_each_requests_id_and_a_client_cannot_choose_a_forged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let store = dir.path().join("store");
+    let args = [
+        "--data",
+        store.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--flight",
+        "127.0.0.1:0",
+    ];
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut server = common::Server::start_with(&args, &[("RUST_LOG", "info".into())], log.into());
+    server.drain();
+    let http = reqwest::Client::new();
+    let wrong_login = |id: &'static str| {
+        http.post(format!("{}/v1/auth/token", server.api))
+            .basic_auth("admin", Some("not the password"))
+            .header("x-request-id", id)
+            .send()
+    };
+    let plausible = wrong_login("login-attempt.7:a_b").await.unwrap();
+    assert_eq!(plausible.status(), 401);
+    assert_eq!(plausible.headers()["x-request-id"], "login-attempt.7:a_b");
+    // Quotes and spaces could forge a field of a text log: replaced by a fresh id.
+    let forged = wrong_login(r#"x" level="ERROR"#).await.unwrap();
+    assert_eq!(forged.status(), 401);
+    let replaced = forged.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(replaced.len(), 32, "{replaced}");
+    assert!(replaced.bytes().all(|b| b.is_ascii_hexdigit()), "{replaced}");
+    // No id sent: one is made.
+    let anonymous = http.get(format!("{}/v1/alerts", server.api)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let made = anonymous.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_ne!(made, replaced);
+
+    let metrics = http
+        .get(format!("{}/metrics", server.ops))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"proxima_http_request_duration_seconds_count{route="/v1/auth/token",method="POST"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"proxima_http_request_duration_seconds_count{route="/v1/alerts",method="GET"} 1"#),
+        "{metrics}"
+    );
+
+    // Stop it, then read every line it logged.
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let refused_logins: Vec<&serde_json::Value> =
+        lines.iter().filter(|line| line["target"] == "proxima::auth").collect();
+    assert_eq!(refused_logins.len(), 2, "{text}");
+    assert_eq!(refused_logins[0]["span"]["request_id"], "login-attempt.7:a_b", "{text}");
+    assert_eq!(refused_logins[1]["span"]["request_id"], replaced.as_str(), "{text}");
+    assert_eq!(refused_logins[0]["span"]["route"], "/v1/auth/token", "{text}");
+    assert!(!text.contains("level=\\\"ERROR"), "{text}");
+}

@@ -132,6 +132,8 @@ impl Fixture {
 struct Server {
     child: Child,
     address: String,
+    /// The operations port (`/metrics`), `host:port`.
+    ops: String,
     /// This server's audit log.
     audit_dir: PathBuf,
 }
@@ -167,16 +169,19 @@ impl Server {
             .spawn()
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let line = common::wait_for_line(&mut stdout, "Flight SQL listening");
-        let address = line
-            .split("://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .to_string();
+        let address_in = |line: String| {
+            line.split("://")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("unexpected line: {line}"))
+                .to_string()
+        };
+        let ops = address_in(common::wait_for_line(&mut stdout, "operations on"));
+        let address = address_in(common::wait_for_line(&mut stdout, "Flight SQL listening"));
         Self {
             child,
             address,
+            ops,
             audit_dir,
         }
     }
@@ -1353,4 +1358,71 @@ async fn sql_info_says_what_the_engine_does() {
         .execute("INSERT INTO observations SELECT * FROM observations".into(), None)
         .await;
     assert!(refused.is_err(), "an INSERT is refused");
+}
+
+/// The operations port counts Flight SQL queries by role and outcome and times every call by
+/// RPC and status. The expected counts are what this test does on a server of its own.
+#[tokio::test]
+async fn the_operations_port_counts_queries_by_role_and_outcome() {
+    let fixture = fixture();
+    let server = Server::start(fixture, &[]);
+    let mut alice = client(&server).await;
+    alice.handshake("alice", TRACER_PASSWORD).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(single_i64(&query(&mut alice, "SELECT CAST(1 AS BIGINT)").await), 1);
+    }
+    // A table that does not exist: refused while planning (GetFlightInfo), never run.
+    let missing = alice
+        .execute("SELECT * FROM no_such_table".into(), None)
+        .await
+        .unwrap_err();
+    assert!(missing.to_string().contains("no_such_table"), "{missing}");
+    let mut ann = client(&server).await;
+    ann.handshake("ann", ANALYST_PASSWORD).await.unwrap();
+    query(&mut ann, "SELECT 2").await;
+    // A statement the role may not run.
+    let ddl = ann.execute("CREATE TABLE t (x INT)".into(), None).await.unwrap_err();
+    assert!(ddl.to_string().contains("only CREATE VIEW and DROP VIEW run"), "{ddl}");
+    // A role without SQL: its handshake is refused.
+    let mut stan = client(&server).await;
+    stan.handshake("stan", STATION_PASSWORD).await.unwrap_err();
+
+    let metrics = reqwest::get(format!("http://{}/metrics", server.ops))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    assert_eq!(value(r#"proxima_queries_total{role="tracer",outcome="ok"}"#), 3.0);
+    assert_eq!(value(r#"proxima_queries_total{role="tracer",outcome="invalid"}"#), 1.0);
+    assert_eq!(value(r#"proxima_queries_total{role="analyst",outcome="ok"}"#), 1.0);
+    assert_eq!(value(r#"proxima_queries_total{role="analyst",outcome="denied"}"#), 1.0);
+    assert_eq!(
+        value(r#"proxima_query_duration_seconds_count{role="tracer",outcome="ok"}"#),
+        3.0
+    );
+    // Four statements ran (three of alice's, one of ann's), each a GetFlightInfo and a DoGet.
+    assert_eq!(
+        value(r#"proxima_flight_request_duration_seconds_count{method="DoGet",code="ok"}"#),
+        4.0
+    );
+    assert_eq!(
+        value(r#"proxima_flight_request_duration_seconds_count{method="Handshake",code="ok"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(r#"proxima_flight_request_duration_seconds_count{method="Handshake",code="permission_denied"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"proxima_flight_request_duration_seconds_count{method="GetFlightInfo",code="invalid_argument"}"#),
+        1.0
+    );
+    assert!(!metrics.contains(r#"role="station""#), "stan never queried:\n{metrics}");
 }

@@ -34,6 +34,7 @@ pub mod session;
 pub mod sighting;
 pub mod store;
 pub mod table;
+pub mod telemetry;
 pub mod trace_case;
 pub mod users;
 

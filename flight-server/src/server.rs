@@ -1,7 +1,14 @@
-//! Starting the service: address, TLS and graceful shutdown.
+//! Starting the service: address, TLS, graceful shutdown, and the layer that gives every
+//! call a request id (a tracing span around everything logged for it) and times it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use proxima_engine::telemetry::{RpcLabels, ServiceMetrics, flight_method, grpc_code};
+use tracing::Instrument;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -55,12 +62,14 @@ pub async fn serve(
         let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
         builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
     }
+    let metrics = service.metrics().clone();
     let flight = FlightServiceServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let incoming = tokio_stream_listener(listener);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = builder
+        .layer(TimedLayer(metrics))
         .add_service(flight)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
@@ -104,4 +113,80 @@ fn tokio_stream_listener(
 /// Whether an address is on the loopback interface only.
 pub fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
+}
+
+/// Times each call and runs it inside a span that carries its request id: the client's
+/// `x-request-id` if it sent a plausible one, else a new one.
+#[derive(Debug, Clone)]
+struct Timed<S> {
+    inner: S,
+    metrics: ServiceMetrics,
+}
+
+/// The layer that wraps the service in [`Timed`].
+#[derive(Debug, Clone)]
+struct TimedLayer(ServiceMetrics);
+
+impl<S> tower_layer::Layer<S> for TimedLayer {
+    type Service = Timed<S>;
+
+    fn layer(&self, inner: S) -> Timed<S> {
+        Timed {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+impl<S, B, R> tower_service::Service<http::Request<B>> for Timed<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Response: Send,
+    S::Error: Send,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = flight_method(request.uri().path());
+        let id =
+            proxima_engine::telemetry::request_id(request.headers().get("x-request-id").and_then(|v| v.to_str().ok()));
+        let span = tracing::info_span!("rpc", request_id = %id, method);
+        let started = Instant::now();
+        let metrics = self.metrics.clone();
+        let future = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let mut response = future.await;
+                if let (Ok(response), Ok(value)) = (&mut response, http::HeaderValue::from_str(&id)) {
+                    response.headers_mut().insert("x-request-id", value);
+                }
+                // An error answered at once is a "trailers-only" response: its status is in
+                // the headers. A stream's status comes at its end; counted as ok here.
+                let code = match &response {
+                    Ok(response) => response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok()),
+                    Err(_) => Some(2),
+                };
+                metrics
+                    .flight_seconds
+                    .get_or_create(&RpcLabels {
+                        method,
+                        code: grpc_code(code),
+                    })
+                    .observe(started.elapsed().as_secs_f64());
+                response
+            }
+            .instrument(span),
+        )
+    }
 }

@@ -44,6 +44,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use proxima_audit::{AuditLog, Decision, Phase, Record};
 use proxima_engine::login::{LoginGuard, LoginLimits, LoginRefused};
+use proxima_engine::telemetry::{QueryOutcome, ServiceMetrics};
 use proxima_engine::{Principal, SessionFactory};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
@@ -62,6 +63,8 @@ pub struct ServiceOptions {
     pub query_timeout: Duration,
     /// Every password login goes through this (shared with the REST service).
     pub logins: Arc<LoginGuard>,
+    /// Where queries and calls are counted (the operations port renders them).
+    pub metrics: ServiceMetrics,
 }
 
 impl Default for ServiceOptions {
@@ -70,6 +73,7 @@ impl Default for ServiceOptions {
             token_ttl: Duration::from_secs(3600),
             query_timeout: Duration::from_secs(600),
             logins: Arc::new(LoginGuard::new(LoginLimits::default())),
+            metrics: ServiceMetrics::default(),
         }
     }
 }
@@ -133,6 +137,18 @@ fn query_status(e: DataFusionError) -> Status {
     }
 }
 
+/// How a query that ended with `status` is counted.
+fn outcome_of(status: &Status) -> QueryOutcome {
+    match status.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => QueryOutcome::Denied,
+        tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::FailedPrecondition => QueryOutcome::Invalid,
+        tonic::Code::ResourceExhausted => QueryOutcome::Exhausted,
+        tonic::Code::Cancelled => QueryOutcome::Cancelled,
+        tonic::Code::DeadlineExceeded => QueryOutcome::Timeout,
+        _ => QueryOutcome::Error,
+    }
+}
+
 fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes, Status> {
     let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
         .try_into()
@@ -161,6 +177,11 @@ impl FlightSqlServer {
     }
 
     /// The token session of a request's `authorization: Bearer …` header.
+    /// Where the service counts its calls and queries.
+    pub fn metrics(&self) -> &ServiceMetrics {
+        &self.options.metrics
+    }
+
     fn session(&self, metadata: &MetadataMap) -> Result<Arc<TokenSession>, Status> {
         let header = metadata
             .get("authorization")
@@ -228,6 +249,19 @@ impl FlightSqlServer {
             Ok(_) => status,
             Err(audit) => audit,
         }
+    }
+
+    /// Logs a query that ended, and counts it.
+    fn log_query(
+        &self,
+        principal: &Principal,
+        sql: &str,
+        rows: u64,
+        started: Instant,
+        outcome: QueryOutcome,
+        detail: &str,
+    ) {
+        log_query(&self.options.metrics, principal, sql, rows, started, outcome, detail);
     }
 
     /// Writes the intent of a metadata call; the returned outcome is finished by [`Self::end`].
@@ -299,7 +333,17 @@ impl FlightSqlServer {
         let session = Arc::clone(&caller.session);
         let rows_of_parameters = match parameter_rows(&parameters) {
             Ok(rows) => rows,
-            Err(status) => return Err(self.refused(&caller, action, Some(&sql), status).await),
+            Err(status) => {
+                self.log_query(
+                    &session.principal,
+                    &sql,
+                    0,
+                    started,
+                    outcome_of(&status),
+                    status.message(),
+                );
+                return Err(self.refused(&caller, action, Some(&sql), status).await);
+            }
         };
         let mut plans = Vec::new();
         for values in &rows_of_parameters {
@@ -313,12 +357,13 @@ impl FlightSqlServer {
             match plan {
                 Ok(plan) => plans.push(plan),
                 Err(status) => {
-                    log_query(
+                    self.log_query(
                         &session.principal,
                         &sql,
                         0,
                         started,
-                        &format!("error: {}", status.message()),
+                        outcome_of(&status),
+                        status.message(),
                     );
                     return Err(self.refused(&caller, action, Some(&sql), status).await);
                 }
@@ -351,12 +396,13 @@ impl FlightSqlServer {
         let seq = self.audit(intent.clone()).await?;
         let mut done = Some(intent.done(seq));
         let finish = |done: &mut Option<Record>, status: &Status| {
-            log_query(
+            self.log_query(
                 &session.principal,
                 &sql,
                 0,
                 started,
-                &format!("error: {}", status.message()),
+                outcome_of(status),
+                status.message(),
             );
             if let Some(mut done) = done.take() {
                 done.rows = Some(0);
@@ -442,6 +488,8 @@ impl FlightSqlServer {
             timeout: self.options.query_timeout,
             outcome: None,
             audit: self.audit.clone(),
+            metrics: self.options.metrics.clone(),
+            span: tracing::Span::current(),
             done: done.take(),
             bytes: Arc::clone(&bytes),
         };
@@ -470,10 +518,16 @@ impl FlightSqlServer {
     /// Plans `sql` without running it, for a call that answers with its schemas only
     /// (`GetFlightInfo`, `CreatePreparedStatement`): which still reveals what exists, so it
     /// is recorded, as a decision, refused or not.
+    /// A statement refused here is counted as a query; one planned is counted when it runs.
     async fn plan_only(&self, caller: &Caller, action: &str, sql: &str) -> Result<LogicalPlan, Status> {
+        let started = Instant::now();
         let plan = match self.logical_plan(&caller.session, sql).await {
             Ok(plan) => plan,
-            Err(status) => return Err(self.refused(caller, action, Some(sql), status).await),
+            Err(status) => {
+                let principal = &caller.session.principal;
+                self.log_query(principal, sql, 0, started, outcome_of(&status), status.message());
+                return Err(self.refused(caller, action, Some(sql), status).await);
+            }
         };
         let mut record = caller
             .record(
@@ -579,15 +633,27 @@ fn parameter_rows(parameters: &[RecordBatch]) -> Result<Vec<Option<Vec<ScalarVal
     Ok(rows)
 }
 
-fn log_query(principal: &Principal, sql: &str, rows: u64, started: Instant, outcome: &str) {
+/// Logs a query that ended, and counts it.
+fn log_query(
+    metrics: &ServiceMetrics,
+    principal: &Principal,
+    sql: &str,
+    rows: u64,
+    started: Instant,
+    outcome: QueryOutcome,
+    detail: &str,
+) {
+    let elapsed = started.elapsed();
+    metrics.query(principal.role, outcome, elapsed.as_secs_f64());
     info!(
         target: "proxima::query",
         user = %principal.name,
         role = %principal.role,
         statement = sql,
         rows,
-        duration_ms = started.elapsed().as_millis() as u64,
-        outcome,
+        duration_ms = elapsed.as_millis() as u64,
+        outcome = outcome.name(),
+        detail = (!detail.is_empty()).then_some(detail),
         "query"
     );
 }
@@ -605,8 +671,12 @@ struct LoggedStream {
     started: Instant,
     rows: u64,
     timeout: Duration,
-    outcome: Option<String>,
+    /// How it ended, and the error's words if it failed.
+    outcome: Option<(QueryOutcome, String)>,
     audit: AuditLog,
+    metrics: ServiceMetrics,
+    /// The span of the call that started it (its request id), for the line logged at the end.
+    span: tracing::Span,
     /// The audit record of the outcome, completed and written when the stream ends.
     done: Option<Record>,
     /// Bytes sent to the client, counted where the Flight messages leave.
@@ -622,7 +692,7 @@ impl Stream for LoggedStream {
             return Poll::Ready(None);
         }
         if self.cancelled.as_mut().poll(cx).is_ready() {
-            self.outcome = Some("cancelled".into());
+            self.outcome = Some((QueryOutcome::Cancelled, String::new()));
             let status = Status::cancelled("query cancelled by the client (CancelQuery)");
             return Poll::Ready(Some(Err(FlightError::Tonic(Box::new(status)))));
         }
@@ -631,7 +701,7 @@ impl Stream for LoggedStream {
                 "query stopped: it ran longer than the {} s query timeout",
                 self.timeout.as_secs()
             );
-            self.outcome = Some("timeout".into());
+            self.outcome = Some((QueryOutcome::Timeout, message.clone()));
             return Poll::Ready(Some(Err(FlightError::Tonic(Box::new(Status::deadline_exceeded(
                 message,
             ))))));
@@ -642,11 +712,13 @@ impl Stream for LoggedStream {
                 Poll::Ready(Some(Ok(batch)))
             }
             Poll::Ready(Some(Err(e))) => {
-                self.outcome = Some(format!("error: {e}"));
-                Poll::Ready(Some(Err(FlightError::ExternalError(Box::new(e)))))
+                let detail = e.to_string();
+                let status = query_status(e);
+                self.outcome = Some((outcome_of(&status), detail));
+                Poll::Ready(Some(Err(FlightError::Tonic(Box::new(status)))))
             }
             Poll::Ready(None) => {
-                self.outcome = Some("ok".into());
+                self.outcome = Some((QueryOutcome::Ok, String::new()));
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
@@ -656,14 +728,27 @@ impl Stream for LoggedStream {
 
 impl Drop for LoggedStream {
     fn drop(&mut self) {
-        let outcome = self.outcome.as_deref().unwrap_or("cancelled");
-        log_query(&self.principal, &self.sql, self.rows, self.started, outcome);
+        let _span = self.span.clone().entered();
+        // A stream dropped before its end: the client went away or stopped reading.
+        let (outcome, detail) = self.outcome.take().unwrap_or((QueryOutcome::Cancelled, String::new()));
+        log_query(
+            &self.metrics,
+            &self.principal,
+            &self.sql,
+            self.rows,
+            self.started,
+            outcome,
+            &detail,
+        );
         if let Some(mut done) = self.done.take() {
             done.rows = Some(self.rows);
             done.bytes = Some(self.bytes.load(Ordering::Relaxed));
             done.duration_ms = Some(self.started.elapsed().as_millis() as u64);
-            if outcome != "ok" {
-                done.error = Some(outcome.to_string());
+            if outcome != QueryOutcome::Ok {
+                done.error = Some(match detail.is_empty() {
+                    true => outcome.name().to_string(),
+                    false => format!("{}: {detail}", outcome.name()),
+                });
             }
             self.audit.submit(done);
         }

@@ -36,8 +36,24 @@ pub struct Args {
     #[arg(long, global = true, env = "PROXIMA_MASTER_KEY_FILE", value_name = "FILE")]
     master_key_file: Option<std::path::PathBuf>,
 
+    /// How log lines (on standard error) are written: `text` for people, `json` (one object a
+    /// line, with the request id of the call each belongs to) for a log pipeline. Which lines:
+    /// RUST_LOG (default: warnings, and the query, login and serving logs).
+    #[arg(long, global = true, env = "PROXIMA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable line an event, its span's fields (request id) first.
+    Text,
+    /// One JSON object a line: `timestamp`, `level`, `target`, `fields`, and `span`/`spans`
+    /// with the request id.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

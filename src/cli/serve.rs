@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use proxima_engine::clock::SystemClock;
 use proxima_engine::login::{LoginGuard, LoginLimits};
+use proxima_engine::telemetry::ServiceMetrics;
 use proxima_engine::{Role, SessionFactory, SessionOptions, Store};
 use proxima_flight_server::{FlightSqlServer, ServiceOptions, TlsFiles, Users};
 use proxima_ingest::rest::{RestConfig, RestOptions, RestService};
@@ -455,6 +456,8 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             .login_concurrency
             .map_or_else(|| LoginLimits::default().concurrent, |n| n as usize),
     }));
+    // One set of query metrics: the Flight SQL service counts, the operations port renders.
+    let service_metrics = ServiceMetrics::default();
     let rest = if args.no_rest {
         None
     } else {
@@ -481,6 +484,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
                     token_max_age: args.token_max_age,
                     registry_refresh: args.registry_refresh,
                     logins: std::sync::Arc::clone(&logins),
+                    service_metrics: service_metrics.clone(),
                     ..RestOptions::default()
                 },
                 clock,
@@ -493,6 +497,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         token_ttl: args.token_ttl,
         query_timeout: args.query_timeout,
         logins,
+        metrics: service_metrics,
     };
     let service = FlightSqlServer::new(flight_factory, users, audit.clone(), options)
         .map_err(|e| CliError::Usage(e.message().to_string()))?;

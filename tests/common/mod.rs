@@ -112,13 +112,19 @@ impl Server {
 
     /// [`Self::start`] with more environment variables (an S3 store's).
     pub fn start_with_env(args: &[&str], env: &[(&str, String)]) -> Self {
+        Self::start_with(args, env, std::process::Stdio::inherit())
+    }
+
+    /// [`Self::start_with_env`] with its standard error (its logs) sent to `stderr`; `env`
+    /// may set `RUST_LOG` (default `warn`).
+    pub fn start_with(args: &[&str], env: &[(&str, String)], stderr: std::process::Stdio) -> Self {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
             .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("PROXIMA_MASTER_KEY")
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());

@@ -7,6 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use proxima_engine::telemetry::{ServiceMetrics, latency_histogram};
 use proxima_storage::MaintenanceStats;
 use proxima_storage::wal::WalStats;
 
@@ -19,6 +20,15 @@ pub struct RequestLabels {
     pub method: String,
     /// The status code.
     pub status: u16,
+}
+
+/// Labels of `proxima_http_request_duration_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route pattern, or `unmatched`.
+    pub route: String,
+    /// The method (`other` for one HTTP does not define).
+    pub method: String,
 }
 
 /// Labels of `proxima_alerts_issued`.
@@ -34,6 +44,8 @@ pub struct Metrics {
     registry: Registry,
     /// Requests by route, method and status.
     pub requests: Family<RequestLabels, Counter>,
+    /// How long requests took to answer, by route and method.
+    pub request_seconds: Family<RouteLabels, Histogram>,
     /// Observations acknowledged.
     pub observations_accepted: Counter,
     /// Observations in refused requests.
@@ -86,8 +98,9 @@ pub struct ReasonLabels {
 }
 
 impl Metrics {
-    /// Creates and registers every metric; the write side's counters are `storage`'s.
-    pub fn new(storage: &MaintenanceStats) -> Self {
+    /// Creates and registers every metric; the write side's counters are `storage`'s, the
+    /// Flight SQL service's are `service`.
+    pub fn new(storage: &MaintenanceStats, service: &ServiceMetrics) -> Self {
         let mut registry = Registry::with_prefix("proxima");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -95,6 +108,13 @@ impl Metrics {
             "HTTP requests by route, method and status",
             requests.clone(),
         );
+        let request_seconds = Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer HTTP requests (until the response's head), by route and method",
+            request_seconds.clone(),
+        );
+        service.register(&mut registry);
         let observations_accepted = Counter::default();
         registry.register(
             "observations_accepted",
@@ -171,6 +191,7 @@ impl Metrics {
             logins,
             registry,
             requests,
+            request_seconds,
             observations_accepted,
             observations_rejected,
             wal,

@@ -7,7 +7,7 @@
 //! The Maintainer's loop flushes, compacts and applies retention; it tells
 //! this service after each flush, and the alert book is reloaded.
 //!
-//! Every route answers errors with [`error::ApiError`] (JSON `{error, detail}`),
+//! Every route answers errors with [`error::ApiError`] (RFC 9457 problem details: `type`, `title`, `status`, `detail`, `error`),
 //! and the OpenAPI document at `/openapi.json` is generated from the handlers'
 //! annotations in this module tree, so it cannot drift from the code.
 
@@ -41,12 +41,13 @@ use proxima_audit::AuditLog;
 use proxima_engine::clock::Clock;
 use proxima_engine::limits::address_key;
 use proxima_engine::login::{LoginGuard, LoginLimits};
+use proxima_engine::telemetry::{ServiceMetrics, request_id};
 use proxima_engine::{Principal, Role, SessionFactory, Store, Table, Users};
 use proxima_storage::Maintainer;
 use proxima_storage::flush::Flushed;
 use proxima_storage::maintainer::FlushListener;
 use proxima_storage::wal::{Entry, Wal};
-use tracing::warn;
+use tracing::{Instrument, warn};
 use utoipa::OpenApi;
 
 pub use cases::AlertBook;
@@ -97,6 +98,9 @@ pub struct RestOptions {
     pub registry_refresh: Duration,
     /// Every password login goes through this (shared with the Flight SQL service).
     pub logins: Arc<LoginGuard>,
+    /// The Flight SQL service's metrics, rendered with this service's on the operations
+    /// port.
+    pub service_metrics: ServiceMetrics,
     /// Bulk requests whose bodies are read and decoded at once (each up to
     /// `max_bulk_body`); beyond, 503 with Retry-After.
     pub bulk_concurrency: usize,
@@ -121,6 +125,7 @@ impl Default for RestOptions {
             accept_mac: false,
             registry_refresh: Duration::from_secs(5),
             logins: Arc::new(LoginGuard::new(LoginLimits::default())),
+            service_metrics: ServiceMetrics::default(),
             bulk_concurrency: 2,
         }
     }
@@ -292,7 +297,7 @@ impl RestService {
                 "the REST service needs a write-side maintainer with a write-ahead log".into(),
             )
         })?;
-        let metrics = Metrics::new(maintainer.stats());
+        let metrics = Metrics::new(maintainer.stats(), &options.service_metrics);
         let registry = Registry::load(&factory).await?;
         let idempotency = IdempotencyCache::load(&factory, clock.now()).await?;
         let exposure_keys = exposure_keys::KeyBook::load(&factory).await?;
@@ -595,7 +600,21 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
         .map_or("unmatched", |p| p.as_str())
         .to_string();
     let method = method_label(request.method()).to_string();
-    let response = next.run(request).await;
+    let id = request_id(request.headers().get("x-request-id").and_then(|v| v.to_str().ok()));
+    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).instrument(span).await;
+    if let Ok(value) = header::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    state
+        .metrics
+        .request_seconds
+        .get_or_create(&metrics::RouteLabels {
+            route: route.clone(),
+            method: method.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
     state
         .metrics
         .requests
@@ -623,7 +642,7 @@ impl utoipa::Modify for SecuritySchemes {
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Proxima REST API", description = "Devices, observations, cases, temperature readings and alerts. Errors are JSON {error, detail}."),
+    info(title = "Proxima REST API", description = "Devices, observations, cases, temperature readings and alerts. Errors are RFC 9457 problem details (application/problem+json: type, title, status, detail, and the error code)."),
     paths(
         devices::register, devices::revoke, devices::revoke_by_admin, challenge::issue,
         observations::upload, observations::bulk,
