@@ -1,7 +1,8 @@
 //! Abuse limits on the real server (`proxima serve` on loopback), asked as an attacker
 //! would: a burst of 1,000 wrong staff passwords is refused unchecked after the failure
 //! budget, without queueing password hashes, while a client at another address still logs
-//! in; the Flight SQL handshake shares the REST logins' budget; every outcome is counted.
+//! in; the Flight SQL handshake shares the REST logins' budget; every outcome is counted;
+//! log lines carry request ids a client cannot forge; a removed user loses every login.
 
 mod common;
 
@@ -382,4 +383,155 @@ async fn json_logs_carry_each_requests_id_and_a_client_cannot_choose_a_forged_on
     assert_eq!(refused_logins[1]["span"]["request_id"], replaced.as_str(), "{text}");
     assert_eq!(refused_logins[0]["span"]["route"], "/v1/auth/token", "{text}");
     assert!(!text.contains("level=\\\"ERROR"), "{text}");
+}
+
+/// `proxima user add|list|remove` with a users file a test controls.
+fn user(users: &std::path::Path, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
+        .arg("user")
+        .args(args)
+        .arg("--users")
+        .arg(users)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The users file is watched: removing a user ends their Flight SQL login (a query it was
+/// running is stopped) and their REST tokens, without a restart; a new password ends the
+/// logins made with the old one; the others carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_user_loses_every_login_without_a_restart() {
+    use arrow_flight::sql::client::FlightSqlServiceClient;
+    use futures::TryStreamExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    for (name, password) in [("ann", "ann's long password"), ("bob", "bob's long password")] {
+        let added = user(&users, &["add", name, "--role", "tracer"], &format!("{password}\n"));
+        assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    }
+    let audit_key = dir.path().join("audit.key");
+    let key = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
+        .args(["audit", "key", "--out"])
+        .arg(&audit_key)
+        .output()
+        .unwrap();
+    assert!(key.status.success());
+    let mut server = serve(
+        dir.path(),
+        &[
+            "--users",
+            users.to_str().unwrap(),
+            "--audit-key",
+            audit_key.to_str().unwrap(),
+        ],
+    );
+    let flight = server.line("Flight SQL listening on ");
+    let flight = flight
+        .split("://")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    server.drain();
+    let connect = || async {
+        let channel = Endpoint::from_shared(format!("http://{flight}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        FlightSqlServiceClient::new(channel)
+    };
+    let http = reqwest::Client::new();
+    let rest_token = |name: &'static str, password: &'static str| {
+        let request = http
+            .post(format!("{}/v1/auth/token", server.api))
+            .basic_auth(name, Some(password))
+            .send();
+        async move {
+            let response = request.await.unwrap();
+            assert_eq!(response.status(), 200);
+            let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+            body["token"].as_str().unwrap().to_string()
+        }
+    };
+    let renews = |token: String| {
+        let request = http
+            .post(format!("{}/v1/auth/token", server.api))
+            .bearer_auth(token)
+            .send();
+        async move { request.await.unwrap().status().as_u16() }
+    };
+
+    let mut ann = connect().await;
+    ann.handshake("ann", "ann's long password").await.unwrap();
+    let mut bob = connect().await;
+    bob.handshake("bob", "bob's long password").await.unwrap();
+    let ann_rest = rest_token("ann", "ann's long password").await;
+    let bob_rest = rest_token("bob", "bob's long password").await;
+    assert_eq!(renews(ann_rest.clone()).await, 200);
+    // Ann starts a query that would run for minutes.
+    let info = ann
+        .execute("SELECT count(*) FROM generate_series(1, 100000000000)".into(), None)
+        .await
+        .unwrap();
+    let long = ann.do_get(info.endpoint[0].ticket.clone().unwrap()).await.unwrap();
+    let long = tokio::spawn(long.try_collect::<Vec<_>>());
+
+    let listed = user(&users, &["list"], "");
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), "ann\ttracer\nbob\ttracer\n");
+    let removed = user(&users, &["remove", "ann"], "");
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    let again = user(&users, &["remove", "ann"], "");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no user named 'ann'"));
+    let listed = user(&users, &["list"], "");
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), "bob\ttracer\n");
+
+    // Her running query stops (the watcher checks every 2 s; a minute is the bound of a
+    // hung test, not a speed target).
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(60), long)
+        .await
+        .expect("the removed user's query is stopped")
+        .unwrap();
+    let stopped = stopped.expect_err("stopped before its end").to_string();
+    assert!(stopped.contains("its login ended"), "{stopped}");
+    let ended = ann.execute("SELECT 1".into(), None).await.unwrap_err();
+    assert!(
+        ended.to_string().contains("unknown token") || ended.to_string().contains("this login has ended"),
+        "{ended}"
+    );
+    assert_eq!(renews(ann_rest).await, 401);
+    let mut ann_again = connect().await;
+    assert!(ann_again.handshake("ann", "ann's long password").await.is_err());
+    // Bob carries on, over both services.
+    bob.execute("SELECT 1".into(), None).await.unwrap();
+    assert_eq!(renews(bob_rest.clone()).await, 200);
+
+    // Bob's password is changed: the logins made with the old one end, a new one works.
+    let changed = user(&users, &["add", "bob", "--role", "tracer"], "bob's new long password\n");
+    assert!(changed.status.success());
+    let mut ended = false;
+    for _ in 0..300 {
+        if bob.execute("SELECT 1".into(), None).await.is_err() {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        ended,
+        "bob's old login still stands a minute after his password changed"
+    );
+    assert_eq!(renews(bob_rest).await, 401);
+    let mut bob_again = connect().await;
+    bob_again.handshake("bob", "bob's new long password").await.unwrap();
+    bob_again.execute("SELECT 1".into(), None).await.unwrap();
 }

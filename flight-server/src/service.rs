@@ -85,11 +85,17 @@ struct TokenSession {
     id: String,
     ctx: SessionContext,
     expires: Instant,
+    /// The stamp of the user's entry at login ([`Users::stamp`]): the login stands only while
+    /// the users file keeps that entry (not removed, same role and password).
+    stamp: u64,
     prepared: Mutex<HashMap<String, Prepared>>,
     /// The tables and functions each SQL `PREPARE`d statement reads, by name: what the audit
     /// record of its `EXECUTE` names.
     statement_objects: Mutex<HashMap<String, Vec<String>>>,
 }
+
+/// Running queries by login and ticket ([`running_key`]): setting the flag stops the stream.
+type Running = HashMap<Vec<u8>, tokio::sync::watch::Sender<bool>>;
 
 /// A prepared statement: its SQL and the parameter rows bound to it.
 #[derive(Clone)]
@@ -104,9 +110,9 @@ pub struct FlightSqlServer {
     users: Users,
     audit: AuditLog,
     options: ServiceOptions,
-    tokens: Mutex<HashMap<String, Arc<TokenSession>>>,
+    tokens: Arc<Mutex<HashMap<String, Arc<TokenSession>>>>,
     /// Running queries by ticket, for `CancelQuery`: setting the flag stops the stream.
-    running: Arc<Mutex<HashMap<Vec<u8>, tokio::sync::watch::Sender<bool>>>>,
+    running: Arc<Mutex<Running>>,
     sql_info: SqlInfoData,
     xdbc_info: XdbcTypeInfoData,
 }
@@ -164,24 +170,38 @@ impl FlightSqlServer {
         audit: AuditLog,
         options: ServiceOptions,
     ) -> Result<Self, Status> {
+        let tokens = Arc::new(Mutex::new(HashMap::new()));
+        let running = Arc::new(Mutex::new(HashMap::new()));
+        // Each reload of the users file ends the logins it removed or changed at once
+        // (the next call of such a login would find out anyway, but its running queries
+        // would go on).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(end_stale_logins(
+                users.clone(),
+                Arc::downgrade(&tokens),
+                Arc::downgrade(&running),
+            ));
+        }
         Ok(Self {
             factory,
             users,
             audit,
             options,
-            tokens: Mutex::new(HashMap::new()),
-            running: Arc::new(Mutex::new(HashMap::new())),
+            tokens,
+            running,
             sql_info: sql_info().map_err(internal)?,
             xdbc_info: xdbc_info().map_err(internal)?,
         })
     }
 
-    /// The token session of a request's `authorization: Bearer …` header.
     /// Where the service counts its calls and queries.
     pub fn metrics(&self) -> &ServiceMetrics {
         &self.options.metrics
     }
 
+    /// The token session of a request's `authorization: Bearer …` header; a login whose
+    /// user was removed, or given another role or password, since ends here, its running
+    /// queries cancelled.
     fn session(&self, metadata: &MetadataMap) -> Result<Arc<TokenSession>, Status> {
         let header = metadata
             .get("authorization")
@@ -193,6 +213,14 @@ impl FlightSqlServer {
             .ok_or_else(|| Status::unauthenticated("expected 'authorization: Bearer <token>'"))?;
         let mut tokens = self.tokens.lock().map_err(internal)?;
         match tokens.get(token) {
+            Some(session) if !session.stands(&self.users) => {
+                let session = tokens.remove(token).expect("just found");
+                drop(tokens);
+                end_login(&session, &self.running);
+                Err(Status::unauthenticated(
+                    "this login has ended: the user was removed, or their role or password changed; log in again",
+                ))
+            }
             Some(session) if session.expires > Instant::now() => Ok(Arc::clone(session)),
             Some(_) => {
                 tokens.remove(token);
@@ -664,7 +692,7 @@ struct LoggedStream {
     inner: Pin<Box<dyn Stream<Item = datafusion::error::Result<RecordBatch>> + Send>>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     cancelled: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
-    registry: Arc<Mutex<HashMap<Vec<u8>, tokio::sync::watch::Sender<bool>>>>,
+    registry: Arc<Mutex<Running>>,
     ticket: Vec<u8>,
     principal: Principal,
     sql: String,
@@ -693,7 +721,9 @@ impl Stream for LoggedStream {
         }
         if self.cancelled.as_mut().poll(cx).is_ready() {
             self.outcome = Some((QueryOutcome::Cancelled, String::new()));
-            let status = Status::cancelled("query cancelled by the client (CancelQuery)");
+            let status = Status::cancelled(
+                "query cancelled: by CancelQuery, or its login ended (the user was removed or changed)",
+            );
             return Poll::Ready(Some(Err(FlightError::Tonic(Box::new(status)))));
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
@@ -818,6 +848,56 @@ struct Outcome {
     started: Instant,
 }
 
+impl TokenSession {
+    /// Whether the users file still has this login's user with the entry it logged in with.
+    fn stands(&self, users: &Users) -> bool {
+        users.stamp(&self.principal.name) == Some((self.principal.role, self.stamp))
+    }
+}
+
+/// Ends a login removed from the tokens: its running queries are cancelled.
+fn end_login(session: &TokenSession, running: &Mutex<Running>) {
+    info!(target: "proxima::auth", user = %session.principal.name, login = %session.id,
+        "login ended: the user was removed or their role or password changed");
+    let prefix = running_key(&session.id, &[]);
+    if let Ok(running) = running.lock() {
+        for (key, cancel) in running.iter() {
+            if key.starts_with(&prefix) {
+                let _ = cancel.send(true);
+            }
+        }
+    }
+}
+
+/// After each reload of the users file that changed something, ends every login that no
+/// longer stands; returns once the service is gone.
+async fn end_stale_logins(
+    users: Users,
+    tokens: std::sync::Weak<Mutex<HashMap<String, Arc<TokenSession>>>>,
+    running: std::sync::Weak<Mutex<Running>>,
+) {
+    let mut changes = users.changes();
+    while changes.changed().await.is_ok() {
+        let (Some(tokens), Some(running)) = (tokens.upgrade(), running.upgrade()) else {
+            return;
+        };
+        let ended: Vec<Arc<TokenSession>> = match tokens.lock() {
+            Ok(mut tokens) => {
+                let stale: Vec<String> = tokens
+                    .iter()
+                    .filter(|(_, session)| !session.stands(&users))
+                    .map(|(token, _)| token.clone())
+                    .collect();
+                stale.iter().filter_map(|token| tokens.remove(token)).collect()
+            }
+            Err(_) => return,
+        };
+        for session in &ended {
+            end_login(session, &running);
+        }
+    }
+}
+
 /// The key of a running query in the cancel registry: the login's id and the ticket.
 fn running_key(session: &str, ticket: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(session.len() + 1 + ticket.len());
@@ -923,6 +1003,16 @@ impl FlightSqlService for FlightSqlServer {
                 principal.role
             )));
         }
+        // The entry the password was checked against; a reload in between (rare) means
+        // logging in again.
+        let stamp = match self.users.stamp(&principal.name) {
+            Some((role, stamp)) if role == principal.role => stamp,
+            _ => {
+                return Err(Status::unauthenticated(
+                    "the user changed while logging in: log in again",
+                ));
+            }
+        };
         let ctx = self.factory.session_for(&principal).await.map_err(internal)?;
         let token = new_token();
         let id = uuid::Uuid::new_v4().to_string();
@@ -941,6 +1031,7 @@ impl FlightSqlService for FlightSqlServer {
                     id,
                     ctx,
                     expires: now + self.options.token_ttl,
+                    stamp,
                     prepared: Mutex::new(HashMap::new()),
                     statement_objects: Mutex::new(HashMap::new()),
                 }),

@@ -99,7 +99,9 @@ pub struct ServeArgs {
     #[arg(long, env = "PROXIMA_REGISTRATION_WORK", default_value_t = 20,
           value_parser = clap::value_parser!(u8).range(0..=i64::from(proxima_ingest::rest::challenge::MAX_DIFFICULTY)))]
     registration_work: u8,
-    /// Users file (TOML; see `proxima user add`). Without it the server only listens on
+    /// Users file (TOML; see `proxima user add`), read again whenever it changes (checked
+    /// every 2 s): a user removed, or given another role or password, loses their logins at
+    /// once, Flight SQL and REST alike. Without it the server only listens on
     /// loopback, with one user per role (tracer, analyst, auditor, admin, station, ingest)
     /// whose generated passwords are printed at start.
     #[arg(long, env = "PROXIMA_USERS", value_name = "FILE")]
@@ -237,6 +239,9 @@ pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// How often the users file is checked for changes.
+const USERS_RELOAD: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs `proxima serve`.
 pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
     let (users, generated_password) = match &args.users {
@@ -249,6 +254,8 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
                     path.display()
                 )));
             }
+            // Edits take effect without a restart: a removed user's logins end.
+            users.watch(path.clone(), USERS_RELOAD);
             (users, None)
         }
         None if !proxima_flight_server::server::is_loopback(&args.flight)

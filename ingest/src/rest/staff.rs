@@ -6,8 +6,9 @@
 //! `POST /v1/auth/token`, which lasts `--token-ttl`.
 //!
 //! A token is signed, not remembered: `pxs1.<payload>.<HMAC-SHA-256>`, the payload the
-//! user, role and expiry (base64url JSON), under a key every serving node on the store
-//! derives from it (the shared registry's), so any node accepts a token another issued.
+//! user, role, expiry, login time and the stamp of the user's entry (base64url JSON), under
+//! a key every serving node on the store derives from it (the shared registry's), so any
+//! node accepts a token another issued, while the users file keeps that entry.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -59,6 +60,10 @@ struct Claims {
     /// so no chain of renewals outlives the login by more than the maximum age.
     #[serde(default)]
     a: u64,
+    /// The stamp of the user's entry in the users file when the password was checked
+    /// (`Users::stamp`): the token stands only while the entry is unchanged.
+    #[serde(default)]
+    s: u64,
 }
 
 const TOKEN_PREFIX: &str = "pxs1.";
@@ -117,10 +122,11 @@ impl StaffAuth {
             .r
             .parse()
             .map_err(|_| ApiError::unauthorized("unknown bearer token"))?;
-        // A user removed, or given another role, since: the token no longer stands.
-        if self.users.role_of(&claims.u) != Some(role) {
+        // A user removed, or given another role or password, since: the token no longer
+        // stands.
+        if self.users.stamp(&claims.u) != Some((role, claims.s)) {
             return Err(ApiError::unauthorized(
-                "the token's user no longer has that role; get a new one from POST /v1/auth/token",
+                "the token's user was removed, or their role or password changed; sign in with the password again",
             ));
         }
         Ok(Principal { name: claims.u, role })
@@ -198,11 +204,18 @@ impl StaffAuth {
     pub fn issue(&self, principal: Principal, login: u64) -> StaffToken {
         let now = unix_now();
         let expires = (now + self.ttl.as_secs()).min(login.saturating_add(self.max_age.as_secs()));
+        // A principal the users file does not have (as it is now) gets a token that never
+        // stands.
+        let stamp = match self.users.stamp(&principal.name) {
+            Some((role, stamp)) if role == principal.role => stamp,
+            _ => 0,
+        };
         let claims = Claims {
             u: principal.name,
             r: principal.role.name().to_string(),
             e: expires,
             a: login,
+            s: stamp,
         };
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(serde_json::to_vec(&claims).expect("claims serialise"));
@@ -252,7 +265,11 @@ mod tests {
     use super::*;
 
     fn auth(key: u8, ttl: Duration) -> StaffAuth {
-        let users = Users::generated(&[("alice", Role::Tracer, "correct horse battery")]).unwrap();
+        // One users file read by every node: the same entries, the same stamps.
+        static USERS: std::sync::OnceLock<Users> = std::sync::OnceLock::new();
+        let users = USERS
+            .get_or_init(|| Users::generated(&[("alice", Role::Tracer, "correct horse battery")]).unwrap())
+            .clone();
         let max_age = Duration::from_secs(12 * 3600);
         StaffAuth::new(
             users,
