@@ -1197,6 +1197,67 @@ async fn cancel_query_stops_a_running_query() {
     assert_eq!(results.len(), 1);
     let error = running.await.unwrap().unwrap_err();
     assert!(error.to_string().contains("query cancelled"), "{error}");
+
+    // Tickets are opaque and name one run: the same statement planned twice gets two
+    // tickets, neither holding its text; cancelling one leaves the other running.
+    let first = alice.execute(LONG_QUERY.into(), None).await.unwrap();
+    let second = alice.execute(LONG_QUERY.into(), None).await.unwrap();
+    let (first_ticket, second_ticket) = (
+        first.endpoint[0].ticket.clone().unwrap(),
+        second.endpoint[0].ticket.clone().unwrap(),
+    );
+    assert_ne!(first_ticket, second_ticket);
+    let sql_bytes = LONG_QUERY.as_bytes();
+    assert!(
+        !first_ticket.ticket.windows(sql_bytes.len()).any(|w| w == sql_bytes),
+        "the ticket carries no SQL"
+    );
+    // Another login cannot redeem them.
+    let mut ann = client(&server).await;
+    ann.handshake("ann", ANALYST_PASSWORD).await.unwrap();
+    let foreign = match ann.do_get(first_ticket.clone()).await {
+        Ok(stream) => stream.try_collect::<Vec<_>>().await.unwrap_err().to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(foreign.contains("unknown statement ticket"), "{foreign}");
+    let start = |ticket: arrow_flight::Ticket| {
+        let mut reader = alice.clone();
+        tokio::spawn(async move {
+            let stream = reader.do_get(ticket).await?;
+            stream.try_collect::<Vec<_>>().await
+        })
+    };
+    let (first_run, second_run) = (start(first_ticket), start(second_ticket));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let cancel = |info: &FlightInfo| {
+        arrow_flight::Action::new(
+            "CancelQuery",
+            ActionCancelQueryRequest {
+                info: info.encode_to_vec().into(),
+            }
+            .as_any()
+            .encode_to_vec(),
+        )
+    };
+    alice
+        .do_action(cancel(&first))
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    let error = first_run.await.unwrap().unwrap_err();
+    assert!(error.to_string().contains("query cancelled"), "{error}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!second_run.is_finished(), "the identical statement still runs");
+    alice
+        .do_action(cancel(&second))
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    assert!(second_run.await.unwrap().is_err());
     assert_eq!(
         single_i64(&query(&mut alice, "SELECT 1::BIGINT").await),
         1,

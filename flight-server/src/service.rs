@@ -2,8 +2,11 @@
 //!
 //! A Basic handshake yields a bearer token bound to a session built by
 //! `SessionFactory::session_for` (so `SET` lasts for the token's life).
-//! Statement tickets carry the SQL text; prepared statements live in the
-//! token's session until closed. Results stream batch by batch as DataFusion
+//! Statement tickets are opaque: a random handle that only the login which
+//! planned the statement can redeem (its session maps it to the SQL; the last
+//! [`STATEMENTS_KEPT`] are kept), so a ticket names one run, which `CancelQuery`
+//! stops without touching an identical statement, and is worthless to anyone
+//! else. Prepared statements live in the token's session until closed. Results stream batch by batch as DataFusion
 //! produces them, under a per-query timeout; a client that goes away drops
 //! the stream, which stops the query, and `CancelQuery` stops a running one.
 
@@ -88,14 +91,28 @@ struct TokenSession {
     /// The stamp of the user's entry at login ([`Users::stamp`]): the login stands only while
     /// the users file keeps that entry (not removed, same role and password).
     stamp: u64,
+    /// The statements this login planned, by ticket handle, oldest first.
+    statements: Mutex<std::collections::VecDeque<(Vec<u8>, String)>>,
     prepared: Mutex<HashMap<String, Prepared>>,
     /// The tables and functions each SQL `PREPARE`d statement reads, by name: what the audit
     /// record of its `EXECUTE` names.
     statement_objects: Mutex<HashMap<String, Vec<String>>>,
 }
 
-/// Running queries by login and ticket ([`running_key`]): setting the flag stops the stream.
-type Running = HashMap<Vec<u8>, tokio::sync::watch::Sender<bool>>;
+/// Running queries: setting the flag stops the stream.
+type Running = HashMap<RunKey, tokio::sync::watch::Sender<bool>>;
+
+/// One run of a query: its login, its ticket, and a number of its own (a prepared
+/// statement's ticket may run twice at once).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RunKey {
+    login: String,
+    ticket: Vec<u8>,
+    run: u64,
+}
+
+/// Numbers the runs of queries.
+static RUNS: AtomicU64 = AtomicU64::new(0);
 
 /// A prepared statement: its SQL and the parameter rows bound to it.
 #[derive(Clone)]
@@ -493,8 +510,13 @@ impl FlightSqlServer {
         }
         let batches = futures::stream::iter(streams).flatten();
         let (cancel, cancelled) = tokio::sync::watch::channel(false);
-        // Keyed by login too: a statement ticket is its SQL, which another login could send.
-        let ticket = running_key(&session.id, &ticket);
+        // Keyed by login too: a prepared statement's ticket is its handle, which names it only
+        // within the login; and by run, since one prepared ticket may run twice at once.
+        let ticket = RunKey {
+            login: session.id.clone(),
+            ticket,
+            run: RUNS.fetch_add(1, Ordering::Relaxed),
+        };
         self.running.lock().map_err(internal)?.insert(ticket.clone(), cancel);
         let bytes = Arc::new(AtomicU64::new(0));
         let logged = LoggedStream {
@@ -693,7 +715,7 @@ struct LoggedStream {
     deadline: Pin<Box<tokio::time::Sleep>>,
     cancelled: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     registry: Arc<Mutex<Running>>,
-    ticket: Vec<u8>,
+    ticket: RunKey,
     principal: Principal,
     sql: String,
     started: Instant,
@@ -839,6 +861,10 @@ fn declared_purpose<'a>(principal: &proxima_engine::Principal, plan: &'a Logical
     }
 }
 
+/// How many planned statements a login keeps redeemable (each ticket can be fetched again
+/// until it is this far behind).
+pub const STATEMENTS_KEPT: usize = 1_000;
+
 /// The gRPC header a client may declare its purpose in, instead of `SET proxima.purpose`.
 const PURPOSE_HEADER: &str = "x-proxima-purpose";
 
@@ -859,10 +885,9 @@ impl TokenSession {
 fn end_login(session: &TokenSession, running: &Mutex<Running>) {
     info!(target: "proxima::auth", user = %session.principal.name, login = %session.id,
         "login ended: the user was removed or their role or password changed");
-    let prefix = running_key(&session.id, &[]);
     if let Ok(running) = running.lock() {
         for (key, cancel) in running.iter() {
-            if key.starts_with(&prefix) {
+            if key.login == session.id {
                 let _ = cancel.send(true);
             }
         }
@@ -896,15 +921,6 @@ async fn end_stale_logins(
             end_login(session, &running);
         }
     }
-}
-
-/// The key of a running query in the cancel registry: the login's id and the ticket.
-fn running_key(session: &str, ticket: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(session.len() + 1 + ticket.len());
-    key.extend_from_slice(session.as_bytes());
-    key.push(0);
-    key.extend_from_slice(ticket);
-    key
 }
 
 /// At most this much of a refused login's user name goes into the audit record.
@@ -1032,6 +1048,7 @@ impl FlightSqlService for FlightSqlServer {
                     ctx,
                     expires: now + self.options.token_ttl,
                     stamp,
+                    statements: Mutex::new(std::collections::VecDeque::new()),
                     prepared: Mutex::new(HashMap::new()),
                     statement_objects: Mutex::new(HashMap::new()),
                 }),
@@ -1059,8 +1076,16 @@ impl FlightSqlService for FlightSqlServer {
             .plan_only(&caller, "flight:GetFlightInfoStatement", &query.query)
             .await?;
         let schema = plan.schema().as_arrow().clone();
+        let handle = uuid::Uuid::new_v4().as_bytes().to_vec();
+        {
+            let mut statements = caller.session.statements.lock().map_err(internal)?;
+            if statements.len() >= STATEMENTS_KEPT {
+                statements.pop_front();
+            }
+            statements.push_back((handle.clone(), query.query));
+        }
         let ticket = TicketStatementQuery {
-            statement_handle: query.query.into_bytes().into(),
+            statement_handle: handle.into(),
         };
         let info = self.flight_info(&schema, ticket.as_any().encode_to_vec(), request.into_inner())?;
         Ok(Response::new(info))
@@ -1072,8 +1097,20 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
         let caller = self.caller(&request)?;
-        let sql = String::from_utf8(ticket.statement_handle.to_vec())
-            .map_err(|_| Status::invalid_argument("the ticket is not a statement of this server"))?;
+        let sql = caller
+            .session
+            .statements
+            .lock()
+            .map_err(internal)?
+            .iter()
+            .find(|(handle, _)| *handle == ticket.statement_handle)
+            .map(|(_, sql)| sql.clone())
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "unknown statement ticket: a ticket is good only for the login that planned the statement, and \
+                     only for the last {STATEMENTS_KEPT} it planned; plan it again"
+                ))
+            })?;
         let ticket = request.into_inner().ticket.to_vec();
         self.run(caller, "flight:DoGetStatement", sql, Vec::new(), ticket).await
     }
@@ -1210,10 +1247,12 @@ impl FlightSqlService for FlightSqlServer {
         {
             let running = self.running.lock().map_err(internal)?;
             for ticket in info.endpoint.iter().filter_map(|e| e.ticket.as_ref()) {
-                // Only this login's own queries.
-                if let Some(cancel) = running.get(&running_key(&caller.session.id, &ticket.ticket)) {
-                    let _ = cancel.send(true);
-                    found = true;
+                // Only this login's own queries: every run of the ticket.
+                for (key, cancel) in running.iter() {
+                    if key.login == caller.session.id && key.ticket == ticket.ticket {
+                        let _ = cancel.send(true);
+                        found = true;
+                    }
                 }
             }
         }
