@@ -3,7 +3,8 @@
 //! traces through the encounter index, after a compaction), while no file of it holds a
 //! registered MAC, device UUID or identifier; missing, wrong and moved keys fail with
 //! errors that name the key; rotation keeps every file readable; the `proxima key`
-//! commands; and pyarrow reads a file through its Key Management Tools API.
+//! commands; and pyarrow reads a file through its Key Management Tools API. In transit:
+//! TLS is required beyond loopback, and `--tls-client-ca` asks staff for a certificate.
 
 mod common;
 
@@ -733,4 +734,128 @@ fn what_phones_send_is_sealed_in_the_wal_and_the_store_and_survives_kill_9() {
         "{counted}"
     );
     check("after replay");
+}
+
+/// `--tls-client-ca`: every Flight SQL client must present a certificate the CA signed; on
+/// the REST port phones need none, while staff routes refuse a client without one before
+/// any password is checked. A certificate from another CA does not get through either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_asks_staff_for_a_certificate_and_phones_for_none() {
+    use arrow_flight::sql::client::FlightSqlServiceClient;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let server_certificate = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let server_pem = server_certificate.cert.pem();
+    let cert = write("server.pem", &server_pem);
+    let key = write("server.key", &server_certificate.signing_key.serialize_pem());
+    // The staff CA, a certificate it signed, and one from a CA the server does not know.
+    let issue = |ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["staff".to_string()]).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        (params.signed_by(&key, ca).unwrap().pem(), key.serialize_pem())
+    };
+    let new_ca = || {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+    };
+    let (staff_ca, other_ca) = (new_ca(), new_ca());
+    let ca_file = write("staff-ca.pem", &staff_ca.pem());
+    let staff = issue(&staff_ca);
+    let stranger = issue(&other_ca);
+
+    let store = dir.path().join("store");
+    let mut server = common::Server::start(&[
+        "--data",
+        store.to_str().unwrap(),
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--flight",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--tls-client-ca",
+        ca_file.to_str().unwrap(),
+    ]);
+    let flight_line = server.line("Flight SQL listening on ");
+    let flight_port = flight_line
+        .split_whitespace()
+        .nth(4)
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let password = server.password("tracer");
+    server.drain();
+    let api = server.api.replace("127.0.0.1", "localhost");
+    assert!(api.starts_with("https://"), "{api}");
+
+    // Flight SQL: with the staff certificate a login works; without one, or with a
+    // stranger's, nothing does.
+    let flight = |identity: Option<&(String, String)>| {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&server_pem))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        let endpoint = Endpoint::from_shared(format!("https://localhost:{flight_port}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap();
+        let password = password.clone();
+        async move {
+            let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+            let mut client = FlightSqlServiceClient::new(channel);
+            client.handshake("tracer", &password).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        }
+    };
+    flight(Some(&staff)).await.unwrap();
+    assert!(flight(None).await.is_err(), "no certificate");
+    assert!(flight(Some(&stranger)).await.is_err(), "another CA's certificate");
+
+    // REST: phones need no certificate; staff routes do.
+    let rest = |identity: Option<&(String, String)>| {
+        let mut builder = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(server_pem.as_bytes()).unwrap());
+        if let Some((cert, key)) = identity {
+            builder = builder.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
+    };
+    let phone = rest(None);
+    let challenge = phone.get(format!("{api}/v1/devices/challenge")).send().await.unwrap();
+    assert_eq!(challenge.status(), 200);
+    let refused = phone
+        .post(format!("{api}/v1/auth/token"))
+        .basic_auth("tracer", Some(&password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(refused.text().await.unwrap().contains("--tls-client-ca"));
+    let admitted = rest(Some(&staff))
+        .post(format!("{api}/v1/auth/token"))
+        .basic_auth("tracer", Some(&password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admitted.status(), 200);
+    let stranger_call = rest(Some(&stranger))
+        .post(format!("{api}/v1/auth/token"))
+        .basic_auth("tracer", Some(&password))
+        .send()
+        .await;
+    assert!(stranger_call.is_err(), "the handshake refuses another CA's certificate");
 }

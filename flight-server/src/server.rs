@@ -31,13 +31,17 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// A PEM certificate chain and private key.
+/// A PEM certificate chain and private key, and the CA whose certificates clients must
+/// present, if any.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     /// Certificate chain (PEM).
     pub cert: PathBuf,
     /// Private key (PEM).
     pub key: PathBuf,
+    /// CA certificates (PEM): every client must present a certificate one of them signed
+    /// (mutual TLS; Flight SQL has staff clients only).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Largest message a client may send or receive (bound parameters, result batches).
@@ -60,7 +64,11 @@ pub async fn serve(
             })
         };
         let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
-        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+        let mut config = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &tls.client_ca {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        builder = builder.tls_config(config)?;
     }
     let metrics = service.metrics().clone();
     let flight = FlightServiceServer::new(service)

@@ -112,6 +112,12 @@ pub struct ServeArgs {
     /// TLS private key (PEM); needs --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Mutual TLS for staff: CA certificates (PEM) whose certificates staff clients must
+    /// present. Every Flight SQL client must; on the REST port phones need none, staff
+    /// routes refuse a client without one (401) before any password is checked. Needs
+    /// --tls-cert.
+    #[arg(long, env = "PROXIMA_TLS_CLIENT_CA", value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Serve in plain text on an address beyond loopback (without --tls-cert): only behind
     /// a proxy that terminates TLS on the same host or a private link. Without it such a
     /// server refuses to start, since passwords, bearer and upload tokens would cross the
@@ -430,11 +436,19 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         (None, None) => Some(PathBuf::from("proxima-wal")),
     };
     let tls = match (args.tls_cert, args.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert,
+            key,
+            client_ca: args.tls_client_ca.clone(),
+        }),
         _ => None,
     };
     let http_tls = match &tls {
-        Some(files) if !args.no_rest => Some(proxima_ingest::rest::server::tls_acceptor(&files.cert, &files.key)?),
+        Some(files) if !args.no_rest => Some(proxima_ingest::rest::server::tls_acceptor(
+            &files.cert,
+            &files.key,
+            files.client_ca.as_deref(),
+        )?),
         _ => None,
     };
     let alert_ttl =
@@ -492,6 +506,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
                     registry_refresh: args.registry_refresh,
                     logins: std::sync::Arc::clone(&logins),
                     service_metrics: service_metrics.clone(),
+                    staff_client_certificates: args.tls_client_ca.is_some(),
                     ..RestOptions::default()
                 },
                 clock,

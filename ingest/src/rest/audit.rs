@@ -53,7 +53,7 @@ pub async fn audit_calls(State(state): State<AppState>, request: Request, next: 
         client: request
             .extensions()
             .get::<ConnectInfo<ClientAddr>>()
-            .map(|ConnectInfo(ClientAddr(address))| address.to_string()),
+            .map(|ConnectInfo(ClientAddr(address, _))| address.to_string()),
         pending: Arc::new(Mutex::new(None)),
     };
     let bytes = request

@@ -101,6 +101,9 @@ pub struct RestOptions {
     /// The Flight SQL service's metrics, rendered with this service's on the operations
     /// port.
     pub service_metrics: ServiceMetrics,
+    /// Staff routes refuse clients without a TLS certificate the client CA signed (given
+    /// with the TLS acceptor's `client_ca`): before any password is checked.
+    pub staff_client_certificates: bool,
     /// Bulk requests whose bodies are read and decoded at once (each up to
     /// `max_bulk_body`); beyond, 503 with Retry-After.
     pub bulk_concurrency: usize,
@@ -126,6 +129,7 @@ impl Default for RestOptions {
             registry_refresh: Duration::from_secs(5),
             logins: Arc::new(LoginGuard::new(LoginLimits::default())),
             service_metrics: ServiceMetrics::default(),
+            staff_client_certificates: false,
             bulk_concurrency: 2,
         }
     }
@@ -235,6 +239,13 @@ impl Shared {
     /// way the call is audited: a refusal as a decision, an admitted call as an intent that
     /// is synced before this returns (503 if it cannot be).
     pub async fn staff(&self, headers: &HeaderMap, roles: &[Role]) -> ApiResult<Principal> {
+        if self.options.staff_client_certificates && !client_certified() {
+            let refusal = ApiError::unauthorized(
+                "staff routes need a TLS client certificate signed by the server's client CA (--tls-client-ca)",
+            );
+            audit::record_staff(self, headers, None, Some(&refusal)).await?;
+            return Err(refusal);
+        }
         let (authenticated, checked) = match self.staff_auth.principal(headers, client_address()).await {
             Ok(principal) => {
                 let checked = staff::require_role(&principal, roles).map(|()| principal.clone());
@@ -553,7 +564,7 @@ async fn limit_by_address(State(state): State<AppState>, request: Request, next:
         .get::<axum::extract::ConnectInfo<server::ClientAddr>>()
         .map_or_else(
             || "unknown".to_string(),
-            |axum::extract::ConnectInfo(server::ClientAddr(address))| address_key(address.ip()),
+            |axum::extract::ConnectInfo(server::ClientAddr(address, _))| address_key(address.ip()),
         );
     if let Err(wait) = state.registrations.check(&address) {
         return ApiError::rate_limited(wait, "this address").into_response();
@@ -563,22 +574,33 @@ async fn limit_by_address(State(state): State<AppState>, request: Request, next:
 
 tokio::task_local! {
     /// The peer address of the request being handled (set by [`remember_client`]).
-    static CLIENT: Option<std::net::IpAddr>;
+    static CLIENT: Option<(std::net::IpAddr, bool)>;
 }
 
 /// Middleware on every route: keeps the peer's address for the request's handler, so that
 /// its login is limited per address ([`client_address`]).
 async fn remember_client(request: Request, next: Next) -> Response {
-    let address = request
+    let client = request
         .extensions()
         .get::<axum::extract::ConnectInfo<server::ClientAddr>>()
-        .map(|axum::extract::ConnectInfo(server::ClientAddr(address))| address.ip());
-    CLIENT.scope(address, next.run(request)).await
+        .map(|axum::extract::ConnectInfo(server::ClientAddr(address, certified))| (address.ip(), certified.0));
+    CLIENT.scope(client, next.run(request)).await
 }
 
 /// The peer address of the request being handled, if known.
 fn client_address() -> Option<std::net::IpAddr> {
-    CLIENT.try_with(|address| *address).ok().flatten()
+    CLIENT
+        .try_with(|client| client.map(|(address, _)| address))
+        .ok()
+        .flatten()
+}
+
+/// Whether the client of the request being handled presented a certificate the client CA
+/// signed.
+fn client_certified() -> bool {
+    CLIENT
+        .try_with(|client| client.is_some_and(|(_, certified)| certified))
+        .unwrap_or(false)
 }
 
 /// A request's method as a metric label: the standard ones by name, any other as `other`

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Loads a PEM certificate chain and private key into a TLS acceptor (HTTP/1.1).
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
+pub fn tls_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsAcceptor> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|iter| iter.collect())
         .map_err(|e| Error::InvalidArgument(format!("{}: not a PEM certificate chain: {e}", cert.display())))?;
@@ -37,10 +37,38 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| Error::InvalidArgument(format!("{}: not a PEM private key: {e}", key.display())))?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::InvalidArgument(format!("TLS setup: {e}")))?
-        .with_no_client_auth()
+        .map_err(|e| Error::InvalidArgument(format!("TLS setup: {e}")))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            // Phones have no certificate: one is asked for, checked if sent, not required
+            // here (the staff routes require it).
+            let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+            for certificate in CertificateDer::pem_file_iter(ca)
+                .and_then(|iter| iter.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| Error::InvalidArgument(format!("{}: not a PEM certificate: {e}", ca.display())))?
+            {
+                roots
+                    .add(certificate)
+                    .map_err(|e| Error::InvalidArgument(format!("{}: not a CA certificate: {e}", ca.display())))?;
+            }
+            if roots.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: no certificate in the file",
+                    ca.display()
+                )));
+            }
+            let verifier =
+                tokio_rustls::rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| Error::InvalidArgument(format!("{}: {e}", ca.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| Error::InvalidArgument(format!("TLS certificate and key do not match: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -82,17 +110,28 @@ impl axum::serve::Listener for TlsListener {
 /// The client's address, as handlers and the audit see it (`ConnectInfo<ClientAddr>`),
 /// over plain TCP and TLS alike.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
+pub struct ClientAddr(pub SocketAddr, pub Certified);
+
+/// Whether the client presented a TLS certificate the server's client CA signed (rustls
+/// refuses the handshake of one that presents any other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Certified(pub bool);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for ClientAddr {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
-        Self(*stream.remote_addr())
+        Self(*stream.remote_addr(), Certified(false))
     }
 }
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for ClientAddr {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        Self(*stream.remote_addr())
+        let certified = stream
+            .io()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .is_some_and(|c| !c.is_empty());
+        Self(*stream.remote_addr(), Certified(certified))
     }
 }
 
