@@ -353,3 +353,72 @@ async fn a_plan_sent_to_a_cluster_keeps_the_callers_filters_above_the_policy() {
     );
     assert_eq!(text.matches("zzzz").count(), 1, "and nowhere below it:\n{text}");
 }
+
+/// A tracer's filters never run on rows outside the purpose's scope: a filter that fails
+/// on one device's rows would otherwise tell, by failing, that the device has rows in the
+/// store. The same filter over the scoped rows runs, and counts what the plain query does.
+#[tokio::test]
+async fn a_tracers_filter_that_would_fail_outside_the_scope_tells_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (factory, _device, case_id) = matrix_store(dir.path()).await;
+    let tracer = Principal {
+        name: "matrix".into(),
+        role: Role::Tracer,
+    };
+    let ctx = factory.session_for(&tracer).await.unwrap();
+    ctx.sql(&format!("SET proxima.purpose = 'case:{case_id}'"))
+        .await
+        .unwrap();
+    let column = |batches: Vec<RecordBatch>| -> Vec<String> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let strings = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+                let strings = arrow::array::AsArray::as_string::<i32>(&strings).clone();
+                (0..arrow::array::Array::len(&strings)).map(move |i| strings.value(i).to_string())
+            })
+            .collect()
+    };
+    let full = factory.session().await.unwrap();
+    let count = |sql: String| {
+        let ctx = ctx.clone();
+        let tracer = tracer.clone();
+        async move {
+            column(run(&ctx, &tracer, &sql).await?)
+                .pop()
+                .ok_or_else(|| "no row".to_string())
+        }
+    };
+    for (table, device_column) in [("observations", "observer"), ("encounters", "a")] {
+        let distinct = format!("SELECT DISTINCT {device_column} FROM {table} ORDER BY 1");
+        let in_scope = column(run(&ctx, &tracer, &distinct).await.unwrap());
+        assert!(!in_scope.is_empty(), "{table}: the case's device has rows");
+        let everyone = column(full.sql(&distinct).await.unwrap().collect().await.unwrap());
+        let outsiders: Vec<&String> = everyone.iter().filter(|o| !in_scope.contains(o)).collect();
+        assert!(outsiders.len() > 10, "{table}: most devices are outside the scope");
+        let plain = count(format!("SELECT count(*) FROM {table}")).await.unwrap();
+        let probe = |device: &str| {
+            count(format!(
+                "SELECT count(*) FROM {table} WHERE 1 / (CASE WHEN {device_column} = '{device}' THEN 0 ELSE 1 END) = 1"
+            ))
+        };
+        for outsider in outsiders.iter().take(5) {
+            assert_eq!(
+                probe(outsider).await.as_deref(),
+                Ok(plain.as_str()),
+                "{table}: outsider {outsider}"
+            );
+        }
+        // Its own rows: the division fails there, as it would for anyone.
+        let error = probe(&in_scope[0])
+            .await
+            .expect_err("a division by zero on a scoped row fails");
+        assert!(error.to_lowercase().contains("divide"), "{table}: {error}");
+    }
+    // Filters that cannot fail still narrow the rows inside (time windows prune days).
+    let plain = count("SELECT count(*) FROM observations".into()).await.unwrap();
+    let windowed = count("SELECT count(*) FROM observations WHERE observed_at >= now() - INTERVAL '1 day'".into())
+        .await
+        .unwrap();
+    assert!(windowed.parse::<u64>().unwrap() <= plain.parse::<u64>().unwrap());
+}

@@ -293,8 +293,17 @@ impl TableProvider for ScopedTable {
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
-        // Applied inside too (so a time window still prunes day folders) and again above.
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        // A filter that cannot fail is applied inside too (so a time window still prunes
+        // day folders) and again above. Any other runs above only, on the scope's rows:
+        // inside, it would also meet rows outside the scope, and its error on one of them
+        // (a division by zero for one device) would tell that they exist.
+        Ok(filters
+            .iter()
+            .map(|filter| match cannot_fail(filter) {
+                true => TableProviderFilterPushDown::Inexact,
+                false => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
     }
 
     async fn scan(
@@ -306,10 +315,53 @@ impl TableProvider for ScopedTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let scope = self.resolver.scope(state).await?;
         let mut builder = LogicalPlanBuilder::from(self.plan.clone()).filter(self.rule.filter(&scope))?;
-        if let Some(filter) = conjunction(filters.iter().cloned().map(unnormalize_col)) {
+        let safe = filters.iter().filter(|filter| cannot_fail(filter)).cloned();
+        if let Some(filter) = conjunction(safe.map(unnormalize_col)) {
             builder = builder.filter(filter)?;
         }
         crate::policy::execute_narrowed(builder, &self.schema, projection, limit, &self.planner).await
+    }
+}
+
+/// Whether evaluating `expr` on a row can never fail, whatever the row holds: column
+/// references, literals (and casts of literals, folded while planning), comparisons,
+/// boolean logic, null tests, `BETWEEN` and `IN` lists of those. Arithmetic, casts of
+/// columns and functions can fail, so they are not.
+fn cannot_fail(expr: &Expr) -> bool {
+    use datafusion::logical_expr::Operator;
+    match expr {
+        Expr::Column(_) | Expr::Literal(..) => true,
+        Expr::Alias(alias) => cannot_fail(&alias.expr),
+        Expr::BinaryExpr(binary) => {
+            matches!(
+                binary.op,
+                Operator::Eq
+                    | Operator::NotEq
+                    | Operator::Lt
+                    | Operator::LtEq
+                    | Operator::Gt
+                    | Operator::GtEq
+                    | Operator::And
+                    | Operator::Or
+                    | Operator::IsDistinctFrom
+                    | Operator::IsNotDistinctFrom
+            ) && cannot_fail(&binary.left)
+                && cannot_fail(&binary.right)
+        }
+        Expr::Not(inner)
+        | Expr::IsNull(inner)
+        | Expr::IsNotNull(inner)
+        | Expr::IsTrue(inner)
+        | Expr::IsFalse(inner)
+        | Expr::IsNotTrue(inner)
+        | Expr::IsNotFalse(inner)
+        | Expr::IsUnknown(inner)
+        | Expr::IsNotUnknown(inner) => cannot_fail(inner),
+        Expr::Between(between) => cannot_fail(&between.expr) && cannot_fail(&between.low) && cannot_fail(&between.high),
+        Expr::InList(in_list) => cannot_fail(&in_list.expr) && in_list.list.iter().all(cannot_fail),
+        Expr::Cast(cast) => matches!(*cast.expr, Expr::Literal(..)),
+        Expr::TryCast(cast) => cannot_fail(&cast.expr),
+        _ => false,
     }
 }
 
@@ -397,5 +449,66 @@ impl TableProvider for GuardedTraceTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         self.check(state).await?;
         self.inner.scan(state, projection, filters, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::common::tree_node::TreeNode as _;
+    use datafusion::prelude::SessionContext;
+
+    /// The filters of a query as the scan is offered them: coerced and simplified.
+    async fn pushed(sql_filter: &str) -> Vec<Expr> {
+        let ctx = SessionContext::new();
+        ctx.sql(
+            "CREATE TABLE t (observer VARCHAR, observed_at TIMESTAMP, rssi INT) AS \
+             VALUES ('a', TIMESTAMP '2026-01-01 00:00:00', -50)",
+        )
+        .await
+        .unwrap();
+        let plan = ctx
+            .sql(&format!("SELECT * FROM t WHERE {sql_filter}"))
+            .await
+            .unwrap()
+            .into_optimized_plan()
+            .unwrap();
+        let mut filters = Vec::new();
+        plan.apply(|node| {
+            if let LogicalPlan::Filter(filter) = node {
+                filters.extend(
+                    datafusion::logical_expr::utils::split_conjunction(&filter.predicate)
+                        .into_iter()
+                        .cloned(),
+                );
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        assert!(!filters.is_empty(), "{sql_filter}: no filter");
+        filters
+    }
+
+    #[tokio::test]
+    async fn only_filters_that_cannot_fail_go_inside_the_scope() {
+        for safe in [
+            "observed_at >= now() - INTERVAL '1 day'",
+            "observed_at BETWEEN TIMESTAMP '2026-01-01' AND TIMESTAMP '2026-01-02'",
+            "observer IN ('a', 'b') OR observer IS NULL",
+            "NOT (rssi < -90) AND observer <> 'x'",
+        ] {
+            for filter in pushed(safe).await {
+                assert!(cannot_fail(&filter), "{safe}: {filter}");
+            }
+        }
+        for unsafe_ in [
+            "1 / (CASE WHEN observer = 'x' THEN 0 ELSE 1 END) = 1",
+            "CAST(observer AS INT) = 1",
+            "rssi + 2147483647 > 0",
+            "length(observer) = 1",
+        ] {
+            let filters = pushed(unsafe_).await;
+            assert!(filters.iter().any(|f| !cannot_fail(f)), "{unsafe_}: {filters:?}");
+        }
     }
 }
