@@ -463,6 +463,8 @@ fn timestamp(at: DateTime<Utc>) -> Arc<TimestampMicrosecondArray> {
         (status = 415, description = "Not JSON", body = super::error::ErrorBody, content_type = "application/problem+json"),
         (status = 422, description = "A bad MAC or revocation key, or a missing, expired, used or unsolved \
             proof-of-work challenge", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many registrations and revocations from this address (--registration-rate; \
+            Retry-After)", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
 pub async fn register(
     State(state): State<AppState>,
@@ -618,6 +620,8 @@ async fn share_registration(shared: &SharedRegistry, entry: &DeviceEntry) -> Api
             signature, and a device already revoked or without a key", body = super::error::ErrorBody, content_type = "application/problem+json"),
         (status = 422, description = "Not a device UUID, a malformed field, or a timestamp more than 5 minutes \
             from the server's clock", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many registrations and revocations from this address (--registration-rate; \
+            Retry-After)", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
 pub async fn revoke(
     State(state): State<AppState>,

@@ -661,6 +661,84 @@ impl utoipa::Modify for SecuritySchemes {
     }
 }
 
+/// Documents on every operation the refusals that do not depend on the route: those of
+/// its body (400 malformed, 413 too large, 415 not its media type, 422 a field refused),
+/// of its credentials (401; a phone's token also 429, its device's rate; staff Basic also
+/// 403 for a role the route does not take, 429 and 503 from the login limits), each an
+/// RFC 9457 problem. Routes add what is theirs in their own annotations.
+struct Refusals;
+
+impl utoipa::Modify for Refusals {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                // The schemes an operation takes, by name.
+                let schemes: Vec<String> = serde_json::to_value(&operation.security)
+                    .ok()
+                    .and_then(|v| v.as_array().cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|requirement| requirement.as_object())
+                    .flat_map(|requirement| requirement.keys().cloned().collect::<Vec<_>>())
+                    .collect();
+                let mut refusals: Vec<(&str, &str)> = Vec::new();
+                if operation.request_body.is_some() {
+                    refusals.extend([
+                        ("400", "The body is not well-formed"),
+                        ("413", "The body is larger than the server takes"),
+                        ("415", "The body is not of a media type this route takes"),
+                        ("422", "A field or element was refused (which one, and why, in detail)"),
+                    ]);
+                }
+                if !schemes.is_empty() {
+                    refusals.push(("401", "Missing, unknown or expired credentials"));
+                }
+                if schemes.iter().any(|s| s == "upload_token") {
+                    refusals.push(("429", "Too many requests from this device (Retry-After)"));
+                }
+                if schemes.iter().any(|s| s == "staff_basic") {
+                    refusals.extend([
+                        ("403", "The user's role does not take this route"),
+                        (
+                            "429",
+                            "Too many failed logins from this address or for this user (Retry-After)",
+                        ),
+                        ("503", "Every password check slot is busy (Retry-After)"),
+                    ]);
+                }
+                for (status, description) in refusals {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| problem(description).into());
+                }
+            }
+        }
+    }
+}
+
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
@@ -673,6 +751,6 @@ impl utoipa::Modify for SecuritySchemes {
         staff::token,
         openapi_json,
     ),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &Refusals),
 )]
 pub struct ApiDoc;
