@@ -327,7 +327,8 @@ async fn json_logs_carry_each_requests_id_and_a_client_cannot_choose_a_forged_on
         "127.0.0.1:0",
     ];
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut server = common::Server::start_with(&args, &[("RUST_LOG", "info".into())], log.into());
+    // The server's own default log filter (no RUST_LOG): request ids must be there too.
+    let mut server = common::Server::start_with(&args, &[("RUST_LOG", String::new())], log.into());
     server.drain();
     let http = reqwest::Client::new();
     let wrong_login = |id: &'static str| {

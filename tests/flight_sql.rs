@@ -1239,24 +1239,25 @@ async fn cancel_query_stops_a_running_query() {
             .encode_to_vec(),
         )
     };
-    alice
-        .do_action(cancel(&first))
-        .await
-        .unwrap()
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap();
+    // Each run registers once planned and its audit intent synced: asked until it has.
+    let cancel_until_found = async |alice: &mut FlightSqlServiceClient<Channel>, info: &FlightInfo| {
+        for _ in 0..100 {
+            match alice.do_action(cancel(info)).await {
+                Ok(stream) => return stream.try_collect::<Vec<_>>().await.unwrap(),
+                Err(e) if e.to_string().contains("no running query") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the query never started");
+    };
+    cancel_until_found(&mut alice, &first).await;
     let error = first_run.await.unwrap().unwrap_err();
     assert!(error.to_string().contains("query cancelled"), "{error}");
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(!second_run.is_finished(), "the identical statement still runs");
-    alice
-        .do_action(cancel(&second))
-        .await
-        .unwrap()
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap();
+    cancel_until_found(&mut alice, &second).await;
     assert!(second_run.await.unwrap().is_err());
     assert_eq!(
         single_i64(&query(&mut alice, "SELECT 1::BIGINT").await),
@@ -1448,12 +1449,23 @@ async fn the_operations_port_counts_queries_by_role_and_outcome() {
     let mut stan = client(&server).await;
     stan.handshake("stan", STATION_PASSWORD).await.unwrap_err();
 
-    let metrics = reqwest::get(format!("http://{}/metrics", server.ops))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // A query is counted when its stream is dropped, which may come just after the client
+    // saw its last row: read until the last one is in (a bound, not a speed target).
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = reqwest::get(format!("http://{}/metrics", server.ops))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(r#"proxima_queries_total{role="analyst",outcome="ok"} 1"#)
+            && metrics.contains(r#"proxima_queries_total{role="tracer",outcome="ok"} 3"#)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let value = |series: &str| -> f64 {
         metrics
             .lines()

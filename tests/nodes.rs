@@ -55,6 +55,9 @@ impl Nodes<'_> {
             self.dir.join(format!("{name}-wal")),
             self.dir.join(format!("{name}-audit")),
         );
+        // One users file for every node, as a deployment has: a staff token names a user
+        // of it, whichever node issued it.
+        let (users, audit_key) = (self.dir.join("users.toml"), self.dir.join("audit.key"));
         let args = [
             "--data",
             &Self::url(),
@@ -78,6 +81,10 @@ impl Nodes<'_> {
             "--device-rate",
             "0",
             "--accept-mac",
+            "--users",
+            users.to_str().unwrap(),
+            "--audit-key",
+            audit_key.to_str().unwrap(),
         ];
         common::Server::start_with_env(&args, &self.moto.env())
     }
@@ -155,11 +162,15 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
         "{listed:?}"
     );
 
+    let (password, ingest_password) = ("tracer's long password", "gateway's long password");
+    let users = dir.path().join("users.toml");
+    proxima_engine::users::add_user(&users, "tracer", proxima_engine::Role::Tracer, password).unwrap();
+    proxima_engine::users::add_user(&users, "ingest", proxima_engine::Role::Ingest, ingest_password).unwrap();
+    let key = nodes.proxima(&["audit", "key", "--out", dir.path().join("audit.key").to_str().unwrap()]);
+    assert!(key.status.success(), "{}", String::from_utf8_lossy(&key.stderr));
     let mut a = nodes.serve("a");
-    let password = a.password("tracer");
     a.drain();
     let mut b = nodes.serve("b");
-    let mut ingest_password = b.password("ingest");
     b.drain();
     let state = |name: &str| dir.path().join(format!("{name}.json"));
 
@@ -184,8 +195,6 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
             b.child.kill().unwrap();
             b.child.wait().unwrap();
             b = nodes.serve("b");
-            // A node without a users file makes new logins each start.
-            ingest_password = b.password("ingest");
             b.drain();
         }
         phone_ok(&state("v"), &b.api, &["upload", "--heard", &w_id]);

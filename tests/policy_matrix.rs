@@ -415,10 +415,6 @@ async fn a_tracers_filter_that_would_fail_outside_the_scope_tells_nothing() {
             .expect_err("a division by zero on a scoped row fails");
         assert!(error.to_lowercase().contains("divide"), "{table}: {error}");
     }
-    // Filters that cannot fail still narrow the rows inside (time windows prune days).
-    let plain = count("SELECT count(*) FROM observations".into()).await.unwrap();
-    let windowed = count("SELECT count(*) FROM observations WHERE observed_at >= now() - INTERVAL '1 day'".into())
-        .await
-        .unwrap();
-    assert!(windowed.parse::<u64>().unwrap() <= plain.parse::<u64>().unwrap());
+    // That filters which cannot fail (time windows) still go inside is pinned by the unit
+    // test of `purpose::cannot_fail`.
 }

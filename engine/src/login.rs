@@ -120,15 +120,16 @@ impl LoginGuard {
     }
 
     /// Checks `password` for user `name`, asked from `address` (`None`: unknown, which
-    /// shares one budget): `Ok(None)` for a wrong name or password, `Err` when the attempt
-    /// was refused before any hashing.
+    /// shares one budget): the user and the stamp of the entry checked
+    /// ([`Users::verify_stamped`]), `Ok(None)` for a wrong name or password, `Err` when the
+    /// attempt was refused before any hashing.
     pub async fn verify(
         &self,
         users: &Users,
         address: Option<std::net::IpAddr>,
         name: &str,
         password: &str,
-    ) -> Result<Option<Principal>, LoginRefused> {
+    ) -> Result<Option<(Principal, u64)>, LoginRefused> {
         let inner = &self.inner;
         let address = address.map_or_else(|| "unknown".to_string(), address_key);
         // Names are the client's text: bounded before they become a key.
@@ -152,7 +153,7 @@ impl LoginGuard {
         // The slot is held until the outcome is recorded, on the blocking thread: a client
         // that hangs up frees nothing early, and the next login sees this one's failure.
         tokio::task::spawn_blocking(move || {
-            let verified = users.verify(&name, &password);
+            let verified = users.verify_stamped(&name, &password);
             inner.record(verified.is_some(), &address, &user);
             drop(permit);
             verified

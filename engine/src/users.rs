@@ -262,6 +262,13 @@ impl Users {
 
     /// The user, if `password` is theirs. Takes the same time whether or not the user exists.
     pub fn verify(&self, name: &str, password: &str) -> Option<Principal> {
+        self.verify_stamped(name, password).map(|(principal, _)| principal)
+    }
+
+    /// [`Self::verify`], with the stamp of the entry the password was checked against (not
+    /// of the file as it may be by the time the caller reads it again): what a login made
+    /// with this password must stand on.
+    pub fn verify_stamped(&self, name: &str, password: &str) -> Option<(Principal, u64)> {
         static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         // A copy of the hash: the check takes tens of milliseconds, and a reload must not
         // wait for it.
@@ -277,11 +284,14 @@ impl Users {
         };
         let parsed = PasswordHash::new(hash).ok()?;
         let matches = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
-        match (matches, role) {
-            (true, Some(role)) => Some(Principal {
-                name: name.to_string(),
-                role,
-            }),
+        match (matches, role, &user) {
+            (true, Some(role), Some(user)) => Some((
+                Principal {
+                    name: name.to_string(),
+                    role,
+                },
+                user.stamp(),
+            )),
             _ => None,
         }
     }

@@ -165,7 +165,7 @@ where
         let method = flight_method(request.uri().path());
         let id =
             proxima_engine::telemetry::request_id(request.headers().get("x-request-id").and_then(|v| v.to_str().ok()));
-        let span = tracing::info_span!("rpc", request_id = %id, method);
+        let span = tracing::info_span!(target: "proxima::request", "rpc", request_id = %id, method);
         let started = Instant::now();
         let metrics = self.metrics.clone();
         let future = span.in_scope(|| self.inner.call(request));

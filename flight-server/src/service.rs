@@ -517,7 +517,15 @@ impl FlightSqlServer {
             ticket,
             run: RUNS.fetch_add(1, Ordering::Relaxed),
         };
-        self.running.lock().map_err(internal)?.insert(ticket.clone(), cancel);
+        {
+            let mut running = self.running.lock().map_err(internal)?;
+            // A login ended while this was planned (after its check, before this entry)
+            // would miss the cancellation: it is stopped here instead.
+            if !session.stands(&self.users) {
+                let _ = cancel.send(true);
+            }
+            running.insert(ticket.clone(), cancel);
+        }
         let bytes = Arc::new(AtomicU64::new(0));
         let logged = LoggedStream {
             inner: Box::pin(batches),
@@ -865,6 +873,9 @@ fn declared_purpose<'a>(principal: &proxima_engine::Principal, plan: &'a Logical
 /// until it is this far behind).
 pub const STATEMENTS_KEPT: usize = 1_000;
 
+/// At most this much SQL text is kept for a login's tickets (the oldest go first).
+pub const STATEMENT_BYTES_KEPT: usize = 16 << 20;
+
 /// The gRPC header a client may declare its purpose in, instead of `SET proxima.purpose`.
 const PURPOSE_HEADER: &str = "x-proxima-purpose";
 
@@ -997,7 +1008,7 @@ impl FlightSqlService for FlightSqlServer {
                 return Err(status);
             }
         };
-        let Some(principal) = principal else {
+        let Some((principal, stamp)) = principal else {
             warn!(target: "proxima::auth", user, client = ?client, "login refused: wrong user name or password");
             let name: String = user.chars().take(MAX_AUDITED_NAME).collect();
             let mut record = login(&name, "", Decision::Deny, "password");
@@ -1019,16 +1030,8 @@ impl FlightSqlService for FlightSqlServer {
                 principal.role
             )));
         }
-        // The entry the password was checked against; a reload in between (rare) means
-        // logging in again.
-        let stamp = match self.users.stamp(&principal.name) {
-            Some((role, stamp)) if role == principal.role => stamp,
-            _ => {
-                return Err(Status::unauthenticated(
-                    "the user changed while logging in: log in again",
-                ));
-            }
-        };
+        // The login stands on the entry its password was checked against: if the file
+        // changed meanwhile, its next call finds out.
         let ctx = self.factory.session_for(&principal).await.map_err(internal)?;
         let token = new_token();
         let id = uuid::Uuid::new_v4().to_string();
@@ -1079,8 +1082,13 @@ impl FlightSqlService for FlightSqlServer {
         let handle = uuid::Uuid::new_v4().as_bytes().to_vec();
         {
             let mut statements = caller.session.statements.lock().map_err(internal)?;
-            if statements.len() >= STATEMENTS_KEPT {
-                statements.pop_front();
+            // Bounded in number and in bytes (a statement may be megabytes of text).
+            let mut kept: usize = statements.iter().map(|(_, sql)| sql.len()).sum();
+            while statements.len() >= STATEMENTS_KEPT || kept + query.query.len() > STATEMENT_BYTES_KEPT {
+                match statements.pop_front() {
+                    Some((_, sql)) => kept -= sql.len(),
+                    None => break,
+                }
             }
             statements.push_back((handle.clone(), query.query));
         }
@@ -1245,14 +1253,19 @@ impl FlightSqlService for FlightSqlServer {
             .map_err(|e| Status::invalid_argument(format!("CancelQuery: the info is not a FlightInfo: {e}")))?;
         let mut found = false;
         {
+            // One pass over the running queries, however many endpoints the info names.
+            let tickets: std::collections::HashSet<&[u8]> = info
+                .endpoint
+                .iter()
+                .filter_map(|e| e.ticket.as_ref())
+                .map(|t| t.ticket.as_ref())
+                .collect();
             let running = self.running.lock().map_err(internal)?;
-            for ticket in info.endpoint.iter().filter_map(|e| e.ticket.as_ref()) {
-                // Only this login's own queries: every run of the ticket.
-                for (key, cancel) in running.iter() {
-                    if key.login == caller.session.id && key.ticket == ticket.ticket {
-                        let _ = cancel.send(true);
-                        found = true;
-                    }
+            // Only this login's own queries: every run of each ticket.
+            for (key, cancel) in running.iter() {
+                if key.login == caller.session.id && tickets.contains(key.ticket.as_slice()) {
+                    let _ = cancel.send(true);
+                    found = true;
                 }
             }
         }

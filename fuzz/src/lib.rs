@@ -51,8 +51,11 @@ pub fn scratch() -> tempfile::TempDir {
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
+        // The server's 16 MiB stacks (`src/main.rs`): a deep plan must not overflow here
+        // when it would not there.
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .thread_stack_size(16 << 20)
             .enable_all()
             .build()
             .expect("a runtime")
@@ -106,6 +109,9 @@ impl Rest {
                 // Every input is parsed: no limit answers first.
                 device_rate_per_minute: u32::MAX,
                 registration_rate_per_minute: u32::MAX,
+                // The gateway's token outlives any run.
+                token_ttl: std::time::Duration::from_secs(365 * 86_400),
+                token_max_age: std::time::Duration::from_secs(365 * 86_400),
                 ..RestOptions::default()
             },
             clock,
@@ -236,8 +242,12 @@ impl Flight {
         let signer = proxima_audit::SignerKey::generate("proxima.fuzz/audit").expect("an audit key");
         let audit =
             proxima_audit::AuditLog::open(&dir.path().join("audit"), signer, Default::default()).expect("an audit log");
-        let service = proxima_flight_server::FlightSqlServer::new(factory, users, audit, Default::default())
-            .expect("the service");
+        let options = proxima_flight_server::ServiceOptions {
+            // The login outlives any run.
+            token_ttl: std::time::Duration::from_secs(365 * 86_400),
+            ..Default::default()
+        };
+        let service = proxima_flight_server::FlightSqlServer::new(factory, users, audit, options).expect("the service");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let address = listener.local_addr().expect("an address");
         tokio::spawn(proxima_flight_server::serve(

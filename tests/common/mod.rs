@@ -116,17 +116,20 @@ impl Server {
     }
 
     /// [`Self::start_with_env`] with its standard error (its logs) sent to `stderr`; `env`
-    /// may set `RUST_LOG` (default `warn`).
+    /// may set `RUST_LOG` (default `warn`; empty: unset, the server's own default).
     pub fn start_with(args: &[&str], env: &[(&str, String)], stderr: std::process::Stdio) -> Self {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"));
+        command
             .args(args)
             .env("RUST_LOG", "warn")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("PROXIMA_MASTER_KEY")
             .stdout(std::process::Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
+            .stderr(stderr);
+        if env.iter().any(|(k, v)| *k == "RUST_LOG" && v.is_empty()) {
+            command.env_remove("RUST_LOG");
+        }
+        let mut child = command.spawn().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let server = |stdout| Self {
             child,

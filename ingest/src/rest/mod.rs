@@ -239,6 +239,12 @@ impl Shared {
     /// way the call is audited: a refusal as a decision, an admitted call as an intent that
     /// is synced before this returns (503 if it cannot be).
     pub async fn staff(&self, headers: &HeaderMap, roles: &[Role]) -> ApiResult<Principal> {
+        Ok(self.staff_stamped(headers, roles).await?.0)
+    }
+
+    /// [`Self::staff`], with the stamp of the users file's entry the credentials were
+    /// checked against (a token issued on them carries it).
+    pub async fn staff_stamped(&self, headers: &HeaderMap, roles: &[Role]) -> ApiResult<(Principal, u64)> {
         if self.options.staff_client_certificates && !client_certified() {
             let refusal = ApiError::unauthorized(
                 "staff routes need a TLS client certificate signed by the server's client CA (--tls-client-ca)",
@@ -247,8 +253,8 @@ impl Shared {
             return Err(refusal);
         }
         let (authenticated, checked) = match self.staff_auth.principal(headers, client_address()).await {
-            Ok(principal) => {
-                let checked = staff::require_role(&principal, roles).map(|()| principal.clone());
+            Ok((principal, stamp)) => {
+                let checked = staff::require_role(&principal, roles).map(|()| (principal.clone(), stamp));
                 (Some(principal), checked)
             }
             Err(refusal) => (None, Err(refusal)),
@@ -623,7 +629,8 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
         .to_string();
     let method = method_label(request.method()).to_string();
     let id = request_id(request.headers().get("x-request-id").and_then(|v| v.to_str().ok()));
-    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    let span =
+        tracing::info_span!(target: "proxima::request", "request", request_id = %id, method = %method, route = %route);
     let started = std::time::Instant::now();
     let mut response = next.run(request).instrument(span).await;
     if let Ok(value) = header::HeaderValue::from_str(&id) {

@@ -115,8 +115,9 @@ impl StaffAuth {
         <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC takes any key length")
     }
 
-    /// The principal a token names, if this key signed it and it has not expired.
-    fn verify(&self, token: &str) -> ApiResult<Principal> {
+    /// The principal a token names and the entry stamp it stands on, if this key signed it,
+    /// it has not expired and the users file still has that entry.
+    fn verify(&self, token: &str) -> ApiResult<(Principal, u64)> {
         let claims = self.claims(token)?;
         let role = claims
             .r
@@ -129,7 +130,7 @@ impl StaffAuth {
                 "the token's user was removed, or their role or password changed; sign in with the password again",
             ));
         }
-        Ok(Principal { name: claims.u, role })
+        Ok((Principal { name: claims.u, role }, claims.s))
     }
 
     /// What a token says, if this key signed it and neither it nor its login has expired.
@@ -163,8 +164,13 @@ impl StaffAuth {
         Ok(claims)
     }
 
-    /// The principal of a request's credentials, sent from `client`.
-    pub async fn principal(&self, headers: &HeaderMap, client: Option<std::net::IpAddr>) -> ApiResult<Principal> {
+    /// The principal of a request's credentials, sent from `client`, and the stamp of the
+    /// users file's entry they were checked against (what a token issued on them carries).
+    pub async fn principal(
+        &self,
+        headers: &HeaderMap,
+        client: Option<std::net::IpAddr>,
+    ) -> ApiResult<(Principal, u64)> {
         let value = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -187,7 +193,7 @@ impl StaffAuth {
         let client_text = client.map_or_else(|| "unknown".to_string(), |a| a.to_string());
         let user: String = name.chars().take(64).collect();
         match self.logins.verify(&self.users, client, name, password).await {
-            Ok(Some(principal)) => Ok(principal),
+            Ok(Some(verified)) => Ok(verified),
             Ok(None) => {
                 warn!(target: "proxima::auth", user, client = %client_text, "REST login refused: wrong user name or password");
                 Err(ApiError::unauthorized("wrong user name or password"))
@@ -200,16 +206,11 @@ impl StaffAuth {
     }
 
     /// A new bearer token for `principal`, whose password was checked at `login` (Unix
-    /// seconds): it lasts the token lifetime, but never past the login's maximum age.
-    pub fn issue(&self, principal: Principal, login: u64) -> StaffToken {
+    /// seconds) against the users file's entry of `stamp`: it lasts the token lifetime, but
+    /// never past the login's maximum age, and only while that entry stands.
+    pub fn issue(&self, principal: Principal, login: u64, stamp: u64) -> StaffToken {
         let now = unix_now();
         let expires = (now + self.ttl.as_secs()).min(login.saturating_add(self.max_age.as_secs()));
-        // A principal the users file does not have (as it is now) gets a token that never
-        // stands.
-        let stamp = match self.users.stamp(&principal.name) {
-            Some((role, stamp)) if role == principal.role => stamp,
-            _ => 0,
-        };
         let claims = Claims {
             u: principal.name,
             r: principal.role.name().to_string(),
@@ -255,9 +256,11 @@ pub fn require_role(principal: &Principal, roles: &[Role]) -> ApiResult<()> {
         (status = 503, description = "Every password check slot is busy (Retry-After)", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
 pub async fn token(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<StaffToken>> {
-    let principal = state.staff(&headers, &Role::ALL).await?;
+    // A renewal carries the stamp its token stood on, a login the one its password was
+    // checked against: never the file's as it may be by now.
+    let (principal, stamp) = state.staff_stamped(&headers, &Role::ALL).await?;
     let login = state.staff_auth.login_time(&headers);
-    Ok(Json(state.staff_auth.issue(principal, login)))
+    Ok(Json(state.staff_auth.issue(principal, login, stamp)))
 }
 
 #[cfg(test)]
@@ -280,14 +283,19 @@ mod tests {
         )
     }
 
+    /// The stamp of `name`'s entry in the test users file (0 for no such user).
+    fn stamp(name: &str) -> u64 {
+        auth(1, Duration::ZERO).users.stamp(name).map_or(0, |(_, stamp)| stamp)
+    }
+
     #[test]
     fn a_token_signed_by_one_node_is_accepted_by_another_with_the_same_key_only() {
         let alice = Principal {
             name: "alice".into(),
             role: Role::Tracer,
         };
-        let issued = auth(1, Duration::from_secs(60)).issue(alice.clone(), unix_now());
-        let verified = auth(1, Duration::from_secs(60)).verify(&issued.token).unwrap();
+        let issued = auth(1, Duration::from_secs(60)).issue(alice.clone(), unix_now(), stamp("alice"));
+        let (verified, _) = auth(1, Duration::from_secs(60)).verify(&issued.token).unwrap();
         assert_eq!((verified.name, verified.role), (alice.name.clone(), alice.role));
         assert!(
             auth(2, Duration::from_secs(60)).verify(&issued.token).is_err(),
@@ -316,6 +324,7 @@ mod tests {
                 role: Role::Tracer,
             },
             unix_now(),
+            stamp("alice"),
         );
         assert!(
             auth(1, Duration::from_secs(60)).verify(&bob.token).is_err(),
@@ -327,13 +336,14 @@ mod tests {
                 role: Role::Admin,
             },
             unix_now(),
+            stamp("alice"),
         );
         assert!(
             auth(1, Duration::from_secs(60)).verify(&promoted.token).is_err(),
             "not her role"
         );
 
-        let expired = auth(1, Duration::ZERO).issue(alice.clone(), unix_now());
+        let expired = auth(1, Duration::ZERO).issue(alice.clone(), unix_now(), stamp("alice"));
         let err = auth(1, Duration::from_secs(60)).verify(&expired.token).unwrap_err();
         assert!(format!("{err:?}").contains("expired"), "{err:?}");
     }
@@ -347,7 +357,7 @@ mod tests {
         let auth = auth(1, Duration::from_secs(3600));
         // A login 11 h 30 min ago (maximum age 12 h): a renewal lasts 30 minutes, not an hour.
         let login = unix_now() - 11 * 3600 - 1800;
-        let renewed = auth.issue(alice.clone(), login);
+        let renewed = auth.issue(alice.clone(), login, stamp("alice"));
         assert!((1798..=1800).contains(&renewed.expires_in), "{}", renewed.expires_in);
         let bearer: HeaderMap = [(
             header::AUTHORIZATION,
@@ -357,7 +367,7 @@ mod tests {
         .collect();
         assert_eq!(auth.login_time(&bearer), login, "a renewal keeps the login's time");
         // A login past its maximum age: its tokens are refused, whatever their expiry says.
-        let stale = auth.issue(alice, unix_now() - 13 * 3600);
+        let stale = auth.issue(alice, unix_now() - 13 * 3600, stamp("alice"));
         let err = auth.verify(&stale.token).unwrap_err();
         assert!(
             format!("{err:?}").contains("expired") || format!("{err:?}").contains("maximum age"),
