@@ -34,8 +34,8 @@ fn bulk_ndjson() -> Vec<u8> {
     .into_bytes()
 }
 
-/// The same rows as an Arrow IPC stream.
-fn bulk_arrow() -> Vec<u8> {
+/// Two sightings as a gateway sends them (and as a Parquet file of observations holds them).
+fn sightings() -> RecordBatch {
     let at = super::now().timestamp_micros();
     let batch = RecordBatch::try_from_iter(vec![
         (
@@ -50,6 +50,12 @@ fn bulk_arrow() -> Vec<u8> {
         ("duration_s", Arc::new(Int64Array::from(vec![30, 3])) as _),
     ])
     .expect("a batch");
+    batch
+}
+
+/// The same rows as an Arrow IPC stream.
+fn bulk_arrow() -> Vec<u8> {
+    let batch = sightings();
     let mut bytes = Vec::new();
     let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema()).expect("a writer");
     writer.write(&batch).expect("written");
@@ -80,20 +86,7 @@ fn csv_files() -> Vec<(String, Vec<u8>)> {
 
 /// A Parquet file of observations as the import reads them.
 fn parquet_file() -> Vec<u8> {
-    let at = super::now().timestamp_micros();
-    let batch = RecordBatch::try_from_iter(vec![
-        (
-            "observer",
-            Arc::new(StringArray::from(vec!["018f0000-0000-7000-8000-000000000001"; 2])) as _,
-        ),
-        ("observed", Arc::new(StringArray::from(vec![OTHER_MAC, PHONE_MAC])) as _),
-        (
-            "observed_at",
-            Arc::new(TimestampMicrosecondArray::from(vec![at, at]).with_timezone("UTC")) as _,
-        ),
-        ("duration_s", Arc::new(Int64Array::from(vec![30, 3])) as _),
-    ])
-    .expect("a batch");
+    let batch = sightings();
     let mut bytes = Vec::new();
     let mut writer = parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), None).expect("a writer");
     writer.write(&batch).expect("written");
