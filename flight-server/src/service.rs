@@ -309,6 +309,21 @@ impl FlightSqlServer {
         log_query(&self.options.metrics, principal, sql, rows, started, outcome, detail);
     }
 
+    /// A statement refused before it ran: logged and counted as a query, and audited as a
+    /// refusal.
+    async fn refused_query(
+        &self,
+        caller: &Caller,
+        action: &str,
+        sql: &str,
+        started: Instant,
+        status: Status,
+    ) -> Status {
+        let outcome = outcome_of(&status);
+        self.log_query(&caller.session.principal, sql, 0, started, outcome, status.message());
+        self.refused(caller, action, Some(sql), status).await
+    }
+
     /// Writes the intent of a metadata call; the returned outcome is finished by [`Self::end`].
     async fn begin(&self, caller: &Caller, action: &str) -> Result<Outcome, Status> {
         let intent = caller.record(Phase::Intent, action, Decision::Allow, "the session's own catalog");
@@ -379,15 +394,7 @@ impl FlightSqlServer {
         let rows_of_parameters = match parameter_rows(&parameters) {
             Ok(rows) => rows,
             Err(status) => {
-                self.log_query(
-                    &session.principal,
-                    &sql,
-                    0,
-                    started,
-                    outcome_of(&status),
-                    status.message(),
-                );
-                return Err(self.refused(&caller, action, Some(&sql), status).await);
+                return Err(self.refused_query(&caller, action, &sql, started, status).await);
             }
         };
         let mut plans = Vec::new();
@@ -402,15 +409,7 @@ impl FlightSqlServer {
             match plan {
                 Ok(plan) => plans.push(plan),
                 Err(status) => {
-                    self.log_query(
-                        &session.principal,
-                        &sql,
-                        0,
-                        started,
-                        outcome_of(&status),
-                        status.message(),
-                    );
-                    return Err(self.refused(&caller, action, Some(&sql), status).await);
+                    return Err(self.refused_query(&caller, action, &sql, started, status).await);
                 }
             }
         }
@@ -581,11 +580,7 @@ impl FlightSqlServer {
         let started = Instant::now();
         let plan = match self.logical_plan(&caller.session, sql).await {
             Ok(plan) => plan,
-            Err(status) => {
-                let principal = &caller.session.principal;
-                self.log_query(principal, sql, 0, started, outcome_of(&status), status.message());
-                return Err(self.refused(caller, action, Some(sql), status).await);
-            }
+            Err(status) => return Err(self.refused_query(caller, action, sql, started, status).await),
         };
         let mut record = caller
             .record(
