@@ -213,6 +213,50 @@ async fn client(server: &Server) -> FlightSqlServiceClient<Channel> {
     FlightSqlServiceClient::new(channel)
 }
 
+/// Prepares `sql` by the raw action, for a test that sends its own parameter messages.
+async fn prepare_raw(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> prost::bytes::Bytes {
+    use arrow_flight::sql::{
+        ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any, ProstMessageExt,
+    };
+    use prost::Message as _;
+    let request = ActionCreatePreparedStatementRequest {
+        query: sql.into(),
+        transaction_id: None,
+    };
+    let action = arrow_flight::Action::new("CreatePreparedStatement", request.as_any().encode_to_vec());
+    let mut results = client.do_action(action).await.unwrap();
+    let result = results.try_next().await.unwrap().expect("a result");
+    let created: ActionCreatePreparedStatementResult = Any::decode(result.body).unwrap().unpack().unwrap().unwrap();
+    created.prepared_statement_handle
+}
+
+/// `parameters` as the Flight data that binds them to the prepared statement `handle`.
+fn bound(handle: &prost::bytes::Bytes, parameters: &RecordBatch) -> Vec<arrow_flight::FlightData> {
+    use arrow_flight::sql::{CommandPreparedStatementQuery, ProstMessageExt};
+    use prost::Message as _;
+    let command = CommandPreparedStatementQuery {
+        prepared_statement_handle: handle.clone(),
+    };
+    let mut data = arrow_flight::utils::batches_to_flight_data(&parameters.schema(), vec![parameters.clone()]).unwrap();
+    data[0].flight_descriptor = Some(arrow_flight::FlightDescriptor::new_cmd(
+        command.as_any().encode_to_vec(),
+    ));
+    data
+}
+
+/// Sends bound parameters; the server's refusal as text.
+async fn put_parameters(
+    client: &mut FlightSqlServiceClient<Channel>,
+    data: Vec<arrow_flight::FlightData>,
+) -> Result<(), String> {
+    let results = client
+        .do_put(futures::stream::iter(data))
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    results.try_collect::<Vec<_>>().await.map_err(|e| format!("{e:?}"))?;
+    Ok(())
+}
+
 async fn fetch(client: &mut FlightSqlServiceClient<Channel>, info: FlightInfo) -> Vec<RecordBatch> {
     let mut batches = Vec::new();
     for endpoint in info.endpoint {
@@ -359,6 +403,36 @@ async fn rust_flight_sql_client() {
         .collect();
     assert_eq!(counts, vec![count, 0]);
     prepared.close().await.unwrap();
+
+    // Bound parameters are checked before arrow-ipc decodes them: a batch whose body is cut
+    // short (its buffers past the end, on which arrow-ipc panics) and parameters past 16 MiB
+    // are refused with a status, and the login goes on.
+    let handle = prepare_raw(&mut alice, "SELECT $1").await;
+    let parameters = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("$1", DataType::Int64, false)])),
+        vec![Arc::new(Int64Array::from(vec![7; 64]))],
+    )
+    .unwrap();
+    let mut damaged = bound(&handle, &parameters);
+    let body = &mut damaged.last_mut().unwrap().data_body;
+    *body = body.slice(..body.len() / 2);
+    let refused = put_parameters(&mut alice, damaged).await.unwrap_err();
+    assert!(
+        refused.contains("InvalidArgument") && refused.contains("follow"),
+        "{refused}"
+    );
+    let huge = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("$1", DataType::Int64, false)])),
+        vec![Arc::new(Int64Array::from(vec![7; 3 << 20]))],
+    )
+    .unwrap();
+    let refused = put_parameters(&mut alice, bound(&handle, &huge)).await.unwrap_err();
+    assert!(
+        refused.contains("ResourceExhausted") && refused.contains("16 MiB"),
+        "{refused}"
+    );
+    put_parameters(&mut alice, bound(&handle, &parameters)).await.unwrap();
+    assert_eq!(single_i64(&query(&mut alice, "SELECT 40 + 2").await), 42);
 
     // Prepare without parameters (what JDBC and ADBC do for plain queries).
     let mut plain = alice.prepare("SELECT count(*) FROM cases".into(), None).await.unwrap();

@@ -18,6 +18,7 @@ pub mod ephemeral;
 pub mod error;
 pub mod ids;
 pub mod index;
+pub mod ipc;
 pub mod keys;
 pub mod limits;
 pub mod lineage;

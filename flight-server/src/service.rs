@@ -872,6 +872,9 @@ pub const STATEMENTS_KEPT: usize = 1_000;
 pub const STATEMENT_BYTES_KEPT: usize = 16 << 20;
 
 /// The gRPC header a client may declare its purpose in, instead of `SET proxima.purpose`.
+/// The most bytes of bound parameters one `DoPut` may send (parameters are values, not data).
+pub const PARAMETER_BYTES: usize = 16 << 20;
+
 const PURPOSE_HEADER: &str = "x-proxima-purpose";
 
 /// The `done` record of a metadata call, and when it started.
@@ -1163,12 +1166,34 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let session = self.session(request.metadata())?;
         let handle = String::from_utf8_lossy(&query.prepared_statement_handle).into_owned();
-        let parameters: Vec<RecordBatch> = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
-            request.into_inner().map_err(FlightError::from),
-        )
-        .try_collect()
-        .await
-        .map_err(|e| Status::invalid_argument(format!("cannot read the bound parameters: {e}")))?;
+        // Each message is checked before arrow-ipc decodes it (it panics on damaged ones, and
+        // would allocate what compressed buffers declare), and the whole is bounded.
+        let mut received = 0usize;
+        let vetted = request.into_inner().map(move |data| {
+            let data = data?;
+            received = received.saturating_add(data.data_header.len() + data.data_body.len());
+            if received > PARAMETER_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "bound parameters larger than {} MiB",
+                    PARAMETER_BYTES >> 20
+                )));
+            }
+            if !data.data_header.is_empty() {
+                proxima_engine::ipc::vet_message(&data.data_header, data.data_body.len()).map_err(|refusal| {
+                    Status::invalid_argument(format!("cannot read the bound parameters: {refusal}"))
+                })?;
+            }
+            Ok(data)
+        });
+        let parameters: Vec<RecordBatch> =
+            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(vetted.map_err(FlightError::from))
+                .try_collect()
+                .await
+                .map_err(|e| match e {
+                    // The client's stream failed, or a check above refused it: its status as it is.
+                    FlightError::Tonic(status) => *status,
+                    e => Status::invalid_argument(format!("cannot read the bound parameters: {e}")),
+                })?;
         let mut prepared = session.prepared.lock().map_err(internal)?;
         let statement = prepared
             .get_mut(&handle)

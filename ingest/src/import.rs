@@ -20,7 +20,7 @@ use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
 use chrono::DateTime;
 use datafusion::prelude::SessionContext;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use proxima_engine::{SessionFactory, SessionOptions, Table, ids, rules, schema};
 use proxima_storage::layout::sort_for_storage;
 
@@ -513,7 +513,11 @@ fn read_parquet(file: &Path, staged: &mut Staged) -> Result<()> {
         reason,
     };
     let reader = File::open(file).map_err(|e| input_error(Position::File, format!("cannot open: {e}")))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(reader)
+    // The file's embedded Arrow schema (`ARROW:schema`, an IPC message) is ignored: arrow-ipc
+    // panics on a damaged one (fuzzing found it), and the Parquet schema says all the import
+    // needs (every column is cast to the type its kind is validated from).
+    let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(reader, options)
         .map_err(|e| input_error(Position::File, format!("not a readable Parquet file: {e}")))?;
     let file_schema = Arc::clone(builder.schema());
     let names: Vec<&str> = file_schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -581,6 +585,40 @@ fn read_parquet(file: &Path, staged: &mut Staged) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (fuzzing, 2026-12-03): a Parquet file whose embedded Arrow schema names an
+    /// integer type arrow-ipc does not know made it panic while the file was opened, killing
+    /// `proxima import`. The input is the one the fuzzer found; now it is read by its Parquet
+    /// schema alone, like a file with no Arrow schema.
+    #[tokio::test]
+    async fn a_parquet_file_with_a_damaged_arrow_schema_is_read_by_its_parquet_schema() {
+        let found = include_bytes!("../../fuzz/regressions/import_parquet-arrow-ipc-convert-332.parquet");
+        // The independent check that the input still carries the bug: reading it with its
+        // Arrow schema panics.
+        let panics = std::panic::catch_unwind(|| {
+            ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from_static(found)).map(|_| ())
+        });
+        assert!(
+            panics.is_err(),
+            "parquet no longer panics on it: the regression input is stale"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("found.parquet");
+        std::fs::write(&file, found).unwrap();
+        let store = proxima_engine::Store::open("memory://").unwrap();
+        let writer = PartitionWriter::new(store.clone(), "test");
+        // Its Parquet data is sound: imported whole, as many rows as its footer counts.
+        let footer = ParquetRecordBatchReaderBuilder::try_new_with_options(
+            bytes::Bytes::from_static(found),
+            ArrowReaderOptions::new().with_skip_arrow_metadata(true),
+        )
+        .unwrap();
+        let rows = footer.metadata().file_metadata().num_rows() as u64;
+        assert!(rows > 0);
+        let summary = import(&writer, Table::Observations, &[file]).await.unwrap();
+        assert_eq!(summary.rows, rows);
+        assert!(!store.list_files(Table::Observations).await.unwrap().is_empty());
+    }
 
     /// Two devices whose handles clash cannot both be imported. (No two real UUIDs are known
     /// to clash, so the earlier device's handle is given as already registered.)

@@ -921,13 +921,16 @@ fn decode_entries(mut bytes: &[u8]) -> Option<Vec<Entry>> {
         Some(head)
     };
     let count = u32::from_le_bytes(take(4)?.try_into().ok()?);
-    let mut entries = Vec::with_capacity(count as usize);
+    let mut entries = Vec::with_capacity((count as usize).min(1_024));
     for _ in 0..count {
         let name_len = take(1)?[0] as usize;
         let name = std::str::from_utf8(take(name_len)?).ok()?;
         let table = Table::from_name(name)?;
         let ipc_len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
         let ipc = take(ipc_len)?;
+        // A frame that passed its checksum was written by this process; a damaged one must still
+        // be an error, not a panic in arrow-ipc.
+        proxima_engine::ipc::vet_stream(ipc, u64::MAX).ok()?;
         let reader = StreamReader::try_new(ipc, None).ok()?;
         for batch in reader {
             entries.push(Entry {

@@ -633,64 +633,24 @@ fn bulk_ndjson(state: &AppState, bytes: &[u8], window: Window, unknown: &mut Unk
     Ok(rows)
 }
 
-/// Walks an Arrow IPC stream's messages without decoding them, so that nothing is allocated
-/// on the sender's word: refuses compressed buffers (LZ4 or ZSTD: each states its own
-/// decompressed length, which the reader would allocate before checking it, so a few bytes
-/// could ask for gigabytes) and more rows than `max_rows` in all. Framing errors are left
-/// to the reader, which names them.
+/// Checks an Arrow IPC body's every message before anything decodes it
+/// ([`proxima_engine::ipc::vet_stream`]): refuses compressed buffers (LZ4 or ZSTD: each states
+/// its own decompressed length, which the reader would allocate before checking it, so a few
+/// bytes could ask for gigabytes), more rows than `max_rows` in all, columns other than flat
+/// plain types, and messages whose parts lie outside them (on which arrow-ipc panics).
 fn vet_ipc_stream(bytes: &[u8], max_rows: usize) -> ApiResult<()> {
-    use arrow::ipc::MessageHeader;
-    let word =
-        |at: usize| -> Option<i32> { Some(i32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?)) };
-    let (mut offset, mut rows) = (0usize, 0u64);
-    while let Some(mut length) = word(offset) {
-        offset += 4;
-        if length == -1 {
-            // The continuation marker before each message's length.
-            let Some(after) = word(offset) else { break };
-            length = after;
-            offset += 4;
-        }
-        let Ok(length) = usize::try_from(length) else { break };
-        if length == 0 {
-            break; // end of stream
-        }
-        let Some(metadata) = offset.checked_add(length).and_then(|end| bytes.get(offset..end)) else {
-            break;
-        };
-        let Ok(message) = arrow::ipc::root_as_message(metadata) else {
-            break;
-        };
-        let compressed = match message.header_type() {
-            MessageHeader::RecordBatch => message.header_as_record_batch().map(|batch| {
-                rows = rows.saturating_add(u64::try_from(batch.length()).unwrap_or(u64::MAX));
-                batch.compression().is_some()
-            }),
-            MessageHeader::DictionaryBatch => message
-                .header_as_dictionary_batch()
-                .and_then(|dictionary| dictionary.data())
-                .map(|batch| batch.compression().is_some()),
-            _ => None,
-        };
-        if compressed == Some(true) {
-            return Err(ApiError::unsupported_media(
-                "compressed Arrow IPC buffers (LZ4, ZSTD) are not accepted: send the stream uncompressed",
-            ));
-        }
-        if rows > max_rows as u64 {
-            return Err(ApiError::too_large(format!(
-                "more than {max_rows} rows in one bulk request (--max-bulk-rows)"
-            )));
-        }
-        let Some(next) = usize::try_from(message.bodyLength())
-            .ok()
-            .and_then(|body| offset.checked_add(length)?.checked_add(body))
-        else {
-            break;
-        };
-        offset = next;
+    use proxima_engine::ipc::{IpcRefusal, vet_stream};
+    match vet_stream(bytes, max_rows as u64) {
+        Ok(_) => Ok(()),
+        Err(refusal @ IpcRefusal::Compressed) => Err(ApiError::unsupported_media(refusal.to_string())),
+        Err(IpcRefusal::TooManyRows(_)) => Err(ApiError::too_large(format!(
+            "more than {max_rows} rows in one bulk request (--max-bulk-rows)"
+        ))),
+        Err(refusal @ IpcRefusal::Unsupported(_)) => Err(ApiError::invalid(refusal.to_string())),
+        Err(refusal @ IpcRefusal::Malformed(_)) => Err(ApiError::malformed(format!(
+            "the body is not an Arrow IPC stream: {refusal}"
+        ))),
     }
-    Ok(())
 }
 
 fn bulk_arrow(state: &AppState, bytes: &[u8], window: Window, unknown: &mut Unknown) -> ApiResult<Rows> {
@@ -821,12 +781,36 @@ mod tests {
         // The rows counted from the messages' headers, before any batch is decoded.
         let err = vet_ipc_stream(&stream(100, 4, None), 300).unwrap_err();
         assert_eq!(err.status(), axum::http::StatusCode::PAYLOAD_TOO_LARGE);
-        // Garbage and truncations are left to the reader (which names them), never a panic.
+        // Garbage and truncations are refused as malformed (400), never a panic; a stream cut
+        // at a message boundary is whole.
         let whole = stream(100, 2, None);
         for cut in 0..whole.len() {
-            let _ = vet_ipc_stream(&whole[..cut], 300);
+            if let Err(err) = vet_ipc_stream(&whole[..cut], 300) {
+                assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "cut at {cut}");
+            }
         }
-        let _ = vet_ipc_stream(b"not arrow", 300);
-        let _ = vet_ipc_stream(&[0xff; 64], 300);
+        for garbage in [&b"not arrow"[..], &[0xff; 64]] {
+            let err = vet_ipc_stream(garbage, 300).unwrap_err();
+            assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+        }
+    }
+
+    /// Regression (fuzzing, 2026-12-03): a record batch whose parts lie outside it (a column
+    /// longer than the batch, a buffer past the body) made arrow-buffer panic in the decoder (`Buffer::slice_with_length`), killing the request's
+    /// task. The input is the one the fuzzer found.
+    #[test]
+    fn a_buffer_past_its_message_body_is_refused_not_a_panic() {
+        let found = include_bytes!("../../../fuzz/regressions/rest_bulk_arrow-arrow-buffer-immutable-287.arrows");
+        let err = vet_ipc_stream(found, 300).unwrap_err();
+        assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "{}", err.detail());
+        assert!(err.detail().contains("Arrow IPC message"), "{}", err.detail());
+        // The check is what stands between the input and the panic.
+        let decoded = std::panic::catch_unwind(|| {
+            StreamReader::try_new(&found[..], None).map(|reader| reader.collect::<Vec<_>>().len())
+        });
+        assert!(
+            decoded.is_err(),
+            "arrow-ipc no longer panics on it: the regression input is stale"
+        );
     }
 }
