@@ -27,7 +27,7 @@ use parquet::file::metadata::KeyValue;
 use proxima_engine::index::{file_key_values, is_current_companion};
 use proxima_engine::lineage::{MARKER_PREFIX, MARKER_SUFFIX, Marker, is_marker, read_marker, resolve};
 use proxima_engine::{DayPartition, SessionFactory, Store, Table};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -160,6 +160,7 @@ pub async fn compact(
     let base = store.object_store_url().as_str().trim_end_matches('/').to_string();
     let urls: Vec<String> = files.iter().map(|f| format!("{base}/{}", f.location)).collect();
     let rows_hint: usize = files.len() * 100_000;
+    debug!(table = %table, day = ?day, files = files.len(), "compacting");
     let ctx = factory.session().await?;
     let schema = table.file_schema();
     let frame = ctx

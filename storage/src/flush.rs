@@ -19,7 +19,7 @@ use arrow::compute::concat_batches;
 use parquet::file::metadata::KeyValue;
 use proxima_engine::Table;
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -108,6 +108,7 @@ impl Flusher {
                 ..Flushed::default()
             });
         }
+        debug!(rows = rotation.buffer.rows, "flushing");
         let mut transaction = self.writer.begin();
         match write_buffer(&mut transaction, &rotation.buffer, rotation.wal_id, rotation.through).await {
             Ok(()) => {}

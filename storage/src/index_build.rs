@@ -15,7 +15,7 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use proxima_engine::paths::data_file_written_at;
 use proxima_engine::{DayPartition, SessionFactory, Table};
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::error::Result;
 use crate::writer::{CommitSummary, PartitionWriter};
@@ -40,6 +40,7 @@ pub async fn build_day(factory: &SessionFactory, writer: &PartitionWriter, day: 
         .map_ok(|meta| meta.location)
         .try_collect()
         .await?;
+    debug!(%day, "rebuilding the observed index");
     let ctx = factory.session().await?;
     let sql = format!(
         "SELECT observed, observer, observed_at FROM observations WHERE day = DATE '{}' ORDER BY observed, observed_at",

@@ -6,7 +6,7 @@
 //! is touched, so running queries over kept days are unaffected.
 
 use chrono::{Days, NaiveDate};
-use tracing::info;
+use tracing::{debug, info};
 
 use proxima_engine::{DayPartition, Store, Table};
 
@@ -48,6 +48,7 @@ pub async fn apply_table(store: &Store, table: Table, today: NaiveDate, keep_day
         if partition.day >= oldest {
             continue;
         }
+        debug!(table = %table, day = %partition.day, "retention deleting day folder");
         let (files, bytes) = store.delete_prefix(&partition.prefix(store.root())).await?;
         info!(table = %table, day = %partition.day, files, bytes, "retention deleted day folder");
         expired.push(ExpiredDay {

@@ -54,15 +54,18 @@ impl CaseStatus {
 #[serde(deny_unknown_fields)]
 pub struct ReportCase {
     /// The device of the case.
+    #[schema(pattern = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")]
     pub device_uuid: String,
     /// `suspected` or `confirmed`.
     pub status: CaseStatus,
     /// When the case was reported (RFC 3339; default: now). Contacts are traced back from it.
+    #[schema(format = DateTime)]
     pub reported_at: Option<String>,
     /// The case's id, when the health authority's record of it already has one (a UUID;
     /// default: a new one). It is the call's declared purpose: the audit record of the report
     /// cites it, and tracers then read the case with `SET proxima.purpose = 'case:<case_id>'`.
     /// An id that is already a case is refused (409).
+    #[schema(pattern = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")]
     pub case_id: Option<String>,
 }
 
@@ -89,12 +92,16 @@ pub struct CaseOpened {
 #[serde(deny_unknown_fields)]
 pub struct TemperatureIn {
     /// The device whose QR code the station scanned.
+    #[schema(pattern = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")]
     pub device_uuid: String,
     /// When the temperature was taken (RFC 3339).
+    #[schema(format = DateTime)]
     pub measured_at: String,
     /// Body temperature, °C (30 to 45).
+    #[schema(minimum = 30.0, maximum = 45.0)]
     pub celsius: f64,
     /// The station's site code (letters, digits, `-`, `_`, `.`; at most 64).
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub site: String,
 }
 

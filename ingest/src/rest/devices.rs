@@ -48,12 +48,15 @@ pub struct RegisterDevice {
     /// The device's static Bluetooth MAC, `AA:BB:CC:DD:EE:FF`: only for legacy phones, on a
     /// server started with `--accept-mac` (a phone that broadcasts rotating identifiers or
     /// GAEN RPIs sends none).
-    #[schema(example = "AA:BB:CC:DD:EE:FF")]
+    #[schema(example = "AA:BB:CC:DD:EE:FF", pattern = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")]
     #[serde(default)]
     pub mac: Option<String>,
     /// The owner's Ed25519 public key (64 hex digits), whose private key signs the device's
     /// revocation. The server keeps only this key.
-    #[schema(example = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")]
+    #[schema(
+        example = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+        pattern = r"^[0-9A-Fa-f]{64}$"
+    )]
     pub revocation_key: String,
     /// A challenge from `GET /v1/devices/challenge` (needed unless the server asks for no
     /// proof of work).
@@ -80,11 +83,13 @@ pub struct Registered {
 #[serde(deny_unknown_fields)]
 pub struct RevokeDevice {
     /// When the phone signed (RFC 3339), within 5 minutes of the server's clock.
-    #[schema(example = "2026-12-02T12:00:00Z")]
+    #[schema(example = "2026-12-02T12:00:00Z", format = DateTime)]
     pub timestamp: String,
     /// 16 random bytes (32 hex digits), new for each revocation.
+    #[schema(pattern = r"^[0-9A-Fa-f]{32}$")]
     pub nonce: String,
     /// The Ed25519 signature (128 hex digits) of the revocation message.
+    #[schema(pattern = r"^[0-9A-Fa-f]{128}$")]
     pub signature: String,
 }
 
@@ -613,7 +618,7 @@ async fn share_registration(shared: &SharedRegistry, entry: &DeviceEntry) -> Api
 /// `DELETE /v1/devices/{uuid}`: revokes a device (its token stops working at once), on a
 /// signature of [`revocation_message`] by the key given at registration.
 #[utoipa::path(delete, path = "/v1/devices/{uuid}", tag = "devices", request_body = RevokeDevice,
-    params(("uuid" = String, Path, description = "The device UUID")),
+    params(("uuid" = String, Path, pattern = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$", description = "The device UUID")),
     responses(
         (status = 204, description = "Revoked"),
         (status = 404, description = "Not revoked: the same answer for an unknown device, a wrong or replayed \
@@ -688,7 +693,7 @@ pub async fn revoke(
 /// round erases it. The audit record names the device only by its erasure keyed hash
 /// (`erasure:<hash>`), and no refusal names it either.
 #[utoipa::path(post, path = "/v1/devices/{uuid}/revocation", tag = "devices",
-    params(("uuid" = String, Path, description = "The device UUID")),
+    params(("uuid" = String, Path, pattern = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$", description = "The device UUID")),
     security(("staff_basic" = []), ("staff_token" = [])),
     responses(
         (status = 204, description = "Revoked: erased by the next erasure round"),

@@ -117,6 +117,14 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
     }
 
+    /// 503 with `Retry-After`: the server cannot take the request for a while.
+    pub fn unavailable_for(detail: impl Into<String>, wait: Duration) -> Self {
+        Self {
+            retry_after: Some(wait),
+            ..Self::unavailable(detail)
+        }
+    }
+
     /// 503 with `Retry-After: 1`: a bounded resource is busy; the client should come back.
     pub fn busy(detail: impl Into<String>) -> Self {
         Self {

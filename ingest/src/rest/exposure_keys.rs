@@ -108,13 +108,14 @@ const MAX_ROLLING_PERIOD: i64 = proxima_udfs::gaen::DEFAULT_ROLLING_PERIOD;
 #[serde(deny_unknown_fields)]
 pub struct ExposureKeyIn {
     /// The key: 16 bytes as 32 hex digits.
-    #[schema(example = "75c734c6dd1a782de7a965da5eb93125")]
+    #[schema(example = "75c734c6dd1a782de7a965da5eb93125", pattern = r"^[0-9A-Fa-f]{32}$")]
     pub key: String,
     /// Its first 10-minute interval (unix seconds / 600).
     #[schema(example = 2_948_976)]
     pub rolling_start_interval_number: i64,
     /// How many intervals it covers (1 to 144; default 144, a day).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 144)]
     pub rolling_period: Option<i64>,
 }
 

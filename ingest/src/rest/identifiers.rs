@@ -75,7 +75,7 @@ fn rfc3339(time: DateTime<Utc>) -> String {
 /// the current one on.
 #[utoipa::path(get, path = "/v1/ephemeral-ids", tag = "devices",
     security(("upload_token" = [])),
-    params(("count" = Option<u32>, Query, description = "How many epochs ahead (1 to 672; default 96)")),
+    params(("count" = Option<u32>, Query, minimum = 1, maximum = 672, description = "How many epochs ahead (1 to 672; default 96)")),
     responses(
         (status = 200, description = "Identifiers to broadcast, one per epoch", body = EphemeralIds),
         (status = 401, description = "Missing or bad upload token", body = super::error::ErrorBody, content_type = "application/problem+json"),

@@ -223,11 +223,20 @@ impl Shared {
 
     /// Appends rows to the WAL and waits for its sync: after this, a 2xx may be sent.
     /// `what` names the rows in the error (`the observations could not be made durable`).
+    /// A WAL that cannot take them (a full disk, a failed write or sync) answers 503 with
+    /// Retry-After: nothing of the request was acknowledged, and the WAL starts a new segment
+    /// for the next one, so the service resumes by itself once the disk takes writes again.
     pub async fn make_durable(&self, entries: Vec<Entry>, what: &str) -> ApiResult<u64> {
-        self.wal
-            .append(entries)
-            .await
-            .map_err(|e| ApiError::internal(&format!("the {what} could not be made durable"), e))
+        self.wal.append(entries).await.map_err(|e| {
+            tracing::error!(target: "proxima::http", error = %e, "the {what} could not be made durable");
+            ApiError::unavailable_for(
+                format!(
+                    "the {what} could not be made durable (the server's write-ahead log cannot write now); \
+                     nothing of this request was acknowledged: retry later"
+                ),
+                WAL_RETRY_AFTER,
+            )
+        })
     }
 
     /// Flushes the WAL's rows into the store (the Maintainer counts them in the metrics).
@@ -675,6 +684,9 @@ impl utoipa::Modify for SecuritySchemes {
 /// RFC 9457 problem. Routes add what is theirs in their own annotations.
 struct Refusals;
 
+/// What a client is told to wait after the write-ahead log failed its request.
+pub const WAL_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl utoipa::Modify for Refusals {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
@@ -690,15 +702,15 @@ impl utoipa::Modify for Refusals {
                 .build()
         };
         for item in openapi.paths.paths.values_mut() {
-            for operation in [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.delete,
-                &mut item.patch,
+            for (operation, writes) in [
+                (&mut item.get, false),
+                (&mut item.post, true),
+                (&mut item.put, true),
+                (&mut item.delete, true),
+                (&mut item.patch, true),
             ]
             .into_iter()
-            .flatten()
+            .filter_map(|(operation, writes)| Some((operation.as_mut()?, writes)))
             {
                 // The schemes an operation takes, by name.
                 let schemes: Vec<String> = serde_json::to_value(&operation.security)
@@ -731,9 +743,21 @@ impl utoipa::Modify for Refusals {
                             "429",
                             "Too many failed logins from this address or for this user (Retry-After)",
                         ),
-                        ("503", "Every password check slot is busy (Retry-After)"),
                     ]);
                 }
+                let unavailable = match (schemes.iter().any(|s| s == "staff_basic"), writes) {
+                    (true, true) => Some(
+                        "Every password check slot is busy, or the request could not be made durable now (a full \
+                         disk, an I/O error) or the server is stopping; nothing was acknowledged (Retry-After)",
+                    ),
+                    (true, false) => Some("Every password check slot is busy (Retry-After)"),
+                    (false, true) => Some(
+                        "The request could not be made durable now (a full disk, an I/O error) or the server is \
+                         stopping; nothing was acknowledged (Retry-After)",
+                    ),
+                    (false, false) => None,
+                };
+                refusals.extend(unavailable.map(|description| ("503", description)));
                 for (status, description) in refusals {
                     operation
                         .responses

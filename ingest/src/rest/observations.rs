@@ -39,17 +39,22 @@ pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 #[serde(deny_unknown_fields)]
 pub struct ObservationIn {
     /// What was heard: a MAC `AA:BB:CC:DD:EE:FF` or a rolling proximity identifier (32 hex digits).
+    #[schema(pattern = r"^([0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{32})$")]
     pub observed: String,
     /// When the sighting started (RFC 3339).
-    #[schema(example = "2026-11-30T08:15:00Z")]
+    #[schema(example = "2026-11-30T08:15:00Z", format = DateTime)]
     pub observed_at: String,
     /// How long it lasted, in seconds (≥ 0).
+    #[schema(minimum = 0, maximum = 2_147_483_647)]
     pub duration_s: i64,
     /// Received signal strength, dBm.
+    #[schema(minimum = -128, maximum = 127)]
     pub rssi: Option<i64>,
     /// Advertised transmit power, dBm.
+    #[schema(minimum = -128, maximum = 127)]
     pub tx_power: Option<i64>,
     /// Coarse location: a geohash of at most 6 characters.
+    #[schema(pattern = r"^[0-9b-hjkmnp-zB-HJKMNP-Z]{1,6}$")]
     pub location: Option<String>,
 }
 
@@ -58,18 +63,25 @@ pub struct ObservationIn {
 #[serde(deny_unknown_fields)]
 pub struct BulkObservationIn {
     /// The observing device's UUID (registered, not revoked).
+    #[schema(pattern = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")]
     pub observer: String,
     /// As in [`ObservationIn`].
+    #[schema(pattern = r"^([0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{32})$")]
     pub observed: String,
     /// As in [`ObservationIn`].
+    #[schema(format = DateTime)]
     pub observed_at: String,
     /// As in [`ObservationIn`].
+    #[schema(minimum = 0, maximum = 2_147_483_647)]
     pub duration_s: i64,
     /// As in [`ObservationIn`].
+    #[schema(minimum = -128, maximum = 127)]
     pub rssi: Option<i64>,
     /// As in [`ObservationIn`].
+    #[schema(minimum = -128, maximum = 127)]
     pub tx_power: Option<i64>,
     /// As in [`ObservationIn`].
+    #[schema(pattern = r"^[0-9b-hjkmnp-zB-HJKMNP-Z]{1,6}$")]
     pub location: Option<String>,
 }
 
@@ -221,7 +233,7 @@ impl Rows {
 
 /// `POST /v1/observations`: a phone's sightings, observer = the token's device.
 #[utoipa::path(post, path = "/v1/observations", tag = "observations", request_body = Vec<ObservationIn>,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key within 24 h are acknowledged again without storing twice")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,128}$", description = "Retries with the same key within 24 h are acknowledged again without storing twice")),
     security(("upload_token" = [])),
     responses(
         (status = 200, description = "Stored durably", body = Accepted),

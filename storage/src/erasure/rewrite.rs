@@ -18,7 +18,7 @@ use object_store::ObjectStoreExt;
 use parquet::file::metadata::KeyValue;
 use proxima_engine::index::file_key_values;
 use proxima_engine::{DayPartition, SessionFactory, Table};
-use tracing::info;
+use tracing::{debug, info};
 use uuid::Uuid;
 
 use arrow::array::AsArray;
@@ -251,6 +251,7 @@ pub async fn erase_in_folder(
         if let Some(lease) = lease {
             lease.renew(chrono::Utc::now()).await?;
         }
+        debug!(table = %table, day = ?day, file = %file.location, "rewriting a file without erased devices' rows");
         let mut keys = vec![col(table.lookup_columns()[0]).sort(true, false)];
         if let Some(time) = table.time_column() {
             keys.push(col(time).sort(true, false));
