@@ -7,7 +7,8 @@
 //! Every front door that decodes IPC a client sent (REST's bulk upload, Flight SQL's bound
 //! parameters) first passes each message's metadata through [`vet_message`], which accepts
 //! only what those doors need: flat columns of the plain types below, little-endian,
-//! uncompressed, no dictionaries, every buffer and node inside its message. What passes is
+//! uncompressed, no dictionaries, every buffer and node inside its message and every buffer
+//! aligned as the format pads it (8 bytes). What passes is
 //! then decoded by arrow-ipc with its full validation (offsets, UTF-8, lengths).
 //!
 //! Found by fuzzing (`fuzz/`, targets `rest_bulk_arrow` and `import_parquet`).
@@ -49,6 +50,7 @@ pub fn vet_stream(bytes: &[u8], max_rows: u64) -> Result<u64, IpcRefusal> {
     let word =
         |at: usize| -> Option<i32> { Some(i32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?)) };
     let (mut offset, mut rows) = (0usize, 0u64);
+    let mut vetter = IpcVetter::default();
     while offset < bytes.len() {
         let start = offset;
         let mut length = word(offset).ok_or_else(|| malformed(start, "a message length is cut short"))?;
@@ -69,7 +71,7 @@ pub fn vet_stream(bytes: &[u8], max_rows: u64) -> Result<u64, IpcRefusal> {
         let body = bytes.len() - end;
         let message =
             ipc::root_as_message(&bytes[offset..end]).map_err(|e| malformed(start, &format!("not a message ({e})")))?;
-        if let Vetted::Batch { rows: more } = vet_message(&bytes[offset..end], body)? {
+        if let Vetted::Batch { rows: more } = vetter.check(&bytes[offset..end], body)? {
             rows = rows.saturating_add(more);
             if rows > max_rows {
                 return Err(IpcRefusal::TooManyRows(max_rows));
@@ -93,91 +95,137 @@ pub enum Vetted {
     },
 }
 
-/// Checks one IPC message: `metadata` is its flatbuffer (the bytes after the length prefix in
-/// a stream, `FlightData::data_header` in Flight) and `body` the length of the body that
-/// follows it (which must be at least what the message declares).
+/// Checks one IPC message on its own (a schema, or a batch as if no schema came before:
+/// refused); see [`IpcVetter`] for a stream of them.
 pub fn vet_message(metadata: &[u8], body: usize) -> Result<Vetted, IpcRefusal> {
-    let malformed = |reason: &str| IpcRefusal::Malformed(format!("Arrow IPC message: {reason}"));
-    let message = ipc::root_as_message(metadata).map_err(|e| malformed(&format!("not a message ({e})")))?;
-    let declared = usize::try_from(message.bodyLength()).map_err(|_| malformed("negative body length"))?;
-    if declared > body {
-        return Err(malformed(&format!(
-            "declares a body of {declared} bytes, {body} follow"
-        )));
-    }
-    match message.header_type() {
-        MessageHeader::Schema => {
-            let schema = message
-                .header_as_schema()
-                .ok_or_else(|| malformed("schema header missing"))?;
-            if schema.endianness() != Endianness::Little {
-                return Err(IpcRefusal::Unsupported(
-                    "big-endian Arrow IPC is not accepted: send little-endian".into(),
-                ));
-            }
-            let fields = schema.fields().ok_or_else(|| malformed("schema without fields"))?;
-            for field in fields {
-                vet_field(field)?;
-            }
-            Ok(Vetted::Schema)
+    IpcVetter::default().check(metadata, body)
+}
+
+/// Checks the messages of one stream in order: a record batch is checked against the
+/// buffers its stream's schema implies.
+#[derive(Debug, Default, Clone)]
+pub struct IpcVetter {
+    /// For each buffer a batch of the schema has, the size its length must be a multiple of
+    /// (1: any; the values of an offsets or fixed-width buffer).
+    layout: Option<Vec<usize>>,
+}
+
+impl IpcVetter {
+    /// Checks one IPC message: `metadata` is its flatbuffer (the bytes after the length prefix
+    /// in a stream, `FlightData::data_header` in Flight) and `body` the length of the body
+    /// that follows it (which must be at least what the message declares).
+    pub fn check(&mut self, metadata: &[u8], body: usize) -> Result<Vetted, IpcRefusal> {
+        let malformed = |reason: &str| IpcRefusal::Malformed(format!("Arrow IPC message: {reason}"));
+        let message = ipc::root_as_message(metadata).map_err(|e| malformed(&format!("not a message ({e})")))?;
+        let declared = usize::try_from(message.bodyLength()).map_err(|_| malformed("negative body length"))?;
+        if declared > body {
+            return Err(malformed(&format!(
+                "declares a body of {declared} bytes, {body} follow"
+            )));
         }
-        MessageHeader::RecordBatch => {
-            let batch = message
-                .header_as_record_batch()
-                .ok_or_else(|| malformed("record batch header missing"))?;
-            if batch.compression().is_some() {
-                return Err(IpcRefusal::Compressed);
-            }
-            let rows = u64::try_from(batch.length())
-                .ok()
-                .filter(|rows| *rows <= i32::MAX as u64)
-                .ok_or_else(|| malformed(&format!("a batch of {} rows", batch.length())))?;
-            if batch.variadicBufferCounts().is_some_and(|counts| !counts.is_empty()) {
-                return Err(IpcRefusal::Unsupported(
-                    "Arrow IPC view types (Utf8View, BinaryView) are not accepted: send Utf8".into(),
-                ));
-            }
-            for node in batch
-                .nodes()
-                .ok_or_else(|| malformed("record batch without field nodes"))?
-            {
-                let (length, nulls) = (node.length(), node.null_count());
-                if length < 0 || nulls < 0 || nulls > length || length as u64 > rows {
-                    return Err(malformed(&format!(
-                        "a column of {length} values ({nulls} null) in a batch of {rows} rows"
-                    )));
+        match message.header_type() {
+            MessageHeader::Schema => {
+                let schema = message
+                    .header_as_schema()
+                    .ok_or_else(|| malformed("schema header missing"))?;
+                if schema.endianness() != Endianness::Little {
+                    return Err(IpcRefusal::Unsupported(
+                        "big-endian Arrow IPC is not accepted: send little-endian".into(),
+                    ));
                 }
+                let fields = schema.fields().ok_or_else(|| malformed("schema without fields"))?;
+                let mut layout = Vec::new();
+                for field in fields {
+                    layout.extend(vet_field(field)?);
+                }
+                self.layout = Some(layout);
+                Ok(Vetted::Schema)
             }
-            for buffer in batch
-                .buffers()
-                .ok_or_else(|| malformed("record batch without buffers"))?
-            {
-                let end = usize::try_from(buffer.offset())
+            MessageHeader::RecordBatch => {
+                let batch = message
+                    .header_as_record_batch()
+                    .ok_or_else(|| malformed("record batch header missing"))?;
+                if batch.compression().is_some() {
+                    return Err(IpcRefusal::Compressed);
+                }
+                let rows = u64::try_from(batch.length())
                     .ok()
-                    .zip(usize::try_from(buffer.length()).ok())
-                    .and_then(|(offset, length)| offset.checked_add(length));
-                if end.is_none_or(|end| end > declared) {
+                    .filter(|rows| *rows <= i32::MAX as u64)
+                    .ok_or_else(|| malformed(&format!("a batch of {} rows", batch.length())))?;
+                if batch.variadicBufferCounts().is_some_and(|counts| !counts.is_empty()) {
+                    return Err(IpcRefusal::Unsupported(
+                        "Arrow IPC view types (Utf8View, BinaryView) are not accepted: send Utf8".into(),
+                    ));
+                }
+                for node in batch
+                    .nodes()
+                    .ok_or_else(|| malformed("record batch without field nodes"))?
+                {
+                    let (length, nulls) = (node.length(), node.null_count());
+                    if length < 0 || nulls < 0 || nulls > length || length as u64 > rows {
+                        return Err(malformed(&format!(
+                            "a column of {length} values ({nulls} null) in a batch of {rows} rows"
+                        )));
+                    }
+                }
+                let layout = self
+                    .layout
+                    .as_ref()
+                    .ok_or_else(|| malformed("a record batch before any schema"))?;
+                let buffers = batch
+                    .buffers()
+                    .ok_or_else(|| malformed("record batch without buffers"))?;
+                if buffers.len() != layout.len() {
                     return Err(malformed(&format!(
-                        "a buffer at {} of {} bytes in a body of {declared}",
-                        buffer.offset(),
-                        buffer.length()
+                        "a record batch of {} buffers, where its schema has {}",
+                        buffers.len(),
+                        layout.len()
                     )));
                 }
+                for (buffer, width) in buffers.iter().zip(layout) {
+                    // arrow-data's validation panics on a buffer whose length is not a whole
+                    // number of its values.
+                    if buffer.length() % *width as i64 != 0 {
+                        return Err(malformed(&format!(
+                            "a buffer of {} bytes for values of {width}",
+                            buffer.length()
+                        )));
+                    }
+                    let end = usize::try_from(buffer.offset())
+                        .ok()
+                        .zip(usize::try_from(buffer.length()).ok())
+                        .and_then(|(offset, length)| offset.checked_add(length));
+                    if end.is_none_or(|end| end > declared) {
+                        return Err(malformed(&format!(
+                            "a buffer at {} of {} bytes in a body of {declared}",
+                            buffer.offset(),
+                            buffer.length()
+                        )));
+                    }
+                    // The format pads every buffer to 8 bytes; arrow-data's validation panics on
+                    // an offsets buffer that is not aligned for its type.
+                    if buffer.offset() % 8 != 0 {
+                        return Err(malformed(&format!(
+                            "a buffer at {}, not a multiple of 8 bytes into the body",
+                            buffer.offset()
+                        )));
+                    }
+                }
+                Ok(Vetted::Batch { rows })
             }
-            Ok(Vetted::Batch { rows })
+            MessageHeader::DictionaryBatch => Err(IpcRefusal::Unsupported(
+                "dictionary-encoded Arrow IPC columns are not accepted: send plain columns".into(),
+            )),
+            other => Err(IpcRefusal::Unsupported(format!(
+                "Arrow IPC {other:?} messages are not accepted: send a schema and record batches"
+            ))),
         }
-        MessageHeader::DictionaryBatch => Err(IpcRefusal::Unsupported(
-            "dictionary-encoded Arrow IPC columns are not accepted: send plain columns".into(),
-        )),
-        other => Err(IpcRefusal::Unsupported(format!(
-            "Arrow IPC {other:?} messages are not accepted: send a schema and record batches"
-        ))),
     }
 }
 
 /// A field is accepted if it is a flat column of a plain type whose parameters arrow-ipc
-/// converts without panicking.
-fn vet_field(field: ipc::Field<'_>) -> Result<(), IpcRefusal> {
+/// converts without panicking; returns its buffers' value sizes (1: any length).
+fn vet_field(field: ipc::Field<'_>) -> Result<Vec<usize>, IpcRefusal> {
     let name = field.name().unwrap_or_default();
     let unsupported = |what: &str| {
         IpcRefusal::Unsupported(format!(
@@ -192,46 +240,54 @@ fn vet_field(field: ipc::Field<'_>) -> Result<(), IpcRefusal> {
         return Err(unsupported("a nested column"));
     }
     let missing = || IpcRefusal::Malformed(format!("Arrow IPC column '{name}': its type's parameters are missing"));
-    let fine = match field.type_type() {
-        Type::Null | Type::Bool | Type::Utf8 | Type::LargeUtf8 | Type::Binary | Type::LargeBinary => true,
+    // The validity bitmap, then the values (as arrow-ipc reads each type's buffers).
+    let values = |width: Option<usize>| width.map(|width| vec![1, width]);
+    let layout = match field.type_type() {
+        Type::Null => Some(Vec::new()),
+        Type::Bool => values(Some(1)),
+        Type::Utf8 | Type::Binary => Some(vec![1, 4, 1]),
+        Type::LargeUtf8 | Type::LargeBinary => Some(vec![1, 8, 1]),
         Type::Int => {
             let int = field.type_as_int().ok_or_else(missing)?;
-            matches!(int.bitWidth(), 8 | 16 | 32 | 64)
+            values(matches!(int.bitWidth(), 8 | 16 | 32 | 64).then(|| int.bitWidth() as usize / 8))
         }
         Type::FloatingPoint => {
             let float = field.type_as_floating_point().ok_or_else(missing)?;
-            matches!(
-                float.precision(),
-                ipc::Precision::HALF | ipc::Precision::SINGLE | ipc::Precision::DOUBLE
-            )
+            values(match float.precision() {
+                ipc::Precision::HALF => Some(2),
+                ipc::Precision::SINGLE => Some(4),
+                ipc::Precision::DOUBLE => Some(8),
+                _ => None,
+            })
         }
         Type::Date => {
             let date = field.type_as_date().ok_or_else(missing)?;
-            matches!(date.unit(), ipc::DateUnit::DAY | ipc::DateUnit::MILLISECOND)
+            values(match date.unit() {
+                ipc::DateUnit::DAY => Some(4),
+                ipc::DateUnit::MILLISECOND => Some(8),
+                _ => None,
+            })
         }
         Type::Time => {
             let time = field.type_as_time().ok_or_else(missing)?;
-            matches!(
-                (time.bitWidth(), time.unit()),
-                (32, ipc::TimeUnit::SECOND | ipc::TimeUnit::MILLISECOND)
-                    | (64, ipc::TimeUnit::MICROSECOND | ipc::TimeUnit::NANOSECOND)
-            )
+            values(match (time.bitWidth(), time.unit()) {
+                (32, ipc::TimeUnit::SECOND | ipc::TimeUnit::MILLISECOND) => Some(4),
+                (64, ipc::TimeUnit::MICROSECOND | ipc::TimeUnit::NANOSECOND) => Some(8),
+                _ => None,
+            })
         }
-        Type::Timestamp => time_unit(field.type_as_timestamp().ok_or_else(missing)?.unit()),
-        Type::Duration => time_unit(field.type_as_duration().ok_or_else(missing)?.unit()),
+        Type::Timestamp => values(time_unit(field.type_as_timestamp().ok_or_else(missing)?.unit()).then_some(8)),
+        Type::Duration => values(time_unit(field.type_as_duration().ok_or_else(missing)?.unit()).then_some(8)),
         Type::Decimal => {
             let decimal = field.type_as_decimal().ok_or_else(missing)?;
-            matches!(decimal.bitWidth(), 32 | 64 | 128 | 256)
+            let fine = matches!(decimal.bitWidth(), 32 | 64 | 128 | 256)
                 && u8::try_from(decimal.precision()).is_ok()
-                && i8::try_from(decimal.scale()).is_ok()
+                && i8::try_from(decimal.scale()).is_ok();
+            values(fine.then(|| decimal.bitWidth() as usize / 8))
         }
         other => return Err(unsupported(&format!("type {other:?}"))),
     };
-    if fine {
-        Ok(())
-    } else {
-        Err(unsupported(&format!("this {:?} type's parameters", field.type_type())))
-    }
+    layout.ok_or_else(|| unsupported(&format!("this {:?} type's parameters", field.type_type())))
 }
 
 fn time_unit(unit: ipc::TimeUnit) -> bool {

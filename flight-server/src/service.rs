@@ -1169,6 +1169,7 @@ impl FlightSqlService for FlightSqlServer {
         // Each message is checked before arrow-ipc decodes it (it panics on damaged ones, and
         // would allocate what compressed buffers declare), and the whole is bounded.
         let mut received = 0usize;
+        let mut vetter = proxima_engine::ipc::IpcVetter::default();
         let vetted = request.into_inner().map(move |data| {
             let data = data?;
             received = received.saturating_add(data.data_header.len() + data.data_body.len());
@@ -1179,9 +1180,11 @@ impl FlightSqlService for FlightSqlServer {
                 )));
             }
             if !data.data_header.is_empty() {
-                proxima_engine::ipc::vet_message(&data.data_header, data.data_body.len()).map_err(|refusal| {
-                    Status::invalid_argument(format!("cannot read the bound parameters: {refusal}"))
-                })?;
+                vetter
+                    .check(&data.data_header, data.data_body.len())
+                    .map_err(|refusal| {
+                        Status::invalid_argument(format!("cannot read the bound parameters: {refusal}"))
+                    })?;
             }
             Ok(data)
         });

@@ -319,6 +319,112 @@ impl Flight {
     }
 }
 
+impl Flight {
+    /// Sends `bytes`, cut into Arrow IPC messages as a stream frames them, as the parameters
+    /// bound to a prepared statement (`DoPut`): refused or taken, never an internal error.
+    pub fn bind(&self, bytes: &[u8]) {
+        use arrow_flight::sql::{ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any};
+        use arrow_flight::sql::{CommandPreparedStatementQuery, ProstMessageExt};
+        use prost::Message as _;
+        runtime().block_on(async {
+            let client = self.client.lock().await;
+            let token = client.token().cloned().expect("logged in");
+            let mut raw = client.inner().clone();
+            static HANDLE: tokio::sync::OnceCell<prost::bytes::Bytes> = tokio::sync::OnceCell::const_new();
+            let handle = HANDLE
+                .get_or_init(|| async {
+                    let request = ActionCreatePreparedStatementRequest {
+                        query: "SELECT $1".into(),
+                        transaction_id: None,
+                    };
+                    let action = arrow_flight::Action::new("CreatePreparedStatement", request.as_any().encode_to_vec());
+                    let mut results = raw
+                        .clone()
+                        .do_action(authorized(action, &token))
+                        .await
+                        .expect("prepared")
+                        .into_inner();
+                    let result = futures::StreamExt::next(&mut results)
+                        .await
+                        .expect("a result")
+                        .expect("prepared");
+                    let created: ActionCreatePreparedStatementResult = Any::decode(result.body)
+                        .expect("an Any")
+                        .unpack()
+                        .expect("the result")
+                        .expect("the result");
+                    created.prepared_statement_handle
+                })
+                .await;
+            let command = CommandPreparedStatementQuery {
+                prepared_statement_handle: handle.clone(),
+            };
+            let mut data = ipc_messages(bytes);
+            let descriptor = arrow_flight::FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
+            match data.first_mut() {
+                Some(first) => first.flight_descriptor = Some(descriptor),
+                None => data.push(arrow_flight::FlightData {
+                    flight_descriptor: Some(descriptor),
+                    ..Default::default()
+                }),
+            }
+            match raw.do_put(authorized(futures::stream::iter(data), &token)).await {
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    while let Some(item) = futures::StreamExt::next(&mut stream).await {
+                        if let Err(status) = item {
+                            check(&status, "DoPut (streaming)", bytes);
+                            break;
+                        }
+                    }
+                }
+                Err(status) => check(&status, "DoPut", bytes),
+            }
+        });
+    }
+}
+
+/// `bytes` cut into Flight data as an Arrow IPC stream frames its messages (a continuation
+/// marker, a length, the metadata, then as much body as the metadata declares); what cannot
+/// be framed ends the list (the rest of the bytes, as one last message's header).
+fn ipc_messages(mut bytes: &[u8]) -> Vec<arrow_flight::FlightData> {
+    let mut data = Vec::new();
+    let word = |b: &[u8]| Some(i32::from_le_bytes(b.get(..4)?.try_into().ok()?));
+    while let Some(mut length) = word(bytes) {
+        bytes = &bytes[4..];
+        if length == -1 {
+            let Some(next) = word(bytes) else { break };
+            length = next;
+            bytes = &bytes[4..];
+        }
+        let Some((header, rest)) = usize::try_from(length).ok().and_then(|n| bytes.split_at_checked(n)) else {
+            break;
+        };
+        let body_length = arrow::ipc::root_as_message(header)
+            .ok()
+            .and_then(|m| usize::try_from(m.bodyLength()).ok())
+            .unwrap_or(0)
+            .min(rest.len());
+        let (body, rest) = rest.split_at(body_length);
+        data.push(arrow_flight::FlightData {
+            data_header: header.to_vec().into(),
+            data_body: body.to_vec().into(),
+            ..Default::default()
+        });
+        bytes = rest;
+        if length == 0 {
+            break;
+        }
+    }
+    if !bytes.is_empty() {
+        data.push(arrow_flight::FlightData {
+            data_header: bytes.to_vec().into(),
+            ..Default::default()
+        });
+    }
+    data
+}
+
 /// `message` with the bearer `token`.
 fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

@@ -64,6 +64,21 @@ fn bulk_arrow() -> Vec<u8> {
     bytes
 }
 
+/// A batch of two rows bound to `$1`, as ADBC sends a prepared statement's parameters.
+fn parameters_arrow() -> Vec<u8> {
+    let batch = arrow::array::RecordBatch::try_from_iter([(
+        "$1",
+        std::sync::Arc::new(arrow::array::Int64Array::from(vec![60, 900])) as arrow::array::ArrayRef,
+    )])
+    .expect("a batch");
+    let mut bytes = Vec::new();
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema()).expect("a writer");
+    writer.write(&batch).expect("written");
+    writer.finish().expect("finished");
+    drop(writer);
+    bytes
+}
+
 /// The golden tests' fixtures: real CSV files of every kind the import takes.
 fn csv_files() -> Vec<(String, Vec<u8>)> {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql/fixtures");
@@ -148,6 +163,7 @@ pub fn write_all(corpus: &Path) {
         ("rest_observations", "upload.json".into(), upload_json()),
         ("rest_bulk_ndjson", "bulk.ndjson".into(), bulk_ndjson()),
         ("rest_bulk_arrow", "bulk.arrows".into(), bulk_arrow()),
+        ("flight_parameters", "parameters.arrows".into(), parameters_arrow()),
         ("import_parquet", "observations.parquet".into(), parquet_file()),
         (
             "identifiers",
