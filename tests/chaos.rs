@@ -13,6 +13,12 @@
 //! A killed process leaves its leases (compaction, housekeeping, erasure) to expire after 15
 //! minutes, during which no other process does that work; the test stands in for that wait
 //! by deleting the lease folders after each kill.
+//!
+//! Two more: a full disk under the write-ahead log (a tmpfs the test mounts: root, as in
+//! CI), and S3 behind a fault-injecting proxy in front of moto. To look into a failure:
+//! `CHAOS_DEBUG=1` sends the servers' logs to the terminal (the log-driven waits then time
+//! out), `CHAOS_LOG` replaces their filter, `CHAOS_NO_FAULTS=1` keeps the proxy clean (the
+//! S3 test then fails for want of faults, by design).
 
 mod common;
 
@@ -23,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, AsArray, Int16Array, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{Int32Type, Int64Type};
+use arrow::datatypes::Int64Type;
 use chrono::{NaiveDate, Utc};
 use ed25519_dalek::{Signer as _, SigningKey};
 use proxima_engine::{SessionFactory, SessionOptions, Store, Table};
@@ -479,22 +485,7 @@ async fn kill_9_in_the_middle_of_every_kind_of_work_loses_and_repeats_nothing() 
 
     let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
     let ctx = factory.session().await.unwrap();
-    let batches = ctx
-        .sql("SELECT observer, duration_s, count(*) FROM observations GROUP BY observer, duration_s")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let mut stored: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for batch in &batches {
-        let observers = batch.column(0).as_string::<i32>();
-        let seqs = batch.column(1).as_primitive::<Int32Type>();
-        let counts = batch.column(2).as_primitive::<Int64Type>();
-        for i in 0..batch.num_rows() {
-            stored.insert((observers.value(i).to_string(), seqs.value(i)), counts.value(i));
-        }
-    }
+    let stored = common::rows_by_request(&store).await;
     // Uploads: every acknowledged request stored, none twice or in part.
     let mut acknowledged = 0;
     for (i, (uuid, _)) in uploaders.iter().enumerate() {
@@ -713,32 +704,11 @@ async fn a_full_disk_under_the_write_ahead_log_refuses_uploads_and_loses_nothing
         .unwrap();
     assert!(stopped.success());
     assert!(server.child.wait().unwrap().success());
-    let factory = SessionFactory::new(Store::local(&root).unwrap(), SessionOptions::default()).unwrap();
-    let batches = factory
-        .session()
-        .await
-        .unwrap()
-        .sql("SELECT observer, duration_s, count(*) FROM observations GROUP BY observer, duration_s")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
     let mut stored = BTreeSet::new();
-    for batch in &batches {
-        let observers = batch.column(0).as_string::<i32>();
-        let seqs = batch.column(1).as_primitive::<Int32Type>();
-        let counts = batch.column(2).as_primitive::<Int64Type>();
-        for i in 0..batch.num_rows() {
-            assert_eq!(
-                counts.value(i),
-                PER_REQUEST as i64,
-                "request {} stored in part or twice",
-                seqs.value(i)
-            );
-            let device = devices.iter().position(|(uuid, _)| uuid == observers.value(i)).unwrap();
-            stored.insert((device, seqs.value(i)));
-        }
+    for ((observer, seq), count) in common::rows_by_request(&Store::local(&root).unwrap()).await {
+        assert_eq!(count, PER_REQUEST as i64, "request {seq} stored in part or twice");
+        let device = devices.iter().position(|(uuid, _)| *uuid == observer).unwrap();
+        stored.insert((device, seq));
     }
     let acked = acked.lock().unwrap().clone();
     let refused = refused.lock().unwrap().clone();
@@ -989,26 +959,7 @@ async fn s3_that_fails_stalls_and_resets_during_flush_and_compaction_loses_and_r
     assert!(stopped.success());
     assert!(node.server.child.wait().unwrap().success());
 
-    let factory = SessionFactory::new(direct, SessionOptions::default()).unwrap();
-    let batches = factory
-        .session()
-        .await
-        .unwrap()
-        .sql("SELECT observer, duration_s, count(*) FROM observations GROUP BY observer, duration_s")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let mut stored: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for batch in &batches {
-        let observers = batch.column(0).as_string::<i32>();
-        let seqs = batch.column(1).as_primitive::<Int32Type>();
-        let counts = batch.column(2).as_primitive::<Int64Type>();
-        for i in 0..batch.num_rows() {
-            stored.insert((observers.value(i).to_string(), seqs.value(i)), counts.value(i));
-        }
-    }
+    let stored = common::rows_by_request(&direct).await;
     let mut expected: BTreeMap<(String, i32), i64> =
         planted.iter().map(|seq| ((PLANTED.to_string(), *seq), 1)).collect();
     for (i, (uuid, _)) in devices.iter().enumerate() {

@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow::array::AsArray;
-use arrow::datatypes::{Int32Type, Int64Type};
-use proxima_engine::{SessionFactory, SessionOptions, Store};
+use proxima_engine::Store;
 use serde_json::{Value, json};
 
 const DEVICES: usize = 4;
@@ -181,28 +179,7 @@ async fn acknowledged_uploads_survive_kill_9_exactly_once() {
     assert!(stopped.success());
     assert!(server.child.wait().unwrap().success());
 
-    let store = Store::local(&store_dir).unwrap();
-    let ctx = SessionFactory::new(store, SessionOptions::default())
-        .unwrap()
-        .session()
-        .await
-        .unwrap();
-    let batches = ctx
-        .sql("SELECT observer, duration_s, count(*) FROM observations GROUP BY observer, duration_s")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let mut stored: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for batch in &batches {
-        let observers = batch.column(0).as_string::<i32>();
-        let seqs = batch.column(1).as_primitive::<Int32Type>();
-        let counts = batch.column(2).as_primitive::<Int64Type>();
-        for i in 0..batch.num_rows() {
-            stored.insert((observers.value(i).to_string(), seqs.value(i)), counts.value(i));
-        }
-    }
+    let stored = common::rows_by_request(&Store::local(&store_dir).unwrap()).await;
     for ((observer, seq), count) in &stored {
         assert_eq!(
             *count, PER_REQUEST as i64,

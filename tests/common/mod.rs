@@ -515,3 +515,33 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
     panic!("{what} did not happen within a minute");
 }
+
+/// How many rows each (observer, `duration_s`) has in `store`'s observations: the tests that
+/// tag each request's rows with its sequence number in `duration_s` count requests with it.
+#[allow(dead_code)] // not every test binary that shares this module counts requests
+pub async fn rows_by_request(store: &proxima_engine::Store) -> std::collections::BTreeMap<(String, i32), i64> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Int32Type, Int64Type};
+    let factory =
+        proxima_engine::SessionFactory::new(store.clone(), proxima_engine::SessionOptions::default()).unwrap();
+    let batches = factory
+        .session()
+        .await
+        .unwrap()
+        .sql("SELECT observer, duration_s, count(*) FROM observations GROUP BY observer, duration_s")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut stored = std::collections::BTreeMap::new();
+    for batch in &batches {
+        let observers = batch.column(0).as_string::<i32>();
+        let seqs = batch.column(1).as_primitive::<Int32Type>();
+        let counts = batch.column(2).as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            stored.insert((observers.value(i).to_string(), seqs.value(i)), counts.value(i));
+        }
+    }
+    stored
+}
