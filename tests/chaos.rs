@@ -184,22 +184,6 @@ async fn wait_for(log: &mut UnboundedReceiver<String>, message: &str, within: Du
 
 const RFC8032_KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
 
-async fn register(http: &reqwest::Client, base: &str, mac: &str, key: &str) -> (String, String) {
-    let response = http
-        .post(format!("{base}/v1/devices"))
-        .header("content-type", "application/json")
-        .body(json!({"mac": mac, "revocation_key": key}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
-    (
-        body["device_uuid"].as_str().unwrap().to_string(),
-        body["upload_token"].as_str().unwrap().to_string(),
-    )
-}
-
 fn observations(seq: i32) -> String {
     let now = Utc::now();
     let rows: Vec<Value> = (0..PER_REQUEST)
@@ -353,7 +337,9 @@ async fn kill_9_in_the_middle_of_every_kind_of_work_loses_and_repeats_nothing() 
     let mut node = serve(&root);
     let mut uploaders = Vec::new();
     for i in 0..UPLOADERS {
-        uploaders.push(register(&http, &node.server.api, &format!("D0:00:00:00:00:{i:02X}"), RFC8032_KEY).await);
+        uploaders.push(
+            common::register_mac_phone(&http, &node.server.api, &format!("D0:00:00:00:00:{i:02X}"), RFC8032_KEY).await,
+        );
     }
     let next: Vec<Arc<Mutex<i32>>> = (0..UPLOADERS).map(|_| Arc::default()).collect();
     let acked: Vec<Arc<Mutex<BTreeSet<i32>>>> = (0..UPLOADERS).map(|_| Arc::default()).collect();
@@ -405,7 +391,7 @@ async fn kill_9_in_the_middle_of_every_kind_of_work_loses_and_repeats_nothing() 
             // every file that holds them.
             let key = SigningKey::from_bytes(&[round as u8 + 1; 32]);
             let mac = format!("E0:00:00:00:00:{round:02X}");
-            let (uuid, token) = register(
+            let (uuid, token) = common::register_mac_phone(
                 &http,
                 &node.server.api,
                 &mac,
@@ -637,7 +623,9 @@ async fn a_full_disk_under_the_write_ahead_log_refuses_uploads_and_loses_nothing
     let http = reqwest::Client::new();
     let mut devices = Vec::new();
     for i in 0..2 {
-        devices.push(register(&http, &server.api, &format!("D1:00:00:00:00:{i:02X}"), RFC8032_KEY).await);
+        devices.push(
+            common::register_mac_phone(&http, &server.api, &format!("D1:00:00:00:00:{i:02X}"), RFC8032_KEY).await,
+        );
     }
     let acked: Arc<Mutex<BTreeSet<(usize, i32)>>> = Arc::default();
     let refused: Arc<Mutex<BTreeSet<(usize, i32)>>> = Arc::default();
@@ -893,7 +881,9 @@ async fn s3_that_fails_stalls_and_resets_during_flush_and_compaction_loses_and_r
     let http = reqwest::Client::new();
     let mut devices = Vec::new();
     for i in 0..UPLOADERS {
-        devices.push(register(&http, &node.server.api, &format!("D2:00:00:00:00:{i:02X}"), RFC8032_KEY).await);
+        devices.push(
+            common::register_mac_phone(&http, &node.server.api, &format!("D2:00:00:00:00:{i:02X}"), RFC8032_KEY).await,
+        );
     }
     proxy.faulty.store(
         std::env::var_os("CHAOS_NO_FAULTS").is_none(),

@@ -44,22 +44,8 @@ fn serve(store: &std::path::Path) -> Serve {
 const RFC8032_KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
 
 async fn register(http: &reqwest::Client, base: &str, i: usize) -> (String, String) {
-    let response = http
-        .post(format!("{base}/v1/devices"))
-        .header("content-type", "application/json")
-        .body(
-            // A public key from RFC 8032's test vectors: these devices are never revoked.
-            json!({"mac": format!("D0:00:00:00:00:{i:02X}"), "revocation_key": RFC8032_KEY}).to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
-    (
-        body["device_uuid"].as_str().unwrap().to_string(),
-        body["upload_token"].as_str().unwrap().to_string(),
-    )
+    // A public key from RFC 8032's test vectors: these devices are never revoked.
+    common::register_mac_phone(http, base, &format!("D0:00:00:00:00:{i:02X}"), RFC8032_KEY).await
 }
 
 /// Uploads requests of 8 observations tagged `duration_s = seq` until an upload fails

@@ -55,25 +55,25 @@ fn sightings() -> RecordBatch {
 
 /// The same rows as an Arrow IPC stream.
 fn bulk_arrow() -> Vec<u8> {
-    let batch = sightings();
-    let mut bytes = Vec::new();
-    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema()).expect("a writer");
-    writer.write(&batch).expect("written");
-    writer.finish().expect("finished");
-    drop(writer);
-    bytes
+    ipc_stream(&sightings())
 }
 
 /// A batch of two rows bound to `$1`, as ADBC sends a prepared statement's parameters.
 fn parameters_arrow() -> Vec<u8> {
-    let batch = arrow::array::RecordBatch::try_from_iter([(
-        "$1",
-        std::sync::Arc::new(arrow::array::Int64Array::from(vec![60, 900])) as arrow::array::ArrayRef,
-    )])
-    .expect("a batch");
+    ipc_stream(
+        &arrow::array::RecordBatch::try_from_iter([(
+            "$1",
+            std::sync::Arc::new(arrow::array::Int64Array::from(vec![60, 900])) as arrow::array::ArrayRef,
+        )])
+        .expect("a batch"),
+    )
+}
+
+/// `batch` as an Arrow IPC stream of one batch.
+fn ipc_stream(batch: &arrow::array::RecordBatch) -> Vec<u8> {
     let mut bytes = Vec::new();
     let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema()).expect("a writer");
-    writer.write(&batch).expect("written");
+    writer.write(batch).expect("written");
     writer.finish().expect("finished");
     drop(writer);
     bytes

@@ -545,3 +545,22 @@ pub async fn rows_by_request(store: &proxima_engine::Store) -> std::collections:
     }
     stored
 }
+
+/// Registers a phone that broadcasts `mac` with the owner's public `key` (hex) on a server
+/// that takes MACs and asks no proof of work: its device UUID and upload token.
+#[allow(dead_code)] // not every test binary that shares this module registers phones
+pub async fn register_mac_phone(http: &reqwest::Client, base: &str, mac: &str, key: &str) -> (String, String) {
+    let response = http
+        .post(format!("{base}/v1/devices"))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"mac": mac, "revocation_key": key}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    (
+        body["device_uuid"].as_str().unwrap().to_string(),
+        body["upload_token"].as_str().unwrap().to_string(),
+    )
+}
