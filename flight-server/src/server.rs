@@ -13,6 +13,7 @@ use tracing::Instrument;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
+use crate::dispatch::Dispatch;
 use crate::service::FlightSqlServer;
 
 /// Errors starting or running the server.
@@ -71,7 +72,7 @@ pub async fn serve(
         builder = builder.tls_config(config)?;
     }
     let metrics = service.metrics().clone();
-    let flight = FlightServiceServer::new(service)
+    let flight = FlightServiceServer::new(Dispatch(service))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let incoming = tokio_stream_listener(listener);
