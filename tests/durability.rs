@@ -108,12 +108,13 @@ async fn acknowledged_uploads_survive_kill_9_exactly_once() {
             .body(body)
             .send()
     };
-    let first = send_keyed(server.api.clone(), keyed()).await.unwrap();
+    let keyed_body = keyed();
+    let first = send_keyed(server.api.clone(), keyed_body.clone()).await.unwrap();
     assert_eq!(first.status(), 200);
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     server = serve(&store_dir);
-    let retry = send_keyed(server.api.clone(), keyed()).await.unwrap();
+    let retry = send_keyed(server.api.clone(), keyed_body).await.unwrap();
     assert_eq!(retry.status(), 200);
     assert_eq!(
         retry.headers()["idempotent-replayed"],

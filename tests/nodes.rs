@@ -208,12 +208,13 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
         .as_str()
         .unwrap()
         .to_string();
-    let keyed = |api: &str| {
-        let at = |s: i64| (chrono::Utc::now() - chrono::Duration::seconds(s)).to_rfc3339();
-        let body = serde_json::json!([
-            {"observed": v_id, "observed_at": at(5), "duration_s": 60},
-            {"observed": v_id, "observed_at": at(4), "duration_s": 60},
-        ]);
+    let at = |s: i64| (chrono::Utc::now() - chrono::Duration::seconds(s)).to_rfc3339();
+    let body = serde_json::json!([
+        {"observed": v_id, "observed_at": at(5), "duration_s": 60},
+        {"observed": v_id, "observed_at": at(4), "duration_s": 60},
+    ])
+    .to_string();
+    let keyed = |api: &str, body: &str| {
         reqwest::Client::new()
             .post(format!("{api}/v1/observations"))
             .bearer_auth(&w_token)
@@ -222,13 +223,19 @@ async fn two_nodes_on_one_bucket_share_devices_revocations_and_cases_and_survive
             .body(body.to_string())
             .send()
     };
-    let first = keyed(&a.api).await.unwrap();
+    let first = keyed(&a.api, &body).await.unwrap();
     assert_eq!(first.status(), 200);
     assert!(first.headers().get("idempotent-replayed").is_none());
-    let retry = keyed(&b.api).await.unwrap();
+    let retry = keyed(&b.api, &body).await.unwrap();
     assert_eq!(retry.status(), 200);
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     assert_eq!(retry.text().await.unwrap(), r#"{"accepted":2}"#);
+    // The key with another body on B, which holds no answer for it itself: the registry's
+    // digest says it was another body.
+    let other = serde_json::json!([{"observed": v_id, "observed_at": at(3), "duration_s": 60}]).to_string();
+    let reused = keyed(&b.api, &other).await.unwrap();
+    assert_eq!(reused.status(), 422);
+    assert!(reused.text().await.unwrap().contains("idempotency_key_reused"));
 
     // A gateway's bulk upload on B names U, registered on A only (B has never seen it), and
     // is taken; one naming a device no node registered is refused, naming it.

@@ -21,7 +21,7 @@ fn schemathesis() -> Option<std::path::PathBuf> {
 
 /// The checks every response must pass (schemathesis's names).
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
-                      response_headers_conformance,response_schema_conformance";
+                      response_headers_conformance,response_schema_conformance,negative_data_rejection";
 
 #[test]
 fn every_answer_conforms_to_the_openapi_document() {

@@ -395,21 +395,33 @@ async fn devices_uploads_and_every_refusal() {
     );
 
     // Idempotency: a retry with the same key is acknowledged again, stored once.
-    let keyed = |key: &'static str| {
+    let keyed = |key: &'static str, minutes_ago: i64| {
         api.http
             .post(api.url("/v1/observations"))
             .header("authorization", bearer(&a.token))
             .header("content-type", "application/json")
             .header("idempotency-key", key)
-            .body(json!([sighting(&b.mac, now - Duration::minutes(30), 120)]).to_string())
+            .body(json!([sighting(&b.mac, now - Duration::minutes(minutes_ago), 120)]).to_string())
             .send()
     };
-    let first = keyed("upload-0001").await.unwrap();
+    let first = keyed("upload-0001", 30).await.unwrap();
     assert_eq!(first.status(), StatusCode::OK);
-    let retry = keyed("upload-0001").await.unwrap();
+    let retry = keyed("upload-0001", 30).await.unwrap();
     assert_eq!(retry.status(), StatusCode::OK);
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     assert_eq!(json_of(retry).await["accepted"], 1);
+    assert_eq!(api.count("SELECT count(*) FROM observations").await, 3);
+    // The same key with another body is refused, not acknowledged as the first body was,
+    // and stores nothing; the first body's retry is still answered.
+    let reused = keyed("upload-0001", 31).await.unwrap();
+    let status = reused.status();
+    let body = json_of(reused).await;
+    assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "another body");
+    assert_eq!(body["error"], "idempotency_key_reused");
+    assert_eq!(
+        keyed("upload-0001", 30).await.unwrap().headers()["idempotent-replayed"],
+        "true"
+    );
     assert_eq!(api.count("SELECT count(*) FROM observations").await, 3);
 
     // Rate limit: a device over 60 requests a minute gets 429 with Retry-After.

@@ -66,13 +66,19 @@ struct Revoked {
 }
 
 /// An upload's idempotency key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 enum UploadKey {
     /// A node is storing the upload (since `at`).
     Pending { at: DateTime<Utc> },
-    /// The upload was stored: `accepted` observations.
-    Done { accepted: u64, at: DateTime<Utc> },
+    /// The upload was stored: `accepted` observations, from a body whose SHA-256 is
+    /// `body_sha256` (hex; absent from keys completed before it was kept).
+    Done {
+        accepted: u64,
+        at: DateTime<Utc>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body_sha256: Option<String>,
+    },
 }
 
 /// How long an upload's idempotency key is remembered.
@@ -87,8 +93,14 @@ pub const PENDING_KEY_TTL: chrono::Duration = chrono::Duration::minutes(2);
 pub enum KeyClaim {
     /// Claimed: store the upload, then [`SharedRegistry::complete_upload_key`].
     Claimed,
-    /// Stored already, with this many observations accepted: answer so again.
-    Replay(u64),
+    /// Stored already, with `accepted` observations, from a body with this SHA-256 (hex;
+    /// `None` if the key was completed without one): answer so again if it is this body.
+    Replay {
+        /// Observations accepted.
+        accepted: u64,
+        /// The stored upload's body's SHA-256, hex.
+        body_sha256: Option<String>,
+    },
     /// Another node is storing it now.
     InProgress,
     /// Claimed by a node that never finished (it died, or could not store it): whether
@@ -380,8 +392,15 @@ impl SharedRegistry {
             }
             match self.get_seen::<UploadKey>(&path).await? {
                 None => continue,
-                Some((UploadKey::Done { accepted, at }, _)) if now - at < window => {
-                    return Ok(KeyClaim::Replay(accepted));
+                Some((
+                    UploadKey::Done {
+                        accepted,
+                        at,
+                        body_sha256,
+                    },
+                    _,
+                )) if now - at < window => {
+                    return Ok(KeyClaim::Replay { accepted, body_sha256 });
                 }
                 Some((UploadKey::Done { .. }, seen)) => {
                     if self.replace(&path, &pending, &seen).await? {
@@ -404,10 +423,23 @@ impl SharedRegistry {
         self.replace(&path, &UploadKey::Pending { at: now }, seen).await
     }
 
-    /// Records that the upload of a claimed key was stored, with `accepted` observations.
-    pub async fn complete_upload_key(&self, device: &str, key: &str, accepted: u64, now: DateTime<Utc>) -> Result<()> {
+    /// Records that the upload of a claimed key was stored, with `accepted` observations,
+    /// from a body whose SHA-256 is `body_sha256` (hex), if known.
+    pub async fn complete_upload_key(
+        &self,
+        device: &str,
+        key: &str,
+        accepted: u64,
+        body_sha256: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let path = self.upload_key_path(device, key);
-        self.put(&path, &UploadKey::Done { accepted, at: now }, false).await?;
+        let done = UploadKey::Done {
+            accepted,
+            at: now,
+            body_sha256: body_sha256.map(str::to_string),
+        };
+        self.put(&path, &done, false).await?;
         Ok(())
     }
 
@@ -586,10 +618,26 @@ mod tests {
             KeyClaim::Claimed,
             "keys are per device"
         );
-        one.complete_upload_key(device, key, 8, now).await.unwrap();
+        one.complete_upload_key(device, key, 8, Some("ab12"), now)
+            .await
+            .unwrap();
         assert_eq!(
             two.claim_upload_key(device, key, now, day).await.unwrap(),
-            KeyClaim::Replay(8)
+            KeyClaim::Replay {
+                accepted: 8,
+                body_sha256: Some("ab12".into())
+            }
+        );
+        // A key completed before bodies' digests were kept still reads.
+        let old = serde_json::json!({"state": "done", "accepted": 3, "at": now});
+        let parsed: UploadKey = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            parsed,
+            UploadKey::Done {
+                accepted: 3,
+                at: now,
+                body_sha256: None
+            }
         );
         let tomorrow = now + day + chrono::Duration::seconds(1);
         assert_eq!(

@@ -64,6 +64,15 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", detail)
     }
 
+    /// 422: an idempotency key used before with another body.
+    pub fn key_reused() -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "Idempotency-Key: this key was used within 24 h with another body; use a new key for a new request",
+        )
+    }
+
     /// 401: no credentials, or credentials that are not valid.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)

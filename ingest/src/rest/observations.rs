@@ -25,6 +25,7 @@ use utoipa::ToSchema;
 
 use super::body::{media_type, parse_time, read_limited, require_json, typed, typed_body};
 use super::error::{ApiError, ApiResult};
+use super::limits::{BodyDigest, body_digest};
 use super::{AppState, Idempotency};
 use proxima_storage::registry::KeyClaim;
 use proxima_storage::wal::Entry;
@@ -233,7 +234,7 @@ impl Rows {
 
 /// `POST /v1/observations`: a phone's sightings, observer = the token's device.
 #[utoipa::path(post, path = "/v1/observations", tag = "observations", request_body = Vec<ObservationIn>,
-    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,128}$", description = "Retries with the same key within 24 h are acknowledged again without storing twice")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,128}$", description = "Retries with the same key and body within 24 h are acknowledged again without storing twice; the same key with another body is refused (422)")),
     security(("upload_token" = [])),
     responses(
         (status = 200, description = "Stored durably", body = Accepted),
@@ -242,7 +243,7 @@ impl Rows {
         (status = 409, description = "A request with this Idempotency-Key is still running", body = super::error::ErrorBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over --max-body or more than --max-batch elements", body = super::error::ErrorBody, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = super::error::ErrorBody, content_type = "application/problem+json"),
-        (status = 422, description = "An invalid element (index and field named)", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 422, description = "An invalid element (index and field named), or an Idempotency-Key used before with another body", body = super::error::ErrorBody, content_type = "application/problem+json"),
         (status = 429, description = "Over the device's rate limit (see Retry-After)", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
 pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Body) -> Response {
@@ -262,15 +263,23 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: axu
             }
         },
     };
+    // The body is read before the key is claimed: a key answers for one body only.
+    let bytes = match read_upload(&state, &headers, body).await {
+        Ok(bytes) => bytes,
+        Err(e) => return e.into_response(),
+    };
+    let digest = body_digest(&bytes);
     let in_progress =
         || ApiError::conflict("a request with this Idempotency-Key is still being processed").into_response();
+    let other_body = || ApiError::key_reused().into_response();
     let claim = match &key {
         None => None,
-        Some(key) => match state.idempotency.claim(&device, key, state.clock.now()) {
+        Some(key) => match state.idempotency.claim(&device, key, &digest, state.clock.now()) {
             Idempotency::Replay(status, body) => return replayed(status, body),
+            Idempotency::OtherBody => return other_body(),
             Idempotency::InProgress => return in_progress(),
             // This node's claim; now the other nodes'.
-            Idempotency::Claimed => match claim_shared(&state, &device, key).await {
+            Idempotency::Claimed => match claim_shared(&state, &device, key, &digest).await {
                 Ok(OtherNodes::Go) => Some(key.clone()),
                 Ok(shared) => {
                     state.idempotency.release(&device, key);
@@ -279,7 +288,8 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: axu
                             StatusCode::OK,
                             serde_json::to_vec(&Accepted { accepted }).expect("serialisable"),
                         ),
-                        _ => in_progress(),
+                        OtherNodes::OtherBody => other_body(),
+                        OtherNodes::Go | OtherNodes::InProgress => in_progress(),
                     };
                 }
                 Err(e) => {
@@ -289,7 +299,7 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: axu
             },
         },
     };
-    let result = store_upload(&state, &device, claim.as_deref(), &headers, body).await;
+    let result = store_upload(&state, &device, claim.as_deref(), &bytes).await;
     match (result, claim) {
         (Ok(accepted), claim) => {
             let body = serde_json::to_vec(&accepted).expect("serialisable");
@@ -297,11 +307,14 @@ pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: axu
                 let now = state.clock.now();
                 state
                     .idempotency
-                    .complete(&device, &key, StatusCode::OK, body.clone(), now);
+                    .complete(&device, &key, Some(digest), (StatusCode::OK, body.clone()), now);
                 // The rows are durable, so the answer is 200 whatever happens here: a claim
                 // left pending makes a retry elsewhere wait, then find the key stored.
+                let hex = hex::encode(digest);
                 if let Some(shared) = state.registry.shared()
-                    && let Err(e) = shared.complete_upload_key(&device, &key, accepted.accepted, now).await
+                    && let Err(e) = shared
+                        .complete_upload_key(&device, &key, accepted.accepted, Some(&hex), now)
+                        .await
                 {
                     tracing::warn!(target: "proxima::http", error = %e, "an idempotency key could not be completed in the store");
                 }
@@ -344,13 +357,14 @@ fn replayed(status: StatusCode, body: Vec<u8>) -> Response {
 enum OtherNodes {
     Go,
     Replay(u64),
+    OtherBody,
     InProgress,
 }
 
 /// Claims an idempotency key in the store's shared registry. A key a node claimed and never
 /// finished is looked for in `upload_keys` (that node's log flushed it if the upload was
 /// stored) and else taken over.
-async fn claim_shared(state: &AppState, device: &str, key: &str) -> ApiResult<OtherNodes> {
+async fn claim_shared(state: &AppState, device: &str, key: &str, digest: &BodyDigest) -> ApiResult<OtherNodes> {
     let Some(shared) = state.registry.shared() else {
         return Ok(OtherNodes::Go);
     };
@@ -362,12 +376,16 @@ async fn claim_shared(state: &AppState, device: &str, key: &str) -> ApiResult<Ot
         .map_err(unshared)?
     {
         KeyClaim::Claimed => Ok(OtherNodes::Go),
-        KeyClaim::Replay(accepted) => Ok(OtherNodes::Replay(accepted)),
+        KeyClaim::Replay { body_sha256, .. } if body_sha256.as_deref().is_some_and(|b| b != hex::encode(digest)) => {
+            Ok(OtherNodes::OtherBody)
+        }
+        KeyClaim::Replay { accepted, .. } => Ok(OtherNodes::Replay(accepted)),
         KeyClaim::InProgress => Ok(OtherNodes::InProgress),
         KeyClaim::Abandoned(seen) => {
             if let Some(accepted) = stored_with_key(state, device, key).await? {
+                // Which body it was is not in `upload_keys`.
                 shared
-                    .complete_upload_key(device, key, accepted, now)
+                    .complete_upload_key(device, key, accepted, None, now)
                     .await
                     .map_err(unshared)?;
                 return Ok(OtherNodes::Replay(accepted));
@@ -404,17 +422,15 @@ async fn stored_with_key(state: &AppState, device: &str, key: &str) -> ApiResult
     Ok(None)
 }
 
-async fn store_upload(
-    state: &AppState,
-    device: &str,
-    key: Option<&str>,
-    headers: &HeaderMap,
-    body: axum::body::Body,
-) -> ApiResult<Accepted> {
+/// A phone's upload body: JSON, at most `--max-body` bytes.
+async fn read_upload(state: &AppState, headers: &HeaderMap, body: axum::body::Body) -> ApiResult<bytes::Bytes> {
     require_json(headers)?;
-    let bytes = read_limited(headers, body, state.options.max_body).await?;
+    read_limited(headers, body, state.options.max_body).await
+}
+
+async fn store_upload(state: &AppState, device: &str, key: Option<&str>, bytes: &[u8]) -> ApiResult<Accepted> {
     // PERF: straight into typed rows; a JSON tree first cost a third of the handler's time.
-    let elements: Vec<ObservationIn> = typed_body(&bytes, "observations").inspect_err(|_| {
+    let elements: Vec<ObservationIn> = typed_body(bytes, "observations").inspect_err(|_| {
         state.metrics.observations_rejected.inc();
     })?;
     if elements.is_empty() {
