@@ -14,8 +14,10 @@
 //! minutes, during which no other process does that work; the test stands in for that wait
 //! by deleting the lease folders after each kill.
 //!
-//! Two more: a full disk under the write-ahead log (a tmpfs the test mounts: root, as in
-//! CI), and S3 behind a fault-injecting proxy in front of moto. To look into a failure:
+//! Three more: a full disk under the write-ahead log (a tmpfs the test mounts: root, as in
+//! CI), `fsync` failing with EIO under it (a shared library the test builds with `cc` and
+//! preloads into the server: the kernel has no device-mapper here for dm-flakey), and S3
+//! behind a fault-injecting proxy in front of moto. To look into a failure:
 //! `CHAOS_DEBUG=1` sends the servers' logs to the terminal (the log-driven waits then time
 //! out), `CHAOS_LOG` replaces their filter, `CHAOS_NO_FAULTS=1` keeps the proxy clean (the
 //! S3 test then fails for want of faults, by design).
@@ -627,63 +629,26 @@ async fn a_full_disk_under_the_write_ahead_log_refuses_uploads_and_loses_nothing
             common::register_mac_phone(&http, &server.api, &format!("D1:00:00:00:00:{i:02X}"), RFC8032_KEY).await,
         );
     }
-    let acked: Arc<Mutex<BTreeSet<(usize, i32)>>> = Arc::default();
-    let refused: Arc<Mutex<BTreeSet<(usize, i32)>>> = Arc::default();
-    let next = Arc::new(Mutex::new(0));
+    let answers = Answers::default();
     // Uploads until the disk is full and 20 requests were refused, then until 20 more are
     // acknowledged after the room is made; every answer is 200 or 503 with Retry-After.
-    let send = |device: usize| {
-        let (http, base, token) = (http.clone(), server.api.clone(), devices[device].1.clone());
-        let (acked, refused, next) = (Arc::clone(&acked), Arc::clone(&refused), Arc::clone(&next));
-        async move {
-            let seq = {
-                let mut next = next.lock().unwrap();
-                *next += 1;
-                *next
-            };
-            let response = http
-                .post(format!("{base}/v1/observations"))
-                .bearer_auth(&token)
-                .header("content-type", "application/json")
-                .body(observations(seq))
-                .send()
-                .await
-                .unwrap();
-            match response.status().as_u16() {
-                200 => acked.lock().unwrap().insert((device, seq)),
-                503 => {
-                    assert_eq!(response.headers()["retry-after"], "5");
-                    let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
-                    assert!(
-                        body["detail"].as_str().unwrap().contains("nothing of this request"),
-                        "{body}"
-                    );
-                    refused.lock().unwrap().insert((device, seq))
-                }
-                status => panic!("upload answered {status}"),
-            };
-        }
-    };
+    let send = |device: usize| answers.upload(&http, &server.api, device, &devices[device].1);
     let mut sent = 0;
-    while refused.lock().unwrap().len() < 20 {
+    while answers.counts().1 < 20 {
         futures::future::join(send(0), send(1)).await;
         sent += 2;
         assert!(sent < 20_000, "256 KiB never filled");
     }
-    let before = acked.lock().unwrap().len();
+    let before = answers.counts().0;
     assert!(
         before > 10,
         "some uploads were acknowledged before the disk filled: {before}"
     );
     fs.grow("16m");
     for _ in 0..10 {
-        let refused_before = refused.lock().unwrap().len();
+        let refused_before = answers.counts().1;
         futures::future::join(send(0), send(1)).await;
-        assert_eq!(
-            refused.lock().unwrap().len(),
-            refused_before,
-            "refused after the room was made"
-        );
+        assert_eq!(answers.counts().1, refused_before, "refused after the room was made");
     }
     // SIGTERM flushes; the store holds exactly the acknowledged requests, each once.
     let stopped = std::process::Command::new("kill")
@@ -692,22 +657,240 @@ async fn a_full_disk_under_the_write_ahead_log_refuses_uploads_and_loses_nothing
         .unwrap();
     assert!(stopped.success());
     assert!(server.child.wait().unwrap().success());
-    let mut stored = BTreeSet::new();
-    for ((observer, seq), count) in common::rows_by_request(&Store::local(&root).unwrap()).await {
-        assert_eq!(count, PER_REQUEST as i64, "request {seq} stored in part or twice");
-        let device = devices.iter().position(|(uuid, _)| *uuid == observer).unwrap();
-        stored.insert((device, seq));
-    }
-    let acked = acked.lock().unwrap().clone();
-    let refused = refused.lock().unwrap().clone();
-    assert_eq!(stored, acked, "the store holds exactly what was acknowledged");
-    assert!(refused.iter().all(|r| !stored.contains(r)));
-    eprintln!(
-        "{} acknowledged ({before} before the disk filled), {} refused with 503, all accounted for",
-        acked.len(),
-        refused.len()
-    );
+    answers.check_stored(&root, &devices).await;
+    let (acked, refused) = answers.counts();
+    eprintln!("{acked} acknowledged ({before} before the disk filled), {refused} refused with 503, all accounted for");
     drop(fs);
+}
+
+/// A shared library for `LD_PRELOAD` that makes `fsync` and `fdatasync` fail with EIO on
+/// the files under `$FAILSYNC_DIR` while the file `$FAILSYNC_TRIGGER` exists, as a disk
+/// whose writeback failed does, and writes to `$FAILSYNC_LOG` a line for each failure
+/// (`failed`) and for each sync of a descriptor that had failed before (`resynced`).
+const FAILSYNC_C: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define FDS 65536
+static volatile char failed[FDS];
+
+static void note(const char *what, int fd, const char *path) {
+    const char *log = getenv("FAILSYNC_LOG");
+    FILE *f = log ? fopen(log, "a") : NULL;
+    if (f) { fprintf(f, "%s %d %s\n", what, fd, path); fclose(f); }
+}
+
+static int sync_with(const char *name, int fd) {
+    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, name);
+    const char *dir = getenv("FAILSYNC_DIR"), *trigger = getenv("FAILSYNC_TRIGGER");
+    char link[64], path[4096];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    if (fd >= 0 && fd < FDS && dir && n > 0) {
+        path[n] = 0;
+        if (strncmp(path, dir, strlen(dir)) == 0) {
+            if (failed[fd]) note("resynced", fd, path);
+            if (trigger && access(trigger, F_OK) == 0) {
+                failed[fd] = 1;
+                note("failed", fd, path);
+                errno = EIO;
+                return -1;
+            }
+        }
+    }
+    return real(fd);
+}
+
+int fsync(int fd) { return sync_with("fsync", fd); }
+int fdatasync(int fd) { return sync_with("fdatasync", fd); }
+
+int close(int fd) {
+    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "close");
+    if (fd >= 0 && fd < FDS) failed[fd] = 0;
+    return real(fd);
+}
+"#;
+
+/// [`FAILSYNC_C`] built with the machine's C compiler into `dir`.
+fn failsync_library(dir: &Path) -> std::path::PathBuf {
+    let source = dir.join("failsync.c");
+    let library = dir.join("libfailsync.so");
+    std::fs::write(&source, FAILSYNC_C).unwrap();
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .expect("a C compiler (cc) builds the fsync fault library");
+    assert!(built.success(), "cc failed on the fsync fault library");
+    library
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fsync_failing_with_eio_acknowledges_nothing_of_it_and_never_syncs_that_descriptor_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let wal = dir.path().join("wal");
+    std::fs::create_dir_all(&wal).unwrap();
+    let library = failsync_library(dir.path());
+    let (trigger, faults) = (dir.path().join("fail-now"), dir.path().join("failsync.log"));
+    let wal_dir = wal.canonicalize().unwrap();
+    let args = |preload: bool| {
+        let mut env = vec![("RUST_LOG", "error".to_string())];
+        if preload {
+            env.extend([
+                ("LD_PRELOAD", library.display().to_string()),
+                ("FAILSYNC_DIR", wal_dir.display().to_string()),
+                ("FAILSYNC_TRIGGER", trigger.display().to_string()),
+                ("FAILSYNC_LOG", faults.display().to_string()),
+            ]);
+        }
+        env
+    };
+    // No flush until the end: the log is where acknowledged uploads live.
+    let flags = [
+        "--data",
+        root.to_str().unwrap(),
+        "serve",
+        "--flight",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--wal-dir",
+        wal.to_str().unwrap(),
+        "--flush-interval",
+        "1h",
+        "--device-rate",
+        "0",
+        "--registration-work",
+        "0",
+        "--accept-mac",
+    ];
+    let mut server = common::Server::start_with_env(&flags, &args(true));
+    server.drain();
+    let http = reqwest::Client::new();
+    let mut devices = Vec::new();
+    for i in 0..2 {
+        devices.push(
+            common::register_mac_phone(&http, &server.api, &format!("E1:00:00:00:00:{i:02X}"), RFC8032_KEY).await,
+        );
+    }
+    let answers = Answers::default();
+    let send = |device: usize| answers.upload(&http, &server.api, device, &devices[device].1);
+    let round = |expect_refused: bool| {
+        let answers = &answers;
+        let send = &send;
+        async move {
+            for i in 0..20 {
+                let before = answers.counts();
+                send(i % 2).await;
+                let after = answers.counts();
+                let refused = after.1 > before.1;
+                assert_eq!(
+                    refused, expect_refused,
+                    "request {i} of a round (acked, refused): {after:?}"
+                );
+            }
+        }
+    };
+    round(false).await;
+    // The disk's writeback fails: every sync of the log's files answers EIO.
+    std::fs::write(&trigger, b"").unwrap();
+    round(true).await;
+    let failed = std::fs::read_to_string(&faults).unwrap_or_default();
+    assert!(
+        failed.lines().filter(|l| l.starts_with("failed ")).count() >= 20,
+        "each refused upload met a failed sync:\n{failed}"
+    );
+    // The disk is back: uploads are acknowledged again, in new segments.
+    std::fs::remove_file(&trigger).unwrap();
+    round(false).await;
+    let log = std::fs::read_to_string(&faults).unwrap();
+    assert!(
+        !log.lines().any(|l| l.starts_with("resynced ")),
+        "a descriptor whose sync failed was synced again (its lost pages would pass as written):\n{log}"
+    );
+    // A crash now: the refused records' bytes may be in the log's files, and must not come
+    // back on replay. The restart replays the log; SIGTERM flushes it into the store.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let mut server = common::Server::start_with_env(&flags, &args(false));
+    server.drain();
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(server.child.wait().unwrap().success());
+    answers.check_stored(&root, &devices).await;
+    assert_eq!(answers.counts(), (40, 20));
+}
+
+/// The uploads a test sent, by (device, request number): acknowledged (200) or refused
+/// (503 with Retry-After: the write-ahead log could not write).
+#[derive(Default)]
+struct Answers {
+    acked: Mutex<BTreeSet<(usize, i32)>>,
+    refused: Mutex<BTreeSet<(usize, i32)>>,
+    next: Mutex<i32>,
+}
+
+impl Answers {
+    /// Sends device `device`'s next request and records its answer; anything but 200 and a
+    /// 503 saying nothing was acknowledged fails the test.
+    async fn upload(&self, http: &reqwest::Client, base: &str, device: usize, token: &str) {
+        let seq = {
+            let mut next = self.next.lock().unwrap();
+            *next += 1;
+            *next
+        };
+        let response = http
+            .post(format!("{base}/v1/observations"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(observations(seq))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => self.acked.lock().unwrap().insert((device, seq)),
+            503 => {
+                assert_eq!(response.headers()["retry-after"], "5");
+                let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+                assert!(
+                    body["detail"].as_str().unwrap().contains("nothing of this request"),
+                    "{body}"
+                );
+                self.refused.lock().unwrap().insert((device, seq))
+            }
+            status => panic!("upload answered {status}"),
+        };
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        (self.acked.lock().unwrap().len(), self.refused.lock().unwrap().len())
+    }
+
+    /// Checks that the store at `root` holds exactly the acknowledged requests of
+    /// `devices`, each whole and once, and none of the refused.
+    async fn check_stored(&self, root: &Path, devices: &[(String, String)]) {
+        let mut stored = BTreeSet::new();
+        for ((observer, seq), count) in common::rows_by_request(&Store::local(root).unwrap()).await {
+            assert_eq!(count, PER_REQUEST as i64, "request {seq} stored in part or twice");
+            let device = devices.iter().position(|(uuid, _)| *uuid == observer).unwrap();
+            stored.insert((device, seq));
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        let refused = self.refused.lock().unwrap().clone();
+        assert_eq!(stored, acked, "the store holds exactly what was acknowledged");
+        assert!(refused.iter().all(|r| !stored.contains(r)));
+    }
 }
 
 /// What the fault-injecting proxy in front of moto does to one request.
