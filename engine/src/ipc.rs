@@ -105,9 +105,46 @@ pub fn vet_message(metadata: &[u8], body: usize) -> Result<Vetted, IpcRefusal> {
 /// buffers its stream's schema implies.
 #[derive(Debug, Default, Clone)]
 pub struct IpcVetter {
-    /// For each buffer a batch of the schema has, the size its length must be a multiple of
-    /// (1: any; the values of an offsets or fixed-width buffer).
-    layout: Option<Vec<usize>>,
+    /// For each column of the schema (one field node in a batch), its buffers in order.
+    layout: Option<Vec<Vec<Buffer>>>,
+}
+
+/// What one buffer of a column holds, as arrow-ipc reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Buffer {
+    /// The validity bitmap: one bit a value where the column has nulls (else ignored).
+    Validity,
+    /// A boolean column's values: one bit a value.
+    Bits,
+    /// Fixed-width values of this many bytes.
+    Fixed(usize),
+    /// Offsets of this many bytes, one more than the values (none for an empty column).
+    Offsets(usize),
+    /// The bytes the offsets point into: any length.
+    Data,
+}
+
+impl Buffer {
+    /// The size its length must be a multiple of.
+    fn unit(self) -> usize {
+        match self {
+            Self::Fixed(width) | Self::Offsets(width) => width,
+            Self::Validity | Self::Bits | Self::Data => 1,
+        }
+    }
+
+    /// The fewest bytes it needs for a column of `length` values with `nulls` nulls: arrow
+    /// builds bitmaps over what it is given and panics on one too short.
+    fn needs(self, length: usize, nulls: usize) -> usize {
+        match self {
+            Self::Validity if nulls == 0 => 0,
+            Self::Validity | Self::Bits => length.div_ceil(8),
+            Self::Fixed(width) => length.saturating_mul(width),
+            Self::Offsets(_) if length == 0 => 0,
+            Self::Offsets(width) => length.saturating_add(1).saturating_mul(width),
+            Self::Data => 0,
+        }
+    }
 }
 
 impl IpcVetter {
@@ -136,7 +173,7 @@ impl IpcVetter {
                 let fields = schema.fields().ok_or_else(|| malformed("schema without fields"))?;
                 let mut layout = Vec::new();
                 for field in fields {
-                    layout.extend(vet_field(field)?);
+                    layout.push(vet_field(field)?);
                 }
                 self.layout = Some(layout);
                 Ok(Vetted::Schema)
@@ -157,37 +194,56 @@ impl IpcVetter {
                         "Arrow IPC view types (Utf8View, BinaryView) are not accepted: send Utf8".into(),
                     ));
                 }
-                for node in batch
+                let layout = self
+                    .layout
+                    .as_ref()
+                    .ok_or_else(|| malformed("a record batch before any schema"))?;
+                let nodes = batch
                     .nodes()
-                    .ok_or_else(|| malformed("record batch without field nodes"))?
-                {
+                    .ok_or_else(|| malformed("record batch without field nodes"))?;
+                if nodes.len() != layout.len() {
+                    return Err(malformed(&format!(
+                        "a record batch of {} columns, where its schema has {}",
+                        nodes.len(),
+                        layout.len()
+                    )));
+                }
+                let mut roles = Vec::new();
+                for (node, column) in nodes.iter().zip(layout) {
                     let (length, nulls) = (node.length(), node.null_count());
                     if length < 0 || nulls < 0 || nulls > length || length as u64 > rows {
                         return Err(malformed(&format!(
                             "a column of {length} values ({nulls} null) in a batch of {rows} rows"
                         )));
                     }
+                    // Both fit in usize: 0 <= nulls <= length <= rows <= i32::MAX.
+                    let (length, nulls) = (length as usize, nulls as usize);
+                    roles.extend(column.iter().map(|role| (*role, role.needs(length, nulls))));
                 }
-                let layout = self
-                    .layout
-                    .as_ref()
-                    .ok_or_else(|| malformed("a record batch before any schema"))?;
                 let buffers = batch
                     .buffers()
                     .ok_or_else(|| malformed("record batch without buffers"))?;
-                if buffers.len() != layout.len() {
+                if buffers.len() != roles.len() {
                     return Err(malformed(&format!(
                         "a record batch of {} buffers, where its schema has {}",
                         buffers.len(),
-                        layout.len()
+                        roles.len()
                     )));
                 }
-                for (buffer, width) in buffers.iter().zip(layout) {
+                for (buffer, (role, needs)) in buffers.iter().zip(roles) {
                     // arrow-data's validation panics on a buffer whose length is not a whole
-                    // number of its values.
-                    if buffer.length() % *width as i64 != 0 {
+                    // number of its values, and arrow-buffer on a bitmap shorter than its
+                    // column.
+                    let width = role.unit();
+                    if buffer.length() % width as i64 != 0 {
                         return Err(malformed(&format!(
                             "a buffer of {} bytes for values of {width}",
+                            buffer.length()
+                        )));
+                    }
+                    if buffer.length() < needs as i64 {
+                        return Err(malformed(&format!(
+                            "a {role:?} buffer of {} bytes, where its column needs {needs}",
                             buffer.length()
                         )));
                     }
@@ -224,8 +280,8 @@ impl IpcVetter {
 }
 
 /// A field is accepted if it is a flat column of a plain type whose parameters arrow-ipc
-/// converts without panicking; returns its buffers' value sizes (1: any length).
-fn vet_field(field: ipc::Field<'_>) -> Result<Vec<usize>, IpcRefusal> {
+/// converts without panicking; returns its buffers.
+fn vet_field(field: ipc::Field<'_>) -> Result<Vec<Buffer>, IpcRefusal> {
     let name = field.name().unwrap_or_default();
     let unsupported = |what: &str| {
         IpcRefusal::Unsupported(format!(
@@ -241,12 +297,12 @@ fn vet_field(field: ipc::Field<'_>) -> Result<Vec<usize>, IpcRefusal> {
     }
     let missing = || IpcRefusal::Malformed(format!("Arrow IPC column '{name}': its type's parameters are missing"));
     // The validity bitmap, then the values (as arrow-ipc reads each type's buffers).
-    let values = |width: Option<usize>| width.map(|width| vec![1, width]);
+    let values = |width: Option<usize>| width.map(|width| vec![Buffer::Validity, Buffer::Fixed(width)]);
     let layout = match field.type_type() {
         Type::Null => Some(Vec::new()),
-        Type::Bool => values(Some(1)),
-        Type::Utf8 | Type::Binary => Some(vec![1, 4, 1]),
-        Type::LargeUtf8 | Type::LargeBinary => Some(vec![1, 8, 1]),
+        Type::Bool => Some(vec![Buffer::Validity, Buffer::Bits]),
+        Type::Utf8 | Type::Binary => Some(vec![Buffer::Validity, Buffer::Offsets(4), Buffer::Data]),
+        Type::LargeUtf8 | Type::LargeBinary => Some(vec![Buffer::Validity, Buffer::Offsets(8), Buffer::Data]),
         Type::Int => {
             let int = field.type_as_int().ok_or_else(missing)?;
             values(matches!(int.bitWidth(), 8 | 16 | 32 | 64).then(|| int.bitWidth() as usize / 8))
@@ -306,6 +362,7 @@ mod tests {
     use flatbuffers::FlatBufferBuilder;
     use std::sync::Arc;
 
+    /// A stream of `batch` twice.
     fn stream(batch: &RecordBatch, options: IpcWriteOptions) -> Vec<u8> {
         let mut bytes = Vec::new();
         let mut writer = StreamWriter::try_new_with_options(&mut bytes, &batch.schema(), options).unwrap();
@@ -416,5 +473,37 @@ mod tests {
         for garbage in [&b"not arrow"[..], &[0xff; 64], &[0xff, 0xff, 0xff, 0xff, 0x10, 0, 0, 0]] {
             assert!(matches!(vet_stream(garbage, 100), Err(IpcRefusal::Malformed(_))));
         }
+    }
+
+    #[test]
+    fn each_buffer_is_as_long_as_its_column_needs() {
+        use Buffer::*;
+        // 10 values with nulls: a bitmap of 2 bytes; without nulls arrow-ipc ignores it.
+        assert_eq!(Validity.needs(10, 1), 2);
+        assert_eq!(Validity.needs(10, 0), 0);
+        assert_eq!(Bits.needs(9, 0), 2);
+        assert_eq!(Fixed(8).needs(10, 3), 80);
+        // Offsets: one more than the values, none at all for an empty column.
+        assert_eq!(Offsets(4).needs(10, 0), 44);
+        assert_eq!(Offsets(4).needs(0, 0), 0);
+        assert_eq!(Data.needs(10, 0), 0);
+        // What the writer makes, with nulls in every kind of column, passes.
+        let batch = RecordBatch::try_from_iter([
+            (
+                "s",
+                Arc::new(arrow::array::StringArray::from(vec![Some("a"), None, Some("bc")])) as ArrayRef,
+            ),
+            (
+                "b",
+                Arc::new(arrow::array::BooleanArray::from(vec![Some(true), None, Some(false)])) as ArrayRef,
+            ),
+            (
+                "i",
+                Arc::new(arrow::array::Int64Array::from(vec![None, Some(2), None])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        // (`stream` writes the batch twice.)
+        assert_eq!(vet_stream(&stream(&batch, IpcWriteOptions::default()), 10), Ok(6));
     }
 }

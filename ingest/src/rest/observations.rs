@@ -833,6 +833,9 @@ mod tests {
         for found in [
             &include_bytes!("../../../fuzz/regressions/rest_bulk_arrow-arrow-buffer-immutable-287.arrows")[..],
             &include_bytes!("../../../fuzz/regressions/rest_bulk_arrow-arrow-buffer-immutable-322.arrows")[..],
+            // The third (the 10-minute run): a column with nulls whose validity bitmap is
+            // shorter than the column panicked arrow-buffer (`BooleanBuffer::new`).
+            &include_bytes!("../../../fuzz/regressions/rest_bulk_arrow-arrow-buffer-boolean-128.arrows")[..],
         ] {
             let err = vet_ipc_stream(found, 300).unwrap_err();
             assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "{}", err.detail());
