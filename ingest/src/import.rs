@@ -515,14 +515,30 @@ fn vet_pages(file: &Path) -> std::result::Result<(), String> {
     use parquet::column::page::Page;
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let opened = File::open(file).map_err(|e| format!("cannot open: {e}"))?;
+    let size = opened.metadata().map_err(|e| format!("cannot read: {e}"))?.len();
     let reader = SerializedFileReader::new(opened).map_err(|e| format!("not a readable Parquet file: {e}"))?;
     for group in 0..reader.num_row_groups() {
         let row_group = reader
             .get_row_group(group)
             .map_err(|e| format!("row group {group}: {e}"))?;
         for column in 0..row_group.num_columns() {
-            let name = row_group.metadata().column(column).column_path().string();
+            let chunk = row_group.metadata().column(column);
+            let name = chunk.column_path().string();
             let at = |what: String| format!("row group {group}, column {name}: {what}");
+            // parquet asserts that a chunk's start and length are not negative (fuzzing
+            // found a footer that says otherwise); one past the file's end is damaged too.
+            let start = chunk.dictionary_page_offset().unwrap_or(chunk.data_page_offset());
+            let within = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(chunk.compressed_size()).ok())
+                .and_then(|(start, length)| start.checked_add(length))
+                .is_some_and(|end| end <= size);
+            if !within {
+                return Err(at(format!(
+                    "the footer places it at byte {start}, {} bytes long, in a file of {size} bytes (a damaged file)",
+                    chunk.compressed_size()
+                )));
+            }
             let pages = row_group
                 .get_column_page_reader(column)
                 .map_err(|e| at(e.to_string()))?;
@@ -703,6 +719,37 @@ mod tests {
             .to_string();
         assert!(
             refused.contains("holds no values but carries") && refused.contains("column "),
+            "{refused}"
+        );
+        assert!(store.list_files(Table::Observations).await.unwrap().is_empty());
+    }
+
+    /// A footer placing a column chunk at a negative offset (found by fuzzing) is refused,
+    /// naming the column; parquet asserts on it when a page reader is made.
+    #[tokio::test]
+    async fn a_parquet_column_chunk_outside_the_file_is_refused_not_a_panic() {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let found = include_bytes!("../../fuzz/regressions/import_parquet-parquet-metadata-1063.parquet");
+        let panics = std::panic::catch_unwind(|| {
+            let reader = SerializedFileReader::new(bytes::Bytes::from_static(found)).unwrap();
+            let group = reader.get_row_group(0).unwrap();
+            (0..group.num_columns()).for_each(|c| drop(group.get_column_page_reader(c)));
+        });
+        assert!(
+            panics.is_err(),
+            "parquet no longer panics on it: the regression input is stale"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("found.parquet");
+        std::fs::write(&file, found).unwrap();
+        let store = proxima_engine::Store::open("memory://").unwrap();
+        let writer = PartitionWriter::new(store.clone(), "test");
+        let refused = import(&writer, Table::Observations, &[file])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("the footer places it") && refused.contains("column "),
             "{refused}"
         );
         assert!(store.list_files(Table::Observations).await.unwrap().is_empty());
