@@ -459,7 +459,23 @@ pub fn import(table: proxima_engine::Table, name: &str, bytes: &[u8]) {
         proxima_storage::PartitionWriter::new(store.0.clone(), "fuzz")
     };
     let (_dir, path) = file_of(name, bytes);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(leave_parquet_panics_to_the_import);
     let _ = runtime().block_on(proxima_ingest::import::import(&writer, table, &[path]));
+}
+
+/// libfuzzer-sys's panic hook aborts at once, even on a panic the code catches. The import
+/// catches parquet's panics on damaged files and refuses the file (parquet 59 has several),
+/// so a panic raised in parquet's source is left to unwind: caught, the input was refused; not
+/// caught, libfuzzer-sys's wrapper aborts on it as on any other.
+fn leave_parquet_panics_to_the_import() {
+    let libfuzzer = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_parquet = info.location().is_some_and(|at| at.file().contains("/parquet-"));
+        if !in_parquet {
+            libfuzzer(info);
+        }
+    }));
 }
 
 fn memory_store() -> Store {
