@@ -552,6 +552,28 @@ async fn kill_9_in_the_middle_of_every_kind_of_work_loses_and_repeats_nothing() 
     );
 }
 
+/// `proxima --data root serve` with its log in `wal`, flushed only when it stops.
+fn unflushed<'a>(root: &'a Path, wal: &'a Path) -> [&'a str; 16] {
+    [
+        "--data",
+        root.to_str().unwrap(),
+        "serve",
+        "--flight",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--wal-dir",
+        wal.to_str().unwrap(),
+        "--flush-interval",
+        "1h",
+        "--device-rate",
+        "0",
+        "--registration-work",
+        "0",
+        "--accept-mac",
+    ]
+}
+
 /// A tmpfs of a given size mounted by the test (it needs root, as CI runs); unmounted when
 /// dropped.
 struct SmallFs(std::path::PathBuf);
@@ -602,24 +624,7 @@ async fn a_full_disk_under_the_write_ahead_log_refuses_uploads_and_loses_nothing
     let wal = dir.path().join("wal");
     let Some(fs) = SmallFs::mount(&wal, "256k") else { return };
     // No flush until the end: only the operator's room frees the log's disk.
-    let args = [
-        "--data",
-        root.to_str().unwrap(),
-        "serve",
-        "--flight",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--wal-dir",
-        wal.to_str().unwrap(),
-        "--flush-interval",
-        "1h",
-        "--device-rate",
-        "0",
-        "--registration-work",
-        "0",
-        "--accept-mac",
-    ];
+    let args = unflushed(&root, &wal);
     let mut server = common::Server::start_with_env(&args, &[("RUST_LOG", "error".to_string())]);
     server.drain();
     let http = reqwest::Client::new();
@@ -754,24 +759,7 @@ async fn fsync_failing_with_eio_acknowledges_nothing_of_it_and_never_syncs_that_
         env
     };
     // No flush until the end: the log is where acknowledged uploads live.
-    let flags = [
-        "--data",
-        root.to_str().unwrap(),
-        "serve",
-        "--flight",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--wal-dir",
-        wal.to_str().unwrap(),
-        "--flush-interval",
-        "1h",
-        "--device-rate",
-        "0",
-        "--registration-work",
-        "0",
-        "--accept-mac",
-    ];
+    let flags = unflushed(&root, &wal);
     let mut server = common::Server::start_with_env(&flags, &args(true));
     server.drain();
     let http = reqwest::Client::new();

@@ -716,33 +716,15 @@ mod tests {
         let found = include_bytes!("../../fuzz/regressions/import_parquet-parquet-byte-array-391.parquet");
         // The independent check that the input still carries the bug: reading its rows
         // panics parquet's byte-array decoder.
-        let panics = std::panic::catch_unwind(|| {
-            let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
-            let reader =
-                ParquetRecordBatchReaderBuilder::try_new_with_options(bytes::Bytes::from_static(found), options)
-                    .unwrap()
-                    .build()
-                    .unwrap();
-            reader.count()
-        });
         assert!(
-            panics.is_err(),
+            decoding_panics(found),
             "parquet no longer panics on it: the regression input is stale"
         );
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("found.parquet");
-        std::fs::write(&file, found).unwrap();
-        let store = proxima_engine::Store::open("memory://").unwrap();
-        let writer = PartitionWriter::new(store.clone(), "test");
-        let refused = import(&writer, Table::Observations, &[file])
-            .await
-            .unwrap_err()
-            .to_string();
+        let refused = refused_import(found).await;
         assert!(
             refused.contains("holds no values but carries") && refused.contains("column "),
             "{refused}"
         );
-        assert!(store.list_files(Table::Observations).await.unwrap().is_empty());
     }
 
     /// A footer placing a column chunk at a negative offset (found by fuzzing) is refused,
@@ -760,20 +742,11 @@ mod tests {
             panics.is_err(),
             "parquet no longer panics on it: the regression input is stale"
         );
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("found.parquet");
-        std::fs::write(&file, found).unwrap();
-        let store = proxima_engine::Store::open("memory://").unwrap();
-        let writer = PartitionWriter::new(store.clone(), "test");
-        let refused = import(&writer, Table::Observations, &[file])
-            .await
-            .unwrap_err()
-            .to_string();
+        let refused = refused_import(found).await;
         assert!(
             refused.contains("the footer places it") && refused.contains("column "),
             "{refused}"
         );
-        assert!(store.list_files(Table::Observations).await.unwrap().is_empty());
     }
 
     /// A damaged file on which parquet's reader panics where no check of ours looks (an RLE
@@ -782,7 +755,30 @@ mod tests {
     #[tokio::test]
     async fn a_parquet_file_the_reader_panics_on_is_refused() {
         let found = include_bytes!("../../fuzz/regressions/import_parquet-parquet-bit-util-697.parquet");
-        let panics = std::panic::catch_unwind(|| {
+        assert!(
+            decoding_panics(found),
+            "parquet no longer panics on it: the regression input is stale"
+        );
+        let refused = refused_import(found).await;
+        assert!(refused.contains("the Parquet reader failed on it"), "{refused}");
+    }
+
+    /// `found`, imported as a Parquet file of observations into an empty store: refused
+    /// (returned), and nothing stored.
+    async fn refused_import(found: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("found.parquet");
+        std::fs::write(&file, found).unwrap();
+        let store = proxima_engine::Store::open("memory://").unwrap();
+        let writer = PartitionWriter::new(store.clone(), "test");
+        let refused = import(&writer, Table::Observations, &[file]).await.unwrap_err();
+        assert!(store.list_files(Table::Observations).await.unwrap().is_empty());
+        refused.to_string()
+    }
+
+    /// Whether decoding `found`'s rows (by its Parquet schema) panics parquet's reader.
+    fn decoding_panics(found: &'static [u8]) -> bool {
+        std::panic::catch_unwind(|| {
             let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
             let reader =
                 ParquetRecordBatchReaderBuilder::try_new_with_options(bytes::Bytes::from_static(found), options)
@@ -790,22 +786,8 @@ mod tests {
                     .build()
                     .unwrap();
             reader.count()
-        });
-        assert!(
-            panics.is_err(),
-            "parquet no longer panics on it: the regression input is stale"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("found.parquet");
-        std::fs::write(&file, found).unwrap();
-        let store = proxima_engine::Store::open("memory://").unwrap();
-        let writer = PartitionWriter::new(store.clone(), "test");
-        let refused = import(&writer, Table::Observations, &[file])
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(refused.contains("the Parquet reader failed on it"), "{refused}");
-        assert!(store.list_files(Table::Observations).await.unwrap().is_empty());
+        })
+        .is_err()
     }
 
     /// Two devices whose handles clash cannot both be imported. (No two real UUIDs are known
