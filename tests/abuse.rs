@@ -4,7 +4,7 @@
 //! in; the Flight SQL handshake shares the REST logins' budget; every outcome is counted;
 //! log lines carry request ids a client cannot forge; a removed user loses every login.
 
-mod common;
+use crate::common;
 
 /// `proxima serve` on loopback over a new store in `dir`, with `extra` flags.
 fn serve(dir: &std::path::Path, extra: &[&str]) -> common::Server {

@@ -22,7 +22,7 @@
 //! out), `CHAOS_LOG` replaces their filter, `CHAOS_NO_FAULTS=1` keeps the proxy clean (the
 //! S3 test then fails for want of faults, by design).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

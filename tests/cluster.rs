@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-mod common;
+use crate::common;
 
 /// `proxima --data <store> --master-key-file <key> <args>`: success, stdout, stderr.
 fn proxima(store: &Path, key: Option<&Path>, args: &[&str]) -> (bool, String, String) {

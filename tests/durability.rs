@@ -2,7 +2,7 @@
 //! SIGKILL again and again, then restarted; every acknowledged observation must be
 //! stored exactly once, and nothing may be stored twice or in part.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::process::Command;

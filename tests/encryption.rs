@@ -6,7 +6,7 @@
 //! commands; and pyarrow reads a file through its Key Management Tools API. In transit:
 //! TLS is required beyond loopback, and `--tls-client-ca` asks staff for a certificate.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! one device's rows leave every table and the encounter index, while every other device's
 //! rows, encounters and direct contacts are exactly as before.
 
-mod common;
+use crate::common;
 use common::{eventually, phone_ok as phone};
 
 use std::collections::BTreeSet;

@@ -1,7 +1,7 @@
 //! The Maintainer: compaction while readers count, `proxima serve --no-rest` keeping the store
 //! in shape with no REST service (and so no write-ahead log), and `proxima maintain --once`.
 
-mod common;
+use crate::common;
 
 use std::io::BufReader;
 use std::process::{Command, Stdio};

@@ -13,7 +13,7 @@
 //! Needs `moto_server` (see `common::Moto`): without it the test says so and passes, except
 //! under CI, where it fails.
 
-mod common;
+use crate::common;
 use common::{eventually, phone, phone_ok};
 
 use base64::Engine as _;

@@ -5,7 +5,7 @@
 //! Every answer must be no server error and conform to the document: a status it lists,
 //! its media type, headers and body schema.
 
-mod common;
+use crate::common;
 
 /// The schemathesis command of the project's .venv (or beside $PROXIMA_PYTHON), if any.
 fn schemathesis() -> Option<std::path::PathBuf> {

@@ -4,7 +4,7 @@
 //! reports the hearer as a case; the heard phone gets its alert, then revokes itself with
 //! its owner's key.
 
-mod common;
+use crate::common;
 use common::phone;
 
 use serde_json::Value;

@@ -13,7 +13,7 @@ use arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
 use proxima_engine::{Principal, Role, SessionFactory, SessionOptions, Store};
 
-mod common;
+use crate::common;
 
 /// The objects a role may be given, with a call that uses each.
 fn objects(device: &str, case_id: &str) -> Vec<(&'static str, String)> {

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-mod common;
+use crate::common;
 
 fn proxima(moto: &common::Moto, args: &[&str]) -> Output {
     let port = moto.port;
