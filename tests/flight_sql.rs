@@ -2,7 +2,7 @@
 //! arrow-flight's Rust Flight SQL client and (in CI, or wherever `adbc-driver-flightsql` is
 //! installed) by the ADBC driver from Python (`tests/flight/adbc_client.py`).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -409,6 +409,26 @@ async fn rust_flight_sql_client() {
     assert!(count < everything, "{count} of {everything}");
     assert_eq!(batches[0].schema().fields(), announced.fields());
 
+    // A `SET` takes effect when it is planned (GetFlightInfo), whether or not its empty
+    // result is ever fetched, as ADBC's `execute` may not; fetched, it reads no rows.
+    let mut again = client(&server).await;
+    again.handshake("alice", TRACER_PASSWORD).await.unwrap();
+    let refused = again
+        .execute(format!("SET proxima.purpose = 'case:{}'", uuid::Uuid::now_v7()), None)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("there is no such case"), "{refused}");
+    let set = again
+        .execute(format!("SET proxima.purpose = 'case:{}'", fixture.case_id), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        single_i64(&query(&mut again, "SELECT count(*) FROM observations").await),
+        involving
+    );
+    let fetched = fetch(&mut again, set).await;
+    assert_eq!(fetched.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+
     // Malformed SQL: a clear error, and the server serves the next query.
     let bad = alice.execute("SELEC 1".into(), None).await.unwrap_err();
     assert!(bad.to_string().contains("SELEC"), "{bad}");
@@ -710,12 +730,12 @@ async fn rust_flight_sql_client() {
     let records = common::audit_records(&audit_dir);
     let find =
         |what: &dyn Fn(&serde_json::Value) -> bool| records.iter().filter(|r| what(r)).cloned().collect::<Vec<_>>();
-    // Logins: two refused (a wrong password, an unknown user), both allowed ones.
+    // Logins: the refused ones (a wrong password, an unknown user, a station), every allowed one.
     for user in ["alice", "mallory", "stan"] {
         let refused = find(&|r| r["action"] == "flight:Handshake" && r["principal"] == user && r["decision"] == "deny");
         assert_eq!(refused.len(), 1, "{user}: {refused:?}");
     }
-    for (user, role, logins) in [("alice", "tracer", 2), ("root", "admin", 1), ("audrey", "auditor", 1)] {
+    for (user, role, logins) in [("alice", "tracer", 3), ("root", "admin", 1), ("audrey", "auditor", 1)] {
         let allowed =
             find(&|r| r["action"] == "flight:Handshake" && r["principal"] == user && r["decision"] == "allow");
         assert_eq!(allowed.len(), logins, "{user}");

@@ -17,7 +17,7 @@ use proxima_storage::{Maintainer, MaintainerConfig, MaintenanceOptions, Maintena
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-mod common;
+use crate::common;
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -536,6 +536,21 @@ async fn devices_uploads_and_every_refusal() {
         .post_json("/v1/cases", &case, Some(&bearer(token["token"].as_str().unwrap())))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{body}");
+    // The case is in the store once acknowledged, no periodic flush waited for (this server
+    // runs none): the tracer who reported it may declare it as their purpose at once.
+    let case_id = body["case_id"].as_str().unwrap();
+    let stored = api
+        .factory
+        .session()
+        .await
+        .unwrap()
+        .sql(&format!("SELECT count(*) FROM cases WHERE case_id = '{case_id}'"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(stored[0].column(0).as_primitive::<Int64Type>().value(0), 1);
     let (s, body) = api
         .post_json(
             "/v1/cases",

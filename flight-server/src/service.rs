@@ -91,8 +91,9 @@ struct TokenSession {
     /// The stamp of the user's entry at login ([`Users::stamp`]): the login stands only while
     /// the users file keeps that entry (not removed, same role and password).
     stamp: u64,
-    /// The statements this login planned, by ticket handle, oldest first.
-    statements: Mutex<std::collections::VecDeque<(Vec<u8>, String)>>,
+    /// The statements this login planned, by ticket handle, oldest first; `None` for a
+    /// `SET`, which took effect when it was planned (its ticket reads no rows).
+    statements: Mutex<std::collections::VecDeque<(Vec<u8>, Option<String>)>>,
     prepared: Mutex<HashMap<String, Prepared>>,
     /// The tables and functions each SQL `PREPARE`d statement reads, by name: what the audit
     /// record of its `EXECUTE` names.
@@ -1073,22 +1074,34 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = self.caller(&request)?;
+        let session = Arc::clone(&caller.session);
         let plan = self
             .plan_only(&caller, "flight:GetFlightInfoStatement", &query.query)
             .await?;
         let schema = plan.schema().as_arrow().clone();
+        // A `SET` takes effect now, not when its ticket is fetched: a client may never fetch
+        // the empty result of a statement it ran for its effect (ADBC's `execute` fetches in
+        // the background, and a next `execute` may cancel that first).
+        let statement = if matches!(plan, LogicalPlan::Statement(Statement::SetVariable(_))) {
+            self.update(caller, "flight:GetFlightInfoStatement", query.query, Vec::new())
+                .await?;
+            None
+        } else {
+            Some(query.query)
+        };
         let handle = uuid::Uuid::new_v4().as_bytes().to_vec();
         {
-            let mut statements = caller.session.statements.lock().map_err(internal)?;
+            let mut statements = session.statements.lock().map_err(internal)?;
             // Bounded in number and in bytes (a statement may be megabytes of text).
-            let mut kept: usize = statements.iter().map(|(_, sql)| sql.len()).sum();
-            while statements.len() >= STATEMENTS_KEPT || kept + query.query.len() > STATEMENT_BYTES_KEPT {
+            let size = |sql: &Option<String>| sql.as_ref().map_or(0, String::len);
+            let mut kept: usize = statements.iter().map(|(_, sql)| size(sql)).sum();
+            while statements.len() >= STATEMENTS_KEPT || kept + size(&statement) > STATEMENT_BYTES_KEPT {
                 match statements.pop_front() {
-                    Some((_, sql)) => kept -= sql.len(),
+                    Some((_, sql)) => kept -= size(&sql),
                     None => break,
                 }
             }
-            statements.push_back((handle.clone(), query.query));
+            statements.push_back((handle.clone(), statement));
         }
         let ticket = TicketStatementQuery {
             statement_handle: handle.into(),
@@ -1117,6 +1130,14 @@ impl FlightSqlService for FlightSqlServer {
                      only for the last {STATEMENTS_KEPT} it planned; plan it again"
                 ))
             })?;
+        let Some(sql) = sql else {
+            // A `SET`, already in effect: no rows, nothing run again.
+            let empty = FlightDataEncoderBuilder::new()
+                .with_schema(Arc::new(Schema::empty()))
+                .build(futures::stream::empty())
+                .map_err(|e| Status::internal(e.to_string()));
+            return Ok(Response::new(Box::pin(empty)));
+        };
         let ticket = request.into_inner().ticket.to_vec();
         self.run(caller, "flight:DoGetStatement", sql, Vec::new(), ticket).await
     }

@@ -4,7 +4,8 @@
 //! first flushes the WAL, so that the trace sees every observation
 //! acknowledged before the report, then runs `trace_contacts` in a tracer
 //! session and writes the case and one alert per contact (revoked devices
-//! get none) as one WAL record. Phones fetch their own unexpired alerts from
+//! get none) as one WAL record, flushed at once (so the reporting tracer can
+//! declare the case as their purpose straight away). Phones fetch their own unexpired alerts from
 //! the in-memory [`AlertBook`], which holds what the store holds (reloaded
 //! after each flush, so alerts issued by other servers appear too).
 
@@ -201,9 +202,13 @@ impl AlertBook {
         Ok(())
     }
 
+    /// Adds an alert just issued here, unless a reload after a flush brought it in already.
     fn add(&self, device: &str, alert: Alert) {
         let mut book = self.by_device.write().expect("alert lock is never poisoned");
-        book.entry(device.to_string()).or_default().push(alert);
+        let alerts = book.entry(device.to_string()).or_default();
+        if !alerts.iter().any(|a| a.id == alert.id) {
+            alerts.push(alert);
+        }
     }
 
     /// The device's alerts that have not expired at `now`, newest first.
@@ -428,6 +433,12 @@ async fn open_case(
         });
     }
     state.make_durable(entries, "case").await?;
+    // Flushed again at once, so that the case is in the store when the tracer who reported it
+    // declares it as their purpose (and its alerts reach every node's book). The case is
+    // durable already: a failed flush is left to the next periodic one.
+    if let Err(e) = state.flush().await {
+        tracing::warn!(target: "proxima::http", case = %case_id, error = %e, "flushing the new case failed; it is in the write-ahead log and the next flush stores it");
+    }
     for (device, alert) in alerts {
         state.alerts.add(&device, alert);
     }
