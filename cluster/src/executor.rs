@@ -62,6 +62,11 @@ pub fn function_registry(factory: &SessionFactory) -> BallistaFunctionRegistry {
         }
         registry.scalar_functions.insert(function.name().to_string(), function);
     }
+    for function in proxima_udfs::aggregate_functions() {
+        registry
+            .aggregate_functions
+            .insert(function.name().to_string(), Arc::new(function));
+    }
     registry
 }
 

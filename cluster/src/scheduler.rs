@@ -43,6 +43,9 @@ pub fn config(factory: &SessionFactory, address: SocketAddr, advertise_host: &st
             for function in builder_factory.scalar_functions() {
                 datafusion::execution::FunctionRegistry::register_udf(&mut state, Arc::new(function))?;
             }
+            for function in proxima_udfs::aggregate_functions() {
+                datafusion::execution::FunctionRegistry::register_udaf(&mut state, Arc::new(function))?;
+            }
             Ok(state)
         })),
         override_logical_codec: Some(Arc::new(LogicalCodec::new(Some(factory.clone())))),

@@ -323,6 +323,9 @@ impl SessionFactory {
         for function in self.scalar_functions() {
             ctx.register_udf(function);
         }
+        for function in proxima_udfs::aggregate_functions() {
+            ctx.register_udaf(function);
+        }
         for (name, function) in proxima_udfs::table_functions() {
             ctx.register_udtf(name, function);
         }

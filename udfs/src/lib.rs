@@ -6,6 +6,8 @@
 //! | `en_rpik(tek)`, `en_rpi(tek, interval_number)` | scalar | [`gaen`] |
 //! | `en_rpis(tek, rolling_start_interval [, rolling_period])` | table | [`gaen`] |
 //! | `exposure_risk(duration_s, rssi, tx_power)` | scalar | [`risk`] |
+//! | `hll_sketch(text)`, `hll_merge(sketch)` | aggregate | [`sketch`] |
+//! | `hll_count(sketch)` | scalar | [`sketch`] |
 //!
 //! Their settings ([`ProximaOptions`], `SET proxima.…`) must be put on the
 //! session's config before the session is made; [`register_all`] then adds
@@ -19,13 +21,14 @@ pub mod codec;
 pub mod gaen;
 pub mod options;
 pub mod risk;
+pub mod sketch;
 pub mod trace;
 
 use std::sync::Arc;
 
 use datafusion::catalog::TableFunctionImpl;
 use datafusion::error::Result;
-use datafusion::logical_expr::ScalarUDF;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::prelude::SessionContext;
 
 pub use options::ProximaOptions;
@@ -36,7 +39,13 @@ pub fn scalar_functions() -> Vec<ScalarUDF> {
         ScalarUDF::from(gaen::EnRpik::default()),
         ScalarUDF::from(gaen::EnRpi::default()),
         ScalarUDF::from(risk::ExposureRisk::default()),
+        ScalarUDF::from(sketch::HllCount::default()),
     ]
+}
+
+/// Every aggregate function of Proxima.
+pub fn aggregate_functions() -> Vec<AggregateUDF> {
+    sketch::aggregate_functions()
 }
 
 /// Every table function of Proxima, by name.
@@ -51,6 +60,9 @@ pub fn table_functions() -> Vec<(&'static str, Arc<dyn TableFunctionImpl>)> {
 pub fn register_all(ctx: &SessionContext) -> Result<()> {
     for function in scalar_functions() {
         ctx.register_udf(function);
+    }
+    for function in aggregate_functions() {
+        ctx.register_udaf(function);
     }
     for (name, function) in table_functions() {
         ctx.register_udtf(name, function);
@@ -68,6 +80,9 @@ mod tests {
     fn names_are_unique() {
         let mut names = HashSet::new();
         for f in scalar_functions() {
+            assert!(names.insert(f.name().to_string()), "{} registered twice", f.name());
+        }
+        for f in aggregate_functions() {
             assert!(names.insert(f.name().to_string()), "{} registered twice", f.name());
         }
         for (name, _) in table_functions() {
