@@ -63,6 +63,10 @@ pub struct SqlArgs {
     /// (sent as x-proxima-purpose with --connect); every audit record names it.
     #[arg(long, env = "PROXIMA_PURPOSE", value_name = "case:ID", value_parser = parse_purpose)]
     purpose: Option<String>,
+    /// The smallest number of distinct devices a cell of the aggregates shows on a local
+    /// store (`serve --min-cell` for analysts): smaller cells are left out.
+    #[arg(long, env = "PROXIMA_MIN_CELL", value_name = "N", default_value_t = proxima_engine::session::DEFAULT_MIN_CELL, value_parser = clap::value_parser!(u32).range(2..), conflicts_with = "connect")]
+    min_cell: u32,
     /// Rotating identifiers: the keys that resolve them in `encounters` and traces (default:
     /// the development key a loopback server keeps beside the store, if any), and their epochs.
     #[command(flatten)]
@@ -203,6 +207,7 @@ pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
             local_files: true,
             identifiers,
             remote,
+            min_cell: Some(args.min_cell),
             ..SessionOptions::default()
         },
     )?;
