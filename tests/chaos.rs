@@ -453,14 +453,8 @@ async fn kill_9_in_the_middle_of_every_kind_of_work_loses_and_repeats_nothing() 
 
     // A clean start replays the WAL; SIGTERM flushes it; one maintenance round finishes what
     // the kills left (erasures, compactions, indexes, retention).
-    let node = serve(&root);
-    let stopped = std::process::Command::new("kill")
-        .args(["-TERM", &node.server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    let mut server = node.server;
-    assert!(server.child.wait().unwrap().success());
+    let mut node = serve(&root);
+    common::terminate(&mut node.server.child);
     let _ = std::fs::remove_dir_all(root.join("_leases"));
     let _ = std::fs::remove_dir_all(root.join("_erasure/lease"));
     // Twice: the first round finishes what the kills left (an erasure may replace files as it
@@ -660,12 +654,7 @@ async fn a_full_disk_under_the_write_ahead_log_refuses_uploads_and_loses_nothing
         assert_eq!(answers.counts().1, refused_before, "refused after the room was made");
     }
     // SIGTERM flushes; the store holds exactly the acknowledged requests, each once.
-    let stopped = std::process::Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    assert!(server.child.wait().unwrap().success());
+    common::terminate(&mut server.child);
     answers.check_stored(&root, &devices).await;
     let (acked, refused) = answers.counts();
     eprintln!("{acked} acknowledged ({before} before the disk filled), {refused} refused with 503, all accounted for");
@@ -814,12 +803,7 @@ async fn fsync_failing_with_eio_acknowledges_nothing_of_it_and_never_syncs_that_
     server.child.wait().unwrap();
     let mut server = common::Server::start_with_env(&flags, &args(false));
     server.drain();
-    let stopped = std::process::Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    assert!(server.child.wait().unwrap().success());
+    common::terminate(&mut server.child);
     answers.check_stored(&root, &devices).await;
     assert_eq!(answers.counts(), (40, 20));
 }
@@ -1117,12 +1101,7 @@ async fn s3_that_fails_stalls_and_resets_during_flush_and_compaction_loses_and_r
     assert_eq!(faults.len(), 5, "every kind of fault was injected: {faults:?}");
     eprintln!("the server said: {said:?} in {:?}", started.elapsed());
     // SIGTERM flushes what is left (S3 answers again).
-    let stopped = std::process::Command::new("kill")
-        .args(["-TERM", &node.server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    assert!(node.server.child.wait().unwrap().success());
+    common::terminate(&mut node.server.child);
 
     let stored = common::rows_by_request(&direct).await;
     let mut expected: BTreeMap<(String, i32), i64> =

@@ -5,7 +5,6 @@
 use crate::common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -159,12 +158,7 @@ async fn acknowledged_uploads_survive_kill_9_exactly_once() {
 
     // A clean start replays what the WAL still holds; SIGTERM flushes it all.
     let mut server = serve(&store_dir);
-    let stopped = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    assert!(server.child.wait().unwrap().success());
+    common::terminate(&mut server.child);
 
     let stored = common::rows_by_request(&Store::local(&store_dir).unwrap()).await;
     for ((observer, seq), count) in &stored {

@@ -188,12 +188,7 @@ impl Server {
 
     /// Stops the server as an operator does (SIGTERM) and waits for it.
     fn stop(mut self) {
-        let killed = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        assert!(self.child.wait().unwrap().success());
+        common::terminate(&mut self.child);
     }
 }
 

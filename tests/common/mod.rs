@@ -18,6 +18,19 @@ pub fn wait_for_line(stdout: &mut BufReader<ChildStdout>, prefix: &str) -> Strin
     line
 }
 
+/// Stops a server as an operator does (SIGTERM) and checks that it exits cleanly (a clean
+/// stop flushes what the write-ahead log holds).
+#[allow(dead_code)] // not every test binary that shares this module starts a server
+pub fn terminate(child: &mut std::process::Child) {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -TERM {}", child.id());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM is a clean stop: {status}");
+}
+
 /// Writes a confirmed case of `device`, reported now, straight into the store (as the REST
 /// service would on `POST /v1/cases`), and returns its id: what a tracer's purpose cites.
 #[allow(dead_code)] // not every test binary that shares this module opens a case
