@@ -126,6 +126,20 @@ pub static EXPOSURE_KEYS: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// Columns of the contact rollup's partial rows: per hour and 4-character geohash cell, the
+/// sightings of a registered device by another with a location, those of 15 weighted minutes
+/// or more (`exposure_risk`), and a sketch of the devices on either side (`hll_sketch`).
+/// Rows of one key add up: their sums and merged sketches are the totals.
+pub static CONTACT_PARTIALS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("hour", timestamp_type(), false),
+        Field::new("cell", DataType::Utf8, false),
+        Field::new("sightings", DataType::Int64, false),
+        Field::new("close_contacts", DataType::Int64, false),
+        Field::new("devices", DataType::Binary, false),
+    ]))
+});
+
 /// Columns of `upload_keys` (not visible to SQL): an upload's idempotency key and its answer.
 pub static UPLOAD_KEYS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![

@@ -12,7 +12,8 @@
 //! [`retention`] deletes day folders, and the [`Maintainer`] runs all of
 //! that housekeeping in one loop on its own runtime, whether or not REST is
 //! enabled. The shared [`registry`] is what serving nodes on one store know of each
-//! other's registrations and revocations before they flush. Reading the store is `proxima-engine`'s business, not this
+//! other's registrations and revocations before they flush. [`rollup`] folds resolved
+//! sightings into the analysts' contact rollup's partial rows (not yet written by the flush). Reading the store is `proxima-engine`'s business, not this
 //! crate's; accepting rows from the outside world is `proxima-ingest`'s.
 #![warn(missing_docs)]
 
@@ -29,6 +30,7 @@ pub mod maintainer;
 pub mod marks;
 pub mod registry;
 pub mod retention;
+pub mod rollup;
 #[cfg(test)]
 mod testing;
 pub mod wal;

@@ -50,6 +50,45 @@ pub fn count(sketch: &HllSketch) -> i64 {
     sketch.composite_estimate().round() as i64
 }
 
+/// A sketch being built outside SQL (a rollup's devices per cell and hour): values and
+/// other sketches go in, the same bytes as `hll_sketch` come out.
+pub struct Sketcher(HllUnion);
+
+impl std::fmt::Debug for Sketcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Sketcher").field(&self.count()).finish()
+    }
+}
+
+impl Default for Sketcher {
+    fn default() -> Self {
+        Self(HllUnion::new(LG_K).expect("LG_K is a valid lg_k"))
+    }
+}
+
+impl Sketcher {
+    /// Adds a value (hashed as `hll_sketch` hashes text).
+    pub fn add(&mut self, value: &str) {
+        self.0.update_value(value);
+    }
+
+    /// Adds every value another sketch stands for.
+    pub fn merge(&mut self, sketch: &[u8]) -> Result<()> {
+        self.0.update(&decode(sketch)?);
+        Ok(())
+    }
+
+    /// The sketch's stored bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.to_sketch(HllType::Hll4).serialize()
+    }
+
+    /// The distinct count, as `hll_count` says it.
+    pub fn count(&self) -> i64 {
+        count(&self.0.to_sketch(HllType::Hll4))
+    }
+}
+
 /// `hll_sketch(value)`: the sketch of a text column's distinct values (NULLs ignored).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct HllSketchUdaf {
