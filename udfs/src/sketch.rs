@@ -87,54 +87,45 @@ impl Sketcher {
     pub fn count(&self) -> i64 {
         count(&self.0.to_sketch(HllType::Hll4))
     }
+
+    /// Bytes of memory it holds.
+    pub fn estimated_size(&self) -> usize {
+        self.0.estimated_size()
+    }
 }
 
-/// `hll_sketch(value)`: the sketch of a text column's distinct values (NULLs ignored).
+/// `hll_sketch(value)`, the sketch of a text column's distinct values, and
+/// `hll_merge(sketch)`, the union of sketches (NULLs ignored by both).
 #[derive(Debug, PartialEq, Eq, Hash)]
-pub struct HllSketchUdaf {
+pub struct HllAggregate {
+    input: Input,
     signature: Signature,
 }
 
-impl Default for HllSketchUdaf {
-    fn default() -> Self {
+impl HllAggregate {
+    /// `hll_sketch`.
+    pub fn sketch() -> Self {
         Self {
+            input: Input::Values,
             signature: Signature::uniform(1, vec![DataType::Utf8], Volatility::Immutable),
         }
     }
-}
 
-impl AggregateUDFImpl for HllSketchUdaf {
-    fn name(&self) -> &str {
-        "hll_sketch"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Binary)
-    }
-    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(Uniting::new(Input::Values)?))
-    }
-}
-
-/// `hll_merge(sketch)`: the union of sketches (NULLs ignored).
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct HllMergeUdaf {
-    signature: Signature,
-}
-
-impl Default for HllMergeUdaf {
-    fn default() -> Self {
+    /// `hll_merge`.
+    pub fn merge() -> Self {
         Self {
+            input: Input::Sketches,
             signature: Signature::uniform(1, vec![DataType::Binary], Volatility::Immutable),
         }
     }
 }
 
-impl AggregateUDFImpl for HllMergeUdaf {
+impl AggregateUDFImpl for HllAggregate {
     fn name(&self) -> &str {
-        "hll_merge"
+        match self.input {
+            Input::Values => "hll_sketch",
+            Input::Sketches => "hll_merge",
+        }
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -143,12 +134,12 @@ impl AggregateUDFImpl for HllMergeUdaf {
         Ok(DataType::Binary)
     }
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(Uniting::new(Input::Sketches)?))
+        Ok(Box::new(Uniting::new(self.input)))
     }
 }
 
-/// What an accumulator's input rows are.
-#[derive(Debug, Clone, Copy)]
+/// What an aggregate's input rows are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Input {
     /// Values to count (`hll_sketch`).
     Values,
@@ -157,35 +148,30 @@ enum Input {
 }
 
 /// The accumulator of both aggregates: a union, whose partial state is a sketch too.
+#[derive(Debug)]
 struct Uniting {
     input: Input,
-    union: HllUnion,
-}
-
-impl std::fmt::Debug for Uniting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Uniting")
-            .field("input", &self.input)
-            .finish_non_exhaustive()
-    }
+    sketcher: Sketcher,
 }
 
 impl Uniting {
-    fn new(input: Input) -> Result<Self> {
-        let union = HllUnion::new(LG_K).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-        Ok(Self { input, union })
+    fn new(input: Input) -> Self {
+        Self {
+            input,
+            sketcher: Sketcher::default(),
+        }
     }
 
     fn unite(&mut self, sketches: &ArrayRef) -> Result<()> {
         let sketches = cast(sketches, &DataType::Binary)?;
         for bytes in sketches.as_binary::<i32>().iter().flatten() {
-            self.union.update(&decode(bytes)?);
+            self.sketcher.merge(bytes)?;
         }
         Ok(())
     }
 
     fn sketch(&self) -> ScalarValue {
-        ScalarValue::Binary(Some(self.union.to_sketch(HllType::Hll4).serialize()))
+        ScalarValue::Binary(Some(self.sketcher.to_bytes()))
     }
 }
 
@@ -198,7 +184,7 @@ impl Accumulator for Uniting {
             Input::Values => {
                 let column = cast(column, &DataType::Utf8)?;
                 for value in column.as_string::<i32>().iter().flatten() {
-                    self.union.update_value(value);
+                    self.sketcher.add(value);
                 }
                 Ok(())
             }
@@ -211,7 +197,7 @@ impl Accumulator for Uniting {
     }
 
     fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.union.estimated_size()
+        std::mem::size_of_val(self) + self.sketcher.estimated_size()
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
@@ -268,8 +254,8 @@ impl ScalarUDFImpl for HllCount {
 /// The aggregate functions of this module.
 pub fn aggregate_functions() -> Vec<AggregateUDF> {
     vec![
-        AggregateUDF::from(HllSketchUdaf::default()),
-        AggregateUDF::from(HllMergeUdaf::default()),
+        AggregateUDF::from(HllAggregate::sketch()),
+        AggregateUDF::from(HllAggregate::merge()),
     ]
 }
 
@@ -293,7 +279,7 @@ mod tests {
 
     /// The sketch of `values`, built by one accumulator.
     fn sketch_of(values: &[String]) -> Vec<u8> {
-        let mut acc = Uniting::new(Input::Values).unwrap();
+        let mut acc = Uniting::new(Input::Values);
         let column: ArrayRef = Arc::new(StringArray::from_iter_values(values));
         acc.update_batch(&[column]).unwrap();
         match acc.evaluate().unwrap() {
@@ -303,7 +289,7 @@ mod tests {
     }
 
     fn merged(parts: &[Vec<u8>]) -> HllSketch {
-        let mut acc = Uniting::new(Input::Sketches).unwrap();
+        let mut acc = Uniting::new(Input::Sketches);
         let column: ArrayRef = Arc::new(BinaryArray::from_iter_values(parts));
         acc.update_batch(&[column]).unwrap();
         match acc.evaluate().unwrap() {
