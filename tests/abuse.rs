@@ -35,7 +35,7 @@ async fn a_burst_of_wrong_passwords_is_refused_unchecked_and_others_still_log_in
         dir.path(),
         &[
             "--login-rate",
-            "10",
+            "2",
             "--login-user-rate",
             "100000",
             "--login-concurrency",
@@ -73,13 +73,15 @@ async fn a_burst_of_wrong_passwords_is_refused_unchecked_and_others_still_log_in
         *by_status.entry(*status).or_default() += 1;
     }
     // Every answer is a refusal; only wrong passwords that were hashed say 401: the budget
-    // (10), the failure that found it empty, one more in the other hash slot, and one more
-    // per 6 s the burst lasted (the budget refills at 10 a minute).
+    // (2), the failure that found it empty, one more in the other hash slot, and for every
+    // 30 s the burst lasted (the budget refills at 2 a minute) two more: the one that spends
+    // the refill and the one beside it in the other slot that finds the bucket empty again.
+    // (A slow refill keeps the address blocked well past the burst for the checks below.)
     assert!(by_status.keys().all(|s| [401, 429, 503].contains(s)), "{by_status:?}");
     let hashed = by_status.get(&401).copied().unwrap_or(0);
-    let allowed = 12 + elapsed.as_secs() as usize / 6;
+    let allowed = 4 + 2 * (elapsed.as_secs() as usize / 30);
     assert!(
-        (10..=allowed).contains(&hashed),
+        (2..=allowed).contains(&hashed),
         "{hashed} wrong passwords hashed (at most {allowed}): {by_status:?}"
     );
     // The rest were refused unchecked: 429 once the budget ran out, 503 while both hash

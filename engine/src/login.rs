@@ -134,20 +134,14 @@ impl LoginGuard {
         let address = address.map_or_else(|| "unknown".to_string(), address_key);
         // Names are the client's text: bounded before they become a key.
         let user: String = name.chars().take(128).collect();
-        let now = Instant::now();
-        for (key, by) in [
-            (format!("a:{address}"), "from this address"),
-            (format!("u:{user}"), "for this user"),
-        ] {
-            if let Some(retry_after) = inner.blocked_for(&key, now) {
-                inner.counts.throttled.fetch_add(1, Ordering::Relaxed);
-                return Err(LoginRefused::Throttled { by, retry_after });
-            }
-        }
+        inner.throttled(&address, &user)?;
         let Ok(permit) = Arc::clone(&inner.hashing).try_acquire_owned() else {
             inner.counts.busy.fetch_add(1, Ordering::Relaxed);
             return Err(LoginRefused::Busy);
         };
+        // Again with the slot held: a failure recorded (and its block set) between the first
+        // look and taking the slot it freed is seen, so a block lets no attempt through.
+        inner.throttled(&address, &user)?;
         let (users, name, password) = (users.clone(), name.to_string(), password.to_string());
         let inner = Arc::clone(inner);
         // The slot is held until the outcome is recorded, on the blocking thread: a client
@@ -165,6 +159,21 @@ impl LoginGuard {
 }
 
 impl Inner {
+    /// Refuses (and counts) an attempt from `address` or for `user` while either is blocked.
+    fn throttled(&self, address: &str, user: &str) -> Result<(), LoginRefused> {
+        let now = Instant::now();
+        for (key, by) in [
+            (format!("a:{address}"), "from this address"),
+            (format!("u:{user}"), "for this user"),
+        ] {
+            if let Some(retry_after) = self.blocked_for(&key, now) {
+                self.counts.throttled.fetch_add(1, Ordering::Relaxed);
+                return Err(LoginRefused::Throttled { by, retry_after });
+            }
+        }
+        Ok(())
+    }
+
     /// Counts an outcome; a failure spends the address's and the user's budgets.
     fn record(&self, succeeded: bool, address: &str, user: &str) {
         if succeeded {
