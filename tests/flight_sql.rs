@@ -1082,7 +1082,10 @@ async fn analysts_see_aggregates_only_and_never_a_small_cell() {
     let server = Server::start(fixture, &["--min-cell", &min_cell.to_string()]);
     let mut ann = client(&server).await;
     ann.handshake("ann", ANALYST_PASSWORD).await.unwrap();
-    assert_eq!(listed_tables(&mut ann).await, ["daily_contacts_by_location"]);
+    assert_eq!(
+        listed_tables(&mut ann).await,
+        ["contact_rollup", "daily_contacts_by_location"]
+    );
 
     // Raw tables and tracing functions fail exactly as names that do not exist.
     for (hidden, absent) in [
@@ -1090,6 +1093,8 @@ async fn analysts_see_aggregates_only_and_never_a_small_cell() {
         ("SELECT * FROM devices", "SELECT * FROM devicez"),
         ("SELECT * FROM encounters", "SELECT * FROM encounterz"),
         ("SELECT * FROM cases", "SELECT * FROM casez"),
+        ("SELECT * FROM contact_partials", "SELECT * FROM contact_partialz"),
+        ("SELECT hll_count(NULL)", "SELECT hll_counz(NULL)"),
         (
             "SELECT * FROM trace_contacts('x', now())",
             "SELECT * FROM trace_contactz('x', now())",
@@ -1107,6 +1112,8 @@ async fn analysts_see_aggregates_only_and_never_a_small_cell() {
                 .replace("devicez", "devices")
                 .replace("encounterz", "encounters")
                 .replace("casez", "cases")
+                .replace("contact_partialz", "contact_partials")
+                .replace("hll_counz", "hll_count")
                 .replace("trace_contactz", "trace_contacts")
                 .replace("en_rpiz", "en_rpis")
         };
@@ -1148,6 +1155,28 @@ async fn analysts_see_aggregates_only_and_never_a_small_cell() {
     )
     .await;
     assert_eq!(totals.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+
+    // The contact rollup, per hour and cell: those of at least min_cell devices (the
+    // same sketch's count), computed here from the raw rows, and no other.
+    let hours = |min: i64, max: i64| {
+        local_csv(
+            fixture,
+            &format!(
+                "SELECT count(*) FROM (SELECT hll_count(hll_sketch(a)) AS n FROM encounters \
+                 WHERE location IS NOT NULL GROUP BY date_trunc('hour', at), substr(location, 1, 4)) \
+                 WHERE n >= {min} AND n < {max}"
+            ),
+        )[0]
+        .parse::<i64>()
+        .unwrap()
+    };
+    let (shown, small) = (hours(min_cell, i64::MAX), hours(1, min_cell));
+    assert!(small > 0, "the fixture has small hours and cells");
+    let rollup = query(&mut ann, "SELECT count(*), min(devices) FROM contact_rollup").await;
+    assert_eq!(rollup[0].column(0).as_primitive::<Int64Type>().value(0), shown);
+    if shown > 0 {
+        assert!(rollup[0].column(1).as_primitive::<Int64Type>().value(0) >= min_cell);
+    }
 
     // Admins run the platform and read no data.
     let mut root = client(&server).await;

@@ -115,7 +115,12 @@ fn the_store_works_on_s3() {
     assert_ne!(indexed, "n\n0\n");
 
     let retention = ok(&moto, &["retention", "--keep-days", "2", "--today", "2026-11-05"]);
-    assert!(retention.contains("deleted 4 day folder(s)"), "{retention}");
+    // Observations, their index and the contact rollup of 2 and 3 November.
+    assert!(retention.contains("deleted 6 day folder(s)"), "{retention}");
+    assert!(
+        retention.contains("deleted contact_partials/day=2026-11-02"),
+        "{retention}"
+    );
     assert!(
         retention.contains("deleted observed_index/day=2026-11-03"),
         "{retention}"

@@ -10,6 +10,7 @@
 //! <root>/{cases,alerts,temperature_readings}/day=…/part-<uuid v7>.parquet
 //! <root>/{revocations,device_credentials}/part-<uuid v7>.parquet
 //! <root>/exposure_keys/day=…/part-<uuid v7>.parquet               (GAEN keys, by the day they start)
+//! <root>/contact_partials/day=…/part-<uuid v7>.parquet            (derived: the contact rollup's partial rows)
 //! <root>/_staging/<transaction>/...      (invisible to SQL; see proxima-ingest)
 //! <root>/_keys/<table>[/<day>].json      (each table-day's key-encryption key, wrapped; see crate::encryption)
 //! ```
@@ -52,11 +53,16 @@ pub enum Table {
     /// GAEN temporary exposure keys phones registered, partitioned by the day each starts:
     /// what links a rolling proximity identifier heard to the device that broadcast it.
     ExposureKeys,
+    /// Derived: the contact rollup's partial rows (per hour and 4-character geohash cell:
+    /// sightings, close contacts, a sketch of the devices), partitioned by the day of the
+    /// hour; rows of one key add up. Written beside the rows they are derived from; read by
+    /// the analysts' `contact_rollup` (see `proxima_storage::rollup`).
+    ContactPartials,
 }
 
 impl Table {
     /// Every table, in catalog order.
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 11] = [
         Table::Observations,
         Table::Devices,
         Table::ObservedIndex,
@@ -67,6 +73,7 @@ impl Table {
         Table::DeviceCredentials,
         Table::UploadKeys,
         Table::ExposureKeys,
+        Table::ContactPartials,
     ];
 
     /// The SQL name of the table, which is also its folder name.
@@ -82,6 +89,7 @@ impl Table {
             Table::DeviceCredentials => "device_credentials",
             Table::UploadKeys => "upload_keys",
             Table::ExposureKeys => "exposure_keys",
+            Table::ContactPartials => "contact_partials",
         }
     }
 
@@ -110,6 +118,7 @@ impl Table {
             Table::TemperatureReadings => Some("measured_at"),
             Table::UploadKeys => Some("used_at"),
             Table::ExposureKeys => Some("valid_from"),
+            Table::ContactPartials => Some("hour"),
             Table::Devices | Table::Revocations | Table::DeviceCredentials => None,
         }
     }
@@ -121,6 +130,7 @@ impl Table {
             Table::Devices => &["device_uuid", "mac"],
             // Sorted by `observed` with a page index: lookups need no bloom filter.
             Table::ObservedIndex => &["observed"],
+            Table::ContactPartials => &["cell"],
             Table::Alerts
             | Table::Cases
             | Table::TemperatureReadings
@@ -144,6 +154,7 @@ impl Table {
             Table::DeviceCredentials => schema::DEVICE_CREDENTIALS.clone(),
             Table::UploadKeys => schema::UPLOAD_KEYS.clone(),
             Table::ExposureKeys => schema::EXPOSURE_KEYS.clone(),
+            Table::ContactPartials => schema::CONTACT_PARTIALS.clone(),
         }
     }
 

@@ -41,10 +41,13 @@ const VIEWS: &[(&str, &str)] = &[("encounters", include_str!("../../sql/views/en
 
 /// The aggregates analysts read (each file one `SELECT`, with `${min_cell}`): views in a
 /// full session, [`AggregateView`]s in an analyst's.
-const AGGREGATES: &[(&str, &str)] = &[(
-    "daily_contacts_by_location",
-    include_str!("../../sql/views/daily_contacts_by_location.sql"),
-)];
+const AGGREGATES: &[(&str, &str)] = &[
+    (
+        "daily_contacts_by_location",
+        include_str!("../../sql/views/daily_contacts_by_location.sql"),
+    ),
+    ("contact_rollup", include_str!("../../sql/views/contact_rollup.sql")),
+];
 
 /// The smallest number of distinct devices an aggregate cell shows by default.
 pub const DEFAULT_MIN_CELL: u32 = 10;

@@ -30,7 +30,7 @@ use proxima_storage::{CommitSummary, PartitionWriter};
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// What an import stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportSummary {
     /// Input files read.
     pub files: usize,
@@ -38,6 +38,8 @@ pub struct ImportSummary {
     pub rows: u64,
     /// Parquet files written.
     pub written: CommitSummary,
+    /// The days the rows were filed in (none for an undated table).
+    pub days: Vec<chrono::NaiveDate>,
 }
 
 /// The kind of value a column holds, which decides how it is validated.
@@ -91,7 +93,8 @@ fn columns(table: Table) -> Vec<ColumnSpec> {
         | Table::Revocations
         | Table::DeviceCredentials
         | Table::UploadKeys
-        | Table::ExposureKeys => vec![],
+        | Table::ExposureKeys
+        | Table::ContactPartials => vec![],
         Table::Devices => vec![
             column("device_uuid", Kind::DeviceUuid, false),
             column("mac", Kind::Mac, false),
@@ -341,7 +344,7 @@ impl Staged {
 /// so tracing's lookups are current as soon as the import is; a devices import changes no
 /// index (MACs are resolved when traced).
 pub async fn import(writer: &PartitionWriter, table: Table, files: &[PathBuf]) -> Result<ImportSummary> {
-    if table == Table::ObservedIndex {
+    if matches!(table, Table::ObservedIndex | Table::ContactPartials) {
         return Err(Error::InvalidArgument(format!(
             "{table} is derived from observations (written with them); it cannot be imported"
         )));
@@ -363,9 +366,11 @@ pub async fn import(writer: &PartitionWriter, table: Table, files: &[PathBuf]) -
     }
     let rows = staged.rows;
     let mut transaction = writer.begin();
+    let mut days = Vec::new();
     for (day, day_rows) in std::mem::take(&mut staged.by_day) {
         let batch = day_rows.finish(table)?;
         let day = day.map(schema::date_from_epoch_days);
+        days.extend(day);
         if let Err(e) = transaction.write_file(table, day, &[batch]).await {
             transaction.abort().await?;
             return Err(e.into());
@@ -376,7 +381,27 @@ pub async fn import(writer: &PartitionWriter, table: Table, files: &[PathBuf]) -
         files: files.len(),
         rows,
         written,
+        days,
     })
+}
+
+/// [`import`], then the contact rollup of the days the import may have changed, recomputed
+/// from the rows (an import does not keep it row by row as a flush does): the days of the
+/// imported observations, or every day for devices, whose MACs may have been heard on any.
+/// `factory`'s sessions resolve what the rollup counts (its identifiers, if any).
+pub async fn import_rolled_up(
+    factory: &proxima_engine::SessionFactory,
+    writer: &PartitionWriter,
+    table: Table,
+    files: &[PathBuf],
+) -> Result<ImportSummary> {
+    let summary = import(writer, table, files).await?;
+    let days = match table {
+        Table::Devices => proxima_storage::rollup::rollup_days(writer.store()).await?,
+        _ => summary.days.clone(),
+    };
+    proxima_storage::rollup::rebuild_days(factory, writer, &days).await?;
+    Ok(summary)
 }
 
 /// Values already in the store that an import must not repeat (registered devices and MACs).

@@ -95,7 +95,32 @@ pub async fn populate(store: &Store, spec: &PopulationSpec) -> Result<GeneratedP
     let progress = day_progress("generating", spec.days, format!("{} devices", spec.devices));
     let result = generate(&writer, spec, |_| progress.inc(1)).await;
     progress.finish_and_clear();
-    Ok(result?)
+    let population = result?;
+    // The analysts' contact rollup of the generated days, computed once from the rows (a
+    // flush keeps it from then on). The sessions resolve the identifiers the phones broadcast.
+    let identifiers = match &spec.broadcast {
+        Broadcast::Ephemeral(ids) | Broadcast::Mixed(ids) => Some(std::sync::Arc::clone(ids)),
+        Broadcast::Mac | Broadcast::Rpi => None,
+    };
+    let factory = proxima_engine::SessionFactory::new(
+        store.clone(),
+        proxima_engine::SessionOptions {
+            identifiers,
+            ..proxima_engine::SessionOptions::default()
+        },
+    )?;
+    let days = proxima_storage::rollup::rollup_days(store).await?;
+    let progress = day_progress(
+        "rolling up",
+        days.len() as u32,
+        "contacts per hour and cell".to_string(),
+    );
+    for day in days {
+        proxima_storage::rollup::rebuild_days(&factory, &writer, &[day]).await?;
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    Ok(population)
 }
 
 /// Whether the store holds any observation file.

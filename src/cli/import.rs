@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use proxima_engine::{Store, Table};
-use proxima_ingest::import::import;
+use proxima_engine::{SessionFactory, SessionOptions, Store, Table};
+use proxima_ingest::import::import_rolled_up;
 use proxima_storage::PartitionWriter;
 
 use super::CliError;
@@ -17,6 +17,10 @@ pub struct ImportArgs {
     /// CSV (with a header line) or Parquet files, recognised by their extension.
     #[arg(required = true)]
     files: Vec<PathBuf>,
+    /// Rotating identifiers: the keys that resolve them when the import's days are rolled
+    /// up for analysts (default: the store's, or the development key beside it).
+    #[command(flatten)]
+    identifiers: super::id_key::IdentifierArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -33,8 +37,15 @@ pub async fn run(store: Store, args: ImportArgs) -> Result<(), CliError> {
         ImportTable::Observations => Table::Observations,
         ImportTable::Devices => Table::Devices,
     };
+    let factory = SessionFactory::new(
+        store.clone(),
+        SessionOptions {
+            identifiers: args.identifiers.for_sql(&store).await?,
+            ..SessionOptions::default()
+        },
+    )?;
     let writer = PartitionWriter::new(store, "import");
-    let summary = import(&writer, table, &args.files).await?;
+    let summary = import_rolled_up(&factory, &writer, table, &args.files).await?;
     super::print(format!(
         "imported {} rows from {} file(s) into {table} ({} Parquet file(s), {} bytes)",
         summary.rows, summary.files, summary.written.files, summary.written.bytes

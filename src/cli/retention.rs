@@ -16,12 +16,29 @@ pub struct RetentionArgs {
     /// The day taken as today (UTC); default: the current date.
     #[arg(long, value_name = "YYYY-MM-DD")]
     today: Option<NaiveDate>,
+    /// Rotating identifiers: the keys that resolve them when the first kept day is rolled
+    /// up again for analysts (default: the store's, or the development key beside it).
+    #[command(flatten)]
+    identifiers: super::id_key::IdentifierArgs,
 }
 
 /// Runs `proxima retention`.
 pub async fn run(store: Store, args: RetentionArgs) -> Result<(), CliError> {
     let today = args.today.unwrap_or_else(proxima_engine::store::today_utc);
     let expired = retention::apply(&store, today, args.keep_days).await?;
+    if !expired.is_empty() {
+        // Sightings early on the first kept day may have needed the GAEN keys of the day
+        // deleted: that day's rollup is recomputed.
+        let factory = proxima_engine::SessionFactory::new(
+            store.clone(),
+            proxima_engine::SessionOptions {
+                identifiers: args.identifiers.for_sql(&store).await?,
+                ..proxima_engine::SessionOptions::default()
+            },
+        )?;
+        let writer = proxima_storage::PartitionWriter::new(store.clone(), "retention");
+        proxima_storage::rollup::after_retention(&factory, &writer, today, args.keep_days).await?;
+    }
     for day in &expired {
         super::print(format!(
             "deleted {}/day={} ({} file(s), {} bytes)",

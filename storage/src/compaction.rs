@@ -15,12 +15,17 @@
 //! rewritten every few flushes).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
 use bytes::Bytes;
 use chrono::{DateTime, Days, NaiveDate, Utc};
+use datafusion::execution::FunctionRegistry as _;
+use datafusion::functions_aggregate::expr_fn::sum;
 use datafusion::logical_expr::col;
 use datafusion::prelude::ParquetReadOptions;
+use futures::StreamExt as _;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
 use parquet::file::metadata::KeyValue;
@@ -166,11 +171,33 @@ pub async fn compact(
     let frame = ctx
         .read_parquet(urls, ParquetReadOptions::default().schema(&schema))
         .await?;
+    let frame = if table == Table::ContactPartials {
+        // Partial rows of one hour and cell add up: merged into one, so that a day's
+        // partials shrink to a row per hour and cell however often it was flushed.
+        let merge = ctx.udaf("hll_merge")?;
+        frame
+            .aggregate(
+                vec![col("hour"), col("cell")],
+                vec![
+                    sum(col("sightings")).alias("sightings"),
+                    sum(col("close_contacts")).alias("close_contacts"),
+                    merge.call(vec![col("devices")]).alias("devices"),
+                ],
+            )?
+            .select_columns(&["hour", "cell", "sightings", "close_contacts", "devices"])?
+    } else {
+        frame
+    };
     let mut keys = vec![col(table.lookup_columns()[0]).sort(true, false)];
     if let Some(time) = table.time_column() {
         keys.push(col(time).sort(true, false));
     }
     let stream = frame.sort(keys)?.execute_stream().await?;
+    // The file's own schema (an aggregate's sums are nullable; these never hold a null).
+    let stream = stream.map(move |batch| {
+        let batch = batch?;
+        Ok::<_, Error>(RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())?)
+    });
     // The rows merged already have their `observed_index` companions, merged on their own.
     let mut transaction = writer.begin().without_companions();
     let metadata = vec![KeyValue::new(WAL_KEY.to_string(), encode_marks(&marks))];

@@ -14,10 +14,13 @@
 //! keeps a replay after a crash from storing anything twice.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use arrow::compute::concat_batches;
 use parquet::file::metadata::KeyValue;
 use proxima_engine::Table;
+use proxima_engine::index::IndexReader;
+use proxima_udfs::ProximaOptions;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -25,6 +28,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::layout::{sort_for_storage, split_by_day};
 use crate::marks::{WAL_KEY, committed_through, encode_marks};
+use crate::rollup::ContactPartials;
 use crate::wal::{Buffer, Rotation, Wal};
 use crate::writer::{CommitSummary, PartitionWriter, Transaction};
 
@@ -37,6 +41,8 @@ pub struct Flusher {
     /// flush first settles it (see [`PartitionWriter::settle`]), then either deletes the
     /// rows' segments (it was committed) or writes the rows again (it was not).
     in_doubt: Mutex<Option<(Uuid, Rotation)>>,
+    /// What resolves sightings for the rollups written with each flush (none: no rollups).
+    rollups: Option<Arc<IndexReader>>,
 }
 
 /// What one flush wrote.
@@ -57,7 +63,15 @@ impl Flusher {
             wal,
             writer,
             in_doubt: Mutex::default(),
+            rollups: None,
         }
+    }
+
+    /// This flusher, writing the contact rollup's partial rows of each flush in the flush's
+    /// own transaction, resolved with `index` (see [`crate::rollup`]).
+    pub fn with_rollups(mut self, index: Arc<IndexReader>) -> Self {
+        self.rollups = Some(index);
+        self
     }
 
     /// The WAL flushed.
@@ -109,8 +123,19 @@ impl Flusher {
             });
         }
         debug!(rows = rotation.buffer.rows, "flushing");
+        // Held until the commit: nothing else adds encounters between the rollup's
+        // resolution against the store and the commit of the rows it resolved.
+        let _rollup_writer = match &self.rollups {
+            Some(_) => Some(crate::rollup::WRITE_LOCK.lock().await),
+            None => None,
+        };
         let mut transaction = self.writer.begin();
-        match write_buffer(&mut transaction, &rotation.buffer, rotation.wal_id, rotation.through).await {
+        let written = write_buffer(&mut transaction, &rotation.buffer, rotation.wal_id, rotation.through).await;
+        let written = match (written, &self.rollups) {
+            (Ok(()), Some(index)) => write_rollups(&mut transaction, index, &rotation.buffer).await,
+            (written, _) => written,
+        };
+        match written {
             Ok(()) => {}
             Err(e) => {
                 warn!(error = %e, rows = rotation.buffer.rows, "flush failed; the rows stay in the write-ahead log and are retried");
@@ -185,6 +210,27 @@ async fn write_buffer(transaction: &mut Transaction, buffer: &Buffer, wal_id: Uu
                 .write_stream(table, day, rows.num_rows(), metadata, stream)
                 .await?;
         }
+    }
+    Ok(())
+}
+
+/// Stages the contact rollup's partial rows of what storing `buffer` adds (see
+/// [`ContactPartials::add_buffer`]): a file per day, none if it adds no encounter. The
+/// flushes of one process are serialised (the flusher's lock), which is what keeps them
+/// exact.
+async fn write_rollups(transaction: &mut Transaction, index: &IndexReader, buffer: &Buffer) -> Result<()> {
+    let mut partials = ContactPartials::new(ProximaOptions::default());
+    partials.add_buffer(index, buffer).await?;
+    if partials.is_empty() {
+        return Ok(());
+    }
+    let all = partials.to_batch()?;
+    for (day, rows) in split_by_day(Table::ContactPartials, &all)? {
+        let sorted = sort_for_storage(Table::ContactPartials, &rows)?;
+        let stream = futures::stream::iter([Ok::<_, Error>(sorted)]);
+        transaction
+            .write_stream(Table::ContactPartials, day, rows.num_rows(), Vec::new(), stream)
+            .await?;
     }
     Ok(())
 }

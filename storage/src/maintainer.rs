@@ -170,7 +170,7 @@ impl Maintainer {
                 let keys = store.keyring().map(|k| Arc::clone(k.provider()));
                 let (wal, found) = Wal::open_with(Arc::new(OsFs), keys, &dir, stats.wal.clone(), committed).await?;
                 replayed = found;
-                Some(Flusher::new(wal, writer.clone()))
+                Some(Flusher::new(wal, writer.clone()).with_rollups(Arc::clone(factory.index())))
             }
             None => None,
         };
@@ -310,6 +310,7 @@ impl Maintainer {
             .len();
         if expired > 0 {
             info!(target: "proxima::serve", days = expired, "retention deleted day folders");
+            crate::rollup::after_retention(&self.factory, &self.writer, today, self.options.retention_days).await?;
             // Devices no observation left in the window names go too.
             let oldest = retention::oldest_kept_day(today, self.options.retention_days);
             if let Some(devices) = erasure::expire_inactive(&self.factory, &self.writer, oldest).await?

@@ -1,25 +1,44 @@
-//! Rollups for public-health analysts, kept current from the rows a flush writes rather than
-//! by rescanning days (issue 16; the first piece: the contact rollup's arithmetic).
+//! Rollups for public-health analysts, kept current from the rows each flush writes rather
+//! than by rescanning days (issue 16).
 //!
-//! [`ContactPartials`] folds sightings, each already resolved to the registered device it
-//! heard, into partial rows ([`proxima_engine::schema::CONTACT_PARTIALS`]): per hour and
+//! [`ContactPartials`] folds sightings, each resolved to the registered device it heard,
+//! into partial rows ([`proxima_engine::schema::CONTACT_PARTIALS`]): per hour and
 //! 4-character geohash cell, the sightings, the close ones (15 weighted minutes or more by
 //! `exposure_risk`) and a sketch of the devices on either side. Partial rows of one key add
-//! up (sums, merged sketches), so a flush only has to fold its own rows, and its rows of
-//! the rollup equal what the SQL reference ([`CONTACT_PARTIALS_SQL`], over the `encounters`
-//! view) gives for the same sightings. Not yet here: writing them at each flush, with the
-//! sightings of stored rows that new devices or GAEN keys resolve (see the issue's note).
+//! up (sums, merged sketches), so the rollup (`contact_rollup`, `sql/views/`) is their sum.
+//!
+//! The flusher adds, in each flush's transaction, the encounters that flush's commit
+//! creates ([`ContactPartials::add_buffer`]): the flush's observations resolved with the
+//! store's and the flush's own devices and GAEN keys, and the stored observations that only
+//! the flush's devices and keys resolve. Every pair of a sighting and the device it hears
+//! is so counted once, by whichever of the two was stored last, provided no other writer
+//! commits between a flush's resolution and its commit: [`WRITE_LOCK`] makes it so within
+//! a process. Not yet across processes: two nodes flushing into one store at once can each
+//! miss the pair of the other's device and their own sighting of it.
+//!
+//! What cannot be added is recomputed from the raw rows for the days concerned
+//! ([`rebuild_days`], the SQL reference [`CONTACT_PARTIALS_SQL`]): after an erasure, for
+//! the first day retention keeps ([`after_retention`]), and for what imports and the
+//! generator write. Compaction merges a day's partial rows per hour and cell.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use proxima_engine::schema;
+use chrono::NaiveDate;
+use object_store::ObjectStoreExt as _;
+pub use proxima_engine::index::Sighting;
+use proxima_engine::index::{IndexReader, Pending};
+use proxima_engine::{DayPartition, SessionFactory, Table, schema};
 use proxima_udfs::ProximaOptions;
 use proxima_udfs::risk::weighted_minutes;
 use proxima_udfs::sketch::Sketcher;
+use tracing::info;
 
 use crate::error::Result;
+use crate::layout::sort_for_storage;
+use crate::wal::Buffer;
+use crate::writer::PartitionWriter;
 
 /// Characters of a geohash that make a rollup cell (about 39 × 20 km).
 pub const CELL_CHARS: usize = 4;
@@ -35,26 +54,112 @@ pub const CONTACT_PARTIALS_SQL: &str = "SELECT date_trunc('hour', at) AS hour, s
      hll_sketch(a) AS devices \
      FROM encounters WHERE location IS NOT NULL GROUP BY 1, 2";
 
-const MICROS_PER_HOUR: i64 = 3_600_000_000;
+/// The writers that add to the contact rollup, one at a time in this process: a flush
+/// resolves its sightings against the store as it is and must commit before anything else
+/// that adds encounters does, or the pair of a row of one and a device of the other would
+/// be counted by neither (see the module's documentation for several processes).
+pub(crate) static WRITE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// One sighting of a registered device, resolved.
-#[derive(Debug, Clone, Copy)]
-pub struct Sighting<'a> {
-    /// The device that reported it.
-    pub observer: &'a str,
-    /// The registered device it heard (never the observer itself).
-    pub heard: &'a str,
-    /// When, µs since the epoch (UTC).
-    pub at: i64,
-    /// Seconds.
-    pub duration_s: i64,
-    /// dBm.
-    pub rssi: Option<i64>,
-    /// dBm.
-    pub tx_power: Option<i64>,
-    /// The observer's geohash; a sighting without one is in no cell.
-    pub location: Option<&'a str>,
+/// Every day the contact rollup may have rows for: the days with observations, and those
+/// with partial rows (which a rebuild deletes if no observation is left).
+pub async fn rollup_days(store: &proxima_engine::Store) -> Result<Vec<NaiveDate>> {
+    let mut days: Vec<NaiveDate> = store
+        .list_days(Table::Observations)
+        .await?
+        .into_iter()
+        .chain(store.list_days(Table::ContactPartials).await?)
+        .map(|p| p.day)
+        .collect();
+    days.sort_unstable();
+    days.dedup();
+    Ok(days)
 }
+
+/// After retention deleted the days before the last `keep_days` to `today`: the first kept
+/// day's partial rows are rebuilt, since sightings early that day may have been encounters
+/// only through GAEN keys of the day deleted (an RPI counts two hours past its interval).
+pub async fn after_retention(
+    factory: &SessionFactory,
+    writer: &PartitionWriter,
+    today: NaiveDate,
+    keep_days: u32,
+) -> Result<u64> {
+    let oldest = crate::retention::oldest_kept_day(today, keep_days);
+    rebuild_days(factory, writer, &[oldest]).await
+}
+
+/// Recomputes the contact rollup's partial rows of each of `days` from the raw tables (the
+/// reference, [`CONTACT_PARTIALS_SQL`]) and replaces the day's partial files with them:
+/// after what cannot be subtracted from a sketch (an erasure, retention that took a day's
+/// GAEN keys), and after writers that do not keep the rollup themselves (imports, the
+/// generator). Returns the partial rows written.
+pub async fn rebuild_days(factory: &SessionFactory, writer: &PartitionWriter, days: &[NaiveDate]) -> Result<u64> {
+    let _one_writer = WRITE_LOCK.lock().await;
+    let store = factory.store();
+    let ctx = factory.session().await?;
+    let mut written = 0;
+    for &day in days {
+        let prefix = DayPartition {
+            table: Table::ContactPartials,
+            day,
+        }
+        .prefix(store.root());
+        let old = crate::compaction::live_in(store, &prefix).await?;
+        let sql = format!(
+            "SELECT * FROM ({CONTACT_PARTIALS_SQL}) WHERE CAST(hour AS DATE) = DATE '{}'",
+            day.format("%Y-%m-%d")
+        );
+        // Only the encounters of the day's observations are read (the `day` column is the
+        // observations' partition): the view's filter on it prunes every other folder.
+        let sql = sql.replace(
+            "FROM encounters WHERE location IS NOT NULL",
+            &format!(
+                "FROM encounters WHERE location IS NOT NULL AND day = DATE '{}'",
+                day.format("%Y-%m-%d")
+            ),
+        );
+        let batches = ctx.sql(&sql).await?.collect().await?;
+        let schema = schema::CONTACT_PARTIALS.clone();
+        let mut rows = Vec::new();
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())?;
+            rows.push(sort_for_storage(Table::ContactPartials, &batch)?);
+        }
+        let count: usize = rows.iter().map(RecordBatch::num_rows).sum();
+        let mut transaction = writer.begin();
+        let stream = futures::stream::iter(rows.into_iter().map(Ok::<_, crate::Error>));
+        if let Err(e) = transaction
+            .write_stream(Table::ContactPartials, Some(day), count, Vec::new(), stream)
+            .await
+        {
+            transaction.abort().await?;
+            return Err(e);
+        }
+        if old.is_empty() {
+            if count > 0 {
+                transaction.commit().await?;
+            } else {
+                transaction.abort().await?;
+            }
+        } else {
+            let replaces = old.iter().map(|f| f.location.to_string()).collect();
+            if crate::compaction::publish_replacing(store, transaction, &prefix, replaces)
+                .await?
+                .is_none()
+            {
+                // No encounter left that day: nothing replaces the old partials.
+                for file in &old {
+                    store.object_store().delete(&file.location).await?;
+                }
+            }
+        }
+        written += count as u64;
+        info!(day = %day, rows = count, "rebuilt the contact rollup's partial rows of a day");
+    }
+    Ok(written)
+}
+
+const MICROS_PER_HOUR: i64 = 3_600_000_000;
 
 #[derive(Debug, Default)]
 struct Partial {
@@ -97,6 +202,25 @@ impl ContactPartials {
         }
         partial.devices.add(sighting.observer);
         partial.devices.add(sighting.heard);
+    }
+
+    /// Folds in the encounters that storing `buffer` creates: its observations' sightings of
+    /// devices the store or the buffer registered, and the stored sightings that only the
+    /// buffer's devices and GAEN keys resolve. Exact only if no other writer commits
+    /// between this call and the commit of `buffer` (see [`crate::flush`]).
+    pub async fn add_buffer(&mut self, index: &IndexReader, buffer: &Buffer) -> Result<()> {
+        let mut pending = Pending::default();
+        for batch in buffer.tables.get(&Table::Devices).into_iter().flatten() {
+            pending.add_devices(batch)?;
+        }
+        for batch in buffer.tables.get(&Table::ExposureKeys).into_iter().flatten() {
+            pending.add_exposure_keys(batch)?;
+        }
+        for batch in buffer.tables.get(&Table::Observations).into_iter().flatten() {
+            index.resolve_new(batch, &pending, |s| self.add(s)).await?;
+        }
+        index.resolve_stored(&pending, |s| self.add(s)).await?;
+        Ok(())
     }
 
     /// Whether no sighting was folded in.
@@ -286,6 +410,295 @@ mod tests {
         assert!(
             got.iter().any(|row| row.3 > 0),
             "no close contact: the test tests too little"
+        );
+    }
+
+    /// Every hour and cell of the rollup (partial rows added up) and of the reference
+    /// recomputed from the raw tables: `(hour µs, cell, sightings, close contacts, devices)`.
+    async fn rollup_and_reference(factory: &SessionFactory) -> (Vec<Row>, Vec<Row>) {
+        let ctx = factory.session().await.unwrap();
+        let rows = |batches: Vec<RecordBatch>| -> Vec<Row> {
+            let mut rows = Vec::new();
+            for batch in &batches {
+                for row in 0..batch.num_rows() {
+                    rows.push((
+                        batch.column(0).as_primitive::<Int64Type>().value(row),
+                        batch.column(1).as_string::<i32>().value(row).to_string(),
+                        batch.column(2).as_primitive::<Int64Type>().value(row),
+                        batch.column(3).as_primitive::<Int64Type>().value(row),
+                        batch.column(4).as_primitive::<Int64Type>().value(row),
+                    ));
+                }
+            }
+            rows
+        };
+        let rollup = ctx
+            .sql(
+                "SELECT CAST(hour AS BIGINT), cell, CAST(sum(sightings) AS BIGINT), CAST(sum(close_contacts) AS BIGINT), \
+                 hll_count(hll_merge(devices)) FROM contact_partials GROUP BY 1, 2 ORDER BY 1, 2",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let reference = ctx
+            .sql(&format!(
+                "SELECT CAST(hour AS BIGINT), cell, sightings, close_contacts, hll_count(devices) \
+                 FROM ({CONTACT_PARTIALS_SQL}) ORDER BY 1, 2"
+            ))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        (rows(rollup), rows(reference))
+    }
+
+    type Row = (i64, String, i64, i64, i64);
+
+    /// Random uploads flushed in rounds, with devices registered after their MACs were
+    /// heard, GAEN keys registered after their RPIs were heard (and RPIs heard too far from
+    /// their interval), back-dated sightings and self-sightings; then compaction and
+    /// retention (which takes a day's keys, so the next day's partials are rebuilt): after
+    /// every step the rollup the flushes kept equals the recomputation from raw rows.
+    #[tokio::test]
+    async fn the_rollup_kept_by_flushes_equals_recomputation() {
+        use crate::flush::Flusher;
+        use crate::wal::{Entry, Wal, WalStats};
+        use proxima_engine::index::IndexReader;
+
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = tempfile::tempdir().unwrap();
+        let store = Store::local(dir.path()).unwrap();
+        let (wal, _) = Wal::open(wal_dir.path(), WalStats::default(), |id, tables, oldest| {
+            let store = store.clone();
+            async move { crate::marks::committed_through(&store, id, &tables, oldest).await }
+        })
+        .await
+        .unwrap();
+        let index = Arc::new(IndexReader::new(store.clone(), None));
+        let flusher = Flusher::new(wal, PartitionWriter::new(store.clone(), "test")).with_rollups(Arc::clone(&index));
+        let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
+
+        let day = 86_400_000_000i64;
+        let start = 1_793_577_600_000_000i64; // 2026-11-02T00:00:00Z
+        // Devices 0..30 broadcast MACs; 30..40 GAEN RPIs of one key a day each.
+        let teks: Vec<[u8; 16]> = (0..40u64)
+            .map(|i| {
+                let mut tek = [0u8; 16];
+                tek[..8].copy_from_slice(&(i * 7919 + 1).to_be_bytes());
+                tek
+            })
+            .collect();
+        let devices_batch = |ids: std::ops::Range<u64>| {
+            RecordBatch::try_new(
+                schema::DEVICES.clone(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(ids.clone().map(uuid))),
+                    Arc::new(StringArray::from_iter(ids.clone().map(|i| (i < 30).then(|| mac(i))))),
+                    Arc::new(
+                        TimestampMicrosecondArray::from_iter_values(ids.map(|_| start + 2 * day)).with_timezone("UTC"),
+                    ),
+                ],
+            )
+            .unwrap()
+        };
+        let keys_batch = |ids: std::ops::Range<u64>, days: std::ops::Range<i64>| {
+            let rows: Vec<(u64, i64)> = ids.flat_map(|i| days.clone().map(move |d| (i, d))).collect();
+            RecordBatch::try_new(
+                schema::EXPOSURE_KEYS.clone(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|(i, _)| uuid(*i)))),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|(i, d)| {
+                        let mut tek = teks[*i as usize];
+                        tek[15] = *d as u8;
+                        hex::encode(tek)
+                    }))),
+                    Arc::new(
+                        TimestampMicrosecondArray::from_iter_values(rows.iter().map(|(_, d)| start + d * day))
+                            .with_timezone("UTC"),
+                    ),
+                    Arc::new(Int32Array::from_iter_values(rows.iter().map(|_| 144))),
+                    Arc::new(
+                        TimestampMicrosecondArray::from_iter_values(rows.iter().map(|_| start + 3 * day))
+                            .with_timezone("UTC"),
+                    ),
+                ],
+            )
+            .unwrap()
+        };
+        let mut rng = Rng(0xfeed);
+        let cells = [Some("gcpvj0"), Some("gcpvhf"), Some("u10h"), Some("gcpe2"), None];
+        let mut observations = |n: usize, days: i64| {
+            let (mut observers, mut observed, mut at, mut duration, mut rssi, mut tx, mut location) =
+                (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+            for _ in 0..n {
+                let observer = rng.below(40);
+                let t = start + rng.below(days as u64 * 86_400) as i64 * 1_000_000;
+                let heard = rng.below(40);
+                observed.push(match rng.below(12) {
+                    0 => "DE:AD:BE:EF:00:01".to_string(),
+                    1 => mac(observer),
+                    _ if heard < 30 => mac(heard),
+                    _ => {
+                        // An RPI of the key of `heard` for the day of `t`; now and then one
+                        // heard three hours from its interval (beyond the tolerance).
+                        let mut d = (t - start) / day;
+                        // Early in a day, now and then the last RPI of the day before's
+                        // key (heard within the tolerance).
+                        let late = d > 0 && (t - start) % day < 7_200_000_000 && rng.below(2) == 0;
+                        if late {
+                            d -= 1;
+                        }
+                        let mut tek = teks[heard as usize];
+                        tek[15] = d as u8;
+                        let skew = if rng.below(8) == 0 { 3 * 3_600_000_000 } else { 0 };
+                        let interval = ((t - skew) / 600_000_000) as u32;
+                        let first = ((start + d * day) / 600_000_000) as u32;
+                        let interval = if late {
+                            first + 143
+                        } else {
+                            interval.clamp(first, first + 143)
+                        };
+                        hex::encode(proxima_udfs::gaen::rpi(&proxima_udfs::gaen::rpik(&tek), interval))
+                    }
+                });
+                observers.push(uuid(observer));
+                at.push(t);
+                duration.push(rng.below(3_600) as i32);
+                rssi.push((rng.below(3) > 0).then(|| -(rng.below(100) as i16)));
+                tx.push((rng.below(3) > 0).then(|| rng.below(10) as i16));
+                location.push(cells[rng.below(cells.len() as u64) as usize]);
+            }
+            RecordBatch::try_new(
+                schema::OBSERVATIONS_FILE.clone(),
+                vec![
+                    Arc::new(StringArray::from(observers)),
+                    Arc::new(StringArray::from(observed)),
+                    Arc::new(TimestampMicrosecondArray::from(at).with_timezone("UTC")),
+                    Arc::new(Int32Array::from(duration)),
+                    Arc::new(Int16Array::from(rssi)),
+                    Arc::new(Int16Array::from(tx)),
+                    Arc::new(StringArray::from(location)),
+                ],
+            )
+            .unwrap()
+        };
+        let entry = |table, batch| Entry { table, batch };
+        let check = |step: &'static str| {
+            let factory = &factory;
+            async move {
+                let (rollup, reference) = rollup_and_reference(factory).await;
+                assert!(
+                    reference.len() > 20,
+                    "{step}: {} hours and cells: too little tested",
+                    reference.len()
+                );
+                assert_eq!(rollup, reference, "{step}");
+            }
+        };
+
+        // 1: half the MAC devices registered, no GAEN key yet; sightings over three days.
+        let first = observations(1_500, 3);
+        flusher
+            .wal()
+            .append(vec![
+                entry(Table::Devices, devices_batch(0..15)),
+                entry(Table::Observations, first),
+            ])
+            .await
+            .unwrap();
+        flusher.flush().await.unwrap();
+        check("first flush").await;
+        // 2: the other MAC devices (heard before they registered), keys of half the GAEN
+        // devices (their RPIs heard before), more sightings.
+        let second = observations(1_000, 3);
+        flusher
+            .wal()
+            .append(vec![
+                entry(Table::Observations, second),
+                entry(Table::Devices, devices_batch(15..30)),
+                entry(Table::ExposureKeys, keys_batch(30..35, 0..3)),
+            ])
+            .await
+            .unwrap();
+        flusher.flush().await.unwrap();
+        check("late registrations and keys").await;
+        // 3: only keys, then only sightings, in flushes of their own.
+        flusher
+            .wal()
+            .append(vec![entry(Table::ExposureKeys, keys_batch(35..40, 0..3))])
+            .await
+            .unwrap();
+        flusher.flush().await.unwrap();
+        check("keys alone").await;
+        for _ in 0..3 {
+            let more = observations(300, 3);
+            flusher
+                .wal()
+                .append(vec![entry(Table::Observations, more)])
+                .await
+                .unwrap();
+            flusher.flush().await.unwrap();
+        }
+        check("sightings alone").await;
+        let partial_files = || async {
+            use futures::TryStreamExt as _;
+            let prefix = Table::ContactPartials.prefix(store.root());
+            let live: Vec<_> = store.reader().list(Some(&prefix)).try_collect().await.unwrap();
+            live.iter()
+                .filter(|m| m.location.as_ref().ends_with(".parquet"))
+                .count()
+        };
+        assert!(partial_files().await >= 15, "a partial file per flush and day");
+
+        // Compaction merges each day's partial rows per hour and cell.
+        let writer = PartitionWriter::new(store.clone(), "test");
+        let now = chrono::DateTime::from_timestamp_micros(start + 3 * day).unwrap();
+        let runs = crate::compaction::compact_due(&factory, &writer, now, std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(runs > 0);
+        assert_eq!(partial_files().await, 3, "one partial file a day");
+        check("compaction").await;
+
+        // Retention keeps the last two days; the first kept day's sightings of the keys of
+        // the day before (within the two hours' tolerance) are no encounters any more.
+        let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 4).unwrap();
+        crate::retention::apply(&store, today, 2).await.unwrap();
+        after_retention(&factory, &writer, today, 2).await.unwrap();
+        check("retention").await;
+
+        // Erasure of a MAC device and a GAEN one: their sightings leave the rollup, both
+        // sides' (a sketch cannot forget them: the days are rolled up again).
+        let revoked = RecordBatch::try_new(
+            schema::REVOCATIONS.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values([uuid(3), uuid(33)])),
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values([start + 3 * day, start + 3 * day])
+                        .with_timezone("UTC"),
+                ),
+            ],
+        )
+        .unwrap();
+        flusher
+            .wal()
+            .append(vec![entry(Table::Revocations, revoked)])
+            .await
+            .unwrap();
+        flusher.flush().await.unwrap();
+        let (before, _) = rollup_and_reference(&factory).await;
+        let erased = crate::erasure::erase_revoked(&factory, &writer, start, start + 3 * day, now)
+            .await
+            .unwrap();
+        assert_eq!(erased.len(), 2);
+        check("erasure").await;
+        let (after, _) = rollup_and_reference(&factory).await;
+        assert!(
+            after.iter().map(|r| r.2).sum::<i64>() < before.iter().map(|r| r.2).sum::<i64>(),
+            "the erased devices' sightings left the rollup"
         );
     }
 }

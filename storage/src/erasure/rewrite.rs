@@ -166,6 +166,10 @@ pub async fn erase_everywhere(
         return Ok(done);
     }
     for &table in tables {
+        if table == Table::ContactPartials {
+            // No row names a device (sketches only): rebuilt below from what is left.
+            continue;
+        }
         let days: Vec<Option<chrono::NaiveDate>> = if table.is_day_partitioned() {
             factory
                 .store()
@@ -178,13 +182,22 @@ pub async fn erase_everywhere(
             vec![None]
         };
         let mut totals = vec![FolderErasure::default(); erased.len()];
+        let mut rewritten_days = Vec::new();
         for day in days {
             let folder = erase_in_folder(factory, writer, table, day, erased, lease).await?;
+            if folder.iter().any(|done| done.rows > 0) {
+                rewritten_days.extend(day);
+            }
             for (total, done) in totals.iter_mut().zip(folder) {
                 total.rewritten += done.rewritten;
                 total.deleted += done.deleted;
                 total.rows += done.rows;
             }
+        }
+        if table == Table::Observations && !rewritten_days.is_empty() {
+            // A sketch cannot forget a device: the days whose sightings changed are rolled
+            // up again from what is left.
+            crate::rollup::rebuild_days(factory, writer, &rewritten_days).await?;
         }
         for (done, total) in done.iter_mut().zip(totals) {
             if total.rows > 0 {

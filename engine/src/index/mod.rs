@@ -63,6 +63,9 @@ use crate::paths::{DayPartition, Table};
 use crate::schema::{date_from_epoch_days, epoch_days};
 use crate::store::Store;
 
+mod sightings;
+pub use sightings::{Pending, Sighting};
+
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// File footers kept in memory; beyond this the cache starts afresh.
 const FOOTER_CACHE_ENTRIES: usize = 4096;
@@ -123,6 +126,24 @@ struct Directory {
 }
 
 impl Directory {
+    /// Adds the devices of a batch of `devices` rows read from `file`.
+    fn load(&mut self, batch: &RecordBatch, file: &Path) -> DfResult<()> {
+        let schema = batch.schema();
+        let uuids = text_column(batch, schema.index_of("device_uuid")?, file)?;
+        let macs = text_column(batch, schema.index_of("mac")?, file)?;
+        for (uuid, mac) in uuids.iter().zip(macs.iter()) {
+            let Some(device) = uuid.and_then(device_bits) else {
+                continue;
+            };
+            self.devices.insert(device);
+            self.by_handle.insert(crate::ephemeral::handle_of_bits(device), device);
+            if let Some(mac) = mac.and_then(mac_bits) {
+                self.insert(device, mac);
+            }
+        }
+        Ok(())
+    }
+
     fn insert(&mut self, device: u128, mac: u64) {
         self.mac_of.insert(device, mac);
         match self.by_mac.get(&mac) {
@@ -167,6 +188,33 @@ struct Rpis {
 }
 
 impl Rpis {
+    /// Adds the keys of a batch of `exposure_keys` rows read from `file`.
+    fn load(&mut self, batch: &RecordBatch, file: &Path) -> DfResult<()> {
+        let schema = batch.schema();
+        let uuids = text_column(batch, schema.index_of("device_uuid")?, file)?;
+        let teks = text_column(batch, schema.index_of("tek")?, file)?;
+        let starts = time_column(batch, schema.index_of("valid_from")?, file)?;
+        let periods = batch
+            .column(schema.index_of("rolling_period")?)
+            .as_primitive_opt::<arrow::datatypes::Int32Type>()
+            .ok_or_else(|| DataFusionError::Execution(format!("{file}: rolling_period is not Int32")))?;
+        for i in 0..batch.num_rows() {
+            let mut tek = [0u8; 16];
+            let Some(device) = device_bits(uuids.value(i)) else {
+                continue;
+            };
+            if hex::decode_to_slice(teks.value(i), &mut tek).is_err() {
+                continue;
+            }
+            let first = u32::try_from(starts.value(i).div_euclid(INTERVAL_MICROS)).unwrap_or(0);
+            let period = u32::try_from(periods.value(i))
+                .unwrap_or(0)
+                .min(proxima_udfs::gaen::DEFAULT_ROLLING_PERIOD as u32);
+            self.insert(device, &tek, first, period);
+        }
+        Ok(())
+    }
+
     fn insert(&mut self, device: u128, tek: &[u8; 16], first: u32, period: u32) {
         let rpik = proxima_udfs::gaen::rpik(tek);
         for interval in first..first.saturating_add(period) {
@@ -432,30 +480,7 @@ impl IndexReader {
                 continue;
             }
             for batch in self.read_whole(meta).await? {
-                let schema = batch.schema();
-                let uuids = text_column(&batch, schema.index_of("device_uuid")?, &meta.location)?;
-                let teks = text_column(&batch, schema.index_of("tek")?, &meta.location)?;
-                let starts = time_column(&batch, schema.index_of("valid_from")?, &meta.location)?;
-                let periods = batch
-                    .column(schema.index_of("rolling_period")?)
-                    .as_primitive_opt::<arrow::datatypes::Int32Type>()
-                    .ok_or_else(|| {
-                        DataFusionError::Execution(format!("{}: rolling_period is not Int32", meta.location))
-                    })?;
-                for i in 0..batch.num_rows() {
-                    let mut tek = [0u8; 16];
-                    let Some(device) = device_bits(uuids.value(i)) else {
-                        continue;
-                    };
-                    if hex::decode_to_slice(teks.value(i), &mut tek).is_err() {
-                        continue;
-                    }
-                    let first = u32::try_from(starts.value(i).div_euclid(INTERVAL_MICROS)).unwrap_or(0);
-                    let period = u32::try_from(periods.value(i))
-                        .unwrap_or(0)
-                        .min(proxima_udfs::gaen::DEFAULT_ROLLING_PERIOD as u32);
-                    rpis.insert(device, &tek, first, period);
-                }
+                rpis.load(&batch, &meta.location)?;
             }
             rpis.files.insert(meta.location.clone());
         }
@@ -533,21 +558,7 @@ impl IndexReader {
                 continue;
             }
             for batch in self.read_whole(meta).await? {
-                let schema = batch.schema();
-                let uuids = text_column(&batch, schema.index_of("device_uuid")?, &meta.location)?;
-                let macs = text_column(&batch, schema.index_of("mac")?, &meta.location)?;
-                for (uuid, mac) in uuids.iter().zip(macs.iter()) {
-                    let Some(device) = uuid.and_then(device_bits) else {
-                        continue;
-                    };
-                    directory.devices.insert(device);
-                    directory
-                        .by_handle
-                        .insert(crate::ephemeral::handle_of_bits(device), device);
-                    if let Some(mac) = mac.and_then(mac_bits) {
-                        directory.insert(device, mac);
-                    }
-                }
+                directory.load(&batch, &meta.location)?;
             }
             directory.files.insert(meta.location.clone());
         }
@@ -699,7 +710,20 @@ async fn read(
     metadata: ArrowReaderMetadata,
     select: impl FnOnce(ParquetRecordBatchStreamBuilder<CountingReader>) -> ParquetRecordBatchStreamBuilder<CountingReader>,
 ) -> DfResult<Vec<RecordBatch>> {
-    let mask = ProjectionMask::roots(metadata.metadata().file_metadata().schema_descr(), [0, 1, 2]);
+    read_columns(reader, metadata, &[0, 1, 2], select).await
+}
+
+/// `columns` of the file `reader` reads, as `select` narrows the reader.
+async fn read_columns(
+    reader: CountingReader,
+    metadata: ArrowReaderMetadata,
+    columns: &[usize],
+    select: impl FnOnce(ParquetRecordBatchStreamBuilder<CountingReader>) -> ParquetRecordBatchStreamBuilder<CountingReader>,
+) -> DfResult<Vec<RecordBatch>> {
+    let mask = ProjectionMask::roots(
+        metadata.metadata().file_metadata().schema_descr(),
+        columns.iter().copied(),
+    );
     let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata).with_projection(mask);
     Ok(select(builder).build()?.try_collect().await?)
 }
