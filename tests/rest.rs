@@ -1361,7 +1361,7 @@ async fn rpis_of_registered_exposure_keys_are_encounters() {
                 json!({"key": hex::encode(tek), "rolling_start_interval_number": start});
                 15
             ]),
-            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "at most 14",
         ),
     ] {

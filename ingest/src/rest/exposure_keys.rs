@@ -133,8 +133,8 @@ pub struct KeysAccepted {
         (status = 200, description = "Stored durably", body = KeysAccepted),
         (status = 400, description = "Malformed JSON or an unknown field", body = super::error::ErrorBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing or bad upload token", body = super::error::ErrorBody, content_type = "application/problem+json"),
-        (status = 413, description = "More than 14 keys", body = super::error::ErrorBody, content_type = "application/problem+json"),
-        (status = 422, description = "An invalid key (index and field named)", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 413, description = "A body over the size limit", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 422, description = "An invalid key (index and field named), or more than 14 keys", body = super::error::ErrorBody, content_type = "application/problem+json"),
         (status = 429, description = "Over the device's rate limit (see Retry-After)", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
 pub async fn register(
@@ -153,7 +153,9 @@ pub async fn register(
         return Err(ApiError::invalid("body: the array is empty; send at least one key"));
     }
     if keys.len() > MAX_KEYS {
-        return Err(ApiError::too_large(format!(
+        // 422 like any other element the schema refuses (`maxItems`), not 413: the body
+        // is within the size limit, and a client tells the two apart.
+        return Err(ApiError::invalid(format!(
             "body: {} keys in one request; at most {MAX_KEYS} (two weeks of daily keys)",
             keys.len()
         )));
