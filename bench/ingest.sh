@@ -3,7 +3,9 @@
 #
 #   bench/ingest.sh            (DEVICES=100000 SECONDS_LOAD=60 CONNECTIONS=64 by default;
 #                               KEEP_DEVICES=1 reuses the last run's devices and store;
-#                               OBSERVED=ids: phones report hearing rotating identifiers)
+#                               OBSERVED=ids: phones report hearing rotating identifiers;
+#                               NO_ROLLUP=1: flushes skip the analysts' contact rollup, to
+#                               measure what keeping it costs)
 #
 # 1. builds proxima in release (or uses PROXIMA_BIN) and starts `proxima serve` on an
 #    empty store in target/bench-ingest, with a users file holding an `ingest` user;
@@ -52,7 +54,8 @@ fi
 [ -s "$WORK/audit.key" ] || "$PROXIMA_BIN" audit key --out "$WORK/audit.key" >/dev/null
 [ -s "$WORK/id.key" ] || "$PROXIMA_BIN" id-key new --out "$WORK/id.key" >/dev/null
 "$PROXIMA_BIN" --data "$WORK/store" serve --users "$WORK/users.toml" --audit-key "$WORK/audit.key" \
-    --http "127.0.0.1:$PORT" --flight 127.0.0.1:0 --device-rate "$DEVICE_RATE" --registration-rate 0 --registration-work 0 --accept-mac --id-key "$WORK/id.key" > "$WORK/serve.log" 2>&1 &
+    --http "127.0.0.1:$PORT" --flight 127.0.0.1:0 --device-rate "$DEVICE_RATE" --registration-rate 0 --registration-work 0 --accept-mac --id-key "$WORK/id.key" \
+    ${NO_ROLLUP:+--no-rollup} > "$WORK/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do

@@ -1,9 +1,18 @@
 -- wrk script for bench/ingest.sh: each request is one phone's upload of 8 observations.
 -- A random registered device (token from $TOKENS) reports 8 sightings of random
--- registered MACs ($MACS) within the last hour, over keep-alive connections.
+-- registered MACs ($MACS) within the last hour, each with a geohash, over keep-alive connections.
 -- Bodies come from a pool of 4,096 made at start, so that the load generator spends
 -- its share of the two cores on sending, not on formatting JSON.
 local tokens, macs, bodies = {}, {}, {}
+-- 400 geohashes of 6 characters in 100 cells of 4 (the contact rollup's), over London.
+local cells = {}
+for c = 0, 99 do
+  for k = 0, 3 do
+    local alphabet = "0123456789bcdefghjkmnpqrstuvwxyz"
+    local function ch(i) return alphabet:sub(i % 32 + 1, i % 32 + 1) end
+    cells[#cells + 1] = "gc" .. ch(math.floor(c / 32) + 16) .. ch(c) .. ch(k * 7) .. ch(k * 11 + c)
+  end
+end
 
 local function load(path, into)
   for line in io.lines(path) do into[#into + 1] = line end
@@ -15,10 +24,11 @@ end
 
 local function sighting(now)
   return string.format(
-    '{"observed":"%s","observed_at":"%s","duration_s":%d,"rssi":%d,"tx_power":%d}',
+    '{"observed":"%s","observed_at":"%s","duration_s":%d,"rssi":%d,"tx_power":%d,"location":"%s"}',
     macs[math.random(#macs)],
     os.date("!%Y-%m-%dT%H:%M:%SZ", now - math.random(0, 3600)),
-    math.random(5, 900), math.random(-95, -40), math.random(-20, 0))
+    math.random(5, 900), math.random(-95, -40), math.random(-20, 0),
+    cells[math.random(#cells)])
 end
 
 function init(args)

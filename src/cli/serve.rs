@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// Acknowledged observations become visible to SQL within this (5s, 10s, 1m).
     #[arg(long, env = "PROXIMA_FLUSH_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     flush_interval: Duration,
+    /// Benchmarks only: flushes do not keep the analysts' contact rollup, which is then
+    /// wrong (`bench/ingest.sh` with `NO_ROLLUP=1` measures what keeping it costs).
+    #[arg(long, hide = true)]
+    no_rollup: bool,
     /// Largest JSON request body (1MiB).
     #[arg(long, env = "PROXIMA_MAX_BODY", default_value = "1MiB", value_parser = parse_bytes)]
     max_body: usize,
@@ -463,6 +467,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             interval: args.flush_interval,
             retention_days: args.retention_days,
             alert_ttl,
+            rollups: !args.no_rollup,
             ..MaintenanceOptions::default()
         })?,
         stats: MaintenanceStats::default(),

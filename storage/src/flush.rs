@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::layout::{sort_for_storage, split_by_day};
 use crate::marks::{WAL_KEY, committed_through, encode_marks};
-use crate::rollup::ContactPartials;
+use crate::rollup::{ContactPartials, RollupWriter};
 use crate::wal::{Buffer, Rotation, Wal};
 use crate::writer::{CommitSummary, PartitionWriter, Transaction};
 
@@ -123,29 +123,43 @@ impl Flusher {
             });
         }
         debug!(rows = rotation.buffer.rows, "flushing");
+        let mut transaction = self.writer.begin();
         // Held until the commit: nothing else adds encounters between the rollup's
         // resolution against the store and the commit of the rows it resolved.
-        let _rollup_writer = match &self.rollups {
-            Some(_) => Some(crate::rollup::WRITE_LOCK.lock().await),
+        let rollup_writer = match &self.rollups {
+            Some(_) => match RollupWriter::acquire(self.writer.store()).await {
+                Ok(right) => Some(right),
+                Err(e) => {
+                    warn!(error = %e, rows = rotation.buffer.rows, "flush waits for another writer of the rollup; the rows stay in the write-ahead log and are retried");
+                    rotation.segments.sort();
+                    *in_doubt = Some((transaction.id(), rotation));
+                    return Err(e);
+                }
+            },
             None => None,
         };
-        let mut transaction = self.writer.begin();
         let written = write_buffer(&mut transaction, &rotation.buffer, rotation.wal_id, rotation.through).await;
-        let written = match (written, &self.rollups) {
-            (Ok(()), Some(index)) => write_rollups(&mut transaction, index, &rotation.buffer).await,
-            (written, _) => written,
-        };
-        match written {
-            Ok(()) => {}
-            Err(e) => {
-                warn!(error = %e, rows = rotation.buffer.rows, "flush failed; the rows stay in the write-ahead log and are retried");
-                rotation.segments.sort();
-                *in_doubt = Some((transaction.id(), rotation));
-                return Err(e);
+        let written = match (written, &self.rollups, &rollup_writer) {
+            (Ok(()), Some(index), Some(right)) => {
+                match write_rollups(&mut transaction, index, &rotation.buffer).await {
+                    // A write that outlived its lease must not commit.
+                    Ok(()) => right.confirm().await,
+                    Err(e) => Err(e),
+                }
             }
+            (written, _, _) => written,
+        };
+        if let Err(e) = written {
+            release(rollup_writer).await;
+            warn!(error = %e, rows = rotation.buffer.rows, "flush failed; the rows stay in the write-ahead log and are retried");
+            rotation.segments.sort();
+            *in_doubt = Some((transaction.id(), rotation));
+            return Err(e);
         }
         let id = transaction.id();
-        match transaction.commit().await {
+        let committed = transaction.commit().await;
+        release(rollup_writer).await;
+        match committed {
             Ok(commit) => {
                 info!(rows = rotation.buffer.rows, files = commit.files, "flushed");
                 segments_deleted += delete_segments(&rotation.segments);
@@ -186,6 +200,16 @@ impl Flusher {
     }
 }
 
+/// Gives up the right to add to the rollup (a failure only delays the next writer until the
+/// lease expires).
+async fn release(right: Option<RollupWriter>) {
+    if let Some(right) = right
+        && let Err(e) = right.release().await
+    {
+        warn!(error = %e, "could not give the rollup lease back; other writers wait for its expiry");
+    }
+}
+
 fn delete_segments(segments: &[std::path::PathBuf]) -> usize {
     let mut deleted = 0;
     for segment in segments {
@@ -219,8 +243,13 @@ async fn write_buffer(transaction: &mut Transaction, buffer: &Buffer, wal_id: Uu
 /// flushes of one process are serialised (the flusher's lock), which is what keeps them
 /// exact.
 async fn write_rollups(transaction: &mut Transaction, index: &IndexReader, buffer: &Buffer) -> Result<()> {
+    let started = std::time::Instant::now();
     let mut partials = ContactPartials::new(ProximaOptions::default());
     partials.add_buffer(index, buffer).await?;
+    debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "resolved the flush's sightings for the rollup"
+    );
     if partials.is_empty() {
         return Ok(());
     }

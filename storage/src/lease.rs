@@ -22,12 +22,15 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use proxima_engine::Store;
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::error::{Error, Result};
 
 /// How long a lease lasts without renewal: longer than the rewrite of any one file.
 pub const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// How long a rollup writer's lease lasts without renewal (see [`Work::ttl`]).
+pub const ROLLUP_LEASE_TTL: Duration = Duration::from_secs(2 * 60);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct LeaseFile {
@@ -44,6 +47,10 @@ pub enum Work {
     Compaction,
     /// Retention, index upkeep and sweeps.
     Housekeeping,
+    /// A write that adds to the contact rollup (a flush, a day's rebuild): held from the
+    /// resolution of its sightings against the store to its commit, so that two nodes'
+    /// flushes never resolve against a store without the other's rows (see `rollup.rs`).
+    Rollup,
 }
 
 impl Work {
@@ -53,6 +60,17 @@ impl Work {
             Self::Erasure => "erasure",
             Self::Compaction => "compaction",
             Self::Housekeeping => "housekeeping",
+            Self::Rollup => "rollup",
+        }
+    }
+
+    /// How long its lease lasts without renewal: longer than the rewrite of any one file,
+    /// and for a rollup writer longer than a flush (a node that died holding it stops the
+    /// others' flushes for that long at most; their rows wait in their logs meanwhile).
+    pub fn ttl(self) -> Duration {
+        match self {
+            Self::Rollup => ROLLUP_LEASE_TTL,
+            Self::Erasure | Self::Compaction | Self::Housekeeping => LEASE_TTL,
         }
     }
 
@@ -105,6 +123,20 @@ async fn newest(store: &Store, work: Work) -> Result<Option<(u64, Option<LeaseFi
     Ok(Some((generation, file)))
 }
 
+/// Who holds generation `generation` of `work`'s lease (`None` if it is not there).
+async fn holder_of(store: &Store, work: Work, generation: u64) -> Result<Option<String>> {
+    let at = location(store, work, generation);
+    match store.object_store().get(&at).await {
+        Ok(found) => {
+            let file: LeaseFile = serde_json::from_slice(&found.bytes().await?)
+                .map_err(|e| Error::Invalid(format!("{at}: not a lease: {e}")))?;
+            Ok(Some(file.holder))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A holder name for this process, for logs and for whoever finds the lease file.
 pub fn this_process() -> String {
     format!("pid {} ({})", std::process::id(), uuid::Uuid::new_v4())
@@ -122,7 +154,12 @@ impl Lease {
         let next = match newest(store, work).await? {
             None => 1,
             Some((generation, Some(file))) if file.expires > now => {
-                info!(target: "proxima::lease", work = work.name(), holder = %file.holder, generation, "another process holds the lease; not this round");
+                if work == Work::Rollup {
+                    // Taken and given back at every flush: waited for, not news.
+                    debug!(target: "proxima::lease", work = work.name(), holder = %file.holder, generation, "another process holds the lease");
+                } else {
+                    info!(target: "proxima::lease", work = work.name(), holder = %file.holder, generation, "another process holds the lease; not this round");
+                }
                 return Ok(None);
             }
             Some((generation, _)) => generation + 1,
@@ -143,8 +180,21 @@ impl Lease {
             .await
         {
             Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
+            // The put may have been done and its answer lost (a connection reset after the
+            // request), and a retry of it then finds the file: whose it is says whether the
+            // lease is ours, or another process's (which must not be waited for by its own
+            // maker until it expires).
+            Err(e @ object_store::Error::AlreadyExists { .. }) => match holder_of(store, work, next).await {
+                Ok(Some(found)) if found == holder => {}
+                Ok(_) | Err(_) => {
+                    debug!(target: "proxima::lease", work = work.name(), generation = next, error = %e, "another process took this generation");
+                    return Ok(None);
+                }
+            },
+            Err(e) => match holder_of(store, work, next).await {
+                Ok(Some(found)) if found == holder => {}
+                _ => return Err(e.into()),
+            },
         }
         // Older generations are no one's any more: those still there (one, usually; not
         // every number since the first, which would grow with every tick).
@@ -167,7 +217,7 @@ impl Lease {
     }
 
     fn payload(&self, now: DateTime<Utc>) -> PutPayload {
-        let expires = now + chrono::Duration::from_std(LEASE_TTL).expect("the lease TTL fits");
+        let expires = now + chrono::Duration::from_std(self.work.ttl()).expect("the lease TTL fits");
         let file = LeaseFile {
             holder: self.holder.clone(),
             expires,
@@ -176,7 +226,7 @@ impl Lease {
     }
 
     /// Checks the lease is still this process's (no newer generation) and renews it until
-    /// `now` + [`LEASE_TTL`]; an error if another process took it over.
+    /// `now` + its work's TTL; an error if another process took it over.
     pub async fn renew(&self, now: DateTime<Utc>) -> Result<()> {
         match newest(&self.store, self.work).await? {
             Some((generation, _)) if generation == self.generation => {}

@@ -54,6 +54,9 @@ pub struct MaintenanceOptions {
     /// How long a file replaced by compaction or erasure stays for queries that listed it
     /// before it is deleted.
     pub sweep_grace: Duration,
+    /// Whether each flush keeps the analysts' contact rollup (off only to measure what it
+    /// costs: the rollup is then wrong until its days are rebuilt).
+    pub rollups: bool,
 }
 
 impl Default for MaintenanceOptions {
@@ -65,6 +68,7 @@ impl Default for MaintenanceOptions {
             alert_ttl: chrono::Duration::hours(48),
             erasure_interval: Duration::from_secs(3600),
             sweep_grace: compaction::GRACE,
+            rollups: true,
         }
     }
 }
@@ -170,7 +174,12 @@ impl Maintainer {
                 let keys = store.keyring().map(|k| Arc::clone(k.provider()));
                 let (wal, found) = Wal::open_with(Arc::new(OsFs), keys, &dir, stats.wal.clone(), committed).await?;
                 replayed = found;
-                Some(Flusher::new(wal, writer.clone()).with_rollups(Arc::clone(factory.index())))
+                let flusher = Flusher::new(wal, writer.clone());
+                Some(if options.rollups {
+                    flusher.with_rollups(Arc::clone(factory.index()))
+                } else {
+                    flusher
+                })
             }
             None => None,
         };

@@ -12,9 +12,8 @@
 //! store's and the flush's own devices and GAEN keys, and the stored observations that only
 //! the flush's devices and keys resolve. Every pair of a sighting and the device it hears
 //! is so counted once, by whichever of the two was stored last, provided no other writer
-//! commits between a flush's resolution and its commit: [`WRITE_LOCK`] makes it so within
-//! a process. Not yet across processes: two nodes flushing into one store at once can each
-//! miss the pair of the other's device and their own sighting of it.
+//! commits between a flush's resolution and its commit: a [`RollupWriter`] (a lock in the
+//! process, the store's `rollup` lease among processes) makes it so.
 //!
 //! What cannot be added is recomputed from the raw rows for the days concerned
 //! ([`rebuild_days`], the SQL reference [`CONTACT_PARTIALS_SQL`]): after an erasure, for
@@ -23,13 +22,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use chrono::NaiveDate;
+use chrono::{NaiveDate, Utc};
 use object_store::ObjectStoreExt as _;
 pub use proxima_engine::index::Sighting;
 use proxima_engine::index::{IndexReader, Pending};
-use proxima_engine::{DayPartition, SessionFactory, Table, schema};
+use proxima_engine::{DayPartition, SessionFactory, Store, Table, schema};
 use proxima_udfs::ProximaOptions;
 use proxima_udfs::risk::weighted_minutes;
 use proxima_udfs::sketch::Sketcher;
@@ -37,6 +37,7 @@ use tracing::info;
 
 use crate::error::Result;
 use crate::layout::sort_for_storage;
+use crate::lease::{self, Lease, ROLLUP_LEASE_TTL, Work};
 use crate::wal::Buffer;
 use crate::writer::PartitionWriter;
 
@@ -54,11 +55,60 @@ pub const CONTACT_PARTIALS_SQL: &str = "SELECT date_trunc('hour', at) AS hour, s
      hll_sketch(a) AS devices \
      FROM encounters WHERE location IS NOT NULL GROUP BY 1, 2";
 
-/// The writers that add to the contact rollup, one at a time in this process: a flush
-/// resolves its sightings against the store as it is and must commit before anything else
-/// that adds encounters does, or the pair of a row of one and a device of the other would
-/// be counted by neither (see the module's documentation for several processes).
-pub(crate) static WRITE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// The writers that add to the contact rollup, one at a time in this process (the store's
+/// lease does it among processes; this keeps them from polling it against each other).
+static WRITE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long a rollup writer waits for another process's: past the lease's expiry, when a
+/// holder that died has lost it.
+const ROLLUP_WAIT: Duration = Duration::from_secs(ROLLUP_LEASE_TTL.as_secs() + 30);
+
+/// The right to add to the contact rollup: held from resolving a write's sightings against
+/// the store to its commit. A flush resolves against the store as it is and must commit
+/// before anything else that adds encounters does, or the pair of a row of one and a
+/// device of the other would be counted by neither: one such writer at a time, in this
+/// process (a lock) and among the processes sharing the store (the `rollup` lease).
+#[derive(Debug)]
+pub struct RollupWriter {
+    _in_process: tokio::sync::MutexGuard<'static, ()>,
+    lease: Lease,
+}
+
+impl RollupWriter {
+    /// Waits for the right (an error if another process has held it past its expiry
+    /// and [`ROLLUP_WAIT`]: its write is stuck, and this one is retried later).
+    pub async fn acquire(store: &Store) -> Result<Self> {
+        let in_process = WRITE_LOCK.lock().await;
+        let holder = lease::this_process();
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(lease) = Lease::acquire_for(Work::Rollup, store, &holder, Utc::now()).await? {
+                return Ok(Self {
+                    _in_process: in_process,
+                    lease,
+                });
+            }
+            if started.elapsed() > ROLLUP_WAIT {
+                return Err(crate::Error::Invalid(format!(
+                    "another process has held the store's rollup lease for over {} s; this write is retried later",
+                    ROLLUP_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Checks, just before the commit, that the lease is still this process's (a write
+    /// that outlived it must not commit: another writer may have resolved without it).
+    pub async fn confirm(&self) -> Result<()> {
+        self.lease.renew(Utc::now()).await
+    }
+
+    /// Gives the right up.
+    pub async fn release(self) -> Result<()> {
+        self.lease.release().await
+    }
+}
 
 /// Every day the contact rollup may have rows for: the days with observations, and those
 /// with partial rows (which a rebuild deletes if no observation is left).
@@ -94,11 +144,28 @@ pub async fn after_retention(
 /// GAEN keys), and after writers that do not keep the rollup themselves (imports, the
 /// generator). Returns the partial rows written.
 pub async fn rebuild_days(factory: &SessionFactory, writer: &PartitionWriter, days: &[NaiveDate]) -> Result<u64> {
-    let _one_writer = WRITE_LOCK.lock().await;
+    let store = factory.store();
+    let mut written = 0;
+    // A day at a time: a flush waits for one day's rebuild, not for all of them.
+    for &day in days {
+        let right = RollupWriter::acquire(store).await?;
+        let done = rebuild_day(factory, writer, day, &right).await;
+        right.release().await?;
+        written += done?;
+    }
+    Ok(written)
+}
+
+/// [`rebuild_days`] of one day, with the right to write.
+async fn rebuild_day(
+    factory: &SessionFactory,
+    writer: &PartitionWriter,
+    day: NaiveDate,
+    right: &RollupWriter,
+) -> Result<u64> {
     let store = factory.store();
     let ctx = factory.session().await?;
-    let mut written = 0;
-    for &day in days {
+    {
         let prefix = DayPartition {
             table: Table::ContactPartials,
             day,
@@ -135,6 +202,10 @@ pub async fn rebuild_days(factory: &SessionFactory, writer: &PartitionWriter, da
             transaction.abort().await?;
             return Err(e);
         }
+        if let Err(e) = right.confirm().await {
+            transaction.abort().await?;
+            return Err(e);
+        }
         if old.is_empty() {
             if count > 0 {
                 transaction.commit().await?;
@@ -153,10 +224,9 @@ pub async fn rebuild_days(factory: &SessionFactory, writer: &PartitionWriter, da
                 }
             }
         }
-        written += count as u64;
         info!(day = %day, rows = count, "rebuilt the contact rollup's partial rows of a day");
+        Ok(count as u64)
     }
-    Ok(written)
 }
 
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
@@ -216,10 +286,17 @@ impl ContactPartials {
         for batch in buffer.tables.get(&Table::ExposureKeys).into_iter().flatten() {
             pending.add_exposure_keys(batch)?;
         }
-        for batch in buffer.tables.get(&Table::Observations).into_iter().flatten() {
-            index.resolve_new(batch, &pending, |s| self.add(s)).await?;
+        let started = std::time::Instant::now();
+        if let Some(observations) = buffer.tables.get(&Table::Observations) {
+            index.resolve_new(observations, &pending, |s| self.add(s)).await?;
         }
+        let resolved_new = started.elapsed();
         index.resolve_stored(&pending, |s| self.add(s)).await?;
+        tracing::debug!(
+            new_ms = resolved_new.as_millis() as u64,
+            stored_ms = (started.elapsed() - resolved_new).as_millis() as u64,
+            "rollup resolution"
+        );
         Ok(())
     }
 
@@ -699,6 +776,59 @@ mod tests {
         assert!(
             after.iter().map(|r| r.2).sum::<i64>() < before.iter().map(|r| r.2).sum::<i64>(),
             "the erased devices' sightings left the rollup"
+        );
+    }
+
+    /// Another process (here: its lease, taken directly) is writing the rollup: a flush
+    /// waits for it, stores nothing meanwhile, and goes on once it is given back.
+    #[tokio::test]
+    async fn a_flush_waits_for_another_processs_rollup_write() {
+        use crate::flush::Flusher;
+        use crate::wal::{Entry, Wal, WalStats};
+
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = tempfile::tempdir().unwrap();
+        let store = Store::local(dir.path()).unwrap();
+        let (wal, _) = Wal::open(wal_dir.path(), WalStats::default(), |id, tables, oldest| {
+            let store = store.clone();
+            async move { crate::marks::committed_through(&store, id, &tables, oldest).await }
+        })
+        .await
+        .unwrap();
+        let index = Arc::new(IndexReader::new(store.clone(), None));
+        let flusher = Flusher::new(wal, PartitionWriter::new(store.clone(), "test")).with_rollups(index);
+        let other = Lease::acquire_for(Work::Rollup, &store, "another node", Utc::now())
+            .await
+            .unwrap()
+            .expect("the lease is free");
+        let batch = crate::testing::observations(1, 5, 0);
+        flusher
+            .wal()
+            .append(vec![Entry {
+                table: Table::Observations,
+                batch,
+            }])
+            .await
+            .unwrap();
+        let flushing = flusher.flush();
+        tokio::pin!(flushing);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut flushing)
+                .await
+                .is_err(),
+            "the flush waits"
+        );
+        assert_eq!(crate::testing::stored(&store).await, 0, "nothing stored meanwhile");
+        other.release().await.unwrap();
+        let flushed = flushing.await.unwrap();
+        assert_eq!(flushed.rows, 5);
+        assert_eq!(crate::testing::stored(&store).await, 5);
+        // Given back: the next writer takes the lease at once.
+        assert!(
+            Lease::acquire_for(Work::Rollup, &store, "another node", Utc::now())
+                .await
+                .unwrap()
+                .is_some()
         );
     }
 }

@@ -148,12 +148,13 @@ impl<'a> Rows<'a> {
 }
 
 impl IndexReader {
-    /// Calls `each` with every sighting among `observations` (rows of the observations
-    /// table that are not stored yet) of a device the store or `pending` knows: each row
-    /// once per device it hears.
+    /// Calls `each` with every sighting among `observations` (batches of rows of the
+    /// observations table that are not stored yet) of a device the store or `pending`
+    /// knows: each row once per device it hears. The store's devices and keys are read
+    /// once for all the batches.
     pub async fn resolve_new(
         &self,
-        observations: &RecordBatch,
+        observations: &[RecordBatch],
         pending: &Pending,
         mut each: impl FnMut(Sighting<'_>),
     ) -> DfResult<()> {
@@ -161,22 +162,27 @@ impl IndexReader {
         self.refresh_rpis().await?;
         let directory = self.directory.read().await;
         let rpis = self.rpis.read().await;
-        let rows = Rows::of(observations, &Path::from("new observations"))?;
         let mut heard: Vec<u128> = Vec::new();
-        for i in 0..observations.num_rows() {
-            heard.clear();
-            let (observed, at) = (rows.observed.value(i), rows.at.value(i));
-            self.for_each_heard(&directory, &rpis, observed, at, false, |d| heard.push(d));
-            self.for_each_heard(&pending.directory, &pending.rpis, observed, at, false, |d| {
-                heard.push(d)
-            });
-            heard.sort_unstable();
-            heard.dedup();
-            let observer = device_bits(rows.observer.value(i));
-            for &device in &heard {
-                if Some(device) != observer {
-                    let text = device_text(device);
-                    each(rows.sighting(i, &text));
+        for batch in observations {
+            let rows = Rows::of(batch, &Path::from("new observations"))?;
+            for i in 0..batch.num_rows() {
+                heard.clear();
+                let (observed, at) = (rows.observed.value(i), rows.at.value(i));
+                self.for_each_heard(&directory, &rpis, observed, at, false, |d| heard.push(d));
+                self.for_each_heard(&pending.directory, &pending.rpis, observed, at, false, |d| {
+                    heard.push(d)
+                });
+                if heard.is_empty() {
+                    continue;
+                }
+                heard.sort_unstable();
+                heard.dedup();
+                let observer = device_bits(rows.observer.value(i));
+                for &device in &heard {
+                    if Some(device) != observer {
+                        let text = device_text(device);
+                        each(rows.sighting(i, &text));
+                    }
                 }
             }
         }
