@@ -150,6 +150,26 @@ pub async fn compact(
     prefix: &Path,
     files: Vec<ObjectMeta>,
 ) -> Result<bool> {
+    if table == Table::ContactPartials {
+        // A day's rebuild replaces the partial files it listed: merging them meanwhile
+        // would leave the merged file beside the rebuilt one.
+        let right = crate::rollup::RollupWriter::acquire(factory.store()).await?;
+        let merged = compact_files(factory, writer, table, day, prefix, files).await;
+        right.release().await?;
+        return merged;
+    }
+    compact_files(factory, writer, table, day, prefix, files).await
+}
+
+/// [`compact`], with whatever right it needs held.
+async fn compact_files(
+    factory: &SessionFactory,
+    writer: &PartitionWriter,
+    table: Table,
+    day: Option<NaiveDate>,
+    prefix: &Path,
+    files: Vec<ObjectMeta>,
+) -> Result<bool> {
     let store = factory.store();
     let mut marks = Vec::with_capacity(files.len());
     for file in &files {

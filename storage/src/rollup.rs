@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    Array as _, ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use chrono::{NaiveDate, Utc};
 use object_store::ObjectStoreExt as _;
 pub use proxima_engine::index::Sighting;
@@ -288,7 +290,18 @@ impl ContactPartials {
         }
         let started = std::time::Instant::now();
         if let Some(observations) = buffer.tables.get(&Table::Observations) {
-            index.resolve_new(observations, &pending, |s| self.add(s)).await?;
+            // Sightings without a location are in no cell: not even resolved (a bulk
+            // upload without locations costs the rollup nothing).
+            let mut located = Vec::with_capacity(observations.len());
+            for batch in observations {
+                let location = batch.column(batch.schema().index_of("location")?);
+                if location.null_count() == location.len() {
+                    continue;
+                }
+                let keep = arrow::compute::is_not_null(location)?;
+                located.push(arrow::compute::filter_record_batch(batch, &keep)?);
+            }
+            index.resolve_new(&located, &pending, |s| self.add(s)).await?;
         }
         let resolved_new = started.elapsed();
         index.resolve_stored(&pending, |s| self.add(s)).await?;

@@ -178,10 +178,12 @@ impl IndexReader {
                 heard.sort_unstable();
                 heard.dedup();
                 let observer = device_bits(rows.observer.value(i));
+                let mut text = uuid::Uuid::encode_buffer();
                 for &device in &heard {
                     if Some(device) != observer {
-                        let text = device_text(device);
-                        each(rows.sighting(i, &text));
+                        // On the stack: a sighting costs no allocation.
+                        let text = uuid::Uuid::from_u128(device).hyphenated().encode_lower(&mut text);
+                        each(rows.sighting(i, text));
                     }
                 }
             }
