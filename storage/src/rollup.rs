@@ -547,6 +547,18 @@ mod tests {
 
     type Row = (i64, String, i64, i64, i64);
 
+    /// A flusher of a WAL in `wal_dir` into `store` that keeps the rollup.
+    async fn flusher_with_rollups(store: &Store, wal_dir: &std::path::Path) -> crate::flush::Flusher {
+        let (wal, _) = crate::wal::Wal::open(wal_dir, crate::wal::WalStats::default(), |id, tables, oldest| {
+            let store = store.clone();
+            async move { crate::marks::committed_through(&store, id, &tables, oldest).await }
+        })
+        .await
+        .unwrap();
+        let index = Arc::new(IndexReader::new(store.clone(), None));
+        crate::flush::Flusher::new(wal, PartitionWriter::new(store.clone(), "test")).with_rollups(index)
+    }
+
     /// Random uploads flushed in rounds, with devices registered after their MACs were
     /// heard, GAEN keys registered after their RPIs were heard (and RPIs heard too far from
     /// their interval), back-dated sightings and self-sightings; then compaction and
@@ -554,21 +566,11 @@ mod tests {
     /// every step the rollup the flushes kept equals the recomputation from raw rows.
     #[tokio::test]
     async fn the_rollup_kept_by_flushes_equals_recomputation() {
-        use crate::flush::Flusher;
-        use crate::wal::{Entry, Wal, WalStats};
-        use proxima_engine::index::IndexReader;
+        use crate::wal::Entry;
 
-        let dir = tempfile::tempdir().unwrap();
-        let wal_dir = tempfile::tempdir().unwrap();
+        let (dir, wal_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let store = Store::local(dir.path()).unwrap();
-        let (wal, _) = Wal::open(wal_dir.path(), WalStats::default(), |id, tables, oldest| {
-            let store = store.clone();
-            async move { crate::marks::committed_through(&store, id, &tables, oldest).await }
-        })
-        .await
-        .unwrap();
-        let index = Arc::new(IndexReader::new(store.clone(), None));
-        let flusher = Flusher::new(wal, PartitionWriter::new(store.clone(), "test")).with_rollups(Arc::clone(&index));
+        let flusher = flusher_with_rollups(&store, wal_dir.path()).await;
         let factory = SessionFactory::new(store.clone(), SessionOptions::default()).unwrap();
 
         let day = 86_400_000_000i64;
@@ -796,20 +798,11 @@ mod tests {
     /// waits for it, stores nothing meanwhile, and goes on once it is given back.
     #[tokio::test]
     async fn a_flush_waits_for_another_processs_rollup_write() {
-        use crate::flush::Flusher;
-        use crate::wal::{Entry, Wal, WalStats};
+        use crate::wal::Entry;
 
-        let dir = tempfile::tempdir().unwrap();
-        let wal_dir = tempfile::tempdir().unwrap();
+        let (dir, wal_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let store = Store::local(dir.path()).unwrap();
-        let (wal, _) = Wal::open(wal_dir.path(), WalStats::default(), |id, tables, oldest| {
-            let store = store.clone();
-            async move { crate::marks::committed_through(&store, id, &tables, oldest).await }
-        })
-        .await
-        .unwrap();
-        let index = Arc::new(IndexReader::new(store.clone(), None));
-        let flusher = Flusher::new(wal, PartitionWriter::new(store.clone(), "test")).with_rollups(index);
+        let flusher = flusher_with_rollups(&store, wal_dir.path()).await;
         let other = Lease::acquire_for(Work::Rollup, &store, "another node", Utc::now())
             .await
             .unwrap()

@@ -442,6 +442,22 @@ impl IndexReader {
         }
     }
 
+    /// When (µs, both ends) a sighting of something broadcast, valid as `valid`, counts,
+    /// within `from..=to` for a MAC; `None` for an identifier with no keys to resolve it.
+    fn counts_when(&self, valid: &Valid, from: i64, to: i64) -> Option<(i64, i64)> {
+        match valid {
+            Valid::Always => Some((from, to)),
+            Valid::Epoch(start) => self.identifiers.as_ref().map(|ids| ids.validity(*start)),
+            Valid::Interval(interval) => {
+                let start = i64::from(*interval) * INTERVAL_MICROS;
+                Some((
+                    start - RPI_TOLERANCE_MICROS,
+                    start + INTERVAL_MICROS + RPI_TOLERANCE_MICROS,
+                ))
+            }
+        }
+    }
+
     /// The live Parquet files of `table` (every day of it), as readers list them.
     async fn table_files(&self, table: Table) -> DfResult<Vec<ObjectMeta>> {
         Ok(self
@@ -865,19 +881,8 @@ impl EncounterLookup for IndexReader {
         for (key, owners) in &broadcasts {
             let mut days: Vec<i64> = Vec::new();
             for (_, valid) in owners {
-                let (lo, hi) = match valid {
-                    Valid::Always => (from, to),
-                    Valid::Epoch(start) => match &self.identifiers {
-                        Some(ids) => ids.validity(*start),
-                        None => continue,
-                    },
-                    Valid::Interval(interval) => {
-                        let start = i64::from(*interval) * INTERVAL_MICROS;
-                        (
-                            start - RPI_TOLERANCE_MICROS,
-                            start + INTERVAL_MICROS + RPI_TOLERANCE_MICROS,
-                        )
-                    }
+                let Some((lo, hi)) = self.counts_when(valid, from, to) else {
+                    continue;
                 };
                 days.extend(lo.div_euclid(MICROS_PER_DAY).max(first_day)..=hi.div_euclid(MICROS_PER_DAY).min(last_day));
             }

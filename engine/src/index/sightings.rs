@@ -23,8 +23,8 @@ use object_store::path::Path;
 use tokio::task::JoinSet;
 
 use super::{
-    DayFiles, Directory, INTERVAL_MICROS, IndexReader, MICROS_PER_DAY, RPI_TOLERANCE_MICROS, Rpis, Valid, covered,
-    device_bits, device_text, join, mac_text, read_columns, select, text_column, time_column,
+    DayFiles, Directory, IndexReader, MICROS_PER_DAY, Rpis, Valid, covered, device_bits, device_text, join, mac_text,
+    read_columns, select, text_column, time_column,
 };
 use crate::schema::date_from_epoch_days;
 
@@ -242,19 +242,8 @@ impl IndexReader {
         for (key, valid) in &broadcasts {
             let mut key_days: Vec<i64> = Vec::new();
             for valid in valid {
-                let (lo, hi) = match valid {
-                    Valid::Always => (from, to),
-                    Valid::Epoch(start) => match &self.identifiers {
-                        Some(ids) => ids.validity(*start),
-                        None => continue,
-                    },
-                    Valid::Interval(interval) => {
-                        let start = i64::from(*interval) * INTERVAL_MICROS;
-                        (
-                            start - RPI_TOLERANCE_MICROS,
-                            start + INTERVAL_MICROS + RPI_TOLERANCE_MICROS,
-                        )
-                    }
+                let Some((lo, hi)) = self.counts_when(valid, from, to) else {
+                    continue;
                 };
                 key_days.extend(
                     (lo.div_euclid(MICROS_PER_DAY)..=hi.div_euclid(MICROS_PER_DAY)).filter(|d| stored_days.contains(d)),
