@@ -472,19 +472,7 @@ mod tests {
         let sql = format!(
             "SELECT CAST(hour AS BIGINT), cell, sightings, close_contacts, hll_count(devices) FROM ({CONTACT_PARTIALS_SQL}) ORDER BY 1, 2"
         );
-        let reference = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
-        let mut expected = Vec::new();
-        for batch in &reference {
-            for row in 0..batch.num_rows() {
-                expected.push((
-                    batch.column(0).as_primitive::<Int64Type>().value(row),
-                    batch.column(1).as_string::<i32>().value(row).to_string(),
-                    batch.column(2).as_primitive::<Int64Type>().value(row),
-                    batch.column(3).as_primitive::<Int64Type>().value(row),
-                    batch.column(4).as_primitive::<Int64Type>().value(row),
-                ));
-            }
-        }
+        let expected = rows_of(&ctx.sql(&sql).await.unwrap().collect().await.unwrap());
         let mut got = Vec::new();
         for row in 0..folded.num_rows() {
             let devices = proxima_udfs::sketch::decode(folded.column(4).as_binary::<i32>().value(row)).unwrap();
@@ -507,21 +495,6 @@ mod tests {
     /// recomputed from the raw tables: `(hour µs, cell, sightings, close contacts, devices)`.
     async fn rollup_and_reference(factory: &SessionFactory) -> (Vec<Row>, Vec<Row>) {
         let ctx = factory.session().await.unwrap();
-        let rows = |batches: Vec<RecordBatch>| -> Vec<Row> {
-            let mut rows = Vec::new();
-            for batch in &batches {
-                for row in 0..batch.num_rows() {
-                    rows.push((
-                        batch.column(0).as_primitive::<Int64Type>().value(row),
-                        batch.column(1).as_string::<i32>().value(row).to_string(),
-                        batch.column(2).as_primitive::<Int64Type>().value(row),
-                        batch.column(3).as_primitive::<Int64Type>().value(row),
-                        batch.column(4).as_primitive::<Int64Type>().value(row),
-                    ));
-                }
-            }
-            rows
-        };
         let rollup = ctx
             .sql(
                 "SELECT CAST(hour AS BIGINT), cell, CAST(sum(sightings) AS BIGINT), CAST(sum(close_contacts) AS BIGINT), \
@@ -542,10 +515,27 @@ mod tests {
             .collect()
             .await
             .unwrap();
-        (rows(rollup), rows(reference))
+        (rows_of(&rollup), rows_of(&reference))
     }
 
     type Row = (i64, String, i64, i64, i64);
+
+    /// The rows of a query of five columns: hour (µs), cell, two counts, a count.
+    fn rows_of(batches: &[RecordBatch]) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for batch in batches {
+            for row in 0..batch.num_rows() {
+                rows.push((
+                    batch.column(0).as_primitive::<Int64Type>().value(row),
+                    batch.column(1).as_string::<i32>().value(row).to_string(),
+                    batch.column(2).as_primitive::<Int64Type>().value(row),
+                    batch.column(3).as_primitive::<Int64Type>().value(row),
+                    batch.column(4).as_primitive::<Int64Type>().value(row),
+                ));
+            }
+        }
+        rows
+    }
 
     /// A flusher of a WAL in `wal_dir` into `store` that keeps the rollup.
     async fn flusher_with_rollups(store: &Store, wal_dir: &std::path::Path) -> crate::flush::Flusher {
