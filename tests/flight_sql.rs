@@ -1084,7 +1084,7 @@ async fn analysts_see_aggregates_only_and_never_a_small_cell() {
     ann.handshake("ann", ANALYST_PASSWORD).await.unwrap();
     assert_eq!(
         listed_tables(&mut ann).await,
-        ["contact_rollup", "daily_contacts_by_location"]
+        ["case_rollup", "contact_rollup", "daily_contacts_by_location"]
     );
 
     // Raw tables and tracing functions fail exactly as names that do not exist.
@@ -1094,6 +1094,7 @@ async fn analysts_see_aggregates_only_and_never_a_small_cell() {
         ("SELECT * FROM encounters", "SELECT * FROM encounterz"),
         ("SELECT * FROM cases", "SELECT * FROM casez"),
         ("SELECT * FROM contact_partials", "SELECT * FROM contact_partialz"),
+        ("SELECT * FROM case_partials", "SELECT * FROM case_partialz"),
         ("SELECT hll_count(NULL)", "SELECT hll_counz(NULL)"),
         (
             "SELECT * FROM trace_contacts('x', now())",
@@ -1113,6 +1114,7 @@ async fn analysts_see_aggregates_only_and_never_a_small_cell() {
                 .replace("encounterz", "encounters")
                 .replace("casez", "cases")
                 .replace("contact_partialz", "contact_partials")
+                .replace("case_partialz", "case_partials")
                 .replace("hll_counz", "hll_count")
                 .replace("trace_contactz", "trace_contacts")
                 .replace("en_rpiz", "en_rpis")

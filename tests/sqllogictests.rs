@@ -372,10 +372,13 @@ async fn run_file(
             ..SessionOptions::default()
         },
     )?);
-    // The analysts' contact rollup, as `proxima import` leaves it (cases and exposure keys
-    // were written after the imports, so every day is rolled up once at the end).
-    let days = proxima_storage::rollup::rollup_days(&store).await?;
-    proxima_storage::rollup::rebuild_days(&factory, &PartitionWriter::new(store.clone(), "import"), &days).await?;
+    // The analysts' rollups, as the writers leave them (cases and exposure keys were
+    // written after the imports, so every day is rolled up once at the end).
+    for rollup in proxima_storage::rollup::Rollup::ALL {
+        let days = proxima_storage::rollup::rollup_days(&store, rollup).await?;
+        proxima_storage::rollup::rebuild_days(&factory, &PartitionWriter::new(store.clone(), "import"), rollup, &days)
+            .await?;
+    }
     let nodes = tempfile::tempdir()?;
     let (cluster, remote) = if on_cluster && !complete {
         let id_key = path

@@ -11,6 +11,7 @@
 //! <root>/{revocations,device_credentials}/part-<uuid v7>.parquet
 //! <root>/exposure_keys/day=…/part-<uuid v7>.parquet               (GAEN keys, by the day they start)
 //! <root>/contact_partials/day=…/part-<uuid v7>.parquet            (derived: the contact rollup's partial rows)
+//! <root>/case_partials/day=…/part-<uuid v7>.parquet               (derived: the case rollup's partial rows)
 //! <root>/_staging/<transaction>/...      (invisible to SQL; see proxima-ingest)
 //! <root>/_keys/<table>[/<day>].json      (each table-day's key-encryption key, wrapped; see crate::encryption)
 //! ```
@@ -58,11 +59,15 @@ pub enum Table {
     /// hour; rows of one key add up. Written beside the rows they are derived from; read by
     /// the analysts' `contact_rollup` (see `proxima_storage::rollup`).
     ContactPartials,
+    /// Derived: the case rollup's partial rows (per hour and cell: cases by status, alerts
+    /// they issued, temperature readings), partitioned by the day of the hour; rows of one
+    /// key add up. Read by the analysts' `case_rollup` (see `proxima_storage::rollup`).
+    CasePartials,
 }
 
 impl Table {
     /// Every table, in catalog order.
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 12] = [
         Table::Observations,
         Table::Devices,
         Table::ObservedIndex,
@@ -74,6 +79,7 @@ impl Table {
         Table::UploadKeys,
         Table::ExposureKeys,
         Table::ContactPartials,
+        Table::CasePartials,
     ];
 
     /// The SQL name of the table, which is also its folder name.
@@ -90,6 +96,7 @@ impl Table {
             Table::UploadKeys => "upload_keys",
             Table::ExposureKeys => "exposure_keys",
             Table::ContactPartials => "contact_partials",
+            Table::CasePartials => "case_partials",
         }
     }
 
@@ -118,7 +125,7 @@ impl Table {
             Table::TemperatureReadings => Some("measured_at"),
             Table::UploadKeys => Some("used_at"),
             Table::ExposureKeys => Some("valid_from"),
-            Table::ContactPartials => Some("hour"),
+            Table::ContactPartials | Table::CasePartials => Some("hour"),
             Table::Devices | Table::Revocations | Table::DeviceCredentials => None,
         }
     }
@@ -130,7 +137,7 @@ impl Table {
             Table::Devices => &["device_uuid", "mac"],
             // Sorted by `observed` with a page index: lookups need no bloom filter.
             Table::ObservedIndex => &["observed"],
-            Table::ContactPartials => &["cell"],
+            Table::ContactPartials | Table::CasePartials => &["cell"],
             Table::Alerts
             | Table::Cases
             | Table::TemperatureReadings
@@ -155,6 +162,7 @@ impl Table {
             Table::UploadKeys => schema::UPLOAD_KEYS.clone(),
             Table::ExposureKeys => schema::EXPOSURE_KEYS.clone(),
             Table::ContactPartials => schema::CONTACT_PARTIALS.clone(),
+            Table::CasePartials => schema::CASE_PARTIALS.clone(),
         }
     }
 

@@ -65,6 +65,13 @@ pub static CASES: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("reported_by", DataType::Utf8, false),
         Field::new("alerts_high", DataType::Int32, false),
         Field::new("alerts_medium", DataType::Int32, false),
+        // The 4-character geohash cell of the device's last located sighting report at or
+        // before the report (within 14 days), set by the flush that stores the case; null
+        // if it has none (and in files written before cells were kept).
+        Field::new("cell", DataType::Utf8, true),
+        // Whether the device held an unexpired alert when the case was reported (null in
+        // files written before this was kept).
+        Field::new("after_alert", DataType::Boolean, true),
     ]))
 });
 
@@ -89,6 +96,8 @@ pub static TEMPERATURE_READINGS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("celsius", DataType::Float64, false),
         Field::new("site", DataType::Utf8, false),
         Field::new("station", DataType::Utf8, false),
+        // As `cases.cell`: the device's cell when measured, set by the flush.
+        Field::new("cell", DataType::Utf8, true),
     ]))
 });
 
@@ -137,6 +146,24 @@ pub static CONTACT_PARTIALS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("sightings", DataType::Int64, false),
         Field::new("close_contacts", DataType::Int64, false),
         Field::new("devices", DataType::Binary, false),
+    ]))
+});
+
+/// Columns of the case rollup's partial rows: per hour and 4-character geohash cell (the
+/// cell of the device concerned, `cases.cell`), new suspected and confirmed cases, those
+/// reported by a device that held an alert, the alerts the cases issued by priority, and the
+/// temperature readings, feverish or not. Rows of one key add up.
+pub static CASE_PARTIALS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("hour", timestamp_type(), false),
+        Field::new("cell", DataType::Utf8, false),
+        Field::new("suspected", DataType::Int64, false),
+        Field::new("confirmed", DataType::Int64, false),
+        Field::new("after_alert", DataType::Int64, false),
+        Field::new("alerts_high", DataType::Int64, false),
+        Field::new("alerts_medium", DataType::Int64, false),
+        Field::new("readings", DataType::Int64, false),
+        Field::new("fever_readings", DataType::Int64, false),
     ]))
 });
 

@@ -47,6 +47,7 @@ const AGGREGATES: &[(&str, &str)] = &[
         include_str!("../../sql/views/daily_contacts_by_location.sql"),
     ),
     ("contact_rollup", include_str!("../../sql/views/contact_rollup.sql")),
+    ("case_rollup", include_str!("../../sql/views/case_rollup.sql")),
 ];
 
 /// The smallest number of distinct devices an aggregate cell shows by default.

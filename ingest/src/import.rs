@@ -94,7 +94,8 @@ fn columns(table: Table) -> Vec<ColumnSpec> {
         | Table::DeviceCredentials
         | Table::UploadKeys
         | Table::ExposureKeys
-        | Table::ContactPartials => vec![],
+        | Table::ContactPartials
+        | Table::CasePartials => vec![],
         Table::Devices => vec![
             column("device_uuid", Kind::DeviceUuid, false),
             column("mac", Kind::Mac, false),
@@ -344,9 +345,12 @@ impl Staged {
 /// so tracing's lookups are current as soon as the import is; a devices import changes no
 /// index (MACs are resolved when traced).
 pub async fn import(writer: &PartitionWriter, table: Table, files: &[PathBuf]) -> Result<ImportSummary> {
-    if matches!(table, Table::ObservedIndex | Table::ContactPartials) {
+    if matches!(
+        table,
+        Table::ObservedIndex | Table::ContactPartials | Table::CasePartials
+    ) {
         return Err(Error::InvalidArgument(format!(
-            "{table} is derived from observations (written with them); it cannot be imported"
+            "{table} is derived from other tables (written with their rows); it cannot be imported"
         )));
     }
     if !matches!(table, Table::Observations | Table::Devices) {
@@ -396,11 +400,13 @@ pub async fn import_rolled_up(
     files: &[PathBuf],
 ) -> Result<ImportSummary> {
     let summary = import(writer, table, files).await?;
+    use proxima_storage::rollup::{Rollup, rebuild_days, rollup_days};
     let days = match table {
-        Table::Devices => proxima_storage::rollup::rollup_days(writer.store()).await?,
+        Table::Devices => rollup_days(writer.store(), Rollup::Contacts).await?,
         _ => summary.days.clone(),
     };
-    proxima_storage::rollup::rebuild_days(factory, writer, &days).await?;
+    // Cases and readings are not imported: their rollup is the flushes' alone.
+    rebuild_days(factory, writer, Rollup::Contacts, &days).await?;
     Ok(summary)
 }
 

@@ -109,14 +109,15 @@ pub async fn populate(store: &Store, spec: &PopulationSpec) -> Result<GeneratedP
             ..proxima_engine::SessionOptions::default()
         },
     )?;
-    let days = proxima_storage::rollup::rollup_days(store).await?;
+    use proxima_storage::rollup::{Rollup, rebuild_days, rollup_days};
+    let days = rollup_days(store, Rollup::Contacts).await?;
     let progress = day_progress(
         "rolling up",
         days.len() as u32,
         "contacts per hour and cell".to_string(),
     );
     for day in days {
-        proxima_storage::rollup::rebuild_days(&factory, &writer, &[day]).await?;
+        rebuild_days(&factory, &writer, Rollup::Contacts, &[day]).await?;
         progress.inc(1);
     }
     progress.finish_and_clear();

@@ -150,7 +150,7 @@ pub async fn compact(
     prefix: &Path,
     files: Vec<ObjectMeta>,
 ) -> Result<bool> {
-    if table == Table::ContactPartials {
+    if matches!(table, Table::ContactPartials | Table::CasePartials) {
         // A day's rebuild replaces the partial files it listed: merging them meanwhile
         // would leave the merged file beside the rebuilt one.
         let right = crate::rollup::RollupWriter::acquire(factory.store()).await?;
@@ -205,6 +205,13 @@ async fn compact_files(
                 ],
             )?
             .select_columns(&["hour", "cell", "sightings", "close_contacts", "devices"])?
+    } else if table == Table::CasePartials {
+        // Counts of one hour and cell add up likewise.
+        let counts: Vec<String> = schema.fields().iter().skip(2).map(|f| f.name().clone()).collect();
+        frame.aggregate(
+            vec![col("hour"), col("cell")],
+            counts.iter().map(|c| sum(col(c.as_str())).alias(c.as_str())).collect(),
+        )?
     } else {
         frame
     };

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::layout::{sort_for_storage, split_by_day};
 use crate::marks::{WAL_KEY, committed_through, encode_marks};
-use crate::rollup::{ContactPartials, RollupWriter};
+use crate::rollup::{CasePartials, ContactPartials, RollupWriter};
 use crate::wal::{Buffer, Rotation, Wal};
 use crate::writer::{CommitSummary, PartitionWriter, Transaction};
 
@@ -138,7 +138,15 @@ impl Flusher {
             },
             None => None,
         };
-        let written = write_buffer(&mut transaction, &rotation.buffer, rotation.wal_id, rotation.through).await;
+        let placed = match &self.rollups {
+            // Cases and readings are stored with the cell the case rollup counts them in.
+            Some(index) => crate::rollup::place_in_cells(index, &mut rotation.buffer).await,
+            None => Ok(()),
+        };
+        let written = match placed {
+            Ok(()) => write_buffer(&mut transaction, &rotation.buffer, rotation.wal_id, rotation.through).await,
+            Err(e) => Err(e),
+        };
         let written = match (written, &self.rollups, &rollup_writer) {
             (Ok(()), Some(index), Some(right)) => {
                 match write_rollups(&mut transaction, index, &rotation.buffer).await {
@@ -238,28 +246,38 @@ async fn write_buffer(transaction: &mut Transaction, buffer: &Buffer, wal_id: Uu
     Ok(())
 }
 
-/// Stages the contact rollup's partial rows of what storing `buffer` adds (see
-/// [`ContactPartials::add_buffer`]): a file per day, none if it adds no encounter. The
+/// Stages the rollups' partial rows of what storing `buffer` adds (see
+/// [`ContactPartials::add_buffer`], [`CasePartials::add_buffer`]): a file per day and
+/// rollup, none if it adds nothing. The
 /// flushes of one process are serialised (the flusher's lock), which is what keeps them
 /// exact.
 async fn write_rollups(transaction: &mut Transaction, index: &IndexReader, buffer: &Buffer) -> Result<()> {
     let started = std::time::Instant::now();
-    let mut partials = ContactPartials::new(ProximaOptions::default());
-    partials.add_buffer(index, buffer).await?;
+    let mut contacts = ContactPartials::new(ProximaOptions::default());
+    contacts.add_buffer(index, buffer).await?;
     debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "resolved the flush's sightings for the rollup"
     );
-    if partials.is_empty() {
-        return Ok(());
-    }
-    let all = partials.to_batch()?;
-    for (day, rows) in split_by_day(Table::ContactPartials, &all)? {
-        let sorted = sort_for_storage(Table::ContactPartials, &rows)?;
-        let stream = futures::stream::iter([Ok::<_, Error>(sorted)]);
-        transaction
-            .write_stream(Table::ContactPartials, day, rows.num_rows(), Vec::new(), stream)
-            .await?;
+    let mut cases = CasePartials::default();
+    cases.add_buffer(buffer)?;
+    for (table, partials) in [
+        (
+            Table::ContactPartials,
+            (!contacts.is_empty()).then(|| contacts.to_batch()),
+        ),
+        (Table::CasePartials, (!cases.is_empty()).then(|| cases.to_batch())),
+    ] {
+        let Some(all) = partials.transpose()? else {
+            continue;
+        };
+        for (day, rows) in split_by_day(table, &all)? {
+            let sorted = sort_for_storage(table, &rows)?;
+            let stream = futures::stream::iter([Ok::<_, Error>(sorted)]);
+            transaction
+                .write_stream(table, day, rows.num_rows(), Vec::new(), stream)
+                .await?;
+        }
     }
     Ok(())
 }

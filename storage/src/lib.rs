@@ -12,8 +12,9 @@
 //! [`retention`] deletes day folders, and the [`Maintainer`] runs all of
 //! that housekeeping in one loop on its own runtime, whether or not REST is
 //! enabled. The shared [`registry`] is what serving nodes on one store know of each
-//! other's registrations and revocations before they flush. [`rollup`] folds resolved
-//! sightings into the analysts' contact rollup's partial rows (not yet written by the flush). Reading the store is `proxima-engine`'s business, not this
+//! other's registrations and revocations before they flush. [`rollup`] keeps the
+//! analysts' contact and case rollups: partial rows every flush writes with the rows they
+//! count. Reading the store is `proxima-engine`'s business, not this
 //! crate's; accepting rows from the outside world is `proxima-ingest`'s.
 #![warn(missing_docs)]
 

@@ -15,8 +15,14 @@
 //! commits between a flush's resolution and its commit: a [`RollupWriter`] (a lock in the
 //! process, the store's `rollup` lease among processes) makes it so.
 //!
+//! [`CasePartials`] counts, per hour and cell, the cases (by status, and those reported
+//! after an alert), the alerts they issued and the temperature readings (and fevers) a
+//! flush stores, once [`place_in_cells`] has written each one's cell into its row: the cell
+//! its device last reported a sighting from. A count of rows, each in its own day: no
+//! resolution against the store and nothing to redo but after an erasure of readings.
+//!
 //! What cannot be added is recomputed from the raw rows for the days concerned
-//! ([`rebuild_days`], the SQL reference [`CONTACT_PARTIALS_SQL`]): after an erasure, for
+//! ([`rebuild_days`], the SQL reference [`Rollup::reference_sql`]): after an erasure, for
 //! the first day retention keeps ([`after_retention`]), and for what imports and the
 //! generator write. Compaction merges a day's partial rows per hour and cell.
 
@@ -25,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{
-    Array as _, ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array as _, ArrayRef, AsArray as _, BinaryArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use chrono::{NaiveDate, Utc};
 use object_store::ObjectStoreExt as _;
@@ -49,13 +55,13 @@ pub const CELL_CHARS: usize = 4;
 /// Weighted minutes (`exposure_risk`) from which a sighting is a close contact.
 pub const CLOSE_CONTACT_MINUTES: f64 = 15.0;
 
-/// The contact rollup's partial rows of a set of sightings, computed from the raw tables:
-/// the reference its incremental maintenance must equal.
-pub const CONTACT_PARTIALS_SQL: &str = "SELECT date_trunc('hour', at) AS hour, substr(location, 1, 4) AS cell, \
-     count(*) FILTER (WHERE a_heard) AS sightings, \
-     count(*) FILTER (WHERE a_heard AND exposure_risk(duration_s, rssi, tx_power) >= 15) AS close_contacts, \
-     hll_sketch(a) AS devices \
-     FROM encounters WHERE location IS NOT NULL GROUP BY 1, 2";
+/// A temperature reading from which the case rollup counts a fever (°C): a fixed public
+/// health definition, whatever `serve --fever-threshold` opens suspected cases at.
+pub const FEVER_CELSIUS: f64 = 38.0;
+
+/// How far back a device's last located sighting report places a case or a reading in a
+/// cell (µs): 14 days.
+pub const CELL_LOOKBACK_MICROS: i64 = 14 * 24 * MICROS_PER_HOUR;
 
 /// The writers that add to the contact rollup, one at a time in this process (the store's
 /// lease does it among processes; this keeps them from polling it against each other).
@@ -112,16 +118,84 @@ impl RollupWriter {
     }
 }
 
-/// Every day the contact rollup may have rows for: the days with observations, and those
-/// with partial rows (which a rebuild deletes if no observation is left).
-pub async fn rollup_days(store: &proxima_engine::Store) -> Result<Vec<NaiveDate>> {
-    let mut days: Vec<NaiveDate> = store
-        .list_days(Table::Observations)
-        .await?
-        .into_iter()
-        .chain(store.list_days(Table::ContactPartials).await?)
-        .map(|p| p.day)
-        .collect();
+/// A rollup the flushes keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollup {
+    /// `contact_partials`, from the encounters of located sightings.
+    Contacts,
+    /// `case_partials`, from cases and temperature readings placed in a cell.
+    Cases,
+}
+
+impl Rollup {
+    /// Both rollups.
+    pub const ALL: [Rollup; 2] = [Rollup::Contacts, Rollup::Cases];
+
+    /// The table of its partial rows.
+    pub fn table(self) -> Table {
+        match self {
+            Rollup::Contacts => Table::ContactPartials,
+            Rollup::Cases => Table::CasePartials,
+        }
+    }
+
+    /// The raw tables its partial rows are computed from.
+    fn sources(self) -> &'static [Table] {
+        match self {
+            Rollup::Contacts => &[Table::Observations],
+            Rollup::Cases => &[Table::Cases, Table::TemperatureReadings],
+        }
+    }
+
+    /// The rollup's partial rows computed from the raw tables, of `day` only or of every
+    /// day: the reference its incremental maintenance must equal, and what a rebuild
+    /// writes. A row per hour and cell.
+    pub fn reference_sql(self, day: Option<NaiveDate>) -> String {
+        // The `day` partition column of the tables read: every other folder is pruned.
+        let on_day = |table: &str| match day {
+            Some(day) => format!(" AND {table}.day = DATE '{}'", day.format("%Y-%m-%d")),
+            None => String::new(),
+        };
+        match self {
+            Rollup::Contacts => format!(
+                "SELECT date_trunc('hour', at) AS hour, substr(location, 1, {CELL_CHARS}) AS cell, \
+                 count(*) FILTER (WHERE a_heard) AS sightings, \
+                 count(*) FILTER (WHERE a_heard AND exposure_risk(duration_s, rssi, tx_power) >= {CLOSE_CONTACT_MINUTES}) AS close_contacts, \
+                 hll_sketch(a) AS devices \
+                 FROM encounters WHERE location IS NOT NULL{} GROUP BY 1, 2",
+                on_day("encounters")
+            ),
+            Rollup::Cases => format!(
+                "SELECT hour, cell, sum(suspected) AS suspected, sum(confirmed) AS confirmed, \
+                 sum(after_alert) AS after_alert, sum(alerts_high) AS alerts_high, \
+                 sum(alerts_medium) AS alerts_medium, sum(readings) AS readings, \
+                 sum(fever_readings) AS fever_readings FROM ( \
+                 SELECT date_trunc('hour', reported_at) AS hour, cell, \
+                 CASE WHEN status = 'suspected' THEN 1 ELSE 0 END AS suspected, \
+                 CASE WHEN status = 'confirmed' THEN 1 ELSE 0 END AS confirmed, \
+                 CASE WHEN after_alert THEN 1 ELSE 0 END AS after_alert, \
+                 CAST(alerts_high AS BIGINT) AS alerts_high, CAST(alerts_medium AS BIGINT) AS alerts_medium, \
+                 0 AS readings, 0 AS fever_readings \
+                 FROM cases WHERE cell IS NOT NULL{} \
+                 UNION ALL \
+                 SELECT date_trunc('hour', measured_at), cell, 0, 0, 0, 0, 0, 1, \
+                 CASE WHEN celsius >= {FEVER_CELSIUS:.1} THEN 1 ELSE 0 END \
+                 FROM temperature_readings WHERE cell IS NOT NULL{}) \
+                 GROUP BY hour, cell",
+                on_day("cases"),
+                on_day("temperature_readings")
+            ),
+        }
+    }
+}
+
+/// Every day `rollup` may have rows for: the days of its raw tables, and those with
+/// partial rows (which a rebuild deletes if no raw row is left).
+pub async fn rollup_days(store: &proxima_engine::Store, rollup: Rollup) -> Result<Vec<NaiveDate>> {
+    let mut days = Vec::new();
+    for &table in rollup.sources().iter().chain([rollup.table()].iter()) {
+        days.extend(store.list_days(table).await?.into_iter().map(|p| p.day));
+    }
     days.sort_unstable();
     days.dedup();
     Ok(days)
@@ -137,21 +211,27 @@ pub async fn after_retention(
     keep_days: u32,
 ) -> Result<u64> {
     let oldest = crate::retention::oldest_kept_day(today, keep_days);
-    rebuild_days(factory, writer, &[oldest]).await
+    // The case rollup counts rows, each in its own day: nothing to redo.
+    rebuild_days(factory, writer, Rollup::Contacts, &[oldest]).await
 }
 
-/// Recomputes the contact rollup's partial rows of each of `days` from the raw tables (the
-/// reference, [`CONTACT_PARTIALS_SQL`]) and replaces the day's partial files with them:
-/// after what cannot be subtracted from a sketch (an erasure, retention that took a day's
-/// GAEN keys), and after writers that do not keep the rollup themselves (imports, the
-/// generator). Returns the partial rows written.
-pub async fn rebuild_days(factory: &SessionFactory, writer: &PartitionWriter, days: &[NaiveDate]) -> Result<u64> {
+/// Recomputes `rollup`'s partial rows of each of `days` from the raw tables (the
+/// reference, [`Rollup::reference_sql`]) and replaces the day's partial files with them:
+/// after what cannot be subtracted (an erasure, retention that took a day's GAEN keys), and
+/// after writers that do not keep the rollups themselves (imports, the generator). Returns
+/// the partial rows written.
+pub async fn rebuild_days(
+    factory: &SessionFactory,
+    writer: &PartitionWriter,
+    rollup: Rollup,
+    days: &[NaiveDate],
+) -> Result<u64> {
     let store = factory.store();
     let mut written = 0;
     // A day at a time: a flush waits for one day's rebuild, not for all of them.
     for &day in days {
         let right = RollupWriter::acquire(store).await?;
-        let done = rebuild_day(factory, writer, day, &right).await;
+        let done = rebuild_day(factory, writer, rollup, day, &right).await;
         right.release().await?;
         written += done?;
     }
@@ -162,73 +242,56 @@ pub async fn rebuild_days(factory: &SessionFactory, writer: &PartitionWriter, da
 async fn rebuild_day(
     factory: &SessionFactory,
     writer: &PartitionWriter,
+    rollup: Rollup,
     day: NaiveDate,
     right: &RollupWriter,
 ) -> Result<u64> {
     let store = factory.store();
+    let table = rollup.table();
     let ctx = factory.session().await?;
-    {
-        let prefix = DayPartition {
-            table: Table::ContactPartials,
-            day,
-        }
-        .prefix(store.root());
-        let old = crate::compaction::live_in(store, &prefix).await?;
-        let sql = format!(
-            "SELECT * FROM ({CONTACT_PARTIALS_SQL}) WHERE CAST(hour AS DATE) = DATE '{}'",
-            day.format("%Y-%m-%d")
-        );
-        // Only the encounters of the day's observations are read (the `day` column is the
-        // observations' partition): the view's filter on it prunes every other folder.
-        let sql = sql.replace(
-            "FROM encounters WHERE location IS NOT NULL",
-            &format!(
-                "FROM encounters WHERE location IS NOT NULL AND day = DATE '{}'",
-                day.format("%Y-%m-%d")
-            ),
-        );
-        let batches = ctx.sql(&sql).await?.collect().await?;
-        let schema = schema::CONTACT_PARTIALS.clone();
-        let mut rows = Vec::new();
-        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-            let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())?;
-            rows.push(sort_for_storage(Table::ContactPartials, &batch)?);
-        }
-        let count: usize = rows.iter().map(RecordBatch::num_rows).sum();
-        let mut transaction = writer.begin();
-        let stream = futures::stream::iter(rows.into_iter().map(Ok::<_, crate::Error>));
-        if let Err(e) = transaction
-            .write_stream(Table::ContactPartials, Some(day), count, Vec::new(), stream)
-            .await
-        {
-            transaction.abort().await?;
-            return Err(e);
-        }
-        if let Err(e) = right.confirm().await {
-            transaction.abort().await?;
-            return Err(e);
-        }
-        if old.is_empty() {
-            if count > 0 {
-                transaction.commit().await?;
-            } else {
-                transaction.abort().await?;
-            }
-        } else {
-            let replaces = old.iter().map(|f| f.location.to_string()).collect();
-            if crate::compaction::publish_replacing(store, transaction, &prefix, replaces)
-                .await?
-                .is_none()
-            {
-                // No encounter left that day: nothing replaces the old partials.
-                for file in &old {
-                    store.object_store().delete(&file.location).await?;
-                }
-            }
-        }
-        info!(day = %day, rows = count, "rebuilt the contact rollup's partial rows of a day");
-        Ok(count as u64)
+    let prefix = DayPartition { table, day }.prefix(store.root());
+    let old = crate::compaction::live_in(store, &prefix).await?;
+    let batches = ctx.sql(&rollup.reference_sql(Some(day))).await?.collect().await?;
+    let schema = table.file_schema();
+    let mut rows = Vec::new();
+    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+        let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())?;
+        rows.push(sort_for_storage(table, &batch)?);
     }
+    let count: usize = rows.iter().map(RecordBatch::num_rows).sum();
+    let mut transaction = writer.begin();
+    let stream = futures::stream::iter(rows.into_iter().map(Ok::<_, crate::Error>));
+    if let Err(e) = transaction
+        .write_stream(table, Some(day), count, Vec::new(), stream)
+        .await
+    {
+        transaction.abort().await?;
+        return Err(e);
+    }
+    if let Err(e) = right.confirm().await {
+        transaction.abort().await?;
+        return Err(e);
+    }
+    if old.is_empty() {
+        if count > 0 {
+            transaction.commit().await?;
+        } else {
+            transaction.abort().await?;
+        }
+    } else {
+        let replaces = old.iter().map(|f| f.location.to_string()).collect();
+        if crate::compaction::publish_replacing(store, transaction, &prefix, replaces)
+            .await?
+            .is_none()
+        {
+            // No raw row left that day: nothing replaces the old partials.
+            for file in &old {
+                store.object_store().delete(&file.location).await?;
+            }
+        }
+    }
+    info!(day = %day, table = %table, rows = count, "rebuilt a day's partial rows of a rollup");
+    Ok(count as u64)
 }
 
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
@@ -335,6 +398,149 @@ impl ContactPartials {
         ];
         Ok(RecordBatch::try_new(schema::CONTACT_PARTIALS.clone(), columns)?)
     }
+}
+
+/// Places the cases and temperature readings of `buffer` that have no cell yet in their
+/// device's cell: the first [`CELL_CHARS`] characters of the location of the device's last
+/// located sighting report at or before the case or reading (within
+/// [`CELL_LOOKBACK_MICROS`]), among the buffer's observations and the store's. Done by the
+/// flush that stores them, so what a rollup counts is a column of the raw rows.
+pub async fn place_in_cells(index: &IndexReader, buffer: &mut Buffer) -> Result<()> {
+    let new = buffer.tables.get(&Table::Observations).cloned().unwrap_or_default();
+    for (table, time) in [
+        (Table::Cases, "reported_at"),
+        (Table::TemperatureReadings, "measured_at"),
+    ] {
+        let Some(batches) = buffer.tables.get_mut(&table) else {
+            continue;
+        };
+        for batch in batches.iter_mut() {
+            let schema = batch.schema();
+            let cell_at = schema.index_of("cell")?;
+            let cells = batch.column(cell_at).as_string::<i32>();
+            if cells.null_count() == 0 {
+                continue;
+            }
+            let devices = batch.column(schema.index_of("device_uuid")?).as_string::<i32>();
+            let times = batch
+                .column(schema.index_of(time)?)
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+            let wanted: Vec<(&str, i64)> = (0..batch.num_rows())
+                .map(|i| (devices.value(i), times.value(i)))
+                .collect();
+            let found = index.last_locations(&wanted, &new, CELL_LOOKBACK_MICROS).await?;
+            let placed: StringArray = (0..batch.num_rows())
+                .map(|i| {
+                    if cells.is_valid(i) {
+                        Some(cells.value(i).to_string())
+                    } else {
+                        found[i].as_ref().map(|l| l.chars().take(CELL_CHARS).collect())
+                    }
+                })
+                .collect();
+            let mut columns = batch.columns().to_vec();
+            columns[cell_at] = Arc::new(placed);
+            *batch = RecordBatch::try_new(schema, columns)?;
+        }
+    }
+    Ok(())
+}
+
+/// The counts of one hour and cell of the case rollup, in [`schema::CASE_PARTIALS`]' order.
+#[derive(Debug, Default, Clone, Copy)]
+struct CaseCounts {
+    suspected: i64,
+    confirmed: i64,
+    after_alert: i64,
+    alerts_high: i64,
+    alerts_medium: i64,
+    readings: i64,
+    fever_readings: i64,
+}
+
+/// Partial rows of the case rollup, folded from cases and temperature readings that
+/// [`place_in_cells`] placed (those in no cell are not counted).
+#[derive(Debug, Default)]
+pub struct CasePartials {
+    by_key: BTreeMap<(i64, String), CaseCounts>,
+}
+
+impl CasePartials {
+    /// Folds in the cases and temperature readings of `buffer`.
+    pub fn add_buffer(&mut self, buffer: &Buffer) -> Result<()> {
+        for batch in buffer.tables.get(&Table::Cases).into_iter().flatten() {
+            let column = |name: &str| batch.column_by_name(name).ok_or_else(|| missing(name));
+            let cells = column("cell")?.as_string::<i32>();
+            let at = column("reported_at")?.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+            let status = column("status")?.as_string::<i32>();
+            let after_alert = column("after_alert")?.as_boolean();
+            let high = column("alerts_high")?.as_primitive::<arrow::datatypes::Int32Type>();
+            let medium = column("alerts_medium")?.as_primitive::<arrow::datatypes::Int32Type>();
+            for i in (0..batch.num_rows()).filter(|&i| cells.is_valid(i)) {
+                let counts = self.counts(at.value(i), cells.value(i));
+                match status.value(i) {
+                    "suspected" => counts.suspected += 1,
+                    "confirmed" => counts.confirmed += 1,
+                    _ => {}
+                }
+                if after_alert.is_valid(i) && after_alert.value(i) {
+                    counts.after_alert += 1;
+                }
+                counts.alerts_high += i64::from(high.value(i));
+                counts.alerts_medium += i64::from(medium.value(i));
+            }
+        }
+        for batch in buffer.tables.get(&Table::TemperatureReadings).into_iter().flatten() {
+            let column = |name: &str| batch.column_by_name(name).ok_or_else(|| missing(name));
+            let cells = column("cell")?.as_string::<i32>();
+            let at = column("measured_at")?.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+            let celsius = column("celsius")?.as_primitive::<arrow::datatypes::Float64Type>();
+            for i in (0..batch.num_rows()).filter(|&i| cells.is_valid(i)) {
+                let counts = self.counts(at.value(i), cells.value(i));
+                counts.readings += 1;
+                if celsius.value(i) >= FEVER_CELSIUS {
+                    counts.fever_readings += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn counts(&mut self, at: i64, cell: &str) -> &mut CaseCounts {
+        let hour = at - at.rem_euclid(MICROS_PER_HOUR);
+        self.by_key.entry((hour, cell.to_string())).or_default()
+    }
+
+    /// Whether nothing was folded in.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// The partial rows, one per hour and cell, in that order.
+    pub fn to_batch(&self) -> Result<RecordBatch> {
+        let hours =
+            TimestampMicrosecondArray::from_iter_values(self.by_key.keys().map(|(hour, _)| *hour)).with_timezone("UTC");
+        let cells = StringArray::from_iter_values(self.by_key.keys().map(|(_, cell)| cell));
+        let count = |f: fn(&CaseCounts) -> i64| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(self.by_key.values().map(f)))
+        };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(hours),
+            Arc::new(cells),
+            count(|c| c.suspected),
+            count(|c| c.confirmed),
+            count(|c| c.after_alert),
+            count(|c| c.alerts_high),
+            count(|c| c.alerts_medium),
+            count(|c| c.readings),
+            count(|c| c.fever_readings),
+        ];
+        Ok(RecordBatch::try_new(schema::CASE_PARTIALS.clone(), columns)?)
+    }
+}
+
+fn missing(column: &str) -> crate::Error {
+    crate::Error::Invalid(format!("a buffered row has no {column} column"))
 }
 
 #[cfg(test)]
@@ -470,7 +676,8 @@ mod tests {
         let factory = SessionFactory::new(store, SessionOptions::default()).unwrap();
         let ctx = factory.session().await.unwrap();
         let sql = format!(
-            "SELECT CAST(hour AS BIGINT), cell, sightings, close_contacts, hll_count(devices) FROM ({CONTACT_PARTIALS_SQL}) ORDER BY 1, 2"
+            "SELECT CAST(hour AS BIGINT), cell, sightings, close_contacts, hll_count(devices) FROM ({}) ORDER BY 1, 2",
+            Rollup::Contacts.reference_sql(None)
         );
         let expected = rows_of(&ctx.sql(&sql).await.unwrap().collect().await.unwrap());
         let mut got = Vec::new();
@@ -508,7 +715,8 @@ mod tests {
         let reference = ctx
             .sql(&format!(
                 "SELECT CAST(hour AS BIGINT), cell, sightings, close_contacts, hll_count(devices) \
-                 FROM ({CONTACT_PARTIALS_SQL}) ORDER BY 1, 2"
+                 FROM ({}) ORDER BY 1, 2",
+                Rollup::Contacts.reference_sql(None)
             ))
             .await
             .unwrap()
@@ -516,6 +724,76 @@ mod tests {
             .await
             .unwrap();
         (rows_of(&rollup), rows_of(&reference))
+    }
+
+    /// The case rollup (partial rows added up) and its reference recomputed from the raw
+    /// tables, a line per hour and cell.
+    async fn case_rollup_and_reference(factory: &SessionFactory) -> (String, String) {
+        let ctx = factory.session().await.unwrap();
+        let counts = [
+            "suspected",
+            "confirmed",
+            "after_alert",
+            "alerts_high",
+            "alerts_medium",
+            "readings",
+            "fever_readings",
+        ];
+        let summed: Vec<String> = counts
+            .iter()
+            .map(|c| format!("CAST(sum({c}) AS BIGINT) AS {c}"))
+            .collect();
+        let rollup = format!(
+            "SELECT CAST(hour AS BIGINT) AS hour, cell, {} FROM case_partials GROUP BY 1, 2 ORDER BY 1, 2",
+            summed.join(", ")
+        );
+        let reference = format!(
+            "SELECT CAST(hour AS BIGINT) AS hour, cell, {} FROM ({}) ORDER BY 1, 2",
+            counts
+                .iter()
+                .map(|c| format!("CAST({c} AS BIGINT) AS {c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Rollup::Cases.reference_sql(None)
+        );
+        let mut out = Vec::new();
+        for sql in [rollup, reference] {
+            let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+            out.push(
+                arrow::util::pretty::pretty_format_batches(&batches)
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        let reference = out.pop().unwrap();
+        (out.pop().unwrap(), reference)
+    }
+
+    /// Every case and reading the last flush (`tag`) stored is in the cell of its device's
+    /// latest located sighting report at or before it (within 14 days), as SQL finds it over
+    /// the store that flush left (later back-dated sightings do not move it); some are in
+    /// none.
+    async fn check_cells(factory: &SessionFactory, tag: u32) {
+        let ctx = factory.session().await.unwrap();
+        let sql = format!(
+            "WITH events AS (SELECT device_uuid, reported_at AS at, cell FROM cases WHERE reported_by = 'flush-{tag}' \
+                   UNION ALL SELECT device_uuid, measured_at, cell FROM temperature_readings WHERE site = 'flush-{tag}'), \
+                   ranked AS (SELECT e.device_uuid, e.at, e.cell, substr(o.location, 1, 4) AS expected, \
+                   row_number() OVER (PARTITION BY e.device_uuid, e.at ORDER BY o.observed_at DESC NULLS LAST, o.location DESC NULLS LAST) AS n \
+                   FROM events e LEFT JOIN observations o ON o.observer = e.device_uuid AND o.location IS NOT NULL \
+                   AND o.observed_at <= e.at AND o.observed_at >= e.at - INTERVAL '14 days') \
+                   SELECT count(*), count(*) FILTER (WHERE cell IS NOT DISTINCT FROM expected), \
+                   count(*) FILTER (WHERE cell IS NULL) FROM ranked WHERE n = 1"
+        );
+        let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+        let value = |c: usize| batches[0].column(c).as_primitive::<Int64Type>().value(0);
+        let (events, placed_right, in_none) = (value(0), value(1), value(2));
+        assert!(events >= 200, "{events} cases and readings: too few");
+        assert_eq!(
+            placed_right, events,
+            "every case and reading is in its device's last cell"
+        );
+        assert!(in_none > 0 && in_none < events / 2, "{in_none} of {events} in no cell");
     }
 
     type Row = (i64, String, i64, i64, i64);
@@ -610,6 +888,7 @@ mod tests {
             )
             .unwrap()
         };
+        let entry = |table, batch| Entry { table, batch };
         let mut rng = Rng(0xfeed);
         let cells = [Some("gcpvj0"), Some("gcpvhf"), Some("u10h"), Some("gcpe2"), None];
         let mut observations = |n: usize, days: i64| {
@@ -667,7 +946,68 @@ mod tests {
             )
             .unwrap()
         };
-        let entry = |table, batch| Entry { table, batch };
+        // Cases and temperature readings of devices 0..40 and of one that never reports a
+        // sighting (in no cell), at distinct times over the three days.
+        let mut event_rng = Rng(0xca5e);
+        let mut serial = 0i64;
+        let mut events = |n: usize, tag: u32| {
+            let mut rows = Vec::new();
+            for _ in 0..n {
+                serial += 1;
+                let device = if event_rng.below(10) == 0 {
+                    45
+                } else {
+                    event_rng.below(40)
+                };
+                let t = start + event_rng.below(3 * 86_400) as i64 * 1_000_000 + serial;
+                rows.push((device, t, event_rng.below(1_000)));
+            }
+            let cases = RecordBatch::try_new(
+                schema::CASES.clone(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|r| format!("case-{}", r.1)),
+                    )),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| uuid(r.0)))),
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter()
+                            .map(|r| if r.2 % 3 == 0 { "confirmed" } else { "suspected" }),
+                    )),
+                    Arc::new(
+                        TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1)).with_timezone("UTC"),
+                    ),
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|_| format!("flush-{tag}")),
+                    )),
+                    Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| (r.2 % 7) as i32))),
+                    Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| (r.2 % 11) as i32))),
+                    Arc::new(StringArray::new_null(rows.len())),
+                    Arc::new(arrow::array::BooleanArray::from_iter(
+                        rows.iter().map(|r| Some(r.2 % 4 == 0)),
+                    )),
+                ],
+            )
+            .unwrap();
+            let readings = RecordBatch::try_new(
+                schema::TEMPERATURE_READINGS.clone(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| uuid(r.0)))),
+                    Arc::new(
+                        TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1 + 1)).with_timezone("UTC"),
+                    ),
+                    Arc::new(arrow::array::Float64Array::from_iter_values(
+                        rows.iter().map(|r| 36.0 + (r.2 % 40) as f64 / 10.0),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|_| format!("flush-{tag}")),
+                    )),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "station"))),
+                    Arc::new(StringArray::new_null(rows.len())),
+                ],
+            )
+            .unwrap();
+            [entry(Table::Cases, cases), entry(Table::TemperatureReadings, readings)]
+        };
         let check = |step: &'static str| {
             let factory = &factory;
             async move {
@@ -678,35 +1018,45 @@ mod tests {
                     reference.len()
                 );
                 assert_eq!(rollup, reference, "{step}");
+                let (rollup, reference) = case_rollup_and_reference(factory).await;
+                assert!(
+                    reference.lines().count() > 20,
+                    "{step}: too few hours and cells of cases"
+                );
+                assert_eq!(rollup, reference, "{step}: the case rollup");
             }
         };
 
         // 1: half the MAC devices registered, no GAEN key yet; sightings over three days.
+        // Cases and readings in the same flush, placed by its sightings.
         let first = observations(1_500, 3);
-        flusher
-            .wal()
-            .append(vec![
-                entry(Table::Devices, devices_batch(0..15)),
-                entry(Table::Observations, first),
-            ])
-            .await
-            .unwrap();
+        let mut appended = vec![
+            entry(Table::Devices, devices_batch(0..15)),
+            entry(Table::Observations, first),
+        ];
+        appended.extend(events(200, 1));
+        flusher.wal().append(appended).await.unwrap();
         flusher.flush().await.unwrap();
+        check_cells(&factory, 1).await;
         check("first flush").await;
         // 2: the other MAC devices (heard before they registered), keys of half the GAEN
         // devices (their RPIs heard before), more sightings.
+        // Cases and readings placed by sightings stored and new.
         let second = observations(1_000, 3);
-        flusher
-            .wal()
-            .append(vec![
-                entry(Table::Observations, second),
-                entry(Table::Devices, devices_batch(15..30)),
-                entry(Table::ExposureKeys, keys_batch(30..35, 0..3)),
-            ])
-            .await
-            .unwrap();
+        let mut appended = vec![
+            entry(Table::Observations, second),
+            entry(Table::Devices, devices_batch(15..30)),
+            entry(Table::ExposureKeys, keys_batch(30..35, 0..3)),
+        ];
+        appended.extend(events(200, 2));
+        flusher.wal().append(appended).await.unwrap();
         flusher.flush().await.unwrap();
+        check_cells(&factory, 2).await;
         check("late registrations and keys").await;
+        // Cases and readings alone, placed by stored sightings only.
+        flusher.wal().append(events(100, 3).into()).await.unwrap();
+        flusher.flush().await.unwrap();
+        check_cells(&factory, 3).await;
         // 3: only keys, then only sightings, in flushes of their own.
         flusher
             .wal()
@@ -744,6 +1094,18 @@ mod tests {
         assert!(runs > 0);
         assert_eq!(partial_files().await, 3, "one partial file a day");
         check("compaction").await;
+        let ctx = factory.session().await.unwrap();
+        let merged = ctx
+            .sql("SELECT count(*) = count(DISTINCT (hour, cell)) FROM case_partials")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert!(
+            merged[0].column(0).as_boolean().value(0),
+            "compaction merged the case partials per hour and cell"
+        );
 
         // Retention keeps the last two days; the first kept day's sightings of the keys of
         // the day before (within the two hours' tolerance) are no encounters any more.

@@ -50,6 +50,8 @@ pub async fn write_case(store: &proxima_engine::Store, device: &str) -> String {
             Arc::new(StringArray::from(vec!["test"])),
             Arc::new(Int32Array::from(vec![0])),
             Arc::new(Int32Array::from(vec![0])),
+            Arc::new(StringArray::new_null(1)),
+            Arc::new(arrow::array::BooleanArray::from(vec![false])),
         ],
     )
     .unwrap();

@@ -315,6 +315,107 @@ impl IndexReader {
         Ok(())
     }
 
+    /// For each `(device, at)` of `wanted`: where the device last reported a sighting from,
+    /// the location of its latest row as observer with a location, at or before `at` and at
+    /// most `lookback` µs before it (of equal times, the greater location), among `new` rows
+    /// of the observations table (not stored yet) and the store's. What places a case or a
+    /// temperature reading in a rollup cell; `None` if there is no such row.
+    pub async fn last_locations(
+        &self,
+        wanted: &[(&str, i64)],
+        new: &[RecordBatch],
+        lookback: i64,
+    ) -> DfResult<Vec<Option<String>>> {
+        let mut best: Vec<Option<(i64, String)>> = vec![None; wanted.len()];
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut of_device: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, (device, _)) in wanted.iter().enumerate() {
+            of_device.entry(device).or_default().push(i);
+        }
+        let consider = |best: &mut [Option<(i64, String)>], i: usize, at: i64, location: &str| {
+            let until = wanted[i].1;
+            if at > until || at < until.saturating_sub(lookback) {
+                return;
+            }
+            if best[i].as_ref().is_none_or(|(a, l)| (at, location) > (*a, l.as_str())) {
+                best[i] = Some((at, location.to_string()));
+            }
+        };
+        let scan =
+            |best: &mut [Option<(i64, String)>], batch: &RecordBatch, file: &Path, only: Option<&HashSet<usize>>| {
+                let rows = Rows::of(batch, file)?;
+                for r in 0..batch.num_rows() {
+                    if rows.location.is_null(r) {
+                        continue;
+                    }
+                    let Some(indices) = of_device.get(rows.observer.value(r)) else {
+                        continue;
+                    };
+                    for &i in indices {
+                        if only.is_none_or(|o| o.contains(&i)) {
+                            consider(best, i, rows.at.value(r), rows.location.value(r));
+                        }
+                    }
+                }
+                Ok::<_, DataFusionError>(())
+            };
+        for batch in new {
+            scan(&mut best, batch, &Path::from("new observations"), None)?;
+        }
+        // The store's days, newest first: a device found on a day needs no earlier one.
+        let window = |i: usize| {
+            let (_, until) = wanted[i];
+            (
+                until.saturating_sub(lookback).div_euclid(MICROS_PER_DAY),
+                until.div_euclid(MICROS_PER_DAY),
+            )
+        };
+        let mut days: Vec<NaiveDate> = self
+            .store
+            .list_days(crate::paths::Table::Observations)
+            .await
+            .map_err(super::external)?
+            .into_iter()
+            .map(|p| p.day)
+            .collect();
+        days.sort_unstable_by(|a, b| b.cmp(a));
+        let mut done: HashSet<usize> = HashSet::new();
+        for day in days {
+            let epoch_day = i64::from(crate::schema::epoch_days(day));
+            // A row found on a later day (or in `new`, on this one or later) beats any here.
+            for (i, found) in best.iter().enumerate() {
+                if found
+                    .as_ref()
+                    .is_some_and(|(at, _)| at.div_euclid(MICROS_PER_DAY) > epoch_day)
+                {
+                    done.insert(i);
+                }
+            }
+            let open: HashSet<usize> = (0..wanted.len())
+                .filter(|&i| {
+                    let (from, to) = window(i);
+                    !done.contains(&i) && (from..=to).contains(&epoch_day)
+                })
+                .collect();
+            if open.is_empty() {
+                if (0..wanted.len()).all(|i| done.contains(&i) || window(i).0 > epoch_day) {
+                    break;
+                }
+                continue;
+            }
+            let mut observers: Vec<String> = open.iter().map(|&i| wanted[i].0.to_string()).collect();
+            observers.sort_unstable();
+            observers.dedup();
+            let (observations, _) = self.day_tables(day).await?;
+            for (file, batch) in self.rows_of(&observations, &observers).await? {
+                scan(&mut best, &batch, &file, Some(&open))?;
+            }
+        }
+        Ok(best.into_iter().map(|b| b.map(|(_, location)| location)).collect())
+    }
+
     /// The rows of `observers` (sorted) in a day's observation files, with every column a
     /// sighting needs (whole pages: the caller filters).
     async fn rows_of(&self, files: &DayFiles, observers: &[String]) -> DfResult<Vec<(Path, RecordBatch)>> {

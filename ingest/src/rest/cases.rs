@@ -14,7 +14,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use arrow::array::{
-    ArrayRef, AsArray, Date32Array, Float64Array, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, Int32Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
 };
 use arrow::datatypes::{Date32Type, TimestampMicrosecondType};
 use axum::Json;
@@ -362,6 +363,8 @@ async fn open_case(
     state.metrics.trace_seconds.observe(started.elapsed().as_secs_f64());
 
     let now = state.clock.now();
+    // For the case rollup's secondary-attack proxy: cases of devices that had been alerted.
+    let after_alert = !state.alerts.of(device, now).is_empty();
     let expires_at = now + state.options.alert_ttl;
     let mut counts = AlertCounts::default();
     let mut alerts = Vec::new();
@@ -404,6 +407,9 @@ async fn open_case(
             strings([principal.name.as_str()]),
             Arc::new(Int32Array::from(vec![counts.high as i32])),
             Arc::new(Int32Array::from(vec![counts.medium as i32])),
+            // Placed in its cell by the flush that stores it (see `proxima_storage::rollup`).
+            Arc::new(StringArray::new_null(1)),
+            Arc::new(BooleanArray::from(vec![after_alert])),
         ],
     )
     .map_err(|e| ApiError::internal("building the case row failed", e))?;
@@ -528,6 +534,7 @@ pub async fn temperature(
             Arc::new(Float64Array::from(vec![reading.celsius])),
             strings([reading.site.as_str()]),
             strings([principal.name.as_str()]),
+            Arc::new(StringArray::new_null(1)),
         ],
     )
     .map_err(|e| ApiError::internal("building the reading row failed", e))?;

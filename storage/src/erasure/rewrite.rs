@@ -166,8 +166,8 @@ pub async fn erase_everywhere(
         return Ok(done);
     }
     for &table in tables {
-        if table == Table::ContactPartials {
-            // No row names a device (sketches only): rebuilt below from what is left.
+        if matches!(table, Table::ContactPartials | Table::CasePartials) {
+            // No row names a device (counts and sketches): rebuilt below from what is left.
             continue;
         }
         let days: Vec<Option<chrono::NaiveDate>> = if table.is_day_partitioned() {
@@ -194,10 +194,18 @@ pub async fn erase_everywhere(
                 total.rows += done.rows;
             }
         }
-        if table == Table::Observations && !rewritten_days.is_empty() {
-            // A sketch cannot forget a device: the days whose sightings changed are rolled
-            // up again from what is left.
-            crate::rollup::rebuild_days(factory, writer, &rewritten_days).await?;
+        // A sketch cannot forget a device: the days whose sightings changed are rolled up
+        // again from what is left; so are those of readings (a case keeps its row, under a
+        // pseudonym, and so its count).
+        let rollup = match table {
+            Table::Observations => Some(crate::rollup::Rollup::Contacts),
+            Table::TemperatureReadings => Some(crate::rollup::Rollup::Cases),
+            _ => None,
+        };
+        if let Some(rollup) = rollup
+            && !rewritten_days.is_empty()
+        {
+            crate::rollup::rebuild_days(factory, writer, rollup, &rewritten_days).await?;
         }
         for (done, total) in done.iter_mut().zip(totals) {
             if total.rows > 0 {
