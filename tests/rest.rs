@@ -867,12 +867,14 @@ async fn a_fever_reading_opens_a_suspected_case() {
     let now = api.now();
     let patient = api.register("FE:00:00:00:00:01").await;
     let contact = api.register("FE:00:00:00:00:02").await;
-    let (s, _) = api
-        .upload(
-            &contact,
-            &json!([sighting(&patient.mac, now - Duration::hours(5), 1200)]),
-        )
-        .await;
+    let mut heard = sighting(&patient.mac, now - Duration::hours(5), 1200);
+    heard["location"] = json!("u4pruz");
+    let (s, _) = api.upload(&contact, &json!([heard])).await;
+    assert_eq!(s, StatusCode::OK);
+    // Where the patient's phone last was: what places its readings and case in a cell.
+    let mut located = sighting(&contact.mac, now - Duration::hours(6), 60);
+    located["location"] = json!("u4pruy");
+    let (s, _) = api.upload(&patient, &json!([located])).await;
     assert_eq!(s, StatusCode::OK);
     let reading = |celsius: f64| json!({"device_uuid": patient.uuid, "measured_at": now.to_rfc3339(), "celsius": celsius, "site": "clinic-7"});
     let (s, body) = api
@@ -902,6 +904,34 @@ async fn a_fever_reading_opens_a_suspected_case() {
             .await,
         1
     );
+    // Stored in the patient's cell, and counted there by the case rollup the flush kept.
+    assert_eq!(api.count("SELECT count(*) FROM cases WHERE cell = 'u4pr'").await, 1);
+    assert_eq!(
+        api.count("SELECT count(*) FROM temperature_readings WHERE cell = 'u4pr'")
+            .await,
+        2
+    );
+    // The alerted contact becomes a confirmed case: one after an alert, whose trace alerts
+    // the patient.
+    let (s, body) = api
+        .post_json(
+            "/v1/cases",
+            &json!({"device_uuid": contact.uuid, "status": "confirmed"}),
+            Some(&basic("tracy")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    for (count, expected) in [
+        ("suspected", 1),
+        ("confirmed", 1),
+        ("readings", 2),
+        ("fever_readings", 1),
+        ("alerts_high", 2),
+        ("after_alert", 1),
+    ] {
+        let sql = format!("SELECT CAST(sum({count}) AS BIGINT) FROM case_partials WHERE cell = 'u4pr'");
+        assert_eq!(api.count(&sql).await, expected, "{count}");
+    }
     let response = api
         .http
         .get(api.url("/v1/alerts"))
