@@ -1084,7 +1084,12 @@ async fn analysts_see_aggregates_only_and_never_a_small_cell() {
     ann.handshake("ann", ANALYST_PASSWORD).await.unwrap();
     assert_eq!(
         listed_tables(&mut ann).await,
-        ["case_rollup", "contact_rollup", "daily_contacts_by_location"]
+        [
+            "case_rollup",
+            "contact_rollup",
+            "daily_cell_rates",
+            "daily_contacts_by_location"
+        ]
     );
 
     // Raw tables and tracing functions fail exactly as names that do not exist.

@@ -28,6 +28,7 @@ fn objects(device: &str, case_id: &str) -> Vec<(&'static str, String)> {
         "daily_contacts_by_location",
         "contact_rollup",
         "case_rollup",
+        "daily_cell_rates",
         "contact_partials",
         "case_partials",
     ]
@@ -57,7 +58,13 @@ fn allowed(role: Role, object: &str) -> bool {
             "en_rpis",
         ]
         .contains(&object),
-        Role::Analyst => ["daily_contacts_by_location", "contact_rollup", "case_rollup"].contains(&object),
+        Role::Analyst => [
+            "daily_contacts_by_location",
+            "contact_rollup",
+            "case_rollup",
+            "daily_cell_rates",
+        ]
+        .contains(&object),
         Role::Auditor => object == "audit",
         _ => false,
     }
@@ -190,7 +197,7 @@ async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
             }
         }
     }
-    assert_eq!(checked, 4 * 15 * SHAPES.len());
+    assert_eq!(checked, 4 * 16 * SHAPES.len());
 
     // A tracer without a purpose reads nothing, though the names exist.
     let tracer = Principal {
@@ -304,7 +311,7 @@ async fn on_a_cluster_every_role_reads_the_same_rows_and_is_refused_the_same() {
     // The tracer's and analyst's relations ran there: the executors did work.
     let tasks = cluster.finished_tasks();
     assert!(tasks.iter().all(|ran| !ran.is_empty()), "{tasks:?}");
-    assert_eq!(compared, 11 * 5 + (4 * 15 - 11));
+    assert_eq!(compared, 12 * 5 + (4 * 16 - 12));
     // A tracer's scope holds there too: a trace of another device than the case's is refused.
     let tracer = Principal {
         name: "matrix".into(),

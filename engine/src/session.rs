@@ -48,6 +48,7 @@ const AGGREGATES: &[(&str, &str)] = &[
     ),
     ("contact_rollup", include_str!("../../sql/views/contact_rollup.sql")),
     ("case_rollup", include_str!("../../sql/views/case_rollup.sql")),
+    ("daily_cell_rates", include_str!("../../sql/views/daily_cell_rates.sql")),
 ];
 
 /// The smallest number of distinct devices an aggregate cell shows by default.

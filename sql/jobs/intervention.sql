@@ -1,42 +1,60 @@
--- intervention: did contacts fall in a region after a policy date, more than elsewhere?
+-- intervention: did contacts and cases fall in a region after a policy date, more than
+-- elsewhere?
 --
 --   proxima sql -f sql/jobs/intervention.sql --param region=<geohash prefix> \
 --       --param date=<YYYY-MM-DD> --param from=<YYYY-MM-DD> --param to=<YYYY-MM-DD>
 --   proxima sql --connect grpc://HOST:PORT --user <an analyst> -f … --param …
 --
--- A difference in differences over the analysts' aggregate (daily_contacts_by_location):
--- the contact rate is contacts per device-day (a cell's contacts over its distinct devices,
--- summed over cells and days), in the region (cells whose 4-character geohash starts with
--- `region`: `gcpv` is one cell, `gcp` about 32) and in every other cell, before `date`
+-- A difference in differences over the analysts' rollups (the view `daily_cell_rates`),
+-- one row per measure: `contacts_per_device_day` (2 × contacts over the devices of each
+-- cell and day, summed over cells and days: each contact counts for both sides) and
+-- `cases_per_1000_device_days`; each in the region (cells whose 4-character geohash starts
+-- with `region`: `gcpv` is one cell, `gcp` about 32) and in every other cell, before `date`
 -- (from `from`) and from `date` on (to `to`). `difference_in_differences` is the region's
--- change minus the others' change: negative when the region's contacts fell more. Cells
--- under --min-cell distinct devices are not in the aggregate, so they count nowhere; a group
--- with no cell left is NULL, and so is every difference that needs it.
+-- change minus the others' change: negative when the region's rate fell more. Cells and
+-- days under --min-cell devices are not in the view, so they count nowhere; a group with
+-- no cell left is NULL, and so is every difference that needs it.
 WITH cells AS (
     SELECT
-        starts_with(area, ${region}) AS in_region,
+        starts_with(cell, ${region}) AS in_region,
         day >= CAST(${date} AS DATE) AS after,
         contacts,
+        cases,
         devices
-    FROM daily_contacts_by_location
+    FROM daily_cell_rates
     WHERE day BETWEEN CAST(${from} AS DATE) AND CAST(${to} AS DATE)
+),
+groups AS (
+    SELECT
+        in_region,
+        after,
+        2.0 * sum(contacts) / sum(devices) AS contacts_per_device_day,
+        1000.0 * sum(cases) / sum(devices) AS cases_per_1000_device_days
+    FROM cells
+    GROUP BY in_region, after
 ),
 rates AS (
     SELECT
-        sum(CASE WHEN in_region AND NOT after THEN contacts END)
-            / CAST(sum(CASE WHEN in_region AND NOT after THEN devices END) AS DOUBLE) AS region_before,
-        sum(CASE WHEN in_region AND after THEN contacts END)
-            / CAST(sum(CASE WHEN in_region AND after THEN devices END) AS DOUBLE) AS region_after,
-        sum(CASE WHEN NOT in_region AND NOT after THEN contacts END)
-            / CAST(sum(CASE WHEN NOT in_region AND NOT after THEN devices END) AS DOUBLE) AS others_before,
-        sum(CASE WHEN NOT in_region AND after THEN contacts END)
-            / CAST(sum(CASE WHEN NOT in_region AND after THEN devices END) AS DOUBLE) AS others_after
-    FROM cells
+        m.n,
+        m.measure,
+        max(CASE WHEN g.in_region AND NOT g.after THEN g.rate END) AS region_before,
+        max(CASE WHEN g.in_region AND g.after THEN g.rate END) AS region_after,
+        max(CASE WHEN NOT g.in_region AND NOT g.after THEN g.rate END) AS others_before,
+        max(CASE WHEN NOT g.in_region AND g.after THEN g.rate END) AS others_after
+    FROM (VALUES (1, 'contacts_per_device_day'), (2, 'cases_per_1000_device_days')) AS m (n, measure)
+    LEFT JOIN (
+        SELECT 1 AS n, in_region, after, contacts_per_device_day AS rate FROM groups
+        UNION ALL
+        SELECT 2, in_region, after, cases_per_1000_device_days FROM groups
+    ) AS g ON g.n = m.n
+    GROUP BY m.n, m.measure
 )
 SELECT
+    measure,
     round(region_before, 4) AS region_before,
     round(region_after, 4) AS region_after,
     round(others_before, 4) AS others_before,
     round(others_after, 4) AS others_after,
     round((region_after - region_before) - (others_after - others_before), 4) AS difference_in_differences
-FROM rates;
+FROM rates
+ORDER BY n;
