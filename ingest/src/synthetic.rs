@@ -15,6 +15,11 @@
 //! it), or the GAEN RPI of the sighting's 10-minute interval under the phone's key of
 //! the day (each key written to `exposure_keys`, as `POST /v1/exposure-keys` would),
 //! or a mix. Only the encoding differs: the same seed gives the same encounters.
+//!
+//! Cases and temperature readings come too (`case_batches`): a background incidence with
+//! spread within households, most suspected cases opened by a fever at the device's site,
+//! confirmations a day later, and screenings at sites on weekdays; each placed in its
+//! device's cell from the stored sightings, as a flush places them.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -213,7 +218,30 @@ pub async fn generate(
         transaction.abort().await?;
         return Err(e.into());
     }
-    let written = transaction.commit().await?;
+    let mut written = transaction.commit().await?;
+    // Cases and temperature readings, placed in their devices' cells as a flush would
+    // place them: from the sightings just stored.
+    let mut events = proxima_storage::wal::Buffer::default();
+    let (cases, readings) = case_batches(&population, spec)?;
+    events.tables.insert(Table::Cases, vec![cases]);
+    events.tables.insert(Table::TemperatureReadings, vec![readings]);
+    let index = proxima_engine::index::IndexReader::new(writer.store().clone(), None);
+    proxima_storage::rollup::place_in_cells(&index, &mut events).await?;
+    let mut transaction = writer.begin();
+    for (&table, batches) in &events.tables {
+        let all = arrow::compute::concat_batches(&table.file_schema(), batches)?;
+        for (day, rows) in proxima_storage::layout::split_by_day(table, &all)? {
+            let rows = proxima_storage::layout::sort_for_storage(table, &rows)?;
+            if let Err(e) = transaction.write_file(table, day, &[rows]).await {
+                transaction.abort().await?;
+                return Err(e.into());
+            }
+        }
+    }
+    let events_written = transaction.commit().await?;
+    written.files += events_written.files;
+    written.rows += events_written.rows;
+    written.bytes += events_written.bytes;
     info!(
         devices = spec.devices,
         observations,
@@ -225,6 +253,123 @@ pub async fn generate(
         observations,
         written,
     })
+}
+
+/// A case's chance to arise in a device on a given day, not counting its household's.
+const CASE_PER_DEVICE_DAY: f64 = 1.0 / 4_000.0;
+/// The chance a household member of a case reported in the last three days reports one too.
+const HOUSEHOLD_ATTACK: f64 = 0.08;
+/// The chance a suspected case is confirmed, a day later.
+const CONFIRMED: f64 = 0.6;
+/// The chance a device with a workplace or school has its temperature taken there on a weekday.
+const SCREENED: f64 = 0.02;
+
+/// Suspected cases (most opened by a fever reading at the device's site), their
+/// confirmations a day later and temperature readings, over the population's days: a
+/// background incidence plus spread within households, so that cases cluster. A case's
+/// alert counts are what tracing would roughly find (its household members high, up to
+/// ten colleagues medium), not a trace; `after_alert` says a household member's case was
+/// reported within the 48 hours before. Cells are left to [`proxima_storage::rollup::place_in_cells`].
+fn case_batches(population: &Population, spec: &PopulationSpec) -> Result<(RecordBatch, RecordBatch)> {
+    let mut rng = rng_for(spec.seed, u64::MAX);
+    let n = population.uuids.len();
+    // The latest case (µs) of each household.
+    let mut household_case: Vec<Option<i64>> = vec![None; population.households.len()];
+    let mut had_case = vec![false; n];
+    // (device, status, reported_at, alerts_high, alerts_medium, after_alert)
+    let mut cases: Vec<(u32, &str, i64, i32, i32, bool)> = Vec::new();
+    // (device, measured_at, celsius, site)
+    let mut readings: Vec<(u32, i64, f64, u32)> = Vec::new();
+    for day in 0..spec.days {
+        let date = spec.start + Days::new(u64::from(day));
+        let midnight = date
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight exists")
+            .and_utc()
+            .timestamp()
+            * MICROS_PER_SECOND;
+        let weekday = !matches!(date.weekday(), Weekday::Sat | Weekday::Sun);
+        for device in 0..n as u32 {
+            let household = population.household_home[device as usize] as usize;
+            let recent = household_case[household]
+                .filter(|&at| at < midnight && midnight - at <= 3 * SECONDS_PER_DAY * MICROS_PER_SECOND);
+            let chance = CASE_PER_DEVICE_DAY + if recent.is_some() { HOUSEHOLD_ATTACK } else { 0.0 };
+            let site = population.site_of[device as usize];
+            let screened = weekday && site.is_some() && rng.random_bool(SCREENED);
+            if had_case[device as usize] || !rng.random_bool(chance) {
+                if let (true, Some(site)) = (screened, site) {
+                    let at = midnight + rng.random_range(8 * 3_600..9 * 3_600) * MICROS_PER_SECOND;
+                    readings.push((device, at, 36.2 + f64::from(rng.random_range(0..13u8)) / 10.0, site));
+                }
+                continue;
+            }
+            had_case[device as usize] = true;
+            let at = midnight + rng.random_range(8 * 3_600..20 * 3_600) * MICROS_PER_SECOND;
+            let after_alert = recent.is_some_and(|r| at - r <= 2 * SECONDS_PER_DAY * MICROS_PER_SECOND);
+            let high = population.households[household].len() as i32 - 1;
+            let medium = site.map_or(0, |s| (population.sites[s as usize].len() as i32 - 1).min(10));
+            if let Some(site) = site.filter(|_| weekday) {
+                // Opened by a fever at the site's station.
+                readings.push((
+                    device,
+                    at - MICROS_PER_SECOND,
+                    38.0 + f64::from(rng.random_range(1..16u8)) / 10.0,
+                    site,
+                ));
+            }
+            cases.push((device, "suspected", at, high, medium, after_alert));
+            household_case[household] = Some(at);
+            if day + 1 < spec.days && rng.random_bool(CONFIRMED) {
+                cases.push((
+                    device,
+                    "confirmed",
+                    at + SECONDS_PER_DAY * MICROS_PER_SECOND,
+                    0,
+                    0,
+                    after_alert,
+                ));
+            }
+        }
+    }
+    let uuid = |d: u32| population.uuids[d as usize].as_str();
+    let times = |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef;
+    let case_ids: Vec<String> = (0..cases.len())
+        .map(|i| {
+            uuid::Builder::from_random_bytes((u128::from(spec.seed) << 64 | i as u128).to_le_bytes())
+                .into_uuid()
+                .to_string()
+        })
+        .collect();
+    let cases = RecordBatch::try_new(
+        Table::Cases.file_schema(),
+        vec![
+            Arc::new(StringArray::from(case_ids)),
+            Arc::new(StringArray::from_iter_values(cases.iter().map(|c| uuid(c.0)))),
+            Arc::new(StringArray::from_iter_values(cases.iter().map(|c| c.1))),
+            times(cases.iter().map(|c| c.2).collect()),
+            Arc::new(StringArray::from_iter_values(cases.iter().map(|_| "generated"))),
+            Arc::new(Int32Array::from_iter_values(cases.iter().map(|c| c.3))),
+            Arc::new(Int32Array::from_iter_values(cases.iter().map(|c| c.4))),
+            Arc::new(StringArray::new_null(cases.len())),
+            Arc::new(arrow::array::BooleanArray::from_iter(cases.iter().map(|c| Some(c.5)))),
+        ],
+    )?;
+    let readings = RecordBatch::try_new(
+        Table::TemperatureReadings.file_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(readings.iter().map(|r| uuid(r.0)))),
+            times(readings.iter().map(|r| r.1).collect()),
+            Arc::new(arrow::array::Float64Array::from_iter_values(
+                readings.iter().map(|r| r.2),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                readings.iter().map(|r| format!("site-{}", r.3)),
+            )),
+            Arc::new(StringArray::from_iter_values(readings.iter().map(|_| "generated"))),
+            Arc::new(StringArray::new_null(readings.len())),
+        ],
+    )?;
+    Ok((cases, readings))
 }
 
 async fn refuse_non_empty(store: &Store) -> Result<()> {

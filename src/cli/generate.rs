@@ -114,10 +114,12 @@ pub async fn populate(store: &Store, spec: &PopulationSpec) -> Result<GeneratedP
     let progress = day_progress(
         "rolling up",
         days.len() as u32,
-        "contacts per hour and cell".to_string(),
+        "contacts and cases per hour and cell".to_string(),
     );
     for day in days {
-        rebuild_days(&factory, &writer, Rollup::Contacts, &[day]).await?;
+        for rollup in Rollup::ALL {
+            rebuild_days(&factory, &writer, rollup, &[day]).await?;
+        }
         progress.inc(1);
     }
     progress.finish_and_clear();
