@@ -383,9 +383,7 @@ impl ContactPartials {
 
     /// The partial rows, one per hour and cell, in that order.
     pub fn to_batch(&self) -> Result<RecordBatch> {
-        let hours =
-            TimestampMicrosecondArray::from_iter_values(self.by_key.keys().map(|(hour, _)| *hour)).with_timezone("UTC");
-        let cells = StringArray::from_iter_values(self.by_key.keys().map(|(_, cell)| cell));
+        let (hours, cells) = key_columns(&self.by_key);
         let sightings = Int64Array::from_iter_values(self.by_key.values().map(|p| p.sightings));
         let close = Int64Array::from_iter_values(self.by_key.values().map(|p| p.close_contacts));
         let devices = BinaryArray::from_iter_values(self.by_key.values().map(|p| p.devices.to_bytes()));
@@ -518,9 +516,7 @@ impl CasePartials {
 
     /// The partial rows, one per hour and cell, in that order.
     pub fn to_batch(&self) -> Result<RecordBatch> {
-        let hours =
-            TimestampMicrosecondArray::from_iter_values(self.by_key.keys().map(|(hour, _)| *hour)).with_timezone("UTC");
-        let cells = StringArray::from_iter_values(self.by_key.keys().map(|(_, cell)| cell));
+        let (hours, cells) = key_columns(&self.by_key);
         let count = |f: fn(&CaseCounts) -> i64| -> ArrayRef {
             Arc::new(Int64Array::from_iter_values(self.by_key.values().map(f)))
         };
@@ -537,6 +533,13 @@ impl CasePartials {
         ];
         Ok(RecordBatch::try_new(schema::CASE_PARTIALS.clone(), columns)?)
     }
+}
+
+/// The hour and cell columns of partial rows kept by `(hour µs, cell)`, in key order.
+fn key_columns<V>(by_key: &BTreeMap<(i64, String), V>) -> (TimestampMicrosecondArray, StringArray) {
+    let hours = TimestampMicrosecondArray::from_iter_values(by_key.keys().map(|(hour, _)| *hour)).with_timezone("UTC");
+    let cells = StringArray::from_iter_values(by_key.keys().map(|(_, cell)| cell));
+    (hours, cells)
 }
 
 fn missing(column: &str) -> crate::Error {

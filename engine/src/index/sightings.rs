@@ -201,14 +201,7 @@ impl IndexReader {
         }
         self.refresh_directory().await?;
         self.refresh_rpis().await?;
-        let days: Vec<NaiveDate> = self
-            .store
-            .list_days(crate::paths::Table::Observations)
-            .await
-            .map_err(super::external)?
-            .into_iter()
-            .map(|p| p.day)
-            .collect();
+        let days = self.observation_days().await?;
         let (Some(first), Some(last)) = (days.first(), days.last()) else {
             return Ok(());
         };
@@ -372,15 +365,8 @@ impl IndexReader {
                 until.div_euclid(MICROS_PER_DAY),
             )
         };
-        let mut days: Vec<NaiveDate> = self
-            .store
-            .list_days(crate::paths::Table::Observations)
-            .await
-            .map_err(super::external)?
-            .into_iter()
-            .map(|p| p.day)
-            .collect();
-        days.sort_unstable_by(|a, b| b.cmp(a));
+        let mut days = self.observation_days().await?;
+        days.reverse();
         let mut done: HashSet<usize> = HashSet::new();
         for day in days {
             let epoch_day = i64::from(crate::schema::epoch_days(day));
@@ -414,6 +400,20 @@ impl IndexReader {
             }
         }
         Ok(best.into_iter().map(|b| b.map(|(_, location)| location)).collect())
+    }
+
+    /// The days the store holds observations of, oldest first.
+    async fn observation_days(&self) -> DfResult<Vec<NaiveDate>> {
+        let mut days: Vec<NaiveDate> = self
+            .store
+            .list_days(crate::paths::Table::Observations)
+            .await
+            .map_err(super::external)?
+            .into_iter()
+            .map(|p| p.day)
+            .collect();
+        days.sort_unstable();
+        Ok(days)
     }
 
     /// The rows of `observers` (sorted) in a day's observation files, with every column a
