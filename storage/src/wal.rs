@@ -935,17 +935,73 @@ fn decode_entries(mut bytes: &[u8]) -> Option<Vec<Entry>> {
         for batch in reader {
             entries.push(Entry {
                 table,
-                batch: batch.ok()?,
+                batch: conform(table, batch.ok()?)?,
             });
         }
     }
     Some(entries)
 }
 
+/// `batch` in `table`'s current file schema: a record written before a nullable column was
+/// added (say `cases.cell`) gets it as nulls, so that an upgrade replays its log. `None`
+/// if a column the schema requires is missing or of another type.
+fn conform(table: Table, batch: RecordBatch) -> Option<RecordBatch> {
+    let schema = table.file_schema();
+    if batch.schema().fields() == schema.fields() {
+        return Some(batch);
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| match batch.column_by_name(field.name()) {
+            Some(column) if column.data_type() == field.data_type() => Some(std::sync::Arc::clone(column)),
+            None if field.is_nullable() => Some(arrow::array::new_null_array(field.data_type(), batch.num_rows())),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    RecordBatch::try_new(schema, columns).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow::array::StringArray;
+
+    /// A case logged before `cases.cell` and `cases.after_alert` existed replays in the
+    /// current schema, the new columns null; a record missing a required column does not.
+    #[test]
+    fn a_record_of_an_older_schema_replays_in_the_current_one() {
+        use arrow::datatypes::{Field, Schema};
+        let current = Table::Cases.file_schema();
+        let old_fields: Vec<Field> = current
+            .fields()
+            .iter()
+            .filter(|f| !["cell", "after_alert"].contains(&f.name().as_str()))
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let old = RecordBatch::try_new(
+            std::sync::Arc::new(Schema::new(old_fields)),
+            vec![
+                std::sync::Arc::new(StringArray::from(vec!["c"])),
+                std::sync::Arc::new(StringArray::from(vec!["d"])),
+                std::sync::Arc::new(StringArray::from(vec!["confirmed"])),
+                std::sync::Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![1]).with_timezone("UTC")),
+                std::sync::Arc::new(StringArray::from(vec!["t"])),
+                std::sync::Arc::new(arrow::array::Int32Array::from(vec![1])),
+                std::sync::Arc::new(arrow::array::Int32Array::from(vec![2])),
+            ],
+        )
+        .unwrap();
+        let replayed = conform(Table::Cases, old.clone()).unwrap();
+        assert_eq!(replayed.schema(), current);
+        assert_eq!(replayed.column_by_name("cell").unwrap().null_count(), 1);
+        assert_eq!(
+            replayed.column_by_name("status").unwrap(),
+            old.column_by_name("status").unwrap()
+        );
+        let without_status = old.project(&[0, 1, 3, 4, 5, 6]).unwrap();
+        assert!(conform(Table::Cases, without_status).is_none());
+    }
     use proxima_engine::schema;
 
     fn revocation(uuid: &str) -> Entry {
