@@ -404,44 +404,74 @@ impl ContactPartials {
 /// [`CELL_LOOKBACK_MICROS`]), among the buffer's observations and the store's. Done by the
 /// flush that stores them, so what a rollup counts is a column of the raw rows.
 pub async fn place_in_cells(index: &IndexReader, buffer: &mut Buffer) -> Result<()> {
-    let new = buffer.tables.get(&Table::Observations).cloned().unwrap_or_default();
-    for (table, time) in [
+    const EVENTS: [(Table, &str); 2] = [
         (Table::Cases, "reported_at"),
         (Table::TemperatureReadings, "measured_at"),
-    ] {
-        let Some(batches) = buffer.tables.get_mut(&table) else {
-            continue;
-        };
-        for batch in batches.iter_mut() {
-            let schema = batch.schema();
-            let cell_at = schema.index_of("cell")?;
-            let cells = batch.column(cell_at).as_string::<i32>();
+    ];
+    // Every row without a cell, of every batch: one lookup for the whole flush (REST logs a
+    // batch per case or reading).
+    let mut unplaced: Vec<(Table, usize, usize)> = Vec::new();
+    let mut wanted: Vec<(String, i64)> = Vec::new();
+    for (table, time) in EVENTS {
+        for (b, batch) in buffer.tables.get(&table).into_iter().flatten().enumerate() {
+            let cells = text(batch, "cell")?;
             if cells.null_count() == 0 {
                 continue;
             }
-            let devices = batch.column(schema.index_of("device_uuid")?).as_string::<i32>();
+            let devices = text(batch, "device_uuid")?;
             let times = batch
-                .column(schema.index_of(time)?)
-                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-            let wanted: Vec<(&str, i64)> = (0..batch.num_rows())
-                .map(|i| (devices.value(i), times.value(i)))
-                .collect();
-            let found = index.last_locations(&wanted, &new, CELL_LOOKBACK_MICROS).await?;
-            let placed: StringArray = (0..batch.num_rows())
+                .column_by_name(time)
+                .and_then(|c| c.as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>())
+                .ok_or_else(|| missing(time))?;
+            for i in (0..batch.num_rows()).filter(|&i| cells.is_null(i)) {
+                unplaced.push((table, b, i));
+                wanted.push((devices.value(i).to_string(), times.value(i)));
+            }
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let new = buffer.tables.get(&Table::Observations).cloned().unwrap_or_default();
+    let lookups: Vec<(&str, i64)> = wanted.iter().map(|(d, at)| (d.as_str(), *at)).collect();
+    let found = index.last_locations(&lookups, &new, CELL_LOOKBACK_MICROS).await?;
+    let mut placed: std::collections::HashMap<(Table, usize, usize), String> = std::collections::HashMap::new();
+    for (at, location) in unplaced.into_iter().zip(found) {
+        if let Some(location) = location {
+            placed.insert(at, location.chars().take(CELL_CHARS).collect());
+        }
+    }
+    for (table, _) in EVENTS {
+        for (b, batch) in buffer.tables.get_mut(&table).into_iter().flatten().enumerate() {
+            let schema = batch.schema();
+            let cell_at = schema.index_of("cell")?;
+            let cells = text(batch, "cell")?;
+            if cells.null_count() == 0 {
+                continue;
+            }
+            let column: StringArray = (0..batch.num_rows())
                 .map(|i| {
                     if cells.is_valid(i) {
                         Some(cells.value(i).to_string())
                     } else {
-                        found[i].as_ref().map(|l| l.chars().take(CELL_CHARS).collect())
+                        placed.get(&(table, b, i)).cloned()
                     }
                 })
                 .collect();
             let mut columns = batch.columns().to_vec();
-            columns[cell_at] = Arc::new(placed);
+            columns[cell_at] = Arc::new(column);
             *batch = RecordBatch::try_new(schema, columns)?;
         }
     }
     Ok(())
+}
+
+/// A text column of a buffered batch (an error, not a panic, if it is missing or not text).
+fn text<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| missing(name))
 }
 
 /// The counts of one hour and cell of the case rollup, in [`schema::CASE_PARTIALS`]' order.
