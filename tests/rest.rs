@@ -911,7 +911,7 @@ async fn a_fever_reading_opens_a_suspected_case() {
             .await,
         2
     );
-    // The alerted contact becomes a confirmed case: one after an alert, whose trace alerts
+    // The alerted contact becomes a confirmed case after an alert, whose trace alerts
     // the patient.
     let (s, body) = api
         .post_json(
@@ -927,7 +927,7 @@ async fn a_fever_reading_opens_a_suspected_case() {
         ("readings", 2),
         ("fever_readings", 1),
         ("alerts_high", 2),
-        ("after_alert", 1),
+        ("confirmed_after_alert", 1),
     ] {
         let sql = format!("SELECT CAST(sum({count}) AS BIGINT) FROM case_partials WHERE cell = 'u4pr'");
         assert_eq!(api.count(&sql).await, expected, "{count}");

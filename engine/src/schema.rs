@@ -150,8 +150,8 @@ pub static CONTACT_PARTIALS: LazyLock<SchemaRef> = LazyLock::new(|| {
 });
 
 /// Columns of the case rollup's partial rows: per hour and 4-character geohash cell (the
-/// cell of the device concerned, `cases.cell`), new suspected and confirmed cases, those
-/// reported by a device that held an alert, the alerts the cases issued by priority, and the
+/// cell of the device concerned, `cases.cell`), new suspected and confirmed cases, the
+/// confirmed ones reported by a device that held an alert, the alerts the cases issued by priority, and the
 /// temperature readings, feverish or not. Rows of one key add up.
 pub static CASE_PARTIALS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
@@ -159,7 +159,7 @@ pub static CASE_PARTIALS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("cell", DataType::Utf8, false),
         Field::new("suspected", DataType::Int64, false),
         Field::new("confirmed", DataType::Int64, false),
-        Field::new("after_alert", DataType::Int64, false),
+        Field::new("confirmed_after_alert", DataType::Int64, false),
         Field::new("alerts_high", DataType::Int64, false),
         Field::new("alerts_medium", DataType::Int64, false),
         Field::new("readings", DataType::Int64, false),

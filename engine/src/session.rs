@@ -39,7 +39,8 @@ use crate::trace_case::TraceCase;
 /// The views every full session gets, in creation order (each file is one `CREATE VIEW`).
 const VIEWS: &[(&str, &str)] = &[("encounters", include_str!("../../sql/views/encounters.sql"))];
 
-/// The aggregates analysts read (each file one `SELECT`, with `${min_cell}`): views in a
+/// The aggregates analysts read (each file one `SELECT`, with `${min_cell}` and
+/// `${min_count}`): views in a
 /// full session, [`AggregateView`]s in an analyst's.
 const AGGREGATES: &[(&str, &str)] = &[
     (
@@ -53,6 +54,11 @@ const AGGREGATES: &[(&str, &str)] = &[
 
 /// The smallest number of distinct devices an aggregate cell shows by default.
 pub const DEFAULT_MIN_CELL: u32 = 10;
+
+/// The smallest count of cases, readings or alerts an aggregate shows by default (a
+/// smaller one, but 0, is NULL): counts of 1 and 2 are suppressed, as public-health
+/// statistics commonly are.
+pub const DEFAULT_MIN_COUNT: u32 = 3;
 
 /// The catalog name Proxima's tables are listed under.
 pub const CATALOG: &str = "proxima";
@@ -123,6 +129,9 @@ pub struct SessionOptions {
     /// The smallest number of distinct devices an aggregate cell may show (default
     /// [`DEFAULT_MIN_CELL`]); smaller cells are left out of the aggregates.
     pub min_cell: Option<u32>,
+    /// The smallest count of cases, readings or alerts an aggregate shows (default
+    /// [`DEFAULT_MIN_COUNT`]); a smaller one, but 0, is NULL.
+    pub min_count: Option<u32>,
     /// Whether sessions may name the machine's files as `file://` URLs (`COPY … TO`, external
     /// tables): the local CLI's direct access. Off, a session's object stores are the store's
     /// (prefixed with its root) and the audit log's, nothing else.
@@ -339,11 +348,12 @@ impl SessionFactory {
             ctx.sql(sql).await?;
         }
         let min_cell = self.options.min_cell.unwrap_or(DEFAULT_MIN_CELL).to_string();
+        let min_count = self.options.min_count.unwrap_or(DEFAULT_MIN_COUNT).to_string();
         for (name, sql) in AGGREGATES {
-            let plan = ctx
-                .state()
-                .create_logical_plan(&sql.replace("${min_cell}", &min_cell))
-                .await?;
+            let sql_text = sql
+                .replace("${min_cell}", &min_cell)
+                .replace("${min_count}", &min_count);
+            let plan = ctx.state().create_logical_plan(&sql_text).await?;
             ctx.register_table(*name, Arc::new(ViewTable::new(plan, Some(sql.to_string()))))?;
         }
         Ok(ctx)

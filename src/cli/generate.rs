@@ -110,16 +110,17 @@ pub async fn populate(store: &Store, spec: &PopulationSpec) -> Result<GeneratedP
         },
     )?;
     use proxima_storage::rollup::{Rollup, rebuild_days, rollup_days};
-    let days = rollup_days(store, Rollup::Contacts).await?;
+    let mut work = Vec::new();
+    for rollup in Rollup::ALL {
+        work.extend(rollup_days(store, rollup).await?.into_iter().map(|day| (rollup, day)));
+    }
     let progress = day_progress(
         "rolling up",
-        days.len() as u32,
+        work.len() as u32,
         "contacts and cases per hour and cell".to_string(),
     );
-    for day in days {
-        for rollup in Rollup::ALL {
-            rebuild_days(&factory, &writer, rollup, &[day]).await?;
-        }
+    for (rollup, day) in work {
+        rebuild_days(&factory, &writer, rollup, &[day]).await?;
         progress.inc(1);
     }
     progress.finish_and_clear();

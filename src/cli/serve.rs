@@ -43,8 +43,9 @@ pub struct ServeArgs {
     /// Acknowledged observations become visible to SQL within this (5s, 10s, 1m).
     #[arg(long, env = "PROXIMA_FLUSH_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     flush_interval: Duration,
-    /// Benchmarks only: flushes do not keep the analysts' contact rollup, which is then
-    /// wrong (`bench/ingest.sh` with `NO_ROLLUP=1` measures what keeping it costs).
+    /// Benchmarks only: flushes do not keep the analysts' rollups, which are then wrong,
+    /// nor place cases and readings in cells, which stay null (`bench/ingest.sh` with
+    /// `NO_ROLLUP=1` measures what keeping them costs).
     #[arg(long, hide = true)]
     no_rollup: bool,
     /// Largest JSON request body (1MiB).
@@ -196,6 +197,10 @@ pub struct ServeArgs {
     /// smaller cells are left out.
     #[arg(long, env = "PROXIMA_MIN_CELL", default_value_t = proxima_engine::session::DEFAULT_MIN_CELL, value_parser = clap::value_parser!(u32).range(2..))]
     min_cell: u32,
+    /// The smallest count of cases, readings or alerts an analyst's aggregate shows; a
+    /// smaller one, but 0, is NULL.
+    #[arg(long, env = "PROXIMA_MIN_COUNT", default_value_t = proxima_engine::session::DEFAULT_MIN_COUNT, value_parser = clap::value_parser!(u32).range(1..))]
+    min_count: u32,
     /// If the store holds no observations, generate the demo population first.
     #[arg(long, env = "PROXIMA_DEMO")]
     demo: bool,
@@ -412,6 +417,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         max_trace_window: Some(Duration::from_secs(u64::from(args.retention_days) * 86_400)),
         audit_dir: Some(audit_dir.clone()),
         min_cell: Some(args.min_cell),
+        min_count: Some(args.min_count),
         identifiers,
         require_mutual: args.require_mutual,
         ..SessionOptions::default()

@@ -67,6 +67,10 @@ pub struct SqlArgs {
     /// store (`serve --min-cell` for analysts): smaller cells are left out.
     #[arg(long, env = "PROXIMA_MIN_CELL", value_name = "N", default_value_t = proxima_engine::session::DEFAULT_MIN_CELL, value_parser = clap::value_parser!(u32).range(2..), conflicts_with = "connect")]
     min_cell: u32,
+    /// The smallest count of cases, readings or alerts the aggregates show on a local store
+    /// (`serve --min-count` for analysts): a smaller one, but 0, is NULL (1: none is).
+    #[arg(long, env = "PROXIMA_MIN_COUNT", value_name = "N", default_value_t = proxima_engine::session::DEFAULT_MIN_COUNT, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "connect")]
+    min_count: u32,
     /// Rotating identifiers: the keys that resolve them in `encounters` and traces (default:
     /// the development key a loopback server keeps beside the store, if any), and their epochs.
     #[command(flatten)]
@@ -208,6 +212,7 @@ pub async fn run(store: Store, args: SqlArgs) -> Result<(), CliError> {
             identifiers,
             remote,
             min_cell: Some(args.min_cell),
+            min_count: Some(args.min_count),
             ..SessionOptions::default()
         },
     )?;

@@ -15,8 +15,8 @@
 //! commits between a flush's resolution and its commit: a [`RollupWriter`] (a lock in the
 //! process, the store's `rollup` lease among processes) makes it so.
 //!
-//! [`CasePartials`] counts, per hour and cell, the cases (by status, and those reported
-//! after an alert), the alerts they issued and the temperature readings (and fevers) a
+//! [`CasePartials`] counts, per hour and cell, the cases (by status, and the confirmed ones
+//! reported after an alert), the alerts they issued and the temperature readings (and fevers) a
 //! flush stores, once [`place_in_cells`] has written each one's cell into its row: the cell
 //! its device last reported a sighting from. A count of rows, each in its own day: no
 //! resolution against the store and nothing to redo but after an erasure of readings.
@@ -33,6 +33,7 @@ use std::time::Duration;
 use arrow::array::{
     Array as _, ArrayRef, AsArray as _, BinaryArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
+use arrow::datatypes::{Float64Type, Int32Type, TimestampMicrosecondType};
 use chrono::{NaiveDate, Utc};
 use object_store::ObjectStoreExt as _;
 pub use proxima_engine::index::Sighting;
@@ -167,13 +168,13 @@ impl Rollup {
             ),
             Rollup::Cases => format!(
                 "SELECT hour, cell, sum(suspected) AS suspected, sum(confirmed) AS confirmed, \
-                 sum(after_alert) AS after_alert, sum(alerts_high) AS alerts_high, \
+                 sum(confirmed_after_alert) AS confirmed_after_alert, sum(alerts_high) AS alerts_high, \
                  sum(alerts_medium) AS alerts_medium, sum(readings) AS readings, \
                  sum(fever_readings) AS fever_readings FROM ( \
                  SELECT date_trunc('hour', reported_at) AS hour, cell, \
                  CASE WHEN status = 'suspected' THEN 1 ELSE 0 END AS suspected, \
                  CASE WHEN status = 'confirmed' THEN 1 ELSE 0 END AS confirmed, \
-                 CASE WHEN after_alert THEN 1 ELSE 0 END AS after_alert, \
+                 CASE WHEN status = 'confirmed' AND after_alert THEN 1 ELSE 0 END AS confirmed_after_alert, \
                  CAST(alerts_high AS BIGINT) AS alerts_high, CAST(alerts_medium AS BIGINT) AS alerts_medium, \
                  0 AS readings, 0 AS fever_readings \
                  FROM cases WHERE cell IS NOT NULL{} \
@@ -421,7 +422,7 @@ pub async fn place_in_cells(index: &IndexReader, buffer: &mut Buffer) -> Result<
             let devices = text(batch, "device_uuid")?;
             let times = batch
                 .column_by_name(time)
-                .and_then(|c| c.as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>())
+                .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
                 .ok_or_else(|| missing(time))?;
             for i in (0..batch.num_rows()).filter(|&i| cells.is_null(i)) {
                 unplaced.push((table, b, i));
@@ -474,12 +475,24 @@ fn text<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
         .ok_or_else(|| missing(name))
 }
 
+/// A primitive column of a buffered batch (an error, not a panic, if it is missing or of
+/// another type).
+fn primitive<'a, T: arrow::datatypes::ArrowPrimitiveType>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a arrow::array::PrimitiveArray<T>> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_primitive_opt::<T>())
+        .ok_or_else(|| missing(name))
+}
+
 /// The counts of one hour and cell of the case rollup, in [`schema::CASE_PARTIALS`]' order.
 #[derive(Debug, Default, Clone, Copy)]
 struct CaseCounts {
     suspected: i64,
     confirmed: i64,
-    after_alert: i64,
+    confirmed_after_alert: i64,
     alerts_high: i64,
     alerts_medium: i64,
     readings: i64,
@@ -497,32 +510,37 @@ impl CasePartials {
     /// Folds in the cases and temperature readings of `buffer`.
     pub fn add_buffer(&mut self, buffer: &Buffer) -> Result<()> {
         for batch in buffer.tables.get(&Table::Cases).into_iter().flatten() {
-            let column = |name: &str| batch.column_by_name(name).ok_or_else(|| missing(name));
-            let cells = column("cell")?.as_string::<i32>();
-            let at = column("reported_at")?.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-            let status = column("status")?.as_string::<i32>();
-            let after_alert = column("after_alert")?.as_boolean();
-            let high = column("alerts_high")?.as_primitive::<arrow::datatypes::Int32Type>();
-            let medium = column("alerts_medium")?.as_primitive::<arrow::datatypes::Int32Type>();
+            let cells = text(batch, "cell")?;
+            let at = primitive::<TimestampMicrosecondType>(batch, "reported_at")?;
+            let status = text(batch, "status")?;
+            let after_alert = batch
+                .column_by_name("after_alert")
+                .and_then(|c| c.as_boolean_opt())
+                .ok_or_else(|| missing("after_alert"))?;
+            let high = primitive::<Int32Type>(batch, "alerts_high")?;
+            let medium = primitive::<Int32Type>(batch, "alerts_medium")?;
             for i in (0..batch.num_rows()).filter(|&i| cells.is_valid(i)) {
                 let counts = self.counts(at.value(i), cells.value(i));
                 match status.value(i) {
                     "suspected" => counts.suspected += 1,
-                    "confirmed" => counts.confirmed += 1,
+                    "confirmed" => {
+                        counts.confirmed += 1;
+                        // A confirmation is a second row of a suspected case: counting
+                        // confirmed cases only counts each person once.
+                        if after_alert.is_valid(i) && after_alert.value(i) {
+                            counts.confirmed_after_alert += 1;
+                        }
+                    }
                     _ => {}
-                }
-                if after_alert.is_valid(i) && after_alert.value(i) {
-                    counts.after_alert += 1;
                 }
                 counts.alerts_high += i64::from(high.value(i));
                 counts.alerts_medium += i64::from(medium.value(i));
             }
         }
         for batch in buffer.tables.get(&Table::TemperatureReadings).into_iter().flatten() {
-            let column = |name: &str| batch.column_by_name(name).ok_or_else(|| missing(name));
-            let cells = column("cell")?.as_string::<i32>();
-            let at = column("measured_at")?.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-            let celsius = column("celsius")?.as_primitive::<arrow::datatypes::Float64Type>();
+            let cells = text(batch, "cell")?;
+            let at = primitive::<TimestampMicrosecondType>(batch, "measured_at")?;
+            let celsius = primitive::<Float64Type>(batch, "celsius")?;
             for i in (0..batch.num_rows()).filter(|&i| cells.is_valid(i)) {
                 let counts = self.counts(at.value(i), cells.value(i));
                 counts.readings += 1;
@@ -555,7 +573,7 @@ impl CasePartials {
             Arc::new(cells),
             count(|c| c.suspected),
             count(|c| c.confirmed),
-            count(|c| c.after_alert),
+            count(|c| c.confirmed_after_alert),
             count(|c| c.alerts_high),
             count(|c| c.alerts_medium),
             count(|c| c.readings),
@@ -766,7 +784,7 @@ mod tests {
         let counts = [
             "suspected",
             "confirmed",
-            "after_alert",
+            "confirmed_after_alert",
             "alerts_high",
             "alerts_medium",
             "readings",
