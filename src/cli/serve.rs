@@ -518,6 +518,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
                     logins: std::sync::Arc::clone(&logins),
                     service_metrics: service_metrics.clone(),
                     staff_client_certificates: args.tls_client_ca.is_some(),
+                    secure_cookies: http_tls.is_some(),
                     ..RestOptions::default()
                 },
                 clock,

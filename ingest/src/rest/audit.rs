@@ -105,6 +105,17 @@ pub(super) fn cite(purpose: String, objects: &[&str]) {
     });
 }
 
+/// Names the tables and views the call being served reads, in its outcome record.
+pub(super) fn read(objects: &[&str]) {
+    let _ = CALL.try_with(|call| {
+        if let Ok(mut pending) = call.pending.lock()
+            && let Some((done, _)) = pending.as_mut()
+        {
+            done.objects = objects.iter().map(|o| o.to_string()).collect();
+        }
+    });
+}
+
 /// Records the authentication outcome of a staff call: the intent (synced before the
 /// handler goes on) if the caller was let in, or a refusal: `principal` is who
 /// authenticated (if anyone), `refusal` why the call is refused (if it is).

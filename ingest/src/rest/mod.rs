@@ -15,6 +15,7 @@ pub mod audit;
 pub mod body;
 pub mod cases;
 pub mod challenge;
+pub mod dashboard;
 pub mod devices;
 pub mod error;
 pub mod exposure_keys;
@@ -107,6 +108,8 @@ pub struct RestOptions {
     /// Bulk requests whose bodies are read and decoded at once (each up to
     /// `max_bulk_body`); beyond, 503 with Retry-After.
     pub bulk_concurrency: usize,
+    /// Whether the service is served over TLS: the dashboard's cookie is then `Secure`.
+    pub secure_cookies: bool,
 }
 
 impl Default for RestOptions {
@@ -131,6 +134,7 @@ impl Default for RestOptions {
             service_metrics: ServiceMetrics::default(),
             staff_client_certificates: false,
             bulk_concurrency: 2,
+            secure_cookies: false,
         }
     }
 }
@@ -411,6 +415,7 @@ impl RestService {
             .route("/v1/ephemeral-ids", get(identifiers::issue))
             .route("/v1/exposure-keys", post(exposure_keys::register))
             .route("/v1/auth/token", post(staff::token))
+            .merge(dashboard::routes())
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::middleware::from_fn_with_state(
