@@ -9,6 +9,7 @@ mod abuse;
 mod audit_cli;
 mod chaos;
 mod cluster;
+mod dashboard;
 mod durability;
 mod encryption;
 mod erasure;
