@@ -603,3 +603,67 @@ fn a_browser_signs_in_reads_the_charts_and_moves_the_slider() {
     );
     assert!(width == 900 && height > 1200, "{width} × {height}");
 }
+
+#[test]
+fn the_notebook_example_draws_the_same_figures_with_pandas_and_polars() {
+    let modules = ["adbc_driver_flightsql", "pandas", "polars", "matplotlib"];
+    let Some(python) = common::python_with(&modules) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the notebook example: .ci/run installs pandas, polars and matplotlib into .venv"
+        );
+        eprintln!("skipped: no Python with {modules:?} (run .ci/run)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, _store, expected) = start(dir.path());
+    let flight = server.line("Flight SQL listening on ")["Flight SQL listening on ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let analyst = server.password("analyst");
+    server.drain();
+    let charts = dir.path().join("charts");
+    let output = std::process::Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/notebook.py"))
+        .env("PROXIMA_URI", &flight)
+        .env("PROXIMA_PASSWORD", &analyst)
+        .env("PROXIMA_CHARTS", &charts)
+        .env("MPLBACKEND", "Agg")
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).to_string();
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", text(&output.stderr));
+    let days = expected.days();
+    let summary = format!(
+        "{} days from {} to {}, {} cells",
+        days.len(),
+        days[0],
+        days.last().unwrap(),
+        expected.all_cells().len()
+    );
+    assert!(stdout.contains(&summary), "{summary}: {stdout}");
+    // Each day's contacts, as the notebook printed them, are the raw tables' over the
+    // cells shown.
+    for (day, (contacts, _)) in expected.trends() {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&day))
+            .unwrap_or_else(|| panic!("{day}"));
+        let printed: i64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(printed, contacts, "{line}");
+    }
+    for name in [
+        "contacts_per_day",
+        "cases_per_day",
+        "alerts_per_day",
+        "cells",
+        "intervention",
+    ] {
+        let png = std::fs::read(charts.join(format!("{name}.png"))).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{name}");
+        assert!(png.len() > 5_000, "{name}: {} bytes", png.len());
+    }
+}

@@ -198,6 +198,15 @@ pub struct Cell {
 /// compare across the slider's days). A cell without a value is hatched and says
 /// "suppressed".
 pub fn cell_grid(id: &str, title: &str, cells: &[Cell], scale_max: f64, decimals: usize) -> String {
+    if cells.is_empty() {
+        return format!(
+            "<svg id=\"{}\" class=\"chart grid\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {WIDTH} 60\" \
+             role=\"img\" aria-label=\"{title}\"><title>{title}</title><text x=\"8\" y=\"30\" font-size=\"13\" \
+             fill=\"#555\">No cell is shown yet: none has reached the threshold of devices.</text></svg>",
+            escape(id),
+            title = escape(title)
+        );
+    }
     let west = cells.iter().map(|c| c.bbox[0]).fold(f64::INFINITY, f64::min);
     let south = cells.iter().map(|c| c.bbox[1]).fold(f64::INFINITY, f64::min);
     let east = cells.iter().map(|c| c.bbox[2]).fold(f64::NEG_INFINITY, f64::max);
@@ -416,5 +425,27 @@ mod tests {
             2,
         );
         assert!(grid.contains("data-suppressed=\"true\"") && !grid.contains("data-value"));
+    }
+
+    #[test]
+    fn an_empty_store_draws_charts_without_marks() {
+        let bars = bars_per_day(
+            "c",
+            "contacts",
+            &[],
+            &[Series {
+                name: "contacts",
+                colour: "#00f",
+                values: &[],
+            }],
+        );
+        let grid = cell_grid("g", "cells", &[], 0.0, 2);
+        let comparison = intervention("i", &[]);
+        for svg in [&bars, &grid, &comparison] {
+            assert!(
+                !svg.contains("NaN") && !svg.contains("inf") && !svg.contains("class=\"mark"),
+                "{svg}"
+            );
+        }
     }
 }
