@@ -32,22 +32,26 @@ fn proxima(store: &Path, args: &[&str]) -> String {
 }
 
 /// A generated population (12,000 devices over 6 days: enough cases for counts both
-/// suppressed and shown), made once and copied for each test (each server writes its own
+/// suppressed and shown), made once per run of the tests (under cargo's temporary folder
+/// for tests, replaced each run) and copied for each test (each server writes its own
 /// audit log and WAL into its store).
 fn store_copy(into: &Path) -> PathBuf {
-    static TEMPLATE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
     let template = TEMPLATE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let store = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-store");
+        if store.exists() {
+            std::fs::remove_dir_all(&store).unwrap();
+        }
         proxima(
-            &dir.path().join("store"),
+            &store,
             &["generate", "--devices", "12000", "--days", "6", "--seed", "7"],
         );
-        dir
+        store
     });
     let copy = into.join("store");
     let status = std::process::Command::new("cp")
         .arg("-r")
-        .arg(template.path().join("store"))
+        .arg(template)
         .arg(&copy)
         .status()
         .unwrap();
@@ -58,13 +62,17 @@ fn store_copy(into: &Path) -> PathBuf {
 /// A (day, cell) key.
 type Key = (String, String);
 
+/// A day's contacts, its case columns as shown (suspected, confirmed, alerts high and
+/// medium) and the cells each left out.
+type DayFigures = (i64, [Option<i64>; 4], [i64; 4]);
+
 /// What the raw tables say, computed with full access by the local CLI (the rules of the
 /// rollups written out again in SQL, not the views).
 struct Expected {
     /// Per day and cell: contacts and distinct devices (the same sketch the rollup keeps).
     cells: BTreeMap<Key, (i64, i64)>,
-    /// Per day and cell with a case or reading event: suspected, confirmed, alerts high,
-    /// alerts medium.
+    /// Per day and cell with a case or a temperature reading (a row of `case_rollup`):
+    /// suspected, confirmed, alerts high, alerts medium.
     cases: BTreeMap<Key, [i64; 4]>,
 }
 
@@ -85,9 +93,13 @@ impl Expected {
         .into_iter()
         .map(|r| ((r[0].clone(), r[1].clone()), (int(&r[2]), int(&r[3]))))
         .collect();
-        let cases = csv("SELECT CAST(CAST(reported_at AS DATE) AS VARCHAR), cell, \
-             count(*) FILTER (WHERE status = 'suspected'), count(*) FILTER (WHERE status = 'confirmed'), \
-             sum(alerts_high), sum(alerts_medium) FROM cases WHERE cell IS NOT NULL GROUP BY 1, 2")
+        let cases = csv("SELECT day, cell, sum(s), sum(c), sum(h), sum(m) FROM ( \
+             SELECT CAST(CAST(reported_at AS DATE) AS VARCHAR) AS day, cell, \
+             CASE WHEN status = 'suspected' THEN 1 ELSE 0 END AS s, \
+             CASE WHEN status = 'confirmed' THEN 1 ELSE 0 END AS c, \
+             CAST(alerts_high AS BIGINT) AS h, CAST(alerts_medium AS BIGINT) AS m FROM cases WHERE cell IS NOT NULL \
+             UNION ALL SELECT CAST(CAST(measured_at AS DATE) AS VARCHAR), cell, 0, 0, 0, 0 \
+             FROM temperature_readings WHERE cell IS NOT NULL) GROUP BY 1, 2")
         .into_iter()
         .map(|r| {
             (
@@ -133,33 +145,42 @@ impl Expected {
         self.shown().into_iter().map(|(_, c)| c.clone()).collect()
     }
 
-    /// Per day: contacts over the shown cells, and each case column summed over the shown
+    /// A case column of a shown cell-day as `case_rollup` shows it (0 to 3: suspected,
+    /// confirmed, alerts high, alerts medium): alerts only where their reports are shown.
+    fn case_column(&self, key: &Key, i: usize) -> Option<i64> {
+        let row = self.cases.get(key)?;
+        let reports = row[0] + row[1];
+        if i >= 2 && Self::count(reports) != Some(reports) {
+            return None;
+        }
+        Self::count(row[i])
+    }
+
+    /// Per day: contacts over the shown cells; each case column summed over the shown
     /// cells whose count is shown (None if every one with a case row is suppressed; 0 if
-    /// the day has no case row in a shown cell).
-    fn trends(&self) -> BTreeMap<String, (i64, [Option<i64>; 4])> {
+    /// the day has no case row in a shown cell); and per column the cells left out.
+    fn trends(&self) -> BTreeMap<String, DayFigures> {
         let mut out = BTreeMap::new();
         for day in self.days() {
             let shown: Vec<&Key> = self.shown().into_iter().filter(|(d, _)| *d == day).collect();
             let contacts = shown.iter().map(|k| self.cells[*k].0).sum();
-            let rows: Vec<[i64; 4]> = shown.iter().filter_map(|k| self.cases.get(*k).copied()).collect();
+            let rows: Vec<&Key> = shown.iter().copied().filter(|k| self.cases.contains_key(*k)).collect();
             let column = |i: usize| -> Option<i64> {
                 if rows.is_empty() {
                     return Some(0);
                 }
-                let values: Vec<i64> = rows
-                    .iter()
-                    .filter_map(|r| {
-                        let reports = r[0] + r[1];
-                        // Alerts are shown only where their reports are.
-                        if i >= 2 && Self::count(reports) != Some(reports) {
-                            return None;
-                        }
-                        Self::count(r[i])
-                    })
-                    .collect();
+                let values: Vec<i64> = rows.iter().filter_map(|k| self.case_column(k, i)).collect();
                 (!values.is_empty()).then(|| values.iter().sum())
             };
-            out.insert(day, (contacts, [column(0), column(1), column(2), column(3)]));
+            let left_out = |i: usize| rows.iter().filter(|k| self.case_column(k, i).is_none()).count() as i64;
+            out.insert(
+                day,
+                (
+                    contacts,
+                    [column(0), column(1), column(2), column(3)],
+                    [left_out(0), left_out(1), left_out(2), left_out(3)],
+                ),
+            );
         }
         out
     }
@@ -257,6 +278,16 @@ async fn the_dashboard_shows_the_aggregates_only_suppressed_values_never_as_numb
     // The population must give this test something to check either way.
     assert!(shown.len() < expected.cells.len(), "some cell-day is under --min-cell");
     let confirmed: Vec<Option<i64>> = shown.iter().map(|k| expected.confirmed(k)).collect();
+    // And the boundary: a count of exactly --min-count shown, one under it suppressed.
+    let counts: Vec<i64> = shown
+        .iter()
+        .filter_map(|k| expected.cases.get(*k))
+        .flat_map(|row| [row[0], row[1]])
+        .collect();
+    assert!(
+        counts.contains(&MIN_COUNT) && counts.contains(&(MIN_COUNT - 1)),
+        "{counts:?}"
+    );
     assert!(confirmed.contains(&None), "some confirmed count is suppressed");
     assert!(
         confirmed.iter().any(|c| c.is_some_and(|n| n > 0)),
@@ -332,13 +363,18 @@ async fn the_dashboard_shows_the_aggregates_only_suppressed_values_never_as_numb
         .map(|m| (m, [0, 1]))
         .chain(alerts.iter().map(|m| (m, [2, 3])))
     {
-        let figures = trends[&mark["data-day"]].1;
+        let (_, figures, left_out) = trends[&mark["data-day"]];
         let column = match mark["data-series"].as_str() {
             "suspected" | "high" => columns[0],
             _ => columns[1],
         };
         match figures[column] {
-            Some(n) => assert!(close(&mark["data-value"], n as f64), "{mark:?} {figures:?}"),
+            Some(n) => {
+                assert!(close(&mark["data-value"], n as f64), "{mark:?} {figures:?}");
+                // A sum that leaves suppressed cells out says how many.
+                let partial = mark.get("data-partial").map(|p| p.parse::<i64>().unwrap());
+                assert_eq!(partial.unwrap_or(0), left_out[column], "{mark:?}");
+            }
             None => assert!(
                 mark.contains_key("data-suppressed") && !mark.contains_key("data-value"),
                 "{mark:?}"
@@ -427,6 +463,12 @@ async fn the_dashboard_shows_the_aggregates_only_suppressed_values_never_as_numb
             "{row}"
         );
         assert_eq!(row["confirmed"].as_i64(), expected.confirmed(&key), "{row}");
+        // The rate is suppressed with its count (it would give the count back).
+        assert_eq!(
+            row["confirmed_per_1000_devices"].is_null(),
+            expected.confirmed(&key).is_none(),
+            "{row}"
+        );
         assert!(
             row.as_object().unwrap().contains_key("confirmed"),
             "null written, not left out"
@@ -456,9 +498,19 @@ async fn the_dashboard_shows_the_aggregates_only_suppressed_values_never_as_numb
     )
     .unwrap();
     for row in trends_json.as_array().unwrap() {
-        let (contacts, figures) = trends[row["day"].as_str().unwrap()];
+        let (contacts, figures, left_out) = trends[row["day"].as_str().unwrap()];
         assert_eq!(row["contacts"].as_i64(), Some(contacts), "{row}");
-        assert_eq!(row["confirmed"].as_i64(), figures[1], "{row}");
+        for (i, column) in ["suspected", "confirmed", "alerts_high", "alerts_medium"]
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(row[*column].as_i64(), figures[i], "{column}: {row}");
+            assert_eq!(
+                row[format!("{column}_suppressed")].as_i64(),
+                Some(left_out[i]),
+                "{column}: {row}"
+            );
+        }
     }
     let region = &expected.all_cells().into_iter().next().unwrap()[..3];
     let comparison = get(
@@ -472,11 +524,41 @@ async fn the_dashboard_shows_the_aggregates_only_suppressed_values_never_as_numb
     )
     .await;
     assert_eq!(comparison.status(), 200);
-    assert_eq!(
-        comparison.text().await.unwrap().lines().count(),
-        3,
-        "a header and two measures"
+    // The job's own answer, run by the local CLI with the same thresholds and parameters.
+    let job = proxima(
+        &store,
+        &[
+            "sql",
+            // Its own audit log: the server holds the store's.
+            "--audit-dir",
+            store.with_file_name("cli-audit").to_str().unwrap(),
+            "--min-cell",
+            &MIN_CELL.to_string(),
+            "--min-count",
+            &MIN_COUNT.to_string(),
+            "--format",
+            "csv",
+            "-f",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/sql/jobs/intervention.sql"),
+            "--param",
+            &format!("region={region}"),
+            "--param",
+            &format!("date={}", days[days.len() / 2]),
+            "--param",
+            &format!("from={}", days[0]),
+            "--param",
+            &format!("to={last}"),
+        ],
     );
+    let numbers = |csv: &str| -> Vec<Vec<Option<f64>>> {
+        csv.lines()
+            .skip(1)
+            .map(|l| l.split(',').skip(1).map(|f| f.parse().ok()).collect())
+            .collect()
+    };
+    let downloaded = comparison.text().await.unwrap();
+    assert_eq!(numbers(&downloaded), numbers(&job), "{downloaded}\n{job}");
+    assert_eq!(numbers(&job).len(), 2, "two measures: {job}");
 
     // Bad parameters: said what and where, nothing run.
     for (path, status, says) in [
@@ -524,7 +606,26 @@ async fn the_dashboard_shows_the_aggregates_only_suppressed_values_never_as_numb
                 .is_some_and(|o| o.iter().any(|v| v == "daily_cell_rates"))),
         "{pages:?}"
     );
+    // The analyst's sign-in is a success (a 303 is no error); each grid and download is a
+    // call of its own, with the statements it ran and the rows they returned.
     let logins = of("rest:POST /dashboard/login");
+    assert!(
+        logins
+            .iter()
+            .any(|r| r["principal"] == "analyst" && r["phase"] == "done" && r.get("error").is_none()),
+        "{logins:?}"
+    );
+    for action in ["rest:GET /dashboard/grid.svg", "rest:GET /dashboard/data/{file}"] {
+        let done: Vec<_> = of(action).into_iter().filter(|r| r["phase"] == "done").collect();
+        assert!(!done.is_empty(), "{action}");
+        assert!(
+            done.iter().any(
+                |r| r["sql"].as_str().is_some_and(|sql| sql.contains("daily_cell_rates"))
+                    && r["rows"].as_u64() > Some(0)
+            ),
+            "{done:?}"
+        );
+    }
     assert!(
         logins
             .iter()
@@ -647,7 +748,7 @@ fn the_notebook_example_draws_the_same_figures_with_pandas_and_polars() {
     assert!(stdout.contains(&summary), "{summary}: {stdout}");
     // Each day's contacts, as the notebook printed them, are the raw tables' over the
     // cells shown.
-    for (day, (contacts, _)) in expected.trends() {
+    for (day, (contacts, _, _)) in expected.trends() {
         let line = stdout
             .lines()
             .find(|l| l.trim_start().starts_with(&day))

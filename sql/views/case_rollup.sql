@@ -18,7 +18,8 @@
 -- to ${min_count} − 1 (`--min-count`, 3 by default) is NULL, and so is every rate over it;
 -- the alert counts and the share are NULL unless the case reports that issued them
 -- (suspected + confirmed) are at least ${min_count}, so that no row tells one case's
--- number of contacts. One statement, a SELECT: the
+-- number of contacts, and the share is NULL unless both alert counts are shown (it would
+-- give back their sum). One statement, a SELECT: the
 -- engine makes it a view.
 SELECT
     c.day,
@@ -49,7 +50,9 @@ SELECT
     CASE
         WHEN (c.confirmed_after_alert = 0 OR c.confirmed_after_alert >= ${min_count})
             AND c.reports >= ${min_count}
-            AND c.alerts_high + c.alerts_medium >= ${min_count}
+            AND (c.alerts_high = 0 OR c.alerts_high >= ${min_count})
+            AND (c.alerts_medium = 0 OR c.alerts_medium >= ${min_count})
+            AND c.alerts_high + c.alerts_medium > 0
         THEN round(CAST(c.confirmed_after_alert AS DOUBLE) / (c.alerts_high + c.alerts_medium), 4)
     END AS after_alert_share
 FROM (

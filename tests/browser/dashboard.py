@@ -66,6 +66,8 @@ def main():
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_FLAGS, headless=True)
         page = browser.new_page(viewport={"width": 900, "height": 1200})
+        # A loaded 2-core CI machine runs the server's queries, the browser and this script.
+        page.set_default_timeout(120_000)
         outside = []
         # Nothing but the server itself may be asked for anything.
         page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(args.url) else None)
@@ -107,14 +109,14 @@ def main():
         [(contacts,)] = answer("SELECT sum(contacts) FROM daily_cell_rates WHERE day = CAST($1 AS DATE)", day)
         check(close(shown, contacts), f"contacts on {day}: page {shown}, SQL {contacts}")
 
-        def grid_matches_sql(day):
+        def grid_matches_sql(day, measure="contacts_per_device"):
             cells = page.locator("#grid-chart .mark.cell")
             valued = 0
             for i in range(cells.count()):
                 cell = cells.nth(i)
                 name, value = cell.get_attribute("data-cell"), cell.get_attribute("data-value")
                 rows = answer(
-                    "SELECT contacts_per_device FROM daily_cell_rates WHERE day = CAST($1 AS DATE) AND cell = $2",
+                    f"SELECT {measure} FROM daily_cell_rates WHERE day = CAST($1 AS DATE) AND cell = $2",
                     day,
                     name,
                 )
@@ -141,6 +143,19 @@ def main():
             page.locator("#cells-day-json").get_attribute("href").endswith("day=" + days[0]),
             "the day's download follows the slider",
         )
+
+        # Coloured by confirmed cases per 1,000: where the count is suppressed the cell says
+        # so, and where SQL shows a rate the page shows the same.
+        with page.expect_navigation():
+            page.select_option("#measure", "confirmed_per_1000_devices")
+        page.wait_for_selector("#grid-chart[data-measure='confirmed_per_1000_devices']")
+        grid_matches_sql(days[0], "confirmed_per_1000_devices")
+        check(
+            page.locator("#grid-chart").get_attribute("data-day") == days[0],
+            "the measure changes, the day stays",
+        )
+        with page.expect_navigation():
+            page.select_option("#measure", "contacts_per_device")
 
         page.screenshot(path=args.screenshot, full_page=True)
         check(not errors, f"script errors: {errors}")

@@ -66,7 +66,8 @@ pub async fn audit_calls(State(state): State<AppState>, request: Request, next: 
     if let Some((mut done, started)) = pending {
         done.duration_ms = Some(started.elapsed().as_millis() as u64);
         done.bytes = bytes;
-        if !response.status().is_success() {
+        // A redirect is an answer too (the dashboard's sign-in answers 303).
+        if !response.status().is_success() && !response.status().is_redirection() {
             done.error = Some(format!("HTTP {}", response.status()));
         }
         state.audit.submit(done);
@@ -112,6 +113,22 @@ pub(super) fn read(objects: &[&str]) {
             && let Some((done, _)) = pending.as_mut()
         {
             done.objects = objects.iter().map(|o| o.to_string()).collect();
+        }
+    });
+}
+
+/// Adds a statement the call being served runs (its parameters bound) to its outcome
+/// record, and the rows it returned.
+pub(super) fn statement(sql: &str, rows: usize) {
+    let _ = CALL.try_with(|call| {
+        if let Ok(mut pending) = call.pending.lock()
+            && let Some((done, _)) = pending.as_mut()
+        {
+            done.sql = Some(match done.sql.take() {
+                Some(earlier) => format!("{earlier};\n{sql}"),
+                None => sql.to_string(),
+            });
+            done.rows = Some(done.rows.unwrap_or(0) + rows as u64);
         }
     });
 }

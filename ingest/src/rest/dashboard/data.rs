@@ -14,16 +14,24 @@ use crate::rest::error::{ApiError, ApiResult};
 
 /// Contacts, cases and alerts per day, summed over the cells each view shows (a count the
 /// view suppresses is in no sum; a day whose every count is suppressed is NULL, a day with
-/// no case in any cell 0).
+/// no case in any cell 0), and for each count the cells whose count was suppressed (the
+/// sum is then a lower bound, and the page says so).
 pub const TRENDS_SQL: &str = "\
 SELECT r.day, r.devices, r.contacts, \
   CASE WHEN c.day IS NULL THEN 0 ELSE c.suspected END AS suspected, \
   CASE WHEN c.day IS NULL THEN 0 ELSE c.confirmed END AS confirmed, \
   CASE WHEN c.day IS NULL THEN 0 ELSE c.alerts_high END AS alerts_high, \
-  CASE WHEN c.day IS NULL THEN 0 ELSE c.alerts_medium END AS alerts_medium \
+  CASE WHEN c.day IS NULL THEN 0 ELSE c.alerts_medium END AS alerts_medium, \
+  coalesce(c.suspected_suppressed, 0) AS suspected_suppressed, \
+  coalesce(c.confirmed_suppressed, 0) AS confirmed_suppressed, \
+  coalesce(c.alerts_high_suppressed, 0) AS alerts_high_suppressed, \
+  coalesce(c.alerts_medium_suppressed, 0) AS alerts_medium_suppressed \
 FROM (SELECT day, sum(devices) AS devices, sum(contacts) AS contacts FROM daily_cell_rates GROUP BY day) AS r \
 LEFT JOIN (SELECT day, sum(suspected) AS suspected, sum(confirmed) AS confirmed, \
-  sum(alerts_high) AS alerts_high, sum(alerts_medium) AS alerts_medium FROM case_rollup GROUP BY day) AS c \
+  sum(alerts_high) AS alerts_high, sum(alerts_medium) AS alerts_medium, \
+  count(*) - count(suspected) AS suspected_suppressed, count(*) - count(confirmed) AS confirmed_suppressed, \
+  count(*) - count(alerts_high) AS alerts_high_suppressed, \
+  count(*) - count(alerts_medium) AS alerts_medium_suppressed FROM case_rollup GROUP BY day) AS c \
   ON r.day = c.day \
 ORDER BY r.day";
 
@@ -71,7 +79,9 @@ pub async fn query_with_schema(
         .map_err(|e| ApiError::internal("the analyst's session could not be opened", e))?;
     let frame = ctx.sql(sql).await.map_err(failed)?;
     let schema = frame.schema().as_arrow().clone();
-    Ok((schema, frame.collect().await.map_err(failed)?))
+    let batches = frame.collect().await.map_err(failed)?;
+    crate::rest::audit::statement(sql, batches.iter().map(RecordBatch::num_rows).sum());
+    Ok((schema, batches))
 }
 
 /// A column of every batch as numbers (NULL stays `None`).

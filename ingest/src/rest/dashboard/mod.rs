@@ -80,12 +80,17 @@ struct View {
 fn day_param(name: &str, value: &Option<String>) -> ApiResult<Option<NaiveDate>> {
     match value.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
-        Some(text) => NaiveDate::parse_from_str(text, "%Y-%m-%d").map(Some).map_err(|_| {
-            ApiError::invalid(format!(
-                "{name}: '{}' is not a date YYYY-MM-DD",
-                text.chars().take(40).collect::<String>()
-            ))
-        }),
+        // Four-digit years only: chrono takes more, which SQL's DATE literals do not.
+        Some(text) => NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .ok()
+            .filter(|_| text.len() == 10)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "{name}: '{}' is not a date YYYY-MM-DD",
+                    text.chars().take(40).collect::<String>()
+                ))
+            }),
     }
 }
 
@@ -240,18 +245,11 @@ async fn login(
     form: Result<Form<Credentials>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     // A sign-in posted from another site's page is refused (the cookie is SameSite too).
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-        if origin_host != host {
-            return html(
-                StatusCode::FORBIDDEN,
-                page::login(Some("sign in from the dashboard's own page")),
-            );
-        }
+    if !same_origin(&headers) {
+        return html(
+            StatusCode::FORBIDDEN,
+            page::login(Some("sign in from the dashboard's own page")),
+        );
     }
     let Ok(Form(credentials)) = form else {
         return html(
@@ -287,8 +285,28 @@ async fn login(
     }
 }
 
+/// Whether a form was posted from this server's own pages: its `Origin`, if the browser
+/// sent one, names the host the request was sent to (behind a proxy that rewrites `Host`,
+/// the proxy must pass the original one).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    origin.split_once("://").map_or(origin, |(_, rest)| rest) == host
+}
+
 /// `POST /dashboard/logout`: removes the cookie (the token itself lapses at its expiry).
-async fn logout(State(state): State<AppState>) -> Response {
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !same_origin(&headers) {
+        return html(
+            StatusCode::FORBIDDEN,
+            page::refusal("Sign out from the dashboard's own page."),
+        );
+    }
     let mut response = (StatusCode::SEE_OTHER, "").into_response();
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, HeaderValue::from_static("/dashboard"));
@@ -332,14 +350,16 @@ impl Cells {
     fn grid(&self, day: Option<NaiveDate>, measure: &'static str) -> String {
         let all: BTreeSet<&str> = self.cells.iter().map(String::as_str).collect();
         let values = self.values(measure);
+        let on_day: std::collections::HashMap<&str, Option<f64>> = (0..self.days.len())
+            .filter(|&i| Some(self.days[i]) == day)
+            .map(|i| (self.cells[i].as_str(), values[i]))
+            .collect();
         let scale_max = values.iter().flatten().fold(0.0_f64, |m, v| m.max(*v));
         let cells: Vec<svg::Cell> = all
             .into_iter()
             .filter_map(|cell| {
                 let rect = geohash::decode_bbox(cell).ok()?;
-                let value = (0..self.days.len())
-                    .find(|&i| Some(self.days[i]) == day && self.cells[i] == cell)
-                    .and_then(|i| values[i]);
+                let value = on_day.get(cell).copied().flatten();
                 Some(svg::Cell {
                     cell: cell.to_string(),
                     bbox: [rect.min().x, rect.min().y, rect.max().x, rect.max().y],
@@ -383,6 +403,9 @@ async fn render(state: &AppState, principal: &Principal, view: &View) -> ApiResu
     let series = |name: &str| data::numbers(&trends, name);
     let (contacts, suspected, confirmed) = (series("contacts")?, series("suspected")?, series("confirmed")?);
     let (high, medium) = (series("alerts_high")?, series("alerts_medium")?);
+    let (suspected_suppressed, confirmed_suppressed) =
+        (series("suspected_suppressed")?, series("confirmed_suppressed")?);
+    let (high_suppressed, medium_suppressed) = (series("alerts_high_suppressed")?, series("alerts_medium_suppressed")?);
     let charts = [
         svg::bars_per_day(
             "contacts-chart",
@@ -392,6 +415,7 @@ async fn render(state: &AppState, principal: &Principal, view: &View) -> ApiResu
                 name: "contacts",
                 colour: "#1565c0",
                 values: &contacts,
+                suppressed_cells: &[],
             }],
         ),
         svg::bars_per_day(
@@ -403,11 +427,13 @@ async fn render(state: &AppState, principal: &Principal, view: &View) -> ApiResu
                     name: "suspected",
                     colour: "#ffb74d",
                     values: &suspected,
+                    suppressed_cells: &suspected_suppressed,
                 },
                 svg::Series {
                     name: "confirmed",
                     colour: "#c62828",
                     values: &confirmed,
+                    suppressed_cells: &confirmed_suppressed,
                 },
             ],
         ),
@@ -420,11 +446,13 @@ async fn render(state: &AppState, principal: &Principal, view: &View) -> ApiResu
                     name: "high",
                     colour: "#6a1b9a",
                     values: &high,
+                    suppressed_cells: &high_suppressed,
                 },
                 svg::Series {
                     name: "medium",
                     colour: "#ba68c8",
                     values: &medium,
+                    suppressed_cells: &medium_suppressed,
                 },
             ],
         ),

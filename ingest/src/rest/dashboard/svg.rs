@@ -33,6 +33,9 @@ pub struct Series<'a> {
     pub colour: &'a str,
     /// One per day of the chart.
     pub values: &'a [Option<f64>],
+    /// Per day, the cells whose count was suppressed and so left out of the value (empty:
+    /// none anywhere): such a bar is a lower bound, drawn as one.
+    pub suppressed_cells: &'a [Option<f64>],
 }
 
 /// Escapes text for SVG and HTML content and attribute values.
@@ -139,11 +142,24 @@ pub fn bars_per_day(id: &str, title: &str, days: &[NaiveDate], series: &[Series<
             let day_text = day.format("%Y-%m-%d");
             match s.values.get(d).copied().flatten() {
                 Some(v) => {
+                    let left_out = s.suppressed_cells.get(d).copied().flatten().unwrap_or(0.0);
+                    let (class, partial, at_least) = if left_out > 0.0 {
+                        (
+                            "mark partial",
+                            format!(
+                                " data-partial=\"{}\" stroke=\"#333\" stroke-dasharray=\"3 2\"",
+                                number(left_out, 0)
+                            ),
+                            format!("at least {} ({} cells suppressed)", number(v, 4), number(left_out, 0)),
+                        )
+                    } else {
+                        ("mark", String::new(), number(v, 4))
+                    };
                     let _ = write!(
                         svg,
-                        "<rect class=\"mark\" data-series=\"{name}\" data-day=\"{day_text}\" data-value=\"{value}\" \
+                        "<rect class=\"{class}\" data-series=\"{name}\" data-day=\"{day_text}\" data-value=\"{value}\"{partial} \
                          x=\"{x:.1}\" y=\"{top:.1}\" width=\"{bar:.1}\" height=\"{h:.1}\" fill=\"{colour}\">\
-                         <title>{name}, {day_text}: {value}</title></rect>",
+                         <title>{name}, {day_text}: {at_least}</title></rect>",
                         name = escape(s.name),
                         value = number(v, 4),
                         top = y(v),
@@ -408,11 +424,12 @@ mod tests {
                 name: "confirmed",
                 colour: "#c00",
                 values: &[Some(12.0), None],
+                suppressed_cells: &[Some(1.0), Some(2.0)],
             }],
         );
         assert_eq!(svg.matches("class=\"mark").count(), 2);
         assert_eq!(svg.matches("data-suppressed=\"true\"").count(), 1);
-        assert!(svg.contains("data-value=\"12\""));
+        assert!(svg.contains("data-value=\"12\" data-partial=\"1\""), "{svg}");
         let grid = cell_grid(
             "g",
             "cells",
@@ -437,6 +454,7 @@ mod tests {
                 name: "contacts",
                 colour: "#00f",
                 values: &[],
+                suppressed_cells: &[],
             }],
         );
         let grid = cell_grid("g", "cells", &[], 0.0, 2);
