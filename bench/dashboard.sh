@@ -11,6 +11,7 @@
 #   by the local CLI with full access: the whole command, and `SELECT 1`'s for its start.
 #
 #   bench/dashboard.sh                         (DEVICES=1000000 DAYS=14 STORE=target/bench-dashboard)
+#   RAW=0 bench/dashboard.sh                   (without the raw query: two minutes and 23 GB)
 #
 # Installs adbc-driver-flightsql and pyarrow into bench/.venv. PROXIMA_BIN: an already
 # built release binary (otherwise it builds one). BENCHMARKS.md records its output.
@@ -95,6 +96,9 @@ WHERE location IS NOT NULL AND starts_with(location, '$REGION') AND day BETWEEN 
 GROUP BY day ORDER BY day"
 kill $SERVER 2>/dev/null || true
 wait $SERVER 2>/dev/null || true
+if [ "${RAW:-1}" = 0 ]; then
+    exit 0
+fi
 for i in 1 2; do
     /usr/bin/time -f "local SELECT 1 (process start): %e s" "$PROXIMA_BIN" --data "$STORE" sql -c "SELECT 1" > /dev/null
     /usr/bin/time -f "regional query over raw rows #$i (local CLI, whole command): %e s, %M KiB peak" \
