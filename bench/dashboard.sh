@@ -91,7 +91,7 @@ with flight_sql.connect(uri, db_kwargs={"username": "analyst", "password": passw
 PY
 echo "  server time of the last: $(server_ms 'flight:DoGet') ms"
 
-RAW="SELECT day, count(*) FILTER (WHERE a_heard) AS contacts FROM encounters \
+RAW_SQL="SELECT day, count(*) FILTER (WHERE a_heard) AS contacts FROM encounters \
 WHERE location IS NOT NULL AND starts_with(location, '$REGION') AND day BETWEEN DATE '$FIRST' AND DATE '$LAST' \
 GROUP BY day ORDER BY day"
 kill $SERVER 2>/dev/null || true
@@ -102,6 +102,6 @@ fi
 for i in 1 2; do
     /usr/bin/time -f "local SELECT 1 (process start): %e s" "$PROXIMA_BIN" --data "$STORE" sql -c "SELECT 1" > /dev/null
     /usr/bin/time -f "regional query over raw rows #$i (local CLI, whole command): %e s, %M KiB peak" \
-        "$PROXIMA_BIN" --data "$STORE" sql -c "$RAW" > "$WORK/raw.txt"
+        "$PROXIMA_BIN" --data "$STORE" sql -c "$RAW_SQL" > "$WORK/raw.txt"
 done
 echo "raw rows: $(grep -c '^| 20' "$WORK/raw.txt") days"
