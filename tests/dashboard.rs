@@ -313,6 +313,21 @@ async fn the_dashboard_shows_the_aggregates_only_suppressed_values_never_as_numb
         assert_eq!(response.status(), 401, "{path}");
     }
 
+    // A cookie that is no token: the form again, saying so, and the cookie removed.
+    let forged_cookie = get(&api, "/dashboard", "proxima_dashboard=pxs1.forged.token").await;
+    assert_eq!(forged_cookie.status(), 401);
+    assert!(
+        forged_cookie.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let html = forged_cookie.text().await.unwrap();
+    assert!(
+        html.contains("sign in again") && html.contains("action=\"/dashboard/login\""),
+        "{html}"
+    );
+
     // Refused sign-ins: a wrong password, another role, a form posted from another site.
     let wrong = sign_in(&api, "analyst", "not-the-password").await;
     assert_eq!(wrong.status(), 401);
@@ -634,6 +649,20 @@ async fn the_dashboard_shows_the_aggregates_only_suppressed_values_never_as_numb
     );
 }
 
+/// [`start`] for a Python client: the server (its output drained), what to expect, its
+/// Flight SQL address and the analyst's password.
+fn start_for_a_client(dir: &Path) -> (Server, Expected, String, String) {
+    let (mut server, _store, expected) = start(dir);
+    let flight = server.line("Flight SQL listening on ")["Flight SQL listening on ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let analyst = server.password("analyst");
+    server.drain();
+    (server, expected, flight, analyst)
+}
+
 /// Where the browser test's screenshot goes: `$PROXIMA_ARTIFACTS` (CI keeps it), else the
 /// test's own folder.
 fn screenshot_path(dir: &Path) -> PathBuf {
@@ -659,14 +688,7 @@ fn a_browser_signs_in_reads_the_charts_and_moves_the_slider() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, _store, expected) = start(dir.path());
-    let flight = server.line("Flight SQL listening on ")["Flight SQL listening on ".len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let analyst = server.password("analyst");
-    server.drain();
+    let (server, expected, flight, analyst) = start_for_a_client(dir.path());
     let screenshot = screenshot_path(dir.path());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/dashboard.py");
     let output = std::process::Command::new(python)
@@ -717,14 +739,7 @@ fn the_notebook_example_draws_the_same_figures_with_pandas_and_polars() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, _store, expected) = start(dir.path());
-    let flight = server.line("Flight SQL listening on ")["Flight SQL listening on ".len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let analyst = server.password("analyst");
-    server.drain();
+    let (_server, expected, flight, analyst) = start_for_a_client(dir.path());
     let charts = dir.path().join("charts");
     let output = std::process::Command::new(python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/notebook.py"))

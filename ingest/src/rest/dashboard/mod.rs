@@ -214,6 +214,11 @@ async fn show(State(state): State<AppState>, headers: HeaderMap, Query(view): Qu
     }
     let principal = match analyst(&state, &headers).await {
         Ok(principal) => principal,
+        // A token that lapsed or no longer stands: sign in again, said plainly.
+        Err(error) if error.status() == StatusCode::UNAUTHORIZED => {
+            let ended = ApiError::unauthorized(format!("Your session has ended ({}): sign in again.", error.detail()));
+            return refused(&state, &ended);
+        }
         Err(error) => return refused(&state, &error),
     };
     match render(&state, &principal, &view).await {
