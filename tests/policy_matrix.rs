@@ -146,6 +146,7 @@ async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
         let principal = Principal {
             name: "matrix".into(),
             role,
+            issuer: None,
         };
         for (object, call) in objects(&device, &case_id) {
             let twin_name = format!("{object}_nope");
@@ -203,6 +204,7 @@ async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
     let tracer = Principal {
         name: "matrix".into(),
         role: Role::Tracer,
+        issuer: None,
     };
     for (object, call) in objects(&device, &case_id)
         .into_iter()
@@ -223,6 +225,7 @@ async fn every_role_reads_what_it_may_and_nothing_else_leaks() {
         let principal = Principal {
             name: "matrix".into(),
             role,
+            issuer: None,
         };
         let ctx = factory.session_for(&principal).await.unwrap();
         let plan = ctx
@@ -276,6 +279,7 @@ async fn on_a_cluster_every_role_reads_the_same_rows_and_is_refused_the_same() {
         let principal = Principal {
             name: "matrix".into(),
             role,
+            issuer: None,
         };
         for (object, call) in objects(&device, &case_id) {
             // Every shape where the role may read; the plain one where it may not.
@@ -316,6 +320,7 @@ async fn on_a_cluster_every_role_reads_the_same_rows_and_is_refused_the_same() {
     let tracer = Principal {
         name: "matrix".into(),
         role: Role::Tracer,
+        issuer: None,
     };
     let there = remote.session_for(&tracer).await.unwrap();
     there.sql(&purpose).await.unwrap();
@@ -340,6 +345,7 @@ async fn a_plan_sent_to_a_cluster_keeps_the_callers_filters_above_the_policy() {
     let analyst = Principal {
         name: "matrix".into(),
         role: Role::Analyst,
+        issuer: None,
     };
     let ctx = factory.session_for(&analyst).await.unwrap();
     let sql = "SELECT * FROM daily_contacts_by_location WHERE area = 'zzzz'";
@@ -375,6 +381,7 @@ async fn a_tracers_filter_that_would_fail_outside_the_scope_tells_nothing() {
     let tracer = Principal {
         name: "matrix".into(),
         role: Role::Tracer,
+        issuer: None,
     };
     let ctx = factory.session_for(&tracer).await.unwrap();
     ctx.sql(&format!("SET proxima.purpose = 'case:{case_id}'"))

@@ -81,6 +81,9 @@ pub struct Principal {
     pub name: String,
     /// The user's role.
     pub role: Role,
+    /// The OpenID Connect issuer that vouched for the user (`name` is then the token's
+    /// subject); `None` for a user of the users file.
+    pub issuer: Option<String>,
 }
 
 impl Role {
@@ -241,7 +244,11 @@ mod tests {
     async fn check(role: Role, sql: &str) -> Result<(), String> {
         let ctx = SessionContext::new();
         let plan = ctx.state().create_logical_plan(sql).await.map_err(|e| e.to_string())?;
-        let principal = Principal { name: "p".into(), role };
+        let principal = Principal {
+            name: "p".into(),
+            role,
+            issuer: None,
+        };
         let current = ProximaOptions::default();
         principal.check_settings(&plan, &current, Some(Duration::from_secs(21 * 86_400)))
     }
@@ -295,7 +302,11 @@ mod tests {
         let ctx = SessionContext::new();
         ctx.sql("CREATE TABLE t AS SELECT 1 AS x").await.unwrap();
         for role in Role::ALL {
-            let principal = Principal { name: "p".into(), role };
+            let principal = Principal {
+                name: "p".into(),
+                role,
+                issuer: None,
+            };
             let check = async |sql: &str| {
                 let plan = ctx.state().create_logical_plan(sql).await.unwrap();
                 principal.check_statement(&plan)

@@ -24,6 +24,7 @@ pub mod limits;
 pub mod lineage;
 pub mod login;
 pub mod memory;
+pub mod oidc;
 pub mod paths;
 pub mod policy;
 pub mod purpose;

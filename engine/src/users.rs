@@ -289,6 +289,7 @@ impl Users {
                 Principal {
                     name: name.to_string(),
                     role,
+                    issuer: None,
                 },
                 user.stamp(),
             )),

@@ -130,7 +130,14 @@ impl StaffAuth {
                 "the token's user was removed, or their role or password changed; sign in with the password again",
             ));
         }
-        Ok((Principal { name: claims.u, role }, claims.s))
+        Ok((
+            Principal {
+                name: claims.u,
+                role,
+                issuer: None,
+            },
+            claims.s,
+        ))
     }
 
     /// What a token says, if this key signed it and neither it nor its login has expired.
@@ -293,6 +300,7 @@ mod tests {
         let alice = Principal {
             name: "alice".into(),
             role: Role::Tracer,
+            issuer: None,
         };
         let issued = auth(1, Duration::from_secs(60)).issue(alice.clone(), unix_now(), stamp("alice"));
         let (verified, _) = auth(1, Duration::from_secs(60)).verify(&issued.token).unwrap();
@@ -322,6 +330,7 @@ mod tests {
             Principal {
                 name: "bob".into(),
                 role: Role::Tracer,
+                issuer: None,
             },
             unix_now(),
             stamp("alice"),
@@ -334,6 +343,7 @@ mod tests {
             Principal {
                 name: "alice".into(),
                 role: Role::Admin,
+                issuer: None,
             },
             unix_now(),
             stamp("alice"),
@@ -353,6 +363,7 @@ mod tests {
         let alice = Principal {
             name: "alice".into(),
             role: Role::Tracer,
+            issuer: None,
         };
         let auth = auth(1, Duration::from_secs(3600));
         // A login 11 h 30 min ago (maximum age 12 h): a renewal lasts 30 minutes, not an hour.
