@@ -55,6 +55,10 @@ pub struct Record {
     pub intent: Option<u64>,
     /// Who: a user name, `device:<uuid>`, `local:<OS user>`, or the name a failed login gave.
     pub principal: String,
+    /// The OpenID Connect issuer that vouched for `principal` (then the token's subject);
+    /// absent for users of the users file, devices and local commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
     /// The principal's role (`tracer`, `analyst`, …), empty when nobody was authenticated.
     pub role: String,
     /// The client's address, when a network client made the request.
@@ -112,6 +116,7 @@ impl Record {
             phase,
             intent: None,
             principal: principal.into(),
+            issuer: None,
             role: role.into(),
             client: None,
             session: None,

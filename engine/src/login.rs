@@ -158,6 +158,35 @@ impl LoginGuard {
     }
 }
 
+impl LoginGuard {
+    /// Whether a bearer token from `address` may be checked: not while the address is
+    /// blocked by its failures (refused tokens spend the same budget as wrong passwords,
+    /// since each is an audit record). Call [`Self::record_token`] with the outcome.
+    pub fn admit_token(&self, address: Option<std::net::IpAddr>) -> Result<(), LoginRefused> {
+        let address = address.map_or_else(|| "unknown".to_string(), address_key);
+        if let Some(retry_after) = self.inner.blocked_for(&format!("a:{address}"), Instant::now()) {
+            self.inner.counts.throttled.fetch_add(1, Ordering::Relaxed);
+            return Err(LoginRefused::Throttled {
+                by: "from this address",
+                retry_after,
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts a bearer token's outcome; a refusal spends the address's budget.
+    pub fn record_token(&self, address: Option<std::net::IpAddr>, succeeded: bool) {
+        let address = address.map_or_else(|| "unknown".to_string(), address_key);
+        let inner = &self.inner;
+        if succeeded {
+            inner.counts.succeeded.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        inner.counts.failed.fetch_add(1, Ordering::Relaxed);
+        inner.failed(&inner.per_address, &address, format!("a:{address}"), Instant::now());
+    }
+}
+
 impl Inner {
     /// Refuses (and counts) an attempt from `address` or for `user` while either is blocked.
     fn throttled(&self, address: &str, user: &str) -> Result<(), LoginRefused> {

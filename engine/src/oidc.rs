@@ -29,6 +29,9 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::{Principal, Role};
 
+/// The header (HTTP) or metadata key (gRPC) with which a request whose token holds several
+/// roles names the one it acts as.
+pub const ROLE_HEADER: &str = "x-proxima-role";
 /// The longest token looked at; anything longer is refused unread.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// The largest discovery document or key set read from the provider.

@@ -87,6 +87,7 @@ fn audit_table() -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
         Field::new("phase", text(), false),
         Field::new("intent", DataType::UInt64, true),
         Field::new("principal", text(), false),
+        Field::new("issuer", text(), true),
         Field::new("role", text(), false),
         Field::new("client", text(), true),
         Field::new("session", text(), true),

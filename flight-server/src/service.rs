@@ -47,9 +47,9 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use proxima_audit::{AuditLog, Decision, Phase, Record};
 use proxima_engine::login::{LoginGuard, LoginLimits, LoginRefused};
+use proxima_engine::oidc::{self, OidcRefusal, OidcVerifier};
 use proxima_engine::telemetry::{QueryOutcome, ServiceMetrics};
 use proxima_engine::{Principal, SessionFactory};
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
@@ -68,6 +68,8 @@ pub struct ServiceOptions {
     pub logins: Arc<LoginGuard>,
     /// Where queries and calls are counted (the operations port renders them).
     pub metrics: ServiceMetrics,
+    /// The identity provider whose bearer tokens stand for staff, if any.
+    pub oidc: Option<OidcVerifier>,
 }
 
 impl Default for ServiceOptions {
@@ -77,6 +79,7 @@ impl Default for ServiceOptions {
             query_timeout: Duration::from_secs(600),
             logins: Arc::new(LoginGuard::new(LoginLimits::default())),
             metrics: ServiceMetrics::default(),
+            oidc: None,
         }
     }
 }
@@ -89,8 +92,9 @@ struct TokenSession {
     ctx: SessionContext,
     expires: Instant,
     /// The stamp of the user's entry at login ([`Users::stamp`]): the login stands only while
-    /// the users file keeps that entry (not removed, same role and password).
-    stamp: u64,
+    /// the users file keeps that entry (not removed, same role and password). `None` for an
+    /// identity provider's token, which stands until its `exp`.
+    stamp: Option<u64>,
     /// The statements this login planned, by ticket handle, oldest first; `None` for a
     /// `SET`, which took effect when it was planned (its ticket reads no rows).
     statements: Mutex<std::collections::VecDeque<(Vec<u8>, Option<String>)>>,
@@ -220,8 +224,9 @@ impl FlightSqlServer {
     /// The token session of a request's `authorization: Bearer …` header; a login whose
     /// user was removed, or given another role or password, since ends here, its running
     /// queries cancelled.
-    fn session(&self, metadata: &MetadataMap) -> Result<Arc<TokenSession>, Status> {
-        let header = metadata
+    async fn session<T>(&self, request: &Request<T>) -> Result<Arc<TokenSession>, Status> {
+        let header = request
+            .metadata()
             .get("authorization")
             .ok_or_else(|| Status::unauthenticated("no credentials: log in with a Basic handshake first"))?
             .to_str()
@@ -229,29 +234,125 @@ impl FlightSqlServer {
         let token = header
             .strip_prefix("Bearer ")
             .ok_or_else(|| Status::unauthenticated("expected 'authorization: Bearer <token>'"))?;
-        let mut tokens = self.tokens.lock().map_err(internal)?;
-        match tokens.get(token) {
-            Some(session) if !session.stands(&self.users) => {
-                let session = tokens.remove(token).expect("just found");
-                drop(tokens);
-                end_login(&session, &self.running);
-                Err(Status::unauthenticated(
-                    "this login has ended: the user was removed, or their role or password changed; log in again",
-                ))
+        let found = {
+            let mut tokens = self.tokens.lock().map_err(internal)?;
+            match tokens.get(token) {
+                Some(session) if !session.stands(&self.users) => {
+                    let session = tokens.remove(token).expect("just found");
+                    drop(tokens);
+                    end_login(&session, &self.running);
+                    return Err(Status::unauthenticated(
+                        "this login has ended: the user was removed, or their role or password changed; log in again",
+                    ));
+                }
+                Some(session) if session.expires > Instant::now() => Some(Arc::clone(session)),
+                Some(_) => {
+                    tokens.remove(token);
+                    return Err(Status::unauthenticated(
+                        "the token has expired: log in again (or get a new one from the identity provider)",
+                    ));
+                }
+                None => None,
             }
-            Some(session) if session.expires > Instant::now() => Ok(Arc::clone(session)),
-            Some(_) => {
-                tokens.remove(token);
-                Err(Status::unauthenticated("the token has expired: log in again"))
-            }
-            None => Err(Status::unauthenticated("unknown token: log in again")),
+        };
+        match (found, &self.options.oidc) {
+            (Some(session), _) => Ok(session),
+            (None, Some(verifier)) if oidc::looks_like_jwt(token) => self.oidc_login(verifier, token, request).await,
+            (None, _) => Err(Status::unauthenticated("unknown token: log in again")),
         }
+    }
+
+    /// The first call with an identity provider's token: checks it (see
+    /// `proxima_engine::oidc`) and, if it stands, builds its session, kept under the token
+    /// until the token's `exp`. Accepted and refused alike are audit records.
+    async fn oidc_login<T>(
+        &self,
+        verifier: &OidcVerifier,
+        token: &str,
+        request: &Request<T>,
+    ) -> Result<Arc<TokenSession>, Status> {
+        let address = request.remote_addr();
+        let record = |principal: &str, role: &str, decision: Decision, rule: &str| {
+            let mut record = Record::new(Phase::Decision, principal, role, "flight:BearerLogin", decision, rule);
+            record.client = address.map(|a| a.to_string());
+            record
+        };
+        if let Err(refused) = self.options.logins.admit_token(address.map(|a| a.ip())) {
+            let mut denied = record("", "", Decision::Deny, "login limits");
+            denied.error = Some(refused.to_string());
+            self.audit(denied).await?;
+            return Err(Status::resource_exhausted(refused.to_string()));
+        }
+        let wanted = match request.metadata().get(oidc::ROLE_HEADER).map(|v| v.to_str()) {
+            None => None,
+            Some(Ok(wanted)) => Some(wanted),
+            Some(Err(_)) => return Err(Status::invalid_argument("the x-proxima-role header is not text")),
+        };
+        let verified = match verifier.verify(token).await {
+            Ok(login) => login.principal(wanted).map(|principal| (login, principal)),
+            Err(refusal) => Err(refusal),
+        };
+        let (login, principal) = match verified {
+            Ok(verified) => verified,
+            Err(refusal) => {
+                self.options.logins.record_token(address.map(|a| a.ip()), false);
+                warn!(target: "proxima::auth", client = ?address, %refusal, "bearer token refused");
+                let mut denied = record("", "", Decision::Deny, refusal.rule());
+                denied.error = Some(refusal.to_string());
+                self.audit(denied).await?;
+                return Err(match refusal {
+                    OidcRefusal::Role(_) | OidcRefusal::NoRole(_) => Status::permission_denied(refusal.to_string()),
+                    OidcRefusal::KeysUnavailable(_) => Status::unavailable(refusal.to_string()),
+                    _ => Status::unauthenticated(refusal.to_string()),
+                });
+            }
+        };
+        self.options.logins.record_token(address.map(|a| a.ip()), true);
+        if !principal.role.may_query() {
+            let mut denied = record(
+                &principal.name,
+                principal.role.name(),
+                Decision::Deny,
+                "role without SQL",
+            );
+            denied.issuer = principal.issuer.clone();
+            denied.error = Some("the role has no SQL access".into());
+            self.audit(denied).await?;
+            return Err(Status::permission_denied(format!(
+                "role {} has no SQL access: it uses its REST routes",
+                principal.role
+            )));
+        }
+        let ctx = self.factory.session_for(&principal).await.map_err(internal)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut allowed = record(&principal.name, principal.role.name(), Decision::Allow, "oidc");
+        allowed.issuer = principal.issuer.clone();
+        allowed.session = Some(id.clone());
+        // The login exists only once it is recorded.
+        self.audit(allowed).await?;
+        info!(target: "proxima::auth", user = %principal.name, display = ?login.display, role = %principal.role,
+            issuer = %login.issuer, "logged in with the identity provider's token");
+        let session = Arc::new(TokenSession {
+            principal,
+            id,
+            ctx,
+            expires: Instant::now() + login.remaining(),
+            stamp: None,
+            statements: Mutex::new(std::collections::VecDeque::new()),
+            prepared: Mutex::new(HashMap::new()),
+            statement_objects: Mutex::new(HashMap::new()),
+        });
+        let mut tokens = self.tokens.lock().map_err(internal)?;
+        let now = Instant::now();
+        tokens.retain(|_, s| s.expires > now);
+        // Two first calls at once: both are recorded, the first session is kept.
+        Ok(Arc::clone(tokens.entry(token.to_string()).or_insert(session)))
     }
 
     /// The session and address of an authenticated request. A purpose sent as the
     /// `x-proxima-purpose` header is declared for the login, as `SET proxima.purpose` would.
-    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let session = self.session(request.metadata())?;
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let session = self.session(request).await?;
         if let Some(purpose) = request.metadata().get(PURPOSE_HEADER) {
             let purpose = purpose
                 .to_str()
@@ -611,13 +712,13 @@ impl FlightSqlServer {
     }
 
     /// The FlightInfo of a metadata command (authenticated; the ticket is the command itself).
-    fn command_info(
+    async fn command_info(
         &self,
         request: Request<FlightDescriptor>,
         schema: &Schema,
         ticket: Vec<u8>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request).await?;
         let info = self.flight_info(schema, ticket, request.into_inner())?;
         Ok(Response::new(info))
     }
@@ -832,6 +933,7 @@ impl Caller {
             decision,
             rule,
         );
+        record.issuer = principal.issuer.clone();
         record.client = self.client.clone();
         record.session = Some(self.session.id.clone());
         // Read in place: every record would otherwise copy the whole session state.
@@ -887,7 +989,10 @@ struct Outcome {
 impl TokenSession {
     /// Whether the users file still has this login's user with the entry it logged in with.
     fn stands(&self, users: &Users) -> bool {
-        users.stamp(&self.principal.name) == Some((self.principal.role, self.stamp))
+        match self.stamp {
+            Some(stamp) => users.stamp(&self.principal.name) == Some((self.principal.role, stamp)),
+            None => true,
+        }
     }
 }
 
@@ -966,6 +1071,28 @@ impl FlightSqlService for FlightSqlServer {
             record.client = client.clone();
             record
         };
+        // An identity provider's token needs no handshake; a client that makes one anyway
+        // gets the token back as its bearer token.
+        let bearer = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        if let Some(token) = bearer
+            && self.options.oidc.is_some()
+        {
+            self.session(&request).await?;
+            let value = format!("Bearer {token}").parse().map_err(internal)?;
+            let response = HandshakeResponse {
+                protocol_version: 0,
+                payload: token.into(),
+            };
+            let mut response = Response::new(Box::pin(futures::stream::once(async move { Ok(response) }))
+                as Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>);
+            response.metadata_mut().insert("authorization", value);
+            return Ok(response);
+        }
         let credentials = request
             .metadata()
             .get("authorization")
@@ -1049,7 +1176,7 @@ impl FlightSqlService for FlightSqlServer {
                     id,
                     ctx,
                     expires: now + self.options.token_ttl,
-                    stamp,
+                    stamp: Some(stamp),
                     statements: Mutex::new(std::collections::VecDeque::new()),
                     prepared: Mutex::new(HashMap::new()),
                     statement_objects: Mutex::new(HashMap::new()),
@@ -1073,7 +1200,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let session = Arc::clone(&caller.session);
         let plan = self
             .plan_only(&caller, "flight:GetFlightInfoStatement", &query.query)
@@ -1115,7 +1242,7 @@ impl FlightSqlService for FlightSqlServer {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let sql = caller
             .session
             .statements
@@ -1147,7 +1274,7 @@ impl FlightSqlService for FlightSqlServer {
         query: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let session = Arc::clone(&caller.session);
         let plan = self
             .plan_only(&caller, "flight:CreatePreparedStatement", &query.query)
@@ -1174,7 +1301,7 @@ impl FlightSqlService for FlightSqlServer {
         query: ActionClosePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<(), Status> {
-        let session = self.session(request.metadata())?;
+        let session = self.session(&request).await?;
         let handle = String::from_utf8_lossy(&query.prepared_statement_handle).into_owned();
         session.prepared.lock().map_err(internal)?.remove(&handle);
         Ok(())
@@ -1185,7 +1312,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        let session = self.session(request.metadata())?;
+        let session = self.session(&request).await?;
         let handle = String::from_utf8_lossy(&query.prepared_statement_handle).into_owned();
         // Each message is checked before arrow-ipc decodes it (it panics on damaged ones, and
         // would allocate what compressed buffers declare), and the whole is bounded.
@@ -1233,7 +1360,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let prepared = self.prepared(&caller.session, &query.prepared_statement_handle)?;
         let plan = self
             .plan_only(&caller, "flight:GetFlightInfoPreparedStatement", &prepared.sql)
@@ -1248,7 +1375,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let prepared = self.prepared(&caller.session, &query.prepared_statement_handle)?;
         let ticket = request.into_inner().ticket.to_vec();
         self.run(
@@ -1266,7 +1393,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         self.update(caller, "flight:DoPutStatementUpdate", query.query, Vec::new())
             .await
     }
@@ -1276,7 +1403,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let prepared = self.prepared(&caller.session, &query.prepared_statement_handle)?;
         self.update(
             caller,
@@ -1292,7 +1419,7 @@ impl FlightSqlService for FlightSqlServer {
         query: ActionCancelQueryRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCancelQueryResult, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let info = FlightInfo::decode(query.info)
             .map_err(|e| Status::invalid_argument(format!("CancelQuery: the info is not a FlightInfo: {e}")))?;
         let mut found = false;
@@ -1338,6 +1465,7 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.into_builder().schema();
         self.command_info(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_catalogs(
@@ -1345,7 +1473,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let outcome = self.begin(&caller, "flight:GetCatalogs").await?;
         let mut builder = query.into_builder();
         for catalog in caller.session.ctx.catalog_names() {
@@ -1361,6 +1489,7 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
         self.command_info(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_schemas(
@@ -1368,7 +1497,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let outcome = self.begin(&caller, "flight:GetDbSchemas").await?;
         let session = &caller.session;
         let mut builder = query.into_builder();
@@ -1389,6 +1518,7 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
         self.command_info(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_tables(
@@ -1396,7 +1526,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let outcome = self.begin(&caller, "flight:GetTables").await?;
         let batch = self.tables_batch(&caller.session, query).await;
         self.end(outcome, batch)
@@ -1409,6 +1539,7 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.into_builder().schema();
         self.command_info(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_table_types(
@@ -1416,7 +1547,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetTableTypes,
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let outcome = self.begin(&caller, "flight:GetTableTypes").await?;
         let mut builder = query.into_builder();
         for table_type in ["LOCAL TEMPORARY", "TABLE", "VIEW"] {
@@ -1432,6 +1563,7 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder(&self.sql_info).schema();
         self.command_info(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_sql_info(
@@ -1439,7 +1571,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetSqlInfo,
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let outcome = self.begin(&caller, "flight:GetSqlInfo").await?;
         let batch = query.into_builder(&self.sql_info).build().map_err(internal);
         self.end(outcome, batch)
@@ -1452,6 +1584,7 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.into_builder(&self.xdbc_info).schema();
         self.command_info(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_xdbc_type_info(
@@ -1459,7 +1592,7 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetXdbcTypeInfo,
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(&request).await?;
         let outcome = self.begin(&caller, "flight:GetXdbcTypeInfo").await?;
         let batch = query.into_builder(&self.xdbc_info).build().map_err(internal);
         self.end(outcome, batch)
@@ -1470,7 +1603,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<Ticket>,
         message: Any,
     ) -> Result<Response<FlightDataStream>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request).await?;
         Err(Status::unimplemented(format!(
             "Proxima does not serve {} (no keys or Substrait plans)",
             message.type_url

@@ -129,6 +129,34 @@ pub struct ServeArgs {
     /// network readable. Logged loudly at start.
     #[arg(long, env = "PROXIMA_INSECURE_PLAINTEXT", conflicts_with = "tls_cert")]
     insecure_plaintext: bool,
+    /// Staff may also sign in through this OpenID Connect provider: its issuer identifier
+    /// (https; http on loopback only). Flight SQL and REST's staff routes then take its JWTs
+    /// as `Authorization: Bearer` (RS256 or ES256, this issuer, --oidc-audience, not
+    /// expired); the users file keeps working beside it. Needs --oidc-audience.
+    #[arg(long, env = "PROXIMA_OIDC_ISSUER", value_name = "URL", requires = "oidc_audience")]
+    oidc_issuer: Option<String>,
+    /// The audience every provider token must name in `aud` (this server's client or
+    /// resource identifier at the provider).
+    #[arg(long, env = "PROXIMA_OIDC_AUDIENCE", value_name = "AUD", requires = "oidc_issuer")]
+    oidc_audience: Option<String>,
+    /// The provider's signing keys (JWKS): a URL, or a file. Default: the `jwks_uri` of the
+    /// issuer's /.well-known/openid-configuration. Fetched again when a token names a key
+    /// not held (at most every --oidc-jwks-refresh) and every hour.
+    #[arg(long, env = "PROXIMA_OIDC_JWKS", value_name = "URL|FILE", requires = "oidc_issuer")]
+    oidc_jwks: Option<String>,
+    /// The token claim whose values are Proxima role names (tracer, analyst, auditor,
+    /// admin, station, ingest); a dotted path reaches into objects (Keycloak:
+    /// realm_access.roles). A token that names no role gets no access; one that names
+    /// several acts as the one its request names in the x-proxima-role header.
+    #[arg(long, env = "PROXIMA_OIDC_ROLE_CLAIM", value_name = "NAME", default_value = "roles")]
+    oidc_role_claim: String,
+    /// Clock leeway on a provider token's exp and nbf (at most 5m).
+    #[arg(long, env = "PROXIMA_OIDC_LEEWAY", default_value = "60s", value_parser = parse_duration)]
+    oidc_leeway: Duration,
+    /// The least time between two fetches of the provider's keys that tokens naming an
+    /// unknown key prompt.
+    #[arg(long, env = "PROXIMA_OIDC_JWKS_REFRESH", default_value = "10s", value_parser = parse_duration)]
+    oidc_jwks_refresh: Duration,
     /// How long a login token stays valid: seconds, or with a unit (90s, 30m, 1h).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     token_ttl: Duration,
@@ -254,6 +282,33 @@ pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// The identity provider's token checks, if `--oidc-issuer` is given. Options that can
+/// never work stop the start; a provider that does not answer is logged, and asked again
+/// at the first token (the users file still lets staff in meanwhile).
+async fn oidc_verifier(args: &ServeArgs) -> Result<Option<proxima_engine::oidc::OidcVerifier>, CliError> {
+    let (Some(issuer), Some(audience)) = (&args.oidc_issuer, &args.oidc_audience) else {
+        return Ok(None);
+    };
+    let options = proxima_engine::oidc::OidcOptions {
+        jwks: args.oidc_jwks.clone(),
+        role_claim: args.oidc_role_claim.clone(),
+        leeway: args.oidc_leeway,
+        refresh_interval: args.oidc_jwks_refresh,
+        ..proxima_engine::oidc::OidcOptions::new(issuer, audience)
+    };
+    let verifier = proxima_engine::oidc::OidcVerifier::new(options).map_err(CliError::Usage)?;
+    match verifier.load().await {
+        Ok(keys) => tracing::info!(target: "proxima::auth", issuer, keys, "the identity provider's keys are loaded"),
+        Err(e) => {
+            tracing::warn!(target: "proxima::auth", issuer, error = %e, "the identity provider's keys could not be loaded: its tokens are refused until they can");
+            super::print(format!(
+                "warning: the identity provider's keys could not be loaded ({e}); asked again at the first token"
+            ))?;
+        }
+    }
+    Ok(Some(verifier))
+}
+
 /// How often the users file is checked for changes.
 const USERS_RELOAD: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -273,6 +328,13 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
             users.watch(path.clone(), USERS_RELOAD);
             (users, None)
         }
+        None if args.oidc_issuer.is_some()
+            && (!proxima_flight_server::server::is_loopback(&args.flight)
+                || (!args.no_rest && !proxima_flight_server::server::is_loopback(&args.http))) =>
+        {
+            // Every staff member signs in through the provider: no password here.
+            (Users::generated(&[]).map_err(|e| CliError::Usage(e.to_string()))?, None)
+        }
         None if !proxima_flight_server::server::is_loopback(&args.flight)
             || (!args.no_rest && !proxima_flight_server::server::is_loopback(&args.http)) =>
         {
@@ -282,8 +344,9 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
                 args.flight
             };
             return Err(CliError::Usage(format!(
-                "refusing to listen on {address} without --users: only a loopback address may use the generated \
-                 admin password (create users with proxima user add)"
+                "refusing to listen on {address} without --users or --oidc-issuer: only a loopback address may use \
+                 the generated passwords (create users with proxima user add, or sign staff in through an OpenID \
+                 Connect provider)"
             )));
         }
         None => {
@@ -307,6 +370,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         };
         SocketAddr::from(([127, 0, 0, 1], port))
     });
+    let oidc = oidc_verifier(&args).await?;
     let exposed = !proxima_flight_server::server::is_loopback(&args.flight)
         || (!args.no_rest
             && (!proxima_flight_server::server::is_loopback(&args.http)
@@ -519,6 +583,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
                     service_metrics: service_metrics.clone(),
                     staff_client_certificates: args.tls_client_ca.is_some(),
                     secure_cookies: http_tls.is_some(),
+                    oidc: oidc.clone(),
                     ..RestOptions::default()
                 },
                 clock,
@@ -532,6 +597,7 @@ pub async fn run(store: Store, args: ServeArgs) -> Result<(), CliError> {
         query_timeout: args.query_timeout,
         logins,
         metrics: service_metrics,
+        oidc,
     };
     let service = FlightSqlServer::new(flight_factory, users, audit.clone(), options)
         .map_err(|e| CliError::Usage(e.message().to_string()))?;

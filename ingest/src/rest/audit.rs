@@ -170,6 +170,7 @@ pub(super) async fn record_staff(
         }
     };
     record.client = call.client.clone();
+    record.issuer = principal.and_then(|p| p.issuer.clone());
     let seq = state
         .audit
         .append(record.clone())

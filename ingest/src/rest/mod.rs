@@ -110,6 +110,8 @@ pub struct RestOptions {
     pub bulk_concurrency: usize,
     /// Whether the service is served over TLS: the dashboard's cookie is then `Secure`.
     pub secure_cookies: bool,
+    /// The identity provider whose bearer tokens stand for staff on staff routes, if any.
+    pub oidc: Option<proxima_engine::oidc::OidcVerifier>,
 }
 
 impl Default for RestOptions {
@@ -135,6 +137,7 @@ impl Default for RestOptions {
             staff_client_certificates: false,
             bulk_concurrency: 2,
             secure_cookies: false,
+            oidc: None,
         }
     }
 }
@@ -348,6 +351,7 @@ impl RestService {
                     .map(SharedRegistry::staff_token_key)
                     .unwrap_or_else(proxima_engine::keys::random_key),
                 Arc::clone(&options.logins),
+                options.oidc.clone(),
             ),
             options,
             clock,

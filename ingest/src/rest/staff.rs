@@ -5,6 +5,11 @@
 //! address and per user, a bounded number of hashes at once) or `Bearer` with a token from
 //! `POST /v1/auth/token`, which lasts `--token-ttl`.
 //!
+//! With an identity provider (`--oidc-issuer`), `Bearer` also takes the provider's JWTs,
+//! checked by `proxima_engine::oidc`: the principal is the token's subject, its role from
+//! the role claim (`x-proxima-role` chooses among several), for as long as the token lasts;
+//! such a token is used as it is, never traded for one of these.
+//!
 //! A token is signed, not remembered: `pxs1.<payload>.<HMAC-SHA-256>`, the payload the
 //! user, role, expiry, login time and the stamp of the user's entry (base64url JSON), under
 //! a key every serving node on the store derives from it (the shared registry's), so any
@@ -19,6 +24,7 @@ use axum::http::{HeaderMap, header};
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use proxima_engine::login::LoginGuard;
+use proxima_engine::oidc::{self, OidcRefusal, OidcVerifier};
 use proxima_engine::{Principal, Role, Users};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -37,6 +43,7 @@ pub struct StaffAuth {
     max_age: Duration,
     key: [u8; 32],
     logins: Arc<LoginGuard>,
+    oidc: Option<OidcVerifier>,
 }
 
 impl std::fmt::Debug for StaffAuth {
@@ -89,13 +96,22 @@ impl StaffAuth {
     /// `max_age` after the password was checked, and are signed with `key` (the same on
     /// every node that must accept them). Passwords are checked through `logins` (rate
     /// limits, bounded hashing).
-    pub fn new(users: Users, ttl: Duration, max_age: Duration, key: [u8; 32], logins: Arc<LoginGuard>) -> Self {
+    /// `oidc`, if given, is the identity provider whose JWTs `Bearer` also takes.
+    pub fn new(
+        users: Users,
+        ttl: Duration,
+        max_age: Duration,
+        key: [u8; 32],
+        logins: Arc<LoginGuard>,
+        oidc: Option<OidcVerifier>,
+    ) -> Self {
         Self {
             users,
             ttl,
             max_age,
             key,
             logins,
+            oidc,
         }
     }
 
@@ -183,7 +199,13 @@ impl StaffAuth {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| ApiError::unauthorized("staff routes need Authorization: Basic or Bearer"))?;
         if let Some(token) = value.strip_prefix("Bearer ") {
-            return self.verify(token.trim());
+            let token = token.trim();
+            return match &self.oidc {
+                Some(verifier) if oidc::looks_like_jwt(token) => {
+                    self.verify_oidc(verifier, token, headers, client).await.map(|p| (p, 0))
+                }
+                _ => self.verify(token),
+            };
         }
         let Some(encoded) = value.strip_prefix("Basic ") else {
             return Err(ApiError::unauthorized("Authorization must be Basic or Bearer"));
@@ -210,6 +232,38 @@ impl StaffAuth {
                 Err(ApiError::login_refused(&refused))
             }
         }
+    }
+
+    /// The principal an identity provider's `token` stands for, sent from `client`: refused
+    /// tokens spend the address's budget of failed logins (each refusal is an audit record).
+    async fn verify_oidc(
+        &self,
+        verifier: &OidcVerifier,
+        token: &str,
+        headers: &HeaderMap,
+        client: Option<std::net::IpAddr>,
+    ) -> ApiResult<Principal> {
+        self.logins
+            .admit_token(client)
+            .map_err(|refused| ApiError::login_refused(&refused))?;
+        let wanted = match headers.get(oidc::ROLE_HEADER).map(|v| v.to_str()) {
+            None => None,
+            Some(Ok(wanted)) => Some(wanted),
+            Some(Err(_)) => return Err(ApiError::malformed("the x-proxima-role header is not text")),
+        };
+        let verified = match verifier.verify(token).await {
+            Ok(login) => login.principal(wanted),
+            Err(refusal) => Err(refusal),
+        };
+        self.logins.record_token(client, verified.is_ok());
+        verified.map_err(|refusal| {
+            warn!(target: "proxima::auth", client = ?client, %refusal, "REST bearer token refused");
+            match refusal {
+                OidcRefusal::Role(_) | OidcRefusal::NoRole(_) => ApiError::forbidden(refusal.to_string()),
+                OidcRefusal::KeysUnavailable(_) => ApiError::unavailable(refusal.to_string()),
+                _ => ApiError::unauthorized(refusal.to_string()),
+            }
+        })
     }
 
     /// A new bearer token for `principal`, whose password was checked at `login` (Unix
@@ -259,6 +313,7 @@ pub fn require_role(principal: &Principal, roles: &[Role]) -> ApiResult<()> {
     responses(
         (status = 200, description = "A bearer token", body = StaffToken),
         (status = 401, description = "Wrong credentials", body = super::error::ErrorBody, content_type = "application/problem+json"),
+        (status = 403, description = "An identity provider's token, which is used as it is, never traded", body = super::error::ErrorBody, content_type = "application/problem+json"),
         (status = 429, description = "Too many login attempts from this address or for this user (Retry-After)", body = super::error::ErrorBody, content_type = "application/problem+json"),
         (status = 503, description = "Every password check slot is busy (Retry-After)", body = super::error::ErrorBody, content_type = "application/problem+json"),
     ))]
@@ -266,6 +321,12 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap) -> ApiResu
     // A renewal carries the stamp its token stood on, a login the one its password was
     // checked against: never the file's as it may be by now.
     let (principal, stamp) = state.staff_stamped(&headers, &Role::ALL).await?;
+    if principal.issuer.is_some() {
+        // Traded for one of ours, it would outlive the provider's `exp` and its revocation.
+        return Err(ApiError::forbidden(
+            "an identity provider's token is used as it is on every staff route; it is not traded for another",
+        ));
+    }
     let login = state.staff_auth.login_time(&headers);
     Ok(Json(state.staff_auth.issue(principal, login, stamp)))
 }
@@ -287,6 +348,7 @@ mod tests {
             max_age,
             [key; 32],
             Arc::new(LoginGuard::new(Default::default())),
+            None,
         )
     }
 
