@@ -17,6 +17,7 @@ mod flight_sql;
 mod id_key_cli;
 mod maintenance;
 mod nodes;
+mod oidc;
 mod openapi;
 mod phone_cli;
 mod policy_matrix;

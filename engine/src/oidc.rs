@@ -153,7 +153,8 @@ pub struct OidcLogin {
     pub display: Option<String>,
     /// Proxima's roles the role claim names, in [`Role::ALL`]'s order.
     pub roles: Vec<Role>,
-    /// The token's `exp`.
+    /// When the token stops being accepted here: its `exp` plus the clock leeway (a login
+    /// made with it ends then).
     pub expires: SystemTime,
 }
 
@@ -513,7 +514,7 @@ impl OidcVerifier {
         let expires = claims
             .get("exp")
             .and_then(Value::as_u64)
-            .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+            .map(|s| UNIX_EPOCH + Duration::from_secs(s) + options.leeway)
             .ok_or_else(|| OidcRefusal::Claim("exp".into()))?;
         let roles = roles_of(&claims, &options.role_claim);
         if roles.is_empty() {
