@@ -1437,21 +1437,11 @@ async fn cancel_query_stops_a_running_query() {
     );
 }
 
-fn write_certificate(dir: &Path) -> (PathBuf, PathBuf, String) {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let pem = certified.cert.pem();
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    std::fs::write(&cert, &pem).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    (cert, key, pem)
-}
-
 #[tokio::test]
 async fn tls_connection() {
     let fixture = fixture();
     let certificates = tempfile::tempdir().unwrap();
-    let (cert, key, pem) = write_certificate(certificates.path());
+    let (cert, key, pem) = common::write_certificate(certificates.path());
     let server = Server::start(
         fixture,
         &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
@@ -1502,7 +1492,7 @@ async fn adbc_python_client() {
     };
     let fixture = fixture();
     let certificates = tempfile::tempdir().unwrap();
-    let (cert, key, pem) = write_certificate(certificates.path());
+    let (cert, key, pem) = common::write_certificate(certificates.path());
     let plain = Server::start(fixture, &[]);
     let tls = Server::start(
         fixture,

@@ -460,3 +460,226 @@ async fn provider_tokens_are_accepted_or_refused_as_they_should_be_and_every_ref
 
 /// RFC 8032's first test key, as a device owner's revocation key.
 const RFC8032_KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+/// The certified `oidc-provider` (tests/oidc-provider, Node.js), started on loopback;
+/// killed when dropped.
+struct RealProvider {
+    child: std::process::Child,
+    issuer: String,
+    /// The token that lets the test register clients (RFC 7591).
+    initial_access_token: String,
+}
+
+impl RealProvider {
+    fn start(dir: &std::path::Path) -> Self {
+        let mut child = std::process::Command::new("node")
+            .arg(dir.join("provider.mjs"))
+            .current_dir(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("node runs the provider");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let issuer = common::wait_for_line(&mut stdout, "issuer ")["issuer ".len()..]
+            .trim()
+            .to_string();
+        let initial_access_token = common::wait_for_line(&mut stdout, "initial-access-token ")
+            ["initial-access-token ".len()..]
+            .trim()
+            .to_string();
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        Self {
+            child,
+            issuer,
+            initial_access_token,
+        }
+    }
+
+    /// Registers a staff client with `roles` through the provider's registration endpoint:
+    /// its registration (client_id, client_secret, registration_client_uri,
+    /// registration_access_token).
+    async fn register(&self, http: &reqwest::Client, name: &str, roles: &[&str]) -> Value {
+        let response = http
+            .post(format!("{}/reg", self.issuer))
+            .bearer_auth(&self.initial_access_token)
+            .json(
+                &json!({"client_name": name, "grant_types": ["client_credentials"], "response_types": [],
+                "redirect_uris": [], "token_endpoint_auth_method": "client_secret_basic", "roles": roles}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json().await.unwrap()
+    }
+
+    /// An access token for `client` from the token endpoint, or the provider's error.
+    async fn token(&self, http: &reqwest::Client, client: &Value) -> Result<String, String> {
+        let response = http
+            .post(format!("{}/token", self.issuer))
+            .basic_auth(client["client_id"].as_str().unwrap(), client["client_secret"].as_str())
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        let ok = response.status().is_success();
+        let body: Value = response.json().await.unwrap();
+        if ok {
+            Ok(body["access_token"].as_str().unwrap().to_string())
+        } else {
+            Err(body.to_string())
+        }
+    }
+}
+
+impl Drop for RealProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_provider_signs_staff_in_over_adbc_and_rest_and_revoking_the_client_stops_it() {
+    let in_ci = std::env::var_os("CI").is_some();
+    let Some(python) = common::python_with(&["adbc_driver_flightsql", "pyarrow"]) else {
+        assert!(!in_ci, "CI must install adbc-driver-flightsql into .venv (see .ci/run)");
+        eprintln!("skipped: no Python with adbc-driver-flightsql (run .ci/run, or set PROXIMA_PYTHON)");
+        return;
+    };
+    let provider_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider");
+    if !provider_dir.join("node_modules/oidc-provider").is_dir() {
+        assert!(!in_ci, "CI must run npm ci in tests/oidc-provider (see .ci/run)");
+        eprintln!("skipped: run npm ci in tests/oidc-provider for the real OpenID provider");
+        return;
+    }
+    let provider = RealProvider::start(&provider_dir);
+    let plain = reqwest::Client::new();
+    let analyst = provider.register(&plain, "an analyst's notebook", &["analyst"]).await;
+    let tracer = provider.register(&plain, "a tracer job", &["tracer"]).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (cert, key, pem) = common::write_certificate(dir.path());
+    let mut server = common::Server::start(&[
+        "--data",
+        store.to_str().unwrap(),
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--flight",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--accept-mac",
+        "--registration-work",
+        "0",
+        // The key set is found through the provider's discovery document.
+        "--oidc-issuer",
+        &provider.issuer,
+        "--oidc-audience",
+        AUDIENCE,
+    ]);
+    let flight = server.line("Flight SQL listening on ");
+    let flight_port = flight
+        .split_whitespace()
+        .nth(4)
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    server.drain();
+    let api_port = server.api.rsplit(':').next().unwrap().to_string();
+    let adbc = |client: &Value, expect: &str| {
+        let output = std::process::Command::new(&python)
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flight/adbc_oauth.py"))
+            .env("PROXIMA_TLS_URI", format!("grpc+tls://localhost:{flight_port}"))
+            .env("PROXIMA_TLS_ROOT", &pem)
+            .env("PROXIMA_TOKEN_URI", format!("{}/token", provider.issuer))
+            .env("PROXIMA_CLIENT_ID", client["client_id"].as_str().unwrap())
+            .env("PROXIMA_CLIENT_SECRET", client["client_secret"].as_str().unwrap())
+            .env("PROXIMA_EXPECT", expect)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert!(output.status.success(), "ADBC ({expect}) failed:\n{stdout}\n{stderr}");
+        assert!(stdout.contains("adbc-oauth: all checks passed"), "{stdout}");
+        eprint!("{stdout}");
+    };
+
+    // ADBC fetches its own token (client credentials) and queries as the provider's analyst.
+    adbc(&analyst, "analyst");
+
+    // REST: a token from the same provider reports a case as the provider's tracer.
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+        .resolve("localhost", format!("127.0.0.1:{api_port}").parse().unwrap())
+        .build()
+        .unwrap();
+    let api = format!("https://localhost:{api_port}");
+    let (device, _) = common::register_mac_phone(&https, &api, "AA:00:00:00:00:02", RFC8032_KEY).await;
+    let token = provider.token(&plain, &tracer).await.unwrap();
+    let answer = https
+        .post(format!("{api}/v1/cases"))
+        .bearer_auth(&token)
+        .json(&json!({"device_uuid": device, "status": "confirmed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 201, "{}", answer.text().await.unwrap());
+    // The analyst's token is not a tracer's.
+    let analyst_token = provider.token(&plain, &analyst).await.unwrap();
+    let answer = https
+        .post(format!("{api}/v1/cases"))
+        .bearer_auth(&analyst_token)
+        .json(&json!({"device_uuid": device, "status": "confirmed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 403);
+
+    // Revoking the client at the provider (RFC 7592) stops new tokens, and ADBC with them.
+    let deleted = plain
+        .delete(analyst["registration_client_uri"].as_str().unwrap())
+        .bearer_auth(analyst["registration_access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let refused = provider.token(&plain, &analyst).await.unwrap_err();
+    assert!(refused.contains("invalid_client"), "{refused}");
+    adbc(&analyst, "revoked");
+
+    // The audit names the provider's subjects (the client ids) and the provider.
+    let records = common::audit_records(&store.join("_audit"));
+    let analyst_id = analyst["client_id"].as_str().unwrap();
+    let tracer_id = tracer["client_id"].as_str().unwrap();
+    let login = records
+        .iter()
+        .find(|r| r["action"] == "flight:BearerLogin" && r["principal"] == analyst_id)
+        .expect("the analyst's login");
+    assert_eq!(
+        (&login["decision"], &login["role"], &login["issuer"]),
+        (&json!("allow"), &json!("analyst"), &json!(provider.issuer))
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["principal"] == analyst_id && r["sql"] == "SELECT count(*) FROM daily_contacts_by_location"),
+        "the analyst's query is audited under their subject"
+    );
+    let case = records
+        .iter()
+        .find(|r| r["action"] == "rest:POST /v1/cases" && r["phase"] == "intent")
+        .expect("the case report's intent");
+    assert_eq!(
+        (&case["principal"], &case["role"], &case["issuer"]),
+        (&json!(tracer_id), &json!("tracer"), &json!(provider.issuer))
+    );
+}

@@ -579,3 +579,16 @@ pub async fn register_mac_phone(http: &reqwest::Client, base: &str, mac: &str, k
         body["upload_token"].as_str().unwrap().to_string(),
     )
 }
+
+/// A self-signed certificate for `localhost` and its key, written into `dir`: the
+/// certificate's and the key's paths, and the certificate as PEM (a client's root).
+#[allow(dead_code)] // not every test binary that shares this module serves TLS
+pub fn write_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pem = certified.cert.pem();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, &pem).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    (cert, key, pem)
+}
