@@ -5,10 +5,12 @@
 //! the SQL-visible schemas, access to the object store and its lineage view
 //! for readers, the validation of the identifiers every row carries, the
 //! encounter-index reader, the clock, the staff users file shared by every
-//! service ([`users`]), and the one place where a DataFusion session and its
+//! service ([`users`]), the checks of an identity provider's staff tokens ([`oidc`]),
+//! and the one place where a DataFusion session and its
 //! catalog are built ([`SessionFactory`]). It never writes or deletes data
 //! files (that is `proxima-storage`), accepts rows from the outside world
-//! (`proxima-ingest`) or speaks a network protocol (`proxima-flight-server`).
+//! (`proxima-ingest`) or serves a network protocol (`proxima-flight-server`); its
+//! one network client fetches the identity provider's keys.
 #![warn(missing_docs)]
 
 pub mod access;

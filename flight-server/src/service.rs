@@ -1,7 +1,9 @@
 //! The Flight SQL service: every RPC authenticated, every query through [`FlightSqlServer::run`].
 //!
 //! A Basic handshake yields a bearer token bound to a session built by
-//! `SessionFactory::session_for` (so `SET` lasts for the token's life).
+//! `SessionFactory::session_for` (so `SET` lasts for the token's life). With an identity
+//! provider (`ServiceOptions::oidc`), its JWT is a bearer token too, with no handshake: the
+//! first call checks it and builds its session, kept under the token until its `exp`.
 //! Statement tickets are opaque: a random handle that only the login which
 //! planned the statement can redeem (its session maps it to the SQL; the last
 //! [`STATEMENTS_KEPT`] are kept), so a ticket names one run, which `CancelQuery`
