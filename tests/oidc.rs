@@ -683,3 +683,101 @@ async fn a_real_provider_signs_staff_in_over_adbc_and_rest_and_revoking_the_clie
         (&json!(tracer_id), &json!("tracer"), &json!(provider.issuer))
     );
 }
+
+/// `proxima serve` on loopback over a new store in `dir` with an identity provider whose
+/// keys are at `jwks` (a file or a URL); its Flight SQL address and the server.
+fn serve_with_keys(dir: &std::path::Path, jwks: &str) -> (String, common::Server) {
+    let store = dir.join("store");
+    let mut server = common::Server::start(&[
+        "--data",
+        store.to_str().unwrap(),
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--flight",
+        "127.0.0.1:0",
+        "--oidc-issuer",
+        "https://id.example",
+        "--oidc-audience",
+        AUDIENCE,
+        "--oidc-jwks",
+        jwks,
+    ]);
+    let flight = server.line("Flight SQL listening on ");
+    let flight = flight.split_whitespace().nth(4).unwrap()["grpc://".len()..].to_string();
+    (flight, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_file_and_a_provider_that_cannot_be_reached() {
+    let signer = es256("f1");
+    let claims = claims("https://id.example", "f-1", &["analyst"]);
+
+    // Keys from a file: read at start.
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [signer.jwk]}).to_string()).unwrap();
+    let (flight, mut server) = serve_with_keys(dir.path(), jwks.to_str().unwrap());
+    server.drain();
+    assert_eq!(query(&flight, &mint(&signer, &claims), None, "SELECT 1").await, Ok(1));
+    drop(server);
+
+    // A key set that cannot be reached: the server starts (saying so), refuses the
+    // provider's tokens as unavailable, audited, and password logins still work.
+    let dir = tempfile::tempdir().unwrap();
+    let (flight, mut server) = serve_with_keys(dir.path(), "http://127.0.0.1:1/jwks");
+    let password = server.password("analyst");
+    server.drain();
+    let refused = query(&flight, &mint(&signer, &claims), None, "SELECT 1")
+        .await
+        .unwrap_err();
+    assert!(refused.contains("keys are not available"), "{refused}");
+    let channel = Endpoint::from_shared(format!("http://{flight}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlightSqlServiceClient::new(channel);
+    client.handshake("analyst", &password).await.unwrap();
+    assert_eq!(
+        client
+            .execute("SELECT 1".into(), None)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Ok(())
+    );
+    let records = common::audit_records(&dir.path().join("store/_audit"));
+    assert!(
+        records
+            .iter()
+            .any(|r| r["action"] == "flight:BearerLogin" && r["rule"] == "oidc: keys unavailable"),
+        "the refusal is audited"
+    );
+    // A file that is not there stops the start with its name.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_proxima"))
+        .args([
+            "--data",
+            dir.path().join("other").to_str().unwrap(),
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--flight",
+            "127.0.0.1:0",
+            "--oidc-issuer",
+            "https://id.example",
+            "--oidc-audience",
+            AUDIENCE,
+        ])
+        .args(["--oidc-jwks", "/nonexistent/jwks.json"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("/nonexistent/jwks.json"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

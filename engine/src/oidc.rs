@@ -10,8 +10,9 @@
 //! role names. The key set (the JWKS) comes from a URL or a file, or from the issuer's
 //! discovery document; it is cached, fetched again when a token names a key it does not
 //! hold (at most once per [`OidcOptions::refresh_interval`], so a flood of made-up `kid`s
-//! costs the provider nothing) and when it is older than [`KEYS_MAX_AGE`], so a provider
-//! that rotates its keys needs no restart here.
+//! costs the provider nothing) and, in the background, when it is older than
+//! [`KEYS_MAX_AGE`], so a provider that rotates its keys (adding or dropping one) needs no
+//! restart here.
 //!
 //! The checks themselves are `jsonwebtoken`'s (12, past its `nbf`/`exp` type confusion);
 //! this module chooses what to allow and says why a token was refused.
@@ -413,29 +414,32 @@ impl OidcVerifier {
         Ok(body)
     }
 
-    /// The key `kid`, fetching the set again if it is stale, or if it lacks `kid` and the
-    /// last fetch is at least [`OidcOptions::refresh_interval`] old.
+    /// The key `kid`. A key held is used at once (if the set is older than
+    /// [`KEYS_MAX_AGE`], it is fetched again meanwhile, in the background); a `kid` not
+    /// held fetches the set now, unless that was tried less than
+    /// [`OidcOptions::refresh_interval`] ago.
     async fn key(&self, kid: &str) -> Result<Arc<Key>, OidcRefusal> {
-        {
+        let (held, stale) = {
             let cache = self.inner.cache.read().await;
-            let fresh = cache.fetched.is_some_and(|t| t.elapsed() < KEYS_MAX_AGE);
-            if fresh && let Some(key) = cache.keys.get(kid) {
-                return Ok(Arc::clone(key));
+            let stale = cache.fetched.is_none_or(|t| t.elapsed() >= KEYS_MAX_AGE);
+            (cache.keys.get(kid).cloned(), stale)
+        };
+        if let Some(key) = held {
+            if stale {
+                self.refresh_in_background();
             }
+            return Ok(key);
         }
         let mut last = self.inner.fetching.lock().await;
-        // Someone else may have fetched while this one waited.
-        {
-            let cache = self.inner.cache.read().await;
-            let fresh = cache.fetched.is_some_and(|t| t.elapsed() < KEYS_MAX_AGE);
-            if let Some(key) = cache.keys.get(kid)
-                && (fresh || last.is_some_and(|t| t.elapsed() < self.inner.options.refresh_interval))
-            {
-                return Ok(Arc::clone(key));
-            }
+        // Someone else may have fetched it while this one waited.
+        if let Some(key) = self.inner.cache.read().await.keys.get(kid) {
+            return Ok(Arc::clone(key));
         }
         if last.is_some_and(|t| t.elapsed() < self.inner.options.refresh_interval) {
-            return Err(unknown_key(kid));
+            return Err(match self.inner.cache.read().await.fetched {
+                Some(_) => unknown_key(kid),
+                None => OidcRefusal::KeysUnavailable("not loaded yet: asked again shortly".into()),
+            });
         }
         *last = Some(Instant::now());
         match self.fetch_keys().await {
@@ -448,16 +452,42 @@ impl OidcVerifier {
             }
             Err(e) => {
                 tracing::warn!(target: "proxima::auth", error = %e, "cannot fetch the identity provider's keys");
-                // A stale key still verifies what it signed: better than refusing every
-                // token while the provider is down. `exp` bounds what that lets in.
-                let cache = self.inner.cache.read().await;
-                match cache.keys.get(kid) {
-                    Some(key) => Ok(Arc::clone(key)),
-                    None if cache.fetched.is_some() => Err(unknown_key(kid)),
+                match self.inner.cache.read().await.fetched {
+                    Some(_) => Err(unknown_key(kid)),
                     None => Err(OidcRefusal::KeysUnavailable(e)),
                 }
             }
         }
+    }
+
+    /// Fetches the key set again without making anyone wait: the keys held stay in use until
+    /// it arrives (and if the provider cannot be reached, after). A key the provider dropped
+    /// is dropped here with it.
+    fn refresh_in_background(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let this = self.clone();
+        runtime.spawn(async move {
+            // A fetch under way, or one tried lately: nothing to do.
+            let Ok(mut last) = this.inner.fetching.try_lock() else {
+                return;
+            };
+            if last.is_some_and(|t| t.elapsed() < this.inner.options.refresh_interval) {
+                return;
+            }
+            *last = Some(Instant::now());
+            match this.fetch_keys().await {
+                Ok(keys) => {
+                    let mut cache = this.inner.cache.write().await;
+                    cache.keys = keys;
+                    cache.fetched = Some(Instant::now());
+                }
+                Err(e) => {
+                    tracing::warn!(target: "proxima::auth", error = %e, "cannot fetch the identity provider's keys again: the ones held stay in use");
+                }
+            }
+        });
     }
 
     /// Checks `token`; see the module's documentation for what is checked.
