@@ -195,7 +195,7 @@ async fn provider_tokens_are_accepted_or_refused_as_they_should_be_and_every_ref
         "--oidc-audience",
         AUDIENCE,
         "--oidc-jwks-refresh",
-        "1s",
+        "3s",
         "--oidc-leeway",
         "1s",
     ]);
@@ -205,6 +205,7 @@ async fn provider_tokens_are_accepted_or_refused_as_they_should_be_and_every_ref
         .next()
         .unwrap()
         .to_string();
+    let tracer_password = server.password("tracer");
     server.drain();
     let issuer = provider.issuer.as_str();
     let good = |signer: &Signer, sub: &str, roles: &[&str]| mint(signer, &claims(issuer, sub, roles));
@@ -238,6 +239,13 @@ async fn provider_tokens_are_accepted_or_refused_as_they_should_be_and_every_ref
     let refused = query(&flight, &both, None, "SELECT 1").await.unwrap_err();
     assert!(refused.contains("x-proxima-role"), "{refused}");
     assert_eq!(query(&flight, &both, Some("analyst"), "SELECT 1").await, Ok(1));
+    // Each call acts as the role it names: the same token as tracer does not see the
+    // analysts' view, and as analyst again does.
+    let aggregate = "SELECT count(*) FROM daily_contacts_by_location";
+    assert_eq!(query(&flight, &both, Some("analyst"), aggregate).await, Ok(1));
+    let refused = query(&flight, &both, Some("tracer"), aggregate).await.unwrap_err();
+    assert!(refused.contains("not found"), "{refused}");
+    assert_eq!(query(&flight, &both, Some("analyst"), aggregate).await, Ok(1));
     let refused = query(
         &flight,
         &good(&k1, "b-2", &["tracer", "analyst"]),
@@ -298,6 +306,15 @@ async fn provider_tokens_are_accepted_or_refused_as_they_should_be_and_every_ref
         &claims(issuer, "x-12", &["tracer"]),
         |_| vec![0; 256],
     );
+    // A token carrying its own key in the header (jwk), signed with that key: the header's
+    // key is never used; the provider's k1 does not verify it.
+    let embedded_key = {
+        let evil = es256("k1");
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("k1".into());
+        header.jwk = Some(serde_json::from_value(evil.jwk.clone()).unwrap());
+        jsonwebtoken::encode(&header, &claims(issuer, "x-13", &["admin"]), &evil.key).unwrap()
+    };
     let cases: Vec<(&str, String, &str, &str)> = vec![
         ("expired", mint(&k1, &expired), "expired", "oidc: expired"),
         (
@@ -341,6 +358,12 @@ async fn provider_tokens_are_accepted_or_refused_as_they_should_be_and_every_ref
         ),
         ("tampered payload", tampered, "signature", "oidc: signature"),
         ("algorithm not the key's", wrong_family, "algorithm", "oidc: algorithm"),
+        (
+            "its own key in the header",
+            embedded_key,
+            "signature",
+            "oidc: signature",
+        ),
     ];
     for (what, token, message, _) in &cases {
         let refused = query(&flight, token, None, "SELECT 1").await.unwrap_err();
@@ -350,7 +373,7 @@ async fn provider_tokens_are_accepted_or_refused_as_they_should_be_and_every_ref
     // An unknown kid: the key set is fetched again (once, however many such tokens come
     // within --oidc-jwks-refresh), and the key rotated in at the provider is then accepted.
     let rotated = good(&k2, "r-1", &["tracer"]);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let before = provider.fetches.load(Ordering::SeqCst);
     for _ in 0..20 {
         let refused = query(&flight, &rotated, None, "SELECT 1").await.unwrap_err();
@@ -362,7 +385,7 @@ async fn provider_tokens_are_accepted_or_refused_as_they_should_be_and_every_ref
         "one fetch for 20 unknown kids"
     );
     provider.keys.lock().unwrap().push(k2.jwk.clone());
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(query(&flight, &rotated, None, "SELECT 1").await, Ok(1));
 
     // A login lasts until its token's exp (plus the leeway), then ends.
@@ -393,6 +416,18 @@ async fn provider_tokens_are_accepted_or_refused_as_they_should_be_and_every_ref
     assert!(answer.text().await.unwrap().contains("expired"));
     let answer = report(cases[10].1.clone()).await.unwrap();
     assert_eq!(answer.status(), 401, "the tampered token");
+    // Proxima's own tokens still work beside the provider's.
+    let own: Value = http
+        .post(format!("{}/v1/auth/token", server.api))
+        .basic_auth("tracer", Some(&tracer_password))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answer = report(own["token"].as_str().unwrap().to_string()).await.unwrap();
+    assert_eq!(answer.status(), 201, "{}", answer.text().await.unwrap());
     // A provider's token is used as it is, never traded for a longer one of ours.
     let traded = http
         .post(format!("{}/v1/auth/token", server.api))
@@ -451,11 +486,14 @@ async fn provider_tokens_are_accepted_or_refused_as_they_should_be_and_every_ref
         .find(|r| r["action"] == "rest:POST /v1/cases" && r["phase"] == "intent" && r["principal"] == "t-rest")
         .expect("the REST case report's intent");
     assert_eq!((&case["issuer"], &case["role"]), (&json!(issuer), &json!("tracer")));
-    let refusals = records
+    let refusals: Vec<&str> = records
         .iter()
         .filter(|r| r["action"] == "rest:POST /v1/cases" && r["decision"] == "deny")
-        .count();
-    assert!(refusals >= 3, "the REST refusals are audited too");
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
+    for rule in ["the route does not take the role", "oidc: expired", "oidc: signature"] {
+        assert!(refusals.contains(&rule), "REST refusal {rule:?} audited: {refusals:?}");
+    }
 }
 
 /// RFC 8032's first test key, as a device owner's revocation key.
@@ -655,6 +693,16 @@ async fn a_real_provider_signs_staff_in_over_adbc_and_rest_and_revoking_the_clie
     let refused = provider.token(&plain, &analyst).await.unwrap_err();
     assert!(refused.contains("invalid_client"), "{refused}");
     adbc(&analyst, "revoked");
+    // A token issued before stands until its exp (the README's leaver paragraph): still the
+    // analyst's (403 on a tracer's route, not 401).
+    let answer = https
+        .post(format!("{api}/v1/cases"))
+        .bearer_auth(&analyst_token)
+        .json(&json!({"device_uuid": device, "status": "confirmed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 403);
 
     // The audit names the provider's subjects (the client ids) and the provider.
     let records = common::audit_records(&store.join("_audit"));

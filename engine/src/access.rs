@@ -95,6 +95,16 @@ impl Role {
 }
 
 impl Principal {
+    /// The name as stored with what the principal writes (`cases.reported_by`, readings'
+    /// `recorded_by`) and logged: a users-file name as it is, an identity provider's
+    /// subject as `oidc:<subject>`, so that neither can pass for the other.
+    pub fn qualified_name(&self) -> String {
+        match self.issuer {
+            Some(_) => format!("oidc:{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
     /// Checks a statement this user sends over the network, whatever its role: nothing
     /// that writes (`INSERT`, `UPDATE`, `DELETE`, `COPY … TO`), and no DDL but
     /// `CREATE VIEW` and `DROP VIEW`, which last only for the login (a view's body is

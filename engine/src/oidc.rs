@@ -118,8 +118,8 @@ pub enum OidcRefusal {
     /// token does not hold.
     #[error("{0}")]
     Role(String),
-    /// The provider's key set could not be had.
-    #[error("the identity provider's keys are not available: {0}")]
+    /// The provider's key set could not be had (why is logged, not told the client).
+    #[error("the identity provider's keys are not available; try again shortly")]
     KeysUnavailable(String),
 }
 
@@ -175,9 +175,9 @@ impl OidcLogin {
             (Some(wanted), roles) => match wanted.parse::<Role>() {
                 Ok(role) if roles.contains(&role) => role,
                 _ => {
-                    let wanted: String = wanted.chars().take(32).collect();
                     return Err(OidcRefusal::Role(format!(
-                        "x-proxima-role '{wanted}' is not one of the token's roles ({})",
+                        "x-proxima-role '{}' is not one of the token's roles ({})",
+                        printable(wanted, 32),
                         names(roles)
                     )));
                 }
@@ -200,9 +200,13 @@ fn names(roles: &[Role]) -> String {
     roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(", ")
 }
 
-/// Whether `token` has the shape of a JWS in compact form (three base64url parts), so a
-/// service can tell it from its own opaque tokens before any check.
+/// Whether `token` has the shape of a JWS in compact form (three base64url parts, the
+/// first a JSON object's encoding, `eyJ…`), so a service can tell it from its own tokens
+/// before any check.
 pub fn looks_like_jwt(token: &str) -> bool {
+    if !token.starts_with("eyJ") {
+        return false;
+    }
     let mut parts = token.split('.');
     let shaped = |part: Option<&str>| {
         part.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
@@ -341,8 +345,9 @@ impl OidcVerifier {
     /// Fetches the key set now; returns how many usable keys it holds.
     pub async fn load(&self) -> Result<usize, String> {
         let mut last = self.inner.fetching.lock().await;
+        let keys = self.fetch_keys().await;
         *last = Some(Instant::now());
-        let keys = self.fetch_keys().await?;
+        let keys = keys?;
         let count = keys.len();
         let mut cache = self.inner.cache.write().await;
         cache.keys = keys;
@@ -441,8 +446,11 @@ impl OidcVerifier {
                 None => OidcRefusal::KeysUnavailable("not loaded yet: asked again shortly".into()),
             });
         }
+        // Recorded when the fetch ends: requests queued behind it then find it recent and
+        // do not fetch again one after the other.
+        let fetched = self.fetch_keys().await;
         *last = Some(Instant::now());
-        match self.fetch_keys().await {
+        match fetched {
             Ok(keys) => {
                 let mut cache = self.inner.cache.write().await;
                 cache.keys = keys;
@@ -476,8 +484,9 @@ impl OidcVerifier {
             if last.is_some_and(|t| t.elapsed() < this.inner.options.refresh_interval) {
                 return;
             }
+            let fetched = this.fetch_keys().await;
             *last = Some(Instant::now());
-            match this.fetch_keys().await {
+            match fetched {
                 Ok(keys) => {
                     let mut cache = this.inner.cache.write().await;
                     cache.keys = keys;
@@ -503,7 +512,7 @@ impl OidcVerifier {
         let algorithm = match alg {
             "RS256" => Algorithm::RS256,
             "ES256" => Algorithm::ES256,
-            other => return Err(OidcRefusal::Algorithm(other.chars().take(16).collect())),
+            other => return Err(OidcRefusal::Algorithm(printable(other, 16))),
         };
         if header.contains_key("crit") {
             return Err(OidcRefusal::Malformed("the header has crit extensions".into()));
@@ -544,7 +553,11 @@ impl OidcVerifier {
         let expires = claims
             .get("exp")
             .and_then(Value::as_u64)
-            .map(|s| UNIX_EPOCH + Duration::from_secs(s) + options.leeway)
+            .and_then(|s| {
+                UNIX_EPOCH
+                    .checked_add(Duration::from_secs(s))?
+                    .checked_add(options.leeway)
+            })
             .ok_or_else(|| OidcRefusal::Claim("exp".into()))?;
         let roles = roles_of(&claims, &options.role_claim);
         if roles.is_empty() {
@@ -561,8 +574,17 @@ impl OidcVerifier {
 }
 
 fn unknown_key(kid: &str) -> OidcRefusal {
-    let kid: String = kid.chars().take(64).collect();
-    OidcRefusal::UnknownKey(format!("the identity provider has no key '{kid}'"))
+    OidcRefusal::UnknownKey(format!("the identity provider has no key '{}'", printable(kid, 64)))
+}
+
+/// At most `max` characters of a value a client chose, printable ASCII only (the rest `?`):
+/// what a refusal may repeat into logs and audit records.
+fn printable(value: &str, max: usize) -> String {
+    value
+        .chars()
+        .take(max)
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .collect()
 }
 
 /// What a `jsonwebtoken` error means to the client.
@@ -660,11 +682,12 @@ mod tests {
     #[test]
     fn jwt_shape() {
         assert!(looks_like_jwt("eyJh.eyJz.c2ln"));
-        assert!(looks_like_jwt("a-_.b.c"));
-        assert!(!looks_like_jwt("a.b"));
-        assert!(!looks_like_jwt("a.b.c.d"));
-        assert!(!looks_like_jwt("a..c"));
-        assert!(!looks_like_jwt("pxs1.payload=.mac"));
+        assert!(looks_like_jwt("eyJ-_.b.c"));
+        assert!(!looks_like_jwt("eyJ.b"));
+        assert!(!looks_like_jwt("eyJ.b.c.d"));
+        assert!(!looks_like_jwt("eyJ..c"));
+        // REST's own staff tokens have three base64url parts too.
+        assert!(!looks_like_jwt("pxs1.eyJ1IjoiYWxpY2UifQ.c2lnbmF0dXJl"));
         assert!(!looks_like_jwt("0123abcdef"));
     }
 

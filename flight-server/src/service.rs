@@ -236,20 +236,34 @@ impl FlightSqlServer {
         let token = header
             .strip_prefix("Bearer ")
             .ok_or_else(|| Status::unauthenticated("expected 'authorization: Bearer <token>'"))?;
+        // An identity provider's token holding several roles has a session per role its
+        // calls name (`x-proxima-role`), so a call always acts as the role it names.
+        let role = request.metadata().get(oidc::ROLE_HEADER).and_then(|v| v.to_str().ok());
+        let provider_token = self.options.oidc.is_some() && oidc::looks_like_jwt(token);
+        let key = match role {
+            Some(role) if provider_token => format!("{token}\n{role}"),
+            _ => token.to_string(),
+        };
         let found = {
             let mut tokens = self.tokens.lock().map_err(internal)?;
-            match tokens.get(token) {
+            match tokens.get(&key) {
                 Some(session) if !session.stands(&self.users) => {
-                    let session = tokens.remove(token).expect("just found");
+                    let session = tokens.remove(&key).expect("just found");
                     drop(tokens);
-                    end_login(&session, &self.running);
+                    end_login(
+                        &session,
+                        &self.running,
+                        "the user was removed, or their role or password changed",
+                    );
                     return Err(Status::unauthenticated(
                         "this login has ended: the user was removed, or their role or password changed; log in again",
                     ));
                 }
                 Some(session) if session.expires > Instant::now() => Some(Arc::clone(session)),
                 Some(_) => {
-                    tokens.remove(token);
+                    let session = tokens.remove(&key).expect("just found");
+                    drop(tokens);
+                    end_login(&session, &self.running, "its token expired");
                     return Err(Status::unauthenticated(
                         "the token has expired: log in again (or get a new one from the identity provider)",
                     ));
@@ -259,18 +273,21 @@ impl FlightSqlServer {
         };
         match (found, &self.options.oidc) {
             (Some(session), _) => Ok(session),
-            (None, Some(verifier)) if oidc::looks_like_jwt(token) => self.oidc_login(verifier, token, request).await,
+            (None, Some(verifier)) if provider_token => self.oidc_login(verifier, token, key, request).await,
             (None, _) => Err(Status::unauthenticated("unknown token: log in again")),
         }
     }
 
-    /// The first call with an identity provider's token: checks it (see
-    /// `proxima_engine::oidc`) and, if it stands, builds its session, kept under the token
-    /// until the token's `exp`. Accepted and refused alike are audit records.
+    /// The first call with an identity provider's token (and role): checks it (see
+    /// `proxima_engine::oidc`) and, if it stands, builds its session, kept under `key` until
+    /// the token's `exp` (at most `token_ttl`; then its next call checks it again). A
+    /// subject keeps at most [`MAX_PROVIDER_SESSIONS`]: a new one ends its oldest. Accepted
+    /// and refused alike are audit records.
     async fn oidc_login<T>(
         &self,
         verifier: &OidcVerifier,
         token: &str,
+        key: String,
         request: &Request<T>,
     ) -> Result<Arc<TokenSession>, Status> {
         let address = request.remote_addr();
@@ -297,7 +314,10 @@ impl FlightSqlServer {
         let (login, principal) = match verified {
             Ok(verified) => verified,
             Err(refusal) => {
-                self.options.logins.record_token(address.map(|a| a.ip()), false);
+                // The provider being unreachable is not the client's failure.
+                if !matches!(refusal, OidcRefusal::KeysUnavailable(_)) {
+                    self.options.logins.record_token(address.map(|a| a.ip()), false);
+                }
                 warn!(target: "proxima::auth", client = ?address, %refusal, "bearer token refused");
                 let mut denied = record("", "", Decision::Deny, refusal.rule());
                 denied.error = Some(refusal.to_string());
@@ -338,17 +358,36 @@ impl FlightSqlServer {
             principal,
             id,
             ctx,
-            expires: Instant::now() + login.remaining(),
+            expires: Instant::now() + login.remaining().min(self.options.token_ttl),
             stamp: None,
             statements: Mutex::new(std::collections::VecDeque::new()),
             prepared: Mutex::new(HashMap::new()),
             statement_objects: Mutex::new(HashMap::new()),
         });
-        let mut tokens = self.tokens.lock().map_err(internal)?;
-        let now = Instant::now();
-        tokens.retain(|_, s| s.expires > now);
-        // Two first calls at once: both are recorded, the first session is kept.
-        Ok(Arc::clone(tokens.entry(token.to_string()).or_insert(session)))
+        let (session, ended) = {
+            let mut tokens = self.tokens.lock().map_err(internal)?;
+            let now = Instant::now();
+            tokens.retain(|_, s| s.expires > now);
+            // A subject's sessions beyond the most kept, oldest (soonest to expire) first.
+            let mut theirs: Vec<(Instant, String)> = tokens
+                .iter()
+                .filter(|(_, s)| s.principal.name == session.principal.name && s.principal.issuer.is_some())
+                .map(|(key, s)| (s.expires, key.clone()))
+                .collect();
+            theirs.sort();
+            let excess = (theirs.len() + 1).saturating_sub(MAX_PROVIDER_SESSIONS);
+            let ended: Vec<Arc<TokenSession>> = theirs
+                .iter()
+                .take(excess)
+                .filter_map(|(_, key)| tokens.remove(key))
+                .collect();
+            // Two first calls at once: both are recorded, the first session is kept.
+            (Arc::clone(tokens.entry(key).or_insert(session)), ended)
+        };
+        for old in &ended {
+            end_login(old, &self.running, "the subject started more sessions than are kept");
+        }
+        Ok(session)
     }
 
     /// The session and address of an authenticated request. A purpose sent as the
@@ -999,9 +1038,9 @@ impl TokenSession {
 }
 
 /// Ends a login removed from the tokens: its running queries are cancelled.
-fn end_login(session: &TokenSession, running: &Mutex<Running>) {
-    info!(target: "proxima::auth", user = %session.principal.name, login = %session.id,
-        "login ended: the user was removed or their role or password changed");
+fn end_login(session: &TokenSession, running: &Mutex<Running>, why: &str) {
+    info!(target: "proxima::auth", user = %session.principal.qualified_name(), login = %session.id,
+        "login ended: {why}");
     if let Ok(running) = running.lock() {
         for (key, cancel) in running.iter() {
             if key.login == session.id {
@@ -1035,10 +1074,18 @@ async fn end_stale_logins(
             Err(_) => return,
         };
         for session in &ended {
-            end_login(session, &running);
+            end_login(
+                session,
+                &running,
+                "the user was removed, or their role or password changed",
+            );
         }
     }
 }
+
+/// The most sessions one identity provider subject keeps at once (each token, and each
+/// role a token's calls name, has its own): a new one ends the oldest.
+const MAX_PROVIDER_SESSIONS: usize = 16;
 
 /// At most this much of a refused login's user name goes into the audit record.
 const MAX_AUDITED_NAME: usize = 64;

@@ -159,10 +159,10 @@ pub(super) async fn record_staff(
             "the route takes the role",
         ),
         Some(refusal) => {
-            let rule = if principal.is_some() {
-                "the route does not take the role"
-            } else {
-                "credentials"
+            let rule = match (refusal.rule(), principal) {
+                (Some(rule), _) => rule,
+                (None, Some(_)) => "the route does not take the role",
+                (None, None) => "credentials",
             };
             let mut record = Record::new(Phase::Decision, name, role, call.action.clone(), Decision::Deny, rule);
             record.error = Some(refusal.detail().to_string());

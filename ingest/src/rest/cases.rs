@@ -404,7 +404,7 @@ async fn open_case(
             strings([device]),
             strings([status.name()]),
             micros([reported_at]),
-            strings([principal.name.as_str()]),
+            strings([principal.qualified_name().as_str()]),
             Arc::new(Int32Array::from(vec![counts.high as i32])),
             Arc::new(Int32Array::from(vec![counts.medium as i32])),
             // Placed in its cell by the flush that stores it (see `proxima_storage::rollup`).
@@ -533,7 +533,7 @@ pub async fn temperature(
             micros([measured_at]),
             Arc::new(Float64Array::from(vec![reading.celsius])),
             strings([reading.site.as_str()]),
-            strings([principal.name.as_str()]),
+            strings([principal.qualified_name().as_str()]),
             Arc::new(StringArray::new_null(1)),
         ],
     )

@@ -37,6 +37,8 @@ pub struct ApiError {
     code: &'static str,
     detail: String,
     retry_after: Option<Duration>,
+    /// The check that refused, for the audit record (default: by status).
+    rule: Option<&'static str>,
 }
 
 impl ApiError {
@@ -46,7 +48,21 @@ impl ApiError {
             code,
             detail: detail.into(),
             retry_after: None,
+            rule: None,
         }
+    }
+
+    /// The same refusal, naming the check that made it in its audit record.
+    pub fn with_rule(self, rule: &'static str) -> Self {
+        Self {
+            rule: Some(rule),
+            ..self
+        }
+    }
+
+    /// The check that refused, if the refusal named one.
+    pub fn rule(&self) -> Option<&'static str> {
+        self.rule
     }
 
     /// 400: the body is not JSON (or not NDJSON / Arrow IPC).

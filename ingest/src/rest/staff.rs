@@ -201,7 +201,7 @@ impl StaffAuth {
         if let Some(token) = value.strip_prefix("Bearer ") {
             let token = token.trim();
             return match &self.oidc {
-                Some(verifier) if oidc::looks_like_jwt(token) => {
+                Some(verifier) if !token.starts_with(TOKEN_PREFIX) && oidc::looks_like_jwt(token) => {
                     self.verify_oidc(verifier, token, headers, client).await.map(|p| (p, 0))
                 }
                 _ => self.verify(token),
@@ -255,14 +255,18 @@ impl StaffAuth {
             Ok(login) => login.principal(wanted),
             Err(refusal) => Err(refusal),
         };
-        self.logins.record_token(client, verified.is_ok());
+        // The provider being unreachable is not the client's failure.
+        if !matches!(verified, Err(OidcRefusal::KeysUnavailable(_))) {
+            self.logins.record_token(client, verified.is_ok());
+        }
         verified.map_err(|refusal| {
             warn!(target: "proxima::auth", client = ?client, %refusal, "REST bearer token refused");
-            match refusal {
+            let error = match refusal {
                 OidcRefusal::Role(_) | OidcRefusal::NoRole(_) => ApiError::forbidden(refusal.to_string()),
                 OidcRefusal::KeysUnavailable(_) => ApiError::unavailable(refusal.to_string()),
                 _ => ApiError::unauthorized(refusal.to_string()),
-            }
+            };
+            error.with_rule(refusal.rule())
         })
     }
 
