@@ -198,6 +198,9 @@ async fn provider_tokens_are_accepted_or_refused_as_they_should_be_and_every_ref
         "3s",
         "--oidc-leeway",
         "1s",
+        // Sessions of provider tokens last at most this (then the token is checked again).
+        "--token-ttl",
+        "3s",
     ]);
     let flight = server.line("Flight SQL listening on ");
     let flight = flight["Flight SQL listening on grpc://".len()..]
@@ -397,6 +400,12 @@ async fn provider_tokens_are_accepted_or_refused_as_they_should_be_and_every_ref
     let refused = query(&flight, &short, None, "SELECT 1").await.unwrap_err();
     assert!(refused.contains("expired"), "{refused}");
 
+    // A token that outlasts its session (--token-ttl) is checked again and gets a new one.
+    let long = good(&k1, "l-1", &["analyst"]);
+    assert_eq!(query(&flight, &long, None, "SELECT 1").await, Ok(1));
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(query(&flight, &long, None, "SELECT 1").await, Ok(1));
+
     // REST: the same tokens on staff routes.
     let http = reqwest::Client::new();
     let (device, _) = common::register_mac_phone(&http, &server.api, "AA:00:00:00:00:01", RFC8032_KEY).await;
@@ -460,6 +469,8 @@ async fn provider_tokens_are_accepted_or_refused_as_they_should_be_and_every_ref
     ] {
         assert!(allowed.contains(&expected), "{expected:?} in {allowed:?}");
     }
+    let sessions_of_long = allowed.iter().filter(|login| **login == ("l-1", "analyst")).count();
+    assert_eq!(sessions_of_long, 2, "a new session after --token-ttl");
     let denied: Vec<(&str, &str)> = logins
         .iter()
         .filter(|r| r["decision"] == "deny")
