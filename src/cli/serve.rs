@@ -157,7 +157,9 @@ pub struct ServeArgs {
     /// unknown key prompt.
     #[arg(long, env = "PROXIMA_OIDC_JWKS_REFRESH", default_value = "10s", value_parser = parse_duration)]
     oidc_jwks_refresh: Duration,
-    /// How long a login token stays valid: seconds, or with a unit (90s, 30m, 1h).
+    /// How long a login token stays valid: seconds, or with a unit (90s, 30m, 1h). Also the
+    /// longest a Flight SQL session of an identity provider's token lasts before the token
+    /// is checked again.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     token_ttl: Duration,
     /// Longest a staff login lasts after its password was checked: a REST bearer token
