@@ -600,7 +600,8 @@ fn refusal(kind: jsonwebtoken::errors::ErrorKind) -> OidcRefusal {
         K::InvalidAlgorithm => OidcRefusal::Algorithm("not the key's".into()),
         // A signature of the wrong length or encoding does not verify either.
         K::InvalidEcdsaKey | K::InvalidRsaKey(_) => OidcRefusal::Signature,
-        other => OidcRefusal::Malformed(format!("{other:?}")),
+        // A decoding error may quote the token's bytes.
+        other => OidcRefusal::Malformed(printable(&format!("{other:?}"), 200)),
     }
 }
 
