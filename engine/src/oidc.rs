@@ -28,6 +28,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, RwLock};
 
+use crate::login::{LoginGuard, LoginRefused};
 use crate::{Principal, Role};
 
 /// The header (HTTP) or metadata key (gRPC) with which a request whose token holds several
@@ -118,6 +119,9 @@ pub enum OidcRefusal {
     /// token does not hold.
     #[error("{0}")]
     Role(String),
+    /// Too many refused tokens or passwords from the client's address: not checked.
+    #[error("{0}")]
+    Throttled(LoginRefused),
     /// The provider's key set could not be had (why is logged, not told the client).
     #[error("the identity provider's keys are not available; try again shortly")]
     KeysUnavailable(String),
@@ -139,6 +143,7 @@ impl OidcRefusal {
             Self::NoRole(_) => "oidc: no role",
             Self::Role(_) => "oidc: role choice",
             Self::KeysUnavailable(_) => "oidc: keys unavailable",
+            Self::Throttled(_) => "login limits",
         }
     }
 }
@@ -497,6 +502,30 @@ impl OidcVerifier {
                 }
             }
         });
+    }
+
+    /// A sign-in with `token` from `address`, acting as `wanted` (the request's
+    /// `x-proxima-role`): refused unchecked while the address is blocked by its failures;
+    /// otherwise checked ([`Self::verify`], [`OidcLogin::principal`]) and the outcome counted
+    /// in `logins`, a refusal spending the address's budget (each is an audit record), but
+    /// for a provider that cannot be reached, which is not the client's failure. What both
+    /// services do with a provider's token.
+    pub async fn sign_in(
+        &self,
+        token: &str,
+        wanted: Option<&str>,
+        logins: &LoginGuard,
+        address: Option<std::net::IpAddr>,
+    ) -> Result<(OidcLogin, Principal), OidcRefusal> {
+        logins.admit_token(address).map_err(OidcRefusal::Throttled)?;
+        let signed_in = match self.verify(token).await {
+            Ok(login) => login.principal(wanted).map(|principal| (login, principal)),
+            Err(refusal) => Err(refusal),
+        };
+        if !matches!(signed_in, Err(OidcRefusal::KeysUnavailable(_))) {
+            logins.record_token(address, signed_in.is_ok());
+        }
+        signed_in
     }
 
     /// Checks `token`; see the module's documentation for what is checked.

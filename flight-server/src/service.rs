@@ -299,28 +299,17 @@ impl FlightSqlServer {
             record.client = address.map(|a| a.to_string());
             record
         };
-        if let Err(refused) = self.options.logins.admit_token(address.map(|a| a.ip())) {
-            let mut denied = record("", "", Decision::Deny, "login limits");
-            denied.error = Some(refused.to_string());
-            self.audit(denied).await?;
-            return Err(Status::resource_exhausted(refused.to_string()));
-        }
         let wanted = match request.metadata().get(oidc::ROLE_HEADER).map(|v| v.to_str()) {
             None => None,
             Some(Ok(wanted)) => Some(wanted),
             Some(Err(_)) => return Err(Status::invalid_argument("the x-proxima-role header is not text")),
         };
-        let verified = match verifier.verify(token).await {
-            Ok(login) => login.principal(wanted).map(|principal| (login, principal)),
-            Err(refusal) => Err(refusal),
-        };
-        let (login, principal) = match verified {
-            Ok(verified) => verified,
+        let signed_in = verifier
+            .sign_in(token, wanted, &self.options.logins, address.map(|a| a.ip()))
+            .await;
+        let (login, principal) = match signed_in {
+            Ok(signed_in) => signed_in,
             Err(refusal) => {
-                // The provider being unreachable is not the client's failure.
-                if !matches!(refusal, OidcRefusal::KeysUnavailable(_)) {
-                    self.options.logins.record_token(address.map(|a| a.ip()), false);
-                }
                 warn!(target: "proxima::auth", client = ?address, %refusal, "bearer token refused");
                 let mut denied = record("", "", Decision::Deny, refusal.rule());
                 denied.error = Some(refusal.to_string());
@@ -328,11 +317,11 @@ impl FlightSqlServer {
                 return Err(match refusal {
                     OidcRefusal::Role(_) | OidcRefusal::NoRole(_) => Status::permission_denied(refusal.to_string()),
                     OidcRefusal::KeysUnavailable(_) => Status::unavailable(refusal.to_string()),
+                    OidcRefusal::Throttled(_) => Status::resource_exhausted(refusal.to_string()),
                     _ => Status::unauthenticated(refusal.to_string()),
                 });
             }
         };
-        self.options.logins.record_token(address.map(|a| a.ip()), true);
         if !principal.role.may_query() {
             let mut denied = record(
                 &principal.name,
@@ -1102,6 +1091,23 @@ fn basic_credentials(header: &str) -> Option<(String, String)> {
     Some((user.to_string(), password.to_string()))
 }
 
+/// The answer of a handshake that logged in: `token` as the payload and as the
+/// `authorization: Bearer` header clients read it from.
+#[allow(clippy::type_complexity)]
+fn handshake_answer(
+    token: String,
+) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
+    let value = format!("Bearer {token}").parse().map_err(internal)?;
+    let response = HandshakeResponse {
+        protocol_version: 0,
+        payload: token.into(),
+    };
+    let mut response = Response::new(Box::pin(futures::stream::once(async move { Ok(response) }))
+        as Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>);
+    response.metadata_mut().insert("authorization", value);
+    Ok(response)
+}
+
 fn new_token() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 32];
@@ -1135,15 +1141,7 @@ impl FlightSqlService for FlightSqlServer {
             && self.options.oidc.is_some()
         {
             self.session(&request).await?;
-            let value = format!("Bearer {token}").parse().map_err(internal)?;
-            let response = HandshakeResponse {
-                protocol_version: 0,
-                payload: token.into(),
-            };
-            let mut response = Response::new(Box::pin(futures::stream::once(async move { Ok(response) }))
-                as Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>);
-            response.metadata_mut().insert("authorization", value);
-            return Ok(response);
+            return handshake_answer(token);
         }
         let credentials = request
             .metadata()
@@ -1236,15 +1234,7 @@ impl FlightSqlService for FlightSqlServer {
             );
         }
         info!(target: "proxima::auth", user = %principal.name, role = %principal.role, "logged in");
-        let response = HandshakeResponse {
-            protocol_version: 0,
-            payload: token.clone().into(),
-        };
-        let mut response = Response::new(Box::pin(futures::stream::once(async move { Ok(response) }))
-            as Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>);
-        let value = format!("Bearer {token}").parse().map_err(internal)?;
-        response.metadata_mut().insert("authorization", value);
-        Ok(response)
+        handshake_answer(token)
     }
 
     async fn get_flight_info_statement(

@@ -234,8 +234,8 @@ impl StaffAuth {
         }
     }
 
-    /// The principal an identity provider's `token` stands for, sent from `client`: refused
-    /// tokens spend the address's budget of failed logins (each refusal is an audit record).
+    /// The principal an identity provider's `token` stands for, sent from `client`
+    /// (`OidcVerifier::sign_in`: refused tokens spend the address's failed-login budget).
     async fn verify_oidc(
         &self,
         verifier: &OidcVerifier,
@@ -243,25 +243,16 @@ impl StaffAuth {
         headers: &HeaderMap,
         client: Option<std::net::IpAddr>,
     ) -> ApiResult<Principal> {
-        self.logins
-            .admit_token(client)
-            .map_err(|refused| ApiError::login_refused(&refused))?;
         let wanted = match headers.get(oidc::ROLE_HEADER).map(|v| v.to_str()) {
             None => None,
             Some(Ok(wanted)) => Some(wanted),
             Some(Err(_)) => return Err(ApiError::malformed("the x-proxima-role header is not text")),
         };
-        let verified = match verifier.verify(token).await {
-            Ok(login) => login.principal(wanted),
-            Err(refusal) => Err(refusal),
-        };
-        // The provider being unreachable is not the client's failure.
-        if !matches!(verified, Err(OidcRefusal::KeysUnavailable(_))) {
-            self.logins.record_token(client, verified.is_ok());
-        }
-        verified.map_err(|refusal| {
+        let signed_in = verifier.sign_in(token, wanted, &self.logins, client).await;
+        signed_in.map(|(_, principal)| principal).map_err(|refusal| {
             warn!(target: "proxima::auth", client = ?client, %refusal, "REST bearer token refused");
-            let error = match refusal {
+            let error = match &refusal {
+                OidcRefusal::Throttled(refused) => ApiError::login_refused(refused),
                 OidcRefusal::Role(_) | OidcRefusal::NoRole(_) => ApiError::forbidden(refusal.to_string()),
                 OidcRefusal::KeysUnavailable(_) => ApiError::unavailable(refusal.to_string()),
                 _ => ApiError::unauthorized(refusal.to_string()),
